@@ -1,0 +1,1 @@
+"""City-routing data: the token/vehicle contract, generation, conversion and validation."""
