@@ -52,3 +52,12 @@ def test_shuffle_sample_choice_weighted():
     assert rng.choice("abc") in "abc"
     counts = Counter(rng.weighted_index([1.0, 0.0, 3.0]) for _ in range(4000))
     assert counts[1] == 0 and 2700 < counts[2] < 3300
+
+
+def test_integer_array_range_and_spread():
+    values = StableRng(4, (1,)).integer_array(-3, 4, (50, 40))
+    assert values.shape == (50, 40) and values.dtype == np.int64
+    assert values.min() == -3 and values.max() == 3
+    counts = np.bincount(values.reshape(-1) + 3)
+    assert counts.min() > 200
+    assert StableRng(4, (1,)).integer_array(-3, 4, 10).tolist() == values.reshape(-1)[:10].tolist()

@@ -101,3 +101,17 @@ class StableRng:
         size = int(np.prod(shape))
         words = self.raw(size) >> np.uint64(11)
         return (words.astype(np.float64) * _FLOAT_SCALE).reshape(shape)
+
+    def integer_array(self, low: int, high: int, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Integers in [low, high), int64, exactly uniform: words past the last full multiple are redrawn."""
+        span = int(high) - int(low)
+        if span <= 0:
+            raise ValueError(f"empty range [{low}, {high})")
+        size = int(np.prod(shape))
+        limit = np.uint64(_TWO_POW_64 - (_TWO_POW_64 % span) - 1)  # largest accepted word
+        words = self.raw(size)
+        rejected = np.flatnonzero(words > limit)
+        while rejected.size:  # about span / 2**64 of the words: in practice never
+            words[rejected] = self.raw(rejected.size)
+            rejected = rejected[words[rejected] > limit]
+        return (words % np.uint64(span)).astype(np.int64).reshape(shape) + int(low)
