@@ -9,6 +9,7 @@ only if every vehicle has a route, each vehicle's optimum is unique, every route
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -242,7 +243,10 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
         "bases_with_all_routes_distinct": sum(d == n_vehicles for d in distinct),
         "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, n_vehicles + 1)},
         "bases_where_two_vehicles_share_the_route": identical_pairs,
-        "mean_pairwise_route_distance": round(float(np.mean(pair_distances)), 6) if pair_distances else 0.0,
+        # math.fsum is exactly rounded: the same figure on every CPU, unlike a SIMD-order float reduction
+        "mean_pairwise_route_distance": round(math.fsum(pair_distances) / len(pair_distances), 6)
+        if pair_distances
+        else 0.0,
         "route_distance_rule": "1 - |A & B| / |A | B| over the cell sets of two vehicles' routes of one base",
     }
 
