@@ -180,6 +180,10 @@ CORRUPTIONS = {
         _edit(_set(TEST["dataset"], ("rows",), 13)),
         [rf"{TEST['dataset']}: seq_len = 144 but rows x cols = 13 x 12 = 156"],
     ),
+    "vocabulary size not the token table's": (
+        _edit(lambda docs: [docs[f["dataset"]].update(vocab_size=25) for f in (TRAIN, TEST)]),
+        [rf"tokens\.encoding.*\n.*{TRAIN['dataset']}: vocab_size = 25, the token table has 24"],
+    ),
     "out-of-range token": (
         _edit(_set(TEST["inputs"], (1, 7), 99)),
         [rf"{TEST['inputs']}: \$\[1\]\[7\] = 99 is out of the vocabulary \(vocab_size = 24"],

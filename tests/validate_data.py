@@ -1,9 +1,5 @@
-"""Test data for the validate tests: a tiny dataset made by the real generator, and tools to corrupt it.
-
-The tiny config (12x12, 6 + 3 bases, routes of 8+ cells) generates in well under a second. The HRM layout
-beside it is written here from the raw arrays (dtypes of docs/design.md) so that validate's layout check
-has something to compare with.
-"""
+"""Test data for the validate tests: a tiny dataset made by the real generator and converter, and tools to
+corrupt it. The tiny config (12x12, 6 + 3 bases, routes of 8+ cells) generates in well under a second."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hrm.data import generate, spec
+from hrm.data import convert, generate, spec
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_GENERATE = {"rows": 12, "cols": 12, "train_bases": 6, "test_bases": 3, "min_route_length": 8}
@@ -45,43 +41,11 @@ def write_docs(raw_dir: Path, docs: dict[str, Any]) -> None:
         (raw_dir / name).write_text(json.dumps(document), encoding="utf-8")
 
 
-def write_hrm_layout(raw_dir: Path, hrm_dir: Path) -> None:
-    """The HRM layout of the raw files, as convert is specified to write it."""
-    docs = load_docs(raw_dir)
-    summary = docs[spec.RAW_SUMMARY_FILE]
-    hrm_dir.mkdir(parents=True, exist_ok=True)
-    (hrm_dir / "identifiers.json").write_text(json.dumps(docs[spec.RAW_IDENTIFIERS_FILE]), encoding="utf-8")
-    routing_doc = dict(summary["cost_model"], rows=summary["grid"]["rows"], cols=summary["grid"]["cols"])
-    (hrm_dir / spec.HRM_ROUTING_FILE).write_text(json.dumps(routing_doc), encoding="utf-8")
-    identifiers = docs[spec.RAW_IDENTIFIERS_FILE]
-    for split in spec.SPLITS:
-        files = spec.raw_split_files(split)
-        folder = hrm_dir / split
-        folder.mkdir(exist_ok=True)
-        metadata = {k: v for k, v in docs[files["dataset"]].items() if k not in ("rows", "cols")}
-        (folder / "dataset.json").write_text(json.dumps(metadata), encoding="utf-8")
-        for kind, dtype in (
-            ("inputs", np.uint8),
-            ("labels", np.uint8),
-            ("puzzle_identifiers", np.int32),
-            ("puzzle_indices", np.int32),
-            ("group_indices", np.int32),
-        ):
-            np.save(folder / f"all__{kind}.npy", np.asarray(docs[files[kind]], dtype=dtype))
-        bases = docs[files["base_scenario_ids"]]
-        numbers = {base: k for k, base in enumerate(dict.fromkeys(bases))}
-        np.save(
-            folder / "all__base_scenario_ids.npy", np.asarray([numbers[b] for b in bases], dtype=np.int32)
-        )
-        vehicles = [identifiers.index(v) for v in docs[files["vehicle_types"]]]
-        np.save(folder / "all__vehicle_types.npy", np.asarray(vehicles, dtype=np.int32))
-
-
 def make_valid_set(root: Path) -> Path:
     """Generate the tiny dataset and its HRM layout under `root`; returns the params file."""
     params = small_params(root)
     generate.generate(params, root / "raw", progress=False)
-    write_hrm_layout(root / "raw", root / "hrm")
+    convert.convert(root / "raw", root / "hrm", strict=True)
     return write_params(root, params)
 
 

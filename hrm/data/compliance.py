@@ -339,21 +339,23 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
             encoding_problems.append(
                 f"{name}: vocab_size = {meta['vocab_size']}, the token table has {spec.VOCAB_SIZE}"
             )
-        if meta["ignore_label_id"] not in (0, None):
-            encoding_problems.append(f"{name}: ignore_label_id = {meta['ignore_label_id']}")
     table = dataset.summary.get("cost_model", {}).get("tokens")
     if table != spec.token_names():
         encoding_problems.append(
             f"{spec.RAW_SUMMARY_FILE}: cost_model.tokens differs from the token table {spec.token_names()}"
         )
-    encoding = share_check(
+    encoding = Check(
         "encoding",
         "tokens",
         "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)",
-        encoding_problems,
-        1,
+        0.0 if encoding_problems else 1.0,
+        "= 1.0",
+        0.0 if encoding_problems else 1.0,
+        not encoding_problems,
+        True,
+        encoding_problems[:MAX_FAILURES_LISTED],
+        len(encoding_problems),
     )
-    encoding.value = encoding.score = 0.0 if encoding_problems else 1.0
     return [
         encoding,
         share_check(
