@@ -322,7 +322,7 @@ def test_failing_data_replaces_reports_whole(valid_set, tmp_path):
     after = _report_bytes(tmp_path)
     assert sorted(after) == ["compliance.json", "compliance.md", "scenarios.png"]
     metrics = json.loads(after["compliance.json"])
-    assert metrics["passed"] is False and metrics["checks"]["methodology.base_overlap"]["value"] == 1
+    assert metrics["passed"] is False and metrics["checks"]["methodology.base_overlap"] == 1
     assert b"**FAIL**" in after["compliance.md"] and b"base train-0001 is in both" in after["compliance.md"]
 
 

@@ -52,7 +52,8 @@ def test_valid_small_set_scores_one_and_writes_reports(dataset_copy):
     metrics = json.loads((reports / "compliance.json").read_text())
     assert metrics["score"] == 1.0 and metrics["passed"] is True
     assert set(metrics["categories"]) == set(compliance.CATEGORIES)
-    assert metrics["checks"]["route_optimality.route_optimal"]["value"] == 1.0
+    assert metrics["checks"]["route_optimality.route_optimal"] == 1.0
+    assert metrics["checks"]["methodology.train_examples"] == 24
     assert metrics["figures"]["train_examples"] == 24 and metrics["figures"]["test_examples"] == 12
     markdown = (reports / "compliance.md").read_text()
     assert "**PASS**" in markdown and "route_unique" in markdown
@@ -198,10 +199,33 @@ def test_near_duplicate_maps_are_counted_not_fatal(dataset_copy):
     write_docs(raw, docs)
     settings = validate.ValidateSettings.from_params(small_params(dataset_copy))
     report = validate.validate_dataset(settings).report
-    assert report.figures["near_duplicate_pairs_across_splits"] >= 1
-    assert report.figures["max_equal_share_across_splits"] >= 1 - 5 / len(near)
+    assert report.figures["near_duplicate_map_pairs_across_splits"] >= 1
+    assert report.figures["max_map_equal_share_across_splits"] >= 1 - 5 / len(near)
     identical = next(c for c in report.checks if c.name == "identical_grids_across_splits")
     assert identical.passed  # near, not identical
+
+
+def test_same_streets_under_other_traffic_count_as_an_identical_layout(dataset_copy):
+    raw = dataset_copy / "raw"
+    docs = load_docs(raw)
+    train_grid = docs[spec.raw_split_files("train")["inputs"]][0]
+    levels = len(spec.CONGESTION_LEVELS)
+    retrafficked = [
+        t
+        if not spec.ROAD_BASE <= t < spec.CLOSED
+        else t - (t - spec.ROAD_BASE) % levels + ((t - spec.ROAD_BASE) % levels + 1) % levels
+        for t in train_grid
+    ]
+    assert retrafficked != train_grid
+    test_inputs = docs[spec.raw_split_files("test")["inputs"]]
+    for k in range(4):
+        test_inputs[k] = retrafficked
+    write_docs(raw, docs)
+    report = validate.validate_dataset(
+        validate.ValidateSettings.from_params(small_params(dataset_copy))
+    ).report
+    assert report.figures["identical_layout_pairs_across_splits"] >= 1
+    assert report.figures["identical_map_pairs_across_splits"] == 0
 
 
 def test_hrm_layout_that_differs_from_raw_is_critical(dataset_copy):
