@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
-from hrm.data import compliance, routing, schemas, spec, validate
+from hrm.data import compliance, invariants, routing, schemas, spec, validate
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
 
@@ -243,3 +243,32 @@ def test_hrm_layout_that_differs_from_raw_is_critical(dataset_copy):
         in message
     )
     assert "test/all__vehicle_types.npy: missing (run the convert stage)" in message
+
+
+def test_a_tied_label_fails_route_unique_with_its_own_message():
+    """A 3x3 open block: the label takes one of two equally cheap routes round the centre building."""
+    grid = [S, ST, ST, ST, B, ST, ST, ST, G]
+    label = [S, spec.ROUTE, spec.ROUTE, ST, B, spec.ROUTE, ST, ST, G]
+    table = np.full((2, spec.VOCAB_SIZE), spec.BLOCKED, dtype=np.int64)
+    table[1] = COSTS
+    split = invariants.SplitData(
+        name="train",
+        files=spec.raw_split_files("train"),
+        metadata={},
+        inputs=np.array([grid], dtype=np.uint8),
+        labels=np.array([label], dtype=np.uint8),
+        puzzle_identifiers=np.array([1]),
+        puzzle_indices=np.array([0, 1]),
+        group_indices=np.array([0, 1]),
+        base_ids=["train-0000"],
+        vehicles=["bike"],
+    )
+    dataset = invariants.RawDataset({"train": split}, ["<blank>", "bike"], {}, 3, 3)
+    facts = {"train": compliance.example_facts(split, table, 3, 3)}
+    checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
+    assert checks["route_valid"].passed and checks["route_optimal"].passed
+    assert not checks["route_unique"].passed and checks["route_unique"].critical
+    assert checks["route_unique"].failures == [
+        "city_routing_paper_train_all__labels.json[0] (base train-0000, bike): another route has the same "
+        "optimal cost (tie)"
+    ]
