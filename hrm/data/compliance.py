@@ -43,8 +43,9 @@ class Check:
 def share_check(
     name: str, category: str, description: str, failures: list[str], total: int, critical: bool = True
 ) -> Check:
-    """A check passed by every item: value = score = share of items without a failure."""
-    share = 1.0 - len(failures) / total if total else 0.0
+    """A check passed by every item: value = score = share of items without a failure (at least 0: a
+    problem not tied to one item, such as a count, may come on top of the items' own failures)."""
+    share = max(0.0, 1.0 - len(failures) / total) if total else 0.0
     return Check(
         name,
         category,
