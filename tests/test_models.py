@@ -522,3 +522,37 @@ def test_softmax_loss_option():
         F.cross_entropy(outputs["logits"].transpose(1, 2), batch["labels"], reduction="none").mean(-1).sum()
     )
     torch.testing.assert_close(metrics["lm_loss"], expected)
+
+
+def test_build_seed_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = tiny(seed=7), tiny(seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    assert not torch.equal(a.model.inner.lm_head.weight, tiny(seed=8).model.inner.lm_head.weight)
+
+
+def test_moving_the_model_keeps_the_puzzle_gradient_buffer_a_leaf():
+    head = tiny()
+    head._apply(lambda t: t * 1)  # what .to(device/dtype) does to buffers: a new, non-leaf tensor
+    local = head.puzzle_emb.local_weights
+    assert local.is_leaf and local.requires_grad
+    head.train()
+    batch = make_batch()
+    _, loss, _, _, _ = head(carry=head.initial_carry(batch), batch=batch)
+    loss.backward()
+    assert head.puzzle_emb.local_weights.grad is not None
+
+
+def test_transformer_carry_round_trip():
+    head = tiny(name="transformer")
+    batch = make_batch()
+    carry, *_ = head(carry=head.initial_carry(batch), batch=batch)
+    state = carry.to_state()
+    assert "z_H" not in state and set(state) >= {"steps", "halted", "current_data.inputs"}
+    restored = ACTCarry.from_state(state)
+    assert restored.z_H is None and torch.equal(restored.current_data["labels"], batch["labels"])
