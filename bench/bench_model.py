@@ -8,7 +8,7 @@ backward, AdamATan2 + SparseSignSGD steps. Figures:
   peak_MiB    peak RSS of the process during the steps minus RSS before the first step
 The one-step gradient's promise: saved_MiB and peak_MiB do not grow with H_cycles x L_cycles.
 
-    PYTHONPATH=$PWD python bench/bench_model.py            # quick + paper shape (several minutes on 2 cores)
+    PYTHONPATH=$PWD python bench/bench_model.py            # quick + paper shape (~10 minutes on 2 cores)
     PYTHONPATH=$PWD python bench/bench_model.py --quick-only
 """
 
@@ -50,6 +50,9 @@ QUICK_ARCH = {
     "num_heads": 4,
     "puzzle_emb_ndim": 128,
 }
+
+
+THREADS = 0  # torch threads in the workers; 0 = torch's default (set by --threads)
 
 
 def _rss_bytes() -> int:
@@ -123,7 +126,15 @@ def run_case(case: dict) -> dict:
 def measure(
     name: str, arch: dict, seq_len: int, batch: int, cycles: tuple[int, int], steps: int, warmup: int
 ) -> dict:
-    case = dict(arch=arch, seq_len=seq_len, batch=batch, cycles=list(cycles), steps=steps, warmup=warmup)
+    case = dict(
+        arch=arch,
+        seq_len=seq_len,
+        batch=batch,
+        cycles=list(cycles),
+        steps=steps,
+        warmup=warmup,
+        threads=THREADS,
+    )
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True, check=False
     )
@@ -147,13 +158,24 @@ def main() -> None:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick-only", action="store_true", help="skip the paper shape (minutes on 2 cores)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per case (after 1 warm-up)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per quick case (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_case(json.loads(args.worker))))
+        case = json.loads(args.worker)
+        if case["threads"]:
+            import torch
+
+            torch.set_num_threads(case["threads"])
+        print(json.dumps(run_case(case)))
         return
+    global THREADS
+    THREADS = args.threads
 
     print("HRM ACT v1, CPU fp32, training steps (loss head + target-Q pass, backward, both optimizers)")
+    print(
+        f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (a shared machine skews times)"
+    )
     quick = measure("quick 12x12, hidden 128, 2+2", QUICK_ARCH, 144, 64, (2, 2), args.steps, 1)
     quick4 = measure("quick 12x12, hidden 128, 2+2", QUICK_ARCH, 144, 64, (4, 4), args.steps, 1)
     print(
@@ -162,16 +184,18 @@ def main() -> None:
     )
     if args.quick_only:
         return
-    paper = measure("paper 40x40, hidden 512, 4+4", PAPER_ARCH, 1600, 2, (2, 2), args.steps, 1)
-    paper1 = measure("paper 40x40, hidden 512, 4+4", PAPER_ARCH, 1600, 1, (2, 2), args.steps, 1)
-    paper1_4 = measure("paper 40x40, hidden 512, 4+4", PAPER_ARCH, 1600, 1, (4, 4), args.steps, 1)
+    # Paper shape: one timed step after one warm-up at batch 2 (what the reference timed), and the cycle
+    # comparison at batch 1 from a cold start (one step each: minutes per step on 2 shared cores).
+    measure("paper 40x40, hidden 512, 4+4", PAPER_ARCH, 1600, 2, (2, 2), 1, 1)
+    paper1 = measure("paper 40x40, hidden 512, 4+4 (cold)", PAPER_ARCH, 1600, 1, (2, 2), 1, 0)
+    paper1_4 = measure("paper 40x40, hidden 512, 4+4 (cold)", PAPER_ARCH, 1600, 1, (4, 4), 1, 0)
     print(
         f"  paper batch 1, cycles 4/4 vs 2/2: step time x{paper1_4['step_s'] / paper1['step_s']:.2f}, "
         f"saved x{paper1_4['saved_MiB'] / paper1['saved_MiB']:.3f}, "
         f"peak x{paper1_4['peak_MiB'] / paper1['peak_MiB']:.3f}"
     )
-    print(f"  paper batch 2 vs 1: step time x{paper['step_s'] / paper1['step_s']:.2f}")
     print("  reference: the official code (SDPA in place of FlashAttention) took 20.3 s/step at batch 2 here")
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

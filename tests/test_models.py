@@ -295,8 +295,8 @@ def test_train_without_q_halt_runs_to_halt_max_steps():
 
 
 def test_exploration_min_steps_are_within_2_and_halt_max_steps():
-    batch_size = 256
-    head = tiny(batch_size=batch_size, halt_exploration_prob=1.0, halt_max_steps=5)
+    batch_size = 64  # 4 equally likely values: all show up (seeded; chance of a miss ~ 4 * 0.75^64)
+    head = tiny(batch_size=batch_size, halt_exploration_prob=1.0, halt_max_steps=5, H_cycles=1, L_cycles=1)
     head.train()
     set_q_bias(head, 3.0, -3.0)  # Q says halt at once: only exploration can delay it
     steps = _run_until_all_halted(head, make_batch(batch_size), generator=torch.Generator().manual_seed(0))
@@ -305,7 +305,7 @@ def test_exploration_min_steps_are_within_2_and_halt_max_steps():
 
 def test_exploration_probability_is_respected():
     batch_size = 512
-    head = tiny(batch_size=batch_size, halt_exploration_prob=0.25, halt_max_steps=5)
+    head = tiny(batch_size=batch_size, halt_exploration_prob=0.25, halt_max_steps=5, H_cycles=1, L_cycles=1)
     head.train()
     set_q_bias(head, 3.0, -3.0)
     batch = make_batch(batch_size)
@@ -556,3 +556,20 @@ def test_transformer_carry_round_trip():
     assert "z_H" not in state and set(state) >= {"steps", "halted", "current_data.inputs"}
     restored = ACTCarry.from_state(state)
     assert restored.z_H is None and torch.equal(restored.current_data["labels"], batch["labels"])
+
+
+def test_params_yaml_arch_builds_the_paper_model():
+    from pathlib import Path
+
+    from hrm.config import load_params, section
+
+    arch = section(load_params(Path(__file__).parent.parent / "params.yaml"), "arch")
+    head = build_model(
+        arch, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, batch_size=768, device="meta"
+    )
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == official_layout(
+        vocab=24, identifiers=5
+    )
+    config = head.model.config
+    assert (config.H_cycles, config.L_cycles, config.halt_max_steps) == (2, 2, 16)
+    assert config.forward_dtype == torch.float32  # auto on a non-CUDA device
