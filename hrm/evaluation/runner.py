@@ -45,33 +45,6 @@ def segments_to_keep(requested: list[int], halt_max_steps: int) -> list[int]:
     return sorted(kept | {halt_max_steps})
 
 
-def make_batch(
-    data: SplitData, start: int, batch_size: int, metadata: dict[str, Any], device: Any
-) -> tuple[dict[str, Any], int]:
-    """HRM's test batch: examples in order, the last chunk padded (pad inputs, ignored labels, blank id)."""
-    import torch
-
-    stop = min(start + batch_size, len(data))
-    real = stop - start
-    pad_id = int(metadata.get("pad_id", 0))
-    ignore = metadata.get("ignore_label_id")
-    blank = int(metadata.get("blank_identifier_id", 0) or 0)
-    inputs = np.full((batch_size, data.inputs.shape[1]), pad_id, dtype=np.int32)
-    labels = np.full((batch_size, data.inputs.shape[1]), -100, dtype=np.int64)
-    identifiers = np.full(batch_size, blank, dtype=np.int32)
-    inputs[:real] = data.inputs[start:stop]
-    labels[:real] = data.labels[start:stop]
-    if ignore is not None:
-        labels[:real][data.labels[start:stop] == ignore] = -100
-    identifiers[:real] = data.identifiers[start:stop]
-    batch = {
-        "inputs": torch.from_numpy(inputs).to(device),
-        "labels": torch.from_numpy(labels).to(device),
-        "puzzle_identifiers": torch.from_numpy(identifiers).to(device),
-    }
-    return batch, real
-
-
 def run_segments(
     head: Any,
     data: SplitData,
@@ -91,31 +64,40 @@ def run_segments(
     halt_preds = np.zeros((n, seq_len), dtype=np.int64)
     final_q_halt = np.zeros(n)
     final_q_continue = np.zeros(n)
-    starts = range(0, n, batch_size)
+    from hrm.training.data import eval_batches
+
+    batches = eval_batches(data.dataset, batch_size)  # HRM's: in order, the last chunk padded
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"evaluate {data.name}", unit="batch", leave=False)
+        batches = tqdm(
+            batches, desc=f"evaluate {data.name}", unit="batch", total=-(-n // batch_size), leave=False
+        )
     head.eval()
     with torch.no_grad():
-        for start in starts:
-            batch, real = make_batch(data, start, batch_size, data.metadata, device)
+        for index, cpu_batch in enumerate(batches):
+            batch = {key: value.to(device) for key, value in cpu_batch.items()}
+            start = index * batch_size
+            real = min(batch_size, n - start)
             rows = slice(start, start + real)
             carry = head.initial_carry(batch)
             decided = np.zeros(real, dtype=bool)
             for step in range(1, halt_max_steps + 1):
                 carry, _, _, outputs, all_halted = head(carry=carry, batch=batch, return_keys=PREDICTION_KEYS)
-                missing = [key for key in PREDICTION_KEYS if key not in outputs]
-                if missing:
-                    raise RuntimeError(f"model outputs lack {missing}; the ACT head must return them")
+                if "preds" not in outputs:
+                    raise RuntimeError("model outputs lack 'preds'; the ACT head must return them")
                 if bool(all_halted) != (step == halt_max_steps):
                     raise RuntimeError(
                         f"model reported all_halted={bool(all_halted)} after segment {step} of "
                         f"{halt_max_steps}; in eval mode HRM halts exactly at halt_max_steps"
                     )
                 preds = outputs["preds"][:real].cpu().numpy().astype(np.int64)
-                q_halt = outputs["q_halt_logits"][:real].float().cpu().numpy()
-                q_continue = outputs["q_continue_logits"][:real].float().cpu().numpy()
+                if "q_halt_logits" in outputs:
+                    q_halt = outputs["q_halt_logits"][:real].float().cpu().numpy()
+                    q_continue = outputs["q_continue_logits"][:real].float().cpu().numpy()
+                else:  # a model without a Q-head (fixed segments) never halts early
+                    q_halt = np.full(real, np.nan)
+                    q_continue = np.full(real, np.nan)
                 if step in preds_at:
                     preds_at[step][rows] = preds
                 halting = ~decided & ((q_halt > q_continue) | (step == halt_max_steps))
@@ -164,7 +146,7 @@ def evaluate_split(
     task: M.RouteTask | None,
 ) -> SplitResult:
     """Every number of one split: overall, per vehicle, per segment count, Q-halting, and two reference rows."""
-    ignore = data.metadata.get("ignore_label_id")
+    ignore = data.metadata.ignore_label_id
     optimum = M.optimal_costs(data.inputs, data.identifiers, task) if task is not None else None
 
     def score(preds: np.ndarray) -> M.ExampleScores:
@@ -174,8 +156,10 @@ def evaluate_split(
     halted_correct = final.exact
     q_halt_right = (run.final_q_halt >= 0) == halted_correct
 
+    has_q_head = bool(np.isfinite(run.final_q_halt).all())
+
     def with_act(values: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
-        values["q_halt_accuracy"] = float(q_halt_right[mask].mean()) if mask.any() else None
+        values["q_halt_accuracy"] = float(q_halt_right[mask].mean()) if mask.any() and has_q_head else None
         values["steps"] = float(run.halt_steps[mask].mean()) if mask.any() else None
         return values
 
@@ -221,12 +205,11 @@ def resolve_device(requested: str) -> Any:
         raise UserError(f"params.yaml: train.device '{requested}' is not a torch device ({err})") from err
 
 
-def load_head(arch: dict[str, Any], metadata: dict[str, Any], checkpoint: Path, batch_size: int, device: Any):
+def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size: int, device: Any) -> Any:
     """build_model(arch, metadata) with the checkpoint's weights (HRM's key layout, e.g. an official one)."""
     import torch
 
     from hrm.models import build_model, load_official_checkpoint
-    from hrm.training.data import DatasetMetadata
 
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: checkpoint not found (run the train stage first?)")
@@ -234,14 +217,19 @@ def load_head(arch: dict[str, Any], metadata: dict[str, Any], checkpoint: Path, 
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, not a bug here
         raise UserError(f"{checkpoint}: not a weights-only torch checkpoint ({err})") from err
-    fields = DatasetMetadata.__dataclass_fields__
-    model_metadata = DatasetMetadata(**{k: v for k, v in metadata.items() if k in fields})
-    head = build_model(arch, model_metadata, batch_size=batch_size)
+    head = build_model(
+        arch,
+        seq_len=metadata.seq_len,
+        vocab_size=metadata.vocab_size,
+        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+        batch_size=batch_size,
+        device=device,
+    )
     try:
-        load_official_checkpoint(head, state)
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise UserError(f"{checkpoint}: does not fit the model in params.yaml arch ({err})") from err
-    return head.to(device)
+        load_official_checkpoint(head, state)  # strips torch.compile's prefix; UserError on any mismatch
+    except UserError as err:
+        raise UserError(f"{checkpoint}: {err}") from err
+    return head
 
 
 # ---- the stage ----
@@ -274,12 +262,13 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     splits = {name: load_split(data_root, name) for name in ("train", "test")}
     metadata = splits["train"].metadata
     for key in ("seq_len", "vocab_size", "num_puzzle_identifiers"):
-        if splits["test"].metadata[key] != metadata[key]:
+        theirs, ours = getattr(splits["test"].metadata, key), getattr(metadata, key)
+        if theirs != ours:
             raise UserError(
-                f"{data_root / 'test' / 'dataset.json'}: field '{key}' is {splits['test'].metadata[key]}, "
-                f"train has {metadata[key]}; one model cannot read both"
+                f"{data_root / 'test' / 'dataset.json'}: field '{key}' is {theirs}, train has {ours}; "
+                "one model cannot read both"
             )
-    names = load_identifier_names(data_root, metadata["num_puzzle_identifiers"])
+    names = load_identifier_names(data_root, metadata.num_puzzle_identifiers)
     task = load_route_task(data_root, metadata)
     device = resolve_device(str(params.get("train", {}).get("device", "auto")))
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
