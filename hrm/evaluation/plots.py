@@ -67,8 +67,8 @@ def _figure(width: float, height: float):
     return plt, plt.figure(figsize=(width, height), dpi=100)
 
 
-def _save(plt: Any, fig: Any, path: Path) -> None:
-    fig.tight_layout()
+def _save(plt: Any, fig: Any, path: Path, top: float = 1.0) -> None:
+    fig.tight_layout(rect=(0, 0, 1, top))  # `top` < 1 leaves room for a suptitle
     fig.savefig(path, format="png", metadata=PNG_METADATA)
     plt.close(fig)
 
@@ -93,7 +93,7 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("ACT segments run")
     ax.set_ylabel("rate")
-    ax.set_title("Accuracy vs segments (star: halting by the Q-head, at its mean steps)")
+    ax.set_title("Accuracy vs ACT segments (stars: Q-head halting at its mean steps)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(plt, fig, path)
@@ -251,8 +251,8 @@ def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -
         ax.set_title(f"{name}\n{caption}" if caption else name, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(example.title, fontsize=9)
-    _save(plt, fig, path)
+    fig.suptitle(example.title, fontsize=10)
+    _save(plt, fig, path, top=0.93)
 
 
 def choose_route_examples(optimal: np.ndarray, count: int, seed: int = 0) -> list[int]:

@@ -372,12 +372,13 @@ def write_reports(
             for rank, index in enumerate(chosen):
                 vehicle = _vehicle_name(test_result, test.identifiers[index])
                 base = f", base {int(test.base_ids[index])}" if test.base_ids is not None else ""
-                caption = f"test example {index}{base}, {vehicle}: {_route_caption(test_result, index)}"
+                where = f"test example {index}{base}, {vehicle}"
+                caption = f"{where}: {_route_caption(test_result, index)}"
                 optimum = test_result.optimum[index]
                 path = figure_dir / f"route_map_{rank:02d}.png"
                 plots.plot_route_map(
                     plots.RouteMapExample(
-                        title=_wrap(caption, 120),
+                        title=where,
                         input_grid=test.inputs[index],
                         label_grid=test.labels[index],
                         pred_grid=runs["test"].final_preds[index],
