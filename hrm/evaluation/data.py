@@ -25,8 +25,8 @@ class SplitData:
 
     name: str
     dataset: Any  # hrm.training.data.PuzzleDataset: checked arrays, metadata, HRM's eval batches
-    inputs: np.ndarray  # [N, seq_len] int64
-    labels: np.ndarray  # [N, seq_len] int64
+    inputs: np.ndarray  # [N, seq_len], token_dtype(vocab)
+    labels: np.ndarray  # [N, seq_len]
     identifiers: np.ndarray  # [N] int64
     base_ids: np.ndarray | None  # [N] int64 base scenario index, when the data carries it
 
@@ -47,12 +47,22 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
-def load_split(root: str | Path, split: str) -> SplitData:
-    """The split through the trainer's checked reader, held in memory (evaluation reads every row many times)."""
+def token_dtype(vocab_size: int) -> type:
+    """Narrowest dtype for grids: predictions of a whole split stay small in memory."""
+    return np.uint8 if vocab_size <= 256 else np.int32
+
+
+def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
+    """The split through the trainer's checked reader, held in memory (evaluation reads every row many times).
+
+    `limit` > 0 keeps only the first `limit` examples (whole bases first: a base's 4 vehicles are adjacent).
+    """
     from hrm.training.data import PuzzleDataset
 
     dataset = PuzzleDataset(root, split)
-    rows = np.arange(dataset.num_examples)
+    count = dataset.num_examples if limit <= 0 else min(limit, dataset.num_examples)
+    rows = np.arange(count)
+    dtype = token_dtype(dataset.metadata.vocab_size)
     base_ids = None
     base_path = dataset.file(spec.HRM_EXTRA_ARRAYS[0])
     if base_path.exists():
@@ -60,13 +70,14 @@ def load_split(root: str | Path, split: str) -> SplitData:
             base_ids = np.load(base_path, allow_pickle=False).astype(np.int64).reshape(-1)
         except ValueError as err:
             raise UserError(f"{base_path}: not a readable .npy array ({err})") from err
-        if len(base_ids) != len(rows):
-            raise UserError(f"{base_path}: {len(base_ids)} entries but {len(rows)} examples")
+        if len(base_ids) != dataset.num_examples:
+            raise UserError(f"{base_path}: {len(base_ids)} entries but {dataset.num_examples} examples")
+        base_ids = base_ids[:count]
     return SplitData(
         name=split,
         dataset=dataset,
-        inputs=np.asarray(dataset.inputs, dtype=np.int64),
-        labels=np.asarray(dataset.labels, dtype=np.int64),
+        inputs=np.asarray(dataset.inputs[:count], dtype=dtype),
+        labels=np.asarray(dataset.labels[:count], dtype=dtype),
         identifiers=dataset.puzzle_identifiers[dataset.puzzles_of_examples(rows)].astype(np.int64),
         base_ids=base_ids,
     )

@@ -59,27 +59,27 @@ def run_segments(
 
     n, seq_len = data.inputs.shape
     keep = segments_to_keep(keep, halt_max_steps)
-    preds_at = {k: np.zeros((n, seq_len), dtype=np.int64) for k in keep}
+    dtype = data.inputs.dtype
+    preds_at = {k: np.zeros((n, seq_len), dtype=dtype) for k in keep}
     halt_steps = np.full(n, halt_max_steps, dtype=np.int64)
-    halt_preds = np.zeros((n, seq_len), dtype=np.int64)
+    halt_preds = np.zeros((n, seq_len), dtype=dtype)
     final_q_halt = np.zeros(n)
     final_q_continue = np.zeros(n)
-    from hrm.training.data import eval_batches
-
-    batches = eval_batches(data.dataset, batch_size)  # HRM's: in order, the last chunk padded
+    starts = range(0, n, batch_size)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(
-            batches, desc=f"evaluate {data.name}", unit="batch", total=-(-n // batch_size), leave=False
-        )
+        starts = tqdm(starts, desc=f"evaluate {data.name}", unit="batch", leave=False)
     head.eval()
     with torch.no_grad():
-        for index, cpu_batch in enumerate(batches):
-            batch = {key: value.to(device) for key, value in cpu_batch.items()}
-            start = index * batch_size
-            real = min(batch_size, n - start)
+        for start in starts:
+            # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
+            examples = np.arange(start, min(start + batch_size, n))
+            real = len(examples)
             rows = slice(start, start + real)
+            puzzles = data.dataset.puzzles_of_examples(examples)
+            cpu_batch = data.dataset.collate(examples, puzzles, pad_to=batch_size)
+            batch = {key: value.to(device) for key, value in cpu_batch.items()}
             carry = head.initial_carry(batch)
             decided = np.zeros(real, dtype=bool)
             for step in range(1, halt_max_steps + 1):
@@ -91,7 +91,7 @@ def run_segments(
                         f"model reported all_halted={bool(all_halted)} after segment {step} of "
                         f"{halt_max_steps}; in eval mode HRM halts exactly at halt_max_steps"
                     )
-                preds = outputs["preds"][:real].cpu().numpy().astype(np.int64)
+                preds = outputs["preds"][:real].cpu().numpy().astype(dtype)
                 if "q_halt_logits" in outputs:
                     q_halt = outputs["q_halt_logits"][:real].float().cpu().numpy()
                     q_continue = outputs["q_continue_logits"][:real].float().cpu().numpy()
@@ -256,10 +256,14 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
             f"params.yaml: evaluate.segments must be a list of positive integers, got {segments!r}"
         )
     n_maps = _setting(settings, "route_map_examples", "evaluate", int, 0)
+    train_examples = _setting(settings, "train_examples", "evaluate", int, 0)
     halt_max_steps = _setting(arch, "halt_max_steps", "arch", int, 1)
     data_root = Path(paths["hrm"])
 
-    splits = {name: load_split(data_root, name) for name in ("train", "test")}
+    splits = {
+        "train": load_split(data_root, "train", limit=train_examples),
+        "test": load_split(data_root, "test"),
+    }
     metadata = splits["train"].metadata
     for key in ("seq_len", "vocab_size", "num_puzzle_identifiers"):
         theirs, ours = getattr(splits["test"].metadata, key), getattr(metadata, key)
