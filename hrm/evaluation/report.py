@@ -33,7 +33,7 @@ COLUMNS = (
     ("route_optimal_rate", "route optimal"),
     ("route_cost_gap", "cost gap (valid)"),
     ("q_halt_accuracy", "q_halt acc."),
-    ("steps", "ACT steps"),
+    ("steps", "ACT steps (Q-head)"),
 )
 
 
@@ -71,10 +71,11 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
     rows = []
     for split, metrics in results.items():
         n = fmt(metrics["count"], "count")
+        fixed = {**metrics, "steps": float(halt_max_steps)}  # HRM's eval: every row runs them all
         rows.append(
             (
                 f"{split}: model, {halt_max_steps} segments",
-                [n] + [fmt(metrics.get(k), k) for k, _ in columns],
+                [n] + [fmt(fixed.get(k), k) for k, _ in columns],
                 False,
             )
         )
