@@ -315,16 +315,20 @@ def build_city(
             tokens[cell] = spec.CLOSED
 
     candidates = np.flatnonzero(shared_tokens[tokens])
-    cand_rows, cand_cols = candidates // cols, candidates % cols
-    distance = np.abs(cand_rows[:, None] - cand_rows[None, :]) + np.abs(
-        cand_cols[:, None] - cand_cols[None, :]
+    if candidates.size < 2:
+        raise NoEndpoints("fewer than 2 road cells every vehicle may use")
+    # Farthest Manhattan distance from each candidate to any other, in O(n) via the rotated axes r+c, r-c.
+    diagonal = candidates // cols + candidates % cols
+    anti = candidates // cols - candidates % cols
+    farthest = np.maximum.reduce(
+        [diagonal.max() - diagonal, diagonal - diagonal.min(), anti.max() - anti, anti - anti.min()]
     )
-    far_enough = distance >= min_manhattan
-    viable = np.flatnonzero(far_enough.any(axis=1))
+    viable = candidates[farthest >= min_manhattan]
     if viable.size == 0:
         raise NoEndpoints(f"no two shared road cells at Manhattan distance >= {min_manhattan}")
-    start_pick = rng.choice(viable.tolist())
-    goal_pick = rng.choice(np.flatnonzero(far_enough[start_pick]).tolist())
-    start, goal = int(candidates[start_pick]), int(candidates[goal_pick])
+    start = rng.choice(viable.tolist())
+    s_row, s_col = divmod(start, cols)
+    distance = np.abs(candidates // cols - s_row) + np.abs(candidates % cols - s_col)
+    goal = rng.choice(candidates[distance >= min_manhattan].tolist())
     tokens[start], tokens[goal] = spec.START, spec.GOAL
     return City(tokens, road, congestion, hour, start, goal)

@@ -9,6 +9,7 @@ only if every vehicle has a route, each vehicle's optimum is unique, every route
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -225,7 +226,13 @@ def _split_files(settings: GenerateSettings, split: str, bases: list[Base]) -> d
     }
 
 
-def _diversity(bases: list[Base]) -> dict[str, Any]:
+def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
+    identical_pairs = {
+        f"{vehicle_names[a]}={vehicle_names[b]}": sum(
+            base.routes[a].path == base.routes[b].path for base in bases
+        )
+        for a, b in combinations(range(len(vehicle_names)), 2)
+    }
     distinct = [len({route.path for route in base.routes}) for base in bases]
     pair_distances = [
         _route_distance(a.path, b.path) for base in bases for a, b in combinations(base.routes, 2)
@@ -235,7 +242,11 @@ def _diversity(bases: list[Base]) -> dict[str, Any]:
         "bases": len(bases),
         "bases_with_all_routes_distinct": sum(d == n_vehicles for d in distinct),
         "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, n_vehicles + 1)},
-        "mean_pairwise_route_distance": round(float(np.mean(pair_distances)), 6) if pair_distances else 0.0,
+        "bases_where_two_vehicles_share_the_route": identical_pairs,
+        # math.fsum is exactly rounded: the same figure on every CPU, unlike a SIMD-order float reduction
+        "mean_pairwise_route_distance": round(math.fsum(pair_distances) / len(pair_distances), 6)
+        if pair_distances
+        else 0.0,
         "route_distance_rule": "1 - |A & B| / |A | B| over the cell sets of two vehicles' routes of one base",
     }
 
@@ -318,7 +329,9 @@ def build_summary(
         },
         "rejections": rejections.to_dict(kept=len(all_bases)),
         "route_length_by_vehicle": length_by_vehicle,
-        "diversity": {split: _diversity(split_bases) for split, split_bases in bases.items()},
+        "diversity": {
+            split: _diversity(split_bases, [v.name for v in vehicles]) for split, split_bases in bases.items()
+        },
         "hours": {
             split: Counter(b.city.hour for b in split_bases).most_common()
             for split, split_bases in bases.items()

@@ -78,10 +78,11 @@ def solve(
 ) -> RouteSolution:
     """Minimum-cost route from `start` to `goal` by A*, plus the number of optimal routes (capped).
 
-    A* runs past the goal until every cell whose f = g + h could lie on an optimal route is settled (f <= optimum):
-    with a consistent heuristic their g values are then exact, and the optimal routes are the paths of tight
-    edges (g[u] + cost[v] == g[v]) from start to goal. Counting those paths in order of g gives the number of
-    optimal routes without enumerating them.
+    The number of optimal routes into a cell is the sum over its tight predecessors u (g[u] + cost[v] == g[v]).
+    A* pops cells by (f, g): with a consistent heuristic a tight predecessor has f[u] <= f[v] and, as costs are
+    positive, g[u] < g[v], so it is always popped (and its count final) first. The free step into the goal is
+    the one exception (equal g), so the goal sorts after every other cell with the same (f, g). Counts are thus
+    final when a cell is popped, and the search stops at the goal, as plain A* does.
     """
     costs = np.asarray(costs, dtype=np.int64).reshape(-1)
     size = rows * cols
@@ -89,6 +90,11 @@ def solve(
         raise ValueError(f"costs has {costs.size} cells, expected rows*cols = {size}")
     if not (0 <= start < size and 0 <= goal < size) or start == goal:
         raise ValueError(f"start {start} and goal {goal} must be two different cells of the grid")
+    free_cells = set(np.flatnonzero(costs == 0).tolist()) - {start, goal}
+    if free_cells:  # zero-cost cycles would make the count of optimal routes infinite
+        raise ValueError(
+            f"only the start and the goal may cost 0 to enter, not cells {sorted(free_cells)[:5]}"
+        )
     cost = costs.tolist()
     cost[start] = spec.ENDPOINT_COST
     cost[goal] = spec.ENDPOINT_COST
@@ -96,22 +102,22 @@ def solve(
     adjacent = neighbours(rows, cols)
 
     g: list[float] = [UNREACHED] * size
+    count = [0] * size
+    parent = [-1] * size
     settled = [False] * size
-    order: list[int] = []
     g[start] = 0
-    heap = [(heuristic[start], 0, start)]
-    optimum = UNREACHED
+    count[start] = 1
+    heap = [(heuristic[start], 0, 0, start)]
+    expanded = 0
     while heap:
-        f, g_u, u = heapq.heappop(heap)
-        if f > optimum:
-            break
+        _, g_u, _, u = heapq.heappop(heap)
         if settled[u]:
             continue
         settled[u] = True
-        order.append(u)
+        expanded += 1
         if u == goal:
-            optimum = g_u
-            continue  # a route ends at the goal; nothing passes through it
+            break
+        count_u = count[u]
         for v in adjacent[u]:
             step = cost[v]
             if step < 0 or settled[v]:
@@ -119,37 +125,19 @@ def solve(
             g_v = g_u + step
             if g_v < g[v]:
                 g[v] = g_v
-                heapq.heappush(heap, (g_v + heuristic[v], g_v, v))
+                count[v] = count_u
+                parent[v] = u
+                heapq.heappush(heap, (g_v + heuristic[v], g_v, v == goal, v))
+            elif g_v == g[v]:
+                count[v] = min(count[v] + count_u, count_cap)
 
-    if optimum == UNREACHED:
-        return RouteSolution(None, (), 0, len(order))
-
-    # Count optimal routes on the tight-edge DAG. Tight edges raise g strictly (costs > 0) except the free
-    # step into the goal, so sorting by (g, is_goal) is a topological order.
-    order.sort(key=lambda cell: (g[cell], cell == goal))
-    count = [0] * size
-    count[start] = 1
-    for v in order:
-        if v == start:
-            continue
-        total = 0
-        for u in adjacent[v]:
-            if settled[u] and u != goal and g[u] + cost[v] == g[v]:
-                total += count[u]
-        count[v] = min(total, count_cap)
-
-    # Walk back over tight edges; with a unique optimum there is exactly one choice at every step.
+    if not settled[goal]:
+        return RouteSolution(None, (), 0, expanded)
     path = [goal]
-    cell = goal
-    while cell != start:
-        cell = min(
-            u
-            for u in adjacent[cell]
-            if settled[u] and u != goal and count[u] > 0 and g[u] + cost[cell] == g[cell]
-        )
-        path.append(cell)
+    while path[-1] != start:
+        path.append(parent[path[-1]])
     path.reverse()
-    return RouteSolution(int(optimum), tuple(path), count[goal], len(order))
+    return RouteSolution(int(g[goal]), tuple(path), count[goal], expanded)
 
 
 def route_cost(costs: np.ndarray, path: tuple[int, ...] | list[int]) -> int:
