@@ -506,3 +506,19 @@ def test_data_without_a_cost_model_skips_route_metrics(tmp_path):
     assert metrics["test"]["count"] == 10 and isinstance(metrics["test"]["exact_accuracy"], float)
     page = (tmp_path / "reports" / "eval" / "index.html").read_text()
     assert "route metrics skipped" in page and "route_map_" not in page
+
+
+def test_a_compiled_models_checkpoint_loads_too(routing_root, tmp_path):
+    """torch.compile prefixes every key with `_orig_mod.`; official HRM checkpoints come that way."""
+    import torch
+
+    data = load_split(routing_root, "train")
+    head = tiny_head(data.metadata, batch_size=8)
+    state = {f"_orig_mod.{key}": value for key, value in head.state_dict().items()}
+    torch.save(state, tmp_path / "compiled.pt")
+    loaded = runner.load_head(TINY_ARCH, data.metadata, tmp_path / "compiled.pt", batch_size=8, device="cpu")
+    for key, value in head.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pt: not a weights-only torch checkpoint"):
+        runner.load_head(TINY_ARCH, data.metadata, tmp_path / "junk.pt", batch_size=8, device="cpu")
