@@ -522,3 +522,11 @@ def test_a_compiled_models_checkpoint_loads_too(routing_root, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt: not a weights-only torch checkpoint"):
         runner.load_head(TINY_ARCH, data.metadata, tmp_path / "junk.pt", batch_size=8, device="cpu")
+
+
+def test_identifier_names_become_safe_metric_keys():
+    assert runner.metric_key("bike", 1) == "bike"
+    assert runner.metric_key("<blank>", 0) == "blank"
+    assert runner.metric_key("cargo.bike v2", 5) == "cargo_bike_v2"
+    assert runner.metric_key("segments", 2) == "id_segments"  # would overwrite the per-segment block
+    assert runner.metric_key("...", 3) == "id3"

@@ -8,6 +8,7 @@ q_halt > q_continue (the training rule), so "steps used vs accuracy" needs no se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,10 @@ class SplitResult:
     per_vehicle: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def metric_key(name: str) -> str:
-    """A vehicle name as a metric key: no dots (DVC flattens on them), never a reserved key."""
-    key = name.replace(".", "_").replace(" ", "_") or "unnamed"
+def metric_key(name: str, identifier: int) -> str:
+    """A vehicle name as a metric key: letters, digits, _ and - only (DVC splits keys on dots), never a
+    split-level key; '<blank>' becomes 'blank'."""
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or f"id{identifier}"
     return f"id_{key}" if key in RESERVED_KEYS or key in _SPLIT_METRICS else key
 
 
@@ -168,10 +170,10 @@ def evaluate_split(
 
     per_vehicle: dict[str, dict[str, Any]] = {}
     present = [int(i) for i in np.unique(data.identifiers)]
-    if len(present) <= M.MAX_BREAKDOWN_NAMES:
+    if 1 < len(present) <= M.MAX_BREAKDOWN_NAMES:  # one identifier (Maze) would repeat the overall row
         for ident in present:
             mask = data.identifiers == ident
-            per_vehicle[metric_key(names[ident])] = with_act(M.aggregate(final, optimum, mask), mask)
+            per_vehicle[metric_key(names[ident], ident)] = with_act(M.aggregate(final, optimum, mask), mask)
     result.update(per_vehicle)
 
     result["segments"] = {}
