@@ -1,137 +1,164 @@
-"""The run loop on CPU: determinism, exact resume after a crash, NaN handling, weights file."""
+"""The run loop on CPU with a tiny HRM: determinism, exact resume (crash, signal, step limit), NaN handling."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from pathlib import Path
+
 import pytest
-import standin_model
+import torch
 from hrm_layout import write_dataset
 from train_helpers import assert_same_weights, final_weights, metric_files, tiny_params
 
-from hrm.training import loop, step
+import hrm.training.step as step_module
+from hrm.training import loop
 from hrm.training.step import TrainingDiverged
 
+REAL_STEP = step_module.train_step
 
-@pytest.fixture()
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
 
 
-@pytest.fixture(autouse=True)
-def model_seams(monkeypatch):
-    standin_model.install(monkeypatch)
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    """One uninterrupted run that the other tests compare against."""
+    params = tiny_params(data_root, tmp_path_factory.mktemp("reference"))
+    summary = loop.train(params)
+    return params, summary
 
 
-def test_same_params_twice_identical_metrics_and_weights(data_root, tmp_path, capsys):
-    first = tiny_params(data_root, tmp_path / "a")
-    second = tiny_params(data_root, tmp_path / "b")
-    summary = loop.train(first)
-    loop.train(second)
+def total_steps(params: dict) -> int:
+    return json.loads((Path(params["paths"]["train_log"]) / "metrics.json").read_text())["step"]
+
+
+def eval_steps(params: dict) -> list[int]:
+    rows = metric_files(params)["plots/metrics/eval/accuracy.tsv"].splitlines()[1:]
+    return [int(row.split("\t")[0]) for row in rows]
+
+
+def test_same_params_twice_identical_metrics_and_weights(reference, tmp_path, capsys):
+    ref_params, summary = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+    loop.train(params)
     out = capsys.readouterr().out
-    # 6 epochs x 10 groups x mean examples / 4
-    assert "planned steps: " in out
-    files = metric_files(first)
-    assert files == metric_files(second)
-    assert "plots/metrics/train/lm_loss.tsv" in files and "plots/metrics/eval/exact_accuracy.tsv" in files
-    assert_same_weights(final_weights(first), final_weights(second))
-    steps = [int(line.split("\t")[0]) for line in files["plots/metrics/train/lm_loss.tsv"].splitlines()[1:]]
-    assert steps == list(range(1, summary["step"] + 1))
-    # three iterations -> three evals
-    assert len(files["plots/metrics/eval/accuracy.tsv"].splitlines()) == 1 + 3
+    assert "planned steps: 31 = int(epochs 6 x groups 10" in out
+    files = metric_files(params)
+    assert files == metric_files(ref_params)
+    for name in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss", "lr"):
+        assert f"plots/metrics/train/{name}.tsv" in files
+        assert f"plots/metrics/eval/{name}.tsv" in files or name == "lr"
+    assert "plots/metrics/train/q_continue_loss.tsv" in files
+    assert_same_weights(final_weights(params), final_weights(ref_params))
+    loss_rows = files["plots/metrics/train/lm_loss.tsv"].splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in loss_rows] == list(range(1, summary["step"] + 1))
+    assert len(eval_steps(params)) == 3  # epochs 6 / eval_interval 2
 
 
-def test_other_seed_other_metrics(data_root, tmp_path):
-    first = tiny_params(data_root, tmp_path / "a")
-    other = tiny_params(data_root, tmp_path / "b", seed=4)
-    loop.train(first)
-    loop.train(other)
-    assert (
-        metric_files(first)["plots/metrics/train/lm_loss.tsv"]
-        != metric_files(other)["plots/metrics/train/lm_loss.tsv"]
-    )
+def test_weights_file_has_official_layout(reference):
+    params, _ = reference
+    weights = final_weights(params)  # torch.load(weights_only=True)
+    assert "model.inner.puzzle_emb.weights" in weights
+    assert "model.inner.H_level.layers.0.self_attn.qkv_proj.weight" in weights
+    assert not any(k.startswith("_orig_mod.") or "local_weights" in k for k in weights)
 
 
-def crash_at(monkeypatch, crash_step: int) -> None:
-    """Make the step function die like a killed process (no checkpoint) once it reaches `crash_step`."""
-    real = step.train_step
+def test_crash_then_resume_bit_identical(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    total = total_steps(ref_params)
+    crash = total - 2  # after the second eval's checkpoint, before the end
 
     def dying(state, batch, **kwargs):
-        if state.step + 1 == crash_step:
-            raise SystemExit("simulated kill")
-        return real(state, batch, **kwargs)
+        if state.step + 1 == crash:
+            raise SystemExit("simulated kill: no checkpoint")
+        return REAL_STEP(state, batch, **kwargs)
 
-    monkeypatch.setattr(loop_step_module(), "train_step", dying)
-
-
-def loop_step_module():
-    import hrm.training.step as module
-
-    return module
-
-
-def test_crash_then_resume_bit_identical(data_root, tmp_path, monkeypatch):
-    reference = tiny_params(data_root, tmp_path / "ref")
-    loop.train(reference)
-    total = int(metric_files(reference)["metrics.json"].split('"step": ')[1].split("\n")[0].strip(" ,"))
-
-    params = tiny_params(data_root, tmp_path / "run")
-    crash_at(monkeypatch, total - 2)  # after the second eval's checkpoint, before the end
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+    monkeypatch.setattr(step_module, "train_step", dying)
     with pytest.raises(SystemExit):
         loop.train(params)
     logged = metric_files(params)["plots/metrics/train/lm_loss.tsv"]
-    assert len(logged.splitlines()) - 1 == total - 3  # rows past the checkpoint exist before the resume
-    monkeypatch.setattr(loop_step_module(), "train_step", REAL_STEP)
+    assert len(logged.splitlines()) - 1 == crash - 1
+    assert eval_steps(params)[-1] < crash - 1  # rows past the checkpoint exist and must be dropped on resume
+    monkeypatch.setattr(step_module, "train_step", REAL_STEP)
     loop.train(params)
-    assert metric_files(params) == metric_files(reference)
-    assert_same_weights(final_weights(params), final_weights(reference))
+    assert metric_files(params) == metric_files(ref_params)
+    assert_same_weights(final_weights(params), final_weights(ref_params))
 
 
-REAL_STEP = step.train_step
+def test_sigterm_checkpoints_then_resume_bit_identical(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+
+    def signalled(state, batch, **kwargs):
+        if state.step == 6:
+            os.kill(
+                os.getpid(), signal.SIGTERM
+            )  # arrives during step 7; ranks agree at step 8 and stop after it
+        return REAL_STEP(state, batch, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", signalled)
+    with pytest.raises(loop.TrainingInterrupted, match="stopped at step 8") as stopped:
+        loop.train(params)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
+    assert [f.name for f in folders] == ["step_000000008"]
+    monkeypatch.setattr(step_module, "train_step", REAL_STEP)
+    loop.train(params)
+    assert metric_files(params) == metric_files(ref_params)
+    assert_same_weights(final_weights(params), final_weights(ref_params))
 
 
-def test_max_steps_stops_early_then_resumes_same_trajectory(data_root, tmp_path):
-    reference = tiny_params(data_root, tmp_path / "ref")
-    loop.train(reference)
-    params = tiny_params(data_root, tmp_path / "run", max_steps=4)
+def test_max_steps_stops_early_then_resumes_same_trajectory(reference, tmp_path):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path, max_steps=4)
     assert loop.train(params)["step"] == 4
-    params["train"]["max_steps"] = 0  # not part of the fingerprint: resumes the same line
+    assert eval_steps(params) == [4]  # a smoke run ends with an eval and weights
+    assert Path(params["paths"]["model"]).exists()
+    params["train"]["max_steps"] = 0  # not part of the fingerprint: continues the same run
     loop.train(params)
-    ref_files, files = metric_files(reference), metric_files(params)
+    ref_files, files = metric_files(ref_params), metric_files(params)
     assert files["plots/metrics/train/lm_loss.tsv"] == ref_files["plots/metrics/train/lm_loss.tsv"]
-    assert_same_weights(final_weights(params), final_weights(reference))
+    assert eval_steps(params) == sorted([4, *eval_steps(ref_params)])
+    assert_same_weights(final_weights(params), final_weights(ref_params))
 
 
 POISON_STEP = 15  # after the first eval (about 10 steps at these sizes)
 
 
-def test_nan_stops_with_clear_error_and_keeps_checkpoint(data_root, tmp_path, monkeypatch):
-    params = tiny_params(data_root, tmp_path / "run")
-    real_build = loop.build_model
-    calls = {"n": 0}
+def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
 
-    def poisoned(arch, metadata):
-        head = real_build(arch, metadata)
-        forward = head.forward
+    def poisoned(state, batch, **kwargs):
+        if state.step + 1 == POISON_STEP:
+            with torch.no_grad():
+                next(state.module.parameters()).fill_(float("nan"))
+        return REAL_STEP(state, batch, **kwargs)
 
-        def forward_with_nan(*args, **kwargs):
-            carry, loss, metrics, outputs, halted = forward(*args, **kwargs)
-            if head.training:
-                calls["n"] += 1
-                if calls["n"] == POISON_STEP:
-                    loss = loss * float("nan")
-            return carry, loss, metrics, outputs, halted
-
-        head.forward = forward_with_nan
-        return head
-
-    monkeypatch.setattr(loop, "build_model", poisoned)
+    monkeypatch.setattr(step_module, "train_step", poisoned)
     with pytest.raises(TrainingDiverged, match=f"diverged at step {POISON_STEP}"):
         loop.train(params)
-    from pathlib import Path
-
     folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
-    # the checkpoint of the first eval (before the NaN) is there, whole, and nothing was written after it
-    assert len(folders) == 1 and 0 < int(folders[0].name.split("_")[1]) < POISON_STEP
+    # the checkpoint of the first eval is there, whole, and nothing was written after the NaN
+    assert len(folders) == 1
+    saved_step = int(folders[0].name.split("_")[1])
+    assert saved_step == eval_steps(params)[0] < POISON_STEP
     assert (folders[0] / "common.pt").exists() and (folders[0] / "rank0.pt").exists()
+    saved = torch.load(folders[0] / "common.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
     assert not Path(params["paths"]["model"]).exists()
-    eval_steps = metric_files(params)["plots/metrics/eval/accuracy.tsv"].splitlines()[1:]
-    assert [int(row.split("\t")[0]) for row in eval_steps] == [int(folders[0].name.split("_")[1])]

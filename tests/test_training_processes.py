@@ -1,4 +1,4 @@
-"""Real processes: SIGTERM mid-run then resume, and 2 gloo ranks against 1 process."""
+"""Real processes through stages/train.py: 2 gloo ranks against 1 process, SIGTERM mid-run then resume."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hrm_layout import write_dataset
 from train_helpers import final_weights, metric_files, tiny_params
 
 REPO = Path(__file__).resolve().parent.parent
-RUNNER = [sys.executable, str(REPO / "tests" / "standin_train.py")]
+RUNNER = [sys.executable, str(REPO / "stages" / "train.py"), "--params"]
 
 
 def environment() -> dict[str, str]:
@@ -45,6 +45,7 @@ def data_root(tmp_path):
     return write_dataset(tmp_path / "data", train_groups=10, test_examples=6)
 
 
+@pytest.mark.slow  # three cold processes: ~60 s on a loaded 2-core machine
 def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
     reference = tiny_params(data_root, tmp_path / "ref", epochs=12, eval_interval=4)
     subprocess.run(
@@ -79,18 +80,21 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
 
 
 def test_two_gloo_processes_match_one(data_root, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo) against one process at the same global batch."""
+    import hrm.training.loop as loop
+
     one = tiny_params(data_root, tmp_path / "one")
     two = tiny_params(data_root, tmp_path / "two")
     for params in (one, two):
-        params["train"].pop("halt_exploration_prob", None)
-        # exploration draws are per rank (seed + rank, as HRM): switch them off to compare the arithmetic
+        # Exploration draws come from seed + rank (as HRM), so ranks draw differently from one process:
+        # switch exploration off to compare the arithmetic.
         params["arch"]["halt_exploration_prob"] = 0.0
-    subprocess.run(
-        [*RUNNER, str(write_params(one, tmp_path / "one.yaml"))],
-        env=environment(),
-        check=True,
-        capture_output=True,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.train(one)
+    finally:
+        torch.set_num_threads(threads)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     done = subprocess.run(
         [*torchrun, *RUNNER[1:], str(write_params(two, tmp_path / "two.yaml"))],

@@ -93,29 +93,42 @@ class Distributed:
     world_size: int
 
 
-# ---- the three seams to the model package (tests may swap them for a tiny stand-in) ----------------------
+# ---- the model package, as docs/design.md "Model contract" describes it --------------------------------
 
 
-def build_model(arch: dict[str, Any], metadata: Any) -> Any:
+def build_model(arch: dict[str, Any], metadata: Any, batch_size: int, device: Any, seed: int) -> Any:
     from hrm.models import build_model as build
 
-    return build(arch, metadata)
+    return build(
+        arch,
+        seq_len=metadata.seq_len,
+        vocab_size=metadata.vocab_size,
+        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
 
 
-def build_optimizers(module: Any, config: TrainConfig, world_size: int) -> tuple[list[Any], list[float]]:
+def build_optimizers(module: Any, config: TrainConfig) -> tuple[list[Any], list[float]]:
     """HRM's pair: sign-SGD on the puzzle-embedding table, AdamATan2 on every parameter; base lrs in order."""
     from hrm.optim import AdamATan2, SparseSignSGD
 
-    sparse = SparseSignSGD(
-        module.model.puzzle_emb.buffers(),
-        lr=0.0,  # set by the schedule every step
-        weight_decay=config.puzzle_emb_weight_decay,
-        world_size=world_size,
+    optimizers: list[Any] = []
+    base_lrs: list[float] = []
+    if module.puzzle_emb is not None:
+        optimizers.append(
+            SparseSignSGD(module.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay)
+        )
+        base_lrs.append(config.puzzle_emb_lr)
+    # lr 0 until the schedule sets it before the first step (HRM does the same).
+    optimizers.append(
+        AdamATan2(
+            module.parameters(), lr=0.0, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+        )
     )
-    dense = AdamATan2(
-        module.parameters(), lr=0.0, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
-    )
-    return [sparse, dense], [config.puzzle_emb_lr, config.lr]
+    base_lrs.append(config.lr)
+    return optimizers, base_lrs
 
 
 def make_lr_for(config: TrainConfig, total_steps: int) -> Callable[[int, float], float]:
@@ -208,6 +221,12 @@ def stop_signals() -> Iterator[dict[str, int | None]]:
             signal.signal(sig, old)
 
 
+def sampler_local_batch(config: TrainConfig, world_size: int) -> int:
+    from hrm.training.data import check_batch_split
+
+    return check_batch_split(config.global_batch_size, world_size)
+
+
 def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
     import torch
 
@@ -224,10 +243,10 @@ def carry_to_state(carry: Any) -> Any:
     return None if carry is None else map_tensors(carry.to_state(), lambda t: t.detach().cpu())
 
 
-def carry_from_state(module: Any, state: Any, device: Any) -> Any:
-    if state is None:
-        return None
-    return module.carry_from_state(map_tensors(state, lambda t: t.to(device)))
+def carry_from_state(state: Any, device: Any) -> Any:
+    from hrm.models import ACTCarry
+
+    return None if state is None else ACTCarry.from_state(state, device=device)
 
 
 def write_weights(module: Any, path: Path) -> None:
@@ -289,18 +308,22 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             )
             print(f"device: {device}, processes: {world_size}", flush=True)
 
-        seed_everything(config.seed)  # same on every rank: identical initial weights even before broadcast
-        module = build_model(arch, train_set.metadata).to(device)
+        seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws from the global RNGs
+        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
+        module = build_model(
+            arch, train_set.metadata, sampler_local_batch(config, world_size), device, config.seed
+        )
         if world_size > 1:
             import torch.distributed as dist
 
             with torch.no_grad():
                 for tensor in list(module.parameters()) + list(module.buffers()):
                     dist.broadcast(tensor, src=0)
-        seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws come next
-        generator = torch.Generator(device=device)
+        # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
+        # draws the same numbers as a CPU run. seed + rank as HRM: ranks explore independently.
+        generator = torch.Generator()
         generator.manual_seed(config.seed + rank)
-        optimizers, base_lrs = build_optimizers(module, config, world_size)
+        optimizers, base_lrs = build_optimizers(module, config)
         head = torch.compile(module, dynamic=False) if config.compile else module
         module.train()
         state = TrainState(
@@ -335,7 +358,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             state.step = int(common["step"])
             last_eval_step = int(common["last_eval_step"])
             history = common["history"] if rank == 0 else None
-            state.carry = carry_from_state(module, own["carry"], device)
+            state.carry = carry_from_state(own["carry"], device)
             generator.set_state(own["generator"])
             set_rng_states(own["rng"])
             if rank == 0:

@@ -18,8 +18,6 @@ METRIC_KEYS = (
     "q_halt_loss",
     "q_continue_loss",
 )
-# Metrics the loss head counts over halted rows only: meaningless at a step where no row halted.
-HALTED_ROW_METRICS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
 MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
 
 
@@ -47,11 +45,14 @@ class StepResult:
     stop_requested: bool  # some rank received SIGINT/SIGTERM
 
 
-def gradient_tensors(module: Any) -> list[Any]:
-    """Parameters plus gradient-carrying buffers (the sparse puzzle embedding's local copy)."""
-    tensors = [p for p in module.parameters() if p.requires_grad]
-    tensors += [b for b in module.buffers() if b.requires_grad]
-    return tensors
+def gradient_tensors(module: Any) -> tuple[list[Any], list[Any]]:
+    """(dense parameters, gradient-carrying buffers such as the sparse puzzle embedding's local copy).
+
+    Only the first are all-reduced here: the sparse optimizer gathers its rows and ids across ranks itself.
+    """
+    dense = [p for p in module.parameters() if p.requires_grad]
+    sparse = [b for b in module.buffers() if b.requires_grad]
+    return dense, sparse
 
 
 def train_step(
@@ -74,12 +75,14 @@ def train_step(
     )
     (loss / global_batch_size).backward()
 
-    grads = [t.grad for t in gradient_tensors(state.module) if t.grad is not None]
+    dense, sparse = gradient_tensors(state.module)
+    dense_grads = [t.grad for t in dense if t.grad is not None]
     if world_size > 1:
         import torch.distributed as dist
 
-        for grad in grads:
+        for grad in dense_grads:
             dist.all_reduce(grad)
+    grads = dense_grads + [t.grad for t in sparse if t.grad is not None]
     finite = bool(torch.isfinite(loss.detach()).all())
     if finite and grads:
         finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
@@ -118,17 +121,13 @@ def train_step(
         optimizer.step()
         optimizer.zero_grad()
 
+    from hrm.models import normalize_metrics
+
     reduced = dict(zip(names, packed[3:], strict=True))
-    count = reduced.get("count", 0.0)
-    out = {"loss": packed[2] / global_batch_size, "count": count}
-    for name, value in reduced.items():
-        if name == "count":
-            continue
-        if name.endswith("loss"):
-            out[name] = value / global_batch_size  # HRM: losses count every row, per global batch
-        elif count > 0:
-            out[name] = value / count
-    out["lr"] = lr_this_step  # HRM logs the lr of its second optimizer (the main one)
+    out = normalize_metrics(reduced, global_batch_size)
+    out["count"] = reduced.get("count", 0.0)
+    out["loss"] = packed[2] / global_batch_size
+    out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
     return StepResult(metrics=out, stop_requested=packed[1] > 0)
 
 
@@ -170,6 +169,6 @@ def evaluate(
         import torch.distributed as dist
 
         dist.all_reduce(totals)
-    sums = dict(zip(names, totals.cpu().tolist(), strict=True))
-    count = max(sums.pop("count", 0.0), 1.0)
-    return {name: value / count for name, value in sums.items()}
+    from hrm.models import normalize_metrics
+
+    return normalize_metrics(dict(zip(names, totals.cpu().tolist(), strict=True)))
