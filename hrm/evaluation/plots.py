@@ -242,10 +242,11 @@ def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -
         ax = fig.add_subplot(1, 3, index + 1)
         tokens = np.clip(np.asarray(grid[:cells], dtype=np.int64), 0, spec.VOCAB_SIZE - 1)
         ax.imshow(colours[tokens].reshape(rows, cols, 3), interpolation="nearest")
-        # Start and goal are single cells: ring them so they stand out on a 40x40 map.
-        for token, colour in ((spec.START, "#1f9e3a"), (spec.GOAL, "#1f4fd6")):
+        # Start and goal are single cells: ring them (about 2 cells wide) so they stand out on any map size.
+        ring = (400.0 / max(rows, cols)) ** 2
+        for token in (spec.START, spec.GOAL):
             where = np.flatnonzero(np.asarray(example.input_grid[:cells]) == token)
-            ax.scatter(where % cols, where // cols, s=90, facecolors="none", edgecolors=colour, lw=2.0)
+            ax.scatter(where % cols, where // cols, s=ring, facecolors="none", edgecolors="black", lw=1.5)
         if index == 2:
             wrong = np.flatnonzero(
                 np.asarray(example.pred_grid[:cells]) != np.asarray(example.label_grid[:cells])
