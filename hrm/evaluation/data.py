@@ -1,0 +1,129 @@
+"""Reading a split of any dataset in HRM's on-disk layout, plus the optional route cost model beside it.
+
+Evaluation needs every example in file order with its puzzle identifier (the vehicle), as HRM's test batches
+hold them. The arrays come through the trainer's reader (`hrm.training.data.PuzzleDataset`), so any HRM-layout
+data (Maze, ARC, the original tool's files) is accepted or refused by the same checks as in training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.data import spec
+from hrm.evaluation.metrics import RouteTask
+from hrm.io import UserError
+
+
+@dataclass
+class SplitData:
+    """All examples of one split, in file order, with the puzzle identifier (vehicle) of each."""
+
+    name: str
+    dataset: Any  # hrm.training.data.PuzzleDataset: checked arrays, metadata, HRM's eval batches
+    inputs: np.ndarray  # [N, seq_len], token_dtype(vocab)
+    labels: np.ndarray  # [N, seq_len]
+    identifiers: np.ndarray  # [N] int64
+    base_ids: np.ndarray | None  # [N] int64 base scenario index, when the data carries it
+
+    @property
+    def metadata(self) -> Any:
+        return self.dataset.metadata
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: file not found (run the convert stage first?)") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+
+
+def token_dtype(vocab_size: int) -> type:
+    """Narrowest dtype for grids: predictions of a whole split stay small in memory."""
+    return np.uint8 if vocab_size <= 256 else np.int32
+
+
+def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
+    """The split through the trainer's checked reader, held in memory (evaluation reads every row many times).
+
+    `limit` > 0 keeps only the first `limit` examples (whole bases first: a base's 4 vehicles are adjacent).
+    """
+    from hrm.training.data import PuzzleDataset
+
+    dataset = PuzzleDataset(root, split)
+    count = dataset.num_examples if limit <= 0 else min(limit, dataset.num_examples)
+    rows = np.arange(count)
+    dtype = token_dtype(dataset.metadata.vocab_size)
+    base_ids = None
+    base_path = dataset.file(spec.HRM_EXTRA_ARRAYS[0])
+    if base_path.exists():
+        try:
+            base_ids = np.load(base_path, allow_pickle=False).astype(np.int64).reshape(-1)
+        except ValueError as err:
+            raise UserError(f"{base_path}: not a readable .npy array ({err})") from err
+        if len(base_ids) != dataset.num_examples:
+            raise UserError(f"{base_path}: {len(base_ids)} entries but {dataset.num_examples} examples")
+        base_ids = base_ids[:count]
+    return SplitData(
+        name=split,
+        dataset=dataset,
+        inputs=np.asarray(dataset.inputs[:count], dtype=dtype),
+        labels=np.asarray(dataset.labels[:count], dtype=dtype),
+        identifiers=dataset.puzzle_identifiers[dataset.puzzles_of_examples(rows)].astype(np.int64),
+        base_ids=base_ids,
+    )
+
+
+def load_identifier_names(root: str | Path, count: int) -> list[str]:
+    """identifiers.json names (id -> name); generic names where the file is absent or short."""
+    path = Path(root) / "identifiers.json"
+    names: list[str] = []
+    if path.exists():
+        names = read_json(path)
+        if not isinstance(names, list):
+            raise UserError(f"{path}: must be a JSON list of names")
+        names = [str(name) for name in names]
+    return names[:count] + [f"id{i}" for i in range(len(names), count)]
+
+
+def load_route_task(root: str | Path, metadata: Any) -> RouteTask | None:
+    """The cost model from routing.json, or None when the data carries none (route metrics are then skipped)."""
+    path = Path(root) / spec.HRM_ROUTING_FILE
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a JSON object")
+    for name in ("rows", "cols", "cost_table", "tokens"):
+        if name not in data:
+            raise UserError(f"{path}: field '{name}' is missing")
+    if data["tokens"] != spec.token_names():
+        raise UserError(
+            f"{path}: field 'tokens' differs from this code's token table (hrm/data/spec.py); "
+            "route metrics would misread the grids"
+        )
+    rows, cols = data["rows"], data["cols"]
+    if not (isinstance(rows, int) and isinstance(cols, int) and rows > 0 and cols > 0):
+        raise UserError(f"{path}: fields 'rows' and 'cols' must be positive integers")
+    if rows * cols > metadata.seq_len:
+        raise UserError(f"{path}: rows*cols = {rows * cols} exceeds seq_len {metadata.seq_len}")
+    try:
+        table = np.asarray(data["cost_table"], dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: field 'cost_table' must be a list of integer lists ({err})") from err
+    expected = (metadata.num_puzzle_identifiers, spec.VOCAB_SIZE)
+    if table.ndim != 2 or table.shape[0] < expected[0] or table.shape[1] != expected[1]:
+        raise UserError(
+            f"{path}: field 'cost_table' has shape {table.shape}, expected "
+            f"[num_puzzle_identifiers={expected[0]}, vocab={expected[1]}]"
+        )
+    return RouteTask(rows=rows, cols=cols, cost_table=table)

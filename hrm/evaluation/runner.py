@@ -1,0 +1,431 @@
+"""Running a checkpoint over a split segment by segment, and turning its predictions into metrics.
+
+HRM evaluates with a fixed number of ACT segments (`halt_max_steps`): in eval mode the Q-head never stops a
+row early. We keep the predictions after selected segments (accuracy vs segments, the ARC Prize analysis'
+question) and also replay what the Q-head would have done: a row halts at the first segment where
+q_halt > q_continue (the training rule), so "steps used vs accuracy" needs no second pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.evaluation import metrics as M
+from hrm.evaluation.data import SplitData
+from hrm.io import UserError
+
+PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
+# Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
+RESERVED_KEYS = {"segments", "q_halt", "copy_input", "labels", "count", "steps"}
+
+
+@dataclass
+class SegmentRun:
+    """What one pass of `halt_max_steps` segments over a split leaves behind."""
+
+    halt_max_steps: int
+    preds_at: dict[int, np.ndarray]  # segment count -> predictions [N, seq_len]
+    halt_steps: np.ndarray  # [N] first segment with q_halt > q_continue (halt_max_steps if never)
+    halt_preds: np.ndarray  # [N, seq_len] predictions at that segment
+    final_q_halt: np.ndarray  # [N] q_halt logit after the last segment
+    final_q_continue: np.ndarray  # [N]
+
+    @property
+    def final_preds(self) -> np.ndarray:
+        return self.preds_at[self.halt_max_steps]
+
+
+def segments_to_keep(requested: list[int], halt_max_steps: int) -> list[int]:
+    """`evaluate.segments` capped at halt_max_steps, always ending with halt_max_steps (HRM's own figure)."""
+    kept = {int(k) for k in requested if 1 <= int(k) <= halt_max_steps}
+    return sorted(kept | {halt_max_steps})
+
+
+def run_segments(
+    head: Any,
+    data: SplitData,
+    batch_size: int,
+    halt_max_steps: int,
+    keep: list[int],
+    device: Any,
+    progress: bool = False,
+) -> SegmentRun:
+    """Run every batch for exactly `halt_max_steps` segments (eval mode, no grad), recording predictions."""
+    import torch
+
+    n, seq_len = data.inputs.shape
+    keep = segments_to_keep(keep, halt_max_steps)
+    dtype = data.inputs.dtype
+    preds_at = {k: np.zeros((n, seq_len), dtype=dtype) for k in keep}
+    halt_steps = np.full(n, halt_max_steps, dtype=np.int64)
+    halt_preds = np.zeros((n, seq_len), dtype=dtype)
+    final_q_halt = np.zeros(n)
+    final_q_continue = np.zeros(n)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"evaluate {data.name}", unit="batch", leave=False)
+    head.eval()
+    with torch.no_grad():
+        for start in starts:
+            # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
+            examples = np.arange(start, min(start + batch_size, n))
+            real = len(examples)
+            rows = slice(start, start + real)
+            puzzles = data.dataset.puzzles_of_examples(examples)
+            cpu_batch = data.dataset.collate(examples, puzzles, pad_to=batch_size)
+            batch = {key: value.to(device) for key, value in cpu_batch.items()}
+            carry = head.initial_carry(batch)
+            decided = np.zeros(real, dtype=bool)
+            for step in range(1, halt_max_steps + 1):
+                carry, _, _, outputs, all_halted = head(carry=carry, batch=batch, return_keys=PREDICTION_KEYS)
+                if "preds" not in outputs:
+                    raise RuntimeError("model outputs lack 'preds'; the ACT head must return them")
+                if bool(all_halted) != (step == halt_max_steps):
+                    raise RuntimeError(
+                        f"model reported all_halted={bool(all_halted)} after segment {step} of "
+                        f"{halt_max_steps}; in eval mode HRM halts exactly at halt_max_steps"
+                    )
+                preds = outputs["preds"][:real].cpu().numpy().astype(dtype)
+                if "q_halt_logits" in outputs:
+                    q_halt = outputs["q_halt_logits"][:real].float().cpu().numpy()
+                    q_continue = outputs["q_continue_logits"][:real].float().cpu().numpy()
+                else:  # a model without a Q-head (fixed segments) never halts early
+                    q_halt = np.full(real, np.nan)
+                    q_continue = np.full(real, np.nan)
+                if step in preds_at:
+                    preds_at[step][rows] = preds
+                halting = ~decided & ((q_halt > q_continue) | (step == halt_max_steps))
+                halt_steps[rows][halting] = step
+                block = halt_preds[rows]
+                block[halting] = preds[halting]
+                decided |= halting
+            final_q_halt[rows] = q_halt
+            final_q_continue[rows] = q_continue
+    return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt, final_q_continue)
+
+
+@dataclass
+class SplitResult:
+    """Metrics of one split plus what the plots and the report draw from."""
+
+    name: str
+    metrics: dict[str, Any]
+    final: M.ExampleScores
+    optimum: np.ndarray | None
+    halt_steps: np.ndarray
+    identifier_names: list[str]
+    per_vehicle: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def metric_key(name: str, identifier: int) -> str:
+    """A vehicle name as a metric key: letters, digits, _ and - only (DVC splits keys on dots), never a
+    split-level key; '<blank>' becomes 'blank'."""
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or f"id{identifier}"
+    return f"id_{key}" if key in RESERVED_KEYS or key in _SPLIT_METRICS else key
+
+
+_SPLIT_METRICS = {
+    "exact_accuracy",
+    "accuracy",
+    "q_halt_accuracy",
+    "route_valid_rate",
+    "route_optimal_rate",
+    "route_cost_gap",
+}
+
+
+def evaluate_split(
+    data: SplitData,
+    run: SegmentRun,
+    names: list[str],
+    task: M.RouteTask | None,
+) -> SplitResult:
+    """Every number of one split: overall, per vehicle, per segment count, Q-halting, and two reference rows."""
+    ignore = data.metadata.ignore_label_id
+    optimum = M.optimal_costs(data.inputs, data.identifiers, task) if task is not None else None
+
+    def score(preds: np.ndarray) -> M.ExampleScores:
+        return M.score_predictions(data.inputs, preds, data.labels, data.identifiers, ignore, task, optimum)
+
+    final = score(run.final_preds)
+    halted_correct = final.exact
+    q_halt_right = (run.final_q_halt >= 0) == halted_correct
+
+    has_q_head = bool(np.isfinite(run.final_q_halt).all())
+
+    def with_act(values: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+        values["q_halt_accuracy"] = float(q_halt_right[mask].mean()) if mask.any() and has_q_head else None
+        values["steps"] = float(run.halt_steps[mask].mean()) if mask.any() else None
+        return values
+
+    everyone = np.ones(len(data), dtype=bool)
+    result = with_act(M.aggregate(final, optimum), everyone)
+
+    per_vehicle: dict[str, dict[str, Any]] = {}
+    present = [int(i) for i in np.unique(data.identifiers)]
+    if 1 < len(present) <= M.MAX_BREAKDOWN_NAMES:  # one identifier (Maze) would repeat the overall row
+        for ident in present:
+            mask = data.identifiers == ident
+            per_vehicle[metric_key(names[ident], ident)] = with_act(M.aggregate(final, optimum, mask), mask)
+    result.update(per_vehicle)
+
+    result["segments"] = {}
+    for k, preds in run.preds_at.items():
+        scores = final if k == run.halt_max_steps else score(preds)
+        values = M.aggregate(scores, optimum)
+        values.pop("count")
+        result["segments"][str(k)] = values
+    q_halt = M.aggregate(score(run.halt_preds), optimum)
+    q_halt.pop("count")
+    q_halt["steps"] = float(run.halt_steps.mean())
+    result["q_halt"] = q_halt
+    copy = M.aggregate(score(data.inputs), optimum)
+    copy.pop("count")
+    result["copy_input"] = copy
+    if task is not None:
+        # The labels scored as predictions: 1.0 unless the data's own routes are broken or not optimal.
+        oracle = M.aggregate(score(data.labels), optimum)
+        result["labels"] = {k: oracle[k] for k in ("route_valid_rate", "route_optimal_rate")}
+    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle)
+
+
+def resolve_device(requested: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError as err:
+        raise UserError(f"params.yaml: train.device '{requested}' is not a torch device ({err})") from err
+
+
+def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size: int, device: Any) -> Any:
+    """build_model(arch, metadata) with the checkpoint's weights (HRM's key layout, e.g. an official one)."""
+    import torch
+
+    from hrm.models import build_model, load_official_checkpoint
+
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found (run the train stage first?)")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, not a bug here
+        raise UserError(f"{checkpoint}: not a weights-only torch checkpoint ({err})") from err
+    head = build_model(
+        arch,
+        seq_len=metadata.seq_len,
+        vocab_size=metadata.vocab_size,
+        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+        batch_size=batch_size,
+        device=device,
+    )
+    try:
+        load_official_checkpoint(head, state)  # strips torch.compile's prefix; UserError on any mismatch
+    except UserError as err:
+        raise UserError(f"{checkpoint}: {err}") from err
+    return head
+
+
+# ---- the stage ----
+
+
+def _setting(values: dict[str, Any], key: str, where: str, kind: type, minimum: int | None = None) -> Any:
+    value = values.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise UserError(f"params.yaml: {where}.{key} must be {kind.__name__}{bound}, got {value!r}")
+    return value
+
+
+def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
+    from hrm.config import section
+    from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
+
+    paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
+    batch_size = _setting(settings, "batch_size", "evaluate", int, 1)
+    segments = settings.get("segments")
+    if not isinstance(segments, list) or not all(isinstance(k, int) and k >= 1 for k in segments):
+        raise UserError(
+            f"params.yaml: evaluate.segments must be a list of positive integers, got {segments!r}"
+        )
+    n_maps = _setting(settings, "route_map_examples", "evaluate", int, 0)
+    train_examples = _setting(settings, "train_examples", "evaluate", int, 0)
+    halt_max_steps = _setting(arch, "halt_max_steps", "arch", int, 1)
+    data_root = Path(paths["hrm"])
+
+    splits = {
+        "train": load_split(data_root, "train", limit=train_examples),
+        "test": load_split(data_root, "test"),
+    }
+    metadata = splits["train"].metadata
+    for key in ("seq_len", "vocab_size", "num_puzzle_identifiers"):
+        theirs, ours = getattr(splits["test"].metadata, key), getattr(metadata, key)
+        if theirs != ours:
+            raise UserError(
+                f"{data_root / 'test' / 'dataset.json'}: field '{key}' is {theirs}, train has {ours}; "
+                "one model cannot read both"
+            )
+    names = load_identifier_names(data_root, metadata.num_puzzle_identifiers)
+    task = load_route_task(data_root, metadata)
+    device = resolve_device(str(params.get("train", {}).get("device", "auto")))
+    head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
+
+    runs: dict[str, SegmentRun] = {}
+    results: dict[str, SplitResult] = {}
+    for name, data in splits.items():
+        runs[name] = run_segments(head, data, batch_size, halt_max_steps, segments, device, progress=progress)
+        results[name] = evaluate_split(data, runs[name], names, task)
+
+    context = {
+        "checkpoint": str(paths["model"]),
+        "data": str(data_root),
+        "model": f"{arch.get('name')} hidden {arch.get('hidden_size')}, H/L layers {arch.get('H_layers')}/"
+        f"{arch.get('L_layers')}, H/L cycles {arch.get('H_cycles')}/{arch.get('L_cycles')}",
+        "halt_max_steps": str(halt_max_steps),
+        "examples": ", ".join(f"{n} {len(d)}" for n, d in splits.items()),
+        "device": str(device),
+    }
+    write_reports(
+        Path(paths["eval_reports"]),
+        Path(paths["train_log"]),
+        splits,
+        runs,
+        results,
+        task,
+        n_maps,
+        context,
+    )
+    return {name: result.metrics for name, result in results.items()}
+
+
+def _route_caption(result: SplitResult, index: int) -> str:
+    final = result.final
+    if final.route_valid is None or result.optimum is None:
+        return ""
+    if not final.route_valid[index]:
+        return f"invalid: {final.route_reason[index]}"
+    cost, optimum = final.route_cost[index], result.optimum[index]
+    verdict = (
+        "optimal" if final.route_optimal[index] else f"valid, {cost / optimum - 1:+.1%} over the optimum"
+    )
+    return f"{verdict}, cost {cost:.0f}"
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def write_reports(
+    out_dir: Path,
+    train_log: Path,
+    splits: dict[str, SplitData],
+    runs: dict[str, SegmentRun],
+    results: dict[str, SplitResult],
+    task: M.RouteTask | None,
+    n_maps: int,
+    context: dict[str, str],
+) -> None:
+    """Everything under `out_dir`, built in a staging folder and swapped in whole (never half-written)."""
+    from hrm.evaluation import plots, report
+    from hrm.io import atomic_write_json, atomic_write_text, staged_directory
+
+    metrics = {name: result.metrics for name, result in results.items()}
+    halt_max_steps = next(iter(runs.values())).halt_max_steps
+    vehicles = {name: list(result.per_vehicle) for name, result in results.items()}
+    with staged_directory(out_dir) as staging:
+        atomic_write_json(staging / "metrics.json", metrics, indent=2)
+        plot_dir, figure_dir = staging / "plots", staging / "figures"
+        plot_dir.mkdir()
+        figure_dir.mkdir()
+        segment_rows = plots.segment_rows(metrics)
+        atomic_write_json(plot_dir / "segments.json", segment_rows, indent=1)
+        atomic_write_json(
+            plot_dir / "vehicles.json", plots.vehicle_rows(metrics["test"], vehicles["test"]), indent=1
+        )
+        step_rows = plots.act_step_rows({n: r.halt_steps for n, r in results.items()}, halt_max_steps)
+        atomic_write_json(plot_dir / "act_steps.json", step_rows, indent=1)
+
+        figures: dict[str, Path] = {}
+        q_halt = {n: {**m["q_halt"], "steps": m["steps"]} for n, m in metrics.items()}
+        figures["segments"] = figure_dir / "segments.png"
+        plots.plot_segments(segment_rows, q_halt, figures["segments"])
+        figures["act_steps"] = figure_dir / "act_steps.png"
+        plots.plot_act_steps(step_rows, figures["act_steps"])
+        for name in splits:
+            if vehicles[name]:
+                figures[f"vehicles_{name}"] = figure_dir / f"vehicles_{name}.png"
+                plots.plot_vehicles(
+                    plots.vehicle_rows(metrics[name], vehicles[name]), name, figures[f"vehicles_{name}"]
+                )
+        if plots.plot_training_curves(train_log, figure_dir / "training_curves.png"):
+            figures["training"] = figure_dir / "training_curves.png"
+
+        route_maps: list[tuple[Path, str]] = []
+        test, test_result = splits["test"], results["test"]
+        if task is not None and n_maps > 0 and len(test):
+            chosen = plots.choose_route_examples(test_result.final.route_optimal, n_maps)
+            for rank, index in enumerate(chosen):
+                vehicle = _vehicle_name(test_result, test.identifiers[index])
+                base = f", base {int(test.base_ids[index])}" if test.base_ids is not None else ""
+                where = f"test example {index}{base}, {vehicle}"
+                caption = f"{where}: {_route_caption(test_result, index)}"
+                optimum = test_result.optimum[index]
+                path = figure_dir / f"route_map_{rank:02d}.png"
+                plots.plot_route_map(
+                    plots.RouteMapExample(
+                        title=where,
+                        input_grid=test.inputs[index],
+                        label_grid=test.labels[index],
+                        pred_grid=runs["test"].final_preds[index],
+                        caption_label=f"cost {optimum:.0f}" if np.isfinite(optimum) else "no route",
+                        caption_pred=_wrap(_route_caption(test_result, index), 55),
+                    ),
+                    task.rows,
+                    task.cols,
+                    path,
+                )
+                route_maps.append((path, caption))
+
+        page = report.render_report(
+            results=metrics,
+            vehicles=vehicles,
+            figures=figures,
+            route_maps=route_maps,
+            context=context,
+            halt_max_steps=halt_max_steps,
+            has_routes=task is not None,
+        )
+        atomic_write_text(staging / "index.html", page)
+
+
+def _vehicle_name(result: SplitResult, identifier: int) -> str:
+    return result.identifier_names[int(identifier)]
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal; the full picture is in metrics.json and index.html."""
+    lines = []
+    for split, values in metrics.items():
+        parts = [f"exact {values['exact_accuracy']:.3f}", f"token {values['accuracy']:.3f}"]
+        if "route_optimal_rate" in values:
+            parts += [
+                f"route valid {values['route_valid_rate']:.3f}",
+                f"route optimal {values['route_optimal_rate']:.3f}",
+            ]
+            parts.append(
+                f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})"
+            )
+        parts.append(f"Q-halt steps {values['steps']:.2f}")
+        lines.append(f"{split}: " + ", ".join(parts))
+    return lines

@@ -1,0 +1,191 @@
+"""Full-state checkpoints: written atomically, found again by themselves, refused when they do not fit.
+
+A checkpoint is a folder ``<root>/<fingerprint>/step_<n>/`` holding ``common.pt`` (model, both optimizers,
+step, sampler position, dvclive history) and one ``rank<r>.pt`` per process (its ACT carry and RNG states).
+It is built under a temp name and renamed into place only once every rank has written its file, so a crash at
+any moment leaves either the old checkpoint or the new one, never half of one. The fingerprint (a hash of the
+settings and data that decide the trajectory) keys the folder, so `dvc exp run -S train.lr=...` starts its own
+line instead of resuming someone else's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.io import UserError, dumps_json
+
+FORMAT_VERSION = 1
+# Settings that change neither the trajectory nor the numbers: resuming with another value is fine.
+NEUTRAL_TRAIN_KEYS = ("max_steps", "compile", "device", "deterministic")
+STEP_PREFIX = "step_"
+
+
+def fingerprint(arch: dict[str, Any], train: dict[str, Any], data_texts: dict[str, str]) -> str:
+    """Hash of what decides the run: arch, train (minus neutral keys) and the datasets' metadata files."""
+    relevant = {
+        "arch": arch,
+        "train": {k: v for k, v in train.items() if k not in NEUTRAL_TRAIN_KEYS},
+        "data": data_texts,
+    }
+    return hashlib.sha256(dumps_json(relevant).encode("utf-8")).hexdigest()[:16]
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global generator of this process, in types ``torch.load(weights_only=True)`` accepts."""
+    import torch
+
+    numpy_state = np.random.get_state(legacy=False)
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class CheckpointStore:
+    """Checkpoints of one fingerprint; only the newest is kept (a carry can be gigabytes at the paper batch)."""
+
+    def __init__(self, root: str | Path, run_fingerprint: str, rank: int = 0, world_size: int = 1):
+        self.root = Path(root)
+        self.fingerprint = run_fingerprint
+        self.folder = self.root / run_fingerprint
+        self.rank = rank
+        self.world_size = world_size
+
+    def latest(self) -> Path | None:
+        """Newest complete checkpoint folder, or None (temp folders of an interrupted write are ignored)."""
+        if not self.folder.is_dir():
+            return None
+        found = []
+        for path in self.folder.iterdir():
+            name = path.name
+            if path.is_dir() and name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX) :].isdigit():
+                if (path / "common.pt").exists():
+                    found.append((int(name[len(STEP_PREFIX) :]), path))
+        return max(found)[1] if found else None
+
+    def save(self, step: int, common: dict[str, Any], per_rank: dict[str, Any]) -> Path:
+        """Collective under torch.distributed: every rank calls it with its own `per_rank` state."""
+        import torch
+
+        final = self.folder / f"{STEP_PREFIX}{step:09d}"
+        staging = self.folder / f".{final.name}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        _barrier(self.world_size)
+        _save_synced(torch, {"format_version": FORMAT_VERSION, **per_rank}, staging / f"rank{self.rank}.pt")
+        if self.rank == 0:
+            common = {
+                "format_version": FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "step": step,
+                **common,
+            }
+            common["world_size"] = self.world_size
+            _save_synced(torch, common, staging / "common.pt")
+        _barrier(self.world_size)
+        if self.rank == 0:
+            if final.exists():  # a stop signal right after an eval checkpoint of the same step
+                old = self.folder / f".{final.name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(staging, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, final)
+            _fsync_dir(self.folder)
+            for path in self.folder.iterdir():
+                if path != final and path.is_dir() and path.name.startswith(STEP_PREFIX):
+                    shutil.rmtree(path, ignore_errors=True)
+        _barrier(self.world_size)
+        return final
+
+    def load(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(common, this rank's state), checked against these settings and this process count."""
+        import torch
+
+        common = _load(torch, path / "common.pt")
+        if common.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"{path / 'common.pt'}: checkpoint format {common.get('format_version')}, expected {FORMAT_VERSION}"
+            )
+        if common.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                f"{path / 'common.pt'}: written for other settings or data (fingerprint {common.get('fingerprint')}, "
+                f"these params give {self.fingerprint})"
+            )
+        if common.get("world_size") != self.world_size:
+            raise UserError(
+                f"{path}: written by {common.get('world_size')} processes, this run has {self.world_size}; "
+                "resume with the same --nproc-per-node or delete the checkpoint folder"
+            )
+        return common, _load(torch, path / f"rank{self.rank}.pt")
+
+
+def _load(torch: Any, path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: checkpoint file missing") from err
+    except Exception as err:  # a truncated or foreign file: say which, do not guess
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _save_synced(torch: Any, obj: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

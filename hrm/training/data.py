@@ -1,0 +1,349 @@
+"""HRM's on-disk dataset layout: reader, seeded training sampler with exact state, eval batches.
+
+The layout (``dataset.json`` + ``<set>__<field>.npy``) is HRM's, so the official Maze/Sudoku sets load as they
+are. Sampling follows HRM's loader (one puzzle per group per epoch, batches packed to exactly
+``global_batch_size``, the last partial batch of an iteration dropped) but every draw comes from a seeded
+generator whose full state, position included, can be saved and restored: HRM's own loader draws the
+within-puzzle sample from numpy's unseeded global RNG, so its runs cannot be repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.io import UserError
+
+IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
+FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "pad_id": int,
+    "ignore_label_id": (int, type(None)),
+    "blank_identifier_id": int,
+    "vocab_size": int,
+    "seq_len": int,
+    "num_puzzle_identifiers": int,
+    "total_groups": int,
+    "mean_puzzle_examples": (int, float),
+    "sets": list,
+}
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """HRM's PuzzleDatasetMetadata (``dataset.json``); keys HRM does not know (rows, cols) go to ``extra``."""
+
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    sets: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DatasetMetadata:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise UserError(
+                f"{path}: file not found (is the HRM data folder built? run `dvc repro convert`)"
+            ) from err
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: top level must be an object")
+        values: dict[str, Any] = {}
+        for name, kinds in METADATA_FIELDS.items():
+            if name not in raw:
+                raise UserError(f"{path}: field '{name}' is missing")
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise UserError(f"{path}: field '{name}' has the wrong type ({type(value).__name__})")
+            values[name] = value
+        if not values["sets"] or not all(isinstance(s, str) for s in values["sets"]):
+            raise UserError(f"{path}: field 'sets' must be a non-empty list of names")
+        for name in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
+            if values[name] < 1:
+                raise UserError(f"{path}: field '{name}' must be >= 1, got {values[name]}")
+        extra = {k: v for k, v in raw.items() if k not in METADATA_FIELDS}
+        values["mean_puzzle_examples"] = float(values["mean_puzzle_examples"])
+        return cls(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+
+class PuzzleDataset:
+    """One split of an HRM data folder; inputs/labels memory-mapped, the index arrays in memory, all checked."""
+
+    def __init__(self, root: str | Path, split: str):
+        self.root = Path(root)
+        self.split = split
+        self.folder = self.root / split
+        self.metadata = DatasetMetadata.from_file(self.folder / "dataset.json")
+        if len(self.metadata.sets) != 1:
+            # Several sets would need a set index in the sampler state; no HRM builder writes more than one.
+            raise UserError(
+                f"{self.folder / 'dataset.json'}: field 'sets' lists {self.metadata.sets}; only one set is supported"
+            )
+        self.set_name = self.metadata.sets[0]
+        arrays = {name: self._load(name) for name in FIELDS}
+        self.inputs: np.ndarray = arrays["inputs"]
+        self.labels: np.ndarray = arrays["labels"]
+        self.puzzle_identifiers: np.ndarray = arrays["puzzle_identifiers"].astype(np.int64)
+        self.puzzle_indices: np.ndarray = arrays["puzzle_indices"].astype(np.int64)
+        self.group_indices: np.ndarray = arrays["group_indices"].astype(np.int64)
+        self._check()
+
+    def file(self, name: str) -> Path:
+        return self.folder / f"{self.set_name}__{name}.npy"
+
+    def _load(self, name: str) -> np.ndarray:
+        path = self.file(name)
+        mmap = "r" if name in ("inputs", "labels") else None
+        try:
+            array = np.load(path, mmap_mode=mmap, allow_pickle=False)
+        except FileNotFoundError as err:
+            raise UserError(f"{path}: file not found") from err
+        except ValueError as err:
+            raise UserError(f"{path}: not a readable .npy array ({err})") from err
+        if not np.issubdtype(array.dtype, np.integer):
+            raise UserError(f"{path}: dtype {array.dtype} is not an integer type")
+        return array
+
+    def _check(self) -> None:
+        """Every structural fact the sampler relies on; errors name the file, the field and the index."""
+        meta = self.metadata
+        seq_len = meta.seq_len
+        for name, array in (("inputs", self.inputs), ("labels", self.labels)):
+            if array.ndim != 2 or array.shape[1] != seq_len:
+                raise UserError(f"{self.file(name)}: shape {array.shape}, expected [N, seq_len={seq_len}]")
+        if self.labels.shape[0] != self.inputs.shape[0]:
+            raise UserError(
+                f"{self.file('labels')}: {self.labels.shape[0]} rows but inputs has {self.inputs.shape[0]}"
+            )
+        num_examples = self.inputs.shape[0]
+        num_puzzles = self.puzzle_identifiers.shape[0]
+        self._check_offsets("puzzle_indices", self.puzzle_indices, num_puzzles + 1, num_examples)
+        self._check_offsets("group_indices", self.group_indices, None, num_puzzles)
+        if self.num_groups != meta.total_groups:
+            raise UserError(
+                f"{self.folder / 'dataset.json'}: field 'total_groups' is {meta.total_groups} but "
+                f"{self.file('group_indices')} holds {self.num_groups} groups"
+            )
+        bad = np.flatnonzero(
+            (self.puzzle_identifiers < 0) | (self.puzzle_identifiers >= meta.num_puzzle_identifiers)
+        )
+        if bad.size:
+            raise UserError(
+                f"{self.file('puzzle_identifiers')}: index {bad[0]} holds {self.puzzle_identifiers[bad[0]]}, "
+                f"outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})"
+            )
+        for name, array in (("inputs", self.inputs), ("labels", self.labels)):
+            if array.size and (int(array.min()) < 0 or int(array.max()) >= meta.vocab_size):
+                rows = np.flatnonzero(((array < 0) | (array >= meta.vocab_size)).any(axis=1))
+                raise UserError(
+                    f"{self.file(name)}: row {rows[0]} holds a token outside [0, vocab_size={meta.vocab_size})"
+                )
+
+    def _check_offsets(self, name: str, offsets: np.ndarray, length: int | None, end: int) -> None:
+        path = self.file(name)
+        if offsets.ndim != 1 or (length is not None and offsets.shape[0] != length) or offsets.shape[0] < 1:
+            raise UserError(f"{path}: shape {offsets.shape}, expected [{length if length else 'G+1'}]")
+        if offsets[0] != 0:
+            raise UserError(f"{path}: index 0 holds {offsets[0]}, expected 0")
+        if offsets[-1] != end:
+            raise UserError(f"{path}: index {offsets.shape[0] - 1} holds {offsets[-1]}, expected {end}")
+        decreasing = np.flatnonzero(np.diff(offsets) < 0)
+        if decreasing.size:
+            raise UserError(f"{path}: index {decreasing[0] + 1} is smaller than the one before it")
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_indices.shape[0] - 1)
+
+    def puzzles_of_examples(self, example_indices: np.ndarray) -> np.ndarray:
+        """Index of the puzzle that owns each example row."""
+        return np.searchsorted(self.puzzle_indices, example_indices, side="right") - 1
+
+    def collate(self, example_indices: np.ndarray, puzzle_indices: np.ndarray, pad_to: int) -> dict[str, Any]:
+        """Torch batch of the model contract; rows beyond the examples are padding that no metric counts."""
+        import torch
+
+        example_indices = np.asarray(example_indices, dtype=np.int64)
+        inputs = np.asarray(self.inputs[example_indices], dtype=np.int32)
+        labels = np.asarray(self.labels[example_indices], dtype=np.int64)
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL
+        identifiers = self.puzzle_identifiers[np.asarray(puzzle_indices, dtype=np.int64)].astype(np.int32)
+        pad = pad_to - len(example_indices)
+        if pad < 0:
+            raise ValueError(f"batch of {len(example_indices)} rows does not fit pad_to={pad_to}")
+        if pad:
+            inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), self.metadata.pad_id, np.int32)])
+            labels = np.concatenate([labels, np.full((pad, labels.shape[1]), IGNORE_LABEL, np.int64)])
+            identifiers = np.concatenate(
+                [identifiers, np.full(pad, self.metadata.blank_identifier_id, np.int32)]
+            )
+        return {
+            "inputs": torch.from_numpy(np.ascontiguousarray(inputs)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels)),
+            "puzzle_identifiers": torch.from_numpy(np.ascontiguousarray(identifiers)),
+        }
+
+
+def check_batch_split(global_batch_size: int, world_size: int) -> int:
+    """Rows per rank; every rank takes an equal slice of the same global batch."""
+    if global_batch_size < 1:
+        raise UserError(f"params.yaml: train.global_batch_size must be >= 1, got {global_batch_size}")
+    if global_batch_size % world_size:
+        raise UserError(
+            f"params.yaml: train.global_batch_size {global_batch_size} is not a multiple of the "
+            f"{world_size} processes"
+        )
+    return global_batch_size // world_size
+
+
+class TrainSampler:
+    """HRM's training order with an explicit, restorable state.
+
+    An iteration covers ``epochs_per_iteration`` epochs (HRM: ``eval_interval``). Each epoch is a fresh
+    permutation of the groups; each group in turn gives one random puzzle and from it up to the remaining
+    batch room of its examples. A batch that cannot be filled at the end of an iteration is dropped. Iteration
+    ``i`` draws from its own generator seeded with ``(seed, i)``, and the generator's state plus the cursor is
+    all the state there is, so ``load_state_dict(state_dict())`` continues bit-identically.
+    """
+
+    def __init__(
+        self,
+        dataset: PuzzleDataset,
+        global_batch_size: int,
+        epochs_per_iteration: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.dataset = dataset
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = check_batch_split(global_batch_size, world_size)
+        if epochs_per_iteration < 1:
+            raise UserError(f"params.yaml: train.eval_interval must be >= 1, got {epochs_per_iteration}")
+        self.epochs_per_iteration = epochs_per_iteration
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_iteration(0)
+
+    def start_iteration(self, iteration: int) -> None:
+        self.iteration = iteration
+        self.epoch = 0  # within the iteration
+        self.cursor = 0  # position in the current epoch's group order
+        self.exhausted = False
+        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, iteration])))
+        self.order = self.rng.permutation(self.dataset.num_groups)
+
+    def next_global(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(example rows, their puzzle indices) of the next full global batch, or None: iteration over."""
+        if self.exhausted:
+            return None
+        dataset = self.dataset
+        examples: list[np.ndarray] = []
+        puzzles: list[np.ndarray] = []
+        room = self.global_batch_size
+        while room > 0:
+            if self.cursor == self.order.shape[0]:
+                if self.epoch + 1 == self.epochs_per_iteration:
+                    self.exhausted = True
+                    return None  # the partial batch is dropped, as in HRM
+                self.epoch += 1
+                self.cursor = 0
+                self.order = self.rng.permutation(dataset.num_groups)
+            group = int(self.order[self.cursor])
+            self.cursor += 1
+            first, last = dataset.group_indices[group], dataset.group_indices[group + 1]
+            if last == first:
+                continue  # an empty group gives nothing
+            puzzle = int(self.rng.integers(first, last))
+            start, stop = int(dataset.puzzle_indices[puzzle]), int(dataset.puzzle_indices[puzzle + 1])
+            take = min(stop - start, room)
+            if take == 0:
+                continue
+            examples.append(start + self.rng.choice(stop - start, take, replace=False))
+            puzzles.append(np.full(take, puzzle, dtype=np.int64))
+            room -= take
+        return np.concatenate(examples), np.concatenate(puzzles)
+
+    def next_batch(self) -> dict[str, Any] | None:
+        """This rank's slice of the next global batch as a torch batch, or None when the iteration is over."""
+        drawn = self.next_global()
+        if drawn is None:
+            return None
+        examples, puzzles = drawn
+        lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
+        return self.dataset.collate(examples[lo:hi], puzzles[lo:hi], pad_to=self.local_batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values and a tensor only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        import torch
+
+        return {
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "epochs_per_iteration": self.epochs_per_iteration,
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "exhausted": self.exhausted,
+            "order": torch.from_numpy(self.order.astype(np.int64)),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("seed", "global_batch_size", "epochs_per_iteration"):
+            if state[name] != getattr(self, name):
+                raise UserError(
+                    f"checkpoint sampler has {name}={state[name]}, these params give {getattr(self, name)}"
+                )
+        self.iteration = int(state["iteration"])
+        self.epoch = int(state["epoch"])
+        self.cursor = int(state["cursor"])
+        self.exhausted = bool(state["exhausted"])
+        self.order = state["order"].numpy().astype(np.int64)
+        if self.order.shape[0] != self.dataset.num_groups:
+            raise UserError("checkpoint sampler state does not match the dataset's group count")
+        self.rng = np.random.Generator(np.random.PCG64())
+        self.rng.bit_generator.state = state["rng"]
+
+
+def eval_batches(
+    dataset: PuzzleDataset, global_batch_size: int, rank: int = 0, world_size: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Examples in order, in global chunks; this rank's slice of each, the last chunk padded."""
+    local = check_batch_split(global_batch_size, world_size)
+    for chunk_start in range(0, dataset.num_examples, global_batch_size):
+        chunk_end = min(chunk_start + global_batch_size, dataset.num_examples)
+        lo = min(chunk_start + rank * local, chunk_end)
+        hi = min(chunk_start + (rank + 1) * local, chunk_end)
+        examples = np.arange(lo, hi, dtype=np.int64)
+        yield dataset.collate(examples, dataset.puzzles_of_examples(examples), pad_to=local)
+
+
+def planned_steps(metadata: DatasetMetadata, epochs: int, global_batch_size: int) -> int:
+    """HRM's step count: epochs x groups x mean examples per puzzle / batch."""
+    return int(epochs * metadata.total_groups * metadata.mean_puzzle_examples / global_batch_size)

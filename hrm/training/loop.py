@@ -1,0 +1,453 @@
+"""`train(params)`: the whole run, single process or under torchrun, resumable from its own checkpoints."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.config import ConfigError, section
+from hrm.io import UserError, atomic_write_bytes
+
+CHECKPOINT_SOURCES = ("dataset.json",)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM: a checkpoint was written; running `train` again resumes from it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section of params.yaml, type-checked once so errors name the key."""
+
+    seed: int
+    global_batch_size: int
+    epochs: int
+    eval_interval: int
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: int
+    beta1: float
+    beta2: float
+    weight_decay: float
+    puzzle_emb_lr: float
+    puzzle_emb_weight_decay: float
+    deterministic: bool
+    compile: bool
+    device: str
+    max_steps: int
+
+    @classmethod
+    def from_params(cls, train: dict[str, Any]) -> TrainConfig:
+        values: dict[str, Any] = {}
+        for name, kind in cls.__annotations__.items():
+            if name not in train:
+                raise ConfigError(f"params.yaml: train.{name} is missing")
+            value = train[name]
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"params.yaml: train.{name} must be an integer, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"params.yaml: train.{name} must be a number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"params.yaml: train.{name} must be true or false, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise ConfigError(f"params.yaml: train.{name} must be a string, got {value!r}")
+            values[name] = float(value) if kind == "float" else value
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        for name in ("global_batch_size", "epochs", "eval_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"params.yaml: train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs % self.eval_interval:
+            raise ConfigError(
+                f"params.yaml: train.eval_interval {self.eval_interval} must divide train.epochs {self.epochs}"
+            )
+        if self.max_steps < 0 or self.lr_warmup_steps < 0:
+            raise ConfigError("params.yaml: train.max_steps and train.lr_warmup_steps must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(
+                f"params.yaml: train.device must be auto, cpu, cuda or mps, got {self.device!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+# ---- the model package, as docs/design.md "Model contract" describes it --------------------------------
+
+
+def build_model(arch: dict[str, Any], metadata: Any, batch_size: int, device: Any, seed: int) -> Any:
+    from hrm.models import build_model as build
+
+    return build(
+        arch,
+        seq_len=metadata.seq_len,
+        vocab_size=metadata.vocab_size,
+        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
+
+
+def build_optimizers(module: Any, config: TrainConfig) -> tuple[list[Any], list[float]]:
+    """HRM's pair: sign-SGD on the puzzle-embedding table, AdamATan2 on every parameter; base lrs in order."""
+    from hrm.optim import AdamATan2, SparseSignSGD
+
+    optimizers: list[Any] = []
+    base_lrs: list[float] = []
+    if module.puzzle_emb is not None:
+        optimizers.append(
+            SparseSignSGD(module.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay)
+        )
+        base_lrs.append(config.puzzle_emb_lr)
+    # lr 0 until the schedule sets it before the first step (HRM does the same).
+    optimizers.append(
+        AdamATan2(
+            module.parameters(), lr=0.0, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+        )
+    )
+    base_lrs.append(config.lr)
+    return optimizers, base_lrs
+
+
+def make_lr_for(config: TrainConfig, total_steps: int) -> Callable[[int, float], float]:
+    from hrm.optim import lr_at
+
+    def lr_for(step: int, base_lr: float) -> float:
+        return lr_at(
+            step,
+            base_lr=base_lr,
+            warmup_steps=config.lr_warmup_steps,
+            total_steps=total_steps,
+            min_ratio=config.lr_min_ratio,
+        )
+
+    return lr_for
+
+
+# ---- setup helpers ---------------------------------------------------------------------------------------
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as err:
+        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def resolve_device(choice: str, local_rank: int) -> Any:
+    import torch
+
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "cuda"
+        elif torch.backends.mps.is_available():
+            choice = "mps"
+        else:
+            choice = "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("params.yaml: train.device is cuda but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise UserError("params.yaml: train.device is mps but torch sees no Apple GPU")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(enabled: bool, device: Any) -> None:
+    import torch
+
+    if enabled and device.type == "cuda":
+        # cuBLAS reads this when its handle is created; it must be set before the first matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict[str, int | None]]:
+    """SIGINT/SIGTERM set a flag the loop reads after each step; a second signal aborts at once."""
+    received: dict[str, int | None] = {"signum": None}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if received["signum"] is not None:
+            raise KeyboardInterrupt
+        received["signum"] = signum
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def sampler_local_batch(config: TrainConfig, world_size: int) -> int:
+    from hrm.training.data import check_batch_split
+
+    return check_batch_split(config.global_batch_size, world_size)
+
+
+def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def carry_to_state(carry: Any) -> Any:
+    return None if carry is None else map_tensors(carry.to_state(), lambda t: t.detach().cpu())
+
+
+def carry_from_state(state: Any, device: Any) -> Any:
+    from hrm.models import ACTCarry
+
+    return None if state is None else ACTCarry.from_state(state, device=device)
+
+
+def write_weights(module: Any, path: Path) -> None:
+    """Final state_dict in HRM's official key layout, loadable with torch.load(weights_only=True)."""
+    import torch
+
+    state = {k.removeprefix("_orig_mod."): v.detach().cpu() for k, v in module.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+
+def train(params: dict[str, Any]) -> dict[str, Any]:
+    """Train as params.yaml says; return a summary (steps done, last eval metrics, checkpoint, model path)."""
+    import torch
+
+    from hrm.training.checkpoint import CheckpointStore, fingerprint, rng_states, set_rng_states
+    from hrm.training.data import PuzzleDataset, TrainSampler, eval_batches, planned_steps
+    from hrm.training.logging import RunLogger
+    from hrm.training.step import TrainState, evaluate, train_step
+
+    arch = section(params, "arch")
+    config = TrainConfig.from_params(section(params, "train"))
+    paths = section(params, "paths")
+    for key in ("hrm", "checkpoints", "model", "train_log"):
+        if not isinstance(paths.get(key), str):
+            raise ConfigError(f"params.yaml: paths.{key} is missing or not a string")
+    data_root = Path(paths["hrm"])
+
+    dist_info = distributed_from_env()
+    rank, world_size = dist_info.rank, dist_info.world_size
+    device = resolve_device(config.device, dist_info.local_rank)
+    set_determinism(config.deterministic, device)
+    process_group = False
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if device.type == "mps":
+            raise UserError(
+                "torchrun on Apple GPUs is not supported (no collective backend); use one process"
+            )
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        process_group = True
+    try:
+        train_set = PuzzleDataset(data_root, "train")
+        test_set = PuzzleDataset(data_root, "test")
+        total_steps = planned_steps(train_set.metadata, config.epochs, config.global_batch_size)
+        stop_at = min(total_steps, config.max_steps) if config.max_steps else total_steps
+        if rank == 0:
+            meta = train_set.metadata
+            print(
+                f"planned steps: {total_steps} = int(epochs {config.epochs} x groups {meta.total_groups} x "
+                f"mean puzzle examples {meta.mean_puzzle_examples:g} / global batch {config.global_batch_size})"
+                + (f"; stopping at train.max_steps = {stop_at}" if stop_at < total_steps else ""),
+                flush=True,
+            )
+            print(f"device: {device}, processes: {world_size}", flush=True)
+
+        seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws from the global RNGs
+        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
+        module = build_model(
+            arch, train_set.metadata, sampler_local_batch(config, world_size), device, config.seed
+        )
+        if world_size > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for tensor in list(module.parameters()) + list(module.buffers()):
+                    dist.broadcast(tensor, src=0)
+        # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
+        # draws the same numbers as a CPU run. seed + rank as HRM: ranks explore independently.
+        generator = torch.Generator()
+        generator.manual_seed(config.seed + rank)
+        optimizers, base_lrs = build_optimizers(module, config)
+        head = torch.compile(module, dynamic=False) if config.compile else module
+        module.train()
+        state = TrainState(
+            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+        )
+        sampler = TrainSampler(
+            train_set,
+            config.global_batch_size,
+            config.eval_interval,
+            config.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        iterations = config.epochs // config.eval_interval
+
+        data_texts = {
+            split: (data_root / split / "dataset.json").read_text(encoding="utf-8")
+            for split in ("train", "test")
+        }
+        store = CheckpointStore(
+            paths["checkpoints"], fingerprint(arch, section(params, "train"), data_texts), rank, world_size
+        )
+        history = None
+        last_eval_step = -1
+        latest = store.latest()
+        if latest is not None:
+            common, own = store.load(latest)
+            module.load_state_dict(common["model"])
+            for optimizer, saved in zip(optimizers, common["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            sampler.load_state_dict(common["sampler"])
+            state.step = int(common["step"])
+            last_eval_step = int(common["last_eval_step"])
+            history = common["history"] if rank == 0 else None
+            state.carry = carry_from_state(own["carry"], device)
+            generator.set_state(own["generator"])
+            set_rng_states(own["rng"])
+            if rank == 0:
+                print(f"resuming from {latest} (step {state.step})", flush=True)
+        elif rank == 0:
+            print(f"no checkpoint in {store.folder}: starting from scratch", flush=True)
+
+        logger = RunLogger(paths["train_log"], rank == 0, stop_at, initial_step=state.step, history=history)
+        lr_for = make_lr_for(config, total_steps)
+        eval_metrics: dict[str, float] = {}
+
+        def checkpoint() -> Path:
+            common = {
+                "model": module.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "sampler": sampler.state_dict(),
+                "last_eval_step": last_eval_step,
+                "total_steps": total_steps,
+                "history": logger.history(),
+            }
+            own = {
+                "carry": carry_to_state(state.carry),
+                "generator": generator.get_state(),
+                "rng": rng_states(),
+            }
+            return store.save(state.step, common, own)
+
+        def run_eval() -> None:
+            nonlocal last_eval_step, eval_metrics
+            eval_metrics = evaluate(
+                state,
+                eval_batches(test_set, config.global_batch_size, rank, world_size),
+                device=device,
+                world_size=world_size,
+            )
+            logger.log_eval(state.step, eval_metrics)
+            last_eval_step = state.step
+
+        started = time.perf_counter()
+        first_step = state.step
+        saved = latest
+        try:
+            with stop_signals() as received:
+                while sampler.iteration < iterations and state.step < stop_at:
+                    batch = sampler.next_batch()
+                    if batch is None:  # iteration over: eval, move to the next, checkpoint there
+                        run_eval()
+                        sampler.start_iteration(sampler.iteration + 1)
+                        saved = checkpoint()
+                        continue
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    result = train_step(
+                        state,
+                        batch,
+                        global_batch_size=config.global_batch_size,
+                        lr_for=lr_for,
+                        world_size=world_size,
+                        stop_requested=received["signum"] is not None,
+                    )
+                    logger.log_train(state.step, result.metrics)
+                    if result.stop_requested:
+                        saved = checkpoint()
+                        signum = received["signum"] or signal.SIGTERM
+                        raise TrainingInterrupted(
+                            f"stopped at step {state.step}; checkpoint {saved}. Run train again to resume.",
+                            signum,
+                        )
+                if last_eval_step != state.step:  # stopped by step count inside an iteration
+                    run_eval()
+                    saved = checkpoint()
+        except BaseException as err:
+            if not isinstance(err, TrainingInterrupted):
+                logger.write(f"run ended abnormally; last good checkpoint: {saved}")
+            raise
+        finally:
+            logger.close()
+        elapsed = time.perf_counter() - started
+        if rank == 0:
+            write_weights(module, Path(paths["model"]))
+            done = state.step - first_step
+            print(
+                f"trained {done} steps in {elapsed:.1f} s"
+                + (f" ({elapsed / done:.3f} s/step)" if done else "")
+                + f"; weights: {paths['model']}",
+                flush=True,
+            )
+        return {"step": state.step, "eval": eval_metrics, "checkpoint": str(saved), "model": paths["model"]}
+    finally:
+        if process_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -1,0 +1,174 @@
+"""One training step and the evaluation loop, as HRM's pretrain.py defines them, with divergence checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hrm.io import UserError
+
+METRIC_KEYS = (
+    "count",
+    "accuracy",
+    "exact_accuracy",
+    "q_halt_accuracy",
+    "steps",
+    "lm_loss",
+    "q_halt_loss",
+    "q_continue_loss",
+)
+MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
+
+
+class TrainingDiverged(UserError):
+    """Loss or gradients became NaN/inf; the run stops and the last good checkpoint stays as it is."""
+
+
+@dataclass
+class TrainState:
+    """What a step reads and changes; `head` may be the compiled wrapper of `module`."""
+
+    head: Any
+    module: Any
+    optimizers: list[Any]
+    base_lrs: list[float]
+    generator: Any  # torch.Generator for the model's own draws (halt exploration)
+    step: int = 0
+    carry: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]  # train/<name> values (rank 0 has the reduced ones; others get the same)
+    stop_requested: bool  # some rank received SIGINT/SIGTERM
+
+
+def gradient_tensors(module: Any) -> tuple[list[Any], list[Any]]:
+    """(dense parameters, gradient-carrying buffers such as the sparse puzzle embedding's local copy).
+
+    Only the first are all-reduced here: the sparse optimizer gathers its rows and ids across ranks itself.
+    """
+    dense = [p for p in module.parameters() if p.requires_grad]
+    sparse = [b for b in module.buffers() if b.requires_grad]
+    return dense, sparse
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, Any],
+    *,
+    global_batch_size: int,
+    lr_for: Callable[[int, float], float],
+    world_size: int = 1,
+    stop_requested: bool = False,
+) -> StepResult:
+    """One ACT segment on this rank's rows; HRM's order: forward, loss/B backward, all-reduce, lr, step, zero."""
+    import torch
+
+    state.step += 1
+    if state.carry is None:
+        state.carry = state.module.initial_carry(batch)
+    state.carry, loss, metrics, _, _ = state.head(
+        carry=state.carry, batch=batch, return_keys=[], generator=state.generator
+    )
+    (loss / global_batch_size).backward()
+
+    dense, sparse = gradient_tensors(state.module)
+    dense_grads = [t.grad for t in dense if t.grad is not None]
+    if world_size > 1:
+        import torch.distributed as dist
+
+        for grad in dense_grads:
+            dist.all_reduce(grad)
+    grads = dense_grads + [t.grad for t in sparse if t.grad is not None]
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if finite and grads:
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    # One collective for divergence, stop signal and metrics: every rank learns all three at once.
+    values = [metrics[k].detach().to(torch.float64) for k in METRIC_KEYS if k in metrics]
+    names = [k for k in METRIC_KEYS if k in metrics]
+    device = loss.device
+    packed = torch.stack(
+        [
+            torch.tensor(0.0 if finite else 1.0, dtype=torch.float64, device=device),
+            torch.tensor(1.0 if stop_requested else 0.0, dtype=torch.float64, device=device),
+            loss.detach().to(torch.float64),
+            *[v.to(device) for v in values],
+        ]
+    )
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(packed)
+    packed = packed.cpu().tolist()
+    if packed[0] > 0:
+        for optimizer in state.optimizers:
+            optimizer.zero_grad()
+        raise TrainingDiverged(
+            f"training diverged at step {state.step}: the loss or a gradient is NaN/inf "
+            f"(loss on this rank: {float(loss.detach())}). Nothing after the last checkpoint was saved; "
+            "lower train.lr, check the data, or delete the checkpoint folder to start over."
+        )
+
+    lr_this_step = 0.0
+    for optimizer, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
+        lr_this_step = lr_for(state.step, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_this_step
+        optimizer.step()
+        optimizer.zero_grad()
+
+    from hrm.models import normalize_metrics
+
+    reduced = dict(zip(names, packed[3:], strict=True))
+    out = normalize_metrics(reduced, global_batch_size)
+    out["count"] = reduced.get("count", 0.0)
+    out["loss"] = packed[2] / global_batch_size
+    out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
+    return StepResult(metrics=out, stop_requested=packed[1] > 0)
+
+
+def evaluate(
+    state: TrainState,
+    batches: Iterable[dict[str, Any]],
+    *,
+    device: Any,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count."""
+    import torch
+
+    module = state.module
+    was_training = module.training
+    module.eval()
+    totals: torch.Tensor | None = None
+    names: list[str] = []
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                carry = module.initial_carry(batch)
+                for _ in range(MAX_EVAL_SEGMENTS):
+                    carry, _, metrics, _, all_halted = state.head(carry=carry, batch=batch, return_keys=[])
+                    if bool(all_halted):
+                        break
+                else:
+                    raise RuntimeError(f"evaluation did not halt within {MAX_EVAL_SEGMENTS} segments")
+                if totals is None:
+                    names = [k for k in METRIC_KEYS if k in metrics and k != "q_continue_loss"]
+                    totals = torch.zeros(len(names), dtype=torch.float64, device=device)
+                totals += torch.stack([metrics[k].to(torch.float64) for k in names])
+    finally:
+        module.train(was_training)
+    if totals is None:
+        return {}
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    from hrm.models import normalize_metrics
+
+    return normalize_metrics(dict(zip(names, totals.cpu().tolist(), strict=True)))

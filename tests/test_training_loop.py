@@ -1,0 +1,164 @@
+"""The run loop on CPU with a tiny HRM: determinism, exact resume (crash, signal, step limit), NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from hrm_layout import write_dataset
+from train_helpers import assert_same_weights, final_weights, metric_files, tiny_params
+
+import hrm.training.step as step_module
+from hrm.training import loop
+from hrm.training.step import TrainingDiverged
+
+REAL_STEP = step_module.train_step
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    """One uninterrupted run that the other tests compare against."""
+    params = tiny_params(data_root, tmp_path_factory.mktemp("reference"))
+    summary = loop.train(params)
+    return params, summary
+
+
+def total_steps(params: dict) -> int:
+    return json.loads((Path(params["paths"]["train_log"]) / "metrics.json").read_text())["step"]
+
+
+def eval_steps(params: dict) -> list[int]:
+    rows = metric_files(params)["plots/metrics/eval/accuracy.tsv"].splitlines()[1:]
+    return [int(row.split("\t")[0]) for row in rows]
+
+
+def test_same_params_twice_identical_metrics_and_weights(reference, tmp_path, capsys):
+    ref_params, summary = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+    loop.train(params)
+    out = capsys.readouterr().out
+    assert "planned steps: 31 = int(epochs 6 x groups 10" in out
+    files = metric_files(params)
+    assert files == metric_files(ref_params)
+    for name in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss", "lr"):
+        assert f"plots/metrics/train/{name}.tsv" in files
+        assert f"plots/metrics/eval/{name}.tsv" in files or name == "lr"
+    assert "plots/metrics/train/q_continue_loss.tsv" in files
+    assert_same_weights(final_weights(params), final_weights(ref_params))
+    loss_rows = files["plots/metrics/train/lm_loss.tsv"].splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in loss_rows] == list(range(1, summary["step"] + 1))
+    assert len(eval_steps(params)) == 3  # epochs 6 / eval_interval 2
+
+
+def test_weights_file_has_official_layout(reference):
+    params, _ = reference
+    weights = final_weights(params)  # torch.load(weights_only=True)
+    assert "model.inner.puzzle_emb.weights" in weights
+    assert "model.inner.H_level.layers.0.self_attn.qkv_proj.weight" in weights
+    assert not any(k.startswith("_orig_mod.") or "local_weights" in k for k in weights)
+
+
+def test_crash_then_resume_bit_identical(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    total = total_steps(ref_params)
+    crash = total - 2  # after the second eval's checkpoint, before the end
+
+    def dying(state, batch, **kwargs):
+        if state.step + 1 == crash:
+            raise SystemExit("simulated kill: no checkpoint")
+        return REAL_STEP(state, batch, **kwargs)
+
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+    monkeypatch.setattr(step_module, "train_step", dying)
+    with pytest.raises(SystemExit):
+        loop.train(params)
+    logged = metric_files(params)["plots/metrics/train/lm_loss.tsv"]
+    assert len(logged.splitlines()) - 1 == crash - 1
+    assert eval_steps(params)[-1] < crash - 1  # rows past the checkpoint exist and must be dropped on resume
+    monkeypatch.setattr(step_module, "train_step", REAL_STEP)
+    loop.train(params)
+    assert metric_files(params) == metric_files(ref_params)
+    assert_same_weights(final_weights(params), final_weights(ref_params))
+
+
+def test_sigterm_checkpoints_then_resume_bit_identical(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+
+    def signalled(state, batch, **kwargs):
+        if state.step == 6:
+            os.kill(
+                os.getpid(), signal.SIGTERM
+            )  # arrives during step 7; ranks agree at step 8 and stop after it
+        return REAL_STEP(state, batch, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", signalled)
+    with pytest.raises(loop.TrainingInterrupted, match="stopped at step 8") as stopped:
+        loop.train(params)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
+    assert [f.name for f in folders] == ["step_000000008"]
+    monkeypatch.setattr(step_module, "train_step", REAL_STEP)
+    loop.train(params)
+    assert metric_files(params) == metric_files(ref_params)
+    assert_same_weights(final_weights(params), final_weights(ref_params))
+
+
+def test_max_steps_stops_early_then_resumes_same_trajectory(reference, tmp_path):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path, max_steps=4)
+    assert loop.train(params)["step"] == 4
+    assert eval_steps(params) == [4]  # a smoke run ends with an eval and weights
+    assert Path(params["paths"]["model"]).exists()
+    params["train"]["max_steps"] = 0  # not part of the fingerprint: continues the same run
+    loop.train(params)
+    ref_files, files = metric_files(ref_params), metric_files(params)
+    assert files["plots/metrics/train/lm_loss.tsv"] == ref_files["plots/metrics/train/lm_loss.tsv"]
+    assert eval_steps(params) == sorted([4, *eval_steps(ref_params)])
+    assert_same_weights(final_weights(params), final_weights(ref_params))
+
+
+POISON_STEP = 15  # after the first eval (about 10 steps at these sizes)
+
+
+def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
+    ref_params, _ = reference
+    params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
+
+    def poisoned(state, batch, **kwargs):
+        if state.step + 1 == POISON_STEP:
+            with torch.no_grad():
+                next(state.module.parameters()).fill_(float("nan"))
+        return REAL_STEP(state, batch, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=f"diverged at step {POISON_STEP}"):
+        loop.train(params)
+    folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
+    # the checkpoint of the first eval is there, whole, and nothing was written after the NaN
+    assert len(folders) == 1
+    saved_step = int(folders[0].name.split("_")[1])
+    assert saved_step == eval_steps(params)[0] < POISON_STEP
+    assert (folders[0] / "common.pt").exists() and (folders[0] / "rank0.pt").exists()
+    saved = torch.load(folders[0] / "common.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert not Path(params["paths"]["model"]).exists()

@@ -1,0 +1,77 @@
+"""Tiny params and result readers shared by the trainer tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+TINY_ARCH = {
+    "name": "hrm_v1",
+    "H_cycles": 2,
+    "L_cycles": 2,
+    "H_layers": 1,
+    "L_layers": 1,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "expansion": 2,
+    "pos_encodings": "rope",
+    "rope_theta": 10000,
+    "rms_norm_eps": 1.0e-5,
+    "puzzle_emb_ndim": 32,
+    "halt_max_steps": 3,
+    "halt_exploration_prob": 0.5,
+    "loss": "stablemax_cross_entropy",
+    "forward_dtype": "float32",
+}
+
+TINY_TRAIN = {
+    "seed": 3,
+    "global_batch_size": 4,
+    "epochs": 6,
+    "eval_interval": 2,
+    "lr": 1.0e-3,
+    "lr_min_ratio": 1.0,
+    "lr_warmup_steps": 3,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "weight_decay": 0.1,
+    "puzzle_emb_lr": 1.0e-2,
+    "puzzle_emb_weight_decay": 0.1,
+    "deterministic": True,
+    "compile": False,
+    "device": "cpu",
+    "max_steps": 0,
+}
+
+
+def tiny_params(data_root: Path, out: Path, **train_overrides) -> dict:
+    train = copy.deepcopy(TINY_TRAIN)
+    train.update(train_overrides)
+    return {
+        "arch": copy.deepcopy(TINY_ARCH),
+        "train": train,
+        "paths": {
+            "hrm": str(data_root),
+            "checkpoints": str(out / "checkpoints"),
+            "model": str(out / "models" / "hrm.pt"),
+            "train_log": str(out / "reports" / "train"),
+        },
+    }
+
+
+def metric_files(params: dict) -> dict[str, str]:
+    """Every dvclive file of a run, relative path -> text (no timestamps in them, so runs compare exactly)."""
+    root = Path(params["paths"]["train_log"])
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def final_weights(params: dict) -> dict[str, torch.Tensor]:
+    return torch.load(params["paths"]["model"], weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
