@@ -1,0 +1,70 @@
+"""Models: HRM ACT v1 and the same-size transformer baseline, both wrapped in `ACTLossHead`.
+
+Import cost: this package imports torch, so import it inside the functions that need a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from hrm.io import UserError
+from hrm.models.hrm import HRMACT, ACTCarry, HRMConfig, load_official_checkpoint
+from hrm.models.losses import ACTLossHead, normalize_metrics
+from hrm.models.transformer import TransformerBaseline
+
+ARCHITECTURES = {"hrm_v1": HRMACT, "transformer": TransformerBaseline}
+
+__all__ = [
+    "ACTCarry",
+    "ACTLossHead",
+    "ARCHITECTURES",
+    "HRMConfig",
+    "build_model",
+    "load_official_checkpoint",
+    "normalize_metrics",
+]
+
+
+def build_model(
+    arch: Mapping[str, Any],
+    *,
+    seq_len: int,
+    vocab_size: int,
+    num_puzzle_identifiers: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+) -> ACTLossHead:
+    """The loss head around `arch["name"]`, parameters on `device` (may be "meta" for shape checks).
+
+    `batch_size` is the per-process training batch (the puzzle embedding's gradient buffer has that many
+    rows). `seed`: initialise from `torch.manual_seed(seed)` without disturbing the global RNG; None uses the
+    global RNG as it stands.
+    """
+    name = arch.get("name", "hrm_v1")
+    if name not in ARCHITECTURES:
+        raise UserError(f"params.yaml: arch.name must be one of {', '.join(ARCHITECTURES)}; got {name!r}")
+    config = HRMConfig.from_arch(
+        arch,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        num_puzzle_identifiers=num_puzzle_identifiers,
+        batch_size=batch_size,
+        device=device,
+    )
+    loss_type = str(arch.get("loss", "stablemax_cross_entropy"))
+    target = torch.device(device) if device is not None else torch.device("cpu")
+
+    def construct() -> ACTLossHead:
+        # Build on the target device directly: no fp32 copy on the CPU first, and "meta" costs nothing.
+        with target:
+            return ACTLossHead(ARCHITECTURES[name](config), loss_type)
+
+    if seed is None:
+        return construct()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return construct()

@@ -1,0 +1,182 @@
+"""Building blocks shared by every architecture (HRM and the plain transformer baseline).
+
+They mirror HRM's layers so that official checkpoints load and behave the same:
+parameters are stored in fp32 and cast to the forward dtype on use, RMSNorm has no weight and runs in fp32,
+attention is one fused bias-free qkv projection plus an output projection, and blocks are post-norm.
+Attention goes through `torch.nn.functional.scaled_dot_product_attention`, so no FlashAttention build is
+needed on any platform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CosSin = tuple[torch.Tensor, torch.Tensor]
+
+
+def trunc_normal_init_(
+    tensor: torch.Tensor,
+    std: float = 1.0,
+    lower: float = -2.0,
+    upper: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fill `tensor` with a normal truncated at [lower, upper] standard deviations whose *actual* std is `std`.
+
+    Same distribution as HRM's (and JAX/flax's) truncated-normal init: `nn.init.trunc_normal_` would give a
+    std about 12% too small at +-2 sigma, so the unit normal is rescaled by the truncated normal's std.
+    """
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        sqrt2 = math.sqrt(2.0)
+        cdf_lower = math.erf(lower / sqrt2)
+        cdf_upper = math.erf(upper / sqrt2)
+        mass = (cdf_upper - cdf_lower) / 2
+        density = (2 * math.pi) ** -0.5
+        pdf_lower = density * math.exp(-0.5 * lower**2)
+        pdf_upper = density * math.exp(-0.5 * upper**2)
+        truncated_var = (
+            1 - (upper * pdf_upper - lower * pdf_lower) / mass - ((pdf_upper - pdf_lower) / mass) ** 2
+        )
+        scale = std / math.sqrt(truncated_var)
+        # Inverse-CDF sampling: uniform in erf space, then erfinv maps it to the truncated normal.
+        tensor.uniform_(cdf_lower, cdf_upper, generator=generator)
+        tensor.erfinv_()
+        tensor.mul_(sqrt2 * scale)
+        tensor.clamp_(lower * scale, upper * scale)
+    return tensor
+
+
+def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless RMSNorm computed in fp32 (bf16 squares lose too much), returned in the input dtype."""
+    input_dtype = hidden_states.dtype
+    x = hidden_states.to(torch.float32)
+    x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return x.to(input_dtype)
+
+
+class CastedLinear(nn.Module):
+    """Linear layer with fp32 master weights cast to the input's dtype; truncated LeCun-normal init."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(out_features, in_features), std=1.0 / math.sqrt(in_features))
+        )
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    """Embedding table stored in fp32, looked up in the forward dtype. Key name `embedding_weight` as HRM."""
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.cast_to = cast_to
+        self.embedding_weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std)
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables for every position (non-persistent: recomputed, never in a checkpoint)."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        # Halves layout (rotate_half), as HRM/Llama: same rotation as interleaved pairs, permuted channels.
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self) -> CosSin:
+        return self.cos, self.sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos_sin: CosSin) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q and k ([B, S, heads, head_dim]) in the tables' dtype (fp32), return in the input dtype."""
+    cos, sin = cos_sin
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    dtype = q.dtype
+    q32, k32 = q.to(cos.dtype), k.to(cos.dtype)
+    q_rot = q32 * cos + _rotate_half(q32) * sin
+    k_rot = k32 * cos + _rotate_half(k32) * sin
+    return q_rot.to(dtype), k_rot.to(dtype)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention: fused bias-free qkv, SDPA, bias-free output projection."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        batch, seq, hidden = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, 3 * self.num_heads, self.head_dim)
+        query, key, value = qkv.split(self.num_heads, dim=2)
+        if cos_sin is not None:
+            query, key = apply_rotary(query, key, cos_sin)
+        # SDPA wants [B, heads, S, head_dim]; default scale is 1/sqrt(head_dim), as HRM.
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), is_causal=False
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, hidden))
+
+
+def swiglu_width(hidden_size: int, expansion: float) -> int:
+    """HRM's inner MLP width: round(expansion * hidden * 2/3), rounded up to a multiple of 256."""
+    width = round(expansion * hidden_size * 2 / 3)
+    return -(width // -256) * 256
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP with one fused gate/up projection (key names as HRM: gate_up_proj, down_proj)."""
+
+    def __init__(self, hidden_size: int, expansion: float) -> None:
+        super().__init__()
+        inner = swiglu_width(hidden_size, expansion)
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * inner, bias=False)
+        self.down_proj = CastedLinear(inner, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class PostNormBlock(nn.Module):
+    """Transformer block with post-norm: `h = norm(h + attn(h)); h = norm(h + mlp(h))`."""
+
+    def __init__(self, hidden_size: int, num_heads: int, expansion: float, norm_eps: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(hidden_size, num_heads)
+        self.mlp = SwiGLU(hidden_size, expansion)
+        self.norm_eps = norm_eps
+
+    def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
+        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)

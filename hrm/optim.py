@@ -1,0 +1,147 @@
+"""Optimizers and learning-rate schedule of HRM's training.
+
+- `AdamATan2` for all dense parameters. Our own implementation of the reference update (the official
+  `adam-atan2` package needs a CUDA build). `adam_atan2_pytorch.AdamAtan2` (v0.4.1) is NOT the same update:
+  it divides m by its bias correction *inside* atan2 (`atan2(m/bc1, sqrt(v/bc2))`) and scales by a=1.27,
+  whereas the reference puts 1/bc1 outside (`lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`). At step 1 with
+  beta1 0.9 the package moves a weight by 1.27*pi/4*lr ~ 1.0*lr against the reference's 10*atan(0.1)*lr
+  ~ 0.997*lr, and the two diverge further for small |m|/sqrt(v). tests/test_optim.py shows the difference.
+- `SparseSignSGD` for the puzzle embedding: sign-SGD with decoupled weight decay on the rows used.
+- `lr_at`: linear warmup then cosine decay to `base_lr * min_ratio` (constant when min_ratio is 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim.optimizer import Optimizer
+
+
+class AdamATan2(Optimizer):
+    """Adam with atan2 in place of division (no epsilon), decoupled weight decay, as HRM's reference kernel.
+
+    Per step t: `p *= 1 - lr*wd`; `m = lerp(m, g, 1-b1)`; `v = lerp(v, g^2, 1-b2)`;
+    `p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"invalid betas {betas}")
+        if weight_decay < 0:
+            raise ValueError(f"invalid weight_decay {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                state = self.state[param]
+                if not state:
+                    # step as a CPU tensor: saved/loaded with the state, exact integer for t < 2^24.
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = int(state["step"].item())
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+
+                param.mul_(1.0 - lr * weight_decay)
+                exp_avg.lerp_(grad, 1.0 - beta1)
+                exp_avg_sq.lerp_(grad.square(), 1.0 - beta2)
+                bias_correction1 = 1.0 - beta1**step
+                bias_correction2 = 1.0 - beta2**step
+                denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2))
+                param.add_(torch.atan2(exp_avg, denom), alpha=-lr / bias_correction1)
+        return loss
+
+
+class SparseSignSGD(Optimizer):
+    """Sign-SGD with decoupled weight decay for `PuzzleEmbedding`, touching only the rows of the batch.
+
+    For each id used in the batch (all ranks' batches under torch.distributed): `g` = sum of the gradients
+    of that id's copies; `w[id] = w[id] * (1 - lr*wd) - lr * sign(g)`. Rows not in the batch are untouched,
+    weight decay included. Built from the module (not its tensors) so that moving the model keeps it valid.
+    """
+
+    def __init__(self, embedding: torch.nn.Module, lr: float = 1e-2, weight_decay: float = 0.1) -> None:
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"invalid lr {lr} or weight_decay {weight_decay}")
+        self.embedding = embedding
+        super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        local = self.embedding.local_weights
+        if local.grad is not None:
+            if set_to_none:
+                local.grad = None
+            else:
+                local.grad.zero_()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad = self.embedding.local_weights.grad
+        if grad is None:
+            return loss
+        ids = self.embedding.local_ids
+        grad, ids = _gather_across_ranks(grad, ids)
+        weights = self.embedding.weights
+        unique_ids, inverse = ids.to(torch.long).unique(return_inverse=True)
+        summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
+        summed.index_add_(0, inverse, grad)
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            rows = weights[unique_ids]
+            rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed), alpha=-lr)
+            weights[unique_ids] = rows
+        return loss
+
+
+def _gather_across_ranks(grad: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' (grad, ids), concatenated in rank order; the inputs unchanged when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return grad, ids
+    world = dist.get_world_size()
+    grads = [torch.empty_like(grad) for _ in range(world)]
+    all_ids = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(grads, grad.contiguous())
+    dist.all_gather(all_ids, ids.contiguous())
+    return torch.cat(grads), torch.cat(all_ids)
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """HRM's schedule: `base_lr * step / warmup` during warmup, then cosine from base_lr to base_lr*min_ratio.
+
+    `step` counts optimizer steps from 1 (HRM increments before computing the LR, so its first update uses
+    base_lr / warmup_steps). With min_ratio 1.0 the LR is constant after warmup.
+    """
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return base_lr * (min_ratio + (1.0 - min_ratio) * cosine)
