@@ -295,8 +295,8 @@ def test_train_without_q_halt_runs_to_halt_max_steps():
 
 
 def test_exploration_min_steps_are_within_2_and_halt_max_steps():
-    batch_size = 256
-    head = tiny(batch_size=batch_size, halt_exploration_prob=1.0, halt_max_steps=5)
+    batch_size = 64  # 4 equally likely values: all show up (seeded; chance of a miss ~ 4 * 0.75^64)
+    head = tiny(batch_size=batch_size, halt_exploration_prob=1.0, halt_max_steps=5, H_cycles=1, L_cycles=1)
     head.train()
     set_q_bias(head, 3.0, -3.0)  # Q says halt at once: only exploration can delay it
     steps = _run_until_all_halted(head, make_batch(batch_size), generator=torch.Generator().manual_seed(0))
@@ -305,7 +305,7 @@ def test_exploration_min_steps_are_within_2_and_halt_max_steps():
 
 def test_exploration_probability_is_respected():
     batch_size = 512
-    head = tiny(batch_size=batch_size, halt_exploration_prob=0.25, halt_max_steps=5)
+    head = tiny(batch_size=batch_size, halt_exploration_prob=0.25, halt_max_steps=5, H_cycles=1, L_cycles=1)
     head.train()
     set_q_bias(head, 3.0, -3.0)
     batch = make_batch(batch_size)
@@ -522,3 +522,54 @@ def test_softmax_loss_option():
         F.cross_entropy(outputs["logits"].transpose(1, 2), batch["labels"], reduction="none").mean(-1).sum()
     )
     torch.testing.assert_close(metrics["lm_loss"], expected)
+
+
+def test_build_seed_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = tiny(seed=7), tiny(seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    assert not torch.equal(a.model.inner.lm_head.weight, tiny(seed=8).model.inner.lm_head.weight)
+
+
+def test_moving_the_model_keeps_the_puzzle_gradient_buffer_a_leaf():
+    head = tiny()
+    head._apply(lambda t: t * 1)  # what .to(device/dtype) does to buffers: a new, non-leaf tensor
+    local = head.puzzle_emb.local_weights
+    assert local.is_leaf and local.requires_grad
+    head.train()
+    batch = make_batch()
+    _, loss, _, _, _ = head(carry=head.initial_carry(batch), batch=batch)
+    loss.backward()
+    assert head.puzzle_emb.local_weights.grad is not None
+
+
+def test_transformer_carry_round_trip():
+    head = tiny(name="transformer")
+    batch = make_batch()
+    carry, *_ = head(carry=head.initial_carry(batch), batch=batch)
+    state = carry.to_state()
+    assert "z_H" not in state and set(state) >= {"steps", "halted", "current_data.inputs"}
+    restored = ACTCarry.from_state(state)
+    assert restored.z_H is None and torch.equal(restored.current_data["labels"], batch["labels"])
+
+
+def test_params_yaml_arch_builds_the_paper_model():
+    from pathlib import Path
+
+    from hrm.config import load_params, section
+
+    arch = section(load_params(Path(__file__).parent.parent / "params.yaml"), "arch")
+    head = build_model(
+        arch, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, batch_size=768, device="meta"
+    )
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == official_layout(
+        vocab=24, identifiers=5
+    )
+    config = head.model.config
+    assert (config.H_cycles, config.L_cycles, config.halt_max_steps) == (2, 2, 16)
+    assert config.forward_dtype == torch.float32  # auto on a non-CUDA device

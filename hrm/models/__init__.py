@@ -38,11 +38,11 @@ def build_model(
     device: torch.device | str | None = None,
     seed: int | None = None,
 ) -> ACTLossHead:
-    """The loss head around `arch["name"]`, parameters on `device` (may be "meta" for shape checks).
+    """The loss head around `arch["name"]`, on `device` (None = CPU; "meta" for shape checks).
 
     `batch_size` is the per-process training batch (the puzzle embedding's gradient buffer has that many
-    rows). `seed`: initialise from `torch.manual_seed(seed)` without disturbing the global RNG; None uses the
-    global RNG as it stands.
+    rows). `seed`: initialise from `torch.manual_seed(seed)` without disturbing the global RNG (None: use the
+    global CPU RNG as it stands). Initial weights are drawn on the CPU whatever the device.
     """
     name = arch.get("name", "hrm_v1")
     if name not in ARCHITECTURES:
@@ -59,12 +59,14 @@ def build_model(
     target = torch.device(device) if device is not None else torch.device("cpu")
 
     def construct() -> ACTLossHead:
-        # Build on the target device directly: no fp32 copy on the CPU first, and "meta" costs nothing.
-        with target:
-            return ACTLossHead(ARCHITECTURES[name](config), loss_type)
+        if target.type == "meta":  # shapes only: allocates nothing
+            with target:
+                return ACTLossHead(ARCHITECTURES[name](config), loss_type)
+        # Initialise on the CPU, then move: the same seed gives the same weights on every device.
+        return ACTLossHead(ARCHITECTURES[name](config), loss_type).to(target)
 
     if seed is None:
         return construct()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched
         return construct()
