@@ -28,6 +28,8 @@ OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 # Max abs difference allowed between SDPA and a float64 plain attention on the same (rounded) inputs.
 # About two units in the last place of an O(1) output for each dtype: a kernel bug is orders larger.
 SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
+# Gradients (dq, dk, dv) against the float64 ones: max abs difference relative to the largest gradient.
+SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 
 DEFAULT_GRID_SEQ_LEN = 40 * 40  # paper grid, used when neither the data nor generate.rows/cols say otherwise
 MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (allocator fragmentation)
@@ -316,10 +318,12 @@ def plain_attention(query: Any, key: Any, value: Any) -> Any:
     return torch.softmax(scores, dim=-1) @ value
 
 
-def _attention_inputs(device: str, dtype: Any, heads: int, seq: int, head_dim: int) -> tuple[Any, Any, Any]:
+def _attention_inputs(
+    device: str, dtype: Any, heads: int, seq: int, head_dim: int, seed: int = 1234
+) -> tuple[Any, Any, Any]:
     import torch
 
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch.Generator().manual_seed(seed)
     shape = (2, heads, seq, head_dim)
     return tuple(torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(3))
 
@@ -337,8 +341,13 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     head_dim = hidden // heads
     seq = 193 if quick else config.seq_len + 1  # odd on purpose: not a multiple of any kernel's block
     query, key, value = _attention_inputs(device, dtype, heads, seq, head_dim)
-    reference = plain_attention(*(t.double().cpu() for t in (query, key, value)))
+    grad_out = _attention_inputs(device, dtype, heads, seq, head_dim, seed=99)[0]
+    exact = [t.detach().double().cpu().requires_grad_(True) for t in (query, key, value)]
+    reference = plain_attention(*exact)
+    reference_grads = torch.autograd.grad(reference, exact, grad_out.double().cpu())
+    reference = reference.detach()
     tolerance = SDPA_TOLERANCE.get(dtype_name, 1e-4)
+    grad_tolerance = SDPA_GRAD_TOLERANCE.get(dtype_name, 1e-4)
 
     flags: dict[str, bool] = {}
     if device.startswith("cuda"):
@@ -349,15 +358,28 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
             "math": torch.backends.cuda.math_sdp_enabled(),
         }
     runs: dict[str, float | None] = {}  # backend -> max abs diff, None when it does not run here
+    grad_runs: dict[str, float | None] = {}  # backend -> relative max abs diff of dq, dk, dv
     errors: dict[str, str] = {}
     for name, backend in _backend_names().items():
+        inputs = [t.detach().requires_grad_(True) for t in (query, key, value)]
         try:
             with sdpa_kernel(backend):
-                out = F.scaled_dot_product_attention(query, key, value)
-            runs[name] = float((out.double().cpu() - reference).abs().max())
+                out = F.scaled_dot_product_attention(*inputs)
+            runs[name] = float((out.detach().double().cpu() - reference).abs().max())
         except RuntimeError as err:
-            runs[name] = None
+            runs[name] = grad_runs[name] = None
             errors[name] = str(err).splitlines()[0][:160]
+            continue
+        try:
+            with sdpa_kernel(backend):
+                grads = torch.autograd.grad(out, inputs, grad_out)
+            grad_runs[name] = max(
+                float((g.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30))
+                for g, r in zip(grads, reference_grads, strict=True)
+            )
+        except RuntimeError as err:
+            grad_runs[name] = None
+            errors[name] = "backward: " + str(err).splitlines()[0][:150]
 
     default_choice = sdpa_default_pick(device, dtype_name, heads, head_dim)
     with torch.no_grad():
@@ -366,8 +388,9 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
 
     available = [name for name, diff in runs.items() if diff is not None]
     if device == "cpu":
-        kernels = "flash (CPU kernel)" if "flash" in available else "math"
-        backend_detail = f"CPU: SDPA uses {default_choice or kernels}; runs: {', '.join(available)}"
+        picked = default_choice or ("flash" if "flash" in available else "math")
+        picked = "flash (the CPU flash kernel)" if picked == "flash" else picked
+        backend_detail = f"CPU: SDPA picks {picked}; kernels that run here: {', '.join(available)}"
     else:
         shown = [
             f"{n}={'on' if flags.get(n, True) else 'off'}{'' if runs[n] is not None else ' (n/a)'}"
@@ -389,20 +412,30 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     )
 
     worst = max([default_diff] + [d for d in runs.values() if d is not None])
-    bad = {n: d for n, d in runs.items() if d is not None and d > tolerance}
+    worst_grad = max([d for d in grad_runs.values() if d is not None], default=None)
+    bad = [n for n, d in runs.items() if d is not None and d > tolerance]
+    bad += [f"{n} backward" for n, d in grad_runs.items() if d is not None and d > grad_tolerance]
     if default_diff > tolerance:
-        bad["default"] = default_diff
-    diffs = ", ".join(f"{n} {d:.1e}" for n, d in runs.items() if d is not None)
+        bad.append("default")
+    diffs = ", ".join(
+        f"{n} {d:.1e}" + (f" (grad {grad_runs[n]:.1e})" if grad_runs.get(n) is not None else "")
+        for n, d in runs.items()
+        if d is not None
+    )
+    grad_summary = f"; gradients rel. {worst_grad:.1e} (tolerance {grad_tolerance:.0e})" if worst_grad else ""
     numerics = Check(
         "sdpa_numerics",
         FAIL if bad else OK,
         f"max |SDPA - plain attention| = {worst:.2e} (tolerance {tolerance:.0e} for {dtype_name}, "
-        f"seq {seq}): {diffs}" + (f"; OUT OF TOLERANCE: {', '.join(bad)}" if bad else ""),
+        f"seq {seq}){grad_summary}: {diffs}" + (f"; OUT OF TOLERANCE: {', '.join(bad)}" if bad else ""),
         {
             "max_abs_diff": worst,
             "per_backend": runs,
             "default_diff": default_diff,
             "tolerance": tolerance,
+            "grad_max_rel_diff": worst_grad,
+            "grad_per_backend": grad_runs,
+            "grad_tolerance": grad_tolerance,
             "seq_len": seq,
             "dtype": dtype_name,
         },
@@ -535,7 +568,7 @@ def train_step(head: Any, batch: dict[str, Any], seed: int) -> Any:
     generator = torch.Generator().manual_seed(seed)
     carry = head.initial_carry(batch)
     _, loss, _, _, _ = head(carry=carry, batch=batch, return_keys=[], generator=generator)
-    loss.backward()
+    (loss / batch["inputs"].shape[0]).backward()  # the loss is a sum over rows; the trainer divides too
     return loss
 
 
@@ -561,12 +594,12 @@ def seeded_gradients(
     return _gradients(head)
 
 
-def compare_gradients(first: dict[str, Any], second: dict[str, Any]) -> tuple[bool, float, list[str]]:
-    """(bit-identical, max abs difference, names that differ)."""
+def compare_gradients(first: dict[str, Any], second: dict[str, Any]) -> tuple[bool, float | None, list[str]]:
+    """(bit-identical, max abs difference (None: different tensors), names that differ)."""
     import torch
 
     if first.keys() != second.keys():
-        return False, math.inf, sorted(set(first) ^ set(second))
+        return False, None, sorted(set(first) ^ set(second))
     differing, worst = [], 0.0
     for name, grad in first.items():
         if not torch.equal(grad, second[name]):
@@ -624,9 +657,8 @@ def check_determinism(
         return Check("determinism", FAIL, f"the step produced no gradients ({where})", data)
     if identical:
         return Check("determinism", OK, f"two seeded steps give bit-identical gradients ({where})", data)
-    message = (
-        f"gradients differ between two seeded steps (max |diff| {worst:.2e}, in {len(differing)} tensors)"
-    )
+    how_much = f"max |diff| {worst:.2e}" if worst is not None else "different gradient tensors"
+    message = f"gradients differ between two seeded steps ({how_much}, in {len(differing)} tensors)"
     if config.deterministic:
         return Check("determinism", FAIL, f"{message} although train.deterministic is true ({where})", data)
     return Check("determinism", WARN, f"{message}; train.deterministic is false ({where})", data)

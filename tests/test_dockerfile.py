@@ -295,7 +295,8 @@ def test_image_install_steps_in_a_fresh_venv(tmp_path):
     ]
     assert len(steps) == 2
     for step in steps:
-        script = step.replace("/tmp/hrm-src", context.as_posix()).replace("/tmp/", f"{tmp_path.as_posix()}/")
+        script = step.replace("/tmp/hrm-src", context.as_posix())
+        script = script.replace("/tmp/requirements.txt", (tmp_path / "requirements.txt").as_posix())
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", script], env=env, cwd=tmp_path, text=True, capture_output=True
         )
