@@ -2,8 +2,10 @@
 
 Each check returns a `Check` (ok / warn / fail / skip). A `fail` means the configured run cannot work as
 configured here (CUDA requested but absent, SDPA wrong, non-deterministic gradients while `deterministic: true`,
-the batch does not fit): the command then exits 1. Everything is measured on this machine; the only analytic
-figures are the optimizer state in the memory estimate and the `--quick` memory estimate, and the output says so.
+the batch does not fit): the command then exits 1. The checks run real kernels on this machine. The one
+estimate is training memory off CUDA (and on CUDA under `--quick`): the step is traced on PyTorch's "meta"
+device, which computes shapes and nothing else; on CUDA it is measured. The optimizer state is added
+analytically. The output says which method gave each figure.
 """
 
 from __future__ import annotations
