@@ -1,0 +1,334 @@
+"""One base scenario: a city map, its traffic at one hour of the day, a few closures, a start and a goal.
+
+The map is built like a city is: a coarse grid of avenues (one per axis may be a limited-access highway that
+only avenues cross), a finer street grid with blocks of varying size and some streets built over, alleys
+through some blocks, parks, and sometimes a river that only avenues, highways and some streets bridge.
+Traffic: the hour sets the overall load (rush hours heavier); busier road classes and a few hotspots carry
+more; a little per-cell noise; the load is cut into 4 congestion levels that the road token keeps beside
+its class.
+
+Every draw comes from one `StableRng`, and every computation on floats that could round differently on
+another machine is avoided: loads are integer arithmetic, so the same seed gives the same map everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hrm.data import spec
+from hrm.data.rng import StableRng
+
+NO_ROAD = -1
+ALLEY, STREET, AVENUE, HIGHWAY = (
+    spec.ROAD_CLASSES.index(c) for c in ("alley", "street", "avenue", "highway")
+)
+
+
+@dataclass(frozen=True)
+class CityParams:
+    """`generate.city` in params.yaml; see the comments there."""
+
+    avenue_spacing: tuple[int, int]
+    block_size: tuple[int, int]
+    highway_probability: float
+    street_gap_probability: float
+    alley_probability: float
+    park_probability: float
+    river_probability: float
+    street_bridge_probability: float
+    closures: tuple[int, int]
+    hotspots: tuple[int, int]
+    hotspot_radius: tuple[int, int]
+    traffic_by_hour: tuple[int, ...]
+    class_traffic: tuple[int, ...]  # percent, in ROAD_CLASSES order
+    congestion_thresholds: tuple[int, int, int]
+    congestion_jitter: int
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "params.yaml:generate.city") -> CityParams:
+        def pair(key: str, low: int = 0) -> tuple[int, int]:
+            value = raw.get(key)
+            if (
+                not isinstance(value, list)
+                or len(value) != 2
+                or not all(isinstance(v, int) for v in value)
+                or not low <= value[0] <= value[1]
+            ):
+                raise ValueError(f"{source}.{key}: needs [min, max] integers with {low} <= min <= max")
+            return int(value[0]), int(value[1])
+
+        def probability(key: str) -> float:
+            value = raw.get(key)
+            if not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"{source}.{key}: needs a probability in [0, 1]")
+            return float(value)
+
+        hours = raw.get("traffic_by_hour")
+        if (
+            not isinstance(hours, list)
+            or len(hours) != 24
+            or not all(isinstance(h, int) and h >= 0 for h in hours)
+        ):
+            raise ValueError(f"{source}.traffic_by_hour: needs 24 non-negative integers (percent)")
+        class_traffic = raw.get("class_traffic")
+        if not isinstance(class_traffic, dict) or set(class_traffic) != set(spec.ROAD_CLASSES):
+            raise ValueError(f"{source}.class_traffic: needs a percent for each of {list(spec.ROAD_CLASSES)}")
+        thresholds = raw.get("congestion_thresholds")
+        if (
+            not isinstance(thresholds, list)
+            or len(thresholds) != len(spec.CONGESTION_LEVELS) - 1
+            or not all(isinstance(t, int) for t in thresholds)
+            or sorted(thresholds) != thresholds
+        ):
+            raise ValueError(f"{source}.congestion_thresholds: needs 3 increasing integers")
+        jitter = raw.get("congestion_jitter")
+        if not isinstance(jitter, int) or jitter < 0:
+            raise ValueError(f"{source}.congestion_jitter: needs a non-negative integer")
+        return cls(
+            avenue_spacing=pair("avenue_spacing", low=3),
+            block_size=pair("block_size", low=1),
+            highway_probability=probability("highway_probability"),
+            street_gap_probability=probability("street_gap_probability"),
+            alley_probability=probability("alley_probability"),
+            park_probability=probability("park_probability"),
+            river_probability=probability("river_probability"),
+            street_bridge_probability=probability("street_bridge_probability"),
+            closures=pair("closures"),
+            hotspots=pair("hotspots"),
+            hotspot_radius=pair("hotspot_radius", low=1),
+            traffic_by_hour=tuple(int(h) for h in hours),
+            class_traffic=tuple(int(class_traffic[c]) for c in spec.ROAD_CLASSES),
+            congestion_thresholds=(int(thresholds[0]), int(thresholds[1]), int(thresholds[2])),
+            congestion_jitter=int(jitter),
+        )
+
+
+@dataclass(frozen=True)
+class City:
+    """A base scenario. `grid` is the model input (flat tokens); the rest explains it."""
+
+    grid: np.ndarray  # [rows*cols] int64 tokens, start and goal included
+    road_class: np.ndarray  # [rows, cols] class index, NO_ROAD elsewhere (closures keep their class)
+    congestion: np.ndarray  # [rows, cols] level 0..3 on roads, 0 elsewhere
+    hour: int
+    start: int  # flat index
+    goal: int
+
+
+class NoEndpoints(Exception):
+    """No start/goal pair far enough apart on roads every vehicle may use: the attempt is rejected."""
+
+
+def _line_positions(rng: StableRng, size: int, spacing: tuple[int, int]) -> list[int]:
+    """Avenue positions along one axis: a random first offset, then random gaps, never on the border."""
+    positions = []
+    position = rng.integer(2, max(3, spacing[0] // 2 + 2))
+    while position <= size - 3:
+        positions.append(position)
+        position += rng.integer(spacing[0], spacing[1] + 1)
+    return positions
+
+
+def _street_positions(rng: StableRng, majors: list[int], size: int, block: tuple[int, int]) -> list[int]:
+    """Streets in every gap between avenues (and the borders), separated by blocks of random size."""
+    streets = []
+    bounds = [-1, *majors, size]
+    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        position = low + rng.integer(block[0], block[1] + 1) + 1
+        while position <= high - block[0] - 1:
+            streets.append(position)
+            position += rng.integer(block[0], block[1] + 1) + 1
+    return streets
+
+
+def _blocks(
+    row_lines: list[int], col_lines: list[int], rows: int, cols: int
+) -> list[tuple[int, int, int, int]]:
+    """Rectangles (r0, r1, c0, c1), inclusive, between consecutive lines of either axis."""
+    row_bounds = [-1, *row_lines, rows]
+    col_bounds = [-1, *col_lines, cols]
+    blocks = []
+    for r_low, r_high in zip(row_bounds[:-1], row_bounds[1:], strict=True):
+        for c_low, c_high in zip(col_bounds[:-1], col_bounds[1:], strict=True):
+            if r_high - r_low > 1 and c_high - c_low > 1:
+                blocks.append((r_low + 1, r_high - 1, c_low + 1, c_high - 1))
+    return blocks
+
+
+def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[np.ndarray, np.ndarray]:
+    """Road classes and terrain (building/park/water) of a new map."""
+    road = np.full((rows, cols), NO_ROAD, dtype=np.int64)
+    terrain = np.full((rows, cols), spec.BUILDING, dtype=np.int64)
+
+    avenue_rows = _line_positions(rng, rows, params.avenue_spacing)
+    avenue_cols = _line_positions(rng, cols, params.avenue_spacing)
+    street_rows = _street_positions(rng, avenue_rows, rows, params.block_size)
+    street_cols = _street_positions(rng, avenue_cols, cols, params.block_size)
+    for r in street_rows:
+        road[r, :] = STREET
+    for c in street_cols:
+        road[:, c] = STREET
+
+    # Built-over street segments (between two crossings) make blocks irregular.
+    all_rows, all_cols = sorted(avenue_rows + street_rows), sorted(avenue_cols + street_cols)
+    for r in street_rows:
+        bounds = [-1, *all_cols, cols]
+        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+            if high - low > 1 and rng.bernoulli(params.street_gap_probability):
+                road[r, low + 1 : high] = NO_ROAD
+    for c in street_cols:
+        bounds = [-1, *all_rows, rows]
+        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+            if high - low > 1 and rng.bernoulli(params.street_gap_probability):
+                road[low + 1 : high, c] = NO_ROAD
+
+    # Alleys through blocks, parks.
+    for r0, r1, c0, c1 in _blocks(all_rows, all_cols, rows, cols):
+        if rng.bernoulli(params.park_probability):
+            terrain[r0 : r1 + 1, c0 : c1 + 1] = spec.PARK
+        if rng.bernoulli(params.alley_probability):
+            height, width = r1 - r0 + 1, c1 - c0 + 1
+            if width >= 3 and (height < 3 or rng.bernoulli(0.5)):
+                c = c0 + rng.integer(1, width - 1)
+                r_from, r_to = (r0, r1) if rng.bernoulli(0.7) else (r0, r0 + height // 2)
+                road[r_from : r_to + 1, c] = ALLEY
+            elif height >= 3:
+                r = r0 + rng.integer(1, height - 1)
+                c_from, c_to = (c0, c1) if rng.bernoulli(0.7) else (c0 + width // 2, c1)
+                road[r, c_from : c_to + 1] = ALLEY
+
+    for r in avenue_rows:
+        road[r, :] = AVENUE
+    for c in avenue_cols:
+        road[:, c] = AVENUE
+    highway_rows = (
+        [rng.choice(avenue_rows)] if avenue_rows and rng.bernoulli(params.highway_probability) else []
+    )
+    highway_cols = (
+        [rng.choice(avenue_cols)] if avenue_cols and rng.bernoulli(params.highway_probability) else []
+    )
+    # A highway keeps its cells except where an avenue crosses it: the avenue bridges over it, a junction.
+    for r in highway_rows:
+        road[r, road[r, :] != AVENUE] = HIGHWAY
+    for c in highway_cols:
+        road[road[:, c] != AVENUE, c] = HIGHWAY
+    for r in highway_rows:
+        for c in highway_cols:
+            road[r, c] = HIGHWAY  # two highways meet at an interchange
+    # Limited access: streets and alleys stop one cell short of a highway; only avenues join it.
+    is_highway = road == HIGHWAY
+    touches = np.zeros_like(is_highway)
+    touches[1:, :] |= is_highway[:-1, :]
+    touches[:-1, :] |= is_highway[1:, :]
+    touches[:, 1:] |= is_highway[:, :-1]
+    touches[:, :-1] |= is_highway[:, 1:]
+    road[touches & ((road == STREET) | (road == ALLEY))] = NO_ROAD
+
+    if rng.bernoulli(params.river_probability):
+        _river(rng, road, terrain, street_rows, street_cols, params)
+    return road, terrain
+
+
+def _river(
+    rng: StableRng,
+    road: np.ndarray,
+    terrain: np.ndarray,
+    street_rows: list[int],
+    street_cols: list[int],
+    params: CityParams,
+) -> None:
+    """A meandering river across the map; avenues and highways bridge it, some streets do."""
+    rows, cols = road.shape
+    across_rows = rng.bernoulli(0.5)  # True: the river runs from left to right
+    length, span = (cols, rows) if across_rows else (rows, cols)
+    width = rng.integer(1, 3)
+    centre = rng.integer(span // 4, span - span // 4)
+    water = np.zeros_like(road, dtype=bool)
+    for along in range(length):
+        centre = min(max(centre + rng.integer(-1, 2), 2), span - 2 - width)
+        if across_rows:
+            water[centre : centre + width, along] = True
+        else:
+            water[along, centre : centre + width] = True
+    bridged_rows = {r for r in street_rows if rng.bernoulli(params.street_bridge_probability)}
+    bridged_cols = {c for c in street_cols if rng.bernoulli(params.street_bridge_probability)}
+    rr, cc = np.nonzero(water)
+    for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
+        klass = road[r, c]
+        if klass in (AVENUE, HIGHWAY):
+            continue
+        if klass == STREET and (
+            (r in street_rows and r in bridged_rows) or (c in street_cols and c in bridged_cols)
+        ):
+            continue
+        road[r, c] = NO_ROAD
+        terrain[r, c] = spec.WATER
+
+
+def _congestion(rng: StableRng, road: np.ndarray, hour: int, params: CityParams) -> np.ndarray:
+    """Congestion level per cell, from integer loads: hour x class busyness x (1 + hotspots) + noise."""
+    rows, cols = road.shape
+    hotspot = np.zeros((rows, cols), dtype=np.int64)
+    r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    for _ in range(rng.integer(params.hotspots[0], params.hotspots[1] + 1)):
+        r0, c0 = rng.integer(0, rows), rng.integer(0, cols)
+        radius = rng.integer(params.hotspot_radius[0], params.hotspot_radius[1] + 1)
+        strength = rng.integer(40, 101)  # percent extra traffic at the centre
+        distance2 = (r_idx - r0) ** 2 + (c_idx - c0) ** 2
+        hotspot += strength * np.maximum(radius * radius - distance2, 0) // (radius * radius)
+    class_traffic = np.array(params.class_traffic, dtype=np.int64)
+    load = params.traffic_by_hour[hour] * class_traffic[np.maximum(road, 0)] * (100 + hotspot) // 10000
+    load += rng.integer_array(-params.congestion_jitter, params.congestion_jitter + 1, (rows, cols))
+    level = np.searchsorted(np.array(params.congestion_thresholds), load, side="right")
+    return np.where(road >= 0, level, 0).astype(np.int64)
+
+
+def build_city(
+    rng: StableRng,
+    rows: int,
+    cols: int,
+    params: CityParams,
+    shared_tokens: np.ndarray,
+    min_manhattan: int,
+) -> City:
+    """A new base scenario from `rng`.
+
+    shared_tokens: bool [VOCAB_SIZE], tokens every vehicle may enter; start and goal sit on such cells, at
+    least `min_manhattan` apart (a route of n cells spans at most n - 1 in Manhattan distance).
+    Raises NoEndpoints when no such pair exists.
+    """
+    road, terrain = _layout(rng, rows, cols, params)
+    hour = rng.integer(0, 24)
+    congestion = _congestion(rng, road, hour, params)
+    tokens = np.where(
+        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS) + congestion, terrain
+    )
+    tokens = tokens.reshape(-1)
+
+    road_cells = np.flatnonzero(road.reshape(-1) >= 0).tolist()
+    closures = rng.integer(params.closures[0], params.closures[1] + 1)
+    if closures:
+        for cell in rng.sample(road_cells, min(closures, len(road_cells))):
+            tokens[cell] = spec.CLOSED
+
+    candidates = np.flatnonzero(shared_tokens[tokens])
+    if candidates.size < 2:
+        raise NoEndpoints("fewer than 2 road cells every vehicle may use")
+    # Farthest Manhattan distance from each candidate to any other, in O(n) via the rotated axes r+c, r-c.
+    diagonal = candidates // cols + candidates % cols
+    anti = candidates // cols - candidates % cols
+    farthest = np.maximum.reduce(
+        [diagonal.max() - diagonal, diagonal - diagonal.min(), anti.max() - anti, anti - anti.min()]
+    )
+    viable = candidates[farthest >= min_manhattan]
+    if viable.size == 0:
+        raise NoEndpoints(f"no two shared road cells at Manhattan distance >= {min_manhattan}")
+    start = rng.choice(viable.tolist())
+    s_row, s_col = divmod(start, cols)
+    distance = np.abs(candidates // cols - s_row) + np.abs(candidates % cols - s_col)
+    goal = rng.choice(candidates[distance >= min_manhattan].tolist())
+    tokens[start], tokens[goal] = spec.START, spec.GOAL
+    return City(tokens, road, congestion, hour, start, goal)

@@ -1,0 +1,747 @@
+"""The compliance score of a routing dataset: every sub-check measured, weighted as in the seed report.
+
+Categories and weights come from params (`validate.weights`): methodology (counts, base separation, 4
+variants per base), tokens (encoding, one start and one goal, no unexpected values, label = input + route),
+route optimality (every route valid, optimal and unique, re-checked by scipy's Dijkstra, not by the
+generator's A*) and augmentation quality (one base map per base, distinct vehicles, route diversity).
+A check marked critical fails the dataset whatever the score: the score measures how close a dataset is to
+the methodology, but a wrong label or a leaked test map is never acceptable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from hrm.data import routing, spec
+from hrm.data.invariants import RawDataset, SplitData
+
+CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
+MAX_FAILURES_LISTED = 5
+
+
+@dataclass
+class Check:
+    """One sub-check: what it measures, the value found, its score in [0, 1] and the first failures."""
+
+    name: str
+    category: str  # one of CATEGORIES, or "consistency" (critical only, not scored)
+    description: str
+    value: float
+    expected: str
+    score: float
+    passed: bool
+    critical: bool
+    failures: list[str] = field(default_factory=list)
+    failure_count: int = 0
+
+
+def share_check(
+    name: str, category: str, description: str, failures: list[str], total: int, critical: bool = True
+) -> Check:
+    """A check passed by every item: value = score = share of items without a failure (at least 0: a
+    problem not tied to one item, such as a count, may come on top of the items' own failures)."""
+    share = max(0.0, 1.0 - len(failures) / total) if total else 0.0
+    return Check(
+        name,
+        category,
+        description,
+        round(share, 6),
+        "= 1.0",
+        round(share, 6),
+        not failures and total > 0,
+        critical,
+        failures[:MAX_FAILURES_LISTED],
+        len(failures),
+    )
+
+
+def count_check(name: str, category: str, description: str, found: int, expected: int) -> Check:
+    """Found must equal expected; the score shrinks with the ratio of the two."""
+    score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
+    failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
+    return Check(
+        name,
+        category,
+        description,
+        found,
+        f"= {expected}",
+        round(score, 6),
+        not failures,
+        True,
+        failures,
+        len(failures),
+    )
+
+
+# ---- per-example facts ------------------------------------------------------------------------------
+
+
+@cache
+def _grid_edges(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices, sorted by source."""
+    index = np.arange(rows * cols).reshape(rows, cols)
+    pairs = [
+        (index[:, :-1], index[:, 1:]),  # right
+        (index[:, 1:], index[:, :-1]),  # left
+        (index[:-1, :], index[1:, :]),  # down
+        (index[1:, :], index[:-1, :]),  # up
+    ]
+    sources = np.concatenate([a.reshape(-1) for a, _ in pairs])
+    targets = np.concatenate([b.reshape(-1) for _, b in pairs])
+    order = np.lexsort((targets, sources))
+    return sources[order], targets[order]
+
+
+def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, size: int):
+    """CSR matrix from edges already sorted by row (cheaper than scipy's COO conversion)."""
+    from scipy.sparse import csr_matrix
+
+    indptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_of_edges, minlength=size), out=indptr[1:])
+    return csr_matrix((weights, columns, indptr), shape=(size, size))
+
+
+def independent_optimum(
+    cell_cost: np.ndarray, start: int, goal: int, rows: int, cols: int
+) -> tuple[int | None, np.ndarray]:
+    """Optimal route cost by scipy's Dijkstra and the mask of cells lying on at least one optimal route.
+
+    Written apart from the generator's A* so that a bug there cannot hide here. Moves into the start and out
+    of the goal are left out (a route is a simple path between them); the free step into the goal is given
+    weight 1 (subtracted again), because every route enters the goal exactly once, last. A cell v is on an
+    optimal route iff dist(start, v) + dist(v, goal) equals the optimum. Intermediate cells cost >= 1, so
+    an optimal route never touches itself; two distinct optimal routes therefore differ in their cell sets,
+    and the optimum is unique iff this mask is exactly one route's cells.
+    """
+    from scipy.sparse.csgraph import dijkstra
+
+    size = rows * cols
+    sources, targets = _grid_edges(rows, cols)
+    cost = np.asarray(cell_cost, dtype=np.int64)
+    usable = (cost[sources] >= 0) & (cost[targets] >= 0) & (targets != start) & (sources != goal)
+    sources, targets = sources[usable], targets[usable]
+    weights = cost[targets].astype(np.float64) + (targets == goal)
+    from_start = dijkstra(_csr(sources, targets, weights, size), directed=True, indices=start)
+    # the reversed graph: same edges read target -> source; sort them by their new row (the target)
+    order = np.argsort(targets, kind="stable")
+    to_goal = dijkstra(
+        _csr(targets[order], sources[order], weights[order], size), directed=True, indices=goal
+    )
+    best = from_start[goal]
+    if not np.isfinite(best):
+        return None, np.zeros(size, dtype=bool)
+    return int(best) - 1, (from_start + to_goal) == best
+
+
+@dataclass
+class ExampleFacts:
+    """Facts about every example of one split, in example order (arrays of length N)."""
+
+    n_start_input: np.ndarray
+    n_goal_input: np.ndarray
+    n_start_label: np.ndarray
+    n_goal_label: np.ndarray
+    unexpected_input: np.ndarray  # cells holding a token an input may not hold
+    unexpected_label: np.ndarray
+    bad_label_changes: np.ndarray  # cells where label != input other than a ROUTE mark on a non-endpoint
+    route_length: np.ndarray  # ROUTE cells + start + goal
+    route_cost: np.ndarray  # float, NaN where the route is invalid
+    optimal_cost: np.ndarray  # float, NaN where no route exists (scipy Dijkstra)
+    route_valid: np.ndarray  # bool (routing.check_route)
+    route_unique: np.ndarray  # bool: the optimum is unique and is the labelled route
+    route_reason: list[str]
+    paths: list[tuple[int, ...]]  # ordered route cells when valid
+
+
+def _token_counts(grids: np.ndarray) -> np.ndarray:
+    """[N, 256] count of each token id per grid."""
+    n = grids.shape[0]
+    offsets = grids.astype(np.int64) + 256 * np.arange(n)[:, None]
+    return np.bincount(offsets.reshape(-1), minlength=256 * n).reshape(n, 256)
+
+
+def example_facts(split: SplitData, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
+    inputs, labels = split.inputs, split.labels
+    count_in, count_label = _token_counts(inputs), _token_counts(labels)
+    allowed_in = np.zeros(256, dtype=bool)
+    allowed_in[list(spec.INPUT_TOKENS)] = True
+    allowed_label = np.zeros(256, dtype=bool)
+    allowed_label[list(spec.LABEL_TOKENS)] = True
+    endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
+    route_mark = (labels == spec.ROUTE) & ~endpoint
+    n = split.size
+    facts = ExampleFacts(
+        n_start_input=count_in[:, spec.START],
+        n_goal_input=count_in[:, spec.GOAL],
+        n_start_label=count_label[:, spec.START],
+        n_goal_label=count_label[:, spec.GOAL],
+        unexpected_input=count_in[:, ~allowed_in].sum(axis=1),
+        unexpected_label=count_label[:, ~allowed_label].sum(axis=1),
+        bad_label_changes=((labels != inputs) & ~route_mark).sum(axis=1),
+        route_length=count_label[:, spec.ROUTE] + 2,
+        route_cost=np.full(n, np.nan),
+        optimal_cost=np.full(n, np.nan),
+        route_valid=np.zeros(n, dtype=bool),
+        route_unique=np.zeros(n, dtype=bool),
+        route_reason=[""] * n,
+        paths=[()] * n,
+    )
+    for i in range(n):
+        identifier = int(split.example_identifier[i])
+        if not 0 < identifier < cost_table.shape[0]:
+            facts.route_reason[i] = (
+                f"puzzle identifier {identifier} has no vehicle in the summary's cost table"
+            )
+            continue
+        cost_row = cost_table[identifier]
+        check = routing.check_route(inputs[i], labels[i], cost_row, rows, cols)
+        facts.route_reason[i] = check.reason
+        starts, goals = np.flatnonzero(inputs[i] == spec.START), np.flatnonzero(inputs[i] == spec.GOAL)
+        if starts.size != 1 or goals.size != 1:
+            continue
+        cell_cost = cost_row[inputs[i]]
+        optimum, on_optimal = independent_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
+        if optimum is not None:
+            facts.optimal_cost[i] = optimum
+        if not check.valid:
+            continue
+        facts.route_valid[i] = True
+        facts.paths[i] = check.path
+        route_cells = np.zeros(rows * cols, dtype=bool)
+        route_cells[list(check.path)] = True
+        facts.route_cost[i] = int(cell_cost[route_mark[i]].sum())  # own sum, not routing.route_cost
+        facts.route_unique[i] = bool(np.array_equal(on_optimal, route_cells))
+    return facts
+
+
+# ---- the per-example table (Pandera) ------------------------------------------------------------------
+
+
+def example_table(dataset: RawDataset, facts: dict[str, ExampleFacts]):
+    """One row per example: split, base, vehicle, route length and cost, token counts."""
+    import pandas as pd
+
+    frames = []
+    for name, split in dataset.splits.items():
+        f = facts[name]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": name,
+                    "example": np.arange(split.size),
+                    "base_scenario_id": split.base_ids,
+                    "vehicle": split.vehicles,
+                    "puzzle_identifier": split.example_identifier,
+                    "group": split.example_group,
+                    "route_length": f.route_length,
+                    "route_cost": f.route_cost,
+                    "optimal_cost": f.optimal_cost,
+                    "n_start": f.n_start_input,
+                    "n_goal": f.n_goal_input,
+                    "n_road": ((split.inputs >= spec.ROAD_BASE) & (split.inputs < spec.CLOSED)).sum(axis=1),
+                    "n_closed": (split.inputs == spec.CLOSED).sum(axis=1),
+                    "n_non_road": np.isin(split.inputs, spec.NON_ROAD_TOKENS).sum(axis=1),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def example_table_schema(vehicle_names: list[str], seq_len: int, min_route_length: int):
+    """Pandera schema of the per-example table: domains, hardness and one row per (split, base, vehicle)."""
+    import pandera.pandas as pa
+
+    return pa.DataFrameSchema(
+        {
+            "split": pa.Column(str, pa.Check.isin(list(spec.SPLITS))),
+            "example": pa.Column(int, pa.Check.ge(0)),
+            "base_scenario_id": pa.Column(str, pa.Check.str_length(min_value=1)),
+            "vehicle": pa.Column(str, pa.Check.isin(vehicle_names)),
+            "puzzle_identifier": pa.Column(int, pa.Check.in_range(1, len(vehicle_names))),
+            "group": pa.Column(int, pa.Check.ge(0)),
+            "route_length": pa.Column(int, pa.Check.in_range(min_route_length, seq_len)),
+            "route_cost": pa.Column(float, pa.Check.ge(0), nullable=True),
+            "optimal_cost": pa.Column(float, pa.Check.ge(0), nullable=True),
+            "n_start": pa.Column(int, pa.Check.ge(0)),
+            "n_goal": pa.Column(int, pa.Check.ge(0)),
+            "n_road": pa.Column(int, pa.Check.ge(1)),
+            "n_closed": pa.Column(int, pa.Check.ge(0)),
+            "n_non_road": pa.Column(int, pa.Check.ge(0)),
+        },
+        unique=["split", "base_scenario_id", "vehicle"],
+        strict=True,
+    )
+
+
+def table_check(dataset: RawDataset, table, min_route_length: int) -> Check:
+    """Run the Pandera schema; every failing row is reported as split, example, column and value."""
+    import pandera.pandas as pa
+
+    schema = example_table_schema(dataset.identifiers[1:], dataset.rows * dataset.cols, min_route_length)
+    failures: dict[int, str] = {}
+    try:
+        schema.validate(table, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        for case in err.failure_cases.itertuples(index=False):
+            row = case.index
+            if row is None or (isinstance(row, float) and np.isnan(row)):
+                failures.setdefault(-1, f"per-example table: column {case.column}: {case.check}")
+                continue
+            record = table.iloc[int(row)]
+            split = dataset.splits[record["split"]]
+            where = split.where("labels", int(record["example"]))
+            if case.check == "multiple_fields_uniqueness":
+                message = (
+                    f"{split.where('vehicle_types', int(record['example']))}: duplicated example, another row "
+                    f"has the same (split, base_scenario_id, vehicle) = ({record['split']}, "
+                    f"{record['base_scenario_id']}, {record['vehicle']})"
+                )
+            else:
+                message = f"{where}: per-example table column {case.column} = {case.failure_case!r} fails {case.check}"
+            failures.setdefault(int(row), message)
+    ordered = [failures[key] for key in sorted(failures)]
+    return share_check(
+        "example_table",
+        "methodology",
+        f"per-example table passes its Pandera schema (route length >= {min_route_length}, one row per base and vehicle)",
+        ordered,
+        len(table),
+    )
+
+
+# ---- the checks --------------------------------------------------------------------------------------
+
+
+def _example_label(split: SplitData, i: int, kind: str = "labels") -> str:
+    return f"{split.where(kind, i)} (base {split.base_ids[i]}, {split.vehicles[i]})"
+
+
+def _per_example(dataset, facts, predicate, describe) -> list[str]:
+    failures = []
+    for name, split in dataset.splits.items():
+        f = facts[name]
+        for i in range(split.size):
+            if not predicate(f, i):
+                failures.append(describe(split, f, i))
+    return failures
+
+
+def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
+    total = sum(split.size for split in dataset.splits.values())
+    encoding_problems = []
+    for split in dataset.splits.values():
+        meta, name = split.metadata, split.files["dataset"]
+        if meta["vocab_size"] != spec.VOCAB_SIZE:
+            encoding_problems.append(
+                f"{name}: vocab_size = {meta['vocab_size']}, the token table has {spec.VOCAB_SIZE}"
+            )
+    table = dataset.summary.get("cost_model", {}).get("tokens")
+    if table != spec.token_names():
+        encoding_problems.append(
+            f"{spec.RAW_SUMMARY_FILE}: cost_model.tokens differs from the token table {spec.token_names()}"
+        )
+    encoding = Check(
+        "encoding",
+        "tokens",
+        "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)",
+        0.0 if encoding_problems else 1.0,
+        "= 1.0",
+        0.0 if encoding_problems else 1.0,
+        not encoding_problems,
+        True,
+        encoding_problems[:MAX_FAILURES_LISTED],
+        len(encoding_problems),
+    )
+    return [
+        encoding,
+        share_check(
+            "one_start_one_goal",
+            "tokens",
+            "exactly one start and one goal in every input and label",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: (
+                    f.n_start_input[i] == f.n_goal_input[i] == f.n_start_label[i] == f.n_goal_label[i] == 1
+                ),
+                lambda s, f, i: (
+                    f"{_example_label(s, i, 'inputs')}: {f.n_start_input[i]} start / {f.n_goal_input[i]} "
+                    f"goal cells in the input, {f.n_start_label[i]} / {f.n_goal_label[i]} in the label"
+                ),
+            ),
+            total,
+        ),
+        share_check(
+            "no_unexpected_values",
+            "tokens",
+            f"inputs hold only tokens {spec.INPUT_TOKENS[0]}..{spec.INPUT_TOKENS[-1]}, labels only "
+            f"{spec.LABEL_TOKENS[0]}..{spec.LABEL_TOKENS[-1]} (no PAD, no route token in inputs)",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: f.unexpected_input[i] == 0 and f.unexpected_label[i] == 0,
+                lambda s, f, i: _unexpected_message(s, i),
+            ),
+            total,
+        ),
+        share_check(
+            "labels_are_input_plus_route",
+            "tokens",
+            "each label equals its input except the route cells marked with the route token",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: f.bad_label_changes[i] == 0,
+                lambda s, f, i: _label_change_message(s, i, int(f.bad_label_changes[i])),
+            ),
+            total,
+        ),
+    ]
+
+
+def _unexpected_message(split: SplitData, i: int) -> str:
+    for kind, grid, allowed in (
+        ("inputs", split.inputs[i], spec.INPUT_TOKENS),
+        ("labels", split.labels[i], spec.LABEL_TOKENS),
+    ):
+        bad = np.flatnonzero(~np.isin(grid, allowed))
+        if bad.size:
+            cell = int(bad[0])
+            return f"{split.where(kind, i)}[{cell}] = {int(grid[cell])} is not a valid {kind[:-1]} token ({bad.size} such cells)"
+    return f"{split.where('inputs', i)}: unexpected token"
+
+
+def _label_change_message(split: SplitData, i: int, count: int) -> str:
+    inputs, labels = split.inputs[i], split.labels[i]
+    endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
+    cell = int(np.flatnonzero((labels != inputs) & ~((labels == spec.ROUTE) & ~endpoint))[0])
+    return (
+        f"{split.where('labels', i)}[{cell}] = {int(labels[cell])} but the input has {int(inputs[cell])}: only route "
+        f"marks may differ ({count} such cells)"
+    )
+
+
+def route_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
+    total = sum(split.size for split in dataset.splits.values())
+    return [
+        share_check(
+            "route_valid",
+            "route_optimality",
+            "every label's route connects start to goal as one simple path over cells the vehicle may enter",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: f.route_valid[i],
+                lambda s, f, i: f"{_example_label(s, i)}: invalid route: {f.route_reason[i]}",
+            ),
+            total,
+        ),
+        share_check(
+            "route_optimal",
+            "route_optimality",
+            "every route's cost equals the optimum found by scipy's Dijkstra with the summary's cost table",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i],
+                lambda s, f, i: (
+                    f"{_example_label(s, i)}: "
+                    + (
+                        f"route costs {f.route_cost[i]:.0f} but the optimum is {f.optimal_cost[i]:.0f}"
+                        if f.route_valid[i] and np.isfinite(f.optimal_cost[i])
+                        else "the labelled route is invalid (see route_valid)"
+                        if np.isfinite(f.optimal_cost[i])
+                        else "the goal is unreachable for this vehicle"
+                    )
+                ),
+            ),
+            total,
+        ),
+        share_check(
+            "route_unique",
+            "route_optimality",
+            "every optimum is unique (no other route of the same cost)",
+            _per_example(
+                dataset,
+                facts,
+                lambda f, i: f.route_unique[i],
+                lambda s, f, i: (
+                    f"{_example_label(s, i)}: "
+                    + (
+                        "another route has the same optimal cost (tie)"
+                        if f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i]
+                        else "the labelled route is not an optimal one (see route_optimal)"
+                    )
+                ),
+            ),
+            total,
+        ),
+    ]
+
+
+def _group_rows(split: SplitData) -> list[np.ndarray]:
+    return [np.flatnonzero(split.example_group == g) for g in range(split.group_count)]
+
+
+def group_checks(
+    dataset: RawDataset, facts: dict[str, ExampleFacts], cost_table: np.ndarray
+) -> tuple[list[Check], dict]:
+    """4 variants per base, one base map per base, route diversity, distinct vehicles."""
+    vehicles = dataset.identifiers[1:]
+    variant_failures, map_failures, diversity_failures = [], [], []
+    distinct_routes: list[int] = []
+    total_groups = 0
+    for split in dataset.splits.values():
+        groups_of_base: dict[str, list[int]] = defaultdict(list)
+        for g, rows in enumerate(_group_rows(split)):
+            total_groups += 1
+            bases = sorted({split.base_ids[i] for i in rows})
+            for base in bases:
+                groups_of_base[base].append(g)
+            where = f"{split.files['group_indices']} group {g} (base {', '.join(bases)})"
+            puzzles = np.unique(split.example_puzzle[rows])
+            found = sorted(split.vehicles[i] for i in rows)
+            problems = []
+            if len(bases) != 1:
+                problems.append(f"{len(bases)} base ids in one group")
+            if found != sorted(vehicles):
+                missing = sorted(set(vehicles) - set(found))
+                extra = sorted((Counter(found) - Counter(vehicles)).elements())
+                problems.append(
+                    f"vehicles {found}"
+                    + (f", missing {missing}" if missing else "")
+                    + (f", extra {extra}" if extra else "")
+                )
+            if len(puzzles) != len(rows):
+                problems.append(
+                    f"{len(rows)} examples in {len(puzzles)} puzzles (one example per puzzle expected)"
+                )
+            if problems:
+                variant_failures.append(f"{where}: " + "; ".join(problems))
+            first = split.inputs[rows[0]]
+            differing = [int(i) for i in rows if not np.array_equal(split.inputs[i], first)]
+            if differing:
+                map_failures.append(
+                    f"{split.where('inputs', differing[0])} differs from {split.where('inputs', int(rows[0]))}: "
+                    f"the variants of base {split.base_ids[rows[0]]} must share one input grid"
+                )
+            distinct = len({split.labels[i].tobytes() for i in rows})
+            distinct_routes.append(distinct)
+            if distinct == 1 and len(rows) > 1:
+                diversity_failures.append(f"{where}: all {len(rows)} vehicles take the same route")
+        for base, groups in groups_of_base.items():
+            if len(groups) > 1:
+                variant_failures.append(
+                    f"{split.files['base_scenario_ids']}: base {base} is spread over groups {groups} (one group per base)"
+                )
+    identical_vehicles = [
+        f"{spec.RAW_SUMMARY_FILE}: vehicles {vehicles[a - 1]} and {vehicles[b - 1]} have the same costs and access"
+        for a in range(1, cost_table.shape[0])
+        for b in range(a + 1, cost_table.shape[0])
+        if np.array_equal(cost_table[a], cost_table[b])
+    ]
+    histogram = Counter(distinct_routes)
+    figures = {
+        "distinct_routes_per_base_mean": round(float(np.mean(distinct_routes)), 4)
+        if distinct_routes
+        else 0.0,
+        **{f"bases_with_{k}_distinct_routes": int(histogram.get(k, 0)) for k in range(1, len(vehicles) + 1)},
+    }
+    checks = [
+        share_check(
+            "variants_per_base",
+            "methodology",
+            f"every base is one group of {len(vehicles)} puzzles, one example per vehicle",
+            variant_failures,
+            total_groups,
+        ),
+        share_check(
+            "same_base_map",
+            "augmentation_quality",
+            "the vehicle variants of a base share one input grid",
+            map_failures,
+            total_groups,
+        ),
+        share_check(
+            "vehicles_distinct",
+            "augmentation_quality",
+            "no two vehicles have the same access rules and costs",
+            identical_vehicles,
+            max(1, len(vehicles) * (len(vehicles) - 1) // 2),
+        ),
+        share_check(
+            "route_diversity",
+            "augmentation_quality",
+            "the vehicles of a base do not all take the same route",
+            diversity_failures,
+            total_groups,
+            critical=False,
+        ),
+    ]
+    return checks, figures
+
+
+def base_maps(split: SplitData) -> tuple[np.ndarray, list[int]]:
+    """One input grid per group (its first example) and that example's index."""
+    firsts = [int(rows[0]) for rows in _group_rows(split)]
+    return split.inputs[firsts], firsts
+
+
+def layout_tokens() -> np.ndarray:
+    """Lookup [256] folding every road token onto its class at congestion 'free' (other tokens unchanged)."""
+    fold = np.arange(256, dtype=np.uint8)
+    levels = len(spec.CONGESTION_LEVELS)
+    for token in range(spec.ROAD_BASE, spec.CLOSED):
+        fold[token] = spec.ROAD_BASE + (token - spec.ROAD_BASE) // levels * levels
+    return fold
+
+
+def equal_share_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """[len(a), len(b)] share of cells where two maps hold the same token."""
+    out = np.empty((len(a), len(b)), dtype=np.float64)
+    for lo in range(0, len(a), chunk):
+        out[lo : lo + chunk] = (a[lo : lo + chunk, None, :] == b[None, :, :]).mean(axis=2)
+    return out
+
+
+def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[list[Check], dict]:
+    """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported)."""
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    first_index = {}
+    for i, base in enumerate(train.base_ids):
+        first_index.setdefault(base, i)
+    overlap = []
+    seen = set()
+    for j, base in enumerate(test.base_ids):
+        if base in first_index and base not in seen:
+            seen.add(base)
+            overlap.append(
+                f"base {base} is in both {train.where('base_scenario_ids', first_index[base])} and "
+                f"{test.where('base_scenario_ids', j)}"
+            )
+    train_grids = {}
+    for i in range(train.size):
+        train_grids.setdefault(train.inputs[i].tobytes(), i)
+    identical, test_seen = [], set()
+    for j in range(test.size):
+        key = test.inputs[j].tobytes()
+        if key in train_grids and key not in test_seen:
+            test_seen.add(key)
+            i = train_grids[key]
+            identical.append(
+                f"{test.where('inputs', j)} (base {test.base_ids[j]}) is identical to {train.where('inputs', i)} "
+                f"(base {train.base_ids[i]})"
+            )
+    test_bases = len(set(test.base_ids))
+    overlap_check = Check(
+        "base_overlap",
+        "methodology",
+        "no base scenario id in both splits",
+        len(overlap),
+        "= 0",
+        round(1 - len(overlap) / test_bases, 6) if test_bases else 0.0,
+        not overlap,
+        True,
+        overlap[:MAX_FAILURES_LISTED],
+        len(overlap),
+    )
+    test_maps = len({test.inputs[j].tobytes() for j in range(test.size)})
+    identical_check = Check(
+        "identical_grids_across_splits",
+        "methodology",
+        "no input grid of the test split also in the train split",
+        len(identical),
+        "= 0",
+        round(1 - len(identical) / test_maps, 6) if test_maps else 0.0,
+        not identical,
+        True,
+        identical[:MAX_FAILURES_LISTED],
+        len(identical),
+    )
+
+    figures: dict[str, Any] = {"near_duplicate_share": near_duplicate_share}
+    train_maps, test_maps_array = base_maps(train)[0], base_maps(test)[0]
+    # "map": the input grid as is; "layout": congestion levels folded away, so that one city at two hours of
+    # the day (same streets, different traffic) still shows up as a near-duplicate
+    for view, fold in (("map", None), ("layout", layout_tokens())):
+        train_view = train_maps if fold is None else fold[train_maps]
+        test_view = test_maps_array if fold is None else fold[test_maps_array]
+        cross = equal_share_matrix(test_view, train_view)
+        figures[f"near_duplicate_{view}_pairs_across_splits"] = int(
+            ((cross > near_duplicate_share) & (cross < 1)).sum()
+        )
+        figures[f"identical_{view}_pairs_across_splits"] = int((cross == 1).sum())
+        figures[f"max_{view}_equal_share_across_splits"] = round(float(cross.max()), 4) if cross.size else 0.0
+        figures[f"mean_{view}_equal_share_across_splits"] = (
+            round(float(cross.mean()), 4) if cross.size else 0.0
+        )
+        for name, maps in (("train", train_view), ("test", test_view)):
+            within = equal_share_matrix(maps, maps)[np.triu_indices(len(maps), k=1)]
+            figures[f"near_duplicate_{view}_pairs_within_{name}"] = int(
+                ((within > near_duplicate_share) & (within < 1)).sum()
+            )
+            figures[f"identical_{view}_pairs_within_{name}"] = int((within == 1).sum())
+            figures[f"max_{view}_equal_share_within_{name}"] = (
+                round(float(within.max()), 4) if within.size else 0.0
+            )
+    return [overlap_check, identical_check], figures
+
+
+# ---- the score -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ComplianceReport:
+    checks: list[Check]
+    weights: dict[str, float]
+    threshold: float
+    category_scores: dict[str, float]
+    score: float
+    figures: dict[str, Any]
+
+    @property
+    def critical_failures(self) -> list[Check]:
+        return [check for check in self.checks if check.critical and not check.passed]
+
+    @property
+    def passed(self) -> bool:
+        return self.score >= self.threshold and not self.critical_failures
+
+
+def score(
+    checks: list[Check], weights: dict[str, float], threshold: float, figures: dict[str, Any]
+) -> ComplianceReport:
+    """Category score = mean of its checks' scores; total = sum of weight x category score."""
+    category_scores = {}
+    for category in CATEGORIES:
+        members = [check.score for check in checks if check.category == category]
+        category_scores[category] = round(float(np.mean(members)), 6) if members else 0.0
+    total = round(sum(weights[c] * category_scores[c] for c in CATEGORIES), 6)
+    return ComplianceReport(checks, dict(weights), threshold, category_scores, total, figures)
+
+
+def route_figures(
+    dataset: RawDataset, facts: dict[str, ExampleFacts], min_route_length: int
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for name, split in dataset.splits.items():
+        f = facts[name]
+        figures[f"{name}_examples"] = split.size
+        figures[f"{name}_bases"] = len(set(split.base_ids))
+        figures[f"{name}_route_length_min"] = int(f.route_length.min())
+        figures[f"{name}_route_length_mean"] = round(float(f.route_length.mean()), 2)
+        figures[f"{name}_route_length_max"] = int(f.route_length.max())
+        costs = f.route_cost[np.isfinite(f.route_cost)]
+        figures[f"{name}_route_cost_mean"] = round(float(costs.mean()), 2) if costs.size else 0.0
+    for index, vehicle in enumerate(dataset.identifiers[1:], start=1):
+        lengths = np.concatenate(
+            [facts[n].route_length[s.example_identifier == index] for n, s in dataset.splits.items()]
+        )
+        figures[f"route_length_mean_{vehicle}"] = round(float(lengths.mean()), 2) if lengths.size else 0.0
+    figures["min_route_length"] = min_route_length
+    return figures

@@ -1,0 +1,275 @@
+"""Do the summary file and the HRM layout (`paths.hrm`) agree with the raw files and with params?
+
+Both are critical, unscored checks: a summary whose costs differ from the labels cannot be used to re-check
+them, and an HRM layout that differs from the raw files trains a model on data nobody validated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.data import spec
+from hrm.data.compliance import Check, ExampleFacts, share_check
+from hrm.data.invariants import RawDataset
+
+HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/hrm-format.md)
+    "inputs": np.uint8,
+    "labels": np.uint8,
+    "puzzle_identifiers": np.int32,
+    "puzzle_indices": np.int32,
+    "group_indices": np.int32,
+}
+HRM_EXTRA_DTYPE = np.int32
+HRM_METADATA_FIELDS = (
+    "pad_id",
+    "ignore_label_id",
+    "blank_identifier_id",
+    "vocab_size",
+    "seq_len",
+    "num_puzzle_identifiers",
+    "total_groups",
+    "mean_puzzle_examples",
+    "sets",
+)
+
+
+def summary_cost_table(summary: dict[str, Any]) -> np.ndarray:
+    """The summary's cost table, [1 + vehicles, vocab] int64: what the independent solver uses."""
+    return np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
+
+
+def summary_check(
+    dataset: RawDataset,
+    facts: dict[str, ExampleFacts],
+    params_cost_model: spec.CostModel,
+    expected_min_route_length: int | None = None,
+) -> Check:
+    """The summary's grid, tokens, vehicles, counts and per-example routes equal the files' and params'."""
+    name = spec.RAW_SUMMARY_FILE
+    summary = dataset.summary
+    problems: list[str] = []
+    grid = summary["grid"]
+    if (grid["rows"], grid["cols"], grid["seq_len"]) != (
+        dataset.rows,
+        dataset.cols,
+        dataset.rows * dataset.cols,
+    ):
+        problems.append(f"{name}: grid = {grid}, the split files have {dataset.rows} x {dataset.cols}")
+    token_table = [(entry["id"], entry["name"]) for entry in summary["tokens"]]
+    if token_table != list(enumerate(spec.token_names())):
+        problems.append(f"{name}: tokens differ from the token table of hrm/data/spec.py")
+    if summary["identifiers"] != dataset.identifiers:
+        problems.append(
+            f"{name}: identifiers = {summary['identifiers']} but {spec.RAW_IDENTIFIERS_FILE} has {dataset.identifiers}"
+        )
+    model = summary["cost_model"]
+    table = summary_cost_table(summary)
+    try:
+        rebuilt = spec.CostModel.from_dict(model, source=f"{name}: cost_model").cost_table()
+    except ValueError as err:
+        problems.append(str(err))
+        rebuilt = None
+    if rebuilt is not None and not np.array_equal(rebuilt, table):
+        problems.append(f"{name}: cost_model.cost_table does not follow from cost_model.vehicles")
+    if table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+        problems.append(
+            f"{name}: cost_model.cost_table has shape {list(table.shape)}, expected "
+            f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (identifiers x tokens)"
+        )
+    elif not np.array_equal(table, params_cost_model.cost_table()):
+        problems.append(
+            f"{name}: cost_model differs from params.yaml generate.vehicles: the labels were made with other "
+            "costs (run the generate stage again)"
+        )
+    summary_names = [vehicle["name"] for vehicle in model["vehicles"]]
+    if ["<blank>", *summary_names] != dataset.identifiers:
+        problems.append(
+            f"{name}: cost_model.vehicles {summary_names} do not match {spec.RAW_IDENTIFIERS_FILE}"
+        )
+    min_length = summary.get("params", {}).get("min_route_length")
+    if expected_min_route_length is not None and min_length != expected_min_route_length:
+        problems.append(
+            f"{name}: params.min_route_length = {min_length}, params.yaml has {expected_min_route_length}"
+        )
+
+    checked_items = len(problems) + 1
+    for split_name, split in dataset.splits.items():
+        counts = summary["counts"].get(split_name, {})
+        found = {"bases": split.group_count, "examples": split.size}
+        for key, value in found.items():
+            if counts.get(key) != value:
+                problems.append(
+                    f"{name}: counts.{split_name}.{key} = {counts.get(key)}, the files hold {value}"
+                )
+        records = summary["examples"][split_name]
+        if len(records) != split.size:
+            problems.append(
+                f"{name}: examples.{split_name} has {len(records)} entries, the files hold {split.size}"
+            )
+            continue
+        f = facts[split_name]
+        for i, record in enumerate(records):
+            checked_items += 1
+            where = f"{name}: examples.{split_name}[{i}]"
+            if record["base_scenario_id"] != split.base_ids[i] or record["vehicle"] != split.vehicles[i]:
+                problems.append(
+                    f"{where} is ({record['base_scenario_id']}, {record['vehicle']}) but "
+                    f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_ids[i]}, {split.vehicles[i]})"
+                )
+            elif record["route_length"] != int(f.route_length[i]):
+                problems.append(
+                    f"{where}.route_length = {record['route_length']} but {split.where('labels', i)} marks "
+                    f"{int(f.route_length[i])} cells"
+                )
+            elif f.route_valid[i] and record["route_cost"] != f.route_cost[i]:
+                problems.append(
+                    f"{where}.route_cost = {record['route_cost']} but {split.where('labels', i)}'s route costs "
+                    f"{f.route_cost[i]:.0f}"
+                )
+        problems.extend(_base_endpoint_problems(dataset, split_name))
+    return share_check(
+        "summary_agrees",
+        "consistency",
+        "the summary's grid, tokens, cost model (= params), counts and per-example routes agree with the files",
+        problems,
+        checked_items,
+    )
+
+
+def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
+    records = dataset.summary.get("bases", {}).get(split_name)
+    if records is None:
+        return []
+    split = dataset.splits[split_name]
+    first_example = {}
+    for i, base in enumerate(split.base_ids):
+        first_example.setdefault(base, i)
+    problems = []
+    for k, record in enumerate(records):
+        i = first_example.get(record["base_scenario_id"])
+        where = f"{spec.RAW_SUMMARY_FILE}: bases.{split_name}[{k}]"
+        if i is None:
+            problems.append(f"{where}: base {record['base_scenario_id']} has no example in the split files")
+            continue
+        grid = split.inputs[i]
+        for key, token in (("start", spec.START), ("goal", spec.GOAL)):
+            cell = record[key]
+            if not (0 <= cell < grid.size and grid[cell] == token):
+                problems.append(
+                    f"{where}.{key} = {cell} but that cell of {split.where('inputs', i)} is not the {key}"
+                )
+    return problems
+
+
+def _load_json(path: Path, problems: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{path}: missing (run the convert stage)")
+    except (OSError, ValueError) as err:
+        problems.append(f"{path}: unreadable ({err})")
+    return None
+
+
+def _load_npy(path: Path, problems: list[str]) -> np.ndarray | None:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        problems.append(f"{path}: missing (run the convert stage)")
+    except (OSError, ValueError) as err:
+        problems.append(f"{path}: unreadable ({err})")
+    return None
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
+    index = np.argwhere(a != b)[0]
+    return "[" + "][".join(str(int(i)) for i in index) + "]"
+
+
+def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
+    """Every array and metadata file of the HRM layout equals what the raw files say."""
+    hrm_dir = Path(hrm_dir)
+    problems: list[str] = []
+    items = 0
+    if not hrm_dir.is_dir():
+        problems.append(f"{hrm_dir}: HRM layout folder not found (run the convert stage)")
+    else:
+        items += 2
+        identifiers = _load_json(hrm_dir / "identifiers.json", problems)
+        if identifiers is not None and identifiers != dataset.identifiers:
+            problems.append(
+                f"{hrm_dir / 'identifiers.json'}: {identifiers} differs from {spec.RAW_IDENTIFIERS_FILE}"
+            )
+        routing_doc = _load_json(hrm_dir / spec.HRM_ROUTING_FILE, problems)
+        if routing_doc is not None:
+            expected = dict(dataset.summary["cost_model"], rows=dataset.rows, cols=dataset.cols)
+            if routing_doc != expected:
+                keys = sorted(
+                    k for k in set(expected) | set(routing_doc) if expected.get(k) != routing_doc.get(k)
+                )
+                problems.append(
+                    f"{hrm_dir / spec.HRM_ROUTING_FILE}: differs from the summary's cost_model + rows/cols at {keys}"
+                )
+        for split_name, split in dataset.splits.items():
+            folder = hrm_dir / split_name
+            items += 1
+            metadata = _load_json(folder / "dataset.json", problems)
+            if metadata is not None:
+                for key in HRM_METADATA_FIELDS:
+                    if metadata.get(key) != split.metadata[key]:
+                        problems.append(
+                            f"{folder / 'dataset.json'}: {key} = {metadata.get(key)!r} but "
+                            f"{split.files['dataset']} has {split.metadata[key]!r}"
+                        )
+            expected_arrays = {
+                "inputs": split.inputs,
+                "labels": split.labels,
+                "puzzle_identifiers": split.puzzle_identifiers,
+                "puzzle_indices": split.puzzle_indices,
+                "group_indices": split.group_indices,
+                "vehicle_types": split.example_identifier,
+            }
+            for array_name, expected in expected_arrays.items():
+                items += 1
+                path = folder / f"all__{array_name}.npy"
+                array = _load_npy(path, problems)
+                if array is None:
+                    continue
+                dtype = HRM_ARRAYS.get(array_name, HRM_EXTRA_DTYPE)
+                if array.dtype != dtype:
+                    problems.append(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+                if array.shape != expected.shape:
+                    problems.append(
+                        f"{path}: shape {list(array.shape)}, raw files give {list(expected.shape)}"
+                    )
+                elif not np.array_equal(array, expected):
+                    problems.append(
+                        f"{path}{_first_difference(array, expected)} differs from the raw "
+                        f"{split.files.get(array_name, split.files['puzzle_identifiers'])}"
+                    )
+            items += 1
+            path = folder / "all__base_scenario_ids.npy"
+            bases = _load_npy(path, problems)
+            if bases is not None:
+                if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.size,):
+                    problems.append(
+                        f"{path}: dtype {bases.dtype} shape {list(bases.shape)}, expected int32 [{split.size}]"
+                    )
+                else:
+                    # the same base <-> the same number, whatever numbering convert chose
+                    pairs = set(zip(split.base_ids, bases.tolist(), strict=True))
+                    if len(pairs) != len(set(split.base_ids)) or len(pairs) != len(set(bases.tolist())):
+                        problems.append(
+                            f"{path}: does not number the bases of {split.files['base_scenario_ids']} one to one"
+                        )
+    return share_check(
+        "hrm_layout_agrees",
+        "consistency",
+        f"the HRM layout in {hrm_dir} holds exactly the raw files' arrays, dtypes and metadata",
+        problems,
+        max(items, 1),
+    )

@@ -1,0 +1,130 @@
+"""The convert stage: the 18 raw JSON files -> HRM's on-disk layout (`paths.hrm`).
+
+Output (see docs/design.md, shared/reference/hrm-format.md):
+    identifiers.json, routing.json (our files only: the cost model + rows/cols),
+    {train,test}/dataset.json, all__{inputs,labels}.npy (uint8 [N, seq_len]),
+    all__{puzzle_identifiers,puzzle_indices,group_indices}.npy (int32),
+    extra all__base_scenario_ids.npy (int32 base index) and all__vehicle_types.npy (int32 vehicle id).
+
+Metadata is computed from the arrays, never copied from the input's claims, so it cannot contradict them.
+The folder is built beside the target and swapped in only when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm import io
+from hrm.config import ConfigError, load_params, section
+from hrm.data import raw, spec
+
+HRM_SET = "all"
+STANDARD_VEHICLES = ("bike", "car", "van", "truck")  # the original tool's easy/normal/hard/expert
+
+
+def hrm_metadata(split: raw.RawSplit, vocab_size: int, num_identifiers: int) -> dict[str, Any]:
+    """HRM's PuzzleDatasetMetadata, every number taken from the arrays."""
+    return {
+        "pad_id": spec.PAD,
+        "ignore_label_id": spec.PAD,
+        "blank_identifier_id": 0,
+        "vocab_size": vocab_size,
+        "seq_len": int(split.inputs.shape[1]),
+        "num_puzzle_identifiers": num_identifiers,
+        "total_groups": split.num_groups,
+        "mean_puzzle_examples": split.num_examples / split.num_puzzles,
+        "sets": [HRM_SET],
+    }
+
+
+def base_indices(base_ids: list[str]) -> np.ndarray:
+    """Base scenario id -> int32 index in order of first appearance (ours: "train-0007" -> 7)."""
+    order: dict[str, int] = {}
+    return np.array([order.setdefault(base, len(order)) for base in base_ids], dtype=np.int32)
+
+
+def vehicle_ids(vehicles: list[str], identifiers: list[str]) -> np.ndarray:
+    """Vehicle name -> int32 id: its index in identifiers.json; the original tool's names map to
+    bike/car/van/truck = 1..4 when its identifiers do not list them; 0 when unknown."""
+    ids = []
+    for name in vehicles:
+        if name in identifiers:
+            ids.append(identifiers.index(name))
+            continue
+        standard = raw.ORIGINAL_VEHICLES.get(name, name)
+        ids.append(STANDARD_VEHICLES.index(standard) + 1 if standard in STANDARD_VEHICLES else 0)
+    return np.array(ids, dtype=np.int32)
+
+
+def convert(raw_dir: str | Path, out_dir: str | Path, strict: bool = True) -> dict[str, Any]:
+    """Convert `raw_dir` into `out_dir`; returns a small report (source, counts, issues converted past)."""
+    dataset = raw.read_raw(raw_dir)
+    if strict and dataset.issues:
+        listed = "\n".join(f"  - {issue}" for issue in dataset.issues)
+        raise io.UserError(
+            f"convert (strict): {dataset.folder} fails validation ({len(dataset.issues)} problems):\n{listed}\n"
+            "Nothing was written. To convert these files anyway, with the seq_len and vocabulary their arrays "
+            "really have, run with --no-strict (or set convert.strict: false)."
+        )
+    with io.staged_directory(out_dir) as staging:
+        _readable(staging)
+        io.atomic_write_json(staging / "identifiers.json", dataset.identifiers)
+        if dataset.cost_model is not None:
+            routing_doc = dataset.cost_model.to_dict() | {"rows": dataset.rows, "cols": dataset.cols}
+            io.atomic_write_json(staging / spec.HRM_ROUTING_FILE, routing_doc, indent=1)
+        for name, split in dataset.splits.items():
+            folder = staging / name
+            folder.mkdir()
+            arrays = {
+                "inputs": split.inputs.astype(np.uint8),
+                "labels": split.labels.astype(np.uint8),
+                "puzzle_identifiers": split.puzzle_identifiers.astype(np.int32),
+                "puzzle_indices": split.puzzle_indices.astype(np.int32),
+                "group_indices": split.group_indices.astype(np.int32),
+                "base_scenario_ids": base_indices(split.base_scenario_ids),
+                "vehicle_types": vehicle_ids(split.vehicle_types, dataset.identifiers),
+            }
+            for array_name, array in arrays.items():
+                np.save(folder / f"{HRM_SET}__{array_name}.npy", array, allow_pickle=False)
+            metadata = hrm_metadata(split, dataset.vocab_size, len(dataset.identifiers))
+            io.atomic_write_json(folder / "dataset.json", metadata, indent=1)
+    return {
+        "source": dataset.source,
+        "out_dir": str(out_dir),
+        "seq_len": dataset.seq_len,
+        "vocab_size": dataset.vocab_size,
+        "rows": dataset.rows,
+        "cols": dataset.cols,
+        "counts": {
+            name: {"examples": s.num_examples, "puzzles": s.num_puzzles, "groups": s.num_groups}
+            for name, s in dataset.splits.items()
+        },
+        "issues": list(dataset.issues),
+    }
+
+
+def _readable(path: Path) -> None:
+    from hrm.data.generate import readable_folder
+
+    readable_folder(path)
+
+
+def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> dict[str, Any]:
+    """Stage entry point: `paths.raw` -> `paths.hrm`; `strict` overrides `convert.strict`."""
+    try:
+        params = load_params(params_path)
+        paths = section(params, "paths", params_path)
+        settings = section(params, "convert", params_path)
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    raw_dir, out_dir = paths.get("raw"), paths.get("hrm")
+    if not isinstance(raw_dir, str) or not isinstance(out_dir, str):
+        raise io.UserError(f"{params_path}: paths.raw and paths.hrm must be folder paths")
+    if strict is None:
+        strict = settings.get("strict", True)
+        if not isinstance(strict, bool):
+            raise io.UserError(f"{params_path}: convert.strict must be true or false, got {strict!r}")
+    return convert(raw_dir, out_dir, strict=strict)

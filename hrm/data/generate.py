@@ -1,0 +1,403 @@
+"""The generate stage: base scenarios x vehicles -> the 18 raw JSON files.
+
+A base is drawn from `StableRng(seed, (split_index, base_index, attempt))`; attempt 0, 1, 2, ... are tried in
+order until one passes every check, so the kept base depends on nothing but those three numbers. A base is kept
+only if every vehicle has a route, each vehicle's optimum is unique, every route has at least
+`min_route_length` cells (start and goal included), and the routes are not all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm import io
+from hrm.config import ConfigError, load_params, section
+from hrm.data import routing, spec
+from hrm.data.city import City, CityParams, NoEndpoints, build_city
+from hrm.data.rng import StableRng
+
+GENERATOR_VERSION = "1.0.0"
+SPLIT_INDEX = {split: index for index, split in enumerate(spec.SPLITS)}  # spawn key part: train 0, test 1
+REJECTION_REASONS = ("no_endpoints", "unreachable", "too_short", "tie", "identical_routes")
+LENGTH_RULE = "route_length = number of cells on the route, start and goal included (moves + 1)"
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """`generate` in params.yaml, checked."""
+
+    seed: int
+    rows: int
+    cols: int
+    bases: dict[str, int]
+    min_route_length: int
+    max_attempts: int
+    count_cap: int
+    cost_model: spec.CostModel
+    city: CityParams
+    raw_params: dict[str, Any]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> GenerateSettings:
+        raw = section(params, "generate", source)
+
+        def positive_int(key: str, minimum: int = 1) -> int:
+            value = raw.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"{source}: generate.{key} must be an integer >= {minimum}, got {value!r}")
+            return value
+
+        try:
+            cost_model = spec.CostModel(
+                tuple(spec.parse_vehicles(raw.get("vehicles"), f"{source}:generate.vehicles"))
+            )
+            city = CityParams.from_dict(raw.get("city") or {}, f"{source}:generate.city")
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        return cls(
+            seed=positive_int("seed", 0),
+            rows=positive_int("rows", 4),
+            cols=positive_int("cols", 4),
+            bases={"train": positive_int("train_bases"), "test": positive_int("test_bases")},
+            min_route_length=positive_int("min_route_length", 2),
+            max_attempts=positive_int("max_attempts"),
+            count_cap=positive_int("count_cap", 2),
+            cost_model=cost_model,
+            city=city,
+            raw_params=raw,
+        )
+
+
+@dataclass
+class Rejections:
+    """Why attempts were thrown away. `tie_by_vehicle` counts attempts whose first failure was that vehicle's tie."""
+
+    by_reason: Counter = field(default_factory=Counter)
+    tie_by_vehicle: Counter = field(default_factory=Counter)
+    attempts: int = 0
+
+    def to_dict(self, kept: int) -> dict[str, Any]:
+        rejected = self.attempts - kept
+        return {
+            "attempts": self.attempts,
+            "kept": kept,
+            "rejected": rejected,
+            "rejected_share": round(rejected / self.attempts, 6) if self.attempts else 0.0,
+            "by_reason": {reason: self.by_reason.get(reason, 0) for reason in REJECTION_REASONS},
+            "tie_share_of_attempts": round(self.by_reason.get("tie", 0) / self.attempts, 6)
+            if self.attempts
+            else 0.0,
+            "tie_by_vehicle": dict(sorted(self.tie_by_vehicle.items())),
+            "check_order": "per attempt: endpoints, then each vehicle in puzzle-id order: reachable, length, unique",
+        }
+
+
+@dataclass(frozen=True)
+class Base:
+    """A kept base scenario and its one optimal route per vehicle."""
+
+    base_id: str
+    spawn_key: tuple[int, int, int]
+    city: City
+    routes: tuple[routing.RouteSolution, ...]  # vehicle order
+
+
+def _route_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """1 - Jaccard overlap of two routes' cell sets: 0 = the same route, 1 = no shared cell."""
+    set_a, set_b = set(a), set(b)
+    return 1.0 - len(set_a & set_b) / len(set_a | set_b)
+
+
+def try_attempt(
+    settings: GenerateSettings, cost_table: np.ndarray, shared_tokens: np.ndarray, key: tuple[int, int, int]
+) -> tuple[City | None, tuple[routing.RouteSolution, ...], str | None, str | None]:
+    """One attempt: (city, routes, None, None) when kept, else (city?, (), reason, vehicle that failed)."""
+    rng = StableRng(settings.seed, key)
+    try:
+        city = build_city(
+            rng, settings.rows, settings.cols, settings.city, shared_tokens, settings.min_route_length - 1
+        )
+    except NoEndpoints:
+        return None, (), "no_endpoints", None
+    routes = []
+    for vehicle_index, vehicle in enumerate(settings.cost_model.vehicles):
+        costs = routing.cell_costs(city.grid, cost_table[vehicle_index + 1])
+        solution = routing.solve(
+            costs, city.start, city.goal, settings.rows, settings.cols, settings.count_cap
+        )
+        if solution.cost is None:
+            return city, (), "unreachable", vehicle.name
+        if len(solution.path) < settings.min_route_length:
+            return city, (), "too_short", vehicle.name
+        if solution.optimal_routes > 1:
+            return city, (), "tie", vehicle.name
+        routes.append(solution)
+    if len({route.path for route in routes}) == 1:
+        return city, (), "identical_routes", None
+    return city, tuple(routes), None, None
+
+
+def generate_bases(
+    settings: GenerateSettings, progress: bool = True
+) -> tuple[dict[str, list[Base]], Rejections]:
+    """All kept bases per split, in base-index order, and the rejection statistics."""
+    from tqdm import tqdm
+
+    cost_table = settings.cost_model.cost_table()
+    shared_tokens = (cost_table[1:] >= 0).all(axis=0)
+    shared_tokens[[spec.START, spec.GOAL]] = False  # endpoints are placed on roads, not on other endpoints
+    rejections = Rejections()
+    bases: dict[str, list[Base]] = {}
+    total = sum(settings.bases.values())
+    with tqdm(total=total, desc="generate", unit="base", file=sys.stderr, disable=not progress) as bar:
+        for split in spec.SPLITS:
+            split_bases = []
+            for base_index in range(settings.bases[split]):
+                reasons: Counter = Counter()
+                for attempt in range(settings.max_attempts):
+                    key = (SPLIT_INDEX[split], base_index, attempt)
+                    rejections.attempts += 1
+                    city, routes, reason, vehicle = try_attempt(settings, cost_table, shared_tokens, key)
+                    if reason is None:
+                        split_bases.append(Base(f"{split}-{base_index:04d}", key, city, routes))
+                        break
+                    reasons[reason] += 1
+                    rejections.by_reason[reason] += 1
+                    if reason == "tie":
+                        rejections.tie_by_vehicle[vehicle] += 1
+                else:
+                    raise io.UserError(
+                        f"generate: base {split}-{base_index:04d} found no acceptable scenario in "
+                        f"{settings.max_attempts} attempts (rejections: {dict(reasons)}); raise "
+                        "generate.max_attempts or loosen generate.min_route_length / generate.city"
+                    )
+                bar.update(1)
+            bases[split] = split_bases
+    return bases, rejections
+
+
+def _split_files(settings: GenerateSettings, split: str, bases: list[Base]) -> dict[str, Any]:
+    """The 8 per-split JSON documents, keyed like `spec.raw_split_files`."""
+    vehicles = settings.cost_model.vehicles
+    inputs, labels, base_ids, vehicle_names = [], [], [], []
+    for base in bases:
+        grid = base.city.grid.tolist()
+        for vehicle, route in zip(vehicles, base.routes, strict=True):
+            label = list(grid)
+            for cell in route.path[1:-1]:
+                label[cell] = spec.ROUTE
+            inputs.append(grid)
+            labels.append(label)
+            base_ids.append(base.base_id)
+            vehicle_names.append(vehicle.name)
+    n_vehicles = len(vehicles)
+    n_examples = len(inputs)
+    metadata = {
+        "pad_id": spec.PAD,
+        "ignore_label_id": spec.PAD,
+        "blank_identifier_id": 0,
+        "vocab_size": spec.VOCAB_SIZE,
+        "seq_len": settings.rows * settings.cols,
+        "num_puzzle_identifiers": n_vehicles + 1,
+        "total_groups": len(bases),
+        "mean_puzzle_examples": 1.0,
+        "sets": ["all"],
+        "rows": settings.rows,
+        "cols": settings.cols,
+    }
+    return {
+        "dataset": metadata,
+        "inputs": inputs,
+        "labels": labels,
+        "puzzle_identifiers": [v + 1 for _ in bases for v in range(n_vehicles)],
+        "puzzle_indices": list(range(n_examples + 1)),
+        "group_indices": list(range(0, n_examples + 1, n_vehicles)),
+        "base_scenario_ids": base_ids,
+        "vehicle_types": vehicle_names,
+    }
+
+
+def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
+    identical_pairs = {
+        f"{vehicle_names[a]}={vehicle_names[b]}": sum(
+            base.routes[a].path == base.routes[b].path for base in bases
+        )
+        for a, b in combinations(range(len(vehicle_names)), 2)
+    }
+    distinct = [len({route.path for route in base.routes}) for base in bases]
+    pair_distances = [
+        _route_distance(a.path, b.path) for base in bases for a, b in combinations(base.routes, 2)
+    ]
+    n_vehicles = len(bases[0].routes) if bases else 0
+    return {
+        "bases": len(bases),
+        "bases_with_all_routes_distinct": sum(d == n_vehicles for d in distinct),
+        "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, n_vehicles + 1)},
+        "bases_where_two_vehicles_share_the_route": identical_pairs,
+        # math.fsum is exactly rounded: the same figure on every CPU, unlike a SIMD-order float reduction
+        "mean_pairwise_route_distance": round(math.fsum(pair_distances) / len(pair_distances), 6)
+        if pair_distances
+        else 0.0,
+        "route_distance_rule": "1 - |A & B| / |A | B| over the cell sets of two vehicles' routes of one base",
+    }
+
+
+def _length_stats(values: list[int]) -> dict[str, float]:
+    array = np.array(values, dtype=np.int64)
+    return {
+        "min": int(array.min()),
+        "mean": round(float(array.mean()), 3),
+        "median": float(np.median(array)),
+        "max": int(array.max()),
+    }
+
+
+def build_summary(
+    settings: GenerateSettings, bases: dict[str, list[Base]], rejections: Rejections
+) -> dict[str, Any]:
+    """The summary file: everything needed to re-check every label without this code."""
+    vehicles = settings.cost_model.vehicles
+    examples = {}
+    base_records = {}
+    for split, split_bases in bases.items():
+        examples[split] = [
+            {
+                "base_scenario_id": base.base_id,
+                "vehicle": vehicle.name,
+                "route_length": len(route.path),
+                "route_cost": route.cost,
+                "hour": base.city.hour,
+            }
+            for base in split_bases
+            for vehicle, route in zip(vehicles, base.routes, strict=True)
+        ]
+        base_records[split] = [
+            {
+                "base_scenario_id": base.base_id,
+                "spawn_key": list(base.spawn_key),
+                "hour": base.city.hour,
+                "start": base.city.start,
+                "goal": base.city.goal,
+            }
+            for base in split_bases
+        ]
+    all_bases = [base for split_bases in bases.values() for base in split_bases]
+    length_by_vehicle = {
+        vehicle.name: _length_stats([len(base.routes[index].path) for base in all_bases])
+        for index, vehicle in enumerate(vehicles)
+    }
+    cost_model = settings.cost_model.to_dict()
+    return {
+        "generator": {"name": "hrm.data.generate", "version": GENERATOR_VERSION},
+        "params": settings.raw_params,
+        "seeds": {
+            "root_seed": settings.seed,
+            "stream": "numpy SeedSequence(entropy=root_seed, spawn_key=(split_index, base_index, attempt)) "
+            "-> PCG64 raw 64-bit words (hrm.data.rng.StableRng)",
+            "split_index": SPLIT_INDEX,
+        },
+        "grid": {"rows": settings.rows, "cols": settings.cols, "seq_len": settings.rows * settings.cols},
+        "tokens": [{"id": token, "name": name} for token, name in enumerate(spec.token_names())],
+        "cost_model": cost_model,
+        "move_rule": cost_model["move_rule"],
+        "cost_rule": cost_model["cost_rule"],
+        "length_rule": LENGTH_RULE,
+        "label_rule": "label = input with every route cell between start and goal set to the route token",
+        "acceptance_rule": (
+            f"every vehicle reaches the goal, each optimum is unique (optimal routes counted, capped at "
+            f"{settings.count_cap}), every route_length >= {settings.min_route_length}, routes not all identical"
+        ),
+        "vehicle_original_ids": {vehicle.name: vehicle.original_id for vehicle in vehicles},
+        "identifiers": settings.cost_model.identifiers(),
+        "counts": {
+            split: {
+                "bases": len(split_bases),
+                "examples": len(split_bases) * len(vehicles),
+                "puzzles": len(split_bases) * len(vehicles),
+                "groups": len(split_bases),
+            }
+            for split, split_bases in bases.items()
+        },
+        "rejections": rejections.to_dict(kept=len(all_bases)),
+        "route_length_by_vehicle": length_by_vehicle,
+        "diversity": {
+            split: _diversity(split_bases, [v.name for v in vehicles]) for split, split_bases in bases.items()
+        },
+        "hours": {
+            split: Counter(b.city.hour for b in split_bases).most_common()
+            for split, split_bases in bases.items()
+        },
+        "bases": base_records,
+        "examples": examples,
+    }
+
+
+def render_files(
+    settings: GenerateSettings, bases: dict[str, list[Base]], rejections: Rejections
+) -> dict[str, bytes]:
+    """File name -> canonical JSON bytes, all 18."""
+    files: dict[str, bytes] = {}
+    for split in spec.SPLITS:
+        documents = _split_files(settings, split, bases[split])
+        for kind, name in spec.raw_split_files(split).items():
+            files[name] = io.dumps_json(documents[kind]).encode("utf-8")
+    files[spec.RAW_IDENTIFIERS_FILE] = io.dumps_json(settings.cost_model.identifiers()).encode("utf-8")
+    summary = build_summary(settings, bases, rejections)
+    files[spec.RAW_SUMMARY_FILE] = io.dumps_json(summary, indent=1).encode("utf-8")
+    return files
+
+
+def generate(
+    params: dict[str, Any], out_dir: str | Path, progress: bool = True, source: str = "params.yaml"
+) -> dict[str, Any]:
+    """Generate the dataset into `out_dir` (built beside it, swapped in at the end). Returns the summary."""
+    try:
+        settings = GenerateSettings.from_params(params, source)
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    bases, rejections = generate_bases(settings, progress=progress)
+    files = render_files(settings, bases, rejections)
+    with io.staged_directory(out_dir) as staging:
+        readable_folder(staging)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+    return io_summary(files)
+
+
+def readable_folder(path: Path) -> None:
+    """mkdtemp makes staging folders private (0700); the published folder gets the usual umask permissions."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+
+
+def io_summary(files: dict[str, bytes]) -> dict[str, Any]:
+    """The summary document back, plus the sha256 of every file (for logs and the determinism check)."""
+    import json
+
+    summary = json.loads(files[spec.RAW_SUMMARY_FILE])
+    summary["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    return summary
+
+
+def run(params_path: str | Path = "params.yaml", progress: bool = True) -> dict[str, Any]:
+    """Stage entry point: read params, write `paths.raw`."""
+    try:
+        params = load_params(params_path)
+        out_dir = section(params, "paths", params_path).get("raw")
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    if not isinstance(out_dir, str):
+        raise io.UserError(f"{params_path}: paths.raw must be a folder path")
+    return generate(params, out_dir, progress=progress, source=str(params_path))

@@ -1,0 +1,477 @@
+"""Reading the 18 raw JSON files into typed arrays, with structural checks (shared by convert and validate).
+
+Two producers write these 18 names: our generator (`hrm.data.generate`, 24-token vocabulary, a summary with
+the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
+wrong seq_len). `read_raw` tells them apart by the summary's `generator` entry.
+
+Fatal problems (a file missing or unreadable, wrong types, lengths that disagree, tokens outside the
+vocabulary, indices that do not start at 0, rise and end at the counts) raise `UserError` naming the file,
+the field and the index. Problems that still leave well-formed arrays (metadata that contradicts the arrays
+in the original tool's files, every puzzle identifier blank, ...) are collected in `RawDataset.issues`:
+convert refuses them in strict mode and otherwise converts with the values the arrays really have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import suppress
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm.data import spec
+from hrm.io import UserError
+
+SOURCE_GENERATOR = "hrm.data.generate"
+SOURCE_ORIGINAL = "original-tool"
+# The original browser tool's vocabulary (see shared/reference/first-attempt.md).
+ORIGINAL_TOKENS = (
+    "pad",
+    "obstacle",
+    "small_road",
+    "large_road",
+    "diagonal",
+    "traffic_jam",
+    "road_closure",
+    "start",
+    "end",
+    "route",
+)
+ORIGINAL_VOCAB_SIZE = len(ORIGINAL_TOKENS)
+ORIGINAL_VEHICLES = {"easy": "bike", "normal": "car", "hard": "van", "expert": "truck"}
+METADATA_FIELDS = {
+    "pad_id": int,
+    "ignore_label_id": (int, type(None)),
+    "blank_identifier_id": int,
+    "vocab_size": int,
+    "seq_len": int,
+    "num_puzzle_identifiers": int,
+    "total_groups": int,
+    "mean_puzzle_examples": (int, float),
+    "sets": list,
+}
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    """One split's 8 files as arrays. N examples, P puzzles, G groups."""
+
+    name: str
+    metadata: dict[str, Any]
+    inputs: np.ndarray  # [N, seq_len] int64
+    labels: np.ndarray  # [N, seq_len] int64
+    puzzle_identifiers: np.ndarray  # [P] int64
+    puzzle_indices: np.ndarray  # [P + 1] int64
+    group_indices: np.ndarray  # [G + 1] int64
+    base_scenario_ids: list[str]  # [N]
+    vehicle_types: list[str]  # [N]
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def num_puzzles(self) -> int:
+        return int(self.puzzle_identifiers.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_indices.shape[0]) - 1
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """The 18 files, checked. `seq_len`, `vocab_size`, `rows`, `cols` are what the arrays really hold."""
+
+    folder: Path
+    source: str  # SOURCE_GENERATOR or SOURCE_ORIGINAL
+    splits: dict[str, RawSplit]
+    identifiers: list[str]
+    summary: dict[str, Any]
+    seq_len: int
+    vocab_size: int
+    rows: int | None
+    cols: int | None
+    cost_model: spec.CostModel | None  # None for the original tool: it never wrote one
+    issues: list[str] = field(default_factory=list)
+
+
+# ---- low-level readers: every failure names file, field and index ----
+def _load_json(path: Path) -> Any:
+    return _load_json_text(path)[0]
+
+
+def _load_json_text(path: Path) -> tuple[Any, str]:
+    """The parsed document and its text (the text lets big token files skip a per-token type scan)."""
+    if not path.is_file():
+        raise UserError(f"{path}: file missing (expected one of the 18 raw files)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text), text
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{path}: not valid JSON, truncated or corrupt (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _first_non_int(values: list[Any]) -> int | None:
+    for index, value in enumerate(values):
+        if type(value) is not int:
+            return index
+    return None
+
+
+def _int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
+    """A JSON list of integers as int64; bools, floats, strings and nulls are errors with their index."""
+    if not isinstance(data, list):
+        raise UserError(f"{path}: field '{field_name}' must be a list of integers, got {_type_name(data)}")
+    bad = _first_non_int(data)
+    if bad is not None:
+        raise UserError(
+            f"{path}: field '{field_name}' index {bad}: expected an integer, got {_type_name(data[bad])} {data[bad]!r}"
+        )
+    try:
+        return np.array(data, dtype=np.int64)
+    except OverflowError as err:
+        raise UserError(f"{path}: field '{field_name}': integer out of the int64 range") from err
+
+
+def _int_matrix(path: Path, field_name: str, data: Any, text: str) -> np.ndarray:
+    """A JSON list of equally long integer lists as an int64 matrix.
+
+    Fast path: without true/false/null in the text, numpy's own dtype tells whether every token is an int
+    (a float, string or huge number changes it); otherwise every token is looked at for a precise message.
+    """
+    if not isinstance(data, list) or not data:
+        raise UserError(
+            f"{path}: field '{field_name}' must be a non-empty list of token lists, got {_type_name(data) if not isinstance(data, list) else 'an empty list'}"
+        )
+    for index, row in enumerate(data):
+        if not isinstance(row, list):
+            raise UserError(
+                f"{path}: field '{field_name}' index {index}: expected a list of tokens, got {_type_name(row)}"
+            )
+    width = len(data[0])
+    for index, row in enumerate(data):
+        if len(row) != width:
+            raise UserError(
+                f"{path}: field '{field_name}' index {index}: has {len(row)} tokens but index 0 has {width}"
+            )
+    if width == 0:
+        raise UserError(f"{path}: field '{field_name}': rows are empty")
+    literals = "true" in text or "false" in text or "null" in text
+    if not literals:
+        with suppress(ValueError, OverflowError):
+            matrix = np.array(data)
+            if matrix.dtype.kind == "i":
+                return matrix.astype(np.int64, copy=False)
+    if set(map(type, chain.from_iterable(data))) != {int}:
+        for index, row in enumerate(data):
+            bad = _first_non_int(row)
+            if bad is not None:
+                raise UserError(
+                    f"{path}: field '{field_name}' index {index}, position {bad}: expected an integer token, "
+                    f"got {_type_name(row[bad])} {row[bad]!r}"
+                )
+    try:
+        return np.array(data, dtype=np.int64)
+    except OverflowError as err:
+        raise UserError(f"{path}: field '{field_name}': token out of the int64 range") from err
+
+
+def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> list[str]:
+    if not isinstance(data, list):
+        raise UserError(f"{path}: field '{field_name}' must be a list of strings, got {_type_name(data)}")
+    allowed = (str, int) if allow_int else (str,)
+    for index, value in enumerate(data):
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            raise UserError(
+                f"{path}: field '{field_name}' index {index}: expected a string, got {_type_name(value)} {value!r}"
+            )
+    return [str(value) for value in data]
+
+
+def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, end_name: str) -> None:
+    """HRM index arrays: start at 0, rise strictly (no empty puzzle or group), end at the count they index."""
+    if indices.size < 2:
+        raise UserError(
+            f"{path}: field '{field_name}' needs at least 2 entries (0 and the end), has {indices.size}"
+        )
+    if indices[0] != 0:
+        raise UserError(f"{path}: field '{field_name}' index 0: must be 0, is {indices[0]}")
+    steps = np.diff(indices)
+    if (steps <= 0).any():
+        bad = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise UserError(
+            f"{path}: field '{field_name}' index {bad}: {indices[bad]} after {indices[bad - 1]}, indices must rise "
+            "strictly (non-monotone, or an empty puzzle/group)"
+        )
+    if indices[-1] != end:
+        raise UserError(
+            f"{path}: field '{field_name}' index {indices.size - 1}: ends at {indices[-1]} but {end_name} is {end}"
+        )
+
+
+def _check_tokens(path: Path, field_name: str, grid: np.ndarray, allowed: tuple[int, ...] | range) -> None:
+    bad = ~np.isin(grid, np.array(list(allowed), dtype=np.int64))
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise UserError(
+            f"{path}: field '{field_name}' index {row}, position {col}: token {grid[row, col]} is not allowed here "
+            f"(allowed {min(allowed)}..{max(allowed)}; {int(bad.sum())} such tokens)"
+        )
+
+
+# ---- the split and the dataset ----
+def _read_metadata(path: Path, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a JSON object of HRM metadata, got {_type_name(data)}")
+    for name, kind in METADATA_FIELDS.items():
+        if name not in data:
+            raise UserError(f"{path}: field '{name}' missing (HRM metadata needs {sorted(METADATA_FIELDS)})")
+        value = data[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{path}: field '{name}' has the wrong type {_type_name(value)}")
+    return data
+
+
+def _read_split(folder: Path, split: str, source: str) -> RawSplit:
+    names = spec.raw_split_files(split)
+    paths = {kind: folder / name for kind, name in names.items()}
+    metadata = _read_metadata(paths["dataset"], _load_json(paths["dataset"]))
+    inputs = _int_matrix(paths["inputs"], "inputs", *_load_json_text(paths["inputs"]))
+    labels = _int_matrix(paths["labels"], "labels", *_load_json_text(paths["labels"]))
+    puzzle_identifiers = _int_vector(
+        paths["puzzle_identifiers"], "puzzle_identifiers", _load_json(paths["puzzle_identifiers"])
+    )
+    puzzle_indices = _int_vector(
+        paths["puzzle_indices"], "puzzle_indices", _load_json(paths["puzzle_indices"])
+    )
+    group_indices = _int_vector(paths["group_indices"], "group_indices", _load_json(paths["group_indices"]))
+    original = source == SOURCE_ORIGINAL
+    base_ids = _string_list(
+        paths["base_scenario_ids"], "base_scenario_ids", _load_json(paths["base_scenario_ids"]), original
+    )
+    vehicles = _string_list(
+        paths["vehicle_types"], "vehicle_types", _load_json(paths["vehicle_types"]), False
+    )
+
+    examples = inputs.shape[0]
+    if labels.shape != inputs.shape:
+        raise UserError(
+            f"{paths['labels']}: field 'labels' has shape {list(labels.shape)} but {names['inputs']} has "
+            f"{list(inputs.shape)} (examples x seq_len must agree)"
+        )
+    for path, field_name, values in (
+        (paths["base_scenario_ids"], "base_scenario_ids", base_ids),
+        (paths["vehicle_types"], "vehicle_types", vehicles),
+    ):
+        if len(values) != examples:
+            raise UserError(
+                f"{path}: field '{field_name}' has {len(values)} entries but there are {examples} examples"
+            )
+    _check_indices(
+        paths["puzzle_indices"], "puzzle_indices", puzzle_indices, examples, "the number of examples"
+    )
+    puzzles = puzzle_indices.size - 1
+    if puzzle_identifiers.size != puzzles:
+        raise UserError(
+            f"{paths['puzzle_identifiers']}: field 'puzzle_identifiers' has {puzzle_identifiers.size} entries but "
+            f"puzzle_indices describes {puzzles} puzzles"
+        )
+    _check_indices(paths["group_indices"], "group_indices", group_indices, puzzles, "the number of puzzles")
+    return RawSplit(
+        split, metadata, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, base_ids, vehicles
+    )
+
+
+def detect_source(summary: Any) -> str:
+    """Our generator writes `generator.name`; anything else with these 18 names is the original tool's."""
+    if isinstance(summary, dict) and isinstance(summary.get("generator"), dict):
+        if summary["generator"].get("name") == SOURCE_GENERATOR:
+            return SOURCE_GENERATOR
+    return SOURCE_ORIGINAL
+
+
+def read_raw(folder: str | Path) -> RawDataset:
+    """Read and structurally check the 18 files in `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: raw data folder not found (run the generate stage first)")
+    missing = [name for name in spec.raw_file_names() if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder}: {len(missing)} of the 18 raw files missing: {', '.join(missing)}")
+    summary_path = folder / spec.RAW_SUMMARY_FILE
+    summary = _load_json(summary_path)
+    source = detect_source(summary)
+    splits = {split: _read_split(folder, split, source) for split in spec.SPLITS}
+    identifiers_path = folder / spec.RAW_IDENTIFIERS_FILE
+    identifiers = _string_list(identifiers_path, "identifiers", _load_json(identifiers_path), False)
+    if source == SOURCE_GENERATOR:
+        return _finish_generator(folder, summary_path, summary, identifiers_path, identifiers, splits)
+    return _finish_original(folder, summary, identifiers_path, identifiers, splits)
+
+
+def _same_across_splits(splits: dict[str, RawSplit], folder: Path) -> int:
+    widths = {split: s.inputs.shape[1] for split, s in splits.items()}
+    if len(set(widths.values())) != 1:
+        detail = ", ".join(f"{spec.raw_split_files(k)['inputs']}: {v}" for k, v in widths.items())
+        raise UserError(f"{folder}: splits disagree on the sequence length ({detail})")
+    return next(iter(widths.values()))
+
+
+def _check_identifiers(path: Path, identifiers: list[str], splits: dict[str, RawSplit], folder: Path) -> None:
+    if not identifiers:
+        raise UserError(f"{path}: field 'identifiers' is empty (id 0 must be '<blank>')")
+    for split, data in splits.items():
+        bad = np.flatnonzero((data.puzzle_identifiers < 0) | (data.puzzle_identifiers >= len(identifiers)))
+        if bad.size:
+            index = int(bad[0])
+            raise UserError(
+                f"{folder / spec.raw_split_files(split)['puzzle_identifiers']}: field 'puzzle_identifiers' index "
+                f"{index}: {data.puzzle_identifiers[index]} is not an id of {path.name} (0..{len(identifiers) - 1})"
+            )
+
+
+def _finish_generator(
+    folder: Path,
+    summary_path: Path,
+    summary: dict[str, Any],
+    identifiers_path: Path,
+    identifiers: list[str],
+    splits: dict[str, RawSplit],
+) -> RawDataset:
+    """Our own files: every disagreement is an error, there is no excuse for one."""
+    try:
+        cost_model = spec.CostModel.from_dict(
+            summary["cost_model"], source=f"{summary_path}: field 'cost_model'"
+        )
+        rows, cols = int(summary["grid"]["rows"]), int(summary["grid"]["cols"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(
+            f"{summary_path}: fields 'cost_model' and 'grid' (rows, cols) unreadable: {err}"
+        ) from err
+    seq_len = _same_across_splits(splits, folder)
+    if rows * cols != seq_len:
+        raise UserError(
+            f"{summary_path}: field 'grid': rows x cols = {rows * cols} but the grids hold {seq_len} tokens"
+        )
+    if identifiers != cost_model.identifiers():
+        raise UserError(
+            f"{identifiers_path}: {identifiers} but the summary's cost model gives {cost_model.identifiers()}"
+        )
+    _check_identifiers(identifiers_path, identifiers, splits, folder)
+    for split, data in splits.items():
+        names = spec.raw_split_files(split)
+        meta_path = folder / names["dataset"]
+        expected = {
+            "seq_len": seq_len,
+            "rows": rows,
+            "cols": cols,
+            "vocab_size": spec.VOCAB_SIZE,
+            "pad_id": spec.PAD,
+            "ignore_label_id": spec.PAD,
+            "blank_identifier_id": 0,
+            "num_puzzle_identifiers": len(identifiers),
+            "total_groups": data.num_groups,
+        }
+        for key, value in expected.items():
+            if data.metadata.get(key) != value:
+                raise UserError(
+                    f"{meta_path}: field '{key}' is {data.metadata.get(key)!r}, the files say {value}"
+                )
+        if not math.isclose(
+            float(data.metadata["mean_puzzle_examples"]), data.num_examples / data.num_puzzles
+        ):
+            raise UserError(
+                f"{meta_path}: field 'mean_puzzle_examples' is {data.metadata['mean_puzzle_examples']}, the files say "
+                f"{data.num_examples / data.num_puzzles}"
+            )
+        _check_tokens(folder / names["inputs"], "inputs", data.inputs, spec.INPUT_TOKENS)
+        _check_tokens(folder / names["labels"], "labels", data.labels, spec.LABEL_TOKENS)
+        known = set(cost_model.identifiers()[1:])
+        for index, vehicle in enumerate(data.vehicle_types):
+            if vehicle not in known:
+                raise UserError(
+                    f"{folder / names['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {vehicle!r}"
+                )
+    return RawDataset(
+        folder,
+        SOURCE_GENERATOR,
+        splits,
+        identifiers,
+        summary,
+        seq_len,
+        spec.VOCAB_SIZE,
+        rows,
+        cols,
+        cost_model,
+        [],
+    )
+
+
+def _finish_original(
+    folder: Path,
+    summary: Any,
+    identifiers_path: Path,
+    identifiers: list[str],
+    splits: dict[str, RawSplit],
+) -> RawDataset:
+    """The original tool's files: fatal only what cannot be converted; note every claim the arrays contradict."""
+    issues: list[str] = []
+    seq_len = _same_across_splits(splits, folder)
+    side = math.isqrt(seq_len)
+    rows = cols = side if side * side == seq_len else None
+    _check_identifiers(identifiers_path, identifiers, splits, folder)
+    for split, data in splits.items():
+        names = spec.raw_split_files(split)
+        meta_path = folder / names["dataset"]
+        _check_tokens(folder / names["inputs"], "inputs", data.inputs, range(ORIGINAL_VOCAB_SIZE))
+        _check_tokens(folder / names["labels"], "labels", data.labels, range(ORIGINAL_VOCAB_SIZE))
+        claims = {
+            "seq_len": seq_len,
+            "vocab_size": ORIGINAL_VOCAB_SIZE,
+            "num_puzzle_identifiers": len(identifiers),
+            "total_groups": data.num_groups,
+        }
+        for key, real in claims.items():
+            if data.metadata.get(key) != real:
+                issues.append(
+                    f"{meta_path}: field '{key}' claims {data.metadata.get(key)!r} but the files hold {real}"
+                )
+        if (data.puzzle_identifiers == 0).all():
+            issues.append(
+                f"{folder / names['puzzle_identifiers']}: every puzzle identifier is 0 (blank): the model is never told the vehicle"
+            )
+        if (data.labels == 0).any():
+            rows_with_pad = int((data.labels == 0).any(axis=1).sum())
+            issues.append(
+                f"{folder / names['labels']}: {rows_with_pad} labels hold 0, the ignore label: those cells drop out of the loss"
+            )
+        unknown = sorted(set(data.vehicle_types) - set(ORIGINAL_VEHICLES) - set(ORIGINAL_VEHICLES.values()))
+        if unknown:
+            issues.append(f"{folder / names['vehicle_types']}: unknown vehicle types {unknown}")
+    issues.append(f"{folder}: written by the original tool: no cost model, routes cannot be re-checked")
+    return RawDataset(
+        folder,
+        SOURCE_ORIGINAL,
+        splits,
+        identifiers,
+        summary if isinstance(summary, dict) else {"summary": summary},
+        seq_len,
+        ORIGINAL_VOCAB_SIZE,
+        rows,
+        cols,
+        None,
+        issues,
+    )

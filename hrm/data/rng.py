@@ -1,0 +1,117 @@
+"""Version-proof random draws: same seed and spawn key -> the same numbers on every machine and numpy release.
+
+numpy promises that `SeedSequence` and the raw output of the `PCG64` bit generator never change, but not the
+transforms of `Generator` (`integers`, `random`, `choice`, ... have changed between releases). So only raw 64-bit
+words are taken from numpy, and every transform (uniform floats, unbiased integers, choice, shuffle) is done
+here, in plain integer arithmetic.
+
+Streams: `StableRng(seed, (split_index, base_index, attempt))`. Distinct spawn keys give independent streams
+(SeedSequence's guarantee), so train (split 0) and test (split 1) never share a stream, and a rejected attempt's
+successor is fixed by its attempt number alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+_TWO_POW_64 = 1 << 64
+_FLOAT_SCALE = 1.0 / (1 << 53)
+
+
+class StableRng:
+    """A seeded stream of raw PCG64 words with hand-written, stable transforms."""
+
+    def __init__(self, seed: int, spawn_key: Sequence[int] = ()) -> None:
+        if seed < 0 or any(k < 0 for k in spawn_key):
+            raise ValueError("seed and spawn key entries must be non-negative integers")
+        sequence = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in spawn_key))
+        self._bits = np.random.PCG64(sequence)
+        self.seed = int(seed)
+        self.spawn_key = tuple(int(k) for k in spawn_key)
+
+    def raw(self, count: int) -> np.ndarray:
+        """`count` raw 64-bit words (uint64)."""
+        return np.asarray(self._bits.random_raw(count), dtype=np.uint64)
+
+    def raw_word(self) -> int:
+        return int(self._bits.random_raw())
+
+    # ---- scalars ----
+    def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        """A float in [low, high) from the top 53 bits of one word."""
+        return low + (high - low) * ((self.raw_word() >> 11) * _FLOAT_SCALE)
+
+    def integer(self, low: int, high: int) -> int:
+        """An integer in [low, high), exactly uniform (words past the last full multiple are redrawn)."""
+        span = int(high) - int(low)
+        if span <= 0:
+            raise ValueError(f"empty range [{low}, {high})")
+        limit = _TWO_POW_64 - (_TWO_POW_64 % span)
+        while True:
+            word = self.raw_word()
+            if word < limit:
+                return int(low) + word % span
+
+    def bernoulli(self, probability: float) -> bool:
+        return self.uniform() < probability
+
+    def choice(self, items: Sequence[T]) -> T:
+        if not items:
+            raise ValueError("choice from an empty sequence")
+        return items[self.integer(0, len(items))]
+
+    def weighted_index(self, weights: Sequence[float]) -> int:
+        """Index i with probability weights[i] / sum(weights)."""
+        total = float(sum(weights))
+        if total <= 0:
+            raise ValueError("weights must have a positive sum")
+        point = self.uniform(0.0, total)
+        running = 0.0
+        for index, weight in enumerate(weights):
+            running += weight
+            if point < running:
+                return index
+        return len(weights) - 1
+
+    def shuffle(self, items: list[T]) -> list[T]:
+        """A shuffled copy (Fisher-Yates with `integer`)."""
+        result = list(items)
+        for index in range(len(result) - 1, 0, -1):
+            other = self.integer(0, index + 1)
+            result[index], result[other] = result[other], result[index]
+        return result
+
+    def sample(self, items: Sequence[T], count: int) -> list[T]:
+        """`count` distinct items, in draw order."""
+        if count > len(items):
+            raise ValueError(f"cannot draw {count} distinct items from {len(items)}")
+        pool = list(items)
+        for index in range(count):
+            other = self.integer(index, len(pool))
+            pool[index], pool[other] = pool[other], pool[index]
+        return pool[:count]
+
+    # ---- arrays ----
+    def uniform_array(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Floats in [0, 1), float64, from the top 53 bits of each word (exact in float64: no rounding)."""
+        size = int(np.prod(shape))
+        words = self.raw(size) >> np.uint64(11)
+        return (words.astype(np.float64) * _FLOAT_SCALE).reshape(shape)
+
+    def integer_array(self, low: int, high: int, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Integers in [low, high), int64, exactly uniform: words past the last full multiple are redrawn."""
+        span = int(high) - int(low)
+        if span <= 0:
+            raise ValueError(f"empty range [{low}, {high})")
+        size = int(np.prod(shape))
+        limit = np.uint64(_TWO_POW_64 - (_TWO_POW_64 % span) - 1)  # largest accepted word
+        words = self.raw(size)
+        rejected = np.flatnonzero(words > limit)
+        while rejected.size:  # about span / 2**64 of the words: in practice never
+            words[rejected] = self.raw(rejected.size)
+            rejected = rejected[words[rejected] > limit]
+        return (words % np.uint64(span)).astype(np.int64).reshape(shape) + int(low)
