@@ -38,6 +38,7 @@ MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (
 ADAM_STATE_COPIES = 2  # AdamATan2 keeps exp_avg and exp_avg_sq, fp32, one each per parameter
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 CPU_DETERMINISM_SEQ_LEN = 256
+TRAIN_DEVICES = ("auto", "cpu", "cuda", "mps")  # what train.device accepts; --device may also name cuda:N
 
 
 @dataclass
@@ -70,7 +71,7 @@ class RunConfig:
 
     @property
     def per_device_batch(self) -> int:
-        return max(1, math.ceil(self.global_batch_size / self.world_size))
+        return self.global_batch_size // self.world_size
 
 
 @dataclass
@@ -177,6 +178,14 @@ def load_run_config(
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1:
         raise UserError(f"--world-size must be >= 1, got {world_size}")
+    if global_batch_size % world_size:  # the trainer refuses it too (hrm.training.data.check_batch_split)
+        raise UserError(
+            f"{source}: train.global_batch_size {global_batch_size} is not a multiple of the {world_size} processes"
+        )
+    if device is None and train.get("device", "auto") not in TRAIN_DEVICES:
+        raise UserError(
+            f"{source}: train.device must be one of {', '.join(TRAIN_DEVICES)}, got {train['device']!r}"
+        )
     return RunConfig(
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
@@ -636,8 +645,10 @@ def check_determinism(
         def step(seed: int) -> dict[str, Any]:
             return seeded_gradients(work, device, dtype_name, seed, batch_size)
 
-    previous = torch.are_deterministic_algorithms_enabled()
+    # The trainer's settings (hrm.training.loop.set_determinism), restored afterwards.
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(config.deterministic)
+    torch.backends.cudnn.benchmark = not config.deterministic
     try:
         first, second = step(config.seed), step(config.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
@@ -645,7 +656,8 @@ def check_determinism(
             "determinism", FAIL, f"a training step failed: {type(err).__name__}: {err}", {"error": repr(err)}
         )
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
     identical, worst, differing = compare_gradients(first, second)
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:

@@ -163,6 +163,10 @@ def test_user_errors_exit_1_without_traceback(tmp_path, tiny_params):
     assert result.exit_code == 1 and "expected KEY=VALUE" in result.stderr
     result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--profile", "nope"])
     assert result.exit_code == 1 and "profiles.nope" in result.stderr
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--world-size", "3"])
+    assert result.exit_code == 1 and "not a multiple of the 3 processes" in result.stderr
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "-S", "train.device=gpu"])
+    assert result.exit_code == 1 and "train.device must be one of" in result.stderr
 
 
 def test_pyproject_script_points_at_this_app():
