@@ -3,7 +3,8 @@
 #
 # The image holds the environment (CUDA build of torch, the project's dependencies, git, dvc); the pipeline
 # runs on a checkout mounted at /work, so `dvc repro` and `dvc exp run` see the user's git history, params
-# and outputs. PYTHONPATH=/work makes that checkout's `hrm` package win over the copy installed here.
+# and outputs. PYTHONPATH=. makes the `hrm` package of the checkout a command runs in (the mount, or DVC's
+# temporary copy for `dvc exp run --temp` and queued experiments) win over the copy installed here.
 #
 # Base: the CUDA runtime image (CUDA 12.8 runtime, driver capabilities for `docker run --gpus all`). The torch
 # wheel brings its own cuBLAS/cuDNN/NCCL as pip packages, so the slim `base` flavour is enough; CUDA 12.8
@@ -20,7 +21,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/work \
+    PYTHONPATH=. \
     CUBLAS_WORKSPACE_CONFIG=:4096:8 \
     HOME=/home/hrm \
     MPLBACKEND=Agg

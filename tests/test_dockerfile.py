@@ -95,7 +95,7 @@ def test_runs_as_non_root_with_git_and_dvc_set_for_the_mount():
     assert "dvc config --system cache.dir /cache" in text
     assert "useradd --uid" in text
     env = " ".join(of("ENV"))
-    assert "PYTHONPATH=/work" in env  # the mounted checkout's hrm/ wins over the installed copy
+    assert "PYTHONPATH=. " in env  # the checkout's hrm/ (mount or DVC temp copy) wins over the installed one
 
 
 def test_docs_use_the_same_image_mount_and_cache():
