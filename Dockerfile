@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# HRM city routing on a clean GPU machine. Build and run commands: docs/docker.md.
+#
+# The image holds the environment (CUDA build of torch, the project's dependencies, git, dvc); the pipeline
+# runs on a checkout mounted at /work, so `dvc repro` and `dvc exp run` see the user's git history, params
+# and outputs. PYTHONPATH=. makes the `hrm` package of the checkout a command runs in (the mount, or DVC's
+# temporary copy for `dvc exp run --temp` and queued experiments) win over the copy installed here.
+#
+# Base: the CUDA runtime image (CUDA 12.8 runtime, driver capabilities for `docker run --gpus all`). The torch
+# wheel brings its own cuBLAS/cuDNN/NCCL as pip packages, so the slim `base` flavour is enough; CUDA 12.8
+# needs an NVIDIA driver >= 570 on the host (R570+; Blackwell, Hopper, Ada, Ampere, Turing GPUs).
+FROM nvidia/cuda:12.8.1-base-ubuntu24.04
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG USER_UID=1000
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=. \
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+    HOME=/home/hrm \
+    MPLBACKEND=Agg
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Python 3.12 (Ubuntu 24.04's), git for DVC. Unpinned apt versions on purpose: the archive drops old ones,
+# and the pinned base tag fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv "$VIRTUAL_ENV"
+
+# 1) torch, pinned, the CUDA 12.8 build from the PyTorch index (largest layer, changes least).
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
+
+# 2) the project's dependencies, read from pyproject.toml (torch is already satisfied).
+COPY pyproject.toml README.md /tmp/hrm-src/
+RUN python -c "import tomllib, pathlib; deps = tomllib.loads(pathlib.Path('/tmp/hrm-src/pyproject.toml').read_text())['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# 3) the project itself (the `hrm` command); no dependency changes here.
+COPY hrm /tmp/hrm-src/hrm
+RUN pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
+    && python -c "import torch, hrm, hrm.doctor; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+    && dvc --version && hrm --help > /dev/null
+
+# Non-root user (uid 1000, as on most single-user Linux hosts, so files written to the mount are the user's).
+# Ubuntu 24.04 images ship a user `ubuntu` with uid 1000: it makes way. HOME and the DVC cache are writable
+# by any uid, for `docker run --user "$(id -u):$(id -g)"`.
+RUN if id ubuntu > /dev/null 2>&1; then userdel --remove ubuntu; fi \
+    && useradd --uid "$USER_UID" --create-home --shell /bin/bash hrm \
+    && chmod 1777 /home/hrm \
+    && mkdir -p /cache /work \
+    && chown hrm:hrm /cache /work \
+    && chmod 1777 /cache \
+    && git config --system --add safe.directory /work \
+    && git config --system user.name "hrm container" \
+    && git config --system user.email "hrm@container.invalid" \
+    && dvc config --system cache.dir /cache \
+    && dvc config --system core.analytics false \
+    && dvc config --system core.check_update false
+
+USER ${USER_UID}
+WORKDIR /work
+CMD ["hrm", "doctor"]

@@ -1,0 +1,66 @@
+"""The `hrm` command (pyproject: `hrm = "hrm.cli:app"`). One small function per subcommand, each calling
+into the package; heavy imports (torch) happen inside the called modules, so `hrm --help` stays instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="HRM city routing: pipeline helpers (run the pipeline itself with `dvc repro`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `hrm` a command group even while it has a single subcommand."""
+
+
+@app.command()
+def doctor(
+    params: Annotated[Path, typer.Option("--params", help="params.yaml of the run to check")] = Path(
+        "params.yaml"
+    ),
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="seconds: tiny shapes for the checks, analytic memory estimate")
+    ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-S", help="override a param, as `dvc exp run -S`: train.global_batch_size=384"
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="apply params.yaml profiles.NAME first (e.g. quick)")
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option("--world-size", help="devices sharing the global batch (default: $WORLD_SIZE or 1)"),
+    ] = None,
+) -> None:
+    """Check this machine for the configured run: device, SDPA, bf16, determinism, memory. Exit 1 if not ready."""
+    from hrm.doctor import main
+
+    code = main(
+        params_path=params,
+        device=device,
+        as_json=json_output,
+        quick=quick,
+        overrides=overrides or (),
+        profile=profile,
+        world_size=world_size,
+    )
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

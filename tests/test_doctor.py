@@ -1,0 +1,179 @@
+"""`hrm doctor` on the CPU: its report, its exit code, and that each check can fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from hrm import doctor
+from hrm.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK_NAMES = [
+    "environment",
+    "device",
+    "compile",
+    "sdpa_backends",
+    "sdpa_numerics",
+    "bf16",
+    "determinism",
+    "memory",
+]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repo's params.yaml with a small grid and model, so every check runs in seconds on the CPU."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["generate"].update(rows=6, cols=6)
+    params["arch"].update(
+        hidden_size=64, num_heads=2, H_layers=1, L_layers=1, puzzle_emb_ndim=64, halt_max_steps=2
+    )
+    params["train"].update(global_batch_size=8, device="cpu")
+    path = tmp_path_factory.mktemp("doctor") / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def passing_report(tiny_params: Path) -> tuple[int, dict]:
+    return run_json("--params", str(tiny_params), "--quick")
+
+
+def run_json(*args: str) -> tuple[int, dict]:
+    result = runner.invoke(app, ["doctor", "--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def checks_by_name(report: dict) -> dict[str, dict]:
+    return {check["name"]: check for check in report["checks"]}
+
+
+def test_doctor_passes_on_cpu_and_reports_every_field(passing_report):
+    code, report = passing_report
+    checks = checks_by_name(report)
+    assert code == 0 and report["ok"] is True, [c for c in report["checks"] if c["status"] == "fail"]
+    assert list(checks) == CHECK_NAMES
+    assert checks["environment"]["data"]["torch"] == torch.__version__
+    assert checks["device"]["data"]["device"] == "cpu"
+    assert checks["sdpa_backends"]["data"]["runs"]["math"] is True
+    numerics = checks["sdpa_numerics"]["data"]
+    assert 0 <= numerics["max_abs_diff"] <= numerics["tolerance"] == doctor.SDPA_TOLERANCE["float32"]
+    assert checks["bf16"]["data"]["forward_dtype"] == "float32"
+    assert checks["determinism"]["data"]["identical"] is True
+    memory = checks["memory"]["data"]
+    assert memory["seq_len"] == 36 and memory["batch"] == 8
+    assert memory["per_example_bytes"] > 0 and memory["fixed_bytes"] > 0
+    assert memory["needed_bytes"] == memory["fixed_bytes"] + 8 * memory["per_example_bytes"]
+    assert memory["largest_batch"] >= 8
+    assert "traced on the meta device" in memory["method"]
+
+
+def test_table_output_names_every_check(tiny_params):
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--quick"])
+    assert result.exit_code == 0, result.stdout
+    for name in CHECK_NAMES:
+        assert name in result.stdout
+    assert "READY" in result.stdout and "NOT READY" not in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda_fails_clearly(tiny_params):
+    code, report = run_json("--params", str(tiny_params), "--quick", "--device", "cuda")
+    checks = checks_by_name(report)
+    assert code == 1 and report["ok"] is False
+    assert checks["device"]["status"] == "fail"
+    assert "CUDA is not available" in checks["device"]["detail"]
+    assert all(checks[name]["status"] == "skip" for name in CHECK_NAMES[2:])
+
+
+def test_batch_that_does_not_fit_fails(tiny_params, passing_report):
+    config = doctor.load_run_config(tiny_params, overrides=["train.global_batch_size=100000000"])
+    memory = doctor.check_memory(config, "cpu", quick=True)
+    assert memory.status == "fail"
+    assert "DOES NOT FIT" in memory.detail and memory.data["largest_batch"] < 100_000_000
+    # the same figures as the passing run: only the batch changed
+    passing = checks_by_name(passing_report[1])["memory"]["data"]
+    assert memory.data["per_example_bytes"] == passing["per_example_bytes"]
+    assert memory.data["largest_batch"] == pytest.approx(passing["largest_batch"], rel=0.05)
+
+
+def test_world_size_divides_the_global_batch(tiny_params):
+    config = doctor.load_run_config(tiny_params, world_size=4)
+    assert config.per_device_batch == 2
+    assert doctor.check_memory(config, "cpu", quick=True).data["batch"] == 2
+
+
+def test_seq_len_comes_from_the_converted_data_when_present(tiny_params):
+    dataset = tiny_params.parent / "data" / "logistics-routing-1k" / "train" / "dataset.json"
+    dataset.parent.mkdir(parents=True)
+    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
+    config = doctor.load_run_config(tiny_params, overrides=["paths.hrm=data/logistics-routing-1k"])
+    assert config.seq_len == 25 and "dataset.json" in config.seq_len_source
+
+
+def test_sdpa_mismatch_fails(tiny_params, monkeypatch):
+    def wrong_attention(query, key, value, **kwargs):  # a broken kernel: attends uniformly
+        return value.mean(dim=-2, keepdim=True).expand_as(value)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", wrong_attention)
+    config = doctor.load_run_config(tiny_params)
+    backends, numerics = doctor.check_sdpa(config, "cpu", quick=True)
+    assert numerics.status == "fail" and "OUT OF TOLERANCE" in numerics.detail
+
+
+def test_determinism_check_fails_on_differing_gradients(tiny_params):
+    calls = []
+
+    def drifting_step(seed: int) -> dict[str, torch.Tensor]:
+        calls.append(seed)
+        return {"w": torch.full((3,), float(len(calls)))}
+
+    strict = doctor.load_run_config(tiny_params)
+    assert strict.deterministic is True
+    check = doctor.check_determinism(strict, "cpu", quick=True, step=drifting_step)
+    assert check.status == "fail" and check.data["max_abs_diff"] == 1.0
+    relaxed = doctor.load_run_config(tiny_params, overrides=["train.deterministic=false"])
+    assert doctor.check_determinism(relaxed, "cpu", quick=True, step=drifting_step).status == "warn"
+
+
+def test_traced_memory_is_close_to_a_real_cpu_step(tiny_params):
+    """The meta-device trace (used for the estimate) against the same count on a real CPU step."""
+    config = doctor.load_run_config(tiny_params)
+    work = doctor.workload(config, quick=False)
+    per_example = {}
+    for device in ("cpu", "meta"):
+        one, _ = doctor.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
+        two, _ = doctor.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
+        per_example[device] = two - one
+    assert per_example["cpu"] > 0
+    assert abs(per_example["meta"] - per_example["cpu"]) <= 0.25 * per_example["cpu"], per_example
+
+
+def test_user_errors_exit_1_without_traceback(tmp_path, tiny_params):
+    result = runner.invoke(app, ["doctor", "--params", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1 and "file not found" in result.stderr and "Traceback" not in result.output
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--set", "train.global_batch_size"])
+    assert result.exit_code == 1 and "expected KEY=VALUE" in result.stderr
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--profile", "nope"])
+    assert result.exit_code == 1 and "profiles.nope" in result.stderr
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "--world-size", "3"])
+    assert result.exit_code == 1 and "not a multiple of the 3 processes" in result.stderr
+    result = runner.invoke(app, ["doctor", "--params", str(tiny_params), "-S", "train.device=gpu"])
+    assert result.exit_code == 1 and "train.device must be one of" in result.stderr
+
+
+def test_pyproject_script_points_at_this_app():
+    import tomllib
+
+    import typer
+
+    script = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["hrm"]
+    assert script == "hrm.cli:app" and isinstance(app, typer.Typer)
+    assert "doctor" in runner.invoke(app, ["--help"]).stdout
