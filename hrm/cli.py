@@ -62,5 +62,25 @@ def doctor(
     raise typer.Exit(code)
 
 
+@app.command()
+def quickstart(
+    params: Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")] = Path(
+        "params.yaml"
+    ),
+    profile: Annotated[
+        str, typer.Option("--profile", help="the profile to run (params.yaml profiles.NAME)")
+    ] = "quick",
+) -> None:
+    """Run the CPU quick profile end to end as a DVC experiment; the workspace keeps the paper params."""
+    from hrm.io import UserError
+    from hrm.quickstart import quickstart as run_profile
+
+    try:
+        run_profile(params_path=params, profile=profile)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,11 +77,3 @@ def quickstart(params_path: str | Path = "params.yaml", profile: str = "quick") 
     print(f"quick profile finished in {elapsed / 60:.1f} min; report: {target / 'index.html'}")
     print(f"compare: dvc exp show   |   dvc metrics diff HEAD {profile}")
     return target
-
-
-def main() -> None:  # pragma: no cover - thin wrapper used by the CLI
-    try:
-        quickstart()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
