@@ -7,6 +7,9 @@ backward, AdamATan2 + SparseSignSGD steps. Figures:
   saved_MiB   bytes autograd keeps for backward (distinct storages), i.e. activation memory
   peak_MiB    peak RSS of the process during the steps minus RSS before the first step
 The one-step gradient's promise: saved_MiB and peak_MiB do not grow with H_cycles x L_cycles.
+glibc keeps freed blocks below its (self-raising) mmap threshold, so with the default allocator peak RSS
+also grows with the amount of no-grad churn. Cases marked "exact RSS" run with MALLOC_MMAP_THRESHOLD_=65536:
+every large tensor is mmapped and returned on free, so RSS follows live tensors (steps ~15-20% slower).
 
     PYTHONPATH=$PWD python bench/bench_model.py            # quick + paper shape (~10 minutes on 2 cores)
     PYTHONPATH=$PWD python bench/bench_model.py --quick-only
@@ -124,7 +127,14 @@ def run_case(case: dict) -> dict:
 
 
 def measure(
-    name: str, arch: dict, seq_len: int, batch: int, cycles: tuple[int, int], steps: int, warmup: int
+    name: str,
+    arch: dict,
+    seq_len: int,
+    batch: int,
+    cycles: tuple[int, int],
+    steps: int,
+    warmup: int,
+    exact_rss: bool = False,
 ) -> dict:
     case = dict(
         arch=arch,
@@ -135,15 +145,22 @@ def measure(
         warmup=warmup,
         threads=THREADS,
     )
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"} if exact_rss else None
+    if exact_rss:
+        name += ", exact RSS"
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--worker", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{name}: worker failed\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result.update(name=name, seq=seq_len, batch=batch, cycles=f"{cycles[0]}/{cycles[1]}")
     print(
-        f"{name:<34} seq {seq_len:>4} batch {batch:>3} cycles {result['cycles']}  "
+        f"{name:<46} seq {seq_len:>4} batch {batch:>3} cycles {result['cycles']}  "
         f"step {result['step_s']:7.2f} s (fwd {result['fwd_s']:6.2f}, bwd {result['bwd_s']:6.2f}, "
         f"opt {result['opt_s']:5.2f})  saved {result['saved_MiB']:8.1f} MiB  peak {result['peak_MiB']:8.1f} MiB  "
         f"[{result['params_M']:.2f}M params, {result['threads']} threads]",
@@ -185,14 +202,13 @@ def main() -> None:
     if args.quick_only:
         return
     # Paper shape: one timed step after one warm-up at batch 2 (what the reference timed), and the cycle
-    # comparison at batch 1 from a cold start (one step each: minutes per step on 2 shared cores).
+    # comparison at batch 1, one step each from a cold start (minutes per step on 2 shared cores).
     measure("paper 40x40, hidden 512, 4+4", PAPER_ARCH, 1600, 2, (2, 2), 1, 1)
-    paper1 = measure("paper 40x40, hidden 512, 4+4 (cold)", PAPER_ARCH, 1600, 1, (2, 2), 1, 0)
-    paper1_4 = measure("paper 40x40, hidden 512, 4+4 (cold)", PAPER_ARCH, 1600, 1, (4, 4), 1, 0)
+    paper = measure("paper 40x40, hidden 512, 4+4, cold", PAPER_ARCH, 1600, 1, (2, 2), 1, 0, exact_rss=True)
+    paper4 = measure("paper 40x40, hidden 512, 4+4, cold", PAPER_ARCH, 1600, 1, (4, 4), 1, 0, exact_rss=True)
     print(
-        f"  paper batch 1, cycles 4/4 vs 2/2: step time x{paper1_4['step_s'] / paper1['step_s']:.2f}, "
-        f"saved x{paper1_4['saved_MiB'] / paper1['saved_MiB']:.3f}, "
-        f"peak x{paper1_4['peak_MiB'] / paper1['peak_MiB']:.3f}"
+        f"  paper batch 1, cycles 4/4 vs 2/2: step time x{paper4['step_s'] / paper['step_s']:.2f}, "
+        f"saved x{paper4['saved_MiB'] / paper['saved_MiB']:.3f}, peak x{paper4['peak_MiB'] / paper['peak_MiB']:.3f}"
     )
     print("  reference: the official code (SDPA in place of FlashAttention) took 20.3 s/step at batch 2 here")
     print(f"load average after the run: {os.getloadavg()[0]:.2f}")

@@ -573,3 +573,12 @@ def test_params_yaml_arch_builds_the_paper_model():
     config = head.model.config
     assert (config.H_cycles, config.L_cycles, config.halt_max_steps) == (2, 2, 16)
     assert config.forward_dtype == torch.float32  # auto on a non-CUDA device
+
+
+def test_carry_from_incomplete_state_is_a_clear_error():
+    head = tiny()
+    batch = make_batch()
+    state = head.initial_carry(batch).to_state()
+    del state["current_data.labels"]
+    with pytest.raises(UserError, match="current_data.labels"):
+        ACTCarry.from_state(state)

@@ -233,8 +233,8 @@ class HRMInner(InputEmbedding, nn.Module):
         self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
         # Fixed initial states (not trained): every fresh sequence starts from the same z_H, z_L.
         # Stored fp32 and cast on use (HRM stores them in the forward dtype; loading converts).
-        self.register_buffer("H_init", _trunc_normal_vector(config.hidden_size), persistent=True)
-        self.register_buffer("L_init", _trunc_normal_vector(config.hidden_size), persistent=True)
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
         # Q-head starts at "never halt" (sigmoid(-5) ~ 0.007) so early training runs long segments.
         with torch.no_grad():
             self.q_head.weight.zero_()
@@ -279,10 +279,6 @@ class HRMInner(InputEmbedding, nn.Module):
         return z_H.detach(), z_L.detach(), logits, q_logits[..., 0], q_logits[..., 1]
 
 
-def _trunc_normal_vector(size: int) -> torch.Tensor:
-    return trunc_normal_init_(torch.empty(size), std=1.0)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 5. The ACT carry: what persists between segments (and goes into a checkpoint)
 # ---------------------------------------------------------------------------------------------------------
@@ -310,10 +306,17 @@ class ACTCarry:
     def from_state(
         cls, state: Mapping[str, torch.Tensor], device: torch.device | str | None = None
     ) -> ACTCarry:
+        prefix = "current_data."
+        required = {"steps", "halted", f"{prefix}inputs", f"{prefix}labels", f"{prefix}puzzle_identifiers"}
+        if ("z_H" in state) != ("z_L" in state) or not required <= set(state):
+            raise UserError(
+                f"checkpoint: ACT carry needs {sorted(required)} and both or neither of z_H, z_L; "
+                f"it has {sorted(state)}"
+            )
+
         def get(key: str) -> torch.Tensor:
             return state[key].to(device) if device is not None else state[key]
 
-        prefix = "current_data."
         return cls(
             z_H=get("z_H") if "z_H" in state else None,
             z_L=get("z_L") if "z_L" in state else None,
