@@ -151,7 +151,9 @@ def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, mo
         return REAL_STEP(state, batch, **kwargs)
 
     monkeypatch.setattr(step_module, "train_step", poisoned)
-    with pytest.raises(TrainingDiverged, match=f"diverged at step {POISON_STEP}"):
+    with pytest.raises(
+        TrainingDiverged, match=f"diverged at step {POISON_STEP}.*Last good checkpoint: .*step_0"
+    ):
         loop.train(params)
     folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
     # the checkpoint of the first eval is there, whole, and nothing was written after the NaN
@@ -162,3 +164,39 @@ def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, mo
     saved = torch.load(folders[0] / "common.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
     assert not Path(params["paths"]["model"]).exists()
+
+
+def load_stage():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_stage", Path(__file__).parent.parent / "stages" / "train.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda p: p["paths"].update(hrm="no/such/folder"),
+            "no/such/folder/train/dataset.json: file not found",
+        ),
+        (lambda p: p["train"].update(eval_interval=4), "train.eval_interval 4 must divide train.epochs 6"),
+        (lambda p: p["train"].update(lr="fast"), "train.lr must be a number"),
+        (lambda p: p["train"].update(global_batch_size=5000), "no full batch"),
+    ],
+)
+def test_stage_reports_bad_settings_without_traceback(reference, tmp_path, change, message):
+    import yaml
+    from typer.testing import CliRunner
+
+    params = tiny_params(Path(reference[0]["paths"]["hrm"]), tmp_path)
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(load_stage().app, ["--params", str(path)])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output

@@ -269,7 +269,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     from hrm.training.checkpoint import CheckpointStore, fingerprint, rng_states, set_rng_states
     from hrm.training.data import PuzzleDataset, TrainSampler, eval_batches, planned_steps
     from hrm.training.logging import RunLogger
-    from hrm.training.step import TrainState, evaluate, train_step
+    from hrm.training.step import TrainingDiverged, TrainState, evaluate, train_step
 
     arch = section(params, "arch")
     config = TrainConfig.from_params(section(params, "train"))
@@ -298,8 +298,15 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         test_set = PuzzleDataset(data_root, "test")
         total_steps = planned_steps(train_set.metadata, config.epochs, config.global_batch_size)
         stop_at = min(total_steps, config.max_steps) if config.max_steps else total_steps
+        meta = train_set.metadata
+        per_iteration = config.eval_interval * meta.total_groups * meta.mean_puzzle_examples
+        if per_iteration < config.global_batch_size:
+            raise UserError(
+                f"params.yaml: train.global_batch_size {config.global_batch_size} exceeds the ~{per_iteration:g} "
+                f"examples of one eval interval ({config.eval_interval} epochs x {meta.total_groups} groups): "
+                "no full batch to train on; raise train.eval_interval or lower the batch"
+            )
         if rank == 0:
-            meta = train_set.metadata
             print(
                 f"planned steps: {total_steps} = int(epochs {config.epochs} x groups {meta.total_groups} x "
                 f"mean puzzle examples {meta.mean_puzzle_examples:g} / global batch {config.global_batch_size})"
@@ -429,6 +436,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 if last_eval_step != state.step:  # stopped by step count inside an iteration
                     run_eval()
                     saved = checkpoint()
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err} Last good checkpoint: {saved or 'none yet'}.") from None
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {saved}")

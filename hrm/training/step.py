@@ -45,6 +45,13 @@ class StepResult:
     stop_requested: bool  # some rank received SIGINT/SIGTERM
 
 
+def reduce_dtype(device: Any) -> Any:
+    """float64 for metric sums (exact counts), float32 where the backend has no float64 (Apple MPS)."""
+    import torch
+
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def gradient_tensors(module: Any) -> tuple[list[Any], list[Any]]:
     """(dense parameters, gradient-carrying buffers such as the sparse puzzle embedding's local copy).
 
@@ -83,20 +90,20 @@ def train_step(
         for grad in dense_grads:
             dist.all_reduce(grad)
     grads = dense_grads + [t.grad for t in sparse if t.grad is not None]
-    finite = bool(torch.isfinite(loss.detach()).all())
-    if finite and grads:
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
-    # One collective for divergence, stop signal and metrics: every rank learns all three at once.
-    values = [metrics[k].detach().to(torch.float64) for k in METRIC_KEYS if k in metrics]
-    names = [k for k in METRIC_KEYS if k in metrics]
+    # One collective and one device sync for divergence, stop signal and metrics: every rank learns all three.
     device = loss.device
+    dtype = reduce_dtype(device)
+    nonfinite = (~torch.isfinite(loss.detach())).any()
+    for grad in grads:
+        nonfinite = nonfinite | (~torch.isfinite(grad)).any()
+    names = [k for k in METRIC_KEYS if k in metrics]
     packed = torch.stack(
         [
-            torch.tensor(0.0 if finite else 1.0, dtype=torch.float64, device=device),
-            torch.tensor(1.0 if stop_requested else 0.0, dtype=torch.float64, device=device),
-            loss.detach().to(torch.float64),
-            *[v.to(device) for v in values],
+            nonfinite.to(dtype),
+            torch.tensor(1.0 if stop_requested else 0.0, dtype=dtype, device=device),
+            loss.detach().to(dtype),
+            *[metrics[k].detach().to(device=device, dtype=dtype) for k in names],
         ]
     )
     if world_size > 1:
@@ -159,8 +166,8 @@ def evaluate(
                     raise RuntimeError(f"evaluation did not halt within {MAX_EVAL_SEGMENTS} segments")
                 if totals is None:
                     names = [k for k in METRIC_KEYS if k in metrics and k != "q_continue_loss"]
-                    totals = torch.zeros(len(names), dtype=torch.float64, device=device)
-                totals += torch.stack([metrics[k].to(torch.float64) for k in names])
+                    totals = torch.zeros(len(names), dtype=reduce_dtype(torch.device(device)), device=device)
+                totals += torch.stack([metrics[k].to(totals.dtype) for k in names])
     finally:
         module.train(was_training)
     if totals is None:
