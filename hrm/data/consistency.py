@@ -24,17 +24,7 @@ HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/h
     "group_indices": np.int32,
 }
 HRM_EXTRA_DTYPE = np.int32
-HRM_METADATA_FIELDS = (
-    "pad_id",
-    "ignore_label_id",
-    "blank_identifier_id",
-    "vocab_size",
-    "seq_len",
-    "num_puzzle_identifiers",
-    "total_groups",
-    "mean_puzzle_examples",
-    "sets",
-)
+HRM_METADATA_FIELDS = tuple(spec.HRM_METADATA_FIELDS)
 
 
 def summary_cost_table(summary: dict[str, Any]) -> np.ndarray:

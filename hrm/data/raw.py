@@ -43,17 +43,7 @@ ORIGINAL_TOKENS = (
 )
 ORIGINAL_VOCAB_SIZE = len(ORIGINAL_TOKENS)
 ORIGINAL_VEHICLES = {"easy": "bike", "normal": "car", "hard": "van", "expert": "truck"}
-METADATA_FIELDS = {
-    "pad_id": int,
-    "ignore_label_id": (int, type(None)),
-    "blank_identifier_id": int,
-    "vocab_size": int,
-    "seq_len": int,
-    "num_puzzle_identifiers": int,
-    "total_groups": int,
-    "mean_puzzle_examples": (int, float),
-    "sets": list,
-}
+METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,19 @@ def raw_file_names() -> list[str]:
     return names + [RAW_IDENTIFIERS_FILE, RAW_SUMMARY_FILE]
 
 
+# HRM's PuzzleDatasetMetadata (dataset.json): field -> accepted JSON types. Shared by every reader.
+HRM_METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "pad_id": int,
+    "ignore_label_id": (int, type(None)),
+    "blank_identifier_id": int,
+    "vocab_size": int,
+    "seq_len": int,
+    "num_puzzle_identifiers": int,
+    "total_groups": int,
+    "mean_puzzle_examples": (int, float),
+    "sets": list,
+}
+
 # HRM layout extras written by convert beside the standard arrays.
 HRM_ROUTING_FILE = "routing.json"  # CostModel.to_dict() + rows/cols, at the dataset root
 HRM_EXTRA_ARRAYS = ("base_scenario_ids", "vehicle_types")  # all__{name}.npy per split

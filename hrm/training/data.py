@@ -17,21 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from hrm.data import spec
 from hrm.io import UserError
 
 IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
-METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "pad_id": int,
-    "ignore_label_id": (int, type(None)),
-    "blank_identifier_id": int,
-    "vocab_size": int,
-    "seq_len": int,
-    "num_puzzle_identifiers": int,
-    "total_groups": int,
-    "mean_puzzle_examples": (int, float),
-    "sets": list,
-}
+METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 
 @dataclass(frozen=True)
