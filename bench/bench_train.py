@@ -70,6 +70,7 @@ TRAIN = {
     "deterministic": True,
     "compile": False,
     "device": "cpu",
+    "threads": 0,  # the bench sets torch threads itself (--threads)
     "max_steps": 0,
 }
 

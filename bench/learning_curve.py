@@ -52,6 +52,7 @@ TRAIN = {
     "deterministic": True,
     "compile": False,
     "device": "cpu",
+    "threads": 1,
     "max_steps": 0,
 }
 

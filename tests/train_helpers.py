@@ -42,6 +42,7 @@ TINY_TRAIN = {
     "deterministic": True,
     "compile": False,
     "device": "cpu",
+    "threads": 1,
     "max_steps": 0,
 }
 

@@ -277,6 +277,9 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     names = load_identifier_names(data_root, metadata.num_puzzle_identifiers)
     task = load_route_task(data_root, metadata)
     device = resolve_device(str(params.get("train", {}).get("device", "auto")))
+    from hrm.training.loop import set_cpu_threads
+
+    set_cpu_threads(int(params.get("train", {}).get("threads", 0)))
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
 
     runs: dict[str, SegmentRun] = {}

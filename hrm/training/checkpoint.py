@@ -23,7 +23,7 @@ from hrm.io import UserError, dumps_json
 
 FORMAT_VERSION = 1
 # Settings that change neither the trajectory nor the numbers: resuming with another value is fine.
-NEUTRAL_TRAIN_KEYS = ("max_steps", "compile", "device", "deterministic")
+NEUTRAL_TRAIN_KEYS = ("max_steps", "compile", "device", "deterministic", "threads")
 STEP_PREFIX = "step_"
 
 
