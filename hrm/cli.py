@@ -70,13 +70,20 @@ def quickstart(
     profile: Annotated[
         str, typer.Option("--profile", help="the profile to run (params.yaml profiles.NAME)")
     ] = "quick",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="one more override after the profile's, e.g. arch.name=transformer"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="experiment name (default: the profile's)")
+    ] = None,
 ) -> None:
     """Run the CPU quick profile end to end as a DVC experiment; the workspace keeps the paper params."""
     from hrm.io import UserError
     from hrm.quickstart import quickstart as run_profile
 
     try:
-        run_profile(params_path=params, profile=profile)
+        run_profile(params_path=params, profile=profile, extra=tuple(overrides or ()), name=name)
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

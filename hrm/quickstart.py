@@ -43,8 +43,14 @@ def _run(command: list[str]) -> None:
         raise UserError(f"command failed with exit code {result.returncode}: {' '.join(command)}")
 
 
-def quickstart(params_path: str | Path = "params.yaml", profile: str = "quick") -> Path:
-    """Run the named profile as experiment `<profile>`; return the folder holding its report."""
+def quickstart(
+    params_path: str | Path = "params.yaml",
+    profile: str = "quick",
+    extra: tuple[str, ...] = (),
+    name: str | None = None,
+) -> Path:
+    """Run the named profile (plus `extra` `key=value` overrides) as experiment `name` (default: the
+    profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
     except ConfigError as err:
@@ -52,18 +58,23 @@ def quickstart(params_path: str | Path = "params.yaml", profile: str = "quick") 
     overrides = params.get("profiles", {}).get(profile)
     if not isinstance(overrides, dict):
         raise UserError(f"{params_path}: profiles.{profile} is missing or not a mapping")
+    for item in extra:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. arch.name=transformer")
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:
         raise UserError("quickstart needs a git checkout with at least one commit (a clone of this repo)")
 
+    name = name or profile
     started = time.perf_counter()
-    _run(["dvc", "exp", "run", "--temp", "--force", "-n", profile, *set_param_args(overrides)])
+    set_args = set_param_args(overrides) + [f"-S{item}" for item in extra]
+    _run(["dvc", "exp", "run", "--temp", "--force", "-n", name, *set_args])
     eval_reports = str(flatten(params.get("paths", {})).get("eval_reports", "reports/eval"))
-    target = Path("reports") / profile
+    target = Path("reports") / name
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    _run(["dvc", "get", ".", eval_reports, "--rev", profile, "-o", str(staging)])
+    _run(["dvc", "get", ".", eval_reports, "--rev", name, "-o", str(staging)])
     shutil.rmtree(target, ignore_errors=True)
     staging.replace(target)
     elapsed = time.perf_counter() - started
@@ -75,5 +86,5 @@ def quickstart(params_path: str | Path = "params.yaml", profile: str = "quick") 
         for key, value in sorted(shown.items()):
             print(f"  {key:<40} {value}")
     print(f"quick profile finished in {elapsed / 60:.1f} min; report: {target / 'index.html'}")
-    print(f"compare: dvc exp show   |   dvc metrics diff HEAD {profile}")
+    print(f"compare: dvc exp show   |   dvc metrics diff HEAD {name}")
     return target
