@@ -75,6 +75,13 @@ CASES = {
     },
     # The paper's model (hidden 512, 4+4 layers, 2/2 cycles) on a short 12x12 sequence, batch 2.
     "paper12": {"arch": BASE_ARCH, "side": 12, "batch": 2, "steps": 6},
+    # The paper's sequence (40x40 + 1) and width with 1+1 layers, cycles 1/1, batch 1: attention-heavy.
+    "long40": {
+        "arch": {**BASE_ARCH, "H_cycles": 1, "L_cycles": 1, "H_layers": 1, "L_layers": 1},
+        "side": 40,
+        "batch": 1,
+        "steps": 4,
+    },
 }
 TRAIN = {
     "seed": 0,
