@@ -98,6 +98,7 @@ TRAIN = {
     "deterministic": True,
     "compile": False,
     "device": "cpu",
+    "threads": 1,  # read by newer trainers, ignored by older ones
     "max_steps": 0,
 }
 
