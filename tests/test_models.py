@@ -12,6 +12,7 @@ from hrm.io import UserError
 from hrm.models import ACTCarry, build_model, load_official_checkpoint
 from hrm.models.layers import (
     Attention,
+    PostNormBlock,
     RotaryEmbedding,
     apply_rotary,
     swiglu_width,
@@ -185,6 +186,54 @@ def test_rope_rotates_relative_positions():
     score_0_3 = (q_rot[0, 0, 0] * k_rot[0, 3, 0]).sum()
     score_4_7 = (q_rot[0, 4, 0] * k_rot[0, 7, 0]).sum()
     torch.testing.assert_close(score_0_3, score_4_7, rtol=1e-5, atol=1e-5)
+
+
+def test_rope_is_bit_identical_to_the_rotate_half_formula():
+    # The signed-sin formulation (CPU speed-up) must be the textbook x*cos + rotate_half(x)*sin, bit for bit.
+    head_dim, positions, theta = 64, 37, 10000.0
+    rope = RotaryEmbedding(head_dim=head_dim, max_positions=positions, theta=theta)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos().unsqueeze(-2), angles.sin().unsqueeze(-2)
+
+    def textbook(x: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+    q, k = torch.randn(3, positions, 4, head_dim), torch.randn(3, positions, 4, head_dim)
+    q_rot, k_rot = apply_rotary(q, k, rope())
+    assert torch.equal(q_rot, textbook(q)) and torch.equal(k_rot, textbook(k))
+
+
+def test_block_without_graph_is_bit_identical_to_block_with_graph():
+    # The no-grad path works in place (residual into the sublayer output, RMSNorm in place): same bits.
+    torch.manual_seed(0)
+    block = PostNormBlock(hidden_size=64, num_heads=4, expansion=4, norm_eps=1e-5)
+    rope = RotaryEmbedding(head_dim=16, max_positions=9, theta=10000.0)
+    x = torch.randn(3, 9, 64)
+    with_graph = block(x, rope())
+    assert with_graph.requires_grad
+    with torch.no_grad():
+        without_graph = block(x, rope())
+    with torch.inference_mode():
+        inference = block(x, rope())
+    assert torch.equal(with_graph.detach(), without_graph) and torch.equal(without_graph, inference)
+
+
+def test_target_q_pass_without_lm_head_gives_the_same_q_values():
+    head = tiny()
+    head.train()
+    batch = make_batch()
+    carry = head.model.initial_carry(batch)
+    z_H, z_L = head.model.inner.reset_states(carry.halted, carry.z_H, carry.z_L)
+    args = (z_H, z_L, batch["inputs"], batch["puzzle_identifiers"])
+    with torch.no_grad():
+        full = head.model.inner(*args)
+        short = head.model.inner(*args, with_logits=False)
+    assert short[2] is None and full[2] is not None
+    for a, b in zip(full[:2] + full[3:], short[:2] + short[3:], strict=True):
+        assert torch.equal(a, b)
 
 
 # --------------------------------------------------------------------------------------- one-step gradient

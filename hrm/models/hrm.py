@@ -252,9 +252,17 @@ class HRMInner(InputEmbedding, nn.Module):
         )
 
     def forward(
-        self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One segment. Returns the new (detached) z_H, z_L, the logits [B, L, V], q_halt and q_continue."""
+        self,
+        z_H: torch.Tensor,
+        z_L: torch.Tensor,
+        inputs: torch.Tensor,
+        puzzle_identifiers: torch.Tensor,
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One segment. Returns the new (detached) z_H, z_L, the logits [B, L, V], q_halt and q_continue.
+
+        `with_logits=False` (the target-Q pass, which reads only the Q-head) skips the LM head; logits None.
+        """
         config = self.config
         cos_sin = self.cos_sin()
         x = self.input_embeddings(inputs, puzzle_identifiers)
@@ -263,9 +271,10 @@ class HRMInner(InputEmbedding, nn.Module):
         with torch.no_grad():
             for h_step in range(config.H_cycles):
                 last_h = h_step == config.H_cycles - 1
+                l_injection = z_H + x  # z_H is fixed during an H cycle's L updates
                 for l_step in range(config.L_cycles):
                     if not (last_h and l_step == config.L_cycles - 1):
-                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                        z_L = self.L_level(z_L, l_injection, cos_sin)
                 if not last_h:
                     z_H = self.H_level(z_H, z_L, cos_sin)
 
@@ -274,7 +283,7 @@ class HRMInner(InputEmbedding, nn.Module):
         z_L = self.L_level(z_L, z_H + x, cos_sin)
         z_H = self.H_level(z_H, z_L, cos_sin)
 
-        logits = self.lm_head(z_H)[:, config.puzzle_emb_len :]
+        logits = self.lm_head(z_H)[:, config.puzzle_emb_len :] if with_logits else None
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
         return z_H.detach(), z_L.detach(), logits, q_logits[..., 0], q_logits[..., 1]
 
@@ -396,7 +405,7 @@ class HRMACT(nn.Module):
                 # Target for q_continue: value of the next state, bootstrapped from a second forward (no
                 # replay buffer or target network; the batch is many parallel environments, as in PQN).
                 _, _, _, next_q_halt, next_q_continue = self.inner(
-                    z_H, z_L, data["inputs"], data["puzzle_identifiers"]
+                    z_H, z_L, data["inputs"], data["puzzle_identifiers"], with_logits=False
                 )
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))

@@ -52,12 +52,18 @@ def trunc_normal_init_(
     return tensor
 
 
-def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMSNorm computed in fp32 (bf16 squares lose too much), returned in the input dtype."""
+def rms_norm(hidden_states: torch.Tensor, eps: float, in_place: bool = False) -> torch.Tensor:
+    """Weightless RMSNorm computed in fp32 (bf16 squares lose too much), returned in the input dtype.
+
+    `in_place`: scale `hidden_states` itself when it is already fp32 (a temporary under no_grad: one
+    allocation less; same arithmetic, so bit-identical).
+    """
     input_dtype = hidden_states.dtype
     x = hidden_states.to(torch.float32)
-    x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-    return x.to(input_dtype)
+    scale = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    if in_place and x is hidden_states:
+        return x.mul_(scale)
+    return (x * scale).to(input_dtype)
 
 
 class CastedLinear(nn.Module):
@@ -71,8 +77,12 @@ class CastedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        # `.to` of the same dtype returns the tensor itself; the check only skips the dispatch per call.
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        bias = self.bias
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        return F.linear(x, weight, bias)
 
 
 class CastedEmbedding(nn.Module):
@@ -92,35 +102,42 @@ class CastedEmbedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables for every position (non-persistent: recomputed, never in a checkpoint)."""
+    """RoPE tables for every position (non-persistent: recomputed, never in a checkpoint).
+
+    Returns `(cos, signed_sin)`: `signed_sin` is sin with its first half negated, so that
+    `rotate_half(x) * sin == swap_halves(x) * signed_sin` exactly (negation is exact in IEEE arithmetic)
+    and the rotation needs no negation of the activations.
+    """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         # Halves layout (rotate_half), as HRM/Llama: same rotation as interleaved pairs, permuted channels.
-        angles = torch.cat((angles, angles), dim=-1)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        sin = angles.sin()
+        self.register_buffer("cos", torch.cat((angles.cos(), angles.cos()), dim=-1), persistent=False)
+        self.register_buffer("signed_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def forward(self) -> CosSin:
-        return self.cos, self.sin
+        return self.cos, self.signed_sin
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def rotate(x: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+    """RoPE on x [B, S, heads, head_dim] in the tables' dtype (fp32), returned in x's dtype.
+
+    `x * cos + rotate_half(x) * sin` with rotate_half(x) = (-x2, x1) written as (x2, x1) * signed_sin:
+    the same products and sum, so bit-identical, without the negation pass.
+    """
+    cos, signed_sin = cos_sin
+    half = x.shape[-1] // 2
+    x32 = x.to(cos.dtype)
+    swapped = torch.cat((x32[..., half:], x32[..., :half]), dim=-1)
+    return (x32 * cos.unsqueeze(-2) + swapped * signed_sin.unsqueeze(-2)).to(x.dtype)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos_sin: CosSin) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q and k ([B, S, heads, head_dim]) in the tables' dtype (fp32), return in the input dtype."""
-    cos, sin = cos_sin
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    dtype = q.dtype
-    q32, k32 = q.to(cos.dtype), k.to(cos.dtype)
-    q_rot = q32 * cos + _rotate_half(q32) * sin
-    k_rot = k32 * cos + _rotate_half(k32) * sin
-    return q_rot.to(dtype), k_rot.to(dtype)
+    """Rotate q and k ([B, S, heads, head_dim]); `cos_sin` as `RotaryEmbedding` returns it."""
+    return rotate(q, cos_sin), rotate(k, cos_sin)
 
 
 class Attention(nn.Module):
@@ -140,6 +157,8 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(batch, seq, 3 * self.num_heads, self.head_dim)
         query, key, value = qkv.split(self.num_heads, dim=2)
         if cos_sin is not None:
+            # Rotating q and k separately keeps each contiguous; rotating them as one [B, S, 2H, D] slice
+            # saves a kernel launch but leaves SDPA strided inputs, measured slower at seq 1601.
             query, key = apply_rotary(query, key, cos_sin)
         # SDPA wants [B, heads, S, head_dim]; default scale is 1/sqrt(head_dim), as HRM.
         out = F.scaled_dot_product_attention(
@@ -165,7 +184,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gated = F.silu(gate)
+        # Without a graph nothing is saved for backward, so the product can overwrite silu's output.
+        gated = gated * up if torch.is_grad_enabled() else gated.mul_(up)
+        return self.down_proj(gated)
 
 
 class PostNormBlock(nn.Module):
@@ -178,5 +200,13 @@ class PostNormBlock(nn.Module):
         self.norm_eps = norm_eps
 
     def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
-        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+        eps = self.norm_eps
+        if torch.is_grad_enabled():
+            hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), eps)
+            return rms_norm(hidden_states + self.mlp(hidden_states), eps)
+        # No graph: add the residual into the sublayer's fresh output and normalise that buffer in place
+        # (a + b == b + a exactly, so bit-identical to the branch above).
+        hidden_states = rms_norm(
+            self.self_attn(hidden_states, cos_sin).add_(hidden_states), eps, in_place=True
+        )
+        return rms_norm(self.mlp(hidden_states).add_(hidden_states), eps, in_place=True)
