@@ -71,7 +71,7 @@ def quickstart(
     set_args = set_param_args(overrides) + [f"-S{item}" for item in extra]
     _run(["dvc", "exp", "run", "--temp", "--force", "-n", name, *set_args])
     eval_reports = str(flatten(params.get("paths", {})).get("eval_reports", "reports/eval"))
-    target = Path("reports") / name
+    target = Path("reports") / "experiments" / name
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     _run(["dvc", "get", ".", eval_reports, "--rev", name, "-o", str(staging)])
