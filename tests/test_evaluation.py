@@ -384,7 +384,20 @@ def write_stage_inputs(
     }
     params["train"]["device"] = "cpu"
     (tmp_path / "models").mkdir()
-    head = tiny_head(read(data_root, "train").metadata, batch_size=8, **arch_overrides)
+    metadata = read(data_root, "train").metadata
+    if params["arch"]["name"] == "hrm_v1":
+        head = tiny_head(metadata, batch_size=8, **arch_overrides)
+    else:
+        from hrm.models import build_model
+
+        head = build_model(
+            params["arch"],
+            seq_len=metadata.seq_len,
+            vocab_size=metadata.vocab_size,
+            num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+            batch_size=8,
+            seed=0,
+        )
     torch.save(head.state_dict(), tmp_path / "models" / "hrm.pt")
     if with_curves:
         for group, values in (("train", [0.5, 0.7, 0.8]), ("eval", [0.6, 0.75])):
@@ -530,3 +543,14 @@ def test_identifier_names_become_safe_metric_keys():
     assert runner.metric_key("cargo.bike v2", 5) == "cargo_bike_v2"
     assert runner.metric_key("segments", 2) == "id_segments"  # would overwrite the per-segment block
     assert runner.metric_key("...", 3) == "id3"
+
+
+def test_stage_evaluates_the_transformer_baseline_in_one_segment(routing_root, tmp_path):
+    """`-S arch.name=transformer` must be one flag away: its single prediction is the final one."""
+    params_path = write_stage_inputs(tmp_path, routing_root, with_curves=False, name="transformer")
+    done = run_stage(params_path, tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "reports" / "eval" / "metrics.json").read_text())
+    assert set(metrics["test"]["segments"]) == {"1"}
+    assert metrics["test"]["steps"] == 1.0
+    assert 0.0 <= metrics["test"]["route_optimal_rate"] <= 1.0

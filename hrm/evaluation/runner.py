@@ -281,6 +281,7 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
 
     set_cpu_threads(int(params.get("train", {}).get("threads", 0)))
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
+    halt_max_steps = int(head.model.eval_segments)  # the transformer baseline predicts in one segment
 
     runs: dict[str, SegmentRun] = {}
     results: dict[str, SplitResult] = {}

@@ -357,6 +357,11 @@ class HRMACT(nn.Module):
     def puzzle_emb(self) -> PuzzleEmbedding | None:
         return getattr(self.inner, "puzzle_emb", None)
 
+    @property
+    def eval_segments(self) -> int:
+        """Segments an eval pass runs: always halt_max_steps (the Q-head never stops eval early)."""
+        return self.config.halt_max_steps
+
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
         """Every row starts halted, so the first call resets it and takes the batch's example."""
         size = batch["inputs"].shape[0]

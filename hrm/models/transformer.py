@@ -49,6 +49,11 @@ class TransformerBaseline(nn.Module):
     def puzzle_emb(self) -> PuzzleEmbedding | None:
         return getattr(self.inner, "puzzle_emb", None)
 
+    @property
+    def eval_segments(self) -> int:
+        """One prediction, no recurrence: every row halts after the first segment."""
+        return 1
+
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
         size = batch["inputs"].shape[0]
         device = batch["inputs"].device
