@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import train_section, write_layout
+
 BASE_ARCH = {
     "name": "hrm_v1",
     "H_cycles": 2,
@@ -83,57 +85,17 @@ CASES = {
         "steps": 4,
     },
 }
-TRAIN = {
-    "seed": 0,
-    "epochs": 1,
-    "eval_interval": 1,
-    "lr": 1.0e-4,
-    "lr_min_ratio": 1.0,
-    "lr_warmup_steps": 2000,
-    "beta1": 0.9,
-    "beta2": 0.95,
-    "weight_decay": 0.1,
-    "puzzle_emb_lr": 1.0e-2,
-    "puzzle_emb_weight_decay": 0.1,
-    "deterministic": True,
-    "compile": False,
-    "device": "cpu",
-    "threads": 1,  # read by newer trainers, ignored by older ones
-    "max_steps": 0,
-}
+TRAIN = train_section(epochs=1, eval_interval=1, device="cpu", threads=1)
 
 
 def write_dataset(root: Path, side: int, groups: int) -> None:
-    """Routing-like layout: groups of 4 one-example puzzles, 24 tokens, labels = inputs."""
+    """Routing-like layout: groups of 4 one-example puzzles, 24 tokens, labels half equal to the inputs."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    folder = root / "train"
-    folder.mkdir(parents=True)
-    examples = groups * 4
-    inputs = rng.integers(1, 23, size=(examples, side * side), dtype=np.uint8)
+    inputs = rng.integers(1, 23, size=(groups * 4, side * side), dtype=np.uint8)
     labels = np.where(rng.random(inputs.shape) < 0.5, inputs, rng.integers(1, 23, size=inputs.shape))
-    arrays = {
-        "inputs": inputs,
-        "labels": labels.astype(np.uint8),
-        "puzzle_identifiers": np.tile(np.arange(1, 5, dtype=np.int32), groups),
-        "puzzle_indices": np.arange(examples + 1, dtype=np.int32),
-        "group_indices": np.arange(0, examples + 1, 4, dtype=np.int32),
-    }
-    for name, array in arrays.items():
-        np.save(folder / f"all__{name}.npy", array)
-    meta = {
-        "pad_id": 0,
-        "ignore_label_id": 0,
-        "blank_identifier_id": 0,
-        "vocab_size": 24,
-        "seq_len": side * side,
-        "num_puzzle_identifiers": 5,
-        "total_groups": groups,
-        "mean_puzzle_examples": 1.0,
-        "sets": ["all"],
-    }
-    (folder / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    write_layout(root / "train", inputs, labels, vocab_size=24)
 
 
 def run_case(name: str, steps: int, profile: bool) -> dict:

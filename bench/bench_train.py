@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import train_section, write_layout
+
 PAPER_ARCH = {
     "name": "hrm_v1",
     "H_cycles": 2,
@@ -55,24 +57,7 @@ CASES = {
     "paper": {"arch": PAPER_ARCH, "side": 40, "batch": 2, "steps": 3},
     "quick": {"arch": QUICK_ARCH, "side": 12, "batch": 64, "steps": 5},
 }
-TRAIN = {
-    "seed": 0,
-    "epochs": 1,
-    "eval_interval": 1,
-    "lr": 1.0e-4,
-    "lr_min_ratio": 1.0,
-    "lr_warmup_steps": 2000,
-    "beta1": 0.9,
-    "beta2": 0.95,
-    "weight_decay": 0.1,
-    "puzzle_emb_lr": 1.0e-2,
-    "puzzle_emb_weight_decay": 0.1,
-    "deterministic": True,
-    "compile": False,
-    "device": "cpu",
-    "threads": 0,  # the bench sets torch threads itself (--threads)
-    "max_steps": 0,
-}
+TRAIN = train_section(epochs=1, eval_interval=1, device="cpu", threads=0)  # --threads sets torch threads
 
 
 def _rss_bytes() -> int:
@@ -84,32 +69,8 @@ def write_routing_like_dataset(root: Path, side: int, groups: int) -> None:
     """Our layout's shape: groups of 4 one-example puzzles (vehicles 1..4), 24 tokens, no label 0."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    folder = root / "train"
-    folder.mkdir(parents=True)
-    examples = groups * 4
-    inputs = rng.integers(1, 23, size=(examples, side * side), dtype=np.uint8)
-    arrays = {
-        "inputs": inputs,
-        "labels": inputs.copy(),
-        "puzzle_identifiers": np.tile(np.arange(1, 5, dtype=np.int32), groups),
-        "puzzle_indices": np.arange(examples + 1, dtype=np.int32),
-        "group_indices": np.arange(0, examples + 1, 4, dtype=np.int32),
-    }
-    for name, array in arrays.items():
-        np.save(folder / f"all__{name}.npy", array)
-    meta = {
-        "pad_id": 0,
-        "ignore_label_id": 0,
-        "blank_identifier_id": 0,
-        "vocab_size": 24,
-        "seq_len": side * side,
-        "num_puzzle_identifiers": 5,
-        "total_groups": groups,
-        "mean_puzzle_examples": 1.0,
-        "sets": ["all"],
-    }
-    (folder / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    inputs = np.random.default_rng(0).integers(1, 23, size=(groups * 4, side * side), dtype=np.uint8)
+    write_layout(root / "train", inputs, inputs.copy(), vocab_size=24)
 
 
 def run_case(name: str, threads: int) -> dict:

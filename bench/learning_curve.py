@@ -12,11 +12,11 @@ embedding (sign-SGD) to be right, and no label is 0 (every cell counts, as in ou
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+from _common import train_section, write_layout
 
 ARCH = {
     "name": "hrm_v1",
@@ -36,56 +36,18 @@ ARCH = {
     "loss": "stablemax_cross_entropy",
     "forward_dtype": "float32",
 }
-TRAIN = {
-    "seed": 0,
-    "global_batch_size": 64,
-    "epochs": 240,
-    "eval_interval": 40,
-    "lr": 1.0e-3,
-    "lr_min_ratio": 1.0,
-    "lr_warmup_steps": 50,
-    "beta1": 0.9,
-    "beta2": 0.95,
-    "weight_decay": 0.1,
-    "puzzle_emb_lr": 1.0e-2,
-    "puzzle_emb_weight_decay": 0.1,
-    "deterministic": True,
-    "compile": False,
-    "device": "cpu",
-    "threads": 1,
-    "max_steps": 0,
-}
+TRAIN = train_section(
+    global_batch_size=64, epochs=240, eval_interval=40, lr=1.0e-3, lr_warmup_steps=50, device="cpu", threads=1
+)
 
 
 def write_split(folder: Path, groups: int, seed: int, side: int = 4, vehicles: int = 4) -> None:
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
     grids = rng.integers(1, 8, size=(groups, side * side))
-    ids = np.arange(1, vehicles + 1)
     inputs = np.repeat(grids, vehicles, axis=0)
-    pid = np.tile(ids, groups)
+    pid = np.tile(np.arange(1, vehicles + 1), groups)
     labels = (inputs + np.roll(inputs, 1, axis=1) + pid[:, None]) % 7 + 1
-    arrays = {
-        "inputs": inputs.astype(np.uint8),
-        "labels": labels.astype(np.uint8),
-        "puzzle_identifiers": pid.astype(np.int32),
-        "puzzle_indices": np.arange(groups * vehicles + 1, dtype=np.int32),
-        "group_indices": np.arange(0, groups * vehicles + 1, vehicles, dtype=np.int32),
-    }
-    for name, array in arrays.items():
-        np.save(folder / f"all__{name}.npy", array)
-    meta = {
-        "pad_id": 0,
-        "ignore_label_id": 0,
-        "blank_identifier_id": 0,
-        "vocab_size": 8,
-        "seq_len": side * side,
-        "num_puzzle_identifiers": vehicles + 1,
-        "total_groups": groups,
-        "mean_puzzle_examples": 1.0,
-        "sets": ["all"],
-    }
-    (folder / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    write_layout(folder, inputs, labels, vocab_size=8, vehicles=vehicles)
 
 
 def rows(log_dir: Path, kind: str, name: str) -> dict[int, float]:
