@@ -260,3 +260,24 @@ def check_route(
             length,
         )
     return RouteCheck(True, "ok", route_cost(costs, path), length, tuple(path))
+
+
+# ---- route geometry: how far a route strays from the straight walk --------------------------------------
+
+
+def manhattan(a: int, b: int, cols: int) -> int:
+    """Manhattan distance between two flat cells: the moves of the shortest walk, ignoring what is in the way."""
+    (row_a, col_a), (row_b, col_b) = divmod(a, cols), divmod(b, cols)
+    return abs(row_a - row_b) + abs(col_a - col_b)
+
+
+def detour_cells(path: tuple[int, ...] | list[int], cols: int) -> int:
+    """Cells a route has beyond the Manhattan walk between its ends: 0 = monotone (never steps away from the
+    goal). Always even on a 4-neighbour grid: every step away must be stepped back."""
+    return len(path) - 1 - manhattan(path[0], path[-1], cols) if path else 0
+
+
+def turns(path: tuple[int, ...] | list[int]) -> int:
+    """Changes of direction along a route (flat cells, consecutive cells adjacent)."""
+    steps = np.diff(np.asarray(path, dtype=np.int64))
+    return int((steps[1:] != steps[:-1]).sum()) if steps.size > 1 else 0
