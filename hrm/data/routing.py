@@ -260,3 +260,90 @@ def check_route(
             length,
         )
     return RouteCheck(True, "ok", route_cost(costs, path), length, tuple(path))
+
+
+# ---- route geometry: how far a route strays from the straight walk --------------------------------------
+
+
+def manhattan(a: int, b: int, cols: int) -> int:
+    """Manhattan distance between two flat cells: the moves of the shortest walk, ignoring what is in the way."""
+    (row_a, col_a), (row_b, col_b) = divmod(a, cols), divmod(b, cols)
+    return abs(row_a - row_b) + abs(col_a - col_b)
+
+
+def detour_cells(path: tuple[int, ...] | list[int], cols: int) -> int:
+    """Cells a route has beyond the Manhattan walk between its ends: 0 = monotone (never steps away from the
+    goal). Always even on a 4-neighbour grid: every step away must be stepped back."""
+    return len(path) - 1 - manhattan(path[0], path[-1], cols) if path else 0
+
+
+def turns(path: tuple[int, ...] | list[int]) -> int:
+    """Changes of direction along a route (flat cells, consecutive cells adjacent)."""
+    steps = np.diff(np.asarray(path, dtype=np.int64))
+    return int((steps[1:] != steps[:-1]).sum()) if steps.size > 1 else 0
+
+
+@dataclass(frozen=True)
+class MonotoneRoute:
+    """Result of `best_monotone`: the cheapest route that only ever moves towards the goal."""
+
+    cost: int | None  # None: every monotone route is blocked
+    path: tuple[int, ...]  # flat cells, start first, goal last; empty when blocked
+
+
+def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> MonotoneRoute:
+    """Cheapest route of Manhattan length (every move towards the goal) by dynamic programming.
+
+    Such a route stays in the rectangle spanned by start and goal and enters each of its cells from one of
+    two cells (the row or the column step towards it), so one pass in order of distance from the start
+    settles every cell: no search. Where it matches the optimum, an example needs no search (the
+    evaluation's "monotone path" baseline). Ties go to the row step (deterministic). Same cost rule as
+    `solve`: entering a cell costs `costs[cell]` (< 0 = barred), the start and the goal cost 0.
+    """
+    costs = np.asarray(costs, dtype=np.int64).reshape(-1)
+    if costs.size != rows * cols:
+        raise ValueError(f"costs has {costs.size} cells, expected rows*cols = {rows * cols}")
+    (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
+    row_step = 1 if g_row >= s_row else -1
+    col_step = 1 if g_col >= s_col else -1
+    height, width = abs(g_row - s_row) + 1, abs(g_col - s_col) + 1
+    cost = costs.tolist()
+    best: list[list[float]] = [[UNREACHED] * width for _ in range(height)]
+    came_from_row = [[False] * width for _ in range(height)]  # True: entered by the row step
+    best[0][0] = 0
+    for i in range(height):
+        for j in range(width):
+            if i == 0 and j == 0:
+                continue
+            cell = (s_row + i * row_step) * cols + s_col + j * col_step
+            step = 0 if cell == goal else cost[cell]
+            if step < 0:
+                continue
+            from_row = best[i - 1][j] if i > 0 else UNREACHED
+            from_col = best[i][j - 1] if j > 0 else UNREACHED
+            if from_row == UNREACHED and from_col == UNREACHED:
+                continue
+            came_from_row[i][j] = from_row <= from_col
+            best[i][j] = min(from_row, from_col) + step
+    if best[height - 1][width - 1] == UNREACHED:
+        return MonotoneRoute(None, ())
+    i, j = height - 1, width - 1
+    path = []
+    while True:
+        path.append((s_row + i * row_step) * cols + s_col + j * col_step)
+        if i == 0 and j == 0:
+            break
+        if came_from_row[i][j]:
+            i -= 1
+        else:
+            j -= 1
+    path.reverse()
+    return MonotoneRoute(int(best[height - 1][width - 1]), tuple(path))
+
+
+def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
+    """The label of `path` on `grid`: a copy with the cells between start and goal set to the route token."""
+    label = np.array(grid, copy=True)
+    if len(path) > 2:
+        label.reshape(-1)[list(path[1:-1])] = spec.ROUTE
+    return label
