@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from hrm.config import deep_merge
+from tests.conftest import repo_params
+
 TINY_ARCH = {
     "name": "hrm_v1",
     "H_cycles": 2,
@@ -48,18 +51,22 @@ TINY_TRAIN = {
 
 
 def tiny_params(data_root: Path, out: Path, **train_overrides) -> dict:
+    """The repository's params (a full, schema-valid set) with a tiny model and run, paths under `out`."""
     train = copy.deepcopy(TINY_TRAIN)
     train.update(train_overrides)
-    return {
-        "arch": copy.deepcopy(TINY_ARCH),
-        "train": train,
-        "paths": {
-            "hrm": str(data_root),
-            "checkpoints": str(out / "checkpoints"),
-            "model": str(out / "models" / "hrm.pt"),
-            "train_log": str(out / "reports" / "train"),
+    return deep_merge(
+        repo_params(),
+        {
+            "arch": copy.deepcopy(TINY_ARCH),
+            "train": train,
+            "paths": {
+                "hrm": str(data_root),
+                "checkpoints": str(out / "checkpoints"),
+                "model": str(out / "models" / "hrm.pt"),
+                "train_log": str(out / "reports" / "train"),
+            },
         },
-    }
+    )
 
 
 def metric_files(params: dict) -> dict[str, str]:

@@ -120,11 +120,7 @@ def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> 
         settings = section(params, "convert", params_path)
     except ConfigError as err:
         raise io.UserError(str(err)) from err
-    raw_dir, out_dir = paths.get("raw"), paths.get("hrm")
-    if not isinstance(raw_dir, str) or not isinstance(out_dir, str):
-        raise io.UserError(f"{params_path}: paths.raw and paths.hrm must be folder paths")
+    raw_dir, out_dir = paths["raw"], paths["hrm"]
     if strict is None:
-        strict = settings.get("strict", True)
-        if not isinstance(strict, bool):
-            raise io.UserError(f"{params_path}: convert.strict must be true or false, got {strict!r}")
+        strict = settings["strict"]
     return convert(raw_dir, out_dir, strict=strict)

@@ -48,67 +48,27 @@ class ValidateSettings:
         paths = section(params, "paths", source)
         validate = section(params, "validate", source)
         generate = section(params, "generate", source)
-        weights = validate.get("weights")
-        if not isinstance(weights, dict) or set(weights) != set(compliance.CATEGORIES):
-            raise ConfigError(
-                f"{source}: validate.weights needs exactly the keys {list(compliance.CATEGORIES)}"
-            )
-        if (
-            any(not isinstance(w, int | float) or w < 0 for w in weights.values())
-            or abs(sum(weights.values()) - 1) > 1e-9
-        ):
-            raise ConfigError(
-                f"{source}: validate.weights must be non-negative numbers summing to 1, got {weights}"
-            )
-
-        def number(key: str, low: float, high: float) -> float:
-            value = validate.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-                raise ConfigError(
-                    f"{source}: validate.{key} must be a number in [{low}, {high}], got {value!r}"
-                )
-            return float(value)
-
-        plot_examples = validate.get("plot_examples")
-        if not isinstance(plot_examples, int) or isinstance(plot_examples, bool) or plot_examples < 0:
-            raise ConfigError(
-                f"{source}: validate.plot_examples must be an integer >= 0, got {plot_examples!r}"
-            )
-        bases = {}
-        for split in spec.SPLITS:
-            value = generate.get(f"{split}_bases")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{source}: generate.{split}_bases must be an integer >= 1, got {value!r}")
-            bases[split] = value
+        # types and ranges: schemas/params.schema.json (hrm.config.load_params); a sum is beyond a schema
+        weights = validate["weights"]
+        if abs(sum(weights.values()) - 1) > 1e-9:
+            raise ConfigError(f"{source}: validate.weights must sum to 1, got {weights}")
         try:
             cost_model = spec.CostModel(
-                tuple(spec.parse_vehicles(generate.get("vehicles"), f"{source}:generate.vehicles"))
+                tuple(spec.parse_vehicles(generate["vehicles"], f"{source}:generate.vehicles"))
             )
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        min_route_length = generate.get("min_route_length")
-        if (
-            not isinstance(min_route_length, int)
-            or isinstance(min_route_length, bool)
-            or min_route_length < 2
-        ):
-            raise ConfigError(
-                f"{source}: generate.min_route_length must be an integer >= 2, got {min_route_length!r}"
-            )
-        for key in ("raw", "hrm", "data_reports"):
-            if not isinstance(paths.get(key), str):
-                raise ConfigError(f"{source}: paths.{key} must be a folder path")
         return cls(
             raw_dir=Path(paths["raw"]),
             hrm_dir=Path(paths["hrm"]),
             reports_dir=Path(paths["data_reports"]),
-            threshold=number("threshold", 0.0, 1.0),
+            threshold=float(validate["threshold"]),
             weights={k: float(weights[k]) for k in compliance.CATEGORIES},
-            plot_examples=plot_examples,
-            near_duplicate_share=number("near_duplicate_share", 0.0, 1.0),
-            expected_bases=bases,
+            plot_examples=int(validate["plot_examples"]),
+            near_duplicate_share=float(validate["near_duplicate_share"]),
+            expected_bases={split: int(generate[f"{split}_bases"]) for split in spec.SPLITS},
             cost_model=cost_model,
-            min_route_length=min_route_length,
+            min_route_length=int(generate["min_route_length"]),
         )
 
 
