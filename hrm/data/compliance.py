@@ -38,6 +38,7 @@ class Check:
     critical: bool
     failures: list[str] = field(default_factory=list)
     failure_count: int = 0
+    not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
 
 def share_check(
