@@ -20,7 +20,7 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import audit, compliance, consistency, spec
+from hrm.data import audit, colours, compliance, consistency, spec
 from hrm.data.invariants import RawDataset, build_dataset
 from hrm.data.schemas import read_raw_documents
 
@@ -374,26 +374,6 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
     return "\n".join(lines)
 
 
-def _token_colours() -> list[str]:
-    """One colour per token: grey buildings, green parks, blue water, roads light->dark by class, congestion reddens."""
-    colours = ["#ffffff", "#9e9e9e", "#7cb36b", "#5b9bd5"]
-    class_base = {
-        "alley": (0.93, 0.90, 0.80),
-        "street": (0.97, 0.97, 0.97),
-        "avenue": (1.0, 0.95, 0.70),
-        "highway": (1.0, 0.85, 0.45),
-    }
-    jam = np.array((0.85, 0.25, 0.20))
-    for road_class in spec.ROAD_CLASSES:
-        base = np.array(class_base[road_class])
-        for level in range(len(spec.CONGESTION_LEVELS)):
-            mix = base + (jam - base) * (level / (len(spec.CONGESTION_LEVELS) - 1)) * 0.6
-            colours.append("#" + "".join(f"{int(round(c * 255)):02x}" for c in mix))
-    colours += ["#000000", "#00a000", "#d00000", "#ff00ff"]  # closed, start, goal, route
-    assert len(colours) == spec.VOCAB_SIZE
-    return colours
-
-
 def plot_scenarios(validation: Validation, count: int) -> bytes:
     """PNG of `count` test scenarios (evenly spread), each with its vehicles' routes drawn over the city."""
     import matplotlib
@@ -410,7 +390,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
     rows, cols = dataset.rows, dataset.cols
     vehicle_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
     figure, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.6), squeeze=False)
-    colour_map = ListedColormap(_token_colours())
+    colour_map = ListedColormap(colours.token_colours())  # the same colours as evaluate's figures
     for axis, group in zip(axes[0], groups, strict=True):
         members = np.flatnonzero(split.example_group == group)
         grid = split.inputs[members[0]].reshape(rows, cols)
@@ -432,7 +412,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
             )
         start = np.flatnonzero(grid.reshape(-1) == spec.START)
         goal = np.flatnonzero(grid.reshape(-1) == spec.GOAL)
-        for cells, marker, colour in ((start, "o", "#00a000"), (goal, "*", "#d00000")):
+        for cells, marker, colour in ((start, "o", colours.START), (goal, "*", colours.GOAL)):
             if cells.size:
                 axis.plot(
                     cells[0] % cols,
@@ -447,8 +427,9 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
         axis.set_yticks([])
         axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=7, frameon=False)
     figure.suptitle(
-        "Each vehicle's optimal route (label) over the city. Grey building, green park, blue water, black closed; "
-        "roads: alley beige, street white, avenue yellow, highway orange, redder = more congested",
+        "Each vehicle's optimal route (label) over the city. Grey building, green park, light blue water, black "
+        "closed; roads: alley beige, street grey-white, avenue yellow, highway orange, redder = more congested; "
+        "start green circle, goal blue star",
         fontsize=9,
     )
     buffer = bytes_io.BytesIO()
