@@ -234,3 +234,16 @@ def test_generated_labels_check_out():
         result = routing.check_route(cells, label, COST_ROW, rows, cols)
         assert result.valid, result.reason
         assert result.cost == solution.cost and result.path == solution.path
+
+
+def test_one_dijkstra_in_the_project():
+    """validate's re-check and evaluate's optimum use routing.dijkstra_optimum; nobody else builds a graph."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    users = sorted(
+        p.relative_to(repo).as_posix()
+        for p in (repo / "hrm").rglob("*.py")
+        if "csgraph" in p.read_text(encoding="utf-8")
+    )
+    assert users == ["hrm/data/routing.py"]
