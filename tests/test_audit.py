@@ -272,3 +272,36 @@ def test_stage_exits_1_with_the_findings_and_replaces_reports_whole(clean_docs, 
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "vehicles 'easy' and 'normal' have identical labels" in result.output
     assert sorted(p.name for p in reports.iterdir()) == ["compliance.json", "compliance.md"]
+
+
+@pytest.fixture(scope="module")
+def our_set(tmp_path_factory):
+    from tests.validate_data import make_valid_set
+
+    root = tmp_path_factory.mktemp("ours")
+    make_valid_set(root)
+    return root
+
+
+def test_routes_are_still_checked_when_a_structure_layer_fails(our_set, tmp_path):
+    """Our files with a broken index file and, on top, a dearer route and a broken one: the structure finding
+    is reported and the cost model still re-checks every route."""
+    from tests.test_bad_input_validate import _disconnect_route, _non_optimal_route
+    from tests.validate_data import copy_set, load_docs, write_docs
+
+    params = copy_set(our_set, tmp_path)
+    docs = load_docs(tmp_path / "raw")
+    docs[TEST["group_indices"]][-1] -= 1  # cross-file invariant broken: the full checks cannot run
+    _disconnect_route(docs)
+    _non_optimal_route(docs)
+    write_docs(tmp_path / "raw", docs)
+    with pytest.raises(UserError) as error:
+        validate.run(params)
+    markdown = (tmp_path / "reports" / "compliance.md").read_text()
+    assert "last entry $[3] = 11, expected 12" in _check_lines(markdown, "structure")
+    assert f"{TRAIN['labels']}[5] (base 'train-0001', 'car'): invalid route" in _check_lines(
+        markdown, "route_valid"
+    )
+    assert "but the optimum is" in _check_lines(markdown, "route_optimal")
+    assert "route_valid" not in json.loads((tmp_path / "reports" / "compliance.json").read_text())["not_run"]
+    assert "invalid route" in str(error.value)

@@ -534,3 +534,82 @@ def base_overlap_check(views: dict[str, SplitView]) -> Check:
     return finding_check(
         "base_overlap", "methodology", description, findings, max(len(set(map(str, test.base_ids))), 1)
     )
+
+
+def _grid_shape(views: dict[str, SplitView], summary: Any) -> tuple[int, int] | None:
+    """rows x cols from the summary's grid or any split's metadata, if it matches the grids."""
+    candidates = []
+    if isinstance(summary, dict) and isinstance(summary.get("grid"), dict):
+        candidates.append((summary["grid"].get("rows"), summary["grid"].get("cols")))
+    candidates += [((v.metadata or {}).get("rows"), (v.metadata or {}).get("cols")) for v in views.values()]
+    widths = {v.inputs.shape[1] for v in views.values() if v.inputs is not None}
+    for rows, cols in candidates:
+        if isinstance(rows, int) and isinstance(cols, int) and widths == {rows * cols}:
+            return rows, cols
+    return None
+
+
+def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
+    """Every readable label's route against the summary's cost model: valid for its vehicle
+    (`routing.check_route`) and optimal (`routing.dijkstra_optimum`). Not run without a cost model."""
+    from hrm.data import routing
+
+    valid_description = (
+        "every label's route is valid for its vehicle (access rules of the summary's cost model)"
+    )
+    optimal_description = "every route's cost equals the optimum (scipy Dijkstra on the summary's cost model)"
+    reason = ""
+    table = None
+    try:
+        table = np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
+        if table.ndim != 2 or table.shape[1] != spec.VOCAB_SIZE:
+            reason = (
+                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table is not [vehicles + 1, {spec.VOCAB_SIZE}]"
+            )
+    except (KeyError, TypeError, ValueError):
+        reason = (
+            f"no cost model: {spec.RAW_SUMMARY_FILE} holds no readable cost_model.cost_table, so no route can be "
+            "checked against a vehicle's access rules or for optimality"
+        )
+    shape = _grid_shape(views, summary)
+    usable = {
+        n: v
+        for n, v in views.items()
+        if v.inputs is not None and v.labels is not None and v.identifier is not None
+    }
+    if not reason and shape is None:
+        reason = "rows x cols unknown or not the grids' length"
+    if not reason and not usable:
+        reason = "no split has readable inputs, labels and puzzle identifiers"
+    if reason:
+        return [
+            not_run("route_valid", "route_optimality", valid_description, reason),
+            not_run("route_optimal", "route_optimality", optimal_description, reason),
+        ]
+    rows, cols = shape
+    invalid: list[tuple[str, int]] = []
+    dearer: list[tuple[str, int]] = []
+    total = 0
+    for view in usable.values():
+        for i in range(view.size):
+            total += 1
+            identifier = int(view.identifier[i])
+            where = f"{view.where('labels', i)} ({view.about(i)})"
+            if not 0 < identifier < table.shape[0]:
+                invalid.append(
+                    (f"{where}: puzzle identifier {identifier} has no vehicle in the cost table", 1)
+                )
+                continue
+            check = routing.check_route(view.inputs[i], view.labels[i], table[identifier], rows, cols)
+            if not check.valid:
+                invalid.append((f"{where}: invalid route: {check.reason}", 1))
+                continue
+            costs = routing.cell_costs(view.inputs[i], table[identifier])
+            optimum, _ = routing.dijkstra_optimum(costs, check.path[0], check.path[-1], rows, cols)
+            cost = routing.route_cost(costs, check.path)
+            if optimum is not None and cost != optimum:
+                dearer.append((f"{where}: route costs {cost} but the optimum is {optimum}", 1))
+    return [
+        finding_check("route_valid", "route_optimality", valid_description, invalid, total),
+        finding_check("route_optimal", "route_optimality", optimal_description, dearer, total),
+    ]

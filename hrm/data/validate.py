@@ -98,7 +98,6 @@ FULL_CHECKS = (
     ("consistency", "summary_agrees", "the summary agrees with the files and params"),
     ("consistency", "hrm_layout_agrees", "the HRM layout agrees with the raw files"),
 )
-ROUTE_CHECKS = ("route_valid", "route_optimal", "route_unique")
 
 
 def validate_dataset(settings: ValidateSettings) -> Validation:
@@ -236,17 +235,11 @@ def _audit(
     checks.append(audit.base_overlap_check(views))
     generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
     checks += generic
-    summary = documents.get(spec.RAW_SUMMARY_FILE)
-    has_cost_model = isinstance(summary, dict) and isinstance(summary.get("cost_model"), dict)
-    for category, name, description in FULL_CHECKS:
-        if name in ROUTE_CHECKS and not has_cost_model:
-            reason = (
-                f"no cost model: {spec.RAW_SUMMARY_FILE} holds no cost_model, so no route can be checked "
-                "against a vehicle's access rules or for optimality"
-            )
-        else:
-            reason = "needs files that pass the schema and structure layers (see file_schemas, structure)"
-        checks.append(audit.not_run(name, category, description, reason))
+    routes = audit.route_checks(views, documents.get(spec.RAW_SUMMARY_FILE))  # when a cost model exists
+    checks += routes
+    ran = {check.name for check in routes}
+    reason = "needs files that pass the schema and structure layers (see file_schemas, structure)"
+    checks += [audit.not_run(n, c, d, reason) for c, n, d in FULL_CHECKS if n not in ran]
     figures = {"near_duplicate_share": settings.near_duplicate_share, **figures}
     report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
     return Validation(report, None, {}, time.perf_counter() - began)
