@@ -35,3 +35,9 @@ def params_file(tmp_path: Path) -> Callable[..., Path]:
         return write_params_file(tmp_path / name, overrides)
 
     return write
+
+
+def arch(**overrides: Any) -> dict[str, Any]:
+    """params.yaml's `arch` (the paper model) with a test's overrides: a key added to the model reaches
+    every test's architecture without editing each copy."""
+    return {**repo_params()["arch"], **overrides}

@@ -8,26 +8,19 @@ from pathlib import Path
 import torch
 
 from hrm.config import deep_merge
-from tests.conftest import repo_params
+from tests.conftest import arch, repo_params
 
-TINY_ARCH = {
-    "name": "hrm_v1",
-    "H_cycles": 2,
-    "L_cycles": 2,
-    "H_layers": 1,
-    "L_layers": 1,
-    "hidden_size": 32,
-    "num_heads": 2,
-    "expansion": 2,
-    "pos_encodings": "rope",
-    "rope_theta": 10000,
-    "rms_norm_eps": 1.0e-5,
-    "puzzle_emb_ndim": 32,
-    "halt_max_steps": 3,
-    "halt_exploration_prob": 0.5,
-    "loss": "stablemax_cross_entropy",
-    "forward_dtype": "float32",
-}
+TINY_ARCH = arch(
+    H_layers=1,
+    L_layers=1,
+    hidden_size=32,
+    num_heads=2,
+    expansion=2,
+    puzzle_emb_ndim=32,
+    halt_max_steps=3,
+    halt_exploration_prob=0.5,
+    forward_dtype="float32",
+)
 
 TINY_TRAIN = {
     "seed": 3,
