@@ -14,6 +14,7 @@ from hrm.evaluation import metrics as M
 from hrm.evaluation import runner
 from hrm.evaluation.data import load_route_task, load_split
 from hrm.io import UserError
+from tests.conftest import arch
 from tests.routing_layout import REPO, paper_cost_model, write_routing_dataset
 
 S, G, R, B = spec.START, spec.GOAL, spec.ROUTE, spec.BUILDING
@@ -264,22 +265,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-TINY_ARCH = dict(
-    name="hrm_v1",
+TINY_ARCH = arch(
     H_cycles=1,
-    L_cycles=2,
     H_layers=1,
     L_layers=1,
     hidden_size=32,
     num_heads=4,
     expansion=2,
-    pos_encodings="rope",
-    rope_theta=10000,
-    rms_norm_eps=1e-5,
     puzzle_emb_ndim=32,
     halt_max_steps=4,
-    halt_exploration_prob=0.1,
-    loss="stablemax_cross_entropy",
     forward_dtype="float32",
 )
 

@@ -197,13 +197,13 @@ def test_exhausted_attempts_are_a_clear_error(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-def test_bad_settings_name_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"generate\.rows"):
-        generate.generate(small_params(rows="many"), tmp_path / "raw", progress=False)
-    bad_city = copy.deepcopy(SMALL_CITY)
-    bad_city["traffic_by_hour"] = [1, 2]
-    with pytest.raises(UserError, match=r"generate\.city\.traffic_by_hour"):
-        generate.generate(small_params(city=bad_city), tmp_path / "raw", progress=False)
+def test_bad_settings_name_the_key(tmp_path, params_file):
+    raw = str(tmp_path / "raw")
+    with pytest.raises(UserError, match=r"generate\.rows must be an integer >= 4, got text 'many'"):
+        generate.run(params_file({"paths": {"raw": raw}, "generate": {"rows": "many"}}), progress=False)
+    with pytest.raises(UserError, match=r"generate\.city\.traffic_by_hour must be a list of exactly 24"):
+        generate.run(params_file({"paths": {"raw": raw}, "generate": {"city": {"traffic_by_hour": [1, 2]}}}))
+    assert not (tmp_path / "raw").exists()
 
 
 def _detours_and_distinct(folder, summary, split):

@@ -316,3 +316,16 @@ def test_detour_and_turns_of_a_route():
     assert routing.turns((1, 0, 4, 5, 6, 2)) == 3
     label = routing.mark_route(np.array([S, ST, ST, G]), (0, 1, 2, 3))
     assert label.tolist() == [S, R, R, G]
+
+
+def test_one_dijkstra_in_the_project():
+    """validate's re-check and evaluate's optimum use routing.dijkstra_optimum; nobody else builds a graph."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    users = sorted(
+        p.relative_to(repo).as_posix()
+        for p in (repo / "hrm").rglob("*.py")
+        if "csgraph" in p.read_text(encoding="utf-8")
+    )
+    assert users == ["hrm/data/routing.py"]

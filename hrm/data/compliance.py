@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ class Check:
     critical: bool
     failures: list[str] = field(default_factory=list)
     failure_count: int = 0
+    not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
 
 def share_check(
@@ -79,63 +79,6 @@ def count_check(name: str, category: str, description: str, found: int, expected
 
 
 # ---- per-example facts ------------------------------------------------------------------------------
-
-
-@cache
-def _grid_edges(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices, sorted by source."""
-    index = np.arange(rows * cols).reshape(rows, cols)
-    pairs = [
-        (index[:, :-1], index[:, 1:]),  # right
-        (index[:, 1:], index[:, :-1]),  # left
-        (index[:-1, :], index[1:, :]),  # down
-        (index[1:, :], index[:-1, :]),  # up
-    ]
-    sources = np.concatenate([a.reshape(-1) for a, _ in pairs])
-    targets = np.concatenate([b.reshape(-1) for _, b in pairs])
-    order = np.lexsort((targets, sources))
-    return sources[order], targets[order]
-
-
-def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, size: int):
-    """CSR matrix from edges already sorted by row (cheaper than scipy's COO conversion)."""
-    from scipy.sparse import csr_matrix
-
-    indptr = np.zeros(size + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows_of_edges, minlength=size), out=indptr[1:])
-    return csr_matrix((weights, columns, indptr), shape=(size, size))
-
-
-def independent_optimum(
-    cell_cost: np.ndarray, start: int, goal: int, rows: int, cols: int
-) -> tuple[int | None, np.ndarray]:
-    """Optimal route cost by scipy's Dijkstra and the mask of cells lying on at least one optimal route.
-
-    Written apart from the generator's A* so that a bug there cannot hide here. Moves into the start and out
-    of the goal are left out (a route is a simple path between them); the free step into the goal is given
-    weight 1 (subtracted again), because every route enters the goal exactly once, last. A cell v is on an
-    optimal route iff dist(start, v) + dist(v, goal) equals the optimum. Intermediate cells cost >= 1, so
-    an optimal route never touches itself; two distinct optimal routes therefore differ in their cell sets,
-    and the optimum is unique iff this mask is exactly one route's cells.
-    """
-    from scipy.sparse.csgraph import dijkstra
-
-    size = rows * cols
-    sources, targets = _grid_edges(rows, cols)
-    cost = np.asarray(cell_cost, dtype=np.int64)
-    usable = (cost[sources] >= 0) & (cost[targets] >= 0) & (targets != start) & (sources != goal)
-    sources, targets = sources[usable], targets[usable]
-    weights = cost[targets].astype(np.float64) + (targets == goal)
-    from_start = dijkstra(_csr(sources, targets, weights, size), directed=True, indices=start)
-    # the reversed graph: same edges read target -> source; sort them by their new row (the target)
-    order = np.argsort(targets, kind="stable")
-    to_goal = dijkstra(
-        _csr(targets[order], sources[order], weights[order], size), directed=True, indices=goal
-    )
-    best = from_start[goal]
-    if not np.isfinite(best):
-        return None, np.zeros(size, dtype=bool)
-    return int(best) - 1, (from_start + to_goal) == best
 
 
 @dataclass
@@ -205,7 +148,7 @@ def example_facts(split: SplitData, cost_table: np.ndarray, rows: int, cols: int
         if starts.size != 1 or goals.size != 1:
             continue
         cell_cost = cost_row[inputs[i]]
-        optimum, on_optimal = independent_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
+        optimum, on_optimal = routing.dijkstra_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
         if optimum is not None:
             facts.optimal_cost[i] = optimum
         if not check.valid:

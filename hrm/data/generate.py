@@ -148,10 +148,7 @@ class GenerateSettings:
         raw = section(params, "generate", source)
 
         def positive_int(key: str, minimum: int = 1) -> int:
-            value = raw.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{source}: generate.{key} must be an integer >= {minimum}, got {value!r}")
-            return value
+            return int(raw[key])  # types and ranges: schemas/params.schema.json (hrm.config.load_params)
 
         try:
             cost_model = spec.CostModel(
@@ -603,9 +600,7 @@ def run(params_path: str | Path = "params.yaml", progress: bool = True) -> dict[
     """Stage entry point: read params, write `paths.raw`."""
     try:
         params = load_params(params_path)
-        out_dir = section(params, "paths", params_path).get("raw")
+        out_dir = section(params, "paths", params_path)["raw"]
     except ConfigError as err:
         raise io.UserError(str(err)) from err
-    if not isinstance(out_dir, str):
-        raise io.UserError(f"{params_path}: paths.raw must be a folder path")
     return generate(params, out_dir, progress=progress, source=str(params_path))

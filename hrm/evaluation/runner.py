@@ -237,29 +237,16 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 # ---- the stage ----
 
 
-def _setting(values: dict[str, Any], key: str, where: str, kind: type, minimum: int | None = None) -> Any:
-    value = values.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise UserError(f"params.yaml: {where}.{key} must be {kind.__name__}{bound}, got {value!r}")
-    return value
-
-
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
     from hrm.config import section
     from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
-    batch_size = _setting(settings, "batch_size", "evaluate", int, 1)
-    segments = settings.get("segments")
-    if not isinstance(segments, list) or not all(isinstance(k, int) and k >= 1 for k in segments):
-        raise UserError(
-            f"params.yaml: evaluate.segments must be a list of positive integers, got {segments!r}"
-        )
-    n_maps = _setting(settings, "route_map_examples", "evaluate", int, 0)
-    train_examples = _setting(settings, "train_examples", "evaluate", int, 0)
-    halt_max_steps = _setting(arch, "halt_max_steps", "arch", int, 1)
+    # types and ranges: schemas/params.schema.json, applied by hrm.config.load_params
+    batch_size, segments = int(settings["batch_size"]), list(settings["segments"])
+    n_maps, train_examples = int(settings["route_map_examples"]), int(settings["train_examples"])
+    halt_max_steps = int(arch["halt_max_steps"])
     data_root = Path(paths["hrm"])
 
     splits = {
