@@ -21,6 +21,7 @@ import numpy as np
 from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import audit, colours, compliance, consistency, spec
+from hrm.data import generate as generate_module
 from hrm.data.invariants import RawDataset, build_dataset
 from hrm.data.schemas import read_raw_documents
 
@@ -43,6 +44,7 @@ class ValidateSettings:
     expected_bases: dict[str, int]
     cost_model: spec.CostModel
     min_route_length: int
+    difficulty: generate_module.DifficultyParams
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str | Path = "params.yaml") -> ValidateSettings:
@@ -59,6 +61,14 @@ class ValidateSettings:
             )
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        difficulty = generate_module.DifficultyParams.from_dict(
+            generate.get("difficulty"),
+            len(cost_model.vehicles),
+            int(generate["rows"]),
+            int(generate["cols"]),
+            int(generate["min_route_length"]),
+            str(source),
+        )
         return cls(
             raw_dir=Path(paths["raw"]),
             hrm_dir=Path(paths["hrm"]),
@@ -70,6 +80,7 @@ class ValidateSettings:
             expected_bases={split: int(generate[f"{split}_bases"]) for split in spec.SPLITS},
             cost_model=cost_model,
             min_route_length=int(generate["min_route_length"]),
+            difficulty=difficulty,
         )
 
 
@@ -169,11 +180,22 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     checks.append(consistency.summary_check(dataset, facts, settings.cost_model, settings.min_route_length))
     if settings.hrm_dir is not None:
         checks.append(consistency.hrm_layout_check(dataset, settings.hrm_dir))
+    rules = settings.difficulty
+    difficulty, difficulty_figures = compliance.difficulty_checks(
+        dataset,
+        facts,
+        rules.min_detour,
+        rules.min_detour_share,
+        rules.min_distinct_routes,
+        rules.min_distinct_share,
+    )
+    checks.extend(difficulty)
     figures = {
         **compliance.route_figures(dataset, facts, settings.min_route_length),
         **group_figures,
         **leakage_figures,
         **audit_figures,
+        "difficulty": difficulty_figures,
     }
     report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
     return Validation(report, dataset, facts, time.perf_counter() - began)
@@ -346,17 +368,20 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         "| figure | value |",
         "|---|---:|",
     ]
+    flat = {key: value for key, value in figures.items() if key != "difficulty"}
     lines += [
         f"| {key} | {value} |"
-        for key, value in figures.items()
+        for key, value in flat.items()
         if "share" in key or "near_duplicate" in key or "identical" in key
     ]
     lines += ["", "## Routes and diversity", "", "| figure | value |", "|---|---:|"]
     lines += [
         f"| {key} | {value} |"
-        for key, value in figures.items()
+        for key, value in flat.items()
         if not ("share" in key or "near_duplicate" in key or "identical" in key)
     ]
+    if "difficulty" in figures:
+        lines += difficulty_markdown(figures["difficulty"])
     lines += [
         "",
         "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
@@ -365,6 +390,38 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         "",
     ]
     return "\n".join(lines)
+
+
+def difficulty_markdown(difficulty: dict[str, Any]) -> list[str]:
+    """How much search the data needs: detours, turns, distinct routes per split and per vehicle."""
+    rules = difficulty["rules"]
+    splits = [name for name in spec.SPLITS if name in difficulty]
+    lines = [
+        "",
+        "## Difficulty: how much search the routes need",
+        "",
+        "Detour = route cells beyond the Manhattan walk between start and goal (0 = monotone: every move "
+        f"towards the goal). `detour_share`: routes with a detour >= {rules['min_detour']} cells; "
+        f"`distinct_routes_share`: bases whose vehicles take >= {rules['min_distinct_routes']} distinct routes. "
+        "Measured on the labels.",
+        "",
+        "| figure | " + " | ".join(splits) + " |",
+        "|---|" + "---:|" * len(splits),
+    ]
+    for key in difficulty[splits[0]] if splits else []:
+        lines.append(f"| {key} | " + " | ".join(str(difficulty[name][key]) for name in splits) + " |")
+    vehicles = difficulty.get("by_vehicle", {})
+    if vehicles:
+        lines += [
+            "",
+            "| vehicle (both splits) | monotone share | mean detour | mean turns |",
+            "|---|---:|---:|---:|",
+        ]
+        for vehicle, values in vehicles.items():
+            lines.append(
+                f"| {vehicle} | {values['monotone_share']} | {values['detour_mean']} | {values['turns_mean']} |"
+            )
+    return lines
 
 
 def plot_scenarios(validation: Validation, count: int) -> bytes:

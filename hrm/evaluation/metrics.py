@@ -156,3 +156,64 @@ def aggregate(
         gaps = gaps[np.isfinite(gaps)]
         out["route_cost_gap"] = _mean(gaps)
     return out
+
+
+# ---- baselines that show how much search the data needs ---------------------------------------------------
+
+
+def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
+    starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
+    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
+
+
+def monotone_baseline(
+    inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best monotone path per example (`routing.best_monotone`, the vehicle's own costs) as predictions,
+    and its cost (nan where every monotone route is blocked; the prediction is then the input unchanged).
+
+    Its route-optimal rate is the share of examples that need no search: walking towards the goal over
+    the cheapest cells already finds an optimum."""
+    from hrm.data import routing
+
+    cells = task.rows * task.cols
+    preds = np.array(inputs, copy=True)
+    cost = np.full(len(inputs), np.nan)
+    for i, (grid, ident) in enumerate(zip(inputs, identifiers, strict=True)):
+        grid = np.asarray(grid[:cells], dtype=np.int64)
+        ends = _endpoints(grid)
+        if ends is None:
+            continue
+        costs = routing.cell_costs(grid, task.cost_table[int(ident)])
+        route = routing.best_monotone(costs, ends[0], ends[1], task.rows, task.cols)
+        if route.cost is not None:
+            cost[i] = route.cost
+            preds[i, :cells] = routing.mark_route(grid, route.path)
+    return preds, cost
+
+
+def vehicle_blind_baseline(inputs: np.ndarray, task: RouteTask, identifier: int) -> np.ndarray:
+    """Every example predicted with the optimal route of one vehicle (`identifier`, the car) whatever its own
+    vehicle: what a model that ignores the vehicle identifier could at best do. The input unchanged where
+    that vehicle has no route."""
+    from hrm.data import routing
+
+    cells = task.rows * task.cols
+    preds = np.array(inputs, copy=True)
+    for i, grid in enumerate(inputs):
+        grid = np.asarray(grid[:cells], dtype=np.int64)
+        ends = _endpoints(grid)
+        if ends is None:
+            continue
+        costs = routing.cell_costs(grid, task.cost_table[identifier])
+        solution = routing.solve(costs, ends[0], ends[1], task.rows, task.cols)
+        if solution.cost is not None:
+            preds[i, :cells] = routing.mark_route(grid, solution.path)
+    return preds
+
+
+def needs_detour(optimum: np.ndarray, monotone_cost: np.ndarray) -> np.ndarray:
+    """bool [N]: a route exists and no optimal route is monotone (the best monotone path costs more, or is
+    blocked). Its complement among routable examples is "monotone"."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(optimum) & ~(monotone_cost == optimum)

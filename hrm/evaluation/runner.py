@@ -21,7 +21,20 @@ from hrm.io import UserError
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
-RESERVED_KEYS = {"segments", "q_halt", "copy_input", "labels", "count", "steps"}
+RESERVED_KEYS = {
+    "segments",
+    "q_halt",
+    "copy_input",
+    "labels",
+    "count",
+    "steps",
+    "detour",
+    "monotone",
+    "monotone_path",
+    "vehicle_blind",
+}
+# The vehicle whose optimal route the vehicle-blind baseline gives every example.
+BLIND_VEHICLE = "car"
 
 
 @dataclass
@@ -122,6 +135,7 @@ class SplitResult:
     halt_steps: np.ndarray
     identifier_names: list[str]
     per_vehicle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_detour: np.ndarray | None = None  # bool [N]: no optimal route is monotone
 
 
 def metric_key(name: str, identifier: int) -> str:
@@ -189,11 +203,26 @@ def evaluate_split(
     copy = M.aggregate(score(data.inputs), optimum)
     copy.pop("count")
     result["copy_input"] = copy
+    detour = None
     if task is not None:
         # The labels scored as predictions: 1.0 unless the data's own routes are broken or not optimal.
         oracle = M.aggregate(score(data.labels), optimum)
         result["labels"] = {k: oracle[k] for k in ("route_valid_rate", "route_optimal_rate")}
-    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle)
+        # How much search the split needs, and the model's figures on each part.
+        monotone_preds, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
+        detour = M.needs_detour(optimum, monotone_cost)
+        monotone = np.isfinite(optimum) & ~detour
+        result["detour"] = with_act(M.aggregate(final, optimum, detour), detour)
+        result["monotone"] = with_act(M.aggregate(final, optimum, monotone), monotone)
+        baseline = M.aggregate(score(monotone_preds), optimum)
+        baseline.pop("count")
+        result["monotone_path"] = baseline
+        if BLIND_VEHICLE in names:
+            blind_preds = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
+            baseline = M.aggregate(score(blind_preds), optimum)
+            baseline.pop("count")
+            result["vehicle_blind"] = baseline
+    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle, detour)
 
 
 def resolve_device(requested: str) -> Any:
@@ -404,6 +433,10 @@ def _vehicle_name(result: SplitResult, identifier: int) -> str:
     return result.identifier_names[int(identifier)]
 
 
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """A few lines for the terminal; the full picture is in metrics.json and index.html."""
     lines = []
@@ -417,6 +450,13 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
             parts.append(
                 f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})"
             )
+            if "monotone_path" in values:
+                parts.append(
+                    f"needs a detour {values['detour']['count']}/{values['count']}: route optimal "
+                    f"{_rate(values['detour'].get('route_optimal_rate'))} there, "
+                    f"{_rate(values['monotone'].get('route_optimal_rate'))} on monotone ones "
+                    f"(best-monotone-path baseline {values['monotone_path']['route_optimal_rate']:.3f})"
+                )
         parts.append(f"Q-halt steps {values['steps']:.2f}")
         lines.append(f"{split}: " + ", ".join(parts))
     return lines
