@@ -277,14 +277,20 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def apply_profile(params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """params with profile `name` applied (then its `per_arch` entry for the resulting arch.name), checked."""
+def effective_overrides(
+    params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS
+) -> dict[str, Any]:
+    """What profile `name` changes: its overrides without `per_arch`, then its `per_arch` entry for the arch
+    the profile leads to (what `dvc exp run -S` is given)."""
     overrides = dict(profile_overrides(params, name, source))
     per_arch = overrides.pop("per_arch", {}) or {}
-    merged = deep_merge(params, overrides)
-    arch_name = merged.get("arch", {}).get("name")
-    if arch_name in per_arch:
-        merged = deep_merge(merged, per_arch[arch_name])
+    arch_name = deep_merge(params, overrides).get("arch", {}).get("name")
+    return deep_merge(overrides, per_arch[arch_name]) if arch_name in per_arch else overrides
+
+
+def apply_profile(params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """params with profile `name` applied (then its `per_arch` entry for the resulting arch.name), checked."""
+    merged = deep_merge(params, effective_overrides(params, name, source))
     check_params(merged, f"{source} with profile {name}")
     return merged
 

@@ -20,8 +20,8 @@ from hrm.config import (
     apply_overrides,
     apply_profile,
     check_params,
+    effective_overrides,
     load_params,
-    profile_overrides,
 )
 from hrm.io import UserError
 
@@ -60,7 +60,7 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
-        overrides = profile_overrides(params, profile, params_path)
+        overrides = effective_overrides(params, profile, params_path)  # per_arch resolved
         # the run's params, checked here so that a typo stops before DVC starts any stage
         planned = apply_profile(params, profile, params_path)
         apply_overrides(planned, extra, params_path)
