@@ -220,11 +220,6 @@ class PostNormBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         eps = self.norm_eps
         if self.mixing_len is not None:
-            if hidden_states.shape[1] != self.mixing_len:
-                raise ValueError(
-                    f"arch.mlp_t: the sequence MLP was built for {self.mixing_len} positions (prefix + seq_len), "
-                    f"got {hidden_states.shape[1]}; a model with mlp_t only takes the sequence length it was built for"
-                )
             across = hidden_states.transpose(1, 2)  # [B, hidden, positions]
             hidden_states = rms_norm(across + self.mlp_t(across), eps).transpose(1, 2)
             return rms_norm(hidden_states + self.mlp(hidden_states), eps)
@@ -298,6 +293,13 @@ class InputEmbedding:
 
     def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
         config = self.config
+        if inputs.shape[-1] != config.seq_len:
+            built = (
+                "arch.mlp_t is set: its sequence MLP was built for seq_len"  # one weight per position
+                if config.mlp_t
+                else "the model was built for seq_len"
+            )
+            raise ValueError(f"{built} {config.seq_len}; got a sequence of {inputs.shape[-1]}")
         embedding = self.embed_tokens(inputs.to(torch.int32))
         if config.puzzle_emb_ndim > 0:
             prefix = self.puzzle_emb(puzzle_identifiers)
