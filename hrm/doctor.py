@@ -107,14 +107,6 @@ def apply_overrides(params: dict[str, Any], overrides: Iterable[str], source: st
         node[parts[-1]] = yaml.safe_load(raw_value)
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-
-
 def _data_seq_len(params: dict[str, Any], params_path: Path) -> tuple[int, str]:
     """seq_len of the converted data if present, else generate.rows*cols, else the paper's 40x40."""
     import json
@@ -151,10 +143,11 @@ def load_run_config(
         raise UserError(str(err)) from err
     source = params_path.as_posix()
     if profile:
-        extra = params.get("profiles", {}).get(profile)
-        if not isinstance(extra, dict):
-            raise UserError(f"{source}: profiles.{profile} is missing or not a mapping")
-        _deep_merge(params, extra)
+        from hrm.quickstart import chosen_arch, deep_merge, profile_overrides
+
+        overrides = list(overrides)
+        arch_name = chosen_arch(params, profile, overrides)
+        deep_merge(params, profile_overrides(params, profile, arch_name, source=source))
     apply_overrides(params, overrides, source)
 
     arch = params.get("arch")

@@ -36,3 +36,74 @@ def test_quickstart_refuses_bad_input_without_traceback(tmp_path, monkeypatch):
     assert "Traceback" not in missing.output
     malformed = runner.invoke(app, ["quickstart", "--set", "arch.name"])
     assert malformed.exit_code == 1 and "expected key=value" in malformed.output
+
+
+# --------------------------------------------------------------------------------------- per-arch overrides
+
+
+def _params():
+    from pathlib import Path
+
+    from hrm.config import load_params
+
+    return load_params(Path(__file__).parent.parent / "params.yaml")
+
+
+def test_profile_overrides_put_the_arch_set_on_top_of_the_profile():
+    from hrm.quickstart import profile_overrides
+
+    params = _params()
+    hrm = profile_overrides(params, "quick", "hrm_v1")
+    trm = profile_overrides(params, "quick", "trm")
+    assert "per_arch" not in hrm and "per_arch" not in trm
+    assert hrm["arch"]["H_cycles"] == 2 and hrm["arch"].get("no_ACT_continue") is None
+    assert (
+        trm["arch"]["H_cycles"] == 3
+        and trm["arch"]["L_layers"] == 2
+        and trm["arch"]["no_ACT_continue"] is True
+    )
+    assert trm["arch"]["hidden_size"] == hrm["arch"]["hidden_size"] == 128  # the profile's width stays
+    assert trm["train"] == hrm["train"] and trm["generate"] == hrm["generate"]
+    assert not any(a.startswith("-Sper_arch") for a in set_param_args(trm))
+    assert "-Sarch.H_cycles=3" in set_param_args(trm)
+    assert params["profiles"]["quick"]["arch"]["H_cycles"] == 2  # params left untouched
+
+
+def test_quick_profile_builds_every_arch_at_the_same_width():
+    from hrm.models import ARCHITECTURES, build_model
+    from hrm.quickstart import deep_merge, profile_overrides
+
+    params = _params()
+    counts = {}
+    for name in ARCHITECTURES:
+        merged = deep_merge(deep_merge({}, params), profile_overrides(params, "quick", name))
+        arch = {**merged["arch"], "name": name}
+        head = build_model(
+            arch, seq_len=64, vocab_size=24, num_puzzle_identifiers=5, batch_size=8, device="meta"
+        )
+        counts[name] = sum(p.numel() for p in head.parameters())
+    # TRM's 2-block network has HRM's 1+1 blocks' parameters; the transformer has no Q head (2 x 128 + 2).
+    assert counts["trm"] == counts["hrm_v1"] == counts["transformer"] + 258
+
+
+def test_chosen_arch_order_set_then_profile_then_params():
+    from hrm.quickstart import chosen_arch
+
+    params = {"arch": {"name": "hrm_v1"}, "profiles": {"p": {"arch": {"name": "transformer"}}, "q": {}}}
+    assert chosen_arch(params, "q") == "hrm_v1"
+    assert chosen_arch(params, "p") == "transformer"
+    assert chosen_arch(params, "p", ["train.lr=1", "arch.name=trm"]) == "trm"
+
+
+def test_bad_per_arch_tables_name_the_key():
+    import pytest
+
+    from hrm.io import UserError
+    from hrm.quickstart import profile_overrides
+
+    with pytest.raises(UserError, match=r"profiles\.quick\.per_arch\.TRM is not an architecture"):
+        profile_overrides({"profiles": {"quick": {"per_arch": {"TRM": {}}}}}, "quick", "trm")
+    with pytest.raises(UserError, match=r"profiles\.quick\.per_arch must map"):
+        profile_overrides({"profiles": {"quick": {"per_arch": {"trm": 3}}}}, "quick", "trm")
+    with pytest.raises(UserError, match=r"profiles\.nope is missing"):
+        profile_overrides({"profiles": {}}, "nope", "trm")
