@@ -357,3 +357,15 @@ def test_mlp_t_refuses_a_sequence_it_was_not_built_for():
     batch = {k: (v[:, : SEQ - 2] if v.ndim == 2 else v) for k, v in make_batch().items()}
     with pytest.raises(ValueError, match=r"arch\.mlp_t.*seq_len 8; got a sequence of 6"):
         head(carry=head.initial_carry(batch), batch=batch)
+
+
+def test_evaluation_replays_the_models_own_halting_rule():
+    from hrm.evaluation.runner import q_says_halt
+
+    outputs = {
+        "q_halt_logits": torch.tensor([1.0, -1.0, 2.0]),
+        "q_continue_logits": torch.tensor([5.0, -5.0, 0.0]),
+    }
+    assert q_says_halt(trm(no_ACT_continue=True), outputs, 2).tolist() == [True, False]
+    assert q_says_halt(trm(no_ACT_continue=False), outputs, 3).tolist() == [False, True, True]
+    assert q_says_halt(trm(name="transformer", H_layers=1), {"preds": None}, 2).tolist() == [False, False]
