@@ -107,3 +107,18 @@ def test_bad_per_arch_tables_name_the_key():
         profile_overrides({"profiles": {"quick": {"per_arch": {"trm": 3}}}}, "quick", "trm")
     with pytest.raises(UserError, match=r"profiles\.nope is missing"):
         profile_overrides({"profiles": {}}, "nope", "trm")
+
+
+def test_doctor_profile_applies_the_per_arch_set_then_the_overrides():
+    from pathlib import Path
+
+    from hrm.doctor import load_run_config
+
+    params = Path(__file__).parent.parent / "params.yaml"
+    trm = load_run_config(
+        params, device="cpu", overrides=["arch.name=trm", "arch.L_cycles=5"], profile="quick"
+    )
+    assert trm.arch["name"] == "trm" and trm.arch["H_cycles"] == 3 and trm.arch["L_cycles"] == 5
+    assert trm.arch["hidden_size"] == 128 and trm.arch["no_ACT_continue"] is True
+    hrm = load_run_config(params, device="cpu", profile="quick")
+    assert hrm.arch["H_cycles"] == 2 and hrm.arch["no_ACT_continue"] is False
