@@ -2,7 +2,7 @@
 
 The profile is a set of overrides kept in params.yaml under `profiles.<name>`, plus, under
 `profiles.<name>.per_arch.<arch name>`, overrides applied on top of it when that architecture is chosen (e.g. TRM's
-own cycles at the same width), see `profile_overrides`. It runs with
+own cycles at the same width; `profile_overrides`, re-exported here from `hrm.config`). It runs with
 `dvc exp run --temp`, so the workspace's params.yaml keeps the paper values and the paper pipeline's outputs
 are untouched; the run shows in `dvc exp show` and `dvc metrics diff HEAD <name>` like any experiment. Its
 report is then copied out of the experiment into `reports/<name>/` for reading.
@@ -10,18 +10,24 @@ report is then copied out of the experiment into `reports/<name>/` for reading.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hrm.config import (
+    ConfigError,
+    apply_overrides,
+    apply_profile,
+    check_params,
+    chosen_arch,
+    load_params,
+    profile_overrides,
+)
 
-from hrm.config import ConfigError, load_params
+__all__ = ["flatten", "profile_overrides", "quickstart", "set_param_args"]
 from hrm.io import UserError
 
 
@@ -35,61 +41,6 @@ def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
-
-
-def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """`extra` written into `base` (nested mappings merged key by key, anything else replaced); returns base."""
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def profile_overrides(
-    params: Mapping[str, Any], profile: str, arch: str, source: str | Path = "params.yaml"
-) -> dict[str, Any]:
-    """The overrides `profiles.<profile>` makes when architecture `arch` is chosen: the profile's own, with
-    `profiles.<profile>.per_arch.<arch>` merged on top (the `per_arch` table itself is not an override).
-
-    UserError naming the key for a missing profile, a per_arch that is not a mapping of mappings, or a
-    per_arch entry for an architecture that does not exist (a typo would otherwise be silently ignored).
-    """
-    profiles = params.get("profiles")
-    overrides = profiles.get(profile) if isinstance(profiles, Mapping) else None
-    if not isinstance(overrides, Mapping):
-        raise UserError(f"{source}: profiles.{profile} is missing or not a mapping")
-    per_arch = overrides.get("per_arch", {})
-    if not isinstance(per_arch, Mapping) or not all(isinstance(v, Mapping) for v in per_arch.values()):
-        raise UserError(
-            f"{source}: profiles.{profile}.per_arch must map architecture names to override sets, got {per_arch!r}"
-        )
-    if per_arch:
-        from hrm.models import ARCHITECTURES  # imports torch: only when there is something to check
-
-        unknown = sorted(set(per_arch) - set(ARCHITECTURES))
-        if unknown:
-            raise UserError(
-                f"{source}: profiles.{profile}.per_arch.{unknown[0]} is not an architecture "
-                f"(arch.name is one of {', '.join(ARCHITECTURES)})"
-            )
-    merged = deep_merge({}, {k: v for k, v in overrides.items() if k != "per_arch"})
-    return deep_merge(merged, per_arch.get(arch, {}))
-
-
-def chosen_arch(params: Mapping[str, Any], profile: str, extra: Iterable[str] = ()) -> str:
-    """The arch.name a run uses: the last `--set arch.name=...`, else the profile's, else params.yaml's."""
-    for item in reversed(list(extra)):
-        key, _, value = item.partition("=")
-        if key.strip() == "arch.name":
-            return str(yaml.safe_load(value))
-    profile_arch = (params.get("profiles") or {}).get(profile, {}) or {}
-    if isinstance(profile_arch, Mapping) and isinstance(profile_arch.get("arch"), Mapping):
-        if "name" in profile_arch["arch"]:
-            return str(profile_arch["arch"]["name"])
-    arch = params.get("arch")
-    return str(arch.get("name", "hrm_v1")) if isinstance(arch, Mapping) else "hrm_v1"
 
 
 def set_param_args(overrides: dict[str, Any]) -> list[str]:
@@ -114,13 +65,14 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
+        arch = chosen_arch(params, profile, extra)  # per-arch overrides follow --set arch.name=...
+        overrides = profile_overrides(params, profile, arch, params_path)
+        # the run's params, checked here so that a typo stops before DVC starts any stage
+        planned = apply_profile(params, profile, params_path, arch=arch)
+        apply_overrides(planned, extra, params_path)
+        check_params(planned, f"{params_path} with profile {profile} and --set {' '.join(extra)}")
     except ConfigError as err:
         raise UserError(str(err)) from err
-    for item in extra:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. arch.name=transformer")
-    arch = chosen_arch(params, profile, extra)
-    overrides = profile_overrides(params, profile, arch, source=params_path)
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:

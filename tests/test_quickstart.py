@@ -23,19 +23,25 @@ def test_overrides_flatten_to_dotted_set_params():
     assert parsed == flatten(overrides)
 
 
-def test_quickstart_refuses_bad_input_without_traceback(tmp_path, monkeypatch):
+def test_quickstart_refuses_bad_input_without_traceback(tmp_path, monkeypatch, params_file):
     from typer.testing import CliRunner
 
     from hrm.cli import app
 
-    (tmp_path / "params.yaml").write_text("profiles:\n  quick: {train: {epochs: 1}}\n", encoding="utf-8")
+    params_file({"profiles": {"quick": {"train": {"epochs": 1}}}})
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     missing = runner.invoke(app, ["quickstart", "--profile", "nope"])
     assert missing.exit_code == 1 and "profiles.nope is missing" in missing.output
     assert "Traceback" not in missing.output
     malformed = runner.invoke(app, ["quickstart", "--set", "arch.name"])
-    assert malformed.exit_code == 1 and "expected key=value" in malformed.output
+    assert malformed.exit_code == 1 and "expected KEY=VALUE" in malformed.output
+    # a typo'd key stops before DVC runs anything (no git or dvc here: it would fail on those otherwise)
+    typo = runner.invoke(app, ["quickstart", "--set", "train.global_batchsize=384"])
+    assert typo.exit_code == 1 and "Traceback" not in typo.output
+    assert "train.global_batchsize: unknown key; did you mean train.global_batch_size?" in typo.output
+    bad_profile = runner.invoke(app, ["quickstart", "--profile", "quick", "--set", "train.epochs=0"])
+    assert bad_profile.exit_code == 1 and "train.epochs must be an integer >= 1, got 0" in bad_profile.output
 
 
 # --------------------------------------------------------------------------------------- per-arch overrides
@@ -70,13 +76,14 @@ def test_profile_overrides_put_the_arch_set_on_top_of_the_profile():
 
 
 def test_quick_profile_builds_every_arch_at_the_same_width():
+    from hrm.config import deep_merge
     from hrm.models import ARCHITECTURES, build_model
-    from hrm.quickstart import deep_merge, profile_overrides
+    from hrm.quickstart import profile_overrides
 
     params = _params()
     counts = {}
     for name in ARCHITECTURES:
-        merged = deep_merge(deep_merge({}, params), profile_overrides(params, "quick", name))
+        merged = deep_merge(params, profile_overrides(params, "quick", name))
         arch = {**merged["arch"], "name": name}
         head = build_model(
             arch, seq_len=64, vocab_size=24, num_puzzle_identifiers=5, batch_size=8, device="meta"
@@ -87,7 +94,7 @@ def test_quick_profile_builds_every_arch_at_the_same_width():
 
 
 def test_chosen_arch_order_set_then_profile_then_params():
-    from hrm.quickstart import chosen_arch
+    from hrm.config import chosen_arch
 
     params = {"arch": {"name": "hrm_v1"}, "profiles": {"p": {"arch": {"name": "transformer"}}, "q": {}}}
     assert chosen_arch(params, "q") == "hrm_v1"
@@ -98,15 +105,19 @@ def test_chosen_arch_order_set_then_profile_then_params():
 def test_bad_per_arch_tables_name_the_key():
     import pytest
 
-    from hrm.io import UserError
+    from hrm.config import ConfigError, check_params
     from hrm.quickstart import profile_overrides
 
-    with pytest.raises(UserError, match=r"profiles\.quick\.per_arch\.TRM is not an architecture"):
-        profile_overrides({"profiles": {"quick": {"per_arch": {"TRM": {}}}}}, "quick", "trm")
-    with pytest.raises(UserError, match=r"profiles\.quick\.per_arch must map"):
-        profile_overrides({"profiles": {"quick": {"per_arch": {"trm": 3}}}}, "quick", "trm")
-    with pytest.raises(UserError, match=r"profiles\.nope is missing"):
-        profile_overrides({"profiles": {}}, "nope", "trm")
+    params = _params()
+    params["profiles"]["quick"]["per_arch"]["TRM"] = {"arch": {"H_cycles": 3}}
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.per_arch.*TRM"):
+        check_params(params)
+    params = _params()
+    params["profiles"]["quick"]["per_arch"]["trm"] = {"arch": {"H_cycle": 3}}
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.per_arch\.trm\.arch\.H_cycle: unknown key"):
+        check_params(params)
+    with pytest.raises(ConfigError, match=r"profiles\.nope is missing"):
+        profile_overrides(params, "nope", "trm")
 
 
 def test_doctor_profile_applies_the_per_arch_set_then_the_overrides():

@@ -12,24 +12,21 @@ import torch
 from hrm.io import UserError
 from hrm.models import build_model, load_official_checkpoint
 from hrm.models.layers import rms_norm, swiglu_width
+from tests.conftest import arch
 from tests.test_models import SEQ, VOCAB, _graph_size, _run_until_all_halted, make_batch, set_q_bias
 
-TINY_TRM = dict(
+TINY_TRM = arch(
     name="trm",
     H_cycles=3,
     L_cycles=2,
-    H_layers=0,
     L_layers=2,
     hidden_size=32,
     num_heads=4,
-    expansion=4,
-    pos_encodings="rope",
     puzzle_emb_ndim=32,
     puzzle_emb_len=2,
     halt_max_steps=4,
     halt_exploration_prob=0.0,
     no_ACT_continue=True,
-    mlp_t=False,
     loss="stablemax_cross_entropy",
 )
 
