@@ -253,17 +253,40 @@ def _expected(node: dict[str, Any]) -> str:
 
 
 def profile_overrides(
-    params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS
+    params: dict[str, Any], profile: str, arch: str | None = None, source: str | Path = DEFAULT_PARAMS
 ) -> dict[str, Any]:
-    """`profiles.<name>` (schema-checked with the rest), or a ConfigError naming the known profiles."""
+    """The overrides `profiles.<profile>` makes when architecture `arch` runs: the profile's own, with
+    `profiles.<profile>.per_arch.<arch>` merged on top (the `per_arch` table itself is not an override; the
+    schema checks its names). `arch` None: the arch the profile leads to (`chosen_arch`). A new dict;
+    ConfigError naming the known profiles for an unknown one."""
     profiles = params.get("profiles") or {}
-    overrides = profiles.get(name)
+    overrides = profiles.get(profile)
     if not isinstance(overrides, dict):
-        guess = difflib.get_close_matches(name, list(profiles), n=1)
+        guess = difflib.get_close_matches(profile, list(profiles), n=1)
         hint = f"; did you mean {guess[0]}?" if guess else ""
         known = ", ".join(profiles) or "none"
-        raise ConfigError(f"{source}: profiles.{name} is missing: unknown profile (known: {known}){hint}")
-    return overrides
+        raise ConfigError(f"{source}: profiles.{profile} is missing: unknown profile (known: {known}){hint}")
+    own = {key: value for key, value in overrides.items() if key != "per_arch"}
+    per_arch = overrides.get("per_arch") or {}
+    if arch is None:
+        arch = chosen_arch(params, profile)
+    return deep_merge(own, per_arch.get(arch) or {})
+
+
+def chosen_arch(params: dict[str, Any], profile: str | None = None, extra: Iterable[str] = ()) -> str:
+    """The arch.name a run uses: the last `--set arch.name=...` in `extra`, else the profile's, else params'."""
+    for item in reversed(list(extra)):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "arch.name":
+            try:
+                return str(yaml.safe_load(value))
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    profile_arch = ((params.get("profiles") or {}).get(profile) or {}).get("arch") if profile else None
+    if isinstance(profile_arch, dict) and "name" in profile_arch:
+        return str(profile_arch["name"])
+    arch = params.get("arch")
+    return str(arch.get("name", "hrm_v1")) if isinstance(arch, dict) else "hrm_v1"
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -277,20 +300,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def effective_overrides(
-    params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS
+def apply_profile(
+    params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS, arch: str | None = None
 ) -> dict[str, Any]:
-    """What profile `name` changes: its overrides without `per_arch`, then its `per_arch` entry for the arch
-    the profile leads to (what `dvc exp run -S` is given)."""
-    overrides = dict(profile_overrides(params, name, source))
-    per_arch = overrides.pop("per_arch", {}) or {}
-    arch_name = deep_merge(params, overrides).get("arch", {}).get("name")
-    return deep_merge(overrides, per_arch[arch_name]) if arch_name in per_arch else overrides
-
-
-def apply_profile(params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """params with profile `name` applied (then its `per_arch` entry for the resulting arch.name), checked."""
-    merged = deep_merge(params, effective_overrides(params, name, source))
+    """params with profile `name` applied for architecture `arch` (None: the one the profile leads to; see
+    `profile_overrides`), checked. Pass `chosen_arch(params, name, extra)` when `--set` may change arch.name."""
+    merged = deep_merge(params, profile_overrides(params, name, arch, source))
     check_params(merged, f"{source} with profile {name}")
     return merged
 

@@ -20,7 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrm.config import ConfigError, apply_overrides, apply_profile, check_params, load_params
+from hrm.config import (
+    ConfigError,
+    apply_overrides,
+    apply_profile,
+    check_params,
+    chosen_arch,
+    load_params,
+)
 from hrm.io import UserError
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -117,10 +124,11 @@ def load_run_config(
 
     params_path = Path(params_path)
     source = params_path.as_posix()
+    overrides = list(overrides)
     try:
         params = load_params(params_path)
         if profile:
-            params = apply_profile(params, profile, source)
+            params = apply_profile(params, profile, source, arch=chosen_arch(params, profile, overrides))
         apply_overrides(params, overrides, source)
         check_params(params, f"{source} with --set {' '.join(overrides)}" if overrides else source)
     except ConfigError as err:

@@ -1,6 +1,8 @@
 """`hrm quickstart`: the CPU quick profile, end to end, as a DVC experiment.
 
-The profile is a set of overrides kept in params.yaml under `profiles.<name>`. It runs with
+The profile is a set of overrides kept in params.yaml under `profiles.<name>`, plus, under
+`profiles.<name>.per_arch.<arch name>`, overrides applied on top of it when that architecture is chosen (e.g. TRM's
+own cycles at the same width; `hrm.config.profile_overrides`). It runs with
 `dvc exp run --temp`, so the workspace's params.yaml keeps the paper values and the paper pipeline's outputs
 are untouched; the run shows in `dvc exp show` and `dvc metrics diff HEAD <name>` like any experiment. Its
 report is then copied out of the experiment into `reports/<name>/` for reading.
@@ -20,8 +22,9 @@ from hrm.config import (
     apply_overrides,
     apply_profile,
     check_params,
-    effective_overrides,
+    chosen_arch,
     load_params,
+    profile_overrides,
 )
 from hrm.io import UserError
 
@@ -60,9 +63,10 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
-        overrides = effective_overrides(params, profile, params_path)  # per_arch resolved
+        arch = chosen_arch(params, profile, extra)  # per-arch overrides follow --set arch.name=...
+        overrides = profile_overrides(params, profile, arch, params_path)
         # the run's params, checked here so that a typo stops before DVC starts any stage
-        planned = apply_profile(params, profile, params_path)
+        planned = apply_profile(params, profile, params_path, arch=arch)
         apply_overrides(planned, extra, params_path)
         check_params(planned, f"{params_path} with profile {profile} and --set {' '.join(extra)}")
     except ConfigError as err:

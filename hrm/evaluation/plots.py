@@ -127,7 +127,7 @@ def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
         counts = np.array([row[split] for row in rows], dtype=float)
         ax.bar(steps + i * width, counts / max(counts.sum(), 1), width, label=split)
     ax.set_xticks(steps + width * (len(splits) - 1) / 2, [str(s) for s in steps])
-    ax.set_xlabel("segment where q_halt > q_continue first (halt_max_steps if never)")
+    ax.set_xlabel("first segment where the Q-head says halt (halt_max_steps if never)")
     ax.set_ylabel("fraction of examples")
     ax.set_title("ACT steps chosen by the Q-head")
     ax.legend(fontsize=7)

@@ -174,7 +174,7 @@ def render_report(
         "unchanged. <b>route optimal</b>: valid and as cheap as the shortest path (any optimal route counts, not "
         "only the label's). <b>cost gap</b>: mean (cost / optimum &minus; 1) over valid routes. <b>q_halt acc.</b>: "
         "after the last segment, does q_halt &ge; 0 agree with the grid being exactly right. <b>ACT steps</b>: "
-        "mean segment where the Q-head would halt (first q_halt &gt; q_continue). Italic rows are references: "
+        "mean segment where the Q-head would halt (HRM: first q_halt &gt; q_continue; TRM: q_halt &gt; 0). Italic rows are references: "
         "copying the map is what a model that has learned nothing about routing gets; the labels row checks "
         "the data (it must read 100%). <b>needs a detour</b>: examples where no optimal route is monotone (every "
         "route of Manhattan length costs more or is blocked): they need search; <b>monotone optimum</b>: the rest. "

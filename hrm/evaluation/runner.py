@@ -2,8 +2,8 @@
 
 HRM evaluates with a fixed number of ACT segments (`halt_max_steps`): in eval mode the Q-head never stops a
 row early. We keep the predictions after selected segments (accuracy vs segments, the ARC Prize analysis'
-question) and also replay what the Q-head would have done: a row halts at the first segment where
-q_halt > q_continue (the training rule), so "steps used vs accuracy" needs no second pass.
+question) and also replay what the Q-head would have done: a row halts at the first segment where the model's
+training rule says so (HRM: q_halt > q_continue; TRM: q_halt > 0), so "steps used vs accuracy" needs no second pass.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class SegmentRun:
 
     halt_max_steps: int
     preds_at: dict[int, np.ndarray]  # segment count -> predictions [N, seq_len]
-    halt_steps: np.ndarray  # [N] first segment with q_halt > q_continue (halt_max_steps if never)
+    halt_steps: np.ndarray  # [N] first segment where the Q-head says halt (halt_max_steps if never)
     halt_preds: np.ndarray  # [N, seq_len] predictions at that segment
     final_q_halt: np.ndarray  # [N] q_halt logit after the last segment
     final_q_continue: np.ndarray  # [N]
@@ -114,7 +114,7 @@ def run_segments(
                     q_continue = np.full(real, np.nan)
                 if step in preds_at:
                     preds_at[step][rows] = preds
-                halting = ~decided & ((q_halt > q_continue) | (step == halt_max_steps))
+                halting = ~decided & (q_says_halt(head, outputs, real) | (step == halt_max_steps))
                 halt_steps[rows][halting] = step
                 block = halt_preds[rows]
                 block[halting] = preds[halting]
@@ -122,6 +122,18 @@ def run_segments(
             final_q_halt[rows] = q_halt
             final_q_continue[rows] = q_continue
     return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt, final_q_continue)
+
+
+def q_says_halt(head: Any, outputs: dict[str, Any], real: int) -> np.ndarray:
+    """Rows whose Q-head says halt, by the model's own training rule (HRM: q_halt > q_continue; TRM with
+    no_ACT_continue: q_halt > 0); all False for a model without a Q-head. A head whose model does not
+    state a rule gets HRM's."""
+    if "q_halt_logits" not in outputs:
+        return np.zeros(real, dtype=bool)
+    q_halt, q_continue = outputs["q_halt_logits"], outputs["q_continue_logits"]
+    rule = getattr(getattr(head, "model", None), "q_says_halt", None)
+    says = rule(q_halt, q_continue) if rule is not None else q_halt > q_continue
+    return says[:real].cpu().numpy()
 
 
 @dataclass
