@@ -10,8 +10,9 @@ failure.
 from __future__ import annotations
 
 import io as bytes_io
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import compliance, consistency, spec
+from hrm.data import augment, compliance, consistency, spec
 from hrm.data.invariants import RawDataset, build_dataset
 from hrm.data.schemas import load_raw_files
 
@@ -42,6 +43,7 @@ class ValidateSettings:
     expected_bases: dict[str, int]
     cost_model: spec.CostModel
     min_route_length: int
+    augment: str = "none"  # convert.augment: the HRM layout's train split holds these symmetries
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str | Path = "params.yaml") -> ValidateSettings:
@@ -98,6 +100,8 @@ class ValidateSettings:
         for key in ("raw", "hrm", "data_reports"):
             if not isinstance(paths.get(key), str):
                 raise ConfigError(f"{source}: paths.{key} must be a folder path")
+        convert_settings = params.get("convert") or {}
+        augment_setting = augment.parse(convert_settings.get("augment", "none"))
         return cls(
             raw_dir=Path(paths["raw"]),
             hrm_dir=Path(paths["hrm"]),
@@ -109,6 +113,7 @@ class ValidateSettings:
             expected_bases=bases,
             cost_model=cost_model,
             min_route_length=min_route_length,
+            augment=augment_setting,
         )
 
 
@@ -157,7 +162,11 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
                 expected,
             )
         )
-    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share)
+    try:
+        transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share, transforms)
     checks.extend(leakage)
     group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
     checks.extend(group_checks)
@@ -166,17 +175,78 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     checks.extend(compliance.token_checks(dataset, facts))
     checks.extend(compliance.route_checks(dataset, facts))
     checks.append(consistency.summary_check(dataset, facts, settings.cost_model, settings.min_route_length))
+    layout_dataset = dataset
+    if len(transforms) > 1:
+        augmented, transform = augment.augment_split(
+            dataset.splits["train"], dataset.rows, dataset.cols, transforms
+        )
+        checks.append(_augmented_route_check(augmented, transform, cost_table, dataset.rows, dataset.cols))
+        layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
     if settings.hrm_dir is not None:
-        checks.append(consistency.hrm_layout_check(dataset, settings.hrm_dir))
+        checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
+        checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
     figures = {
         **compliance.route_figures(dataset, facts, settings.min_route_length),
         **group_figures,
         **leakage_figures,
     }
+    if layout_dataset is not dataset:
+        figures["train_examples_augmented"] = layout_dataset.splits["train"].size
     order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
     checks.sort(key=lambda check: order[check.category])
     report = compliance.score(checks, settings.weights, settings.threshold, figures)
     return Validation(report, dataset, facts, time.perf_counter() - began)
+
+
+def _augmented_route_check(
+    augmented: Any, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
+) -> compliance.Check:
+    """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
+    moved = np.flatnonzero(transform != 0)
+    bad = augment.route_failures(
+        augmented.inputs[moved],
+        augmented.labels[moved],
+        augmented.example_identifier[moved],
+        cost_table,
+        rows,
+        cols,
+    )
+    failures = [
+        f"augmented train example {int(moved[k])} (base {augmented.base_ids[moved[k]]}, "
+        f"{augmented.vehicles[moved[k]]}, {augment.TRANSFORMS[transform[moved[k]]]}): the transformed label "
+        "is not the unique optimal route of the transformed map"
+        for k in bad
+    ]
+    return compliance.share_check(
+        "augmented_routes",
+        "route_optimality",
+        f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
+        "carries the unique optimal route of its transformed map (scipy Dijkstra)",
+        failures,
+        len(moved),
+    )
+
+
+def _layout_augment_check(hrm_dir: Path, setting: str) -> compliance.Check:
+    """The HRM layout was converted with this convert.augment (its train/dataset.json records it)."""
+    path = hrm_dir / "train" / "dataset.json"
+    failures = []
+    try:
+        written = json.loads(path.read_text(encoding="utf-8")).get(augment.LAYOUT_KEY, "none")
+    except (OSError, ValueError, AttributeError):
+        written = None  # missing or unreadable: hrm_layout_agrees reports it
+    if written is not None and written != setting:
+        failures.append(
+            f"{path}: {augment.LAYOUT_KEY} = {written!r} but params.yaml convert.augment is {setting!r} "
+            "(run the convert stage again)"
+        )
+    return compliance.share_check(
+        "hrm_layout_augment",
+        "consistency",
+        "the HRM layout's train split was augmented as convert.augment says",
+        failures,
+        1,
+    )
 
 
 # ---- reports ---------------------------------------------------------------------------------------------
