@@ -20,9 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hrm.config import ConfigError, load_params
+from hrm.config import ConfigError, apply_overrides, apply_profile, check_params, load_params
 from hrm.io import UserError
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -89,32 +87,6 @@ class Report:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def apply_overrides(params: dict[str, Any], overrides: Iterable[str], source: str) -> None:
-    """`key.sub=value` strings (the `dvc exp run -S` syntax; value parsed as YAML) written into params."""
-    for item in overrides:
-        key, sep, raw_value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=384")
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(
-                    f"--set {item!r}: {source} has no section {part!r} under which to set {key!r}"
-                )
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw_value)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-
-
 def _data_seq_len(params: dict[str, Any], params_path: Path) -> tuple[int, str]:
     """seq_len of the converted data if present, else generate.rows*cols, else the paper's 40x40."""
     import json
@@ -145,17 +117,15 @@ def load_run_config(
     from hrm.data import spec
 
     params_path = Path(params_path)
+    source = params_path.as_posix()
     try:
         params = load_params(params_path)
+        if profile:
+            params = apply_profile(params, profile, source)
+        apply_overrides(params, overrides, source)
+        check_params(params, f"{source} with --set {' '.join(overrides)}" if overrides else source)
     except ConfigError as err:
         raise UserError(str(err)) from err
-    source = params_path.as_posix()
-    if profile:
-        extra = params.get("profiles", {}).get(profile)
-        if not isinstance(extra, dict):
-            raise UserError(f"{source}: profiles.{profile} is missing or not a mapping")
-        _deep_merge(params, extra)
-    apply_overrides(params, overrides, source)
 
     arch = params.get("arch")
     train = params.get("train")

@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import ConfigError, load_params
+from hrm.config import (
+    ConfigError,
+    apply_overrides,
+    apply_profile,
+    check_params,
+    load_params,
+    profile_overrides,
+)
 from hrm.io import UserError
 
 
@@ -53,14 +60,13 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
+        overrides = profile_overrides(params, profile, params_path)
+        # the run's params, checked here so that a typo stops before DVC starts any stage
+        planned = apply_profile(params, profile, params_path)
+        apply_overrides(planned, extra, params_path)
+        check_params(planned, f"{params_path} with profile {profile} and --set {' '.join(extra)}")
     except ConfigError as err:
         raise UserError(str(err)) from err
-    overrides = params.get("profiles", {}).get(profile)
-    if not isinstance(overrides, dict):
-        raise UserError(f"{params_path}: profiles.{profile} is missing or not a mapping")
-    for item in extra:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. arch.name=transformer")
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hrm.config import ConfigError
-from hrm.data import augment, compliance, convert, generate, routing, spec, validate
+from hrm.data import augment, convert, generate, routing, spec, validate
 from hrm.io import UserError
 from tests.test_generate import small_params as generate_params
 from tests.validate_data import load_docs, make_valid_set, small_params, write_docs, write_params
@@ -144,7 +144,7 @@ def test_each_transform_gives_the_transformed_map_and_its_unique_optimal_route(l
             inputs = aug["inputs"][row].astype(np.int64)
             start_cell = int(np.flatnonzero(inputs == spec.START)[0])
             goal_cell = int(np.flatnonzero(inputs == spec.GOAL)[0])
-            optimum, on_optimal = compliance.independent_optimum(
+            optimum, on_optimal = routing.dijkstra_optimum(
                 cost_row[inputs], start_cell, goal_cell, rows, cols
             )
             assert check.cost == optimum
@@ -176,11 +176,12 @@ def test_a_transform_that_breaks_routes_is_caught_before_anything_is_written(
 
 
 def test_convert_stage_refuses_bad_augment_settings(generated, tmp_path):
-    params = {"paths": {"raw": str(generated), "hrm": str(tmp_path / "hrm")}, "convert": {"augment": "yes"}}
-    path = tmp_path / "params.yaml"
-    path.write_text(json.dumps(params))
-    with pytest.raises(UserError, match=r"convert\.augment must be one of none, dihedral, got 'yes'"):
-        convert.run(path)
+    params = small_params(tmp_path)
+    params["paths"]["raw"] = str(generated)
+    params["convert"]["augment"] = "yes"
+    with pytest.raises(UserError) as error:
+        convert.run(write_params(tmp_path, params))
+    assert "convert.augment" in str(error.value) and "'yes'" in str(error.value)
     assert not (tmp_path / "hrm").exists()
 
 

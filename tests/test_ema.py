@@ -10,7 +10,7 @@ from hrm_layout import write_dataset
 from train_helpers import assert_same_weights, final_weights, metric_files, tiny_params
 
 import hrm.training.step as step_module
-from hrm.config import ConfigError
+from hrm.config import ConfigError, load_params
 from hrm.training import loop
 from hrm.training.ema import WeightEMA
 
@@ -65,19 +65,48 @@ def test_applied_swaps_in_the_shadow_and_restores_raw_bits():
     assert torch.equal(toy.weight, raw)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params_file_with(tmp_path: Path, **train) -> Path:
+    """The repository's params.yaml with some train keys changed."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(train)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("rate", [0, 0.0, 1, 1.0, 1.5, -0.1, "0.9", True, None])
-def test_rate_outside_open_unit_interval_is_refused(rate):
+def test_rate_outside_open_unit_interval_is_refused(rate, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.ema_rate must be a number in \(0, 1\)"):
         WeightEMA(Toy(), rate)
-    train = dict(tiny_params(Path("."), Path("."))["train"], ema_rate=rate)
     with pytest.raises(ConfigError, match=r"train\.ema_rate"):
-        loop.TrainConfig.from_params(train)
+        load_params(params_file_with(tmp_path, ema_rate=rate))
 
 
-def test_ema_flag_must_be_boolean():
-    train = dict(tiny_params(Path("."), Path("."))["train"], ema="yes")
-    with pytest.raises(ConfigError, match=r"train\.ema must be true or false"):
-        loop.TrainConfig.from_params(train)
+def test_ema_settings_in_params_yaml_pass_the_schema(tmp_path):
+    params = load_params(params_file_with(tmp_path, ema=True, ema_rate=0.99))
+    config = loop.TrainConfig.from_params(params["train"])
+    assert (config.ema, config.ema_rate) == (True, 0.99)
+    assert load_params(REPO / "params.yaml")["train"]["ema"] is False  # off by default
+
+
+def test_train_stage_reports_a_bad_rate_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.test_training_loop import load_stage
+
+    result = CliRunner().invoke(load_stage().app, ["--params", str(params_file_with(tmp_path, ema_rate=1.0))])
+    assert result.exit_code == 1
+    assert "train.ema_rate" in result.output and "Traceback" not in result.output
+
+
+def test_ema_flag_must_be_boolean(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.ema"):
+        load_params(params_file_with(tmp_path, ema="yes"))
 
 
 # ---- the run loop ---------------------------------------------------------------------------------------

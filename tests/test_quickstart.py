@@ -23,16 +23,22 @@ def test_overrides_flatten_to_dotted_set_params():
     assert parsed == flatten(overrides)
 
 
-def test_quickstart_refuses_bad_input_without_traceback(tmp_path, monkeypatch):
+def test_quickstart_refuses_bad_input_without_traceback(tmp_path, monkeypatch, params_file):
     from typer.testing import CliRunner
 
     from hrm.cli import app
 
-    (tmp_path / "params.yaml").write_text("profiles:\n  quick: {train: {epochs: 1}}\n", encoding="utf-8")
+    params_file({"profiles": {"quick": {"train": {"epochs": 1}}}})
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     missing = runner.invoke(app, ["quickstart", "--profile", "nope"])
     assert missing.exit_code == 1 and "profiles.nope is missing" in missing.output
     assert "Traceback" not in missing.output
     malformed = runner.invoke(app, ["quickstart", "--set", "arch.name"])
-    assert malformed.exit_code == 1 and "expected key=value" in malformed.output
+    assert malformed.exit_code == 1 and "expected KEY=VALUE" in malformed.output
+    # a typo'd key stops before DVC runs anything (no git or dvc here: it would fail on those otherwise)
+    typo = runner.invoke(app, ["quickstart", "--set", "train.global_batchsize=384"])
+    assert typo.exit_code == 1 and "Traceback" not in typo.output
+    assert "train.global_batchsize: unknown key; did you mean train.global_batch_size?" in typo.output
+    bad_profile = runner.invoke(app, ["quickstart", "--profile", "quick", "--set", "train.epochs=0"])
+    assert bad_profile.exit_code == 1 and "train.epochs must be an integer >= 1, got 0" in bad_profile.output

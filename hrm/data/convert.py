@@ -26,19 +26,37 @@ HRM_SET = "all"
 STANDARD_VEHICLES = ("bike", "car", "van", "truck")  # the original tool's easy/normal/hard/expert
 
 
-def hrm_metadata(split: raw.RawSplit, vocab_size: int, num_identifiers: int) -> dict[str, Any]:
-    """HRM's PuzzleDatasetMetadata, every number taken from the arrays."""
+def hrm_metadata(
+    arrays: dict[str, np.ndarray],
+    vocab_size: int,
+    num_identifiers: int,
+    ignore_label_id: int | None = spec.PAD,
+) -> dict[str, Any]:
+    """HRM's PuzzleDatasetMetadata, every number taken from the split's arrays."""
+    puzzles = len(arrays["puzzle_identifiers"])
     return {
         "pad_id": spec.PAD,
-        "ignore_label_id": spec.PAD,
+        "ignore_label_id": ignore_label_id,
         "blank_identifier_id": 0,
         "vocab_size": vocab_size,
-        "seq_len": int(split.inputs.shape[1]),
+        "seq_len": int(np.shape(arrays["inputs"])[1]),
         "num_puzzle_identifiers": num_identifiers,
-        "total_groups": split.num_groups,
-        "mean_puzzle_examples": split.num_examples / split.num_puzzles,
+        "total_groups": len(arrays["group_indices"]) - 1,
+        "mean_puzzle_examples": len(arrays["inputs"]) / puzzles if puzzles else 0.0,
         "sets": [HRM_SET],
     }
+
+
+def write_hrm_split(folder: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    """One split of HRM's on-disk layout: `all__<name>.npy` per array in HRM's dtypes (uint8 grids, int32
+    indices and ids) and `dataset.json`. The one writer of the layout (convert, test and bench data)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        dtype = np.uint8 if name in ("inputs", "labels") else np.int32
+        np.save(folder / f"{HRM_SET}__{name}.npy", np.asarray(array, dtype=dtype), allow_pickle=False)
+    io.atomic_write_json(folder / "dataset.json", metadata, indent=1)
+    return folder
 
 
 def base_indices(base_ids: list[str]) -> np.ndarray:
@@ -85,8 +103,6 @@ def convert(
             routing_doc = dataset.cost_model.to_dict() | {"rows": dataset.rows, "cols": dataset.cols}
             io.atomic_write_json(staging / spec.HRM_ROUTING_FILE, routing_doc, indent=1)
         for name, split in splits.items():
-            folder = staging / name
-            folder.mkdir()
             arrays = {
                 "inputs": split.inputs.astype(np.uint8),
                 "labels": split.labels.astype(np.uint8),
@@ -96,12 +112,10 @@ def convert(
                 "base_scenario_ids": base_indices(split.base_scenario_ids),
                 "vehicle_types": vehicle_ids(split.vehicle_types, dataset.identifiers),
             }
-            for array_name, array in arrays.items():
-                np.save(folder / f"{HRM_SET}__{array_name}.npy", array, allow_pickle=False)
-            metadata = hrm_metadata(split, dataset.vocab_size, len(dataset.identifiers))
+            metadata = hrm_metadata(arrays, dataset.vocab_size, len(dataset.identifiers))
             if name == "train" and augment != "none":
                 metadata[augmentation.LAYOUT_KEY] = augment
-            io.atomic_write_json(folder / "dataset.json", metadata, indent=1)
+            write_hrm_split(staging / name, arrays, metadata)
     return {
         "source": dataset.source,
         "out_dir": str(out_dir),
@@ -167,13 +181,9 @@ def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> 
         settings = section(params, "convert", params_path)
     except ConfigError as err:
         raise io.UserError(str(err)) from err
-    raw_dir, out_dir = paths.get("raw"), paths.get("hrm")
-    if not isinstance(raw_dir, str) or not isinstance(out_dir, str):
-        raise io.UserError(f"{params_path}: paths.raw and paths.hrm must be folder paths")
+    raw_dir, out_dir = paths["raw"], paths["hrm"]
     if strict is None:
-        strict = settings.get("strict", True)
-        if not isinstance(strict, bool):
-            raise io.UserError(f"{params_path}: convert.strict must be true or false, got {strict!r}")
+        strict = settings["strict"]
     try:
         augment = augmentation.parse(settings.get("augment", "none"))
     except ConfigError as err:

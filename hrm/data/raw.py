@@ -98,16 +98,30 @@ def _load_json(path: Path) -> Any:
 def _load_json_text(path: Path) -> tuple[Any, str]:
     """The parsed document and its text (the text lets big token files skip a per-token type scan)."""
     if not path.is_file():
-        raise UserError(f"{path}: file missing (expected one of the 18 raw files)")
+        raise UserError(f"{path}: file not found (expected one of the 18 raw files)")
+    return read_json_text(path)
+
+
+def read_json_text(path: Path) -> tuple[Any, str]:
+    """The one reader of a raw JSON file (convert and validate): document and text, or a UserError naming
+    the file and saying whether it is missing, unreadable, not UTF-8, truncated or otherwise not JSON."""
     try:
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text), text
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{path}: not valid JSON, truncated or corrupt (line {err.lineno}, column {err.colno}: {err.msg})"
-        ) from err
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: file not found") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from err
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}, column {err.colno}"
+        if err.pos >= len(text.rstrip()):
+            raise UserError(f"{path}: truncated JSON ({err.msg} at {where}, end of file)") from err
+        raise UserError(f"{path}: not valid JSON ({err.msg} at {where})") from err
 
 
 def _type_name(value: Any) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm.data import spec
+from hrm.data.raw import read_json_text
 from hrm.io import UserError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -64,22 +65,8 @@ def validator(kind: str):
 
 
 def read_json(path: Path) -> Any:
-    """Parse one JSON file; a missing, unreadable or truncated file is a UserError naming it."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise UserError(f"{path.name}: file not found in {path.parent}") from err
-    except OSError as err:
-        raise UserError(f"{path.name}: cannot read ({err.strerror})") from err
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path.name}: not UTF-8 text (byte {err.start})") from err
-    except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        if err.pos >= len(data.rstrip()):
-            raise UserError(f"{path.name}: truncated JSON ({err.msg} at {where}, end of file)") from err
-        raise UserError(f"{path.name}: not valid JSON ({err.msg} at {where})") from err
+    """Parse one raw JSON file with the one reader of the 18 files (`hrm.data.raw.read_json_text`)."""
+    return read_json_text(path)[0]
 
 
 def grid_list_conforms(document: Any) -> bool:
@@ -112,24 +99,20 @@ def _short(message: str, limit: int = 160) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def load_raw_files(raw_dir: str | Path) -> dict[str, Any]:
-    """All 18 files by name, each schema-valid; otherwise one UserError listing every problem found."""
+def read_raw_documents(raw_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Every one of the 18 files that parses, by name, and the problems found: files missing, unreadable or
+    not JSON, and schema violations (a file that parses but breaks its schema is kept, for the audit)."""
     raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise UserError(f"{raw_dir}: raw data folder not found (run the generate stage first)")
     documents: dict[str, Any] = {}
     problems: list[str] = []
+    if not raw_dir.is_dir():
+        return documents, [f"{raw_dir}: raw data folder not found (run the generate stage first)"]
     for name, kind in raw_file_kinds().items():
         try:
             document = read_json(raw_dir / name)
         except UserError as err:
             problems.append(str(err))
             continue
-        errors = schema_errors(document, kind, name)
-        if errors:
-            problems.extend(errors)
-        else:
-            documents[name] = document
-    if problems:
-        raise UserError(f"{len(problems)} problem(s) in {raw_dir}:\n  " + "\n  ".join(problems))
-    return documents
+        problems.extend(schema_errors(document, kind, name))
+        documents[name] = document
+    return documents, problems

@@ -17,7 +17,7 @@ import numpy as np
 
 from hrm.config import ConfigError, section
 from hrm.io import UserError, atomic_write_bytes
-from hrm.training.ema import WeightEMA, check_rate
+from hrm.training.ema import WeightEMA
 
 CHECKPOINT_SOURCES = ("dataset.json",)
 
@@ -56,41 +56,19 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
-        values: dict[str, Any] = {}
-        for name, kind in cls.__annotations__.items():
-            if name not in train:
-                raise ConfigError(f"params.yaml: train.{name} is missing")
-            value = train[name]
-            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"params.yaml: train.{name} must be an integer, got {value!r}")
-            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ConfigError(f"params.yaml: train.{name} must be a number, got {value!r}")
-            if kind == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"params.yaml: train.{name} must be true or false, got {value!r}")
-            if kind == "str" and not isinstance(value, str):
-                raise ConfigError(f"params.yaml: train.{name} must be a string, got {value!r}")
-            values[name] = float(value) if kind == "float" else value
-        config = cls(**values)
-        config.check()
+        """Types and ranges are schemas/params.schema.json's (hrm.config.load_params); this adds what a
+        schema cannot say."""
+        config = cls(
+            **{
+                name: float(train[name]) if kind == "float" else train[name]
+                for name, kind in cls.__annotations__.items()
+            }
+        )
+        if config.epochs % config.eval_interval:
+            raise ConfigError(
+                f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
+            )
         return config
-
-    def check(self) -> None:
-        for name in ("global_batch_size", "epochs", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"params.yaml: train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs % self.eval_interval:
-            raise ConfigError(
-                f"params.yaml: train.eval_interval {self.eval_interval} must divide train.epochs {self.epochs}"
-            )
-        if self.max_steps < 0 or self.lr_warmup_steps < 0 or self.threads < 0:
-            raise ConfigError(
-                "params.yaml: train.max_steps, train.lr_warmup_steps and train.threads must be >= 0"
-            )
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(
-                f"params.yaml: train.device must be auto, cpu, cuda or mps, got {self.device!r}"
-            )
-        check_rate(self.ema_rate, "train.ema_rate")
 
 
 @dataclass(frozen=True)
@@ -290,9 +268,6 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     arch = section(params, "arch")
     config = TrainConfig.from_params(section(params, "train"))
     paths = section(params, "paths")
-    for key in ("hrm", "checkpoints", "model", "train_log"):
-        if not isinstance(paths.get(key), str):
-            raise ConfigError(f"params.yaml: paths.{key} is missing or not a string")
     data_root = Path(paths["hrm"])
 
     dist_info = distributed_from_env()
