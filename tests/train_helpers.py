@@ -40,6 +40,8 @@ TINY_TRAIN = {
     "device": "cpu",
     "threads": 1,
     "max_steps": 0,
+    "ema": False,
+    "ema_rate": 0.999,
 }
 
 

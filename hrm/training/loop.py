@@ -17,6 +17,7 @@ import numpy as np
 
 from hrm.config import ConfigError, section
 from hrm.io import UserError, atomic_write_bytes
+from hrm.training.ema import WeightEMA
 
 CHECKPOINT_SOURCES = ("dataset.json",)
 
@@ -50,6 +51,8 @@ class TrainConfig:
     device: str
     threads: int
     max_steps: int
+    ema: bool
+    ema_rate: float
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
@@ -322,8 +325,9 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         optimizers, base_lrs = build_optimizers(module, config)
         head = torch.compile(module, dynamic=False) if config.compile else module
         module.train()
+        ema = WeightEMA(module, config.ema_rate) if config.ema else None
         state = TrainState(
-            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
         )
         sampler = TrainSampler(
             train_set,
@@ -351,6 +355,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             for optimizer, saved in zip(optimizers, common["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
             sampler.load_state_dict(common["sampler"])
+            if ema is not None:
+                ema.load_state_dict(common.get("ema", {}), source=str(latest / "common.pt"))
             state.step = int(common["step"])
             last_eval_step = int(common["last_eval_step"])
             history = common["history"] if rank == 0 else None
@@ -375,6 +381,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 "total_steps": total_steps,
                 "history": logger.history(),
             }
+            if ema is not None:
+                common["ema"] = ema.state_dict()
             own = {
                 "carry": carry_to_state(state.carry),
                 "generator": generator.get_state(),
@@ -435,7 +443,11 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             logger.close()
         elapsed = time.perf_counter() - started
         if rank == 0:
-            write_weights(module, Path(paths["model"]))
+            if ema is not None:
+                with ema.applied(module):
+                    write_weights(module, Path(paths["model"]))
+            else:
+                write_weights(module, Path(paths["model"]))
             done = state.step - first_step
             print(
                 f"trained {done} steps in {elapsed:.1f} s"
