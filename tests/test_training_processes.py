@@ -80,15 +80,18 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
 
 
 def test_two_gloo_processes_match_one(data_root, tmp_path):
-    """torchrun --nproc-per-node 2 (gloo) against one process at the same global batch."""
+    """torchrun --nproc-per-node 2 (gloo), each rank in micro-batches of 2, against one process, one batch of 8.
+
+    Halting and exploration on: the per-row draws are made for the global batch once per step and sliced, so
+    neither the process count nor the micro-batch changes them.
+    """
     import hrm.training.loop as loop
 
-    one = tiny_params(data_root, tmp_path / "one")
-    two = tiny_params(data_root, tmp_path / "two")
-    for params in (one, two):
-        # Exploration draws come from seed + rank (as HRM), so ranks draw differently from one process:
-        # switch exploration off to compare the arithmetic.
-        params["arch"]["halt_exploration_prob"] = 0.0
+    one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
+    two = tiny_params(
+        data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4, micro_batch_size=2
+    )
+    assert one["arch"]["halt_exploration_prob"] > 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -103,6 +106,7 @@ def test_two_gloo_processes_match_one(data_root, tmp_path):
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert "processes: 2" in done.stdout.decode()
+    assert "global 8 = 2 processes x 2 accumulation x 2" in done.stdout.decode()
     a, b = final_weights(one), final_weights(two)
     assert a.keys() == b.keys()
     for key in a:

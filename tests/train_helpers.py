@@ -44,6 +44,8 @@ TINY_TRAIN = {
     "device": "cpu",
     "threads": 1,
     "max_steps": 0,
+    "micro_batch_size": "auto",
+    "activation_checkpointing": False,
 }
 
 

@@ -210,10 +210,20 @@ class ReasoningModule(nn.Module):
             for _ in range(num_layers)
         )
 
+    # `train.activation_checkpointing`: with the graph on (the one-step gradient), each block's activations
+    # are dropped after the forward and recomputed in backward; the values are the same, memory is lower.
+    activation_checkpointing: bool = False
+
     def forward(self, state: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         hidden = state + injection
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            hidden = layer(hidden, cos_sin)
+            if recompute:
+                from torch.utils.checkpoint import checkpoint
+
+                hidden = checkpoint(layer, hidden, cos_sin, use_reentrant=False)
+            else:
+                hidden = layer(hidden, cos_sin)
         return hidden
 
 
@@ -376,12 +386,30 @@ class HRMACT(nn.Module):
             current_data={k: torch.zeros_like(v) for k, v in batch.items()},
         )
 
+    def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The per-row draws of one training segment (halt exploration), on the generator's device.
+
+        The trainer draws them for the whole global batch once per step and gives each process and
+        micro-batch its slice, so the numbers a row sees do not depend on how the batch is split.
+        """
+        if self.config.halt_max_steps <= 1:
+            return {}
+        shape = torch.Size([rows])
+        return {
+            "explore": _uniform(shape, generator, torch.device("cpu")),
+            "explore_min_steps": _randint(
+                2, self.config.halt_max_steps + 1, shape, generator, torch.device("cpu")
+            ),
+        }
+
     def forward(
         self,
         carry: ACTCarry,
         batch: Mapping[str, torch.Tensor],
         generator: torch.Generator | None = None,
+        draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
+        """One segment. Training draws come from `draws` (this batch's rows) or, if None, from `generator`."""
         config = self.config
         assert carry.z_H is not None and carry.z_L is not None
         # Halted rows: fresh state, new example, step count 0. Running rows: unchanged.
@@ -402,10 +430,10 @@ class HRMACT(nn.Module):
             if self.training and config.halt_max_steps > 1:
                 halted = halted | (q_halt > q_continue)
                 # Exploration: some rows must run a random minimum number of segments first.
-                explore = _uniform(q_halt.shape, generator, q_halt.device) < config.halt_exploration_prob
-                min_steps = explore * _randint(
-                    2, config.halt_max_steps + 1, steps.shape, generator, steps.device
-                )
+                if draws is None:
+                    draws = self.draw_row_randomness(q_halt.shape[0], generator)
+                explore = draws["explore"].to(q_halt.device) < config.halt_exploration_prob
+                min_steps = explore * draws["explore_min_steps"].to(steps.device)
                 halted = halted & (steps >= min_steps)
                 # Target for q_continue: value of the next state, bootstrapped from a second forward (no
                 # replay buffer or target network; the batch is many parallel environments, as in PQN).

@@ -23,7 +23,15 @@ from hrm.io import UserError, dumps_json
 
 FORMAT_VERSION = 1
 # Settings that change neither the trajectory nor the numbers: resuming with another value is fine.
-NEUTRAL_TRAIN_KEYS = ("max_steps", "compile", "device", "deterministic", "threads")
+NEUTRAL_TRAIN_KEYS = (
+    "max_steps",
+    "compile",
+    "device",
+    "deterministic",
+    "threads",
+    "micro_batch_size",  # the same computation at any split: a run may resume on a smaller GPU
+    "activation_checkpointing",
+)
 STEP_PREFIX = "step_"
 
 

@@ -50,6 +50,8 @@ class TrainConfig:
     device: str
     threads: int
     max_steps: int
+    micro_batch_size: int | str  # "auto" or rows per micro-batch (gradient accumulation)
+    activation_checkpointing: bool
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
@@ -66,6 +68,12 @@ class TrainConfig:
                 raise ConfigError(f"params.yaml: train.{name} must be true or false, got {value!r}")
             if kind == "str" and not isinstance(value, str):
                 raise ConfigError(f"params.yaml: train.{name} must be a string, got {value!r}")
+            if (
+                kind == "int | str"
+                and value != "auto"
+                and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+            ):
+                raise ConfigError(f"params.yaml: train.{name} must be auto or an integer >= 1, got {value!r}")
             values[name] = float(value) if kind == "float" else value
         config = cls(**values)
         config.check()
@@ -239,6 +247,33 @@ def sampler_local_batch(config: TrainConfig, world_size: int) -> int:
     return check_batch_split(config.global_batch_size, world_size)
 
 
+def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
+    """The configured micro-batch if it is a number (checked to divide each process's rows), None for auto."""
+    local = sampler_local_batch(config, world_size)
+    if config.micro_batch_size == "auto":
+        return None
+    micro = int(config.micro_batch_size)
+    if local % micro:
+        raise ConfigError(
+            f"params.yaml: train.micro_batch_size {micro} does not divide the {local} rows per process "
+            f"(train.global_batch_size {config.global_batch_size} / {world_size} processes); "
+            f"use a divisor of {local} or auto"
+        )
+    return micro
+
+
+def set_activation_checkpointing(module: Any, enabled: bool) -> None:
+    """Switch recomputation on in every block stack that supports it; refuse a model that has none."""
+    stacks = [m for m in module.modules() if hasattr(m, "activation_checkpointing")]
+    if enabled and not stacks:
+        raise ConfigError(
+            f"params.yaml: train.activation_checkpointing is true but arch.name "
+            f"{type(getattr(module, 'model', module)).__name__} does not support it"
+        )
+    for stack in stacks:
+        stack.activation_checkpointing = enabled
+
+
 def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
     import torch
 
@@ -281,6 +316,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     from hrm.training.checkpoint import CheckpointStore, fingerprint, rng_states, set_rng_states
     from hrm.training.data import PuzzleDataset, TrainSampler, eval_batches, planned_steps
     from hrm.training.logging import RunLogger
+    from hrm.training.memory import oom_message, plan_micro_batch
     from hrm.training.step import TrainingDiverged, TrainState, evaluate, train_step
 
     arch = section(params, "arch")
@@ -293,6 +329,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
 
     dist_info = distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
+    configured_micro = fixed_micro_batch(config, world_size)  # a bad split fails here, before any work
     device = resolve_device(config.device, dist_info.local_rank)
     set_cpu_threads(config.threads)
     set_determinism(config.deterministic, device)
@@ -329,10 +366,14 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             print(f"device: {device}, processes: {world_size}", flush=True)
 
         seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws from the global RNGs
-        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
-        module = build_model(
-            arch, train_set.metadata, sampler_local_batch(config, world_size), device, config.seed
+        plan = plan_micro_batch(
+            arch, train_set.metadata, config, world_size, device, configured_micro, train_set
         )
+        if rank == 0:
+            print(f"memory plan: {plan.describe()}", flush=True)
+        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
+        module = build_model(arch, train_set.metadata, plan.micro_batch, device, config.seed)
+        set_activation_checkpointing(module, config.activation_checkpointing)
         if world_size > 1:
             import torch.distributed as dist
 
@@ -340,9 +381,11 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 for tensor in list(module.parameters()) + list(module.buffers()):
                     dist.broadcast(tensor, src=0)
         # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
-        # draws the same numbers as a CPU run. seed + rank as HRM: ranks explore independently.
+        # draws the same numbers as a CPU run. The same seed on every rank: each step draws for the whole
+        # global batch and each rank takes its rows (hrm.training.step.step_draws), so the run does not depend
+        # on the number of processes or micro-batches (HRM seeds seed + rank instead).
         generator = torch.Generator()
-        generator.manual_seed(config.seed + rank)
+        generator.manual_seed(config.seed)
         optimizers, base_lrs = build_optimizers(module, config)
         head = torch.compile(module, dynamic=False) if config.compile else module
         module.train()
@@ -410,7 +453,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             nonlocal last_eval_step, eval_metrics
             eval_metrics = evaluate(
                 state,
-                eval_batches(test_set, config.global_batch_size, rank, world_size),
+                eval_batches(test_set, plan.micro_batch * world_size, rank, world_size),
                 device=device,
                 world_size=world_size,
             )
@@ -436,6 +479,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                         global_batch_size=config.global_batch_size,
                         lr_for=lr_for,
                         world_size=world_size,
+                        rank=rank,
+                        micro_batch_size=plan.micro_batch,
                         stop_requested=received["signum"] is not None,
                     )
                     logger.log_train(state.step, result.metrics)
@@ -451,6 +496,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                     saved = checkpoint()
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} Last good checkpoint: {saved or 'none yet'}.") from None
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(oom_message(plan.micro_batch, saved)) from None
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {saved}")
