@@ -162,3 +162,32 @@ def test_activation_checkpointing_really_recomputes(monkeypatch):
     calls["n"] = 0
     tiny_gradients(True)
     assert calls["n"] > plain > 0
+
+
+def test_plan_picks_the_largest_dividing_micro_batch_that_fits():
+    from hrm.training.memory import MEMORY_HEADROOM, StepMemory, plan
+
+    gib = 2**30
+    memory = StepMemory(fixed=2 * gib, per_example=gib // 2, carry_per_row=gib // 100, method="test")
+    free = int(80 * gib / MEMORY_HEADROOM)  # 80 GiB usable
+    chosen = plan(768, 1, None, memory, free, free)
+    assert chosen.micro_batch == 128 and chosen.accumulation == 6  # 256 rows would need ~138 GiB
+    assert chosen.peak_bytes <= 80 * gib
+    assert chosen.describe().startswith(
+        "global 768 = 1 process x 6 accumulation x 128, est. peak 72 GiB of 89 GiB"
+    )
+
+
+def test_fixed_micro_batch_that_cannot_fit_is_refused_with_the_largest_that_fits():
+    from hrm.io import UserError
+    from hrm.training.memory import MEMORY_HEADROOM, StepMemory, oom_message, plan
+
+    gib = 2**30
+    memory = StepMemory(fixed=2 * gib, per_example=gib // 2, carry_per_row=gib // 100, method="test")
+    free = int(80 * gib / MEMORY_HEADROOM)
+    with pytest.raises(UserError, match="micro_batch_size 256 does not fit.*the largest that fits is 128"):
+        plan(768, 1, 256, memory, free, free)
+    with pytest.raises(UserError, match="not even a micro-batch of 1 fits"):
+        plan(768, 1, None, memory, int(gib / MEMORY_HEADROOM), gib)
+    assert "try train.micro_batch_size=64" in oom_message(128, "checkpoints/x/step_000000010")
+    assert "checkpoints/x/step_000000010" in oom_message(128, "checkpoints/x/step_000000010")
