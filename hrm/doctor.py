@@ -24,6 +24,9 @@ import yaml
 
 from hrm.config import ConfigError, load_params
 from hrm.io import UserError
+from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE
+from hrm.runtime import DEVICE_CHOICES as TRAIN_DEVICES
+from hrm.training.memory import MEMORY_HEADROOM
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -34,11 +37,8 @@ SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 
 DEFAULT_GRID_SEQ_LEN = 40 * 40  # paper grid, used when neither the data nor generate.rows/cols say otherwise
-MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (allocator fragmentation)
 ADAM_STATE_COPIES = 2  # AdamATan2 keeps exp_avg and exp_avg_sq, fp32, one each per parameter
-CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 CPU_DETERMINISM_SEQ_LEN = 256
-TRAIN_DEVICES = ("auto", "cpu", "cuda", "mps")  # what train.device accepts; --device may also name cuda:N
 
 
 @dataclass
@@ -206,44 +206,11 @@ def load_run_config(
 # ----------------------------------------------------------------------------------------------- device
 
 
-def resolve_device(request: str) -> tuple[str | None, str]:
-    """(device type, why) for auto | cpu | cuda[:n] | mps; (None, reason) when the request cannot be met."""
-    import torch
-
-    request = request.strip().lower()
-    if request == "auto":
-        if torch.cuda.is_available():
-            return "cuda", "auto: CUDA is available"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps", "auto: Apple MPS is available"
-        return "cpu", "auto: no CUDA or MPS device, using the CPU"
-    if request == "cpu":
-        return "cpu", "requested"
-    if request.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = torch.version.cuda
-            why = (
-                f"torch {torch.__version__} is built for CUDA {build} but no CUDA device or driver is visible"
-                if build
-                else f"torch {torch.__version__} is a CPU-only build (install a CUDA build, see docs/windows.md)"
-            )
-            return None, f"device '{request}' requested but CUDA is not available: {why}"
-        index = int(request.split(":", 1)[1]) if ":" in request else 0
-        if index >= torch.cuda.device_count():
-            return None, f"device '{request}' requested but only {torch.cuda.device_count()} CUDA device(s)"
-        return request, "requested"
-    if request == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            return None, "device 'mps' requested but Apple MPS is not available"
-        return "mps", "requested"
-    return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
-
-
 def resolve_dtype_name(forward_dtype: str, device: str) -> str:
-    """`auto` is bfloat16 on CUDA, float32 elsewhere (params.yaml arch.forward_dtype)."""
-    if forward_dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return forward_dtype
+    """`auto` is bfloat16 on CUDA, float32 elsewhere (params.yaml arch.forward_dtype; hrm.runtime's rule)."""
+    from hrm.runtime import dtype_name
+
+    return dtype_name(forward_dtype, device)
 
 
 def check_environment(device: str | None) -> Check:
@@ -274,7 +241,9 @@ def check_environment(device: str | None) -> Check:
 
 
 def check_device(config: RunConfig) -> tuple[Check, str | None]:
-    device, why = resolve_device(config.device_request)
+    from hrm.runtime import device_choice
+
+    device, why = device_choice(config.device_request)
     if device is None:
         return Check("device", FAIL, why, {"requested": config.device_request}), None
     detail = f"{device} ({why})"
@@ -572,17 +541,20 @@ def random_batch(work: Workload, batch_size: int, device: str, seed: int) -> dic
 
 
 def train_step(head: Any, batch: dict[str, Any], seed: int) -> Any:
-    """One ACT segment forward (training mode, target-Q pass included) and backward; returns the loss.
-
-    The halting exploration draws from a seeded CPU generator, as the trainer's (it drives a CUDA model too).
+    """The trainer's forward and backward of one ACT segment (`hrm.training.step.forward_backward`): training
+    mode, target-Q pass included, halting draws from a seeded CPU generator as the trainer's. Returns the loss.
     """
     import torch
 
+    from hrm.training.step import forward_backward
+
     head.train()
     generator = torch.Generator().manual_seed(seed)
-    carry = head.initial_carry(batch)
-    _, loss, _, _, _ = head(carry=carry, batch=batch, return_keys=[], generator=generator)
-    (loss / batch["inputs"].shape[0]).backward()  # the loss is a sum over rows; the trainer divides too
+    rows = batch["inputs"].shape[0]
+    draws = head.draw_row_randomness(rows, generator)
+    _, loss, _ = forward_backward(
+        head, head.initial_carry(batch), batch, global_batch_size=rows, generator=generator, draws=draws
+    )
     return loss
 
 
@@ -633,7 +605,6 @@ def check_determinism(
     `step(seed) -> {name: grad}` defaults to the configured model; tests pass their own to prove the check
     can fail.
     """
-    import torch
 
     dtype_name = resolve_dtype_name(config.forward_dtype, device)
     # A CPU step at the paper's shapes takes minutes: cap the sequence there (CPU kernels do not switch
@@ -645,10 +616,11 @@ def check_determinism(
         def step(seed: int) -> dict[str, Any]:
             return seeded_gradients(work, device, dtype_name, seed, batch_size)
 
-    # The trainer's settings (hrm.training.loop.set_determinism), restored afterwards.
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(config.deterministic)
-    torch.backends.cudnn.benchmark = not config.deterministic
+    # The trainer's settings (hrm.runtime.set_determinism), restored afterwards.
+    from hrm.runtime import determinism_state, restore_determinism, set_determinism
+
+    previous = determinism_state()
+    set_determinism(config.deterministic, device)
     try:
         first, second = step(config.seed), step(config.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
@@ -656,8 +628,7 @@ def check_determinism(
             "determinism", FAIL, f"a training step failed: {type(err).__name__}: {err}", {"error": repr(err)}
         )
     finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
+        restore_determinism(previous)
     identical, worst, differing = compare_gradients(first, second)
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -13,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hrm.config import ConfigError, section
 from hrm.io import UserError, atomic_write_bytes
+from hrm.runtime import DEVICE_CHOICES, resolve_device, seed_everything, set_cpu_threads, set_determinism
 
 CHECKPOINT_SOURCES = ("dataset.json",)
 
@@ -91,7 +89,7 @@ class TrainConfig:
             raise ConfigError(
                 "params.yaml: train.max_steps, train.lr_warmup_steps and train.threads must be >= 0"
             )
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
+        if self.device not in DEVICE_CHOICES:
             raise ConfigError(
                 f"params.yaml: train.device must be auto, cpu, cuda or mps, got {self.device!r}"
             )
@@ -169,53 +167,6 @@ def distributed_from_env() -> Distributed:
     except ValueError as err:
         raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
-
-
-def resolve_device(choice: str, local_rank: int) -> Any:
-    import torch
-
-    if choice == "auto":
-        if torch.cuda.is_available():
-            choice = "cuda"
-        elif torch.backends.mps.is_available():
-            choice = "mps"
-        else:
-            choice = "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("params.yaml: train.device is cuda but torch sees no CUDA device")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise UserError("params.yaml: train.device is mps but torch sees no Apple GPU")
-    return torch.device(choice)
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_cpu_threads(threads: int) -> None:
-    """Intra-op CPU threads; 0 keeps PyTorch's default. Small models on a busy CPU run many times faster on
-    one thread than on several (the OpenMP threads wait for each other on every small op)."""
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def set_determinism(enabled: bool, device: Any) -> None:
-    import torch
-
-    if enabled and device.type == "cuda":
-        # cuBLAS reads this when its handle is created; it must be set before the first matmul.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.benchmark = not enabled
 
 
 @contextmanager
