@@ -68,6 +68,7 @@ class RunConfig:
     vocab_size: int
     num_puzzle_identifiers: int
     world_size: int
+    micro_batch_size: int | None = None  # train.micro_batch_size; None = auto
 
     @property
     def per_device_batch(self) -> int:
@@ -186,7 +187,16 @@ def load_run_config(
         raise UserError(
             f"{source}: train.device must be one of {', '.join(TRAIN_DEVICES)}, got {train['device']!r}"
         )
+    micro = train.get("micro_batch_size", "auto")
+    if micro != "auto" and (isinstance(micro, bool) or not isinstance(micro, int) or micro < 1):
+        raise UserError(f"{source}: train.micro_batch_size must be auto or an integer >= 1, got {micro!r}")
+    if micro != "auto" and (global_batch_size // world_size) % micro:
+        raise UserError(
+            f"{source}: train.micro_batch_size {micro} does not divide the {global_batch_size // world_size} "
+            f"rows per process"
+        )
     return RunConfig(
+        micro_batch_size=None if micro == "auto" else micro,
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
@@ -836,19 +846,160 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
     budget = free * MEMORY_HEADROOM
     largest = int((budget - fixed) // per_example) if budget > fixed else 0
     data["largest_batch"] = largest
-    detail = (
-        f"{shape}: needs ~{_gib(needed)} ({_gib(fixed)} fixed + {_gib(per_example)} per example); "
-        f"{_gib(free)} free ({memory_source}); largest batch that fits ~{largest} per device. "
-        f"Method: {method}"
+    # Micro-batching (train.micro_batch_size): only a micro-batch's activations at once, plus the whole
+    # batch's ACT carry.
+    from hrm.training.memory import StepMemory, carry_bytes_per_row, largest_fitting
+
+    carry_row = carry_bytes_per_row(
+        build_head(work, 1, "meta", dtype_name, config.seed), random_batch(work, 1, "meta", config.seed)
     )
-    if needed > budget:
+    step_memory = StepMemory(fixed, per_example, carry_row, method)
+    largest_micro = largest_fitting(batch, step_memory, int(budget))
+    micro = config.micro_batch_size or largest_micro
+    data.update(largest_micro_batch=largest_micro, micro_batch=micro, carry_bytes_per_row=carry_row)
+    detail = (
+        f"{shape}: needs ~{_gib(needed)} in one batch ({_gib(fixed)} fixed + {_gib(per_example)} per example); "
+        f"{_gib(free)} free ({memory_source}); largest batch that fits ~{largest} per device"
+    )
+    if largest_micro and needed > budget:
+        detail += (
+            f"; runs as micro-batches of {micro} x {batch // micro} accumulation "
+            f"(~{_gib(step_memory.peak(batch, micro))} with the ACT carry of {batch} rows)"
+        )
+    detail += f". Method: {method}"
+    if largest_micro == 0:
         hint = f"; lower train.global_batch_size to <= {largest * config.world_size} or use more devices"
-        return Check("memory", FAIL, f"DOES NOT FIT: {detail}{hint}", data)
+        return Check("memory", FAIL, f"DOES NOT FIT even in micro-batches of 1: {detail}{hint}", data)
+    if config.micro_batch_size and config.micro_batch_size > largest_micro:
+        return Check(
+            "memory",
+            FAIL,
+            f"DOES NOT FIT: train.micro_batch_size {config.micro_batch_size} is above the largest that fits, "
+            f"{largest_micro}: {detail}",
+            data,
+        )
     return Check("memory", OK, detail, data)
 
 
 def _gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**27 else f"{value / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------- GPU plans
+
+# One example GPU per memory size and its dense bf16 tensor-core peak (fp32 accumulate), from the vendors'
+# data sheets. Assumptions for the time estimate only; the memory plan does not depend on them.
+GPU_TIERS = (
+    (8, "RTX 3070 Ti", 43.5e12),
+    (12, "RTX 4070", 58.3e12),
+    (16, "RTX 4080", 97.5e12),
+    (24, "RTX 4090", 165.2e12),
+    (40, "A100 40GB", 312e12),
+    (48, "L40S", 362e12),
+    (80, "H100 SXM", 989e12),
+    (141, "H200", 989e12),
+)
+ASSUMED_MFU = 0.30  # model FLOPs utilisation assumed for the estimate (not measured yet: bench/gpu_check.py)
+
+
+def step_flops(arch: dict[str, Any], seq_len: int, vocab_size: int, rows: int) -> tuple[float, str]:
+    """FLOPs of one training step (one ACT segment) over `rows` rows, counted analytically, and the formula."""
+    from hrm.models.layers import swiglu_width
+
+    h = int(arch.get("hidden_size", 512))
+    hc, lc = int(arch.get("H_cycles", 2)), int(arch.get("L_cycles", 2))
+    hl, ll = int(arch.get("H_layers", 4)), int(arch.get("L_layers", 4))
+    emb = int(arch.get("puzzle_emb_ndim", h))
+    tokens = seq_len + (-(emb // -h) if emb > 0 else 0)
+    inner = swiglu_width(h, float(arch.get("expansion", 4)))
+    block = (
+        2 * (4 * h * h + 3 * h * inner) + 4 * tokens * h
+    )  # per token: matmuls + attention scores and values
+    forward_blocks = hc * (lc * ll + hl)  # one segment: every L and H update
+    segment_blocks = 2 * forward_blocks + 2 * (
+        ll + hl
+    )  # + the target-Q forward + backward of the last L and H
+    lm_head = 3 * 2 * h * vocab_size  # forward + backward
+    total = rows * tokens * (segment_blocks * block + lm_head)
+    formula = (
+        "rows x tokens x [(2 x H_cycles x (L_cycles x L_layers + H_layers) + 2 x (L_layers + H_layers)) x "
+        "(2 x (4h^2 + 3 h inner) + 4 tokens h) + 6 h vocab]"
+    )
+    return float(total), formula
+
+
+def planned_step_count(config: RunConfig) -> tuple[int, str]:
+    """train's planned steps, from the converted data if present, else from generate.train_bases."""
+    import json
+
+    from hrm.training.data import planned_steps
+
+    params = load_params(config.params_path)
+    epochs = int(params.get("train", {}).get("epochs", 0))
+    hrm_dir = params.get("paths", {}).get("hrm")
+    metadata_file = (
+        config.params_path.parent / Path(str(hrm_dir)) / "train" / "dataset.json" if hrm_dir else None
+    )
+    if metadata_file is not None and metadata_file.is_file():
+        meta = json.loads(metadata_file.read_text(encoding="utf-8"))
+        groups, mean = int(meta["total_groups"]), float(meta["mean_puzzle_examples"])
+    else:  # one group per base, one example per puzzle (docs/design.md)
+        groups, mean = int(params.get("generate", {}).get("train_bases", 0)), 1.0
+
+    class _Meta:
+        total_groups, mean_puzzle_examples = groups, mean
+
+    return planned_steps(_Meta, epochs, config.global_batch_size), f"epochs {epochs} x {groups} groups"
+
+
+def check_gpu_plans(config: RunConfig) -> Check:
+    """The memory plan and an estimated duration of the configured run on GPUs of 8 to 141 GiB."""
+    from hrm.runtime import dtype_name
+    from hrm.training.memory import MEMORY_HEADROOM, StepMemory, carry_bytes_per_row, gib, largest_fitting
+
+    gpu_dtype = dtype_name(config.forward_dtype, "cuda")
+    work = workload(config, quick=False)
+    try:
+        sized = [saved_step_bytes(work, "meta", gpu_dtype, b, config.seed, True) for b in (1, 2)]
+        head = build_head(work, 1, "meta", gpu_dtype, config.seed)
+        carry_row = carry_bytes_per_row(head, random_batch(work, 1, "meta", config.seed))
+    except Exception as err:  # the model itself failed: report it
+        return Check(
+            "gpu_plans", FAIL, f"could not size a step: {type(err).__name__}: {err}", {"error": repr(err)}
+        )
+    (first, params_bytes), (second, _) = sized
+    per_example = max(second - first, 1)
+    memory = StepMemory(
+        fixed=first - per_example + ADAM_STATE_COPIES * params_bytes,
+        per_example=per_example,
+        carry_per_row=carry_row,
+        method="meta trace",
+    )
+    steps, steps_source = planned_step_count(config)
+    flops, formula = step_flops(work.arch, work.seq_len, work.vocab_size, config.global_batch_size)
+    share = config.per_device_batch
+    rows, lines = [], []
+    for size, example, peak in GPU_TIERS:
+        micro = largest_fitting(share, memory, int(size * 2**30 * MEMORY_HEADROOM))
+        hours = steps * flops / (config.world_size * peak * ASSUMED_MFU) / 3600
+        row = {"gib": size, "example_gpu": example, "peak_flops": peak, "micro_batch": micro, "hours": hours}
+        if micro:
+            row.update(accumulation=share // micro, peak_bytes=memory.peak(share, micro))
+            lines.append(
+                f"{size:>3} GiB ({example}): micro-batch {micro} x {share // micro} accumulation, "
+                f"est. peak {gib(memory.peak(share, micro))}, est. {hours:,.0f} h"
+            )
+        else:
+            lines.append(f"{size:>3} GiB ({example}): does not fit (even 1 row with the carry of {share})")
+        rows.append(row)
+    detail = (
+        f"ESTIMATE, not measured: {config.world_size} x GPU, batch {share}/GPU, {gpu_dtype}, {steps:,} planned "
+        f"steps ({steps_source}); memory traced on meta (+ Adam state + ACT carry of {share} rows), budget "
+        f"{MEMORY_HEADROOM:.0%} of the GPU; time = steps x FLOPs/step / (GPUs x peak x MFU {ASSUMED_MFU:.0%}), "
+        f"FLOPs/step {flops:.3g} = {formula}\n" + "\n".join(lines)
+    )
+    data = {"rows": rows, "flops_per_step": flops, "formula": formula, "mfu": ASSUMED_MFU, "steps": steps}
+    return Check("gpu_plans", OK, detail, data)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -862,7 +1013,15 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     device_check, device = check_device(config)
     checks = [check_environment(device), device_check]
     if device is None:
-        for name in ("compile", "sdpa_backends", "sdpa_numerics", "bf16", "determinism", "memory"):
+        for name in (
+            "compile",
+            "sdpa_backends",
+            "sdpa_numerics",
+            "bf16",
+            "determinism",
+            "memory",
+            "gpu_plans",
+        ):
             checks.append(Check(name, SKIP, "no usable device"))
         return Report(checks)
     checks.append(check_compile(config, device))
@@ -870,6 +1029,7 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     checks.append(check_bf16(config, device))
     checks.append(check_determinism(config, device, quick))
     checks.append(check_memory(config, device, quick))
+    checks.append(check_gpu_plans(config))
     return Report(checks)
 
 
