@@ -69,6 +69,7 @@ class RunConfig:
     num_puzzle_identifiers: int
     world_size: int
     micro_batch_size: int | None = None  # train.micro_batch_size; None = auto
+    epochs: int = 0
 
     @property
     def per_device_batch(self) -> int:
@@ -197,6 +198,7 @@ def load_run_config(
         )
     return RunConfig(
         micro_batch_size=None if micro == "auto" else micro,
+        epochs=train_value("epochs", int, 0),
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
@@ -935,7 +937,7 @@ def planned_step_count(config: RunConfig) -> tuple[int, str]:
     from hrm.training.data import planned_steps
 
     params = load_params(config.params_path)
-    epochs = int(params.get("train", {}).get("epochs", 0))
+    epochs = config.epochs
     hrm_dir = params.get("paths", {}).get("hrm")
     metadata_file = (
         config.params_path.parent / Path(str(hrm_dir)) / "train" / "dataset.json" if hrm_dir else None
