@@ -360,6 +360,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         store = CheckpointStore(
             paths["checkpoints"], fingerprint(arch, section(params, "train"), data_texts), rank, world_size
         )
+        store.check_shared()  # multi-node: every rank must see rank 0's checkpoints
         history = None
         last_eval_step = -1
         latest = store.latest()
