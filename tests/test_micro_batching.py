@@ -191,3 +191,24 @@ def test_fixed_micro_batch_that_cannot_fit_is_refused_with_the_largest_that_fits
         plan(768, 1, None, memory, int(gib / MEMORY_HEADROOM), gib)
     assert "try train.micro_batch_size=64" in oom_message(128, "checkpoints/x/step_000000010")
     assert "checkpoints/x/step_000000010" in oom_message(128, "checkpoints/x/step_000000010")
+
+
+def test_out_of_memory_mid_run_names_a_micro_batch_and_keeps_the_checkpoint(data_root, tmp_path, monkeypatch):
+    import hrm.training.step as step_module
+    from hrm.io import UserError
+
+    real_step = step_module.train_step
+
+    def running_out(state, batch, **kwargs):
+        if state.step == 12:  # after the first eval's checkpoint (step 10)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(state, batch, **kwargs)
+
+    params = batch8_params(data_root, tmp_path, micro_batch_size=4)
+    monkeypatch.setattr(step_module, "train_step", running_out)
+    with pytest.raises(
+        UserError, match=r"micro-batch 4; try train.micro_batch_size=2.*Last good checkpoint: .*step_0"
+    ):
+        loop.train(params)
+    (folder,) = Path(params["paths"]["checkpoints"]).glob("*/step_*")
+    assert (folder / "common.pt").exists() and (folder / "rank0.pt").exists()
