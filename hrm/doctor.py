@@ -70,6 +70,7 @@ class RunConfig:
     world_size: int
     micro_batch_size: int | None = None  # train.micro_batch_size; None = auto
     epochs: int = 0
+    train: dict[str, Any] = field(default_factory=dict)  # the train section, overrides applied
 
     @property
     def per_device_batch(self) -> int:
@@ -199,6 +200,7 @@ def load_run_config(
     return RunConfig(
         micro_batch_size=None if micro == "auto" else micro,
         epochs=train_value("epochs", int, 0),
+        train=dict(train),
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
@@ -552,7 +554,7 @@ def random_batch(work: Workload, batch_size: int, device: str, seed: int) -> dic
     return {k: v.to(torch.device(device)) for k, v in batch.items()}
 
 
-def train_step(head: Any, batch: dict[str, Any], seed: int) -> Any:
+def segment_forward_backward(head: Any, batch: dict[str, Any], seed: int) -> Any:
     """The trainer's forward and backward of one ACT segment (`hrm.training.step.forward_backward`): training
     mode, target-Q pass included, halting draws from a seeded CPU generator as the trainer's. Returns the loss.
     """
@@ -588,7 +590,7 @@ def seeded_gradients(
     if device.startswith("cuda"):
         torch.cuda.manual_seed_all(seed)
     head = build_head(work, batch_size, device, dtype_name, seed)
-    train_step(head, random_batch(work, batch_size, device, seed), seed)
+    segment_forward_backward(head, random_batch(work, batch_size, device, seed), seed)
     return _gradients(head)
 
 
@@ -744,7 +746,7 @@ def saved_step_bytes(
 
     batch = random_batch(work, batch_size, device, seed)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        train_step(head, batch, seed)
+        segment_forward_backward(head, batch, seed)
 
     total_len = head.config.total_len
     head_dim = head.config.hidden_size // head.config.num_heads
@@ -759,24 +761,26 @@ def saved_step_bytes(
     return params_bytes + buffer_bytes + params_bytes + activations, params_bytes
 
 
-def measured_step_bytes_cuda(
-    work: Workload, device: str, dtype_name: str, batch_size: int, seed: int
-) -> tuple[int, int]:
-    """(peak bytes allocated during a real training step, parameter bytes) on a CUDA device."""
+def measured_trainer_step(config: RunConfig, work: Workload, device: str, dtype_name: str) -> Any:
+    """Peak memory of the trainer's own step (`hrm.training.step.train_step`, both optimizers) on CUDA at
+    1 and 2 rows, as the trainer's memory plan measures it (`hrm.training.memory.measure_cuda_step`)."""
     import torch
 
-    torch.cuda.empty_cache()
-    target = torch.device(device)
-    baseline = torch.cuda.memory_allocated(target)
-    torch.cuda.reset_peak_memory_stats(target)
-    head = build_head(work, batch_size, device, dtype_name, seed)
-    params_bytes = _parameter_bytes(head)[0]
-    train_step(head, random_batch(work, batch_size, device, seed), seed)
-    torch.cuda.synchronize(target)
-    peak = torch.cuda.max_memory_allocated(target) - baseline
-    del head
-    torch.cuda.empty_cache()
-    return peak, params_bytes
+    from hrm.training.loop import TrainConfig, build_optimizers, set_activation_checkpointing
+    from hrm.training.memory import measure_cuda_step
+    from hrm.training.step import TrainState
+
+    train = TrainConfig.from_params(config.train)
+
+    def make_state(rows: int) -> Any:
+        head = build_head(work, rows, device, dtype_name, config.seed)
+        set_activation_checkpointing(head, train.activation_checkpointing)
+        head.train()
+        optimizers, base_lrs = build_optimizers(head, train)
+        return TrainState(head, head, optimizers, base_lrs, torch.Generator().manual_seed(config.seed))
+
+    batch = random_batch(work, 2, device, config.seed)
+    return measure_cuda_step(make_state, batch, torch.device(device), config.global_batch_size)
 
 
 def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
@@ -788,9 +792,10 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
     work = workload(config, quick=False)  # always the configured shapes
     small = (1, 2)
     try:
+        measured = None
         if device.startswith("cuda") and not quick:
-            sized = [measured_step_bytes_cuda(work, device, dtype_name, b, config.seed) for b in small]
-            method = "measured: torch.cuda.max_memory_allocated of a real step at batch 1 and 2"
+            measured = measured_trainer_step(config, work, device, dtype_name)
+            method = measured.method + " (optimizer state included)"
         else:
             hidden = int(config.arch.get("hidden_size", 512))
             heads = int(config.arch.get("num_heads", 8))
@@ -808,11 +813,13 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
             f"could not size a training step: {type(err).__name__}: {err}",
             {"error": repr(err)},
         )
-    (first, params_bytes), (second, _) = sized
-    per_example = second - first
-    optimizer_bytes = ADAM_STATE_COPIES * params_bytes
-    fixed = first - per_example + optimizer_bytes
-    method += "; + AdamATan2 state (2 x params, analytic); linear in the batch"
+    if measured is not None:
+        per_example, fixed = measured.per_example, measured.fixed
+    else:
+        (first, params_bytes), (second, _) = sized
+        per_example = second - first
+        fixed = first - per_example + ADAM_STATE_COPIES * params_bytes
+        method += "; + AdamATan2 state (2 x params, analytic); linear in the batch"
     free, total, memory_source = device_memory_available(device)
     batch = config.per_device_batch
     needed = fixed + per_example * batch

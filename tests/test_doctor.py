@@ -219,3 +219,30 @@ def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_r
     )
     refused = doctor.check_memory(fixed, "cpu", quick=True)
     assert refused.status == "fail" and "above the largest that fits" in refused.detail
+
+
+def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
+    """The CUDA measurement's wiring, on the CPU with torch.cuda's memory counters faked: the trainer's step
+    (both optimizers) runs at 1 and 2 rows and the peaks become fixed + per-example bytes."""
+    import torch
+
+    import hrm.training.step as step_module
+
+    rows_seen, peaks = [], iter([1000, 1600])
+    real_step = step_module.train_step
+
+    def recording_step(state, batch, **kwargs):
+        rows_seen.append(batch["inputs"].shape[0])
+        result = real_step(state, batch, **kwargs)
+        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers)
+        return result
+
+    monkeypatch.setattr(step_module, "train_step", recording_step)
+    for name in ("empty_cache", "synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: next(peaks))
+    config = doctor.load_run_config(tiny_params)
+    measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
+    assert rows_seen == [1, 2]
+    assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
