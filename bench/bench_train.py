@@ -15,6 +15,12 @@ memory and the step time of checkpointing as ratios to `paper`.
     PYTHONPATH=$PWD python bench/bench_train.py               # quick + paper shape (minutes on 2 cores)
     PYTHONPATH=$PWD python bench/bench_train.py --only quick --threads 1
     PYTHONPATH=$PWD python bench/bench_train.py --memory --threads 2
+    PYTHONPATH=$PWD python bench/bench_train.py --traced    # seconds: autograd-saved bytes on the meta device
+
+`--traced` counts what autograd holds for backward (each storage once, attention as the fused kernel) in one
+trainer forward/backward at the paper shape on PyTorch's meta device (no compute, independent of machine load),
+at 1 and 2 rows: bytes per example with and without activation checkpointing. With checkpointing, backward
+recomputes one block at a time, whose activations come on top while it runs (not counted here).
 """
 
 from __future__ import annotations
@@ -138,6 +144,16 @@ def run_case(name: str, threads: int) -> dict:
     }
 
 
+def traced_bytes_per_example(checkpointing: bool) -> float:
+    """Autograd-saved bytes per example of the trainer's forward/backward at the paper shape (meta device),
+    attention counted as the fused kernel CPU and GPU pick (hrm.doctor.saved_step_bytes)."""
+    from hrm.doctor import Workload, saved_step_bytes
+
+    work = Workload(PAPER_ARCH, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, scaled_down=False)
+    sizes = [saved_step_bytes(work, "meta", "float32", rows, 0, True, checkpointing)[0] for rows in (1, 2)]
+    return float(sizes[1] - sizes[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,8 +161,19 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CASES), help="run one case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--memory", action="store_true", help="the paper-shape memory cases and ratios")
+    parser.add_argument(
+        "--traced", action="store_true", help="autograd-saved bytes per example (meta device)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.traced:
+        plain, recomputed = traced_bytes_per_example(False), traced_bytes_per_example(True)
+        print(
+            f"paper shape, fp32, autograd-saved bytes per example: plain {plain / 2**20:.1f} MiB, "
+            f"activation checkpointing {recomputed / 2**20:.1f} MiB (x{recomputed / plain:.3f}); "
+            f"micro-batches of m rows hold m x these"
+        )
+        return
     if args.worker:
         print(json.dumps(run_case(args.worker, args.threads)))
         return

@@ -711,7 +711,13 @@ def sdpa_default_pick(device: str, dtype_name: str, heads: int, head_dim: int) -
 
 
 def saved_step_bytes(
-    work: Workload, device: str, dtype_name: str, batch_size: int, seed: int, fused_attention: bool
+    work: Workload,
+    device: str,
+    dtype_name: str,
+    batch_size: int,
+    seed: int,
+    fused_attention: bool,
+    checkpointing: bool = False,
 ) -> tuple[int, int]:
     """(bytes a training step holds at its peak, parameter bytes), counted from what autograd saves.
 
@@ -725,7 +731,10 @@ def saved_step_bytes(
     """
     import torch
 
+    from hrm.training.loop import set_activation_checkpointing
+
     head = build_head(work, batch_size, device, dtype_name, seed)
+    set_activation_checkpointing(head, checkpointing)  # saved: each block's input, not its insides
     params_bytes, buffer_bytes = _parameter_bytes(head)
     on_meta = torch.device(device).type == "meta"
 
@@ -801,7 +810,10 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
             heads = int(config.arch.get("num_heads", 8))
             pick = sdpa_default_pick(device, dtype_name, heads, hidden // heads)
             fused = pick not in (None, "math")
-            sized = [saved_step_bytes(work, "meta", dtype_name, b, config.seed, fused) for b in small]
+            recompute = config.train.get("activation_checkpointing") is True
+            sized = [
+                saved_step_bytes(work, "meta", dtype_name, b, config.seed, fused, recompute) for b in small
+            ]
             method = (
                 f"traced on the meta device (no compute): params + grads + autograd-saved tensors, "
                 f"attention as {device}'s SDPA pick ({pick or 'unknown'}); transient workspace not counted"
@@ -969,7 +981,8 @@ def check_gpu_plans(config: RunConfig) -> Check:
     gpu_dtype = dtype_name(config.forward_dtype, "cuda")
     work = workload(config, quick=False)
     try:
-        sized = [saved_step_bytes(work, "meta", gpu_dtype, b, config.seed, True) for b in (1, 2)]
+        recompute = config.train.get("activation_checkpointing") is True
+        sized = [saved_step_bytes(work, "meta", gpu_dtype, b, config.seed, True, recompute) for b in (1, 2)]
         head = build_head(work, 1, "meta", gpu_dtype, config.seed)
         carry_row = carry_bytes_per_row(head, random_batch(work, 1, "meta", config.seed))
     except Exception as err:  # the model itself failed: report it
