@@ -87,7 +87,7 @@ def write_routing_like_dataset(root: Path, side: int, groups: int) -> None:
     write_layout(root / "train", inputs, inputs.copy(), vocab_size=24)
 
 
-def run_case(name: str, threads: int) -> dict:
+def run_case(name: str, threads: int, steps: int = 0) -> dict:
     import torch
 
     from hrm.training.data import PuzzleDataset, TrainSampler
@@ -102,7 +102,7 @@ def run_case(name: str, threads: int) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    case = CASES[name]
+    case = dict(CASES[name], **({"steps": steps} if steps else {}))
     batch = case["batch"]
     config = TrainConfig.from_params({**TRAIN, "global_batch_size": batch})
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CASES), help="run one case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--memory", action="store_true", help="the paper-shape memory cases and ratios")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per case (0 = the case's own)")
     parser.add_argument(
         "--traced", action="store_true", help="autograd-saved bytes per example (meta device)"
     )
@@ -175,14 +176,23 @@ def main() -> None:
         )
         return
     if args.worker:
-        print(json.dumps(run_case(args.worker, args.threads)))
+        print(json.dumps(run_case(args.worker, args.threads, args.steps)))
         return
     print(f"CPU fp32, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     results = {}
     names = [args.only] if args.only else list(MEMORY_CASES) if args.memory else ["quick", "paper"]
     for name in names:
         done = subprocess.run(
-            [sys.executable, __file__, "--worker", name, "--threads", str(args.threads)],
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--threads",
+                str(args.threads),
+                "--steps",
+                str(args.steps),
+            ],
             capture_output=True,
             text=True,
             check=False,
