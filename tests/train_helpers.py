@@ -42,6 +42,8 @@ TINY_TRAIN = {
     "max_steps": 0,
     "ema": False,
     "ema_rate": 0.999,
+    "micro_batch_size": "auto",
+    "activation_checkpointing": False,
 }
 
 
