@@ -177,3 +177,29 @@ def test_pyproject_script_points_at_this_app():
     script = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["hrm"]
     assert script == "hrm.cli:app" and isinstance(app, typer.Typer)
     assert "doctor" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):
+    dev, proc = tmp_path / "dev", tmp_path / "proc"
+    dev.mkdir()
+    (dev / "nvidiactl").touch()  # the control node alone is not a GPU
+    assert doctor.visible_nvidia_gpu(dev, proc) is None
+    proc.mkdir()
+    (proc / "version").write_text("NVRM version: 570", encoding="utf-8")
+    assert doctor.visible_nvidia_gpu(dev, proc) == (proc / "version").as_posix()
+    (dev / "nvidia0").touch()
+    assert doctor.visible_nvidia_gpu(dev, proc) == (dev / "nvidia0").as_posix()
+
+
+def test_gpu_given_to_a_cpu_build_of_torch_is_named(tiny_params, monkeypatch):
+    """`docker run --gpus all` on the CPU image: the device check says the GPU is there but unusable."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: "/dev/nvidia0")
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert device == "cpu" and check.status == doctor.WARN
+    assert "/dev/nvidia0" in check.detail and "CPU-only build" in check.detail
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cuda"))
+    assert device is None and check.status == doctor.FAIL and "/dev/nvidia0" in check.detail
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: None)
+    check, _ = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert check.status == doctor.OK and "nvidia" not in check.detail
