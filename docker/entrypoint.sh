@@ -6,6 +6,11 @@ set -eu
 if [ "$#" -eq 0 ]; then
     set -- hrm doctor
 fi
+# `docker run --user UID:GID` with a uid the image has no account for: DVC asks for the user name
+# (getpass), which then fails with "getpwuid(): uid not found". The name comes from USER/LOGNAME first.
+if ! getent passwd "$(id -u)" > /dev/null 2>&1; then
+    export USER="${USER:-hrm}" LOGNAME="${LOGNAME:-hrm}"
+fi
 case "$1" in
     dvc | hrm)
         here=$(pwd)

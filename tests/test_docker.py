@@ -82,6 +82,44 @@ def sh(command: list[str], timeout: float = 1800, **kwargs: Any) -> subprocess.C
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
+# What a failed download says (apt, debootstrap, pip, BuildKit): such a failure is the network's, not the
+# code's. Retried; still failing, the test skips and says so instead of failing (CI must not go red for it).
+NETWORK_ERRORS = (
+    "Temporary failure resolving",
+    "Temporary failure in name resolution",
+    "Could not resolve",
+    "Name or service not known",
+    "Network is unreachable",
+    "Connection refused",
+    "Connection reset",
+    "Connection timed out",
+    "Failed to fetch",
+    "Failed getting release file",
+    "Couldn't download",
+    "ReadTimeoutError",
+    "NewConnectionError",
+    "ConnectTimeoutError",
+    "Max retries exceeded",
+    "ProtocolError",
+    "IncompleteRead",
+    "Hash Sum mismatch",
+)
+
+
+def with_network(command: list[str], attempts: int = 3, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run a command that downloads; retry network failures, skip the test if they persist."""
+    for attempt in range(1, attempts + 1):
+        result = sh(command, **kwargs)
+        said = result.stdout + result.stderr
+        failure = next((error for error in NETWORK_ERRORS if error in said), None)
+        if result.returncode == 0 or failure is None:
+            return result
+        if attempt == attempts:
+            pytest.skip(f"network failure in {Path(command[0]).name} after {attempts} tries: {failure}")
+        time.sleep(15 * attempt)
+    raise AssertionError("unreachable")
+
+
 def ok(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 0, (
         f"{' '.join(map(str, result.args))} exited {result.returncode}:\n"
@@ -100,7 +138,7 @@ def _make_base_image(docker: str) -> None:
             f"no image {BASE_IMAGE}, and making it needs root and debootstrap (apt-get install debootstrap)"
         )
     with tempfile.TemporaryDirectory() as rootfs:
-        ok(sh([debootstrap, "--variant=minbase", "bookworm", rootfs]))
+        ok(with_network([debootstrap, "--variant=minbase", "bookworm", rootfs]))
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         ok(sh([docker, "import", "-", BASE_IMAGE], stdin=tar.stdout))
         assert tar.wait() == 0
@@ -146,7 +184,7 @@ def _build_context(target: Path) -> Path:
         "-d",
         str(target / "wheels"),
     ]
-    ok(sh(pip_download))
+    ok(with_network(pip_download))
     assert list((target / "wheels").glob(f"torch-{torch_version}*.whl"))
     return target
 
@@ -167,7 +205,7 @@ def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     if cert:
         build += ["--secret", f"id=pip_cert,src={cert}"]
     started = time.perf_counter()
-    ok(sh([*build, str(context)], timeout=3600))
+    ok(with_network([*build, str(context)], timeout=3600))  # retries reuse the layers already built
     TIMINGS["build_s"] = time.perf_counter() - started
     size = ok(sh([docker, "image", "inspect", "--format", "{{.Size}}", IMAGE]))
     TIMINGS["image_mb"] = int(size) / 1e6
