@@ -275,17 +275,19 @@ def runs(docker: str, image: str, tmp_path_factory: pytest.TempPathFactory) -> d
     run(["dvc", "repro"], host)
     TIMINGS["host_repro_s"] = time.perf_counter() - started
 
-    volume = f"hrm-test-cache-{uuid.uuid4().hex[:8]}"
+    # One DVC cache volume per uid, as a user keeps one (DVC writes its cache folders for their creator only);
+    # a fresh one, so that every stage runs instead of being restored from an earlier run's cache.
+    volumes = {label: f"hrm-test-cache-{uuid.uuid4().hex[:8]}" for label, _, _ in users}
     results: dict[str, Any] = {"host": host, "users": users, "copies": copies, "repro": {}, "status": {}}
     try:
         for label, _, user in users:
-            mount = ["-v", f"{copies[label]}:/work", "-v", f"{volume}:/cache"]
+            mount = ["-v", f"{copies[label]}:/work", "-v", f"{volumes[label]}:/cache"]
             started = time.perf_counter()
             results["repro"][label] = sh([docker, "run", "--rm", *user, *mount, image, "dvc", "repro"])
             TIMINGS[f"container_repro_s ({label})"] = time.perf_counter() - started
             results["status"][label] = sh([docker, "run", "--rm", *user, *mount, image, "dvc", "status"])
     finally:
-        sh([docker, "volume", "rm", "-f", volume])
+        sh([docker, "volume", "rm", "-f", *volumes.values()])
     print(f"\ndocker timings: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
     return results
 
