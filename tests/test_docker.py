@@ -53,15 +53,22 @@ def _docker_client() -> tuple[str | None, str]:
     why = ""
     for client in clients:
         try:
-            info = subprocess.run([client, "info"], capture_output=True, text=True, timeout=60, env=env)
+            info = subprocess.run(
+                [client, "version", "--format", "{{.Server.Version}}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
             if info.returncode != 0:
-                why = f"no Docker engine reachable ({client} info: {info.stderr.strip()[-200:]})"
+                said = (info.stderr.strip() or info.stdout.strip() or "no output").splitlines()[0]
+                why = f"no Docker engine reachable ({client} version: {said[:200]})"
                 continue
             build = subprocess.run(
                 [client, "build", "--help"], capture_output=True, text=True, timeout=60, env=env
             )
         except subprocess.TimeoutExpired:
-            why = f"{client} info timed out"
+            why = f"{client} version timed out"
             continue
         if build.returncode == 0:
             return str(client), ""
