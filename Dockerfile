@@ -55,8 +55,9 @@ RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
     && if [ -f "${wheels[0]}" ]; then pip install "${wheels[0]}"; \
     else pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; fi
 
-# 2) the project's dependencies, read from pyproject.toml (torch is already satisfied).
-COPY pyproject.toml README.md /tmp/hrm-src/
+# 2) the project's dependencies, read from pyproject.toml (torch is already satisfied). README.md (pyproject's
+# `readme`) comes with the project in step 3, so that editing it does not download the dependencies again.
+COPY pyproject.toml /tmp/hrm-src/
 RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && python -c "import tomllib, pathlib; deps = tomllib.loads(pathlib.Path('/tmp/hrm-src/pyproject.toml').read_text())['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
@@ -64,6 +65,7 @@ RUN --mount=type=secret,id=pip_cert \
     && rm /tmp/requirements.txt
 
 # 3) the project itself (the `hrm` command); no dependency changes here.
+COPY README.md /tmp/hrm-src/
 COPY hrm /tmp/hrm-src/hrm
 RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
