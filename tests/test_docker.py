@@ -5,7 +5,7 @@ image; `docker run ... dvc repro` of the tiny profile on a git + DVC copy of thi
 reproduce a host run of the same params: the generate and convert files byte for byte, the train and
 evaluate metrics exactly where host and image run the same torch on the same CPU kernels (otherwise within
 METRIC_REL_TOL), and the files it writes belong to the uid that ran it. Skipped, with the reason, when no
-Docker engine is reachable. Needs about 10 minutes on 2 cores for a first build, 3 once the layers are cached.
+Docker engine is reachable. About 14 minutes on 2 cores from nothing, 6 once base image and layers are cached.
 """
 
 from __future__ import annotations
