@@ -164,7 +164,7 @@ def _pip_cert() -> str | None:
 
 def _build_context(target: Path) -> Path:
     """This checkout's files (what git would commit, so .dockerignore decides as for `docker build .`) plus
-    the torch wheel for the base image's Python in wheels/."""
+    the torch wheel for the base image's Python in wheels/; returns the wheel."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -192,8 +192,8 @@ def _build_context(target: Path) -> Path:
         str(target / "wheels"),
     ]
     ok(with_network(pip_download))
-    assert list((target / "wheels").glob(f"torch-{torch_version}*.whl"))
-    return target
+    (wheel,) = (target / "wheels").glob(f"torch-{torch_version}*.whl")
+    return wheel
 
 
 def _dockerfile_arg(name: str) -> str:
@@ -206,8 +206,17 @@ def _dockerfile_arg(name: str) -> str:
 @pytest.fixture(scope="module")
 def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     _make_base_image(docker)
-    context = _build_context(tmp_path_factory.mktemp("context"))
-    build = [docker, "build", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE]
+    context = tmp_path_factory.mktemp("context")
+    wheel = _build_context(context)
+    build = [
+        docker,
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "--build-arg",
+        f"TORCH_WHEEL={wheel.name}",
+    ]
+    build += ["-t", IMAGE]
     cert = _pip_cert()
     if cert:
         build += ["--secret", f"id=pip_cert,src={cert}"]

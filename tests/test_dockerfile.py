@@ -81,6 +81,8 @@ def test_torch_is_pinned_to_a_cuda_build_that_pyproject_accepts():
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", defaults["TORCH_INDEX_URL"])
     torch_runs = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
     assert len(torch_runs) == 1 and '--index-url "$TORCH_INDEX_URL"' in torch_runs[0]
+    # a wheel from wheels/ only when named (the CPU image): by default the CUDA image takes the index's build
+    assert defaults["TORCH_WHEEL"] == "" and '"/tmp/wheels/${TORCH_WHEEL}"' in torch_runs[0]
 
 
 def test_dependencies_and_project_come_from_pyproject():
