@@ -213,17 +213,39 @@ def check_environment(device: str | None) -> Check:
     return Check("environment", OK, detail + f"; Python {data['python']}", data)
 
 
+def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
+    """What shows an NVIDIA GPU is handed to this machine or container (a device node, the driver's /proc
+    entry), or None. Lets a CPU-only torch say that it cannot use the GPU it was given (`docker run --gpus`)."""
+    nodes = sorted(dev.glob("nvidia[0-9]*"))
+    if nodes:
+        return nodes[0].as_posix()
+    if (proc / "version").exists():
+        return (proc / "version").as_posix()
+    return None
+
+
 def check_device(config: RunConfig) -> tuple[Check, str | None]:
+    import torch
+
     from hrm.runtime import device_choice
 
     device, why = device_choice(config.device_request)
+    gpu = visible_nvidia_gpu() if torch.version.cuda is None else None
+    unusable_gpu = (
+        f"an NVIDIA GPU is visible ({gpu}) but torch {torch.__version__} is a CPU-only build and cannot use it:"
+        " install a CUDA build of torch (Docker: the CUDA image, docs/docker.md)"
+    )
     if device is None:
-        return Check("device", FAIL, why, {"requested": config.device_request}), None
+        detail = f"{why}; {unusable_gpu}" if gpu else why
+        return Check("device", FAIL, detail, {"requested": config.device_request}), None
     detail = f"{device} ({why})"
     status = OK
     if device == "cpu" and config.device_request == "auto":
         status = WARN
         detail += "; the paper profile needs a GPU, the CPU suits the quick profile"
+    if gpu:
+        status = WARN
+        detail += f"; {unusable_gpu}"
     return Check("device", status, detail, {"requested": config.device_request, "device": device}), device
 
 

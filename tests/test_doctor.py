@@ -246,3 +246,27 @@ def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
     measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
     assert rows_seen == [1, 2]
     assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):
+    dev, proc = tmp_path / "dev", tmp_path / "proc"
+    dev.mkdir()
+    (dev / "nvidiactl").touch()  # the control node alone is not a GPU
+    assert doctor.visible_nvidia_gpu(dev, proc) is None
+    proc.mkdir()
+    (proc / "version").write_text("NVRM version: 570", encoding="utf-8")
+    assert doctor.visible_nvidia_gpu(dev, proc) == (proc / "version").as_posix()
+    (dev / "nvidia0").touch()
+    assert doctor.visible_nvidia_gpu(dev, proc) == (dev / "nvidia0").as_posix()
+
+
+def test_gpu_given_to_a_cpu_build_of_torch_is_named(tiny_params, monkeypatch):
+    """`docker run --gpus all` on the CPU image: the device check says the GPU is there but unusable."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: "/dev/nvidia0")
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert device == "cpu" and check.status == doctor.WARN
+    assert "/dev/nvidia0" in check.detail and "CPU-only build" in check.detail
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cuda"))
+    assert device is None and check.status == doctor.FAIL and "/dev/nvidia0" in check.detail
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: None)
+    check, _ = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert check.status == doctor.OK and "nvidia" not in check.detail
