@@ -36,6 +36,35 @@ def set_param_args(overrides: dict[str, Any]) -> list[str]:
     return [f"-S{key}={json.dumps(value)}" for key, value in flatten(overrides).items()]
 
 
+def profile_overrides(params: dict[str, Any], profile: str, arch: str) -> dict[str, Any]:
+    """The overrides `profiles.<profile>` applies to a run of `arch`: the profile's own sets with its
+    `per_arch.<arch>` set merged over them (per-arch values win), nested like params.yaml, `per_arch` removed."""
+    profiles = params.get("profiles")
+    overrides = profiles.get(profile) if isinstance(profiles, dict) else None
+    if not isinstance(overrides, dict):
+        raise UserError(f"params.yaml: profiles.{profile} is missing or not a mapping")
+    per_arch = overrides.get("per_arch") or {}
+    if not isinstance(per_arch, dict):
+        raise UserError(
+            f"params.yaml: profiles.{profile}.per_arch must be a mapping of arch name -> overrides"
+        )
+    own = per_arch.get(arch) or {}
+    if not isinstance(own, dict):
+        raise UserError(f"params.yaml: profiles.{profile}.per_arch.{arch} must be a mapping")
+    base = {key: value for key, value in overrides.items() if key != "per_arch"}
+    return _merged(base, own)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def _run(command: list[str]) -> None:
     print("+ " + " ".join(command), flush=True)
     result = subprocess.run(command, check=False)
