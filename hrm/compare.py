@@ -308,6 +308,20 @@ def show_experiments(baseline: str) -> dict[str, list[Experiment]]:
     return parse_exp_show(shown, baseline)
 
 
+def start_workers(jobs: int) -> None:
+    """`dvc queue start`: its workers are detached and inherit our output handles, so they go to a file;
+    a pipe would block us until the last worker exits."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as output:
+        code = subprocess.run(
+            ["dvc", "queue", "start", "--jobs", str(jobs)], stdout=output, stderr=output, check=False
+        ).returncode
+        if code != 0:
+            output.seek(0)
+            raise UserError(f"`dvc queue start` failed (exit {code}): {output.read().strip()[-500:]}")
+
+
 def parse_queue_status(text: str) -> tuple[dict[str, list[str]], int]:
     """`dvc queue status` -> (name -> statuses, one per queue entry: Queued, Running, Success, Failed;
     the number of workers, active + idle)."""
@@ -734,7 +748,7 @@ def compare(
         statuses, workers = queue_status()
         if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
             if workers == 0:
-                _cmd(["dvc", "queue", "start", "--jobs", str(jobs)])
+                start_workers(jobs)
                 print(f"dvc queue start --jobs {jobs}", flush=True)
             wait_for(names, poll_s)
     except KeyboardInterrupt:
