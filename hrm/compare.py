@@ -750,7 +750,7 @@ def compare(
             if workers == 0:
                 start_workers(jobs)
                 print(f"dvc queue start --jobs {jobs}", flush=True)
-            wait_for(names, poll_s)
+            wait_for(names, poll_s, jobs)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: queued experiments stay in DVC's queue and running ones keep running "
@@ -785,10 +785,14 @@ def compare(
     return results
 
 
-def wait_for(names: set[str], poll_s: float) -> None:
-    """Until none of `names` is Queued or Running in DVC's queue; prints progress when it changes."""
+def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 60.0) -> None:
+    """Until none of `names` is Queued or Running in DVC's queue; prints progress when it changes.
+
+    `dvc queue status` counts workers by asking them, and a busy worker may not answer: a worker count of 0 is
+    trusted only while nothing runs and entries stay queued for `idle_restart_s`; then workers are started
+    again (a `dvc queue stop` or a crashed worker) instead of waiting forever."""
     last = None
-    without_worker = 0
+    idle_since: float | None = None
     while True:
         statuses, workers = queue_status()
         statuses = {n: ss for n, ss in statuses.items() if n in names}
@@ -796,17 +800,18 @@ def wait_for(names: set[str], poll_s: float) -> None:
         for ss in statuses.values():
             for s in ss:
                 counts[s] = counts.get(s, 0) + 1
-        pending = counts.get("Queued", 0) + counts.get("Running", 0)
         summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
         if summary != last:
             print(f"[{time.strftime('%H:%M:%S')}] queue: {summary}", flush=True)
             last = summary
-        if pending == 0:
+        if counts.get("Queued", 0) + counts.get("Running", 0) == 0:
             return
-        without_worker = without_worker + 1 if workers == 0 else 0
-        if without_worker >= 3:  # entries left but no worker (a `dvc queue stop`, a crash)
-            raise UserError(
-                "queued experiments remain but no DVC queue worker runs: `dvc queue start --jobs N` or run the "
-                "same hrm compare again"
-            )
+        if workers == 0 and counts.get("Running", 0) == 0:
+            idle_since = idle_since if idle_since is not None else time.monotonic()
+            if time.monotonic() - idle_since >= idle_restart_s:
+                print("no DVC queue worker is running: starting them again", flush=True)
+                start_workers(jobs)
+                idle_since = None
+        else:
+            idle_since = None
         time.sleep(poll_s)
