@@ -294,3 +294,25 @@ def test_queue_status_and_failure_log_parsing(tmp_path):
         (2.0, 0.5),
         (4.0, 0.75),
     ]
+
+
+def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):
+    """`dvc queue status` may report 0 workers while one is busy: keep waiting; restart workers only after
+    entries have stayed queued with nothing running."""
+    answers = iter(
+        [
+            ({"a": ["Running"], "b": ["Queued"]}, 0),  # busy worker did not answer: not an error
+            ({"a": ["Success"], "b": ["Queued"]}, 0),
+            ({"a": ["Success"], "b": ["Queued"]}, 0),  # still nothing running: start workers again
+            ({"a": ["Success"], "b": ["Running"]}, 1),
+            ({"a": ["Success"], "b": ["Failed", "Success"], "other": ["Queued"]}, 1),  # not ours: ignored
+        ]
+    )
+    started = []
+    monkeypatch.setattr(cmp, "queue_status", lambda: next(answers))
+    monkeypatch.setattr(cmp, "start_workers", lambda jobs: started.append(jobs))
+    clock = iter([0.0, 0.0, 70.0])  # idle from the 2nd answer; 70 s later at the 3rd
+    monkeypatch.setattr(cmp.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cmp.time, "sleep", lambda s: None)
+    cmp.wait_for({"a", "b"}, poll_s=0.0, jobs=2, idle_restart_s=60.0)
+    assert started == [2]
