@@ -125,7 +125,7 @@ def test_experiment_shared_through_a_remote_is_seen_in_a_fresh_clone(repo: Path,
     run(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], repo)
     run(["dvc", "exp", "push", "origin", name], repo)  # git refs to origin, cached outputs to storage
 
-    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    run(["git", "clone", "-q", "-b", "main", str(origin), str(clone)], tmp_path)
     run(["dvc", "remote", "add", "--local", "-d", "storage", str(storage)], clone)
     run(["dvc", "exp", "pull", "origin", name], clone)
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", name, "--json"], clone))
@@ -133,9 +133,9 @@ def test_experiment_shared_through_a_remote_is_seen_in_a_fresh_clone(repo: Path,
     shown = json.loads(run(["dvc", "exp", "show", "--json"], clone))
     assert name in json.dumps(shown)
 
-    # the trained model comes through the remote, not from training: fetched by its artifact name
+    # the trained model comes through the remote, not from training
     fetched, original = tmp_path / "fetched.pt", tmp_path / "original.pt"
-    run(["dvc", "artifacts", "get", ".", "hrm-model", "--rev", name, "-o", str(fetched)], clone)
-    run(["dvc", "artifacts", "get", ".", "hrm-model", "--rev", name, "-o", str(original)], repo)
+    run(["dvc", "get", ".", "models/hrm.pt", "--rev", name, "-o", str(fetched)], clone)
+    run(["dvc", "get", ".", "models/hrm.pt", "--rev", name, "-o", str(original)], repo)
     assert fetched.stat().st_size > 0 and fetched.read_bytes() == original.read_bytes()
     assert not (clone / "checkpoints").exists() and not (clone / "models").exists()  # nothing trained there
