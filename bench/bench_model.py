@@ -26,24 +26,9 @@ import subprocess
 import sys
 import time
 
-PAPER_ARCH = dict(
-    name="hrm_v1",
-    H_cycles=2,
-    L_cycles=2,
-    H_layers=4,
-    L_layers=4,
-    hidden_size=512,
-    num_heads=8,
-    expansion=4,
-    pos_encodings="rope",
-    rope_theta=10000,
-    rms_norm_eps=1e-5,
-    puzzle_emb_ndim=512,
-    halt_max_steps=16,
-    halt_exploration_prob=0.1,
-    loss="stablemax_cross_entropy",
-    forward_dtype="float32",
-)
+from _common import arch_section
+
+PAPER_ARCH = arch_section(forward_dtype="float32")
 # The quick CPU profile the reference measured the official code at: 12x12 routing, hidden 128, 2+2 layers.
 QUICK_ARCH = {
     **PAPER_ARCH,

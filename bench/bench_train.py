@@ -25,26 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import train_section, write_layout
+from _common import arch_section, train_section, write_layout
 
-PAPER_ARCH = {
-    "name": "hrm_v1",
-    "H_cycles": 2,
-    "L_cycles": 2,
-    "H_layers": 4,
-    "L_layers": 4,
-    "hidden_size": 512,
-    "num_heads": 8,
-    "expansion": 4,
-    "pos_encodings": "rope",
-    "rope_theta": 10000,
-    "rms_norm_eps": 1.0e-5,
-    "puzzle_emb_ndim": 512,
-    "halt_max_steps": 16,
-    "halt_exploration_prob": 0.1,
-    "loss": "stablemax_cross_entropy",
-    "forward_dtype": "float32",
-}
+PAPER_ARCH = arch_section(forward_dtype="float32")
 QUICK_ARCH = {
     **PAPER_ARCH,
     "H_layers": 2,

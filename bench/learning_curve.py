@@ -16,26 +16,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from _common import train_section, write_layout
+from _common import arch_section, train_section, write_layout
 
-ARCH = {
-    "name": "hrm_v1",
-    "H_cycles": 2,
-    "L_cycles": 2,
-    "H_layers": 1,
-    "L_layers": 1,
-    "hidden_size": 64,
-    "num_heads": 4,
-    "expansion": 4,
-    "pos_encodings": "rope",
-    "rope_theta": 10000,
-    "rms_norm_eps": 1.0e-5,
-    "puzzle_emb_ndim": 64,
-    "halt_max_steps": 4,
-    "halt_exploration_prob": 0.1,
-    "loss": "stablemax_cross_entropy",
-    "forward_dtype": "float32",
-}
+ARCH = arch_section(
+    H_layers=1,
+    L_layers=1,
+    hidden_size=64,
+    num_heads=4,
+    puzzle_emb_ndim=64,
+    halt_max_steps=4,
+    forward_dtype="float32",
+)
 TRAIN = train_section(
     global_batch_size=64, epochs=240, eval_interval=40, lr=1.0e-3, lr_warmup_steps=50, device="cpu", threads=1
 )

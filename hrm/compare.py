@@ -704,9 +704,12 @@ def compare(
         raise UserError(str(err)) from err
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: need at least 1 worker")
-    runs = plan(
-        params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
-    )
+    try:
+        runs = plan(
+            params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
+        )
+    except ConfigError as err:  # a malformed profile (e.g. its per_arch table)
+        raise UserError(str(err)) from err
     out_dir = Path(out_dir)
     baseline = check_repository(out_dir)
     found = show_experiments(baseline)

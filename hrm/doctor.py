@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hrm.config import ConfigError, load_params
+from hrm.config import (
+    ConfigError,
+    apply_overrides,
+    apply_profile,
+    check_params,
+    chosen_arch,
+    load_params,
+)
 from hrm.io import UserError
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -38,7 +43,6 @@ MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (
 ADAM_STATE_COPIES = 2  # AdamATan2 keeps exp_avg and exp_avg_sq, fp32, one each per parameter
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 CPU_DETERMINISM_SEQ_LEN = 256
-TRAIN_DEVICES = ("auto", "cpu", "cuda", "mps")  # what train.device accepts; --device may also name cuda:N
 
 
 @dataclass
@@ -89,32 +93,6 @@ class Report:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def apply_overrides(params: dict[str, Any], overrides: Iterable[str], source: str) -> None:
-    """`key.sub=value` strings (the `dvc exp run -S` syntax; value parsed as YAML) written into params."""
-    for item in overrides:
-        key, sep, raw_value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=384")
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(
-                    f"--set {item!r}: {source} has no section {part!r} under which to set {key!r}"
-                )
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw_value)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-
-
 def _data_seq_len(params: dict[str, Any], params_path: Path) -> tuple[int, str]:
     """seq_len of the converted data if present, else generate.rows*cols, else the paper's 40x40."""
     import json
@@ -145,32 +123,19 @@ def load_run_config(
     from hrm.data import spec
 
     params_path = Path(params_path)
+    source = params_path.as_posix()
+    overrides = list(overrides)
     try:
         params = load_params(params_path)
+        if profile:
+            params = apply_profile(params, profile, source, arch=chosen_arch(params, profile, overrides))
+        apply_overrides(params, overrides, source)
+        check_params(params, f"{source} with --set {' '.join(overrides)}" if overrides else source)
     except ConfigError as err:
         raise UserError(str(err)) from err
-    source = params_path.as_posix()
-    if profile:
-        extra = params.get("profiles", {}).get(profile)
-        if not isinstance(extra, dict):
-            raise UserError(f"{source}: profiles.{profile} is missing or not a mapping")
-        _deep_merge(params, extra)
-    apply_overrides(params, overrides, source)
 
-    arch = params.get("arch")
-    train = params.get("train")
-    if not isinstance(arch, dict) or not isinstance(train, dict):
-        raise UserError(f"{source}: sections 'arch' and 'train' are required")
-
-    def train_value(key: str, kind: type, default: Any = None) -> Any:
-        value = train.get(key, default)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"{source}: train.{key} must be {kind.__name__}, got {value!r}")
-        return value
-
-    global_batch_size = train_value("global_batch_size", int)
-    if global_batch_size < 1:
-        raise UserError(f"{source}: train.global_batch_size must be >= 1, got {global_batch_size}")
+    arch, train = params["arch"], params["train"]  # types and ranges: schemas/params.schema.json
+    global_batch_size = train["global_batch_size"]
     seq_len, seq_len_source = _data_seq_len(params, params_path)
     vehicles = params.get("generate", {}).get("vehicles")
     num_ids = (len(vehicles) if isinstance(vehicles, list) else 4) + 1  # + the blank identifier 0
@@ -182,19 +147,15 @@ def load_run_config(
         raise UserError(
             f"{source}: train.global_batch_size {global_batch_size} is not a multiple of the {world_size} processes"
         )
-    if device is None and train.get("device", "auto") not in TRAIN_DEVICES:
-        raise UserError(
-            f"{source}: train.device must be one of {', '.join(TRAIN_DEVICES)}, got {train['device']!r}"
-        )
     return RunConfig(
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
         forward_dtype=str(arch.get("forward_dtype", "auto")),
-        deterministic=train_value("deterministic", bool, False),
-        compile=train_value("compile", bool, False),
+        deterministic=train["deterministic"],
+        compile=train["compile"],
         global_batch_size=global_batch_size,
-        seed=train_value("seed", int, 0),
+        seed=train["seed"],
         seq_len=seq_len,
         seq_len_source=seq_len_source,
         vocab_size=spec.VOCAB_SIZE,

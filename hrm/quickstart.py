@@ -1,6 +1,8 @@
 """`hrm quickstart`: the CPU quick profile, end to end, as a DVC experiment.
 
-The profile is a set of overrides kept in params.yaml under `profiles.<name>`. It runs with
+The profile is a set of overrides kept in params.yaml under `profiles.<name>`, plus, under
+`profiles.<name>.per_arch.<arch name>`, overrides applied on top of it when that architecture is chosen (e.g. TRM's
+own cycles at the same width; `hrm.config.profile_overrides`). It runs with
 `dvc exp run --temp`, so the workspace's params.yaml keeps the paper values and the paper pipeline's outputs
 are untouched; the run shows in `dvc exp show` and `dvc metrics diff HEAD <name>` like any experiment. Its
 report is then copied out of the experiment into `reports/<name>/` for reading.
@@ -15,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import ConfigError, load_params
+from hrm.config import (
+    ConfigError,
+    apply_overrides,
+    apply_profile,
+    check_params,
+    chosen_arch,
+    load_params,
+    profile_overrides,
+)
 from hrm.io import UserError
 
 
@@ -36,35 +46,6 @@ def set_param_args(overrides: dict[str, Any]) -> list[str]:
     return [f"-S{key}={json.dumps(value)}" for key, value in flatten(overrides).items()]
 
 
-def profile_overrides(params: dict[str, Any], profile: str, arch: str) -> dict[str, Any]:
-    """The overrides `profiles.<profile>` applies to a run of `arch`: the profile's own sets with its
-    `per_arch.<arch>` set merged over them (per-arch values win), nested like params.yaml, `per_arch` removed."""
-    profiles = params.get("profiles")
-    overrides = profiles.get(profile) if isinstance(profiles, dict) else None
-    if not isinstance(overrides, dict):
-        raise UserError(f"params.yaml: profiles.{profile} is missing or not a mapping")
-    per_arch = overrides.get("per_arch") or {}
-    if not isinstance(per_arch, dict):
-        raise UserError(
-            f"params.yaml: profiles.{profile}.per_arch must be a mapping of arch name -> overrides"
-        )
-    own = per_arch.get(arch) or {}
-    if not isinstance(own, dict):
-        raise UserError(f"params.yaml: profiles.{profile}.per_arch.{arch} must be a mapping")
-    base = {key: value for key, value in overrides.items() if key != "per_arch"}
-    return _merged(base, own)
-
-
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _run(command: list[str]) -> None:
     print("+ " + " ".join(command), flush=True)
     result = subprocess.run(command, check=False)
@@ -82,14 +63,14 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
+        arch = chosen_arch(params, profile, extra)  # per-arch overrides follow --set arch.name=...
+        overrides = profile_overrides(params, profile, arch, params_path)
+        # the run's params, checked here so that a typo stops before DVC starts any stage
+        planned = apply_profile(params, profile, params_path, arch=arch)
+        apply_overrides(planned, extra, params_path)
+        check_params(planned, f"{params_path} with profile {profile} and --set {' '.join(extra)}")
     except ConfigError as err:
         raise UserError(str(err)) from err
-    overrides = params.get("profiles", {}).get(profile)
-    if not isinstance(overrides, dict):
-        raise UserError(f"{params_path}: profiles.{profile} is missing or not a mapping")
-    for item in extra:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. arch.name=transformer")
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:

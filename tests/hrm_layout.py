@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm.data.convert import hrm_metadata, write_hrm_split
+
 
 def write_split(
     root: Path,
@@ -37,28 +39,15 @@ def write_split(
             identifiers.append(ident)
             puzzle_indices.append(puzzle_indices[-1] + count)
         group_indices.append(len(identifiers))
-    num_puzzles = len(identifiers)
     arrays = {
-        "inputs": np.array(inputs, dtype=np.uint8),
-        "labels": np.array(labels, dtype=np.uint8),
-        "puzzle_identifiers": np.array(identifiers, dtype=np.int32),
-        "puzzle_indices": np.array(puzzle_indices, dtype=np.int32),
-        "group_indices": np.array(group_indices, dtype=np.int32),
+        "inputs": np.array(inputs),
+        "labels": np.array(labels),
+        "puzzle_identifiers": np.array(identifiers),
+        "puzzle_indices": np.array(puzzle_indices),
+        "group_indices": np.array(group_indices),
     }
-    for name, array in arrays.items():
-        np.save(folder / f"all__{name}.npy", array)
-    metadata = {
-        "pad_id": 0,
-        "ignore_label_id": ignore_label_id,
-        "blank_identifier_id": 0,
-        "vocab_size": vocab_size,
-        "seq_len": seq_len,
-        "num_puzzle_identifiers": num_puzzle_identifiers,
-        "total_groups": len(examples_per_puzzle),
-        "mean_puzzle_examples": len(inputs) / num_puzzles,
-        "sets": ["all"],
-    }
-    (folder / "dataset.json").write_text(json.dumps(metadata), encoding="utf-8")
+    metadata = hrm_metadata(arrays, vocab_size, num_puzzle_identifiers, ignore_label_id=ignore_label_id)
+    write_hrm_split(folder, arrays, metadata)
     return folder
 
 

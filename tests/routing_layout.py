@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from hrm.data import routing, spec
+from hrm.data.convert import hrm_metadata, write_hrm_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,34 +59,18 @@ def write_routing_split(
             labels.append(label)
             identifiers.append(vehicle)
             base_ids.append(len(inputs) // n_vehicles)
-    folder = root / split
-    folder.mkdir(parents=True, exist_ok=True)
     count = len(inputs)
     arrays = {
-        "inputs": np.array(inputs, dtype=np.uint8),
-        "labels": np.array(labels, dtype=np.uint8),
-        "puzzle_identifiers": np.array(identifiers, dtype=np.int32),
-        "puzzle_indices": np.arange(count + 1, dtype=np.int32),
-        "group_indices": np.arange(0, count + 1, n_vehicles, dtype=np.int32),
-        "base_scenario_ids": np.array(base_ids, dtype=np.int32),
-        "vehicle_types": np.array(identifiers, dtype=np.int32),
+        "inputs": np.array(inputs),
+        "labels": np.array(labels),
+        "puzzle_identifiers": np.array(identifiers),
+        "puzzle_indices": np.arange(count + 1),
+        "group_indices": np.arange(0, count + 1, n_vehicles),
+        "base_scenario_ids": np.array(base_ids),
+        "vehicle_types": np.array(identifiers),
     }
-    for name, array in arrays.items():
-        np.save(folder / f"all__{name}.npy", array)
-    metadata = {
-        "pad_id": spec.PAD,
-        "ignore_label_id": 0,
-        "blank_identifier_id": 0,
-        "vocab_size": spec.VOCAB_SIZE,
-        "seq_len": rows * cols,
-        "num_puzzle_identifiers": n_vehicles + 1,
-        "total_groups": bases,
-        "mean_puzzle_examples": 1.0,
-        "sets": ["all"],
-        "rows": rows,
-        "cols": cols,
-    }
-    (folder / "dataset.json").write_text(json.dumps(metadata), encoding="utf-8")
+    metadata = hrm_metadata(arrays, spec.VOCAB_SIZE, n_vehicles + 1) | {"rows": rows, "cols": cols}
+    write_hrm_split(root / split, arrays, metadata)
 
 
 def write_routing_dataset(root: Path, train_bases: int = 6, test_bases: int = 5, size: int = 6) -> Path:

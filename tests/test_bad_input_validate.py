@@ -303,14 +303,22 @@ def _report_bytes(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "reports").iterdir())}
 
 
-def test_unreadable_data_leaves_earlier_reports_untouched(valid_set, tmp_path):
+def test_unreadable_data_is_audited_and_the_reports_replaced_whole(valid_set, tmp_path):
+    """A file that cannot be read still gets a report (audit mode): the earlier reports are replaced whole,
+    the earlier scenarios.png (of other data) goes, no temp file is left and the data are not touched."""
     params = copy_set(valid_set, tmp_path)
     validate.run(params)
     before = _report_bytes(tmp_path)
     _truncate(TRAIN["labels"])(tmp_path / "raw")
+    raw_before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     with pytest.raises(UserError, match="truncated JSON"):
         validate.run(params)
-    assert _report_bytes(tmp_path) == before  # same files, same bytes, no temp files left
+    after = _report_bytes(tmp_path)
+    assert sorted(after) == ["compliance.json", "compliance.md"] and after != before
+    metrics = json.loads(after["compliance.json"])
+    assert metrics["passed"] is False and metrics["checks"]["methodology.file_schemas"] < 1
+    assert "methodology.structure" in metrics["not_run"] and b"truncated JSON" in after["compliance.md"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == raw_before
 
 
 def test_failing_data_replaces_reports_whole(valid_set, tmp_path):
@@ -340,5 +348,6 @@ def test_stage_script_exits_1_without_traceback(valid_set, tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert re.search(
-        rf"error: .*\n.*{TEST['inputs']}: \$\[1\]\[7\] = 99 is out of the vocabulary", result.stderr
+        rf"error: data validation failed.*\n(.*\n)*.*{TEST['inputs']}: \$\[1\]\[7\] = 99 is out of the vocabulary",
+        result.stderr,
     )

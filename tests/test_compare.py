@@ -101,7 +101,9 @@ def test_profile_overrides_merge_per_arch_sets():
     }
     assert profile_overrides(params, "p", "hrm_v1") == {"train": {"lr": 1.0, "epochs": 2}}
     assert profile_overrides(params, "p", "trm") == {"train": {"lr": 3.0, "epochs": 2}, "arch": {"x": 1}}
-    with pytest.raises(UserError, match="profiles.q"):
+    from hrm.config import ConfigError
+
+    with pytest.raises((UserError, ConfigError), match="profiles.q"):
         profile_overrides(params, "q", "trm")
 
 

@@ -14,6 +14,7 @@ from hrm.evaluation import metrics as M
 from hrm.evaluation import runner
 from hrm.evaluation.data import load_route_task, load_split
 from hrm.io import UserError
+from tests.conftest import arch
 from tests.routing_layout import REPO, paper_cost_model, write_routing_dataset
 
 S, G, R, B = spec.START, spec.GOAL, spec.ROUTE, spec.BUILDING
@@ -189,6 +190,57 @@ class ScriptedHead:
         return FakeCarry(steps, halted, data), None, {}, outputs, halted.all()
 
 
+# Hand-made baselines. MONOTONE_MAP (OPEN): every vehicle's optimum walks straight towards the goal.
+# DETOUR_MAP: a building wall between start and goal, the only way is round it. SHORTCUT_MAP: the car takes
+# the highway straight to the goal (monotone), the bike may not and goes round (a detour).
+DETOUR_MAP = np.array([[S, B, G], [ST, B, ST], [ST, ST, ST]])
+SHORTCUT_MAP = np.array([[S, HW, G], [ST, ST, ST]])
+
+
+def baselines_on(grid: np.ndarray, vehicles: list[int]) -> dict[str, M.ExampleScores | np.ndarray]:
+    task = task_for(grid)
+    inputs = np.stack([grid.reshape(-1)] * len(vehicles))
+    ids = np.array(vehicles)
+    optimum = M.optimal_costs(inputs, ids, task)
+    monotone_preds, monotone_cost = M.monotone_baseline(inputs, ids, task)
+    blind_preds = M.vehicle_blind_baseline(inputs, task, CAR)
+
+    def score(preds):
+        return M.score_predictions(inputs, preds, inputs, ids, 0, task, optimum)
+
+    return {
+        "optimum": optimum,
+        "monotone_cost": monotone_cost,
+        "detour": M.needs_detour(optimum, monotone_cost),
+        "monotone": score(monotone_preds),
+        "blind": score(blind_preds),
+    }
+
+
+def test_baselines_on_a_map_whose_optimum_is_monotone():
+    out = baselines_on(OPEN, [BIKE, CAR])
+    assert out["optimum"].tolist() == out["monotone_cost"].tolist() == [16, 16]
+    assert not out["detour"].any()
+    assert out["monotone"].route_optimal.all() and out["blind"].route_optimal.all()
+
+
+def test_baselines_on_a_map_that_needs_a_detour():
+    out = baselines_on(DETOUR_MAP, [BIKE, CAR])
+    assert out["optimum"].tolist() == [20, 20] and np.isnan(out["monotone_cost"]).all()
+    assert out["detour"].all()
+    assert not out["monotone"].route_valid.any()  # no monotone route: the input comes back unchanged
+    assert out["blind"].route_optimal.all()  # no highway here: the car's route suits the bike too
+
+
+def test_vehicle_blind_baseline_fails_the_vehicle_that_differs():
+    out = baselines_on(SHORTCUT_MAP, [BIKE, CAR])
+    assert out["optimum"].tolist() == [12, 2]
+    assert out["detour"].tolist() == [True, False]  # the bike must go round, the car goes straight
+    assert out["monotone"].route_optimal.tolist() == [False, True]
+    assert out["blind"].route_valid.tolist() == [False, True]  # the car's highway is barred to the bike
+    assert out["blind"].route_optimal.tolist() == [False, True]
+
+
 @pytest.fixture(scope="module")
 def routing_root(tmp_path_factory):
     return write_routing_dataset(tmp_path_factory.mktemp("routing"), train_bases=4, test_bases=5, size=6)
@@ -227,6 +279,14 @@ def test_segment_accounting_matches_the_script(routing_root):
     assert result["q_halt_accuracy"] == pytest.approx(np.mean(halt_at <= max_steps))
     assert result["copy_input"]["exact_accuracy"] == 0.0 and result["copy_input"]["route_valid_rate"] == 0.0
     assert result["labels"] == {"route_valid_rate": 1.0, "route_optimal_rate": 1.0}
+    # the split by "needs a detour": the same masks as computed by hand from the DP and the optimum
+    _, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
+    optimum = M.optimal_costs(data.inputs, data.identifiers, task)
+    detour = ~(monotone_cost == optimum)
+    assert 0 < detour.sum() < len(data)  # both parts present in this data
+    assert result["detour"]["count"] == detour.sum() and result["monotone"]["count"] == (~detour).sum()
+    assert result["detour"]["steps"] == pytest.approx(expected_steps[detour].mean())
+    assert result["monotone_path"]["route_optimal_rate"] == pytest.approx(np.mean(~detour))
     for vehicle, ident in (("bike", 1), ("truck", 4)):
         mask = data.identifiers == ident
         assert result[vehicle]["count"] == mask.sum() == 5
@@ -264,22 +324,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-TINY_ARCH = dict(
-    name="hrm_v1",
+TINY_ARCH = arch(
     H_cycles=1,
-    L_cycles=2,
     H_layers=1,
     L_layers=1,
     hidden_size=32,
     num_heads=4,
     expansion=2,
-    pos_encodings="rope",
-    rope_theta=10000,
-    rms_norm_eps=1e-5,
     puzzle_emb_ndim=32,
     halt_max_steps=4,
-    halt_exploration_prob=0.1,
-    loss="stablemax_cross_entropy",
     forward_dtype="float32",
 )
 
@@ -452,6 +505,12 @@ def test_stage_writes_metrics_plots_figures_and_an_offline_report(routing_root, 
         assert (
             0.0 <= values["copy_input"]["accuracy"] < 1.0 and values["copy_input"]["route_valid_rate"] == 0.0
         )
+        assert values["detour"]["count"] + values["monotone"]["count"] == count
+        assert isinstance(values["detour"]["route_optimal_rate"], float | None)
+        assert values["monotone_path"]["route_optimal_rate"] == values["monotone"]["count"] / count
+        assert values["vehicle_blind"]["route_optimal_rate"] >= 0.25  # right at least for the car itself
+    page = (out / "index.html").read_text()
+    assert "best monotone path (baseline)" in page and "model, needs a detour" in page
     segments = json.loads((out / "plots" / "segments.json").read_text())
     assert [row["segments"] for row in segments] == [1, 2, 4]
     assert {"test_exact_accuracy", "test_route_optimal_rate", "train_exact_accuracy"} <= set(segments[0])

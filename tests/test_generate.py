@@ -19,7 +19,11 @@ SMALL_CITY = {
     "park_probability": 0.1,
     "river_probability": 0.4,
     "street_bridge_probability": 0.3,
+    "avenue_bridge_probability": 0.6,
     "closures": [0, 2],
+    "barrier_probability": 0.6,
+    "barrier_margin": [0, 3],
+    "corridor_hotspot_probability": 0.5,
     "hotspots": [1, 3],
     "hotspot_radius": [2, 5],
     "traffic_by_hour": [
@@ -86,8 +90,14 @@ SMALL_PARAMS = {
         "train_bases": 3,
         "test_bases": 2,
         "min_route_length": 12,
-        "max_attempts": 50,
+        "max_attempts": 300,
         "count_cap": 2,
+        "difficulty": {
+            "min_detour": 2,
+            "min_detour_share": 0.3,
+            "min_distinct_routes": 3,
+            "min_distinct_share": 0.3,
+        },
         "city": SMALL_CITY,
         "vehicles": SMALL_VEHICLES,
     }
@@ -187,39 +197,151 @@ def test_exhausted_attempts_are_a_clear_error(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-def test_bad_settings_name_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"generate\.rows"):
-        generate.generate(small_params(rows="many"), tmp_path / "raw", progress=False)
-    bad_city = copy.deepcopy(SMALL_CITY)
-    bad_city["traffic_by_hour"] = [1, 2]
-    with pytest.raises(UserError, match=r"generate\.city\.traffic_by_hour"):
-        generate.generate(small_params(city=bad_city), tmp_path / "raw", progress=False)
+def test_bad_settings_name_the_key(tmp_path, params_file):
+    raw = str(tmp_path / "raw")
+    with pytest.raises(UserError, match=r"generate\.rows must be an integer >= 4, got text 'many'"):
+        generate.run(params_file({"paths": {"raw": raw}, "generate": {"rows": "many"}}), progress=False)
+    with pytest.raises(UserError, match=r"generate\.city\.traffic_by_hour must be a list of exactly 24"):
+        generate.run(params_file({"paths": {"raw": raw}, "generate": {"city": {"traffic_by_hour": [1, 2]}}}))
+    assert not (tmp_path / "raw").exists()
+
+
+def _detours_and_distinct(folder, summary, split):
+    """Measured from the files themselves (labels), not from the summary's figures."""
+    files = spec.raw_split_files(split)
+    inputs, labels = load(folder, files["inputs"]), load(folder, files["labels"])
+    table = np.array(summary["cost_model"]["cost_table"])
+    vehicles = load(folder, files["puzzle_identifiers"])
+    detours, routes = [], []
+    for grid, label, vehicle in zip(inputs, labels, vehicles, strict=True):
+        check = routing.check_route(np.array(grid), np.array(label), table[vehicle], 12, 12)
+        start, goal = check.path[0], check.path[-1]
+        manhattan = abs(start // 12 - goal // 12) + abs(start % 12 - goal % 12)
+        detours.append(len(check.path) - 1 - manhattan)
+        routes.append(check.path)
+    distinct = [len(set(routes[i : i + 4])) for i in range(0, len(routes), 4)]
+    return detours, distinct
+
+
+@pytest.mark.parametrize(
+    "difficulty",
+    [
+        {"min_detour": 2, "min_detour_share": 0.75, "min_distinct_routes": 1, "min_distinct_share": 0.0},
+        {"min_detour": 6, "min_detour_share": 0.5, "min_distinct_routes": 1, "min_distinct_share": 0.0},
+        {"min_detour": 2, "min_detour_share": 0.0, "min_distinct_routes": 3, "min_distinct_share": 0.8},
+    ],
+    ids=["detour_share", "detour_length", "distinct_routes"],
+)
+def test_each_difficulty_rule_is_met_and_measured(tmp_path, difficulty):
+    params = small_params(train_bases=6, test_bases=4, max_attempts=400, difficulty=difficulty)
+    summary = generate.generate(params, tmp_path / "raw", progress=False)
+    for split in spec.SPLITS:
+        detours, distinct = _detours_and_distinct(tmp_path / "raw", summary, split)
+        assert sum(d >= difficulty["min_detour"] for d in detours) >= difficulty["min_detour_share"] * len(
+            detours
+        )
+        assert sum(d >= difficulty["min_distinct_routes"] for d in distinct) >= (
+            difficulty["min_distinct_share"] * len(distinct)
+        )
+        stats = summary["difficulty"][split]
+        assert stats["detour_histogram"] == {str(k): detours.count(k) for k in sorted(set(detours))}
+        assert stats["monotone_share"] == round(detours.count(0) / len(detours), 6)
+        assert stats["rules"]["min_detour_share"]["met"] and stats["rules"]["min_distinct_share"]["met"]
+        assert stats["distinct_routes_per_base_histogram"] == {str(k): distinct.count(k) for k in range(1, 5)}
+        bike = [d for i, d in enumerate(detours) if i % 4 == 0]
+        assert stats["by_vehicle"]["bike"]["mean_detour"] == round(sum(bike) / len(bike), 4)
+        records = summary["examples"][split]
+        assert [r["detour"] for r in records] == detours
+
+
+def test_the_city_alone_makes_detours_and_rules_only_top_up(tmp_path):
+    """Without rules, the barrier and corridor hotspot already give detours; with them off, few remain."""
+    no_rules = {"min_detour": 2, "min_detour_share": 0.0, "min_distinct_routes": 1, "min_distinct_share": 0.0}
+    params = small_params(train_bases=12, test_bases=2, difficulty=no_rules)
+    with_city = generate.generate(params, tmp_path / "a", progress=False)["difficulty"]["train"]
+    flat_city = dict(SMALL_CITY, barrier_probability=0.0, corridor_hotspot_probability=0.0)
+    params = small_params(train_bases=12, test_bases=2, difficulty=no_rules, city=flat_city)
+    without = generate.generate(params, tmp_path / "b", progress=False)["difficulty"]["train"]
+    assert with_city["monotone_share"] < without["monotone_share"]
+    summary = generate.generate(small_params(), tmp_path / "c", progress=False)
+    assert summary["rejections"]["by_reason"].keys() >= {"detour", "distinct_routes"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "difficulty"),
+    [
+        ("min_detour_share", {"min_detour": 40, "min_detour_share": 1.0}),
+        ("min_distinct_share", {"min_distinct_routes": 4, "min_distinct_share": 1.0}),
+    ],
+)
+def test_an_unreachable_difficulty_rule_fails_naming_it(tmp_path, rule, difficulty):
+    settings = dict(SMALL_PARAMS["generate"]["difficulty"], min_detour_share=0.0, min_distinct_share=0.0)
+    settings.update(difficulty)
+    with pytest.raises(UserError, match=rf"difficulty rules not met: generate\.difficulty\.{rule}"):
+        generate.generate(small_params(max_attempts=3, difficulty=settings), tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"min_detour_share": 1.5}, r"generate\.difficulty\.min_detour_share must be a share in \[0, 1\]"),
+        ({"min_distinct_share": -0.1}, r"generate\.difficulty\.min_distinct_share must be a share"),
+        ({"min_detour": 3}, r"generate\.difficulty\.min_detour must be an even integer"),
+        ({"min_detour": 200}, r"generate\.difficulty\.min_detour = 200 is longer than a 12x12 map allows"),
+        (
+            {"min_distinct_routes": 5},
+            r"generate\.difficulty\.min_distinct_routes must be between 1 and the 4",
+        ),
+        ({"min_detour": "far"}, r"generate\.difficulty\.min_detour must be an integer"),
+        ({"extra": 1}, r"generate\.difficulty: unknown keys \['extra'\]"),
+    ],
+)
+def test_bad_difficulty_names_the_key_before_generating(tmp_path, monkeypatch, change, key):
+    monkeypatch.setattr(generate, "generate_bases", lambda *a, **k: pytest.fail("generation started"))
+    settings = dict(SMALL_PARAMS["generate"]["difficulty"], **change)
+    with pytest.raises(UserError, match=key):
+        generate.generate(small_params(difficulty=settings), tmp_path / "raw", progress=False)
+    with pytest.raises(UserError, match=r"generate\.difficulty must be a mapping"):
+        generate.generate(small_params(difficulty=None), tmp_path / "raw", progress=False)
+
+
+def test_quotas_keep_every_prefix_at_the_share():
+    rules = generate.DifficultyParams(2, 0.5, 3, 0.9)
+    achieved = 0
+    for index in range(50):
+        need = rules.detour_quota(index, 4, achieved)
+        assert 0 <= need <= 4
+        achieved += need  # the least a base may give
+        assert achieved >= 0.5 * 4 * (index + 1)
+    assert rules.detour_quota(10, 4, achieved=100) == 0  # ahead of the share: no requirement
+    assert rules.distinct_quota(0, 0) == 3 and rules.distinct_quota(9, 9) == 0
 
 
 def test_pinned_sha256_of_the_small_configuration(small_set):
     """Any change to these bytes changes the dataset: bump GENERATOR_VERSION and re-pin on purpose."""
     _, summary = small_set
-    assert summary["generator"]["version"] == generate.GENERATOR_VERSION == "1.0.0"
+    assert summary["generator"]["version"] == generate.GENERATOR_VERSION == "2.0.0"
     changed = sorted(name for name, digest in PINNED_SHA256.items() if summary["sha256"][name] != digest)
     assert not changed, f"files changed: {changed}"
     assert set(summary["sha256"]) == set(PINNED_SHA256)
 
 
 PINNED_SHA256 = {
-    "city_routing_paper_dataset_summary.json": "0b7e9b647f3e0218b8e4654f40d9054f6c0da511ea2d428d70fde4067e741582",
+    "city_routing_paper_dataset_summary.json": "dc6682989e043b9c32634e3c574dc75f70380c7788bae8bd0fa46f060970c579",
     "city_routing_paper_identifiers.json": "578c07c32c9ee54166e63f181d788c5e7b7409336f17526f5fbb269d657702b7",
     "city_routing_paper_test_all__base_scenario_ids.json": "cc6d35ec0d896cb35a191aca1bbf2263bd97e9549a9fc252728621f96c95d652",
     "city_routing_paper_test_all__group_indices.json": "36933b2d39ae6b0ce3e39a304e5db0ba856bafa51e1097d6655c712b3be5dd80",
-    "city_routing_paper_test_all__inputs.json": "d13bbbc2785c8f5d0fba785cd19245a6759d9de9e08ea1e10e6d08d066f1e2c0",
-    "city_routing_paper_test_all__labels.json": "92fd3c3cd984fd5c59e74d15cd63e571238aa05fc53b7e58083272adf8336564",
+    "city_routing_paper_test_all__inputs.json": "005c21d707e5ae654c042ac18a3094771833c2208b7a12aaac5055012efb2bd6",
+    "city_routing_paper_test_all__labels.json": "b2259ce3b6534539e9e7ad3f2455dd1a34f912aa30cf8d3b4cae0586db640717",
     "city_routing_paper_test_all__puzzle_identifiers.json": "fddcb484ef5e2ce7a0f37c4a5bfd4fa89c9f105cff36f2d28a554a52979aa376",
     "city_routing_paper_test_all__puzzle_indices.json": "2c9002633a7c46a11646fcc94e592dd33c0ad63f8cc9f7340e2f1ea89b27e14b",
     "city_routing_paper_test_all__vehicle_types.json": "d1851726a8c98dde23f187079452688229b741dcf2160e385ce3f160199bfe30",
     "city_routing_paper_test_dataset.json": "4c2dbc244f13229f222abff612e2ac105f396e7517db60b9d590fdc99e163d71",
     "city_routing_paper_train_all__base_scenario_ids.json": "c55d32fe6765d2dc869aa92588bba27ae24eacd16aa31186d23b97d542895b44",
     "city_routing_paper_train_all__group_indices.json": "32936f39ebbdd6562b717a0635d57dee3af871c48cac9ce6d6d214e9a64787e5",
-    "city_routing_paper_train_all__inputs.json": "fca07441abab982b74f4f41fdc2fb7485e3940cb20e59e7293dfa9f273a10998",
-    "city_routing_paper_train_all__labels.json": "422faec029856ded50c201532421dbd44ed81c194eae4ee2d2a610290033bf39",
+    "city_routing_paper_train_all__inputs.json": "7b7f390f4dd1f5b3d50a9ab14c980a84dbd89318c5ff5fbbaf75cb20572c56ea",
+    "city_routing_paper_train_all__labels.json": "71790bae955b351b827a41471d6477f534625518786d2f6f6c6d9e3642f7b55f",
     "city_routing_paper_train_all__puzzle_identifiers.json": "d1670d807ce59af7a4942dd7567c944ad3defa03c250500b218b81d2af800082",
     "city_routing_paper_train_all__puzzle_indices.json": "a6b4bcd961bdc398ceba135dd2c376168e53f84171019143fcb37734086f4f7c",
     "city_routing_paper_train_all__vehicle_types.json": "a308a823a2e3377bee8bb1c50a43367bbc66691e450560b977663f7e8570451a",

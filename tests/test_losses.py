@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm.models.hrm import ACTCarry
+from hrm.models.act import ACTCarry
 from hrm.models.losses import (
     ACTLossHead,
     normalize_metrics,

@@ -18,24 +18,16 @@ from hrm.models.layers import (
     swiglu_width,
     trunc_normal_init_,
 )
+from tests.conftest import arch
 
-TINY_ARCH = dict(
-    name="hrm_v1",
-    H_cycles=2,
-    L_cycles=2,
+TINY_ARCH = arch(
     H_layers=1,
     L_layers=1,
     hidden_size=32,
     num_heads=4,
-    expansion=4,
-    pos_encodings="rope",
-    rope_theta=10000,
-    rms_norm_eps=1e-5,
     puzzle_emb_ndim=32,
     halt_max_steps=4,
     halt_exploration_prob=0.0,
-    loss="stablemax_cross_entropy",
-    forward_dtype="auto",
 )
 SEQ, VOCAB, IDS = 8, 24, 5
 

@@ -8,25 +8,15 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from hrm.config import apply_profile
 from hrm.data import spec
 
 REPO = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=pipeline-test", "-c", "user.email=pipeline-test@example.invalid"]
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -55,7 +45,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    tiny = deep_merge(params, params["profiles"]["tiny"])
+    tiny = apply_profile(params, "tiny")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
     run(["git", "init", "-q"], root)
     run([*GIT, "add", "-A"], root)
@@ -123,3 +113,29 @@ def test_experiment_shows_in_metrics_diff(tiny_repo: Path) -> None:
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "lr-up", "--all", "--json"], tiny_repo))
     eval_metrics = diff[f"{params['paths']['eval_reports']}/metrics.json"]
     assert "test.route_optimal_rate" in eval_metrics and "test.bike.route_valid_rate" in eval_metrics
+
+
+def test_typo_in_dvc_exp_run_stops_before_any_work(tiny_repo: Path) -> None:
+    """`-S train.global_batchsize=384`: DVC 3 refuses a new key itself; with `+` (the form it suggests, and
+    what older DVC did silently) the key reaches params.yaml and the first stage to run stops on the schema."""
+    env = {**os.environ, "PYTHONPATH": str(tiny_repo)}
+    model = (
+        tiny_repo / yaml.safe_load((tiny_repo / "params.yaml").read_text(encoding="utf-8"))["paths"]["model"]
+    )
+    before = (model.read_bytes(), (tiny_repo / "params.yaml").read_bytes())
+    for setting in ("train.global_batchsize=384", "+train.global_batchsize=384"):
+        result = subprocess.run(
+            ["dvc", "exp", "run", "--temp", "-n", "typo", "-S", setting],
+            cwd=tiny_repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+    assert (
+        "train.global_batchsize: unknown key; did you mean train.global_batch_size?"
+        in result.stderr + result.stdout
+    )
+    assert (model.read_bytes(), (tiny_repo / "params.yaml").read_bytes()) == before

@@ -234,3 +234,98 @@ def test_generated_labels_check_out():
         result = routing.check_route(cells, label, COST_ROW, rows, cols)
         assert result.valid, result.reason
         assert result.cost == solution.cost and result.path == solution.path
+
+
+# ---- route geometry and the monotone-path dynamic program ---------------------------------------------------
+
+
+def _monotone_brute_force(costs: np.ndarray, start: int, goal: int, cols: int) -> int | None:
+    """Every path of Manhattan length enumerated as an order of row and column moves: the cheapest cost."""
+    from itertools import combinations
+
+    (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
+    dr, dc = abs(g_row - s_row), abs(g_col - s_col)
+    r_step, c_step = (1 if g_row >= s_row else -1), (1 if g_col >= s_col else -1)
+    best = None
+    for row_moves in combinations(range(dr + dc), dr):
+        row, col, total = s_row, s_col, 0
+        for move in range(dr + dc):
+            if move in row_moves:
+                row += r_step
+            else:
+                col += c_step
+            cell = row * cols + col
+            step = 0 if cell == goal else int(costs[cell])
+            if step < 0:
+                break
+            total += step
+        else:
+            best = total if best is None else min(best, total)
+    return best
+
+
+def test_monotone_dp_equals_brute_force_on_small_grids():
+    rng = np.random.default_rng(7)
+    checked = blocked = 0
+    for trial in range(300):
+        rows, cols = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+        costs = _random_costs(rng, rows, cols, barred=0.25, top=5)
+        start, goal = (int(c) for c in rng.choice(rows * cols, size=2, replace=False))
+        costs[[start, goal]] = 0
+        expected = _monotone_brute_force(costs, start, goal, cols)
+        found = routing.best_monotone(costs, start, goal, rows, cols)
+        assert found.cost == expected, (trial, rows, cols, start, goal)
+        if expected is None:
+            blocked += 1
+            assert found.path == ()
+            continue
+        checked += 1
+        assert found.path[0] == start and found.path[-1] == goal
+        assert routing.detour_cells(found.path, cols) == 0
+        assert routing.route_cost(costs, found.path) == expected
+        assert all(costs[c] >= 0 for c in found.path)
+        # never cheaper than the true optimum, and equal to it whenever the optimum is monotone
+        optimum = routing.solve(costs, start, goal, rows, cols)
+        assert optimum.cost is not None and optimum.cost <= expected
+        if routing.detour_cells(optimum.path, cols) == 0:
+            assert optimum.cost == expected
+    assert checked > 100 and blocked > 10  # both cases exercised
+
+
+def test_monotone_dp_on_hand_made_maps():
+    # the direct walk is open: the cheapest monotone route is the optimum
+    direct = solve_grid([[S, ST, ST], [AV, AV, G]])
+    cells, rows, cols = grid([[S, ST, ST], [AV, AV, G]])
+    mono = routing.best_monotone(routing.cell_costs(cells, COST_ROW), 0, 5, rows, cols)
+    assert mono.cost == direct.cost == 4 and mono.path == direct.path == (0, 3, 4, 5)
+    # a wall between start and goal: no monotone route; the optimum goes round it (detour 2)
+    walled = [[S, X, G], [ST, X, ST], [ST, ST, ST]]
+    cells, rows, cols = grid(walled)
+    mono = routing.best_monotone(routing.cell_costs(cells, COST_ROW), 0, 2, rows, cols)
+    optimum = solve_grid(walled)
+    assert mono.cost is None and optimum.cost == 25
+    assert routing.detour_cells(optimum.path, cols) == 4 and routing.turns(optimum.path) == 2
+
+
+def test_detour_and_turns_of_a_route():
+    cols = 4
+    assert routing.manhattan(0, 15, cols) == 6
+    assert routing.detour_cells((0, 1, 2, 3, 7, 11, 15), cols) == 0
+    assert routing.turns((0, 1, 2, 3, 7, 11, 15)) == 1
+    assert routing.detour_cells((1, 0, 4, 5, 6, 2), cols) == 4  # 1 -> 2 (one move) the long way round
+    assert routing.turns((1, 0, 4, 5, 6, 2)) == 3
+    label = routing.mark_route(np.array([S, ST, ST, G]), (0, 1, 2, 3))
+    assert label.tolist() == [S, R, R, G]
+
+
+def test_one_dijkstra_in_the_project():
+    """validate's re-check and evaluate's optimum use routing.dijkstra_optimum; nobody else builds a graph."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    users = sorted(
+        p.relative_to(repo).as_posix()
+        for p in (repo / "hrm").rglob("*.py")
+        if "csgraph" in p.read_text(encoding="utf-8")
+    )
+    assert users == ["hrm/data/routing.py"]

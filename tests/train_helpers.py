@@ -7,24 +7,20 @@ from pathlib import Path
 
 import torch
 
-TINY_ARCH = {
-    "name": "hrm_v1",
-    "H_cycles": 2,
-    "L_cycles": 2,
-    "H_layers": 1,
-    "L_layers": 1,
-    "hidden_size": 32,
-    "num_heads": 2,
-    "expansion": 2,
-    "pos_encodings": "rope",
-    "rope_theta": 10000,
-    "rms_norm_eps": 1.0e-5,
-    "puzzle_emb_ndim": 32,
-    "halt_max_steps": 3,
-    "halt_exploration_prob": 0.5,
-    "loss": "stablemax_cross_entropy",
-    "forward_dtype": "float32",
-}
+from hrm.config import deep_merge
+from tests.conftest import arch, repo_params
+
+TINY_ARCH = arch(
+    H_layers=1,
+    L_layers=1,
+    hidden_size=32,
+    num_heads=2,
+    expansion=2,
+    puzzle_emb_ndim=32,
+    halt_max_steps=3,
+    halt_exploration_prob=0.5,
+    forward_dtype="float32",
+)
 
 TINY_TRAIN = {
     "seed": 3,
@@ -44,22 +40,28 @@ TINY_TRAIN = {
     "device": "cpu",
     "threads": 1,
     "max_steps": 0,
+    "ema": False,
+    "ema_rate": 0.999,
 }
 
 
 def tiny_params(data_root: Path, out: Path, **train_overrides) -> dict:
+    """The repository's params (a full, schema-valid set) with a tiny model and run, paths under `out`."""
     train = copy.deepcopy(TINY_TRAIN)
     train.update(train_overrides)
-    return {
-        "arch": copy.deepcopy(TINY_ARCH),
-        "train": train,
-        "paths": {
-            "hrm": str(data_root),
-            "checkpoints": str(out / "checkpoints"),
-            "model": str(out / "models" / "hrm.pt"),
-            "train_log": str(out / "reports" / "train"),
+    return deep_merge(
+        repo_params(),
+        {
+            "arch": copy.deepcopy(TINY_ARCH),
+            "train": train,
+            "paths": {
+                "hrm": str(data_root),
+                "checkpoints": str(out / "checkpoints"),
+                "model": str(out / "models" / "hrm.pt"),
+                "train_log": str(out / "reports" / "train"),
+            },
         },
-    }
+    )
 
 
 def metric_files(params: dict) -> dict[str, str]:

@@ -22,6 +22,10 @@ def small_params(root: Path) -> dict[str, Any]:
     """The repository's params with a tiny generate config and every path under `root`."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["generate"].update(SMALL_GENERATE)
+    # small maps: the quick profile's city and difficulty rules (the paper's need 40x40 room to go round)
+    quick = params["profiles"]["quick"]["generate"]
+    params["generate"]["city"].update(copy.deepcopy(quick["city"]))
+    params["generate"]["difficulty"] = copy.deepcopy(quick["difficulty"])
     params["paths"].update(raw=str(root / "raw"), hrm=str(root / "hrm"), data_reports=str(root / "reports"))
     return params
 

@@ -2,10 +2,12 @@
 
 The map is built like a city is: a coarse grid of avenues (one per axis may be a limited-access highway that
 only avenues cross), a finer street grid with blocks of varying size and some streets built over, alleys
-through some blocks, parks, and sometimes a river that only avenues, highways and some streets bridge.
-Traffic: the hour sets the overall load (rush hours heavier); busier road classes and a few hotspots carry
-more; a little per-cell noise; the load is cut into 4 congestion levels that the road token keeps beside
-its class.
+through some blocks, parks, and sometimes a river that highways and only some avenues and streets bridge.
+Then the start and the goal, and what makes the way between them need search (issue 12): sometimes a barrier
+of closures across the direct corridor (roadworks: every road cell of one line between them, so no monotone
+route is left) and a congestion hotspot midway. Traffic: the hour sets the overall load (rush hours
+heavier); busier road classes and a few hotspots carry more; a little per-cell noise; the load is cut into 4
+congestion levels that the road token keeps beside its class.
 
 Every draw comes from one `StableRng`, and every computation on floats that could round differently on
 another machine is avoided: loads are integer arithmetic, so the same seed gives the same map everywhere.
@@ -39,7 +41,11 @@ class CityParams:
     park_probability: float
     river_probability: float
     street_bridge_probability: float
+    avenue_bridge_probability: float
     closures: tuple[int, int]
+    barrier_probability: float
+    barrier_margin: tuple[int, int]
+    corridor_hotspot_probability: float
     hotspots: tuple[int, int]
     hotspot_radius: tuple[int, int]
     traffic_by_hour: tuple[int, ...]
@@ -96,7 +102,11 @@ class CityParams:
             park_probability=probability("park_probability"),
             river_probability=probability("river_probability"),
             street_bridge_probability=probability("street_bridge_probability"),
+            avenue_bridge_probability=probability("avenue_bridge_probability"),
             closures=pair("closures"),
+            barrier_probability=probability("barrier_probability"),
+            barrier_margin=pair("barrier_margin"),
+            corridor_hotspot_probability=probability("corridor_hotspot_probability"),
             hotspots=pair("hotspots"),
             hotspot_radius=pair("hotspot_radius", low=1),
             traffic_by_hour=tuple(int(h) for h in hours),
@@ -240,7 +250,7 @@ def _river(
     street_cols: list[int],
     params: CityParams,
 ) -> None:
-    """A meandering river across the map; avenues and highways bridge it, some streets do."""
+    """A meandering river across the map; highways bridge it, some avenues and streets do."""
     rows, cols = road.shape
     across_rows = rng.bernoulli(0.5)  # True: the river runs from left to right
     length, span = (cols, rows) if across_rows else (rows, cols)
@@ -255,10 +265,18 @@ def _river(
             water[along, centre : centre + width] = True
     bridged_rows = {r for r in street_rows if rng.bernoulli(params.street_bridge_probability)}
     bridged_cols = {c for c in street_cols if rng.bernoulli(params.street_bridge_probability)}
+    # an avenue line is bridged whole or not at all: one draw per avenue row/column the river crosses
+    avenue_lines = sorted(
+        {("row", r) for r in range(rows) if (road[r, :] == AVENUE).all()}
+        | {("col", c) for c in range(cols) if (road[:, c] == AVENUE).all()}
+    )
+    unbridged = {line for line in avenue_lines if not rng.bernoulli(params.avenue_bridge_probability)}
     rr, cc = np.nonzero(water)
     for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
         klass = road[r, c]
-        if klass in (AVENUE, HIGHWAY):
+        if klass == HIGHWAY:
+            continue
+        if klass == AVENUE and ("row", r) not in unbridged and ("col", c) not in unbridged:
             continue
         if klass == STREET and (
             (r in street_rows and r in bridged_rows) or (c in street_cols and c in bridged_cols)
@@ -268,13 +286,26 @@ def _river(
         terrain[r, c] = spec.WATER
 
 
-def _congestion(rng: StableRng, road: np.ndarray, hour: int, params: CityParams) -> np.ndarray:
-    """Congestion level per cell, from integer loads: hour x class busyness x (1 + hotspots) + noise."""
+def _congestion(
+    rng: StableRng,
+    road: np.ndarray,
+    hour: int,
+    params: CityParams,
+    corridor: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Congestion level per cell, from integer loads: hour x class busyness x (1 + hotspots) + noise.
+
+    corridor: (row, col) of an extra hotspot (the middle of the start-goal corridor), or None."""
     rows, cols = road.shape
     hotspot = np.zeros((rows, cols), dtype=np.int64)
     r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    for _ in range(rng.integer(params.hotspots[0], params.hotspots[1] + 1)):
-        r0, c0 = rng.integer(0, rows), rng.integer(0, cols)
+    centres = [
+        (rng.integer(0, rows), rng.integer(0, cols))
+        for _ in range(rng.integer(params.hotspots[0], params.hotspots[1] + 1))
+    ]
+    if corridor is not None:
+        centres.append(corridor)
+    for r0, c0 in centres:
         radius = rng.integer(params.hotspot_radius[0], params.hotspot_radius[1] + 1)
         strength = rng.integer(40, 101)  # percent extra traffic at the centre
         distance2 = (r_idx - r0) ** 2 + (c_idx - c0) ** 2
@@ -284,6 +315,47 @@ def _congestion(rng: StableRng, road: np.ndarray, hour: int, params: CityParams)
     load += rng.integer_array(-params.congestion_jitter, params.congestion_jitter + 1, (rows, cols))
     level = np.searchsorted(np.array(params.congestion_thresholds), load, side="right")
     return np.where(road >= 0, level, 0).astype(np.int64)
+
+
+def _barrier(rng: StableRng, road: np.ndarray, start: int, goal: int, margin: tuple[int, int]) -> np.ndarray:
+    """Closed cells cutting the direct corridor: every road cell of one row (or column) strictly between start
+    and goal, across the corridor's width plus a random margin on each side. No monotone route survives it,
+    so every vehicle must go round one end (or the goal becomes unreachable and the attempt is rejected).
+    Returns a bool mask of the cells to close (empty when start and goal are too close on both axes)."""
+    rows, cols = road.shape
+    (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
+    axes = [axis for axis, gap in (("row", abs(s_row - g_row)), ("col", abs(s_col - g_col))) if gap >= 2]
+    closed = np.zeros_like(road, dtype=bool)
+    if not axes:
+        return closed
+    axis = rng.choice(axes)
+    low_margin = rng.integer(margin[0], margin[1] + 1)
+    high_margin = rng.integer(margin[0], margin[1] + 1)
+    s_line, g_line, s_across, g_across, size = (
+        (s_row, g_row, s_col, g_col, cols) if axis == "row" else (s_col, g_col, s_row, g_row, rows)
+    )
+    line = rng.integer(min(s_line, g_line) + 1, max(s_line, g_line))
+    first, last = min(s_across, g_across), max(s_across, g_across)
+    low, high = max(first - low_margin, 0), min(last + high_margin, size - 1)
+    # Trucks keep to avenues and highways: leave one of those lines that cross the barrier's line open
+    # beyond one end, the nearest to the corridor, so that going round stays possible for every vehicle.
+    oriented = road if axis == "row" else road.T
+    major = (oriented == AVENUE) | (oriented == HIGHWAY)
+    crossings = np.flatnonzero(major[line - 1] & major[line + 1]).tolist()
+    outside = [c for c in crossings if c < low or c > high]
+    if not outside:
+        if not crossings:
+            return closed
+        # the crossing nearest to either end of the corridor; on a small map it may lie inside the corridor,
+        # then the barrier only narrows the corridor to that avenue
+        middle2 = first + last
+        nearest = min(crossings, key=lambda c: (min(abs(c - first), abs(c - last)), c))
+        low, high = (nearest + 1, high) if 2 * nearest < middle2 else (low, nearest - 1)
+    if axis == "row":
+        closed[line, low : high + 1] = road[line, low : high + 1] >= 0
+    else:
+        closed[low : high + 1, line] = road[low : high + 1, line] >= 0
+    return closed
 
 
 def build_city(
@@ -302,19 +374,19 @@ def build_city(
     """
     road, terrain = _layout(rng, rows, cols, params)
     hour = rng.integer(0, 24)
-    congestion = _congestion(rng, road, hour, params)
-    tokens = np.where(
-        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS) + congestion, terrain
+    # Endpoints are chosen on road classes alone (congestion never bars a vehicle), so that the corridor
+    # between them can get a barrier and a hotspot before traffic is computed.
+    free_tokens = np.where(
+        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS), terrain
     )
-    tokens = tokens.reshape(-1)
-
+    free_tokens = free_tokens.reshape(-1)
     road_cells = np.flatnonzero(road.reshape(-1) >= 0).tolist()
+    closed = np.zeros(rows * cols, dtype=bool)
     closures = rng.integer(params.closures[0], params.closures[1] + 1)
     if closures:
-        for cell in rng.sample(road_cells, min(closures, len(road_cells))):
-            tokens[cell] = spec.CLOSED
+        closed[rng.sample(road_cells, min(closures, len(road_cells)))] = True
 
-    candidates = np.flatnonzero(shared_tokens[tokens])
+    candidates = np.flatnonzero(shared_tokens[free_tokens] & ~closed)
     if candidates.size < 2:
         raise NoEndpoints("fewer than 2 road cells every vehicle may use")
     # Farthest Manhattan distance from each candidate to any other, in O(n) via the rotated axes r+c, r-c.
@@ -330,5 +402,17 @@ def build_city(
     s_row, s_col = divmod(start, cols)
     distance = np.abs(candidates // cols - s_row) + np.abs(candidates % cols - s_col)
     goal = rng.choice(candidates[distance >= min_manhattan].tolist())
+
+    if rng.bernoulli(params.barrier_probability):
+        closed |= _barrier(rng, road, start, goal, params.barrier_margin).reshape(-1)
+    corridor = None
+    if rng.bernoulli(params.corridor_hotspot_probability):
+        g_row, g_col = divmod(goal, cols)
+        corridor = ((s_row + g_row) // 2, (s_col + g_col) // 2)
+    congestion = _congestion(rng, road, hour, params, corridor)
+    tokens = np.where(
+        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS) + congestion, terrain
+    ).reshape(-1)
+    tokens[closed] = spec.CLOSED
     tokens[start], tokens[goal] = spec.START, spec.GOAL
     return City(tokens, road, congestion, hour, start, goal)

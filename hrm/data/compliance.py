@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ class Check:
     critical: bool
     failures: list[str] = field(default_factory=list)
     failure_count: int = 0
+    not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
 
 def share_check(
@@ -79,63 +79,6 @@ def count_check(name: str, category: str, description: str, found: int, expected
 
 
 # ---- per-example facts ------------------------------------------------------------------------------
-
-
-@cache
-def _grid_edges(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices, sorted by source."""
-    index = np.arange(rows * cols).reshape(rows, cols)
-    pairs = [
-        (index[:, :-1], index[:, 1:]),  # right
-        (index[:, 1:], index[:, :-1]),  # left
-        (index[:-1, :], index[1:, :]),  # down
-        (index[1:, :], index[:-1, :]),  # up
-    ]
-    sources = np.concatenate([a.reshape(-1) for a, _ in pairs])
-    targets = np.concatenate([b.reshape(-1) for _, b in pairs])
-    order = np.lexsort((targets, sources))
-    return sources[order], targets[order]
-
-
-def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, size: int):
-    """CSR matrix from edges already sorted by row (cheaper than scipy's COO conversion)."""
-    from scipy.sparse import csr_matrix
-
-    indptr = np.zeros(size + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows_of_edges, minlength=size), out=indptr[1:])
-    return csr_matrix((weights, columns, indptr), shape=(size, size))
-
-
-def independent_optimum(
-    cell_cost: np.ndarray, start: int, goal: int, rows: int, cols: int
-) -> tuple[int | None, np.ndarray]:
-    """Optimal route cost by scipy's Dijkstra and the mask of cells lying on at least one optimal route.
-
-    Written apart from the generator's A* so that a bug there cannot hide here. Moves into the start and out
-    of the goal are left out (a route is a simple path between them); the free step into the goal is given
-    weight 1 (subtracted again), because every route enters the goal exactly once, last. A cell v is on an
-    optimal route iff dist(start, v) + dist(v, goal) equals the optimum. Intermediate cells cost >= 1, so
-    an optimal route never touches itself; two distinct optimal routes therefore differ in their cell sets,
-    and the optimum is unique iff this mask is exactly one route's cells.
-    """
-    from scipy.sparse.csgraph import dijkstra
-
-    size = rows * cols
-    sources, targets = _grid_edges(rows, cols)
-    cost = np.asarray(cell_cost, dtype=np.int64)
-    usable = (cost[sources] >= 0) & (cost[targets] >= 0) & (targets != start) & (sources != goal)
-    sources, targets = sources[usable], targets[usable]
-    weights = cost[targets].astype(np.float64) + (targets == goal)
-    from_start = dijkstra(_csr(sources, targets, weights, size), directed=True, indices=start)
-    # the reversed graph: same edges read target -> source; sort them by their new row (the target)
-    order = np.argsort(targets, kind="stable")
-    to_goal = dijkstra(
-        _csr(targets[order], sources[order], weights[order], size), directed=True, indices=goal
-    )
-    best = from_start[goal]
-    if not np.isfinite(best):
-        return None, np.zeros(size, dtype=bool)
-    return int(best) - 1, (from_start + to_goal) == best
 
 
 @dataclass
@@ -205,7 +148,7 @@ def example_facts(split: SplitData, cost_table: np.ndarray, rows: int, cols: int
         if starts.size != 1 or goals.size != 1:
             continue
         cell_cost = cost_row[inputs[i]]
-        optimum, on_optimal = independent_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
+        optimum, on_optimal = routing.dijkstra_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
         if optimum is not None:
             facts.optimal_cost[i] = optimum
         if not check.valid:
@@ -609,8 +552,15 @@ def equal_share_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndar
     return out
 
 
-def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[list[Check], dict]:
-    """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported)."""
+def leakage_checks(
+    dataset: RawDataset, near_duplicate_share: float, transforms: tuple[int, ...] = (0,)
+) -> tuple[list[Check], dict]:
+    """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported).
+
+    `transforms`: the symmetries the train split is trained under (`hrm.data.augment`, convert.augment): a
+    test grid equal to any of them applied to a train grid is a leak."""
+    from hrm.data.augment import TRANSFORMS, transform_grids
+
     train, test = dataset.splits["train"], dataset.splits["test"]
     first_index = {}
     for i, base in enumerate(train.base_ids):
@@ -624,18 +574,20 @@ def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[li
                 f"base {base} is in both {train.where('base_scenario_ids', first_index[base])} and "
                 f"{test.where('base_scenario_ids', j)}"
             )
-    train_grids = {}
-    for i in range(train.size):
-        train_grids.setdefault(train.inputs[i].tobytes(), i)
+    train_grids: dict[bytes, tuple[int, int]] = {}
+    for t in transforms:
+        grids = train.inputs if t == 0 else transform_grids(train.inputs, dataset.rows, dataset.cols, t)
+        for i in range(train.size):
+            train_grids.setdefault(grids[i].tobytes(), (i, t))
     identical, test_seen = [], set()
     for j in range(test.size):
         key = test.inputs[j].tobytes()
         if key in train_grids and key not in test_seen:
             test_seen.add(key)
-            i = train_grids[key]
+            i, t = train_grids[key]
             identical.append(
                 f"{test.where('inputs', j)} (base {test.base_ids[j]}) is identical to {train.where('inputs', i)} "
-                f"(base {train.base_ids[i]})"
+                f"(base {train.base_ids[i]})" + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_ids))
     overlap_check = Check(
@@ -654,7 +606,8 @@ def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[li
     identical_check = Check(
         "identical_grids_across_splits",
         "methodology",
-        "no input grid of the test split also in the train split",
+        "no input grid of the test split also in the train split"
+        + (f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""),
         len(identical),
         "= 0",
         round(1 - len(identical) / test_maps, 6) if test_maps else 0.0,
@@ -745,3 +698,121 @@ def route_figures(
         figures[f"route_length_mean_{vehicle}"] = round(float(lengths.mean()), 2) if lengths.size else 0.0
     figures["min_route_length"] = min_route_length
     return figures
+
+
+# ---- difficulty: how much search the dataset needs (issue 12) ---------------------------------------------
+
+DETOUR_BINS = ((0, 0), (2, 2), (4, 6), (8, 14), (16, 30), (32, None))  # detour cells, inclusive
+
+
+def _share(count: int, total: int) -> float:
+    return round(count / total, 6) if total else 0.0
+
+
+def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> dict[str, Any]:
+    n = len(detours)
+    out: dict[str, Any] = {
+        "examples": n,
+        "monotone_share": _share(int((detours == 0).sum()), n),
+        "detour_share": _share(int((detours >= min_detour).sum()), n),
+        "detour_mean": round(float(detours.mean()), 4) if n else 0.0,
+        "detour_max": int(detours.max()) if n else 0,
+        "turns_mean": round(float(turns.mean()), 4) if n else 0.0,
+    }
+    for low, high in DETOUR_BINS:
+        name = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
+        inside = (detours >= low) & (detours <= (high if high is not None else detours.max(initial=0)))
+        out[f"detour_{name}"] = int(inside.sum())
+    return out
+
+
+def difficulty_checks(
+    dataset: RawDataset,
+    facts: dict[str, ExampleFacts],
+    min_detour: int,
+    min_detour_share: float,
+    min_distinct_routes: int,
+    min_distinct_share: float,
+) -> tuple[list[Check], dict[str, Any]]:
+    """The `generate.difficulty` rules re-measured on the labels (not read from the summary): per split, the
+    share of examples whose route has a detour >= min_detour cells, and of bases with >= min_distinct_routes
+    distinct routes; plus the detour histogram, monotone share and turns, overall and per vehicle.
+    Not critical: they measure how much search the data needs, not whether a label is right. An invalid
+    route counts as no detour (route_valid reports it)."""
+    from hrm.data import routing
+
+    cols = dataset.cols
+    figures: dict[str, Any] = {
+        "rules": {"min_detour": min_detour, "min_distinct_routes": min_distinct_routes}
+    }
+    detour_failures, distinct_failures = [], []
+    lowest_detour_share = lowest_distinct_share = 1.0
+    per_vehicle: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for name, split in dataset.splits.items():
+        paths = facts[name].paths
+        detours = np.array([routing.detour_cells(p, cols) if p else 0 for p in paths], dtype=np.int64)
+        turns = np.array([routing.turns(p) if p else 0 for p in paths], dtype=np.int64)
+        for i in range(split.size):
+            per_vehicle[split.vehicles[i]].append((int(detours[i]), int(turns[i])))
+        summary = _detour_summary(detours, turns, min_detour)
+        distinct = [len({split.labels[i].tobytes() for i in rows}) for rows in _group_rows(split)]
+        summary["distinct_routes_share"] = _share(
+            sum(d >= min_distinct_routes for d in distinct), len(distinct)
+        )
+        figures[name] = summary
+        lowest_detour_share = min(lowest_detour_share, summary["detour_share"])
+        lowest_distinct_share = min(lowest_distinct_share, summary["distinct_routes_share"])
+        if summary["detour_share"] < min_detour_share:
+            detour_failures.append(
+                f"{split.files['labels']}: {summary['detour_share']:.4f} of routes have a detour >= {min_detour} "
+                f"cells, params.yaml generate.difficulty.min_detour_share asks for {min_detour_share}"
+            )
+        if summary["distinct_routes_share"] < min_distinct_share:
+            distinct_failures.append(
+                f"{split.files['labels']}: {summary['distinct_routes_share']:.4f} of bases have >= "
+                f"{min_distinct_routes} distinct routes, params.yaml generate.difficulty.min_distinct_share "
+                f"asks for {min_distinct_share}"
+            )
+    figures["by_vehicle"] = {
+        vehicle: {
+            "monotone_share": _share(sum(d == 0 for d, _ in values), len(values)),
+            "detour_mean": round(float(np.mean([d for d, _ in values])), 4),
+            "turns_mean": round(float(np.mean([t for _, t in values])), 4),
+        }
+        for vehicle, values in per_vehicle.items()
+    }
+
+    def rule(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
+        score = 1.0 if required == 0 else min(1.0, found / required)
+        return Check(
+            name,
+            "augmentation_quality",
+            description,
+            found,
+            f">= {required:g}",
+            round(score, 6),
+            not failures,
+            False,
+            failures[:MAX_FAILURES_LISTED],
+            len(failures),
+        )
+
+    checks = [
+        rule(
+            "detour_share",
+            f"lowest share over the splits of routes with a detour >= {min_detour} cells (route longer than the "
+            "Manhattan walk: the example needs search), generate.difficulty.min_detour_share",
+            lowest_detour_share,
+            min_detour_share,
+            detour_failures,
+        ),
+        rule(
+            "distinct_routes_share",
+            f"lowest share over the splits of bases whose vehicles take >= {min_distinct_routes} distinct "
+            "routes, generate.difficulty.min_distinct_share",
+            lowest_distinct_share,
+            min_distinct_share,
+            distinct_failures,
+        ),
+    ]
+    return checks, figures

@@ -4,6 +4,13 @@ A base is drawn from `StableRng(seed, (split_index, base_index, attempt))`; atte
 order until one passes every check, so the kept base depends on nothing but those three numbers. A base is kept
 only if every vehicle has a route, each vehicle's optimum is unique, every route has at least
 `min_route_length` cells (start and goal included), and the routes are not all the same.
+
+Difficulty (`generate.difficulty`): the city makes detours common (rivers with few bridges, a barrier of
+closures across the direct corridor, a congestion hotspot on it, highways barred to bikes); shares are then
+guaranteed by quotas. Base i of a split must hold `quota(i)` examples with a detour of at least `min_detour`
+cells and, where its quota says so, at least `min_distinct_routes` distinct routes. The quota is what keeps
+bases 0..i at or above the share given what bases 0..i-1 reached, so attempts are rejected only where the city
+alone falls short, and every prefix of a split meets the share (more bases never change the earlier ones).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,98 @@ from hrm.data import routing, spec
 from hrm.data.city import City, CityParams, NoEndpoints, build_city
 from hrm.data.rng import StableRng
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 SPLIT_INDEX = {split: index for index, split in enumerate(spec.SPLITS)}  # spawn key part: train 0, test 1
-REJECTION_REASONS = ("no_endpoints", "unreachable", "too_short", "tie", "identical_routes")
+REJECTION_REASONS = (
+    "no_endpoints",
+    "unreachable",
+    "too_short",
+    "tie",
+    "identical_routes",
+    "detour",
+    "distinct_routes",
+)
+# the params key behind each difficulty rejection, named when a base cannot meet it
+DIFFICULTY_RULES = {
+    "detour": "generate.difficulty.min_detour_share / min_detour",
+    "distinct_routes": "generate.difficulty.min_distinct_share / min_distinct_routes",
+}
+DETOUR_RULE = (
+    "detour = route_length - (manhattan(start, goal) + 1) cells; 0 = monotone route (every move towards the goal); "
+    "always even"
+)
 LENGTH_RULE = "route_length = number of cells on the route, start and goal included (moves + 1)"
+
+
+@dataclass(frozen=True)
+class DifficultyParams:
+    """`generate.difficulty` in params.yaml: minimum shares the city must reach, enforced per base by quota."""
+
+    min_detour: int  # cells of detour (even, >= 2) for an example to count as "needs a detour"
+    min_detour_share: float  # share of each split's examples with a detour >= min_detour
+    min_distinct_routes: int  # distinct routes among a base's vehicles ...
+    min_distinct_share: float  # ... reached in at least this share of each split's bases
+
+    @classmethod
+    def from_dict(
+        cls, raw: Any, n_vehicles: int, rows: int, cols: int, min_route_length: int, source: str
+    ) -> DifficultyParams:
+        where = f"{source}: generate.difficulty"
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"{where} must be a mapping with min_detour, min_detour_share, "
+                "min_distinct_routes, min_distinct_share"
+            )
+        unknown = sorted(
+            set(raw) - {"min_detour", "min_detour_share", "min_distinct_routes", "min_distinct_share"}
+        )
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown}")
+
+        def integer(key: str) -> int:
+            value = raw.get(key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
+            return value
+
+        def share(key: str) -> float:
+            value = raw.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ConfigError(f"{where}.{key} must be a share in [0, 1], got {value!r}")
+            return float(value)
+
+        min_detour, distinct = integer("min_detour"), integer("min_distinct_routes")
+        detour_share, distinct_share = share("min_detour_share"), share("min_distinct_share")
+        if min_detour < 2 or min_detour % 2:
+            raise ConfigError(
+                f"{where}.min_detour must be an even integer >= 2 (a detour on a 4-neighbour grid is even: "
+                f"every step away from the goal is stepped back), got {min_detour}"
+            )
+        # a route holds at most rows*cols cells and spans >= min_route_length - 1 moves of Manhattan distance
+        longest = rows * cols - min_route_length
+        if detour_share > 0 and min_detour > longest:
+            raise ConfigError(
+                f"{where}.min_detour = {min_detour} is longer than a {rows}x{cols} map allows with routes of "
+                f">= {min_route_length} cells (at most {longest} detour cells)"
+            )
+        if not 1 <= distinct <= n_vehicles:
+            raise ConfigError(
+                f"{where}.min_distinct_routes must be between 1 and the {n_vehicles} vehicles, got {distinct}"
+            )
+        return cls(min_detour, detour_share, distinct, distinct_share)
+
+    def quota(self, share: float, index: int, per_base: int, achieved: int) -> int:
+        """Items base `index` must contribute so that bases 0..index hold at least `share` of their items
+        (`per_base` items per base), given `achieved` items in bases 0..index-1. Exact rationals: the same
+        on every machine. Never more than `per_base` while every earlier prefix met the share."""
+        return max(0, math.ceil(Fraction(str(share)) * per_base * (index + 1)) - achieved)
+
+    def detour_quota(self, index: int, n_vehicles: int, achieved: int) -> int:
+        return self.quota(self.min_detour_share, index, n_vehicles, achieved)
+
+    def distinct_quota(self, index: int, achieved: int) -> int:
+        """min_distinct_routes when base `index` must reach it, else 0."""
+        return self.min_distinct_routes if self.quota(self.min_distinct_share, index, 1, achieved) else 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +140,7 @@ class GenerateSettings:
     count_cap: int
     cost_model: spec.CostModel
     city: CityParams
+    difficulty: DifficultyParams
     raw_params: dict[str, Any]
 
     @classmethod
@@ -51,10 +148,7 @@ class GenerateSettings:
         raw = section(params, "generate", source)
 
         def positive_int(key: str, minimum: int = 1) -> int:
-            value = raw.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{source}: generate.{key} must be an integer >= {minimum}, got {value!r}")
-            return value
+            return int(raw[key])  # types and ranges: schemas/params.schema.json (hrm.config.load_params)
 
         try:
             cost_model = spec.CostModel(
@@ -63,16 +157,22 @@ class GenerateSettings:
             city = CityParams.from_dict(raw.get("city") or {}, f"{source}:generate.city")
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        rows, cols = positive_int("rows", 4), positive_int("cols", 4)
+        min_route_length = positive_int("min_route_length", 2)
+        difficulty = DifficultyParams.from_dict(
+            raw.get("difficulty"), len(cost_model.vehicles), rows, cols, min_route_length, source
+        )
         return cls(
             seed=positive_int("seed", 0),
-            rows=positive_int("rows", 4),
-            cols=positive_int("cols", 4),
+            rows=rows,
+            cols=cols,
             bases={"train": positive_int("train_bases"), "test": positive_int("test_bases")},
-            min_route_length=positive_int("min_route_length", 2),
+            min_route_length=min_route_length,
             max_attempts=positive_int("max_attempts"),
             count_cap=positive_int("count_cap", 2),
             cost_model=cost_model,
             city=city,
+            difficulty=difficulty,
             raw_params=raw,
         )
 
@@ -97,7 +197,8 @@ class Rejections:
             if self.attempts
             else 0.0,
             "tie_by_vehicle": dict(sorted(self.tie_by_vehicle.items())),
-            "check_order": "per attempt: endpoints, then each vehicle in puzzle-id order: reachable, length, unique",
+            "check_order": "per attempt: endpoints, then each vehicle in puzzle-id order: reachable, length, "
+            "unique; then the base: routes not all identical, detour quota, distinct-routes quota",
         }
 
 
@@ -118,9 +219,17 @@ def _route_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def try_attempt(
-    settings: GenerateSettings, cost_table: np.ndarray, shared_tokens: np.ndarray, key: tuple[int, int, int]
+    settings: GenerateSettings,
+    cost_table: np.ndarray,
+    shared_tokens: np.ndarray,
+    key: tuple[int, int, int],
+    need_detours: int = 0,
+    need_distinct: int = 0,
 ) -> tuple[City | None, tuple[routing.RouteSolution, ...], str | None, str | None]:
-    """One attempt: (city, routes, None, None) when kept, else (city?, (), reason, vehicle that failed)."""
+    """One attempt: (city, routes, None, None) when kept, else (city?, (), reason, vehicle that failed).
+
+    need_detours: examples of this base that must have a detour >= difficulty.min_detour;
+    need_distinct: distinct routes the base must have (0 = no requirement)."""
     rng = StableRng(settings.seed, key)
     try:
         city = build_city(
@@ -141,8 +250,14 @@ def try_attempt(
         if solution.optimal_routes > 1:
             return city, (), "tie", vehicle.name
         routes.append(solution)
-    if len({route.path for route in routes}) == 1:
+    distinct = len({route.path for route in routes})
+    if distinct == 1:
         return city, (), "identical_routes", None
+    min_detour = settings.difficulty.min_detour
+    if sum(routing.detour_cells(route.path, settings.cols) >= min_detour for route in routes) < need_detours:
+        return city, (), "detour", None
+    if distinct < need_distinct:
+        return city, (), "distinct_routes", None
     return city, tuple(routes), None, None
 
 
@@ -161,24 +276,47 @@ def generate_bases(
     with tqdm(total=total, desc="generate", unit="base", file=sys.stderr, disable=not progress) as bar:
         for split in spec.SPLITS:
             split_bases = []
+            detours_so_far = distinct_so_far = 0
             for base_index in range(settings.bases[split]):
                 reasons: Counter = Counter()
+                need_detours = settings.difficulty.detour_quota(
+                    base_index, len(settings.cost_model.vehicles), detours_so_far
+                )
+                need_distinct = settings.difficulty.distinct_quota(base_index, distinct_so_far)
                 for attempt in range(settings.max_attempts):
                     key = (SPLIT_INDEX[split], base_index, attempt)
                     rejections.attempts += 1
-                    city, routes, reason, vehicle = try_attempt(settings, cost_table, shared_tokens, key)
+                    city, routes, reason, vehicle = try_attempt(
+                        settings, cost_table, shared_tokens, key, need_detours, need_distinct
+                    )
                     if reason is None:
                         split_bases.append(Base(f"{split}-{base_index:04d}", key, city, routes))
+                        detours_so_far += sum(
+                            routing.detour_cells(r.path, settings.cols) >= settings.difficulty.min_detour
+                            for r in routes
+                        )
+                        distinct_so_far += (
+                            len({r.path for r in routes}) >= settings.difficulty.min_distinct_routes
+                        )
                         break
                     reasons[reason] += 1
                     rejections.by_reason[reason] += 1
                     if reason == "tie":
                         rejections.tie_by_vehicle[vehicle] += 1
                 else:
+                    rules = [
+                        f"{DIFFICULTY_RULES[r]} ({reasons[r]} rejections)"
+                        for r in DIFFICULTY_RULES
+                        if reasons[r]
+                    ]
                     raise io.UserError(
                         f"generate: base {split}-{base_index:04d} found no acceptable scenario in "
-                        f"{settings.max_attempts} attempts (rejections: {dict(reasons)}); raise "
-                        "generate.max_attempts or loosen generate.min_route_length / generate.city"
+                        f"{settings.max_attempts} attempts (rejections: {dict(reasons)}; it needed "
+                        f"{need_detours} examples with a detour >= {settings.difficulty.min_detour} cells and "
+                        f"{need_distinct or 'any number of'} distinct routes)"
+                        + (f"; difficulty rules not met: {', '.join(rules)}" if rules else "")
+                        + "; raise generate.max_attempts or loosen generate.difficulty / "
+                        "generate.min_route_length / generate.city"
                     )
                 bar.update(1)
             bases[split] = split_bases
@@ -251,6 +389,64 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
     }
 
 
+def _detour_figures(detours: list[int], turn_counts: list[int], min_detour: int) -> dict[str, Any]:
+    """Detour histogram (cells -> examples), monotone share, share with a detour >= min_detour, turns."""
+    n = len(detours)
+    histogram = Counter(detours)
+    return {
+        "examples": n,
+        "monotone_share": round(histogram.get(0, 0) / n, 6) if n else 0.0,
+        "detour_share": round(sum(d >= min_detour for d in detours) / n, 6) if n else 0.0,
+        "mean_detour": round(math.fsum(detours) / n, 4) if n else 0.0,
+        "max_detour": max(detours, default=0),
+        "detour_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+        "mean_turns": round(math.fsum(turn_counts) / n, 4) if n else 0.0,
+        "max_turns": max(turn_counts, default=0),
+    }
+
+
+def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str, Any]:
+    """How much search a split needs: detours (overall and per vehicle), turns, distinct routes per base,
+    and each difficulty rule's required and found share."""
+    rule = settings.difficulty
+    cols = settings.cols
+    names = [vehicle.name for vehicle in settings.cost_model.vehicles]
+    detours = [[routing.detour_cells(r.path, cols) for r in base.routes] for base in bases]
+    turn_counts = [[routing.turns(r.path) for r in base.routes] for base in bases]
+    flat_detours = [d for row in detours for d in row]
+    distinct = [len({r.path for r in base.routes}) for base in bases]
+    n_bases = len(bases)
+    figures = _detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
+    distinct_share = (
+        round(sum(d >= rule.min_distinct_routes for d in distinct) / n_bases, 6) if n_bases else 0.0
+    )
+    return {
+        **figures,
+        "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, len(names) + 1)},
+        "distinct_routes_share": distinct_share,
+        "by_vehicle": {
+            name: _detour_figures(
+                [row[v] for row in detours], [row[v] for row in turn_counts], rule.min_detour
+            )
+            for v, name in enumerate(names)
+        },
+        "rules": {
+            "min_detour_share": {
+                "required": rule.min_detour_share,
+                "found": figures["detour_share"],
+                "met": figures["detour_share"] >= rule.min_detour_share,
+                "min_detour": rule.min_detour,
+            },
+            "min_distinct_share": {
+                "required": rule.min_distinct_share,
+                "found": distinct_share,
+                "met": distinct_share >= rule.min_distinct_share,
+                "min_distinct_routes": rule.min_distinct_routes,
+            },
+        },
+    }
+
+
 def _length_stats(values: list[int]) -> dict[str, float]:
     array = np.array(values, dtype=np.int64)
     return {
@@ -276,6 +472,8 @@ def build_summary(
                 "route_length": len(route.path),
                 "route_cost": route.cost,
                 "hour": base.city.hour,
+                "detour": routing.detour_cells(route.path, settings.cols),
+                "turns": routing.turns(route.path),
             }
             for base in split_bases
             for vehicle, route in zip(vehicles, base.routes, strict=True)
@@ -311,10 +509,14 @@ def build_summary(
         "move_rule": cost_model["move_rule"],
         "cost_rule": cost_model["cost_rule"],
         "length_rule": LENGTH_RULE,
+        "detour_rule": DETOUR_RULE,
         "label_rule": "label = input with every route cell between start and goal set to the route token",
         "acceptance_rule": (
             f"every vehicle reaches the goal, each optimum is unique (optimal routes counted, capped at "
-            f"{settings.count_cap}), every route_length >= {settings.min_route_length}, routes not all identical"
+            f"{settings.count_cap}), every route_length >= {settings.min_route_length}, routes not all identical; "
+            f"per split, >= {settings.difficulty.min_detour_share} of examples have a detour >= "
+            f"{settings.difficulty.min_detour} cells and >= {settings.difficulty.min_distinct_share} of bases have "
+            f">= {settings.difficulty.min_distinct_routes} distinct routes (quotas spread evenly over the bases)"
         ),
         "vehicle_original_ids": {vehicle.name: vehicle.original_id for vehicle in vehicles},
         "identifiers": settings.cost_model.identifiers(),
@@ -331,6 +533,9 @@ def build_summary(
         "route_length_by_vehicle": length_by_vehicle,
         "diversity": {
             split: _diversity(split_bases, [v.name for v in vehicles]) for split, split_bases in bases.items()
+        },
+        "difficulty": {
+            split: difficulty_stats(settings, split_bases) for split, split_bases in bases.items()
         },
         "hours": {
             split: Counter(b.city.hour for b in split_bases).most_common()
@@ -395,9 +600,7 @@ def run(params_path: str | Path = "params.yaml", progress: bool = True) -> dict[
     """Stage entry point: read params, write `paths.raw`."""
     try:
         params = load_params(params_path)
-        out_dir = section(params, "paths", params_path).get("raw")
+        out_dir = section(params, "paths", params_path)["raw"]
     except ConfigError as err:
         raise io.UserError(str(err)) from err
-    if not isinstance(out_dir, str):
-        raise io.UserError(f"{params_path}: paths.raw must be a folder path")
     return generate(params, out_dir, progress=progress, source=str(params_path))

@@ -2,7 +2,7 @@
 
 A file set that breaks one of these cannot be read as a dataset at all (lengths disagree, indices point
 outside the arrays, a token the metadata's vocabulary lacks), so every break is collected and raised as one
-UserError naming file, field and index, before any score is computed.
+UserError naming file, field and index; validate then audits the files (`hrm.data.audit`), each break a finding.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Shortest routes on a token grid: A* with optimal-route counting, and route checking.
 
 Shared by generate (labels), validate (re-checks) and evaluate (is a predicted route valid, what does it cost).
+`dijkstra_optimum` is a second, independent solver (scipy's Dijkstra) for validate's and evaluate's optimum.
 
 Rules (the same as `CostModel.to_dict()["cost_rule"]`): 4-neighbour moves; moving into a cell costs that cell's
 entering cost for the vehicle (`cost_table[puzzle_id][token]`, -1 = barred); start and goal cost 0; the route cost
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -260,3 +261,151 @@ def check_route(
             length,
         )
     return RouteCheck(True, "ok", route_cost(costs, path), length, tuple(path))
+
+
+# ---- route geometry: how far a route strays from the straight walk --------------------------------------
+
+
+def manhattan(a: int, b: int, cols: int) -> int:
+    """Manhattan distance between two flat cells: the moves of the shortest walk, ignoring what is in the way."""
+    (row_a, col_a), (row_b, col_b) = divmod(a, cols), divmod(b, cols)
+    return abs(row_a - row_b) + abs(col_a - col_b)
+
+
+def detour_cells(path: tuple[int, ...] | list[int], cols: int) -> int:
+    """Cells a route has beyond the Manhattan walk between its ends: 0 = monotone (never steps away from the
+    goal). Always even on a 4-neighbour grid: every step away must be stepped back."""
+    return len(path) - 1 - manhattan(path[0], path[-1], cols) if path else 0
+
+
+def turns(path: tuple[int, ...] | list[int]) -> int:
+    """Changes of direction along a route (flat cells, consecutive cells adjacent)."""
+    steps = np.diff(np.asarray(path, dtype=np.int64))
+    return int((steps[1:] != steps[:-1]).sum()) if steps.size > 1 else 0
+
+
+@dataclass(frozen=True)
+class MonotoneRoute:
+    """Result of `best_monotone`: the cheapest route that only ever moves towards the goal."""
+
+    cost: int | None  # None: every monotone route is blocked
+    path: tuple[int, ...]  # flat cells, start first, goal last; empty when blocked
+
+
+def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> MonotoneRoute:
+    """Cheapest route of Manhattan length (every move towards the goal) by dynamic programming.
+
+    Such a route stays in the rectangle spanned by start and goal and enters each of its cells from one of
+    two cells (the row or the column step towards it), so one pass in order of distance from the start
+    settles every cell: no search. Where it matches the optimum, an example needs no search (the
+    evaluation's "monotone path" baseline). Ties go to the row step (deterministic). Same cost rule as
+    `solve`: entering a cell costs `costs[cell]` (< 0 = barred), the start and the goal cost 0.
+    """
+    costs = np.asarray(costs, dtype=np.int64).reshape(-1)
+    if costs.size != rows * cols:
+        raise ValueError(f"costs has {costs.size} cells, expected rows*cols = {rows * cols}")
+    (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
+    row_step = 1 if g_row >= s_row else -1
+    col_step = 1 if g_col >= s_col else -1
+    height, width = abs(g_row - s_row) + 1, abs(g_col - s_col) + 1
+    cost = costs.tolist()
+    best: list[list[float]] = [[UNREACHED] * width for _ in range(height)]
+    came_from_row = [[False] * width for _ in range(height)]  # True: entered by the row step
+    best[0][0] = 0
+    for i in range(height):
+        for j in range(width):
+            if i == 0 and j == 0:
+                continue
+            cell = (s_row + i * row_step) * cols + s_col + j * col_step
+            step = 0 if cell == goal else cost[cell]
+            if step < 0:
+                continue
+            from_row = best[i - 1][j] if i > 0 else UNREACHED
+            from_col = best[i][j - 1] if j > 0 else UNREACHED
+            if from_row == UNREACHED and from_col == UNREACHED:
+                continue
+            came_from_row[i][j] = from_row <= from_col
+            best[i][j] = min(from_row, from_col) + step
+    if best[height - 1][width - 1] == UNREACHED:
+        return MonotoneRoute(None, ())
+    i, j = height - 1, width - 1
+    path = []
+    while True:
+        path.append((s_row + i * row_step) * cols + s_col + j * col_step)
+        if i == 0 and j == 0:
+            break
+        if came_from_row[i][j]:
+            i -= 1
+        else:
+            j -= 1
+    path.reverse()
+    return MonotoneRoute(int(best[height - 1][width - 1]), tuple(path))
+
+
+def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
+    """The label of `path` on `grid`: a copy with the cells between start and goal set to the route token."""
+    label = np.array(grid, copy=True)
+    if len(path) > 2:
+        label.reshape(-1)[list(path[1:-1])] = spec.ROUTE
+    return label
+
+
+# ---- an independent optimum: scipy's Dijkstra (validate and evaluate) ----------------------------------
+
+
+@cache
+def _grid_edges(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices, sorted by source."""
+    index = np.arange(rows * cols).reshape(rows, cols)
+    pairs = [
+        (index[:, :-1], index[:, 1:]),  # right
+        (index[:, 1:], index[:, :-1]),  # left
+        (index[:-1, :], index[1:, :]),  # down
+        (index[1:, :], index[:-1, :]),  # up
+    ]
+    sources = np.concatenate([a.reshape(-1) for a, _ in pairs])
+    targets = np.concatenate([b.reshape(-1) for _, b in pairs])
+    order = np.lexsort((targets, sources))
+    return sources[order], targets[order]
+
+
+def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, size: int):
+    """CSR matrix from edges already sorted by row (cheaper than scipy's COO conversion)."""
+    from scipy.sparse import csr_matrix
+
+    indptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_of_edges, minlength=size), out=indptr[1:])
+    return csr_matrix((weights, columns, indptr), shape=(size, size))
+
+
+def dijkstra_optimum(
+    cell_cost: np.ndarray, start: int, goal: int, rows: int, cols: int
+) -> tuple[int | None, np.ndarray]:
+    """Optimal route cost by scipy's Dijkstra and the mask of cells lying on at least one optimal route.
+
+    The one Dijkstra of the project (validate's re-check, evaluate's optimum), written apart from the
+    generator's A* (`solve`) so that a bug there cannot hide here. Moves into the start and out
+    of the goal are left out (a route is a simple path between them); the free step into the goal is given
+    weight 1 (subtracted again), because every route enters the goal exactly once, last. A cell v is on an
+    optimal route iff dist(start, v) + dist(v, goal) equals the optimum. Intermediate cells cost >= 1, so
+    an optimal route never touches itself; two distinct optimal routes therefore differ in their cell sets,
+    and the optimum is unique iff this mask is exactly one route's cells.
+    """
+    from scipy.sparse.csgraph import dijkstra
+
+    size = rows * cols
+    sources, targets = _grid_edges(rows, cols)
+    cost = np.asarray(cell_cost, dtype=np.int64)
+    usable = (cost[sources] >= 0) & (cost[targets] >= 0) & (targets != start) & (sources != goal)
+    sources, targets = sources[usable], targets[usable]
+    weights = cost[targets].astype(np.float64) + (targets == goal)
+    from_start = dijkstra(_csr(sources, targets, weights, size), directed=True, indices=start)
+    # the reversed graph: same edges read target -> source; sort them by their new row (the target)
+    order = np.argsort(targets, kind="stable")
+    to_goal = dijkstra(
+        _csr(targets[order], sources[order], weights[order], size), directed=True, indices=goal
+    )
+    best = from_start[goal]
+    if not np.isfinite(best):
+        return None, np.zeros(size, dtype=bool)
+    return int(best) - 1, (from_start + to_goal) == best

@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from hrm.data import spec
+from hrm.data import raw, spec
 from hrm.io import UserError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -63,25 +63,6 @@ def validator(kind: str):
     return Draft202012Validator(schema)
 
 
-def read_json(path: Path) -> Any:
-    """Parse one JSON file; a missing, unreadable or truncated file is a UserError naming it."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise UserError(f"{path.name}: file not found in {path.parent}") from err
-    except OSError as err:
-        raise UserError(f"{path.name}: cannot read ({err.strerror})") from err
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path.name}: not UTF-8 text (byte {err.start})") from err
-    except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        if err.pos >= len(data.rstrip()):
-            raise UserError(f"{path.name}: truncated JSON ({err.msg} at {where}, end of file)") from err
-        raise UserError(f"{path.name}: not valid JSON ({err.msg} at {where})") from err
-
-
 def grid_list_conforms(document: Any) -> bool:
     """Exactly grids.schema.json, fast: a non-empty list of non-empty lists of ints in [0, 255].
 
@@ -112,24 +93,13 @@ def _short(message: str, limit: int = 160) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def load_raw_files(raw_dir: str | Path) -> dict[str, Any]:
-    """All 18 files by name, each schema-valid; otherwise one UserError listing every problem found."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise UserError(f"{raw_dir}: raw data folder not found (run the generate stage first)")
-    documents: dict[str, Any] = {}
-    problems: list[str] = []
+def read_raw_documents(raw_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Every one of the 18 files that parses, by name (read by `hrm.data.raw.read_files`, convert's reader
+    too), and the problems found: files missing, unreadable or not JSON, and schema violations (a file that
+    parses but breaks its schema is kept, for the audit)."""
+    files = raw.read_files(raw_dir)
+    problems = list(files.problems)
     for name, kind in raw_file_kinds().items():
-        try:
-            document = read_json(raw_dir / name)
-        except UserError as err:
-            problems.append(str(err))
-            continue
-        errors = schema_errors(document, kind, name)
-        if errors:
-            problems.extend(errors)
-        else:
-            documents[name] = document
-    if problems:
-        raise UserError(f"{len(problems)} problem(s) in {raw_dir}:\n  " + "\n  ".join(problems))
-    return documents
+        if name in files.documents:
+            problems.extend(schema_errors(files.documents[name], kind, name))
+    return files.documents, problems

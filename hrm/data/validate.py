@@ -1,17 +1,19 @@
 """The validate stage: schemas, cross-file invariants, Pandera, compliance score, leakage, report and PNG.
 
-Order: read and schema-check the 18 files, then their cross-file invariants (a failure in either means the
-files cannot be read as a dataset: UserError, no report written); then every compliance check, scored with
-params' weights. Reports are written (each file atomically) whether or not the dataset passes, so a failing
-dataset leaves a readable explanation; the stage then exits non-zero below the threshold or on any critical
-failure.
+Order: read and schema-check the 18 files, then their cross-file invariants; then every compliance check,
+scored with params' weights. Files that fail either strict layer (anyone's 18 files: the original tool's,
+a hand-edited set) are audited instead (`hrm.data.audit`): the layer's problems become findings, every check
+that can still run on what the files hold runs, the rest are listed as not run and score 0. Reports are
+written (each file atomically) whatever the outcome, so a failing dataset leaves a readable explanation; the
+stage then exits non-zero below the threshold or on any critical failure.
 """
 
 from __future__ import annotations
 
 import io as bytes_io
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import compliance, consistency, spec
+from hrm.data import audit, augment, colours, compliance, consistency, spec
+from hrm.data import generate as generate_module
 from hrm.data.invariants import RawDataset, build_dataset
-from hrm.data.schemas import load_raw_files
+from hrm.data.schemas import read_raw_documents
 
 REPORT_JSON = "compliance.json"
 REPORT_MD = "compliance.md"
@@ -42,95 +45,104 @@ class ValidateSettings:
     expected_bases: dict[str, int]
     cost_model: spec.CostModel
     min_route_length: int
+    difficulty: generate_module.DifficultyParams
+    augment: str = "none"  # convert.augment: the HRM layout's train split holds these symmetries
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str | Path = "params.yaml") -> ValidateSettings:
         paths = section(params, "paths", source)
         validate = section(params, "validate", source)
         generate = section(params, "generate", source)
-        weights = validate.get("weights")
-        if not isinstance(weights, dict) or set(weights) != set(compliance.CATEGORIES):
-            raise ConfigError(
-                f"{source}: validate.weights needs exactly the keys {list(compliance.CATEGORIES)}"
-            )
-        if (
-            any(not isinstance(w, int | float) or w < 0 for w in weights.values())
-            or abs(sum(weights.values()) - 1) > 1e-9
-        ):
-            raise ConfigError(
-                f"{source}: validate.weights must be non-negative numbers summing to 1, got {weights}"
-            )
-
-        def number(key: str, low: float, high: float) -> float:
-            value = validate.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-                raise ConfigError(
-                    f"{source}: validate.{key} must be a number in [{low}, {high}], got {value!r}"
-                )
-            return float(value)
-
-        plot_examples = validate.get("plot_examples")
-        if not isinstance(plot_examples, int) or isinstance(plot_examples, bool) or plot_examples < 0:
-            raise ConfigError(
-                f"{source}: validate.plot_examples must be an integer >= 0, got {plot_examples!r}"
-            )
-        bases = {}
-        for split in spec.SPLITS:
-            value = generate.get(f"{split}_bases")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{source}: generate.{split}_bases must be an integer >= 1, got {value!r}")
-            bases[split] = value
+        # types and ranges: schemas/params.schema.json (hrm.config.load_params); a sum is beyond a schema
+        weights = validate["weights"]
+        if abs(sum(weights.values()) - 1) > 1e-9:
+            raise ConfigError(f"{source}: validate.weights must sum to 1, got {weights}")
         try:
             cost_model = spec.CostModel(
-                tuple(spec.parse_vehicles(generate.get("vehicles"), f"{source}:generate.vehicles"))
+                tuple(spec.parse_vehicles(generate["vehicles"], f"{source}:generate.vehicles"))
             )
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        min_route_length = generate.get("min_route_length")
-        if (
-            not isinstance(min_route_length, int)
-            or isinstance(min_route_length, bool)
-            or min_route_length < 2
-        ):
-            raise ConfigError(
-                f"{source}: generate.min_route_length must be an integer >= 2, got {min_route_length!r}"
-            )
-        for key in ("raw", "hrm", "data_reports"):
-            if not isinstance(paths.get(key), str):
-                raise ConfigError(f"{source}: paths.{key} must be a folder path")
+        difficulty = generate_module.DifficultyParams.from_dict(
+            generate.get("difficulty"),
+            len(cost_model.vehicles),
+            int(generate["rows"]),
+            int(generate["cols"]),
+            int(generate["min_route_length"]),
+            str(source),
+        )
+        convert_settings = params.get("convert") or {}
+        augment_setting = augment.parse(convert_settings.get("augment", "none"))
         return cls(
             raw_dir=Path(paths["raw"]),
             hrm_dir=Path(paths["hrm"]),
             reports_dir=Path(paths["data_reports"]),
-            threshold=number("threshold", 0.0, 1.0),
+            threshold=float(validate["threshold"]),
             weights={k: float(weights[k]) for k in compliance.CATEGORIES},
-            plot_examples=plot_examples,
-            near_duplicate_share=number("near_duplicate_share", 0.0, 1.0),
-            expected_bases=bases,
+            plot_examples=int(validate["plot_examples"]),
+            near_duplicate_share=float(validate["near_duplicate_share"]),
+            expected_bases={split: int(generate[f"{split}_bases"]) for split in spec.SPLITS},
             cost_model=cost_model,
-            min_route_length=min_route_length,
+            min_route_length=int(generate["min_route_length"]),
+            difficulty=difficulty,
+            augment=augment_setting,
         )
 
 
 @dataclass
 class Validation:
     report: compliance.ComplianceReport
-    dataset: RawDataset
+    dataset: RawDataset | None  # None: the files failed a strict layer and were audited (no plot)
     facts: dict[str, compliance.ExampleFacts]
     seconds: float
 
 
+# The checks that need files passing the strict layers, listed as not run when an audit cannot reach them.
+FULL_CHECKS = (
+    ("methodology", "variants_per_base", "every base is one group of puzzles, one example per vehicle"),
+    ("methodology", "example_table", "per-example table passes its Pandera schema"),
+    ("tokens", "encoding", "vocabulary and token table as specified"),
+    ("tokens", "one_start_one_goal", "one start and one goal per input and label"),
+    ("tokens", "no_unexpected_values", "inputs and labels hold only their allowed tokens"),
+    ("tokens", "labels_are_input_plus_route", "a label is its input with the route marked"),
+    ("route_optimality", "route_valid", "every route valid for its vehicle"),
+    ("route_optimality", "route_optimal", "every route optimal (scipy Dijkstra on the cost model)"),
+    ("route_optimality", "route_unique", "every optimum unique"),
+    ("augmentation_quality", "same_base_map", "the vehicle variants of a base share one input grid"),
+    ("augmentation_quality", "vehicles_distinct", "no two vehicles have the same access rules and costs"),
+    ("augmentation_quality", "route_diversity", "the vehicles of a base do not all take the same route"),
+    ("consistency", "summary_agrees", "the summary agrees with the files and params"),
+    ("consistency", "hrm_layout_agrees", "the HRM layout agrees with the raw files"),
+)
+
+
 def validate_dataset(settings: ValidateSettings) -> Validation:
-    """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). UserError if unreadable."""
+    """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). Files that fail the schema or
+    structure layer are audited instead: those layers' problems become findings and every check that can
+    still run, runs; the rest are listed as not run."""
     began = time.perf_counter()
-    dataset = build_dataset(load_raw_files(settings.raw_dir))
-    cost_table = consistency.summary_cost_table(dataset.summary)
-    if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-        raise io.UserError(
-            f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
-            f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of {spec.RAW_IDENTIFIERS_FILE}, "
-            "one column per token): labels cannot be re-checked without it"
-        )
+    documents, file_problems = read_raw_documents(settings.raw_dir)
+    views = {split: audit.split_view(split, documents) for split in spec.SPLITS}
+    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
+    structure_problems: list[str] = []
+    dataset = None
+    if not file_problems:
+        try:
+            dataset = build_dataset(documents)
+            cost_table = consistency.summary_cost_table(dataset.summary)
+            if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+                raise io.UserError(
+                    f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
+                    f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
+                    f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
+                )
+        except io.UserError as err:
+            dataset = None
+            lines = str(err).splitlines()
+            structure_problems = [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
+    if dataset is None:
+        return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
+
     facts = {
         name: compliance.example_facts(split, cost_table, dataset.rows, dataset.cols)
         for name, split in dataset.splits.items()
@@ -157,7 +169,11 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
                 expected,
             )
         )
-    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share)
+    try:
+        transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share, transforms)
     checks.extend(leakage)
     group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
     checks.extend(group_checks)
@@ -165,18 +181,162 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     checks.append(compliance.table_check(dataset, table, settings.min_route_length))
     checks.extend(compliance.token_checks(dataset, facts))
     checks.extend(compliance.route_checks(dataset, facts))
+    # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
+    generic, audit_figures = audit.generic_checks(
+        views, identifiers, settings.near_duplicate_share, across=False
+    )
+    checks.extend(generic)
     checks.append(consistency.summary_check(dataset, facts, settings.cost_model, settings.min_route_length))
+    layout_dataset = dataset
+    if len(transforms) > 1:
+        augmented, transform = augment.augment_split(
+            dataset.splits["train"], dataset.rows, dataset.cols, transforms
+        )
+        checks.append(_augmented_route_check(augmented, transform, cost_table, dataset.rows, dataset.cols))
+        layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
     if settings.hrm_dir is not None:
-        checks.append(consistency.hrm_layout_check(dataset, settings.hrm_dir))
+        checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
+        checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
+    rules = settings.difficulty
+    difficulty, difficulty_figures = compliance.difficulty_checks(
+        dataset,
+        facts,
+        rules.min_detour,
+        rules.min_detour_share,
+        rules.min_distinct_routes,
+        rules.min_distinct_share,
+    )
+    checks.extend(difficulty)
     figures = {
         **compliance.route_figures(dataset, facts, settings.min_route_length),
         **group_figures,
         **leakage_figures,
+        **audit_figures,
+        "difficulty": difficulty_figures,
     }
-    order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
-    checks.sort(key=lambda check: order[check.category])
-    report = compliance.score(checks, settings.weights, settings.threshold, figures)
+    if layout_dataset is not dataset:
+        figures["train_examples_augmented"] = layout_dataset.splits["train"].size
+    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
     return Validation(report, dataset, facts, time.perf_counter() - began)
+
+
+def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
+    order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
+    return sorted(checks, key=lambda check: order[check.category])
+
+
+def _audit(
+    settings: ValidateSettings,
+    documents: dict[str, Any],
+    views: dict[str, audit.SplitView],
+    identifiers: Any,
+    file_problems: list[str],
+    structure_problems: list[str],
+    began: float,
+) -> Validation:
+    """The report for files that fail a strict layer: its findings, every check that still runs, the rest
+    listed as not run (each scores 0)."""
+    by_file: dict[str, list[str]] = {}
+    for problem in file_problems:
+        by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
+    checks = [
+        audit.finding_check(
+            "file_schemas",
+            "methodology",
+            "each of the 18 files is present, valid JSON and matches its schema in schemas/",
+            [
+                (" | ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""), 1)
+                for found in by_file.values()
+            ],
+            18,
+        )
+    ]
+    if file_problems:
+        checks.append(
+            audit.not_run(
+                "structure",
+                "methodology",
+                "cross-file invariants hold",
+                "the files fail their schemas (file_schemas)",
+            )
+        )
+    else:
+        checks.append(
+            audit.finding_check(
+                "structure",
+                "methodology",
+                "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)",
+                [(problem, 1) for problem in structure_problems],
+                max(len(structure_problems), 1),
+            )
+        )
+    n_vehicles = len(settings.cost_model.vehicles)
+    checks += audit.count_checks(views, settings.expected_bases, n_vehicles)
+    checks.append(audit.summary_claims_check(views, documents.get(spec.RAW_SUMMARY_FILE)))
+    checks.append(audit.base_overlap_check(views))
+    generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
+    checks += generic
+    routes = audit.route_checks(views, documents.get(spec.RAW_SUMMARY_FILE))  # when a cost model exists
+    checks += routes
+    ran = {check.name for check in routes}
+    reason = "needs files that pass the schema and structure layers (see file_schemas, structure)"
+    checks += [
+        audit.not_run(n, c, d, reason, n != "route_diversity") for c, n, d in FULL_CHECKS if n not in ran
+    ]
+    figures = {"near_duplicate_share": settings.near_duplicate_share, **figures}
+    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
+    return Validation(report, None, {}, time.perf_counter() - began)
+
+
+def _augmented_route_check(
+    augmented: Any, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
+) -> compliance.Check:
+    """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
+    moved = np.flatnonzero(transform != 0)
+    bad = augment.route_failures(
+        augmented.inputs[moved],
+        augmented.labels[moved],
+        augmented.example_identifier[moved],
+        cost_table,
+        rows,
+        cols,
+    )
+    failures = [
+        f"augmented train example {int(moved[k])} (base {augmented.base_ids[moved[k]]}, "
+        f"{augmented.vehicles[moved[k]]}, {augment.TRANSFORMS[transform[moved[k]]]}): the transformed label "
+        "is not the unique optimal route of the transformed map"
+        for k in bad
+    ]
+    return compliance.share_check(
+        "augmented_routes",
+        "route_optimality",
+        f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
+        "carries the unique optimal route of its transformed map (scipy Dijkstra)",
+        failures,
+        len(moved),
+    )
+
+
+def _layout_augment_check(hrm_dir: Path, setting: str) -> compliance.Check:
+    """The HRM layout was converted with this convert.augment (its train/dataset.json records it)."""
+    path = hrm_dir / "train" / "dataset.json"
+    failures = []
+    try:
+        written = json.loads(path.read_text(encoding="utf-8")).get(augment.LAYOUT_KEY, "none")
+    except (OSError, ValueError, AttributeError):
+        written = None  # missing or unreadable: hrm_layout_agrees reports it
+    if written is not None and written != setting:
+        failures.append(
+            f"{path}: {augment.LAYOUT_KEY} = {written!r} but params.yaml convert.augment is {setting!r} "
+            "(run the convert stage again)"
+        )
+    return compliance.share_check(
+        "hrm_layout_augment",
+        "consistency",
+        "the HRM layout's train split was augmented as convert.augment says",
+        failures,
+        1,
+    )
 
 
 # ---- reports ---------------------------------------------------------------------------------------------
@@ -190,6 +350,7 @@ def report_json(report: compliance.ComplianceReport) -> dict[str, Any]:
         "passed": report.passed,
         "threshold": report.threshold,
         "critical_failures": len(report.critical_failures),
+        "not_run": [f"{check.category}.{check.name}" for check in report.checks if check.not_run],
         "categories": dict(report.category_scores),
         "checks": {f"{check.category}.{check.name}": check.value for check in report.checks},
         "figures": dict(report.figures),
@@ -210,6 +371,16 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         "",
         f"Raw files: `{raw_dir.as_posix()}`; HRM layout: `{hrm_dir.as_posix() if hrm_dir else 'not checked'}`.",
         "",
+        *(
+            [
+                "**Audit**: these files fail the strict layers (schemas, cross-file structure), so they were audited: "
+                "the layers' problems are findings below, every check that can run on what the files hold ran, "
+                "and the rest are listed as not run. `scenarios.png` is not drawn for them.",
+                "",
+            ]
+            if any(check.name == "file_schemas" for check in report.checks)
+            else []
+        ),
         "## Score",
         "",
         "| category | weight | score | weighted |",
@@ -222,7 +393,7 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         f"| **total** | 1.00 | | **{report.score:.4f}** |",
         "",
         "A category's score is the mean of its checks' scores. Critical checks fail the dataset whatever the "
-        "score; `consistency` checks are critical and not scored.",
+        "score; `consistency` checks are not scored (those marked critical still fail the dataset).",
         "",
         "## Checks",
         "",
@@ -230,12 +401,22 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         "|---|---|---:|---|---:|---|---|---|",
     ]
     for check in report.checks:
-        result = "pass" if check.passed else "**FAIL**"
+        result = "**NOT RUN**" if check.not_run else "pass" if check.passed else "**FAIL**"
         lines.append(
             f"| {check.category} | {check.name} | {check.value:g} | {_cell(check.expected)} | {check.score:.4f} | "
             f"{result} | {'yes' if check.critical else 'no'} | {_cell(check.description)} |"
         )
-    failing = [check for check in report.checks if not check.passed]
+    not_run = [check for check in report.checks if check.not_run]
+    if not_run:
+        lines += [
+            "",
+            "## Not run",
+            "",
+            "Each scores 0 and fails: a check that cannot look has not shown anything.",
+            "",
+        ]
+        lines += [f"- {check.category}.{check.name}: {_cell(check.not_run)}" for check in not_run]
+    failing = [check for check in report.checks if not check.passed and not check.not_run]
     if failing:
         lines += ["", "## Failures", ""]
         for check in failing:
@@ -259,17 +440,20 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         "| figure | value |",
         "|---|---:|",
     ]
+    flat = {key: value for key, value in figures.items() if key != "difficulty"}
     lines += [
         f"| {key} | {value} |"
-        for key, value in figures.items()
+        for key, value in flat.items()
         if "share" in key or "near_duplicate" in key or "identical" in key
     ]
     lines += ["", "## Routes and diversity", "", "| figure | value |", "|---|---:|"]
     lines += [
         f"| {key} | {value} |"
-        for key, value in figures.items()
+        for key, value in flat.items()
         if not ("share" in key or "near_duplicate" in key or "identical" in key)
     ]
+    if "difficulty" in figures:
+        lines += difficulty_markdown(figures["difficulty"])
     lines += [
         "",
         "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
@@ -280,24 +464,36 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
     return "\n".join(lines)
 
 
-def _token_colours() -> list[str]:
-    """One colour per token: grey buildings, green parks, blue water, roads light->dark by class, congestion reddens."""
-    colours = ["#ffffff", "#9e9e9e", "#7cb36b", "#5b9bd5"]
-    class_base = {
-        "alley": (0.93, 0.90, 0.80),
-        "street": (0.97, 0.97, 0.97),
-        "avenue": (1.0, 0.95, 0.70),
-        "highway": (1.0, 0.85, 0.45),
-    }
-    jam = np.array((0.85, 0.25, 0.20))
-    for road_class in spec.ROAD_CLASSES:
-        base = np.array(class_base[road_class])
-        for level in range(len(spec.CONGESTION_LEVELS)):
-            mix = base + (jam - base) * (level / (len(spec.CONGESTION_LEVELS) - 1)) * 0.6
-            colours.append("#" + "".join(f"{int(round(c * 255)):02x}" for c in mix))
-    colours += ["#000000", "#00a000", "#d00000", "#ff00ff"]  # closed, start, goal, route
-    assert len(colours) == spec.VOCAB_SIZE
-    return colours
+def difficulty_markdown(difficulty: dict[str, Any]) -> list[str]:
+    """How much search the data needs: detours, turns, distinct routes per split and per vehicle."""
+    rules = difficulty["rules"]
+    splits = [name for name in spec.SPLITS if name in difficulty]
+    lines = [
+        "",
+        "## Difficulty: how much search the routes need",
+        "",
+        "Detour = route cells beyond the Manhattan walk between start and goal (0 = monotone: every move "
+        f"towards the goal). `detour_share`: routes with a detour >= {rules['min_detour']} cells; "
+        f"`distinct_routes_share`: bases whose vehicles take >= {rules['min_distinct_routes']} distinct routes. "
+        "Measured on the labels.",
+        "",
+        "| figure | " + " | ".join(splits) + " |",
+        "|---|" + "---:|" * len(splits),
+    ]
+    for key in difficulty[splits[0]] if splits else []:
+        lines.append(f"| {key} | " + " | ".join(str(difficulty[name][key]) for name in splits) + " |")
+    vehicles = difficulty.get("by_vehicle", {})
+    if vehicles:
+        lines += [
+            "",
+            "| vehicle (both splits) | monotone share | mean detour | mean turns |",
+            "|---|---:|---:|---:|",
+        ]
+        for vehicle, values in vehicles.items():
+            lines.append(
+                f"| {vehicle} | {values['monotone_share']} | {values['detour_mean']} | {values['turns_mean']} |"
+            )
+    return lines
 
 
 def plot_scenarios(validation: Validation, count: int) -> bytes:
@@ -316,7 +512,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
     rows, cols = dataset.rows, dataset.cols
     vehicle_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
     figure, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.6), squeeze=False)
-    colour_map = ListedColormap(_token_colours())
+    colour_map = ListedColormap(colours.token_colours())  # the same colours as evaluate's figures
     for axis, group in zip(axes[0], groups, strict=True):
         members = np.flatnonzero(split.example_group == group)
         grid = split.inputs[members[0]].reshape(rows, cols)
@@ -338,7 +534,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
             )
         start = np.flatnonzero(grid.reshape(-1) == spec.START)
         goal = np.flatnonzero(grid.reshape(-1) == spec.GOAL)
-        for cells, marker, colour in ((start, "o", "#00a000"), (goal, "*", "#d00000")):
+        for cells, marker, colour in ((start, "o", colours.START), (goal, "*", colours.GOAL)):
             if cells.size:
                 axis.plot(
                     cells[0] % cols,
@@ -353,8 +549,9 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
         axis.set_yticks([])
         axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=7, frameon=False)
     figure.suptitle(
-        "Each vehicle's optimal route (label) over the city. Grey building, green park, blue water, black closed; "
-        "roads: alley beige, street white, avenue yellow, highway orange, redder = more congested",
+        "Each vehicle's optimal route (label) over the city. Grey building, green park, light blue water, black "
+        "closed; roads: alley beige, street grey-white, avenue yellow, highway orange, redder = more congested; "
+        "start green circle, goal blue star",
         fontsize=9,
     )
     buffer = bytes_io.BytesIO()
@@ -367,7 +564,9 @@ def write_reports(validation: Validation, settings: ValidateSettings) -> list[Pa
     """Render all three reports in memory first, then replace each file atomically."""
     report = validation.report
     rendered = {
-        REPORT_PNG: plot_scenarios(validation, settings.plot_examples) if settings.plot_examples else None,
+        REPORT_PNG: plot_scenarios(validation, settings.plot_examples)
+        if settings.plot_examples and validation.dataset is not None
+        else None,
         REPORT_MD: report_markdown(report, settings.raw_dir, settings.hrm_dir).encode("utf-8"),
         REPORT_JSON: io.dumps_json(report_json(report), indent=2).encode("utf-8"),
     }
@@ -376,6 +575,10 @@ def write_reports(validation: Validation, settings: ValidateSettings) -> list[Pa
         if data is not None:
             io.atomic_write_bytes(settings.reports_dir / name, data)
             written.append(settings.reports_dir / name)
+    if (
+        validation.dataset is None
+    ):  # an audited file set: a figure of another data set must not stay beside it
+        (settings.reports_dir / REPORT_PNG).unlink(missing_ok=True)
     return written
 
 
@@ -383,11 +586,15 @@ def failure_message(report: compliance.ComplianceReport, reports_dir: Path) -> s
     lines = [
         f"data validation failed: compliance score {report.score:.4f} (threshold {report.threshold:.2f})"
     ]
-    if report.critical_failures:
-        lines.append(f"{len(report.critical_failures)} critical check(s) failed:")
-        for check in report.critical_failures:
+    failed = [check for check in report.critical_failures if not check.not_run]
+    not_run = [check for check in report.checks if check.not_run]
+    if failed:
+        lines.append(f"{len(failed)} critical check(s) failed:")
+        for check in failed:
             lines.append(f"  {check.category}.{check.name}: {check.failure_count} failure(s), e.g.")
             lines += [f"    {message}" for message in check.failures[:3]]
+    if not_run:
+        lines.append(f"{len(not_run)} check(s) not run (score 0): " + ", ".join(c.name for c in not_run))
     lines.append(f"full report: {reports_dir / REPORT_MD}")
     return "\n".join(lines)
 

@@ -3,8 +3,8 @@
 Exact match under-counts routing skill whenever a scenario has several optimal routes, so route metrics judge
 the predicted route itself: it must be one connected path from start to goal over cells the vehicle may enter
 (`hrm.data.routing.check_route`, the same rule the data was generated with), and it is optimal when its cost
-equals the shortest-path cost, computed here independently of the label by Dijkstra over the input grid.
-Everything here is numpy only, so it is cheap to import and to test.
+equals the shortest-path cost, computed independently of the label by `routing.dijkstra_optimum` (scipy's Dijkstra).
+Everything here is numpy (scipy only inside the optimum), so it is cheap to import and to test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import routing, spec
 
 # Vehicle (puzzle identifier) breakdowns stop being readable beyond this many names (ARC has thousands).
 MAX_BREAKDOWN_NAMES = 32
@@ -58,30 +58,15 @@ def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, 
 
     Independent of the label and of the generator's A*: a second opinion on what "optimal" means.
     """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import dijkstra
-
     grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
     starts = np.flatnonzero(grid == spec.START)
     goals = np.flatnonzero(grid == spec.GOAL)
     if len(starts) != 1 or len(goals) != 1:
         return None
-    enter_cost = np.asarray(cost_row, dtype=np.int64)[grid]
-    index = np.arange(rows * cols).reshape(rows, cols)
-    sources, targets = [], []
-    for a, b in ((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :])):
-        sources += [a.ravel(), b.ravel()]
-        targets += [b.ravel(), a.ravel()]
-    source = np.concatenate(sources)
-    target = np.concatenate(targets)
-    keep = enter_cost[target] >= 0
-    source, target = source[keep], target[keep]
-    # Explicit zero weights (entering the goal) are kept as edges by csgraph for sparse input.
-    graph = csr_matrix(
-        (enter_cost[target].astype(np.float64), (source, target)), shape=(rows * cols, rows * cols)
+    cost, _ = routing.dijkstra_optimum(
+        routing.cell_costs(grid, cost_row), int(starts[0]), int(goals[0]), rows, cols
     )
-    distance = dijkstra(graph, directed=True, indices=int(starts[0]))[int(goals[0])]
-    return None if not np.isfinite(distance) else int(round(distance))
+    return cost
 
 
 def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) -> np.ndarray:
@@ -171,3 +156,64 @@ def aggregate(
         gaps = gaps[np.isfinite(gaps)]
         out["route_cost_gap"] = _mean(gaps)
     return out
+
+
+# ---- baselines that show how much search the data needs ---------------------------------------------------
+
+
+def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
+    starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
+    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
+
+
+def monotone_baseline(
+    inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best monotone path per example (`routing.best_monotone`, the vehicle's own costs) as predictions,
+    and its cost (nan where every monotone route is blocked; the prediction is then the input unchanged).
+
+    Its route-optimal rate is the share of examples that need no search: walking towards the goal over
+    the cheapest cells already finds an optimum."""
+    from hrm.data import routing
+
+    cells = task.rows * task.cols
+    preds = np.array(inputs, copy=True)
+    cost = np.full(len(inputs), np.nan)
+    for i, (grid, ident) in enumerate(zip(inputs, identifiers, strict=True)):
+        grid = np.asarray(grid[:cells], dtype=np.int64)
+        ends = _endpoints(grid)
+        if ends is None:
+            continue
+        costs = routing.cell_costs(grid, task.cost_table[int(ident)])
+        route = routing.best_monotone(costs, ends[0], ends[1], task.rows, task.cols)
+        if route.cost is not None:
+            cost[i] = route.cost
+            preds[i, :cells] = routing.mark_route(grid, route.path)
+    return preds, cost
+
+
+def vehicle_blind_baseline(inputs: np.ndarray, task: RouteTask, identifier: int) -> np.ndarray:
+    """Every example predicted with the optimal route of one vehicle (`identifier`, the car) whatever its own
+    vehicle: what a model that ignores the vehicle identifier could at best do. The input unchanged where
+    that vehicle has no route."""
+    from hrm.data import routing
+
+    cells = task.rows * task.cols
+    preds = np.array(inputs, copy=True)
+    for i, grid in enumerate(inputs):
+        grid = np.asarray(grid[:cells], dtype=np.int64)
+        ends = _endpoints(grid)
+        if ends is None:
+            continue
+        costs = routing.cell_costs(grid, task.cost_table[identifier])
+        solution = routing.solve(costs, ends[0], ends[1], task.rows, task.cols)
+        if solution.cost is not None:
+            preds[i, :cells] = routing.mark_route(grid, solution.path)
+    return preds
+
+
+def needs_detour(optimum: np.ndarray, monotone_cost: np.ndarray) -> np.ndarray:
+    """bool [N]: a route exists and no optimal route is monotone (the best monotone path costs more, or is
+    blocked). Its complement among routable examples is "monotone"."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(optimum) & ~(monotone_cost == optimum)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import colours, spec
 
 PNG_METADATA = {"Software": None}
 CURVE_ORDER = ("lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "q_halt_loss")
@@ -127,7 +127,7 @@ def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
         counts = np.array([row[split] for row in rows], dtype=float)
         ax.bar(steps + i * width, counts / max(counts.sum(), 1), width, label=split)
     ax.set_xticks(steps + width * (len(splits) - 1) / 2, [str(s) for s in steps])
-    ax.set_xlabel("segment where q_halt > q_continue first (halt_max_steps if never)")
+    ax.set_xlabel("first segment where the Q-head says halt (halt_max_steps if never)")
     ax.set_ylabel("fraction of examples")
     ax.set_title("ACT steps chosen by the Q-head")
     ax.legend(fontsize=7)
@@ -183,39 +183,8 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
 
 # ---- route maps ----
 
-ROAD_CLASS_COLOURS = ("#f4efe1", "#e2e2e2", "#fbe7a1", "#f5b971")  # alley, street, avenue, highway
-JAM_RED = np.array([0.85, 0.15, 0.1])
-ROUTE_COLOUR = "#b000b0"
-TOKEN_LEGEND = (
-    ("building", "#7d7d7d"),
-    ("park", "#9fd49a"),
-    ("water", "#7bb2e3"),
-    ("alley / street / avenue / highway", "#f4efe1"),
-    ("congestion (redder = heavier)", "#d9261a"),
-    ("closed road", "#111111"),
-    ("start", "#1f9e3a"),
-    ("goal", "#1f4fd6"),
-    ("route", ROUTE_COLOUR),
-)
-
-
-def token_colours() -> np.ndarray:
-    """RGB per token id; congestion blends the road-class colour towards red."""
-    from matplotlib.colors import to_rgb
-
-    colours = np.ones((spec.VOCAB_SIZE, 3))
-    for name, token in (("building", spec.BUILDING), ("park", spec.PARK), ("water", spec.WATER)):
-        colours[token] = to_rgb(dict(TOKEN_LEGEND)[name])
-    for c, base in enumerate(ROAD_CLASS_COLOURS):
-        for level in range(len(spec.CONGESTION_LEVELS)):
-            share = (0.0, 0.3, 0.55, 0.8)[level] if len(spec.CONGESTION_LEVELS) == 4 else 0.0
-            token = spec.road_token(spec.ROAD_CLASSES[c], level)
-            colours[token] = (1 - share) * np.array(to_rgb(base)) + share * JAM_RED
-    colours[spec.CLOSED] = to_rgb("#111111")
-    colours[spec.START] = to_rgb("#1f9e3a")
-    colours[spec.GOAL] = to_rgb("#1f4fd6")
-    colours[spec.ROUTE] = to_rgb(ROUTE_COLOUR)
-    return colours
+# Token colours: hrm.data.colours, shared with validate's scenarios.png (TOKEN_LEGEND is shown by report.py).
+TOKEN_LEGEND = colours.TOKEN_LEGEND
 
 
 @dataclass
@@ -230,7 +199,7 @@ class RouteMapExample:
 
 def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -> None:
     """Three panels: the map, the label's optimal route, the predicted route (wrong cells ringed)."""
-    colours = token_colours()
+    palette = colours.token_colours()
     plt, fig = _figure(11.0, 4.1)
     cells = rows * cols
     panels = (
@@ -241,7 +210,7 @@ def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -
     for index, (name, grid, caption) in enumerate(panels):
         ax = fig.add_subplot(1, 3, index + 1)
         tokens = np.clip(np.asarray(grid[:cells], dtype=np.int64), 0, spec.VOCAB_SIZE - 1)
-        ax.imshow(colours[tokens].reshape(rows, cols, 3), interpolation="nearest")
+        ax.imshow(palette[tokens].reshape(rows, cols, 3), interpolation="nearest")
         # Start and goal are single cells: ring them (about 2 cells wide) so they stand out on any map size.
         ring = (400.0 / max(rows, cols)) ** 2
         for token in (spec.START, spec.GOAL):

@@ -84,6 +84,16 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
         rows.append(
             (f"{split}: model, Q-head halting", [n] + [fmt(q_halt.get(k), k) for k, _ in columns], False)
         )
+        for part, label in (("detour", "needs a detour"), ("monotone", "monotone optimum")):
+            if part in metrics:
+                values = {**metrics[part], "steps": float(halt_max_steps)}
+                rows.append(
+                    (
+                        f"{split}: model, {label}",
+                        [fmt(values["count"], "count")] + [fmt(values.get(k), k) for k, _ in columns],
+                        False,
+                    )
+                )
         rows.append(
             (
                 f"{split}: copy the input (baseline)",
@@ -91,6 +101,14 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
                 True,
             )
         )
+        for key, label in (
+            ("monotone_path", "best monotone path (baseline)"),
+            ("vehicle_blind", "the car's route for every vehicle (baseline)"),
+        ):
+            if key in metrics:
+                rows.append(
+                    (f"{split}: {label}", [n] + [fmt(metrics[key].get(k), k) for k, _ in columns], True)
+                )
         if "labels" in metrics:
             rows.append(
                 (
@@ -156,9 +174,13 @@ def render_report(
         "unchanged. <b>route optimal</b>: valid and as cheap as the shortest path (any optimal route counts, not "
         "only the label's). <b>cost gap</b>: mean (cost / optimum &minus; 1) over valid routes. <b>q_halt acc.</b>: "
         "after the last segment, does q_halt &ge; 0 agree with the grid being exactly right. <b>ACT steps</b>: "
-        "mean segment where the Q-head would halt (first q_halt &gt; q_continue). Italic rows are references: "
+        "mean segment where the Q-head would halt (HRM: first q_halt &gt; q_continue; TRM: q_halt &gt; 0). Italic rows are references: "
         "copying the map is what a model that has learned nothing about routing gets; the labels row checks "
-        "the data (it must read 100%).</p>",
+        "the data (it must read 100%). <b>needs a detour</b>: examples where no optimal route is monotone (every "
+        "route of Manhattan length costs more or is blocked): they need search; <b>monotone optimum</b>: the rest. "
+        "<b>best monotone path</b>: the cheapest route that only moves towards the goal, by dynamic programming; "
+        "its route-optimal rate is the share of examples that need no search. <b>the car's route for every "
+        "vehicle</b>: what ignoring the vehicle identifier would score.</p>",
     ]
     if not has_routes:
         parts.append(

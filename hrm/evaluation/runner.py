@@ -2,8 +2,8 @@
 
 HRM evaluates with a fixed number of ACT segments (`halt_max_steps`): in eval mode the Q-head never stops a
 row early. We keep the predictions after selected segments (accuracy vs segments, the ARC Prize analysis'
-question) and also replay what the Q-head would have done: a row halts at the first segment where
-q_halt > q_continue (the training rule), so "steps used vs accuracy" needs no second pass.
+question) and also replay what the Q-head would have done: a row halts at the first segment where the model's
+training rule says so (HRM: q_halt > q_continue; TRM: q_halt > 0), so "steps used vs accuracy" needs no second pass.
 """
 
 from __future__ import annotations
@@ -21,7 +21,20 @@ from hrm.io import UserError
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
-RESERVED_KEYS = {"segments", "q_halt", "copy_input", "labels", "count", "steps"}
+RESERVED_KEYS = {
+    "segments",
+    "q_halt",
+    "copy_input",
+    "labels",
+    "count",
+    "steps",
+    "detour",
+    "monotone",
+    "monotone_path",
+    "vehicle_blind",
+}
+# The vehicle whose optimal route the vehicle-blind baseline gives every example.
+BLIND_VEHICLE = "car"
 
 
 @dataclass
@@ -30,7 +43,7 @@ class SegmentRun:
 
     halt_max_steps: int
     preds_at: dict[int, np.ndarray]  # segment count -> predictions [N, seq_len]
-    halt_steps: np.ndarray  # [N] first segment with q_halt > q_continue (halt_max_steps if never)
+    halt_steps: np.ndarray  # [N] first segment where the Q-head says halt (halt_max_steps if never)
     halt_preds: np.ndarray  # [N, seq_len] predictions at that segment
     final_q_halt: np.ndarray  # [N] q_halt logit after the last segment
     final_q_continue: np.ndarray  # [N]
@@ -101,7 +114,7 @@ def run_segments(
                     q_continue = np.full(real, np.nan)
                 if step in preds_at:
                     preds_at[step][rows] = preds
-                halting = ~decided & ((q_halt > q_continue) | (step == halt_max_steps))
+                halting = ~decided & (q_says_halt(head, outputs, real) | (step == halt_max_steps))
                 halt_steps[rows][halting] = step
                 block = halt_preds[rows]
                 block[halting] = preds[halting]
@@ -109,6 +122,18 @@ def run_segments(
             final_q_halt[rows] = q_halt
             final_q_continue[rows] = q_continue
     return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt, final_q_continue)
+
+
+def q_says_halt(head: Any, outputs: dict[str, Any], real: int) -> np.ndarray:
+    """Rows whose Q-head says halt, by the model's own training rule (HRM: q_halt > q_continue; TRM with
+    no_ACT_continue: q_halt > 0); all False for a model without a Q-head. A head whose model does not
+    state a rule gets HRM's."""
+    if "q_halt_logits" not in outputs:
+        return np.zeros(real, dtype=bool)
+    q_halt, q_continue = outputs["q_halt_logits"], outputs["q_continue_logits"]
+    rule = getattr(getattr(head, "model", None), "q_says_halt", None)
+    says = rule(q_halt, q_continue) if rule is not None else q_halt > q_continue
+    return says[:real].cpu().numpy()
 
 
 @dataclass
@@ -122,6 +147,7 @@ class SplitResult:
     halt_steps: np.ndarray
     identifier_names: list[str]
     per_vehicle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_detour: np.ndarray | None = None  # bool [N]: no optimal route is monotone
 
 
 def metric_key(name: str, identifier: int) -> str:
@@ -189,11 +215,26 @@ def evaluate_split(
     copy = M.aggregate(score(data.inputs), optimum)
     copy.pop("count")
     result["copy_input"] = copy
+    detour = None
     if task is not None:
         # The labels scored as predictions: 1.0 unless the data's own routes are broken or not optimal.
         oracle = M.aggregate(score(data.labels), optimum)
         result["labels"] = {k: oracle[k] for k in ("route_valid_rate", "route_optimal_rate")}
-    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle)
+        # How much search the split needs, and the model's figures on each part.
+        monotone_preds, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
+        detour = M.needs_detour(optimum, monotone_cost)
+        monotone = np.isfinite(optimum) & ~detour
+        result["detour"] = with_act(M.aggregate(final, optimum, detour), detour)
+        result["monotone"] = with_act(M.aggregate(final, optimum, monotone), monotone)
+        baseline = M.aggregate(score(monotone_preds), optimum)
+        baseline.pop("count")
+        result["monotone_path"] = baseline
+        if BLIND_VEHICLE in names:
+            blind_preds = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
+            baseline = M.aggregate(score(blind_preds), optimum)
+            baseline.pop("count")
+            result["vehicle_blind"] = baseline
+    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle, detour)
 
 
 def resolve_device(requested: str) -> Any:
@@ -237,29 +278,16 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 # ---- the stage ----
 
 
-def _setting(values: dict[str, Any], key: str, where: str, kind: type, minimum: int | None = None) -> Any:
-    value = values.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise UserError(f"params.yaml: {where}.{key} must be {kind.__name__}{bound}, got {value!r}")
-    return value
-
-
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
     from hrm.config import section
     from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
-    batch_size = _setting(settings, "batch_size", "evaluate", int, 1)
-    segments = settings.get("segments")
-    if not isinstance(segments, list) or not all(isinstance(k, int) and k >= 1 for k in segments):
-        raise UserError(
-            f"params.yaml: evaluate.segments must be a list of positive integers, got {segments!r}"
-        )
-    n_maps = _setting(settings, "route_map_examples", "evaluate", int, 0)
-    train_examples = _setting(settings, "train_examples", "evaluate", int, 0)
-    halt_max_steps = _setting(arch, "halt_max_steps", "arch", int, 1)
+    # types and ranges: schemas/params.schema.json, applied by hrm.config.load_params
+    batch_size, segments = int(settings["batch_size"]), list(settings["segments"])
+    n_maps, train_examples = int(settings["route_map_examples"]), int(settings["train_examples"])
+    halt_max_steps = int(arch["halt_max_steps"])
     data_root = Path(paths["hrm"])
 
     splits = {
@@ -417,6 +445,10 @@ def _vehicle_name(result: SplitResult, identifier: int) -> str:
     return result.identifier_names[int(identifier)]
 
 
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """A few lines for the terminal; the full picture is in metrics.json and index.html."""
     lines = []
@@ -430,6 +462,13 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
             parts.append(
                 f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})"
             )
+            if "monotone_path" in values:
+                parts.append(
+                    f"needs a detour {values['detour']['count']}/{values['count']}: route optimal "
+                    f"{_rate(values['detour'].get('route_optimal_rate'))} there, "
+                    f"{_rate(values['monotone'].get('route_optimal_rate'))} on monotone ones "
+                    f"(best-monotone-path baseline {values['monotone_path']['route_optimal_rate']:.3f})"
+                )
         parts.append(f"Q-halt steps {values['steps']:.2f}")
         lines.append(f"{split}: " + ", ".join(parts))
     return lines

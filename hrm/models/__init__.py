@@ -1,4 +1,4 @@
-"""Models: HRM ACT v1 and the same-size transformer baseline, both wrapped in `ACTLossHead`.
+"""Models: HRM ACT v1, TRM and the same-size transformer baseline, each wrapped in `ACTLossHead`.
 
 Import cost: this package imports torch, so import it inside the functions that need a model.
 """
@@ -11,17 +11,21 @@ from typing import Any
 import torch
 
 from hrm.io import UserError
-from hrm.models.hrm import HRMACT, ACTCarry, HRMConfig, load_official_checkpoint
+from hrm.models.act import ACTCarry
+from hrm.models.checkpoint import load_official_checkpoint
+from hrm.models.config import ModelConfig
+from hrm.models.hrm import HRMACT
 from hrm.models.losses import ACTLossHead, normalize_metrics
 from hrm.models.transformer import TransformerBaseline
+from hrm.models.trm import TRMACT
 
-ARCHITECTURES = {"hrm_v1": HRMACT, "transformer": TransformerBaseline}
+ARCHITECTURES = {"hrm_v1": HRMACT, "trm": TRMACT, "transformer": TransformerBaseline}
 
 __all__ = [
     "ACTCarry",
     "ACTLossHead",
     "ARCHITECTURES",
-    "HRMConfig",
+    "ModelConfig",
     "build_model",
     "load_official_checkpoint",
     "normalize_metrics",
@@ -47,7 +51,7 @@ def build_model(
     name = arch.get("name", "hrm_v1")
     if name not in ARCHITECTURES:
         raise UserError(f"params.yaml: arch.name must be one of {', '.join(ARCHITECTURES)}; got {name!r}")
-    config = HRMConfig.from_arch(
+    config = ModelConfig.from_arch(
         arch,
         seq_len=seq_len,
         vocab_size=vocab_size,

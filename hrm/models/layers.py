@@ -1,4 +1,4 @@
-"""Building blocks shared by every architecture (HRM and the plain transformer baseline).
+"""Building blocks shared by every architecture (HRM, TRM and the plain transformer baseline).
 
 They mirror HRM's layers so that official checkpoints load and behave the same:
 parameters are stored in fp32 and cast to the forward dtype on use, RMSNorm has no weight and runs in fp32,
@@ -14,6 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hrm.models.config import ModelConfig
+from hrm.models.sparse_embedding import PuzzleEmbedding
 
 CosSin = tuple[torch.Tensor, torch.Tensor]
 
@@ -191,16 +194,35 @@ class SwiGLU(nn.Module):
 
 
 class PostNormBlock(nn.Module):
-    """Transformer block with post-norm: `h = norm(h + attn(h)); h = norm(h + mlp(h))`."""
+    """Transformer block with post-norm: `h = norm(h + attn(h)); h = norm(h + mlp(h))`.
 
-    def __init__(self, hidden_size: int, num_heads: int, expansion: float, norm_eps: float) -> None:
+    `mixing_len` set (TRM's `mlp_t`): a SwiGLU across the sequence's `mixing_len` positions replaces attention,
+    and its residual is normalised over the positions, as TRM does (key names `mlp_t.*`).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        expansion: float,
+        norm_eps: float,
+        mixing_len: int | None = None,
+    ) -> None:
         super().__init__()
-        self.self_attn = Attention(hidden_size, num_heads)
+        self.mixing_len = mixing_len
+        if mixing_len is None:
+            self.self_attn = Attention(hidden_size, num_heads)
+        else:
+            self.mlp_t = SwiGLU(mixing_len, expansion)
         self.mlp = SwiGLU(hidden_size, expansion)
         self.norm_eps = norm_eps
 
     def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         eps = self.norm_eps
+        if self.mixing_len is not None:
+            across = hidden_states.transpose(1, 2)  # [B, hidden, positions]
+            hidden_states = rms_norm(across + self.mlp_t(across), eps).transpose(1, 2)
+            return rms_norm(hidden_states + self.mlp(hidden_states), eps)
         if torch.is_grad_enabled():
             hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), eps)
             return rms_norm(hidden_states + self.mlp(hidden_states), eps)
@@ -210,3 +232,121 @@ class PostNormBlock(nn.Module):
             self.self_attn(hidden_states, cos_sin).add_(hidden_states), eps, in_place=True
         )
         return rms_norm(self.mlp(hidden_states).add_(hidden_states), eps, in_place=True)
+
+
+class ReasoningModule(nn.Module):
+    """A stack of post-norm blocks that first adds its input injection to its state (HRM's H/L, TRM's net)."""
+
+    def __init__(self, config: ModelConfig, num_layers: int) -> None:
+        super().__init__()
+        mixing_len = config.total_len if config.mlp_t else None
+        self.layers = nn.ModuleList(
+            PostNormBlock(
+                config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(self, state: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        hidden = state + injection
+        for layer in self.layers:
+            hidden = layer(hidden, cos_sin)
+        return hidden
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input and output of the models (mixins of the inner models, so that their state_dict keys sit at
+# `model.inner.*` as in the official checkpoints)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class InputEmbedding:
+    """Token embedding (x sqrt(hidden)) with the puzzle embedding as a prefix; positions if learned."""
+
+    config: ModelConfig
+
+    def _build_embeddings(self) -> None:
+        config = self.config
+        self.embed_scale = math.sqrt(config.hidden_size)
+        init_std = 1.0 / self.embed_scale  # so that the scaled embedding has unit std
+        self.embed_tokens = CastedEmbedding(
+            config.vocab_size, config.hidden_size, init_std=init_std, cast_to=config.forward_dtype
+        )
+        if config.puzzle_emb_ndim > 0:
+            self.puzzle_emb = PuzzleEmbedding(
+                config.num_puzzle_identifiers,
+                config.puzzle_emb_ndim,
+                batch_size=config.batch_size,
+                cast_to=config.forward_dtype,
+            )
+        if config.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(
+                config.hidden_size // config.num_heads, config.total_len, config.rope_theta
+            )
+        else:
+            self.embed_pos = CastedEmbedding(
+                config.total_len, config.hidden_size, init_std=init_std, cast_to=config.forward_dtype
+            )
+
+    def cos_sin(self) -> CosSin | None:
+        return self.rotary_emb() if self.config.pos_encodings == "rope" else None
+
+    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        if inputs.shape[-1] != config.seq_len:
+            built = (
+                "arch.mlp_t is set: its sequence MLP was built for seq_len"  # one weight per position
+                if config.mlp_t
+                else "the model was built for seq_len"
+            )
+            raise ValueError(f"{built} {config.seq_len}; got a sequence of {inputs.shape[-1]}")
+        embedding = self.embed_tokens(inputs.to(torch.int32))
+        if config.puzzle_emb_ndim > 0:
+            prefix = self.puzzle_emb(puzzle_identifiers)
+            pad = config.puzzle_emb_len * config.hidden_size - prefix.shape[-1]
+            if pad > 0:
+                prefix = torch.nn.functional.pad(prefix, (0, pad))
+            prefix = prefix.view(-1, config.puzzle_emb_len, config.hidden_size)
+            embedding = torch.cat((prefix, embedding), dim=-2)
+        if config.pos_encodings == "learned":
+            # 1/sqrt(2) keeps the sum of two unit-variance embeddings at unit variance (as HRM).
+            embedding = 0.707106781 * (embedding + self.embed_pos.embedding_weight.to(config.forward_dtype))
+        return self.embed_scale * embedding
+
+
+class RecurrentHeads:
+    """The recurrent models' outputs and fixed initial states: LM head, Q head, H_init and L_init."""
+
+    config: ModelConfig
+
+    def _build_heads_and_states(self) -> None:
+        config = self.config
+        self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
+        # Fixed initial states (not trained): every fresh sequence starts from the same z_H, z_L.
+        # Stored fp32 and cast on use (HRM and TRM store them in the forward dtype; loading converts).
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
+        # Q-head starts at "never halt" (sigmoid(-5) ~ 0.007) so early training runs long segments.
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+
+    def reset_states(
+        self, reset: torch.Tensor, z_H: torch.Tensor, z_L: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows where `reset` is set start again from H_init / L_init; the others keep their state."""
+        dtype = self.config.forward_dtype
+        flag = reset.view(-1, 1, 1)
+        return (
+            torch.where(flag, self.H_init.to(dtype), z_H),
+            torch.where(flag, self.L_init.to(dtype), z_L),
+        )
+
+    def heads(
+        self, z_H: torch.Tensor, with_logits: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Logits of the sequence positions (prefix dropped) and (q_halt, q_continue) in fp32 from position 0."""
+        logits = self.lm_head(z_H)[:, self.config.puzzle_emb_len :] if with_logits else None
+        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
+        return logits, q_logits[..., 0], q_logits[..., 1]

@@ -1,9 +1,9 @@
 """The paper's direct-prediction baseline: a plain transformer of HRM's size, no recurrence, no ACT.
 
 H_layers + L_layers post-norm blocks (8 at the paper shape) over the same input embedding (tokens + puzzle
-prefix), one forward per example: every row halts after one segment. Same API as `HRMACT`, so the trainer,
-evaluation and checkpoints work unchanged; `arch.name: transformer` selects it. It has no Q-head, so its
-outputs carry no q-logits and the loss head reports no q losses or q_halt_accuracy.
+prefix), one forward per example: every row halts after one segment. Same API as HRM and TRM, so the
+trainer, evaluation and checkpoints work unchanged; `arch.name: transformer` selects it. It has no Q-head,
+so its outputs carry no q-logits and the loss head reports no q losses or q_halt_accuracy.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from hrm.models.hrm import ACTCarry, HRMConfig, InputEmbedding, _keep_or_take
-from hrm.models.layers import CastedLinear, PostNormBlock
-from hrm.models.sparse_embedding import PuzzleEmbedding
+from hrm.models.act import ACTCarry, ACTModel
+from hrm.models.config import ModelConfig
+from hrm.models.layers import CastedLinear, InputEmbedding, PostNormBlock
 
 
 class TransformerInner(InputEmbedding, nn.Module):
-    def __init__(self, config: HRMConfig) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self._build_embeddings()
+        mixing_len = config.total_len if config.mlp_t else None
         self.layers = nn.ModuleList(
-            PostNormBlock(config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps)
+            PostNormBlock(
+                config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len
+            )
             for _ in range(config.H_layers + config.L_layers)
         )
         self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
@@ -37,33 +40,18 @@ class TransformerInner(InputEmbedding, nn.Module):
         return self.lm_head(hidden)[:, self.config.puzzle_emb_len :]
 
 
-class TransformerBaseline(nn.Module):
+class TransformerBaseline(ACTModel):
     """One call = one full prediction; every row halts at once (steps = 1)."""
 
-    def __init__(self, config: HRMConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.inner = TransformerInner(config)
+    recurrent = False
 
-    @property
-    def puzzle_emb(self) -> PuzzleEmbedding | None:
-        return getattr(self.inner, "puzzle_emb", None)
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, TransformerInner(config))
 
     @property
     def eval_segments(self) -> int:
         """One prediction, no recurrence: every row halts after the first segment."""
         return 1
-
-    def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
-        size = batch["inputs"].shape[0]
-        device = batch["inputs"].device
-        return ACTCarry(
-            z_H=None,
-            z_L=None,
-            steps=torch.zeros(size, dtype=torch.int32, device=device),
-            halted=torch.ones(size, dtype=torch.bool, device=device),
-            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
-        )
 
     def forward(
         self,
@@ -73,7 +61,7 @@ class TransformerBaseline(nn.Module):
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
         del generator  # no randomness: nothing to explore
         # Rows always halt after one segment, so every call takes the new batch (written generally anyway).
-        data = {k: _keep_or_take(carry.halted, batch[k], v) for k, v in carry.current_data.items()}
+        data = self.take_new_examples(carry, batch)
         logits = self.inner(data["inputs"], data["puzzle_identifiers"])
         size = logits.shape[0]
         steps = torch.ones(size, dtype=torch.int32, device=logits.device)

@@ -17,6 +17,7 @@ import numpy as np
 
 from hrm.config import ConfigError, section
 from hrm.io import UserError, atomic_write_bytes
+from hrm.training.ema import WeightEMA
 
 CHECKPOINT_SOURCES = ("dataset.json",)
 
@@ -50,43 +51,24 @@ class TrainConfig:
     device: str
     threads: int
     max_steps: int
+    ema: bool
+    ema_rate: float
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
-        values: dict[str, Any] = {}
-        for name, kind in cls.__annotations__.items():
-            if name not in train:
-                raise ConfigError(f"params.yaml: train.{name} is missing")
-            value = train[name]
-            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"params.yaml: train.{name} must be an integer, got {value!r}")
-            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ConfigError(f"params.yaml: train.{name} must be a number, got {value!r}")
-            if kind == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"params.yaml: train.{name} must be true or false, got {value!r}")
-            if kind == "str" and not isinstance(value, str):
-                raise ConfigError(f"params.yaml: train.{name} must be a string, got {value!r}")
-            values[name] = float(value) if kind == "float" else value
-        config = cls(**values)
-        config.check()
+        """Types and ranges are schemas/params.schema.json's (hrm.config.load_params); this adds what a
+        schema cannot say."""
+        config = cls(
+            **{
+                name: float(train[name]) if kind == "float" else train[name]
+                for name, kind in cls.__annotations__.items()
+            }
+        )
+        if config.epochs % config.eval_interval:
+            raise ConfigError(
+                f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
+            )
         return config
-
-    def check(self) -> None:
-        for name in ("global_batch_size", "epochs", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"params.yaml: train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs % self.eval_interval:
-            raise ConfigError(
-                f"params.yaml: train.eval_interval {self.eval_interval} must divide train.epochs {self.epochs}"
-            )
-        if self.max_steps < 0 or self.lr_warmup_steps < 0 or self.threads < 0:
-            raise ConfigError(
-                "params.yaml: train.max_steps, train.lr_warmup_steps and train.threads must be >= 0"
-            )
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(
-                f"params.yaml: train.device must be auto, cpu, cuda or mps, got {self.device!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -286,9 +268,6 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     arch = section(params, "arch")
     config = TrainConfig.from_params(section(params, "train"))
     paths = section(params, "paths")
-    for key in ("hrm", "checkpoints", "model", "train_log"):
-        if not isinstance(paths.get(key), str):
-            raise ConfigError(f"params.yaml: paths.{key} is missing or not a string")
     data_root = Path(paths["hrm"])
 
     dist_info = distributed_from_env()
@@ -346,8 +325,9 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         optimizers, base_lrs = build_optimizers(module, config)
         head = torch.compile(module, dynamic=False) if config.compile else module
         module.train()
+        ema = WeightEMA(module, config.ema_rate) if config.ema else None
         state = TrainState(
-            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
         )
         sampler = TrainSampler(
             train_set,
@@ -375,6 +355,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             for optimizer, saved in zip(optimizers, common["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
             sampler.load_state_dict(common["sampler"])
+            if ema is not None:
+                ema.load_state_dict(common.get("ema", {}), source=str(latest / "common.pt"))
             state.step = int(common["step"])
             last_eval_step = int(common["last_eval_step"])
             history = common["history"] if rank == 0 else None
@@ -401,6 +383,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 "total_steps": total_steps,
                 "history": logger.history(),
             }
+            if ema is not None:
+                common["ema"] = ema.state_dict()
             own = {
                 "carry": carry_to_state(state.carry),
                 "generator": generator.get_state(),
@@ -461,7 +445,11 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             logger.close()
         elapsed = time.perf_counter() - started
         if rank == 0:
-            write_weights(module, Path(paths["model"]))
+            if ema is not None:
+                with ema.applied(module):
+                    write_weights(module, Path(paths["model"]))
+            else:
+                write_weights(module, Path(paths["model"]))
             done = state.step - first_step
             write_timing(paths.get("train_timing"), elapsed, done, first_step, world_size, device)
             print(

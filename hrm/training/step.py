@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class TrainState:
     generator: Any  # torch.Generator for the model's own draws (halt exploration)
     step: int = 0
     carry: Any = None
+    ema: Any = None  # hrm.training.ema.WeightEMA when train.ema: updated after each step, used to evaluate
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +129,8 @@ def train_step(
             group["lr"] = lr_this_step
         optimizer.step()
         optimizer.zero_grad()
+    if state.ema is not None:
+        state.ema.update(state.module)
 
     from hrm.models import normalize_metrics
 
@@ -154,7 +158,7 @@ def evaluate(
     totals: torch.Tensor | None = None
     names: list[str] = []
     try:
-        with torch.inference_mode():
+        with state.ema.applied(module) if state.ema is not None else nullcontext(), torch.inference_mode():
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 carry = module.initial_carry(batch)

@@ -1,0 +1,625 @@
+"""Audit of any 18-file set, ours or anyone's: findings with counts and examples from whatever can be read.
+
+The strict layers (JSON Schema per file, cross-file invariants) decide whether a file set can be scored by
+every compliance check. When a layer fails, its problems become findings here and every check that can
+still run on the parsed documents runs: counts against params and against the summary's own claims,
+inputs that carry different labels for the same puzzle identifier, identical and near-identical maps,
+vehicles whose labels are the same in every base, blank identifiers, the vocabulary and seq_len HRM will
+be told, labels that hide cells behind the ignore label. Checks that cannot run are listed with the reason
+and score 0. These checks also run on our own files, next to the full ones (`hrm.data.compliance`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from hrm.data import spec
+from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix
+
+BLANK_IDENTIFIER = "<blank>"
+
+
+@dataclass
+class SplitView:
+    """One split as far as its documents allow; None where a file is missing or not the right shape."""
+
+    name: str
+    files: dict[str, str]
+    metadata: dict[str, Any] | None
+    inputs: np.ndarray | None  # [N, L] int64
+    labels: np.ndarray | None
+    identifier: np.ndarray | None  # [N] puzzle identifier of each example
+    base_ids: list[Any] | None
+    vehicles: list[Any] | None
+    unreadable: dict[str, str]  # kind -> why it could not be used
+
+    @property
+    def size(self) -> int:
+        return 0 if self.inputs is None else int(self.inputs.shape[0])
+
+    def where(self, kind: str, index: int | None = None) -> str:
+        return self.files[kind] + (f"[{index}]" if index is not None else "")
+
+    def about(self, i: int) -> str:
+        """'base b, vehicle v' of example i, as far as known."""
+        base = self.base_ids[i] if self.base_ids is not None and i < len(self.base_ids) else "?"
+        vehicle = self.vehicles[i] if self.vehicles is not None and i < len(self.vehicles) else "?"
+        return f"base {base!r}, {vehicle!r}"
+
+
+def _grid(document: Any) -> tuple[np.ndarray | None, str]:
+    if not isinstance(document, list) or not document:
+        return None, "not a non-empty list of token lists"
+    if not all(isinstance(row, list) for row in document):
+        return None, "an entry is not a list of tokens"
+    if len({len(row) for row in document}) != 1:
+        return None, "grids of different lengths"
+    try:
+        return np.asarray(document, dtype=np.int64), ""
+    except (TypeError, ValueError, OverflowError):
+        return None, "a token is not an integer"
+
+
+def _int_list(document: Any) -> np.ndarray | None:
+    if not isinstance(document, list) or not all(type(v) is int for v in document):
+        return None
+    return np.asarray(document, dtype=np.int64)
+
+
+def split_view(split: str, documents: dict[str, Any]) -> SplitView:
+    files = spec.raw_split_files(split)
+    docs = {kind: documents.get(name) for kind, name in files.items()}
+    unreadable: dict[str, str] = {}
+    inputs, why = _grid(docs["inputs"])
+    if inputs is None:
+        unreadable["inputs"] = why
+    labels, why = _grid(docs["labels"])
+    if labels is None or (inputs is not None and labels.shape != inputs.shape):
+        unreadable["labels"] = why or "a different shape from the inputs"
+        labels = None
+    n = 0 if inputs is None else inputs.shape[0]
+    identifier = None
+    puzzle_ids, puzzle_indices = _int_list(docs["puzzle_identifiers"]), _int_list(docs["puzzle_indices"])
+    if puzzle_ids is not None and puzzle_indices is not None and puzzle_indices.size == puzzle_ids.size + 1:
+        steps = np.diff(puzzle_indices)
+        if puzzle_indices[0] == 0 and (steps >= 0).all() and puzzle_indices[-1] == n:
+            identifier = np.repeat(puzzle_ids, steps)
+    if identifier is None and puzzle_ids is not None and puzzle_ids.size == n:
+        identifier = puzzle_ids  # one example per puzzle, as in every producer of these files
+    if identifier is None:
+        unreadable["puzzle_identifiers"] = "puzzle identifiers or indices do not map onto the examples"
+
+    def names(kind: str) -> list[Any] | None:
+        value = docs[kind]
+        if isinstance(value, list) and len(value) == n:
+            return value
+        unreadable[kind] = f"not a list of {n} entries, one per example"
+        return None
+
+    metadata = docs["dataset"] if isinstance(docs["dataset"], dict) else None
+    if metadata is None:
+        unreadable["dataset"] = "not a JSON object"
+    return SplitView(
+        split,
+        files,
+        metadata,
+        inputs,
+        labels,
+        identifier,
+        names("base_scenario_ids"),
+        names("vehicle_types"),
+        unreadable,
+    )
+
+
+def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
+    """A check that could not run: listed with its reason, scored 0, failed."""
+    return Check(
+        name,
+        category,
+        description,
+        0.0,
+        "= 1.0",
+        0.0,
+        False,
+        critical,
+        [f"not run: {reason}"],
+        1,
+        not_run=reason,
+    )
+
+
+def finding_check(
+    name: str,
+    category: str,
+    description: str,
+    findings: list[tuple[str, int]],
+    total: int,
+    critical: bool = True,
+) -> Check:
+    """Passed when no finding; each finding is (message with examples, how many items it covers); the
+    score is the share of the `total` items not covered by any finding."""
+    bad = sum(count for _, count in findings)
+    share = max(0.0, 1.0 - bad / total) if total else 0.0
+    return Check(
+        name,
+        category,
+        description,
+        round(share, 6),
+        "= 1.0",
+        round(share, 6),
+        not findings and total > 0,
+        critical,
+        [message for message, _ in findings][:MAX_FAILURES_LISTED],
+        bad,
+    )
+
+
+def _examples(items: list[Any], limit: int = 3) -> str:
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+# ---- the checks ------------------------------------------------------------------------------------------
+
+
+def count_checks(views: dict[str, SplitView], expected_bases: dict[str, int], n_vehicles: int) -> list[Check]:
+    """Examples and distinct base ids per split, against params (the same checks as on our own files)."""
+    checks = []
+    for split, view in views.items():
+        expected = expected_bases[split]
+        if "inputs" in view.unreadable:
+            reason = f"{view.files['inputs']}: {view.unreadable['inputs']}"
+            checks.append(
+                not_run(f"{split}_examples", "methodology", f"{split} examples vs params.yaml", reason)
+            )
+        else:
+            checks.append(
+                count_check(
+                    f"{split}_examples",
+                    "methodology",
+                    f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
+                    view.size,
+                    expected * n_vehicles,
+                )
+            )
+        if view.base_ids is None:
+            reason = (
+                f"{view.files['base_scenario_ids']}: {view.unreadable.get('base_scenario_ids', 'unreadable')}"
+            )
+            checks.append(
+                not_run(f"{split}_bases", "methodology", f"{split} base scenarios vs params.yaml", reason)
+            )
+        else:
+            checks.append(
+                count_check(
+                    f"{split}_bases",
+                    "methodology",
+                    f"{split} base scenarios (params.yaml generate.{split}_bases)",
+                    len({str(b) for b in view.base_ids}),
+                    expected,
+                )
+            )
+    return checks
+
+
+def _claims(summary: Any, split: str) -> dict[str, Any]:
+    """What a summary says of a split's size: our `counts.<split>.{examples,bases}` or flat
+    `<split>_examples` / `<split>_bases` keys (the original tool's style)."""
+    if not isinstance(summary, dict):
+        return {}
+    claims = {}
+    counts = summary.get("counts")
+    if isinstance(counts, dict) and isinstance(counts.get(split), dict):
+        claims.update({k: v for k, v in counts[split].items() if k in ("examples", "bases")})
+    for key in ("examples", "bases"):
+        for flat in (f"{split}_{key}", f"num_{split}_{key}"):
+            if flat in summary:
+                claims[key] = summary[flat]
+    return claims
+
+
+def summary_claims_check(views: dict[str, SplitView], summary: Any) -> Check:
+    description = "the summary's own counts (examples, bases per split) equal what the files hold"
+    findings: list[tuple[str, int]] = []
+    compared = 0
+    for split, view in views.items():
+        held = {"examples": view.size if view.inputs is not None else None}
+        held["bases"] = len({str(b) for b in view.base_ids}) if view.base_ids is not None else None
+        for key, claim in _claims(summary, split).items():
+            if held[key] is None:
+                continue
+            compared += 1
+            if claim != held[key]:
+                findings.append(
+                    (
+                        f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}",
+                        1,
+                    )
+                )
+    if not compared:
+        return not_run(
+            "summary_claims",
+            "methodology",
+            description,
+            f"{spec.RAW_SUMMARY_FILE} states no per-split counts",
+        )
+    return finding_check("summary_claims", "methodology", description, findings, compared)
+
+
+def identifier_check(views: dict[str, SplitView], identifiers: Any) -> Check:
+    """Blank or missing base ids, vehicle names and puzzle identifiers (the blank id 0 tells the model
+    nothing: every vehicle looks the same to it)."""
+    findings: list[tuple[str, int]] = []
+    total = 0
+    for view in views.values():
+        for kind, values in (("base_scenario_ids", view.base_ids), ("vehicle_types", view.vehicles)):
+            if values is None:
+                continue
+            total += len(values)
+            blank = [
+                i for i, v in enumerate(values) if v is None or not str(v).strip() or v == BLANK_IDENTIFIER
+            ]
+            if blank:
+                findings.append(
+                    (
+                        f"{view.where(kind)}: {len(blank)} blank or missing entries, e.g. indices {_examples(blank)}",
+                        len(blank),
+                    )
+                )
+        if view.identifier is not None:
+            total += view.identifier.size
+            blank = np.flatnonzero(view.identifier == 0).tolist()
+            if blank:
+                findings.append(
+                    (
+                        f"{view.where('puzzle_identifiers')}: {len(blank)} examples have puzzle identifier 0 (blank): "
+                        f"the model is never told the vehicle, e.g. examples {_examples(blank)}",
+                        len(blank),
+                    )
+                )
+    if isinstance(identifiers, list):
+        total += len(identifiers)
+        blank = [
+            i
+            for i, v in enumerate(identifiers[1:], start=1)
+            if not isinstance(v, str) or not v.strip() or v == BLANK_IDENTIFIER
+        ]
+        if blank:
+            findings.append(
+                (f"{spec.RAW_IDENTIFIERS_FILE}: ids {_examples(blank)} have a blank name", len(blank))
+            )
+        if len(identifiers) < 2:
+            findings.append((f"{spec.RAW_IDENTIFIERS_FILE}: {identifiers!r} names no vehicle", 1))
+            total += 1
+    return finding_check(
+        "identifiers_present",
+        "methodology",
+        "no blank or missing base id, vehicle name or puzzle identifier",
+        findings,
+        max(total, 1),
+    )
+
+
+def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
+    """The same input with the same puzzle identifier but different labels: no model can tell them apart."""
+    description = (
+        "no input appears with the same puzzle identifier and different labels (within and across splits)"
+    )
+    usable = {n: v for n, v in views.items() if v.inputs is not None and v.labels is not None}
+    if not usable:
+        return not_run("conflicting_labels", "tokens", description, "no split has readable inputs and labels")
+    seen: dict[tuple[bytes, int], dict[bytes, tuple[str, int]]] = defaultdict(dict)
+    notes = []
+    for name, view in usable.items():
+        ids = view.identifier if view.identifier is not None else np.full(view.size, -1)
+        if view.identifier is None:
+            notes.append(f"{name}: puzzle identifiers unreadable, inputs compared alone")
+        for i in range(view.size):
+            seen[(view.inputs[i].tobytes(), int(ids[i]))].setdefault(view.labels[i].tobytes(), (name, i))
+    conflicts = [(key, labels) for key, labels in seen.items() if len(labels) > 1]
+    findings = []
+    for (_, identifier), labels in conflicts[:MAX_FAILURES_LISTED]:
+        places = [f"{usable[s].where('inputs', i)} ({usable[s].about(i)})" for s, i in labels.values()]
+        findings.append(
+            (
+                f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}",
+                len(labels),
+            )
+        )
+    extra = sum(len(labels) for _, labels in conflicts[MAX_FAILURES_LISTED:])
+    check = finding_check(
+        "conflicting_labels", "tokens", description, findings, sum(v.size for v in usable.values())
+    )
+    check.failure_count += extra
+    if conflicts:
+        check.failures.insert(
+            0,
+            f"{len(conflicts)} inputs carry conflicting labels" + (f" ({'; '.join(notes)})" if notes else ""),
+        )
+        check.score = check.value = round(
+            max(0.0, 1 - check.failure_count / sum(v.size for v in usable.values())), 6
+        )
+    return check
+
+
+def _base_maps(view: SplitView) -> tuple[np.ndarray, list[int]]:
+    """One input grid per base id (its first example); per example when base ids are unreadable."""
+    if view.base_ids is None:
+        firsts = list(range(view.size))
+    else:
+        first: dict[str, int] = {}
+        for i, base in enumerate(view.base_ids):
+            first.setdefault(str(base), i)
+        firsts = sorted(first.values())
+    return view.inputs[firsts], firsts
+
+
+def map_checks(
+    views: dict[str, SplitView], near_share: float, across: bool = True
+) -> tuple[list[Check], dict]:
+    """Identical base maps (critical: the same city twice is one scenario counted twice, or a leak across
+    splits) and near-identical ones (share of equal cells above `near_share`: reported, not scored)."""
+    description = "no two base scenarios share an identical map" + (
+        " (within and across splits)" if across else " (within a split)"
+    )
+    usable = {n: v for n, v in views.items() if v.inputs is not None}
+    if not usable:
+        reason = "no split has readable inputs"
+        return [not_run("identical_maps", "augmentation_quality", description, reason)], {}
+    maps = {n: _base_maps(v) for n, v in usable.items()}
+    findings, near_findings, figures = [], [], {}
+    pairs = [(n, n) for n in usable] + ([tuple(p) for p in combinations(usable, 2)] if across else [])
+    total = sum(len(m[1]) for m in maps.values())
+    for a, b in pairs:
+        (grids_a, idx_a), (grids_b, idx_b) = maps[a], maps[b]
+        if grids_a.shape[1] != grids_b.shape[1]:
+            continue
+        share = equal_share_matrix(grids_a, grids_b)
+        if a == b:
+            share[np.tril_indices(len(idx_a))] = 0.0  # each pair once, no map with itself
+        where = f"within {a}" if a == b else f"across {a} and {b}"
+        identical = np.argwhere(share == 1.0)
+        near = np.argwhere((share > near_share) & (share < 1.0))
+        figures[f"audit_identical_map_pairs_{where.replace(' ', '_')}"] = len(identical)
+        figures[f"audit_near_identical_map_pairs_{where.replace(' ', '_')}"] = len(near)
+        if len(identical):
+            maps_involved = len(
+                {int(i) for i in identical[:, 0]}
+                | {int(j) + (0 if a == b else 10**9) for j in identical[:, 1]}
+            )
+            examples = [
+                f"{usable[a].where('inputs', idx_a[i])} ({usable[a].about(idx_a[i])}) = "
+                f"{usable[b].where('inputs', idx_b[j])} ({usable[b].about(idx_b[j])})"
+                for i, j in identical[:3]
+            ]
+            findings.append(
+                (
+                    f"{len(identical)} pairs of base maps identical {where}, e.g. {'; '.join(examples)}",
+                    min(maps_involved, total),
+                )
+            )
+        if len(near):
+            i, j = near[0]
+            near_findings.append(
+                (
+                    f"{len(near)} pairs of base maps near-identical {where} (> {near_share:g} of cells equal), e.g. "
+                    f"{usable[a].where('inputs', idx_a[i])} and {usable[b].where('inputs', idx_b[j])}: "
+                    f"{share[i, j]:.3f} equal",
+                    len(near),
+                )
+            )
+    checks = [
+        finding_check("identical_maps", "augmentation_quality", description, findings, max(total, 1)),
+        finding_check(
+            "near_identical_maps",
+            "consistency",
+            f"base maps with more than {near_share:g} of their cells equal (reported, not scored)",
+            near_findings,
+            max(total * (total - 1) // 2, 1),
+            critical=False,
+        ),
+    ]
+    return checks, figures
+
+
+def vehicle_labels_check(views: dict[str, SplitView]) -> Check:
+    """Two vehicles with the same label in every base they share: they are one vehicle to the model."""
+    description = "no two vehicles have identical labels in every base"
+    per_vehicle: dict[str, dict[tuple[str, str], bytes]] = defaultdict(dict)
+    for name, view in views.items():
+        if view.labels is None or view.base_ids is None or view.vehicles is None:
+            continue
+        for i in range(view.size):
+            per_vehicle[str(view.vehicles[i])][(name, str(view.base_ids[i]))] = view.labels[i].tobytes()
+    if len(per_vehicle) < 2:
+        reason = "fewer than two vehicles with readable labels, base ids and vehicle names"
+        return not_run("vehicle_labels_distinct", "augmentation_quality", description, reason)
+    findings = []
+    pairs = list(combinations(sorted(per_vehicle), 2))
+    for a, b in pairs:
+        shared = per_vehicle[a].keys() & per_vehicle[b].keys()
+        same = [base for base in shared if per_vehicle[a][base] == per_vehicle[b][base]]
+        if shared and len(same) == len(shared):
+            findings.append(
+                (f"vehicles {a!r} and {b!r} have identical labels in all {len(shared)} bases they share", 1)
+            )
+    return finding_check("vehicle_labels_distinct", "augmentation_quality", description, findings, len(pairs))
+
+
+def hrm_metadata_check(views: dict[str, SplitView], identifiers: Any) -> Check:
+    """What dataset.json tells HRM (seq_len, vocab_size, num_puzzle_identifiers) against the arrays."""
+    description = "seq_len, vocab_size and num_puzzle_identifiers in dataset.json equal what the arrays hold"
+    findings: list[tuple[str, int]] = []
+    compared = 0
+    for view in views.values():
+        meta = view.metadata
+        if meta is None:
+            findings.append((f"{view.files['dataset']}: not readable as HRM metadata", 1))
+            compared += 1
+            continue
+        grids = [g for g in (view.inputs, view.labels) if g is not None]
+        facts = {}
+        if grids:
+            facts["seq_len"] = int(grids[0].shape[1])
+            facts["vocab_size"] = int(max(int(g.max()) for g in grids)) + 1
+        if isinstance(identifiers, list):
+            facts["num_puzzle_identifiers"] = len(identifiers)
+        for key, held in facts.items():
+            compared += 1
+            claim = meta.get(key)
+            wrong = claim != held if key != "vocab_size" else not isinstance(claim, int) or claim < held
+            if wrong:
+                what = "the largest token + 1" if key == "vocab_size" else "the files"
+                findings.append((f"{view.files['dataset']}: {key} = {claim!r}, {what}: {held}", 1))
+        rows, cols = meta.get("rows"), meta.get("cols")
+        if isinstance(rows, int) and isinstance(cols, int) and "seq_len" in facts:
+            compared += 1
+            if rows * cols != facts["seq_len"]:
+                findings.append(
+                    (
+                        f"{view.files['dataset']}: rows x cols = {rows} x {cols} but the grids hold {facts['seq_len']} cells",
+                        1,
+                    )
+                )
+    return finding_check("hrm_metadata", "tokens", description, findings, max(compared, 1))
+
+
+def ignore_label_check(views: dict[str, SplitView]) -> Check:
+    """Labels holding the ignore label drop those cells out of HRM's loss (the first attempt's 100% that
+    meant nothing): every cell must be a real target."""
+    description = "no label cell holds the ignore label (every cell is a target)"
+    findings: list[tuple[str, int]] = []
+    total = 0
+    for view in views.values():
+        if view.labels is None:
+            continue
+        ignore = (view.metadata or {}).get("ignore_label_id", spec.PAD)
+        total += view.size
+        rows = np.flatnonzero((view.labels == ignore).any(axis=1)).tolist()
+        if rows:
+            cells = int((view.labels == ignore).sum())
+            findings.append(
+                (
+                    f"{view.where('labels')}: {len(rows)} labels hold {cells} cells of the ignore label {ignore}, "
+                    f"e.g. examples {_examples(rows)}",
+                    len(rows),
+                )
+            )
+    if not total:
+        return not_run("labels_cover_every_cell", "tokens", description, "no readable labels")
+    return finding_check("labels_cover_every_cell", "tokens", description, findings, total)
+
+
+def generic_checks(
+    views: dict[str, SplitView], identifiers: Any, near_share: float, across: bool
+) -> tuple[list[Check], dict]:
+    """The checks that need no cost model and no strict layer: run on every file set."""
+    maps, figures = map_checks(views, near_share, across=across)
+    checks = [
+        identifier_check(views, identifiers),
+        conflicting_labels_check(views),
+        *maps,
+        vehicle_labels_check(views),
+        hrm_metadata_check(views, identifiers),
+        ignore_label_check(views),
+    ]
+    return checks, figures
+
+
+def base_overlap_check(views: dict[str, SplitView]) -> Check:
+    description = "no base scenario id in both splits"
+    train, test = views["train"], views["test"]
+    if train.base_ids is None or test.base_ids is None:
+        return not_run("base_overlap", "methodology", description, "base ids unreadable")
+    shared = sorted({str(b) for b in train.base_ids} & {str(b) for b in test.base_ids})
+    findings = (
+        [(f"{len(shared)} base ids in both splits, e.g. {_examples(shared)}", len(shared))] if shared else []
+    )
+    return finding_check(
+        "base_overlap", "methodology", description, findings, max(len(set(map(str, test.base_ids))), 1)
+    )
+
+
+def _grid_shape(views: dict[str, SplitView], summary: Any) -> tuple[int, int] | None:
+    """rows x cols from the summary's grid or any split's metadata, if it matches the grids."""
+    candidates = []
+    if isinstance(summary, dict) and isinstance(summary.get("grid"), dict):
+        candidates.append((summary["grid"].get("rows"), summary["grid"].get("cols")))
+    candidates += [((v.metadata or {}).get("rows"), (v.metadata or {}).get("cols")) for v in views.values()]
+    widths = {v.inputs.shape[1] for v in views.values() if v.inputs is not None}
+    for rows, cols in candidates:
+        if isinstance(rows, int) and isinstance(cols, int) and widths == {rows * cols}:
+            return rows, cols
+    return None
+
+
+def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
+    """Every readable label's route against the summary's cost model: valid for its vehicle
+    (`routing.check_route`) and optimal (`routing.dijkstra_optimum`). Not run without a cost model."""
+    from hrm.data import routing
+
+    valid_description = (
+        "every label's route is valid for its vehicle (access rules of the summary's cost model)"
+    )
+    optimal_description = "every route's cost equals the optimum (scipy Dijkstra on the summary's cost model)"
+    reason = ""
+    table = None
+    try:
+        table = np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
+        if table.ndim != 2 or table.shape[1] != spec.VOCAB_SIZE:
+            reason = (
+                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table is not [vehicles + 1, {spec.VOCAB_SIZE}]"
+            )
+    except (KeyError, TypeError, ValueError):
+        reason = (
+            f"no cost model: {spec.RAW_SUMMARY_FILE} holds no readable cost_model.cost_table, so no route can be "
+            "checked against a vehicle's access rules or for optimality"
+        )
+    shape = _grid_shape(views, summary)
+    usable = {
+        n: v
+        for n, v in views.items()
+        if v.inputs is not None and v.labels is not None and v.identifier is not None
+    }
+    if not reason and shape is None:
+        reason = "rows x cols unknown or not the grids' length"
+    if not reason and not usable:
+        reason = "no split has readable inputs, labels and puzzle identifiers"
+    if reason:
+        return [
+            not_run("route_valid", "route_optimality", valid_description, reason),
+            not_run("route_optimal", "route_optimality", optimal_description, reason),
+        ]
+    rows, cols = shape
+    invalid: list[tuple[str, int]] = []
+    dearer: list[tuple[str, int]] = []
+    total = 0
+    for view in usable.values():
+        for i in range(view.size):
+            total += 1
+            identifier = int(view.identifier[i])
+            where = f"{view.where('labels', i)} ({view.about(i)})"
+            if not 0 < identifier < table.shape[0]:
+                invalid.append(
+                    (f"{where}: puzzle identifier {identifier} has no vehicle in the cost table", 1)
+                )
+                continue
+            check = routing.check_route(view.inputs[i], view.labels[i], table[identifier], rows, cols)
+            if not check.valid:
+                invalid.append((f"{where}: invalid route: {check.reason}", 1))
+                continue
+            costs = routing.cell_costs(view.inputs[i], table[identifier])
+            optimum, _ = routing.dijkstra_optimum(costs, check.path[0], check.path[-1], rows, cols)
+            cost = routing.route_cost(costs, check.path)
+            if optimum is not None and cost != optimum:
+                dearer.append((f"{where}: route costs {cost} but the optimum is {optimum}", 1))
+    return [
+        finding_check("route_valid", "route_optimality", valid_description, invalid, total),
+        finding_check("route_optimal", "route_optimality", optimal_description, dearer, total),
+    ]

@@ -1,0 +1,181 @@
+"""Adaptive computation time (ACT), shared by every architecture: the carry, its serialisation, and halting.
+
+One call of a model = one ACT segment for every row of the batch. Rows that halted take the next batch's
+example and a fresh state; running rows keep theirs (HRM's "deep supervision": the carry is detached, so each
+segment is scored and back-propagated on its own). `QHaltingACT` is HRM's and TRM's outer loop: Q-head halting,
+exploration, and (unless `no_ACT_continue`) the target-Q second forward. The inner models (hrm.py, trm.py)
+only compute one segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hrm.io import UserError
+from hrm.models.config import ModelConfig
+from hrm.models.sparse_embedding import PuzzleEmbedding
+
+
+@dataclass
+class ACTCarry:
+    """Per-row state across ACT segments. `z_H`/`z_L` are None for models without recurrence."""
+
+    z_H: torch.Tensor | None
+    z_L: torch.Tensor | None
+    steps: torch.Tensor  # int32 [B]: segments run on the row's current example
+    halted: torch.Tensor  # bool [B]: the row takes a new example at the next call
+    current_data: dict[str, torch.Tensor]  # the example each row is working on
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        """Flat dict of tensors (for `torch.save(..., weights_only=True)` checkpoints)."""
+        state = {"steps": self.steps, "halted": self.halted}
+        if self.z_H is not None and self.z_L is not None:
+            state["z_H"], state["z_L"] = self.z_H, self.z_L
+        state.update({f"current_data.{k}": v for k, v in self.current_data.items()})
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, torch.Tensor], device: torch.device | str | None = None
+    ) -> ACTCarry:
+        prefix = "current_data."
+        required = {"steps", "halted", f"{prefix}inputs", f"{prefix}labels", f"{prefix}puzzle_identifiers"}
+        if ("z_H" in state) != ("z_L" in state) or not required <= set(state):
+            raise UserError(
+                f"checkpoint: ACT carry needs {sorted(required)} and both or neither of z_H, z_L; "
+                f"it has {sorted(state)}"
+            )
+
+        def get(key: str) -> torch.Tensor:
+            return state[key].to(device) if device is not None else state[key]
+
+        return cls(
+            z_H=get("z_H") if "z_H" in state else None,
+            z_L=get("z_L") if "z_L" in state else None,
+            steps=get("steps"),
+            halted=get("halted"),
+            current_data={k[len(prefix) :]: get(k) for k in state if k.startswith(prefix)},
+        )
+
+
+def keep_or_take(halted: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Row-wise: the new batch's value where the row halted, the old one elsewhere."""
+    return torch.where(halted.view((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
+class ACTModel(nn.Module):
+    """The carry boilerplate every architecture shares; `inner` computes one segment.
+
+    `recurrent = False` (the transformer baseline): the carry holds no z_H/z_L.
+    """
+
+    recurrent = True
+
+    def __init__(self, config: ModelConfig, inner: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.inner = inner
+
+    @property
+    def puzzle_emb(self) -> PuzzleEmbedding | None:
+        return getattr(self.inner, "puzzle_emb", None)
+
+    @property
+    def eval_segments(self) -> int:
+        """Segments an eval pass runs: always halt_max_steps (the Q-head never stops eval early)."""
+        return self.config.halt_max_steps
+
+    def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
+        """Every row starts halted, so the first call resets it and takes the batch's example."""
+        size = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        z_H = z_L = None
+        if self.recurrent:
+            shape = (size, self.config.total_len, self.config.hidden_size)
+            z_H = torch.zeros(shape, dtype=self.config.forward_dtype, device=device)
+            z_L = torch.zeros(shape, dtype=self.config.forward_dtype, device=device)
+        return ACTCarry(
+            z_H=z_H,
+            z_L=z_L,
+            steps=torch.zeros(size, dtype=torch.int32, device=device),
+            halted=torch.ones(size, dtype=torch.bool, device=device),
+            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
+        )
+
+    @staticmethod
+    def take_new_examples(carry: ACTCarry, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each row's example for this segment: the batch's where the row halted, its own elsewhere."""
+        return {k: keep_or_take(carry.halted, batch[k], v) for k, v in carry.current_data.items()}
+
+
+class QHaltingACT(ACTModel):
+    """HRM's and TRM's ACT loop around an inner model with fixed initial states and a Q-head.
+
+    The inner model: `reset_states(reset, z_H, z_L)` and
+    `inner(z_H, z_L, inputs, puzzle_identifiers, with_logits=True) -> (z_H, z_L, logits, q_halt, q_continue)`.
+    """
+
+    def forward(
+        self,
+        carry: ACTCarry,
+        batch: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
+        config = self.config
+        assert carry.z_H is not None and carry.z_L is not None
+        # Halted rows: fresh state, new example, step count 0. Running rows: unchanged.
+        z_H, z_L = self.inner.reset_states(carry.halted, carry.z_H, carry.z_L)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        data = self.take_new_examples(carry, batch)
+
+        z_H, z_L, logits, q_halt, q_continue = self.inner(
+            z_H, z_L, data["inputs"], data["puzzle_identifiers"]
+        )
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+
+        with torch.no_grad():
+            steps = steps + 1
+            is_last_step = steps >= config.halt_max_steps
+            halted = is_last_step
+            # Eval always runs halt_max_steps segments, so every row of a batch halts together.
+            if self.training and config.halt_max_steps > 1:
+                halted = halted | self.q_says_halt(q_halt, q_continue)
+                # Exploration: some rows must run a random minimum number of segments first.
+                explore = _uniform(q_halt.shape, generator, q_halt.device) < config.halt_exploration_prob
+                min_steps = explore * _randint(
+                    2, config.halt_max_steps + 1, steps.shape, generator, steps.device
+                )
+                halted = halted & (steps >= min_steps)
+                if not config.no_ACT_continue:
+                    # Target for q_continue: value of the next state, bootstrapped from a second forward (no
+                    # replay buffer or target network; the batch is many parallel environments, as in PQN).
+                    _, _, _, next_q_halt, next_q_continue = self.inner(
+                        z_H, z_L, data["inputs"], data["puzzle_identifiers"], with_logits=False
+                    )
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+                    )
+        return ACTCarry(z_H, z_L, steps.to(torch.int32), halted, data), outputs
+
+    def q_says_halt(self, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
+        """The Q-head's halting rule: q_halt > 0 with `no_ACT_continue` (TRM), else q_halt > q_continue."""
+        return q_halt > 0 if self.config.no_ACT_continue else q_halt > q_continue
+
+
+def _uniform(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Draw on the generator's device (a CPU generator can drive a CUDA model), then move."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def _randint(
+    low: int, high: int, shape: torch.Size, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(low, high, shape, generator=generator, device=gen_device, dtype=torch.int32).to(
+        device
+    )

@@ -1,0 +1,149 @@
+"""The model configuration every architecture shares: params.yaml's `arch` section plus the dataset's sizes.
+
+One dataclass for HRM, TRM and the transformer baseline, so that one `arch` section switches between them
+with `arch.name` and every key is checked once, with an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hrm.io import UserError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_forward_dtype(name: str, device: torch.device | str | None) -> torch.dtype:
+    """`auto` = bf16 on CUDA (tensor cores), fp32 elsewhere (bf16 matmuls are 20-50x slower on CPUs)."""
+    if name == "auto":
+        device_type = torch.device(device).type if device is not None else "cpu"
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise UserError(f"params.yaml: arch.forward_dtype must be auto, {', '.join(_DTYPES)}; got {name!r}")
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes a model. Defaults are HRM's; TRM's own values live in params.yaml."""
+
+    batch_size: int  # per process; the sparse puzzle embedding's gradient buffer has this many rows
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    name: str = "hrm_v1"
+    H_cycles: int = 2
+    L_cycles: int = 2
+    H_layers: int = 4  # TRM has no H_level and ignores it
+    L_layers: int = 4
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    pos_encodings: str = "rope"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    puzzle_emb_ndim: int = 512
+    # Prefix positions for the puzzle embedding; 0 = ceil(puzzle_emb_ndim / hidden_size) (HRM). Resolved in
+    # __post_init__, so after construction it is always the number of prefix positions.
+    puzzle_emb_len: int = 0
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    no_ACT_continue: bool = False  # True (TRM): halt on q_halt > 0, no target-Q pass, no q_continue loss
+    mlp_t: bool = False  # True (TRM's Sudoku model): an MLP across the sequence replaces attention
+    forward_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def from_arch(
+        cls,
+        arch: Mapping[str, Any],
+        *,
+        seq_len: int,
+        vocab_size: int,
+        num_puzzle_identifiers: int,
+        batch_size: int,
+        device: torch.device | str | None = None,
+    ) -> ModelConfig:
+        """Build from the `arch` section; unknown or ill-typed keys fail with the key's name."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        sized = {"batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers", "forward_dtype"}
+        values: dict[str, Any] = {}
+        for key, value in arch.items():
+            if key in ("loss", "forward_dtype"):
+                continue
+            if key not in fields or key in sized:
+                raise UserError(f"params.yaml: arch.{key} is not a setting of the HRM/TRM/transformer models")
+            expected = type(fields[key].default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise UserError(
+                    f"params.yaml: arch.{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
+                )
+            values[key] = value
+        return cls(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            vocab_size=vocab_size,
+            num_puzzle_identifiers=num_puzzle_identifiers,
+            forward_dtype=resolve_forward_dtype(str(arch.get("forward_dtype", "auto")), device),
+            **values,
+        )
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.puzzle_emb_len == 0:
+            object.__setattr__(self, "puzzle_emb_len", self.puzzle_emb_positions_needed)
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise UserError(f"params.yaml: arch.{key} {rule} (got {getattr(self, key)!r})")
+
+        # TRM's single network is L_level; its H_layers is unused (the official config sets 0).
+        need(self.H_layers >= (0 if self.name == "trm" else 1), "H_layers", "must be at least 1")
+        for key in ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads"):
+            need(getattr(self, key) >= 1, key, "must be at least 1")
+        need(self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
+        need((self.hidden_size // self.num_heads) % 2 == 0, "num_heads", "must leave an even head dim")
+        need(self.expansion > 0, "expansion", "must be positive")
+        need(self.pos_encodings in ("rope", "learned"), "pos_encodings", "must be rope or learned")
+        need(self.puzzle_emb_ndim >= 0, "puzzle_emb_ndim", "must be >= 0")
+        need(
+            self.puzzle_emb_len >= 0,
+            "puzzle_emb_len",
+            "must be >= 0 (0 = ceil(puzzle_emb_ndim / hidden_size))",
+        )
+        needed = self.puzzle_emb_positions_needed
+        if self.puzzle_emb_ndim == 0:
+            need(
+                self.puzzle_emb_len == 0,
+                "puzzle_emb_len",
+                "must be 0 when arch.puzzle_emb_ndim is 0 (no prefix)",
+            )
+        elif self.puzzle_emb_len != 0:
+            need(
+                self.puzzle_emb_len >= needed,
+                "puzzle_emb_len",
+                f"is too short for the puzzle embedding: puzzle_emb_ndim {self.puzzle_emb_ndim} needs at least "
+                f"{needed} positions of hidden_size {self.hidden_size} (or 0 for exactly that)",
+            )
+        need(self.halt_max_steps >= 1, "halt_max_steps", "must be at least 1")
+        need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob", "must be in [0, 1]")
+        for key in ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+
+    @property
+    def puzzle_emb_positions_needed(self) -> int:
+        """ceil(puzzle_emb_ndim / hidden_size): the fewest positions that hold the puzzle embedding."""
+        return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+    @property
+    def total_len(self) -> int:
+        """Positions the model sees: the puzzle-embedding prefix, then the sequence."""
+        return self.seq_len + self.puzzle_emb_len
