@@ -246,6 +246,8 @@ def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
     measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
     assert rows_seen == [1, 2]
     assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+
+
 def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):
     dev, proc = tmp_path / "dev", tmp_path / "proc"
     dev.mkdir()

@@ -357,6 +357,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         elif rank == 0:
             print(f"no checkpoint in {store.folder}: starting from scratch", flush=True)
 
+        if rank == 0 and isinstance(paths.get("train_timing"), str):
+            Path(paths["train_timing"]).unlink(missing_ok=True)  # a stale one would time another run
         logger = RunLogger(paths["train_log"], rank == 0, stop_at, initial_step=state.step, history=history)
         lr_for = make_lr_for(config, total_steps)
         eval_metrics: dict[str, float] = {}
@@ -442,6 +444,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             else:
                 write_weights(module, Path(paths["model"]))
             done = state.step - first_step
+            write_timing(paths.get("train_timing"), elapsed, done, first_step, world_size, device)
             print(
                 f"trained {done} steps in {elapsed:.1f} s"
                 + (f" ({elapsed / done:.3f} s/step)" if done else "")
@@ -454,3 +457,28 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def write_timing(
+    path: str | None, elapsed: float, steps: int, first_step: int, world_size: int, device: Any
+) -> None:
+    """Wall time of this process's training loop, outside the dvclive folder: timings differ run to run, the
+    metrics there must not. A resumed run times only the steps it did itself (`resumed_from_step`)."""
+    if not isinstance(path, str):
+        return
+    import torch
+
+    from hrm.io import atomic_write_json
+
+    atomic_write_json(
+        Path(path),
+        {
+            "wall_s": round(elapsed, 3),
+            "steps": steps,
+            "steps_per_s": round(steps / elapsed, 4) if elapsed > 0 and steps else 0.0,
+            "resumed_from_step": first_step,
+            "processes": world_size,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+    )
