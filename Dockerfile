@@ -1,5 +1,5 @@
-# syntax=docker/dockerfile:1
-# HRM city routing on a clean GPU machine. Build and run commands: docs/docker.md.
+# HRM city routing on a clean GPU machine (or a CPU one). Build and run commands: docs/docker.md.
+# Needs BuildKit (Docker's default builder since 23.0; `DOCKER_BUILDKIT=1` on 20.10) for the RUN mounts.
 #
 # The image holds the environment (CUDA build of torch, the project's dependencies, git, dvc); the pipeline
 # runs on a checkout mounted at /work, so `dvc repro` and `dvc exp run` see the user's git history, params
@@ -9,10 +9,13 @@
 # Base: the CUDA runtime image (CUDA 12.8 runtime, driver capabilities for `docker run --gpus all`). The torch
 # wheel brings its own cuBLAS/cuDNN/NCCL as pip packages, so the slim `base` flavour is enough; CUDA 12.8
 # needs an NVIDIA driver >= 570 on the host (R570+; Blackwell, Hopper, Ada, Ampere, Turing GPUs).
-FROM nvidia/cuda:12.8.1-base-ubuntu24.04
+# BASE_IMAGE: any Debian or Ubuntu image whose `python3` is 3.11 or newer (the CPU image: debian bookworm).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG TORCH_WHEEL=
 ARG USER_UID=1000
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -28,26 +31,47 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Python 3.12 (Ubuntu 24.04's), git for DVC. Unpinned apt versions on purpose: the archive drops old ones,
-# and the pinned base tag fixes the release.
+# The base's python3 (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm; refused below 3.11), git for DVC.
+# Unpinned apt versions on purpose: the archive drops old ones, and the pinned base tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
+    && python3 -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'the base image has Python ' + sys.version.split()[0] + '; the project needs 3.11 or newer')" \
     && python3 -m venv "$VIRTUAL_ENV"
 
-# 1) torch, pinned, the CUDA 12.8 build from the PyTorch index (largest layer, changes least).
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
+# pip reaches PyPI through a TLS-intercepting proxy only with that proxy's CA bundle: pass it as the build
+# secret `pip_cert` (`--secret id=pip_cert,src=<bundle>`); it is mounted for one RUN at a time, never stored.
+# Without the secret pip uses the system's CA certificates.
 
-# 2) the project's dependencies, read from pyproject.toml (torch is already satisfied).
-COPY pyproject.toml README.md /tmp/hrm-src/
-RUN python -c "import tomllib, pathlib; deps = tomllib.loads(pathlib.Path('/tmp/hrm-src/pyproject.toml').read_text())['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
+# 1) torch, pinned (largest layer, changes least): the CUDA 12.8 build from the PyTorch index, or, when
+# TORCH_WHEEL names a wheel in the build context's wheels/ folder, that wheel (the CPU image: no CUDA index
+# needed). Named, not picked up: a CPU wheel left in wheels/ must not slip into the CUDA image. The folder is
+# bind-mounted for this RUN only, so the wheel takes no room in the image's layers; the version check below
+# pins what the wheel file brings (DL3013 cannot see that).
+# hadolint ignore=DL3013
+RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
+    --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && if [ -n "$TORCH_WHEEL" ]; then pip install "/tmp/wheels/${TORCH_WHEEL}"; \
+    else pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; fi \
+    && python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else 'torch ' + v + ' installed, TORCH_VERSION is ${TORCH_VERSION}')"
+
+# 2) the project's dependencies, read from pyproject.toml (torch is already satisfied). README.md (pyproject's
+# `readme`) comes with the project in step 3, so that editing it does not download the dependencies again.
+COPY pyproject.toml /tmp/hrm-src/
+RUN --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python -c "import tomllib, pathlib; deps = tomllib.loads(pathlib.Path('/tmp/hrm-src/pyproject.toml').read_text())['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # 3) the project itself (the `hrm` command); no dependency changes here.
+COPY README.md /tmp/hrm-src/
 COPY hrm /tmp/hrm-src/hrm
-RUN pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
+RUN --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
     && python -c "import torch, hrm, hrm.doctor; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
     && dvc --version && hrm --help > /dev/null
 
@@ -67,6 +91,11 @@ RUN if id ubuntu > /dev/null 2>&1; then userdel --remove ubuntu; fi \
     && dvc config --system core.analytics false \
     && dvc config --system core.check_update false
 
+# The entry point checks that /work is a checkout (params.yaml; a git repository for dvc) before it runs the
+# command, so a missing or wrong mount gets one clear line (docker/entrypoint.sh). No command: `hrm doctor`.
+COPY docker/entrypoint.sh /usr/local/bin/hrm-entrypoint
+
 USER ${USER_UID}
 WORKDIR /work
+ENTRYPOINT ["hrm-entrypoint"]
 CMD ["hrm", "doctor"]

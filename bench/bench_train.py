@@ -8,8 +8,19 @@ zero grad, metric packing. Each case runs in a fresh subprocess so its peak RSS 
   peak_MiB   peak RSS during the steps minus RSS before the first step (activations, grads, optimizer state)
   rss_MiB    peak RSS of the whole process (model, data, torch itself)
 
+Memory cases (`--memory`): the paper shape at batch 2 as one batch (`paper`), as 2 micro-batches of 1
+(`paper-micro`, train.micro_batch_size 1) and with activation checkpointing (`paper-ckpt`); per-example step
+memory and the step time of checkpointing as ratios to `paper`.
+
     PYTHONPATH=$PWD python bench/bench_train.py               # quick + paper shape (minutes on 2 cores)
     PYTHONPATH=$PWD python bench/bench_train.py --only quick --threads 1
+    PYTHONPATH=$PWD python bench/bench_train.py --memory --threads 2
+    PYTHONPATH=$PWD python bench/bench_train.py --traced    # seconds: autograd-saved bytes on the meta device
+
+`--traced` counts what autograd holds for backward (each storage once, attention as the fused kernel) in one
+trainer forward/backward at the paper shape on PyTorch's meta device (no compute, independent of machine load),
+at 1 and 2 rows: bytes per example with and without activation checkpointing. With checkpointing, backward
+recomputes one block at a time, whose activations come on top while it runs (not counted here).
 """
 
 from __future__ import annotations
@@ -39,7 +50,10 @@ QUICK_ARCH = {
 CASES = {
     "paper": {"arch": PAPER_ARCH, "side": 40, "batch": 2, "steps": 3},
     "quick": {"arch": QUICK_ARCH, "side": 12, "batch": 64, "steps": 5},
+    "paper-micro": {"arch": PAPER_ARCH, "side": 40, "batch": 2, "steps": 3, "micro": 1},
+    "paper-ckpt": {"arch": PAPER_ARCH, "side": 40, "batch": 2, "steps": 3, "checkpointing": True},
 }
+MEMORY_CASES = ("paper", "paper-micro", "paper-ckpt")
 TRAIN = train_section(epochs=1, eval_interval=1, device="cpu", threads=0)  # --threads sets torch threads
 
 
@@ -56,23 +70,31 @@ def write_routing_like_dataset(root: Path, side: int, groups: int) -> None:
     write_layout(root / "train", inputs, inputs.copy(), vocab_size=24)
 
 
-def run_case(name: str, threads: int) -> dict:
+def run_case(name: str, threads: int, steps: int = 0) -> dict:
     import torch
 
     from hrm.training.data import PuzzleDataset, TrainSampler
-    from hrm.training.loop import TrainConfig, build_model, build_optimizers, make_lr_for
+    from hrm.training.loop import (
+        TrainConfig,
+        build_model,
+        build_optimizers,
+        make_lr_for,
+        set_activation_checkpointing,
+    )
     from hrm.training.step import TrainState, train_step
 
     if threads:
         torch.set_num_threads(threads)
-    case = CASES[name]
+    case = dict(CASES[name], **({"steps": steps} if steps else {}))
     batch = case["batch"]
     config = TrainConfig.from_params({**TRAIN, "global_batch_size": batch})
     with tempfile.TemporaryDirectory() as tmp:
         write_routing_like_dataset(Path(tmp), case["side"], groups=batch * (case["steps"] + 2))
         dataset = PuzzleDataset(tmp, "train")
         sampler = TrainSampler(dataset, batch, epochs_per_iteration=4, seed=0)
-        module = build_model(case["arch"], dataset.metadata, batch, torch.device("cpu"), seed=0)
+        micro = case.get("micro", batch)
+        module = build_model(case["arch"], dataset.metadata, micro, torch.device("cpu"), seed=0)
+        set_activation_checkpointing(module, case.get("checkpointing", False))
         module.train()
         optimizers, base_lrs = build_optimizers(module, config)
         generator = torch.Generator().manual_seed(0)
@@ -85,7 +107,9 @@ def run_case(name: str, threads: int) -> dict:
         times = []
         for index in range(case["steps"] + 1):
             started = time.perf_counter()
-            train_step(state, sampler.next_batch(), global_batch_size=batch, lr_for=lr_for)
+            train_step(
+                state, sampler.next_batch(), global_batch_size=batch, lr_for=lr_for, micro_batch_size=micro
+            )
             if index:  # the first step allocates optimizer state and warms caches
                 times.append(time.perf_counter() - started)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -93,6 +117,7 @@ def run_case(name: str, threads: int) -> dict:
         "case": name,
         "seq_len": case["side"] ** 2,
         "batch": batch,
+        "micro": micro,
         "params_M": params / 1e6,
         "threads": torch.get_num_threads(),
         "step_s": statistics.median(times),
@@ -102,21 +127,55 @@ def run_case(name: str, threads: int) -> dict:
     }
 
 
+def traced_bytes_per_example(checkpointing: bool) -> float:
+    """Autograd-saved bytes per example of the trainer's forward/backward at the paper shape (meta device),
+    attention counted as the fused kernel CPU and GPU pick (hrm.doctor.saved_step_bytes)."""
+    from hrm.doctor import Workload, saved_step_bytes
+
+    work = Workload(PAPER_ARCH, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, scaled_down=False)
+    sizes = [saved_step_bytes(work, "meta", "float32", rows, 0, True, checkpointing)[0] for rows in (1, 2)]
+    return float(sizes[1] - sizes[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", choices=sorted(CASES), help="run one case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--memory", action="store_true", help="the paper-shape memory cases and ratios")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per case (0 = the case's own)")
+    parser.add_argument(
+        "--traced", action="store_true", help="autograd-saved bytes per example (meta device)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.traced:
+        plain, recomputed = traced_bytes_per_example(False), traced_bytes_per_example(True)
+        print(
+            f"paper shape, fp32, autograd-saved bytes per example: plain {plain / 2**20:.1f} MiB, "
+            f"activation checkpointing {recomputed / 2**20:.1f} MiB (x{recomputed / plain:.3f}); "
+            f"micro-batches of m rows hold m x these"
+        )
+        return
     if args.worker:
-        print(json.dumps(run_case(args.worker, args.threads)))
+        print(json.dumps(run_case(args.worker, args.threads, args.steps)))
         return
     print(f"CPU fp32, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    for name in [args.only] if args.only else ["quick", "paper"]:
+    results = {}
+    names = [args.only] if args.only else list(MEMORY_CASES) if args.memory else ["quick", "paper"]
+    for name in names:
         done = subprocess.run(
-            [sys.executable, __file__, "--worker", name, "--threads", str(args.threads)],
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--threads",
+                str(args.threads),
+                "--steps",
+                str(args.steps),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -124,13 +183,22 @@ def main() -> None:
         if done.returncode != 0:
             print(f"{name}: failed\n{done.stderr[-2000:]}")
             continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+        r = results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(
             f"{r['case']:<6} seq {r['seq_len']:>5} batch {r['batch']:>3} params {r['params_M']:6.2f}M "
             f"threads {r['threads']}: step {r['step_s']:7.3f} s (min {r['step_min_s']:.3f}), "
             f"{r['batch'] / r['step_s']:7.2f} examples/s, step memory {r['peak_MiB']:7.1f} MiB, "
-            f"process peak RSS {r['rss_MiB']:7.1f} MiB"
+            f"process peak RSS {r['rss_MiB']:7.1f} MiB (micro-batch {r['micro']})"
         )
+    if "paper" in results:
+        plain = results["paper"]
+        for name in ("paper-micro", "paper-ckpt"):
+            if name in results:
+                r = results[name]
+                print(
+                    f"{name} / paper: step memory per example x{r['peak_MiB'] / plain['peak_MiB']:.3f}, "
+                    f"step time x{r['step_s'] / plain['step_s']:.3f}"
+                )
 
 
 if __name__ == "__main__":

@@ -89,5 +89,59 @@ def quickstart(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def compare(
+    params: Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")] = Path(
+        "params.yaml"
+    ),
+    profile: Annotated[
+        str, typer.Option("--profile", help="params.yaml profiles.NAME (quick, tiny, ...)")
+    ] = "quick",
+    archs: Annotated[
+        str, typer.Option("--archs", help="comma-separated arch names (those build_model knows)")
+    ] = "hrm_v1,transformer",
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="runs per arch: train.seed = first seed + 0..N-1")
+    ] = 3,
+    data_seeds: Annotated[
+        bool, typer.Option("--data-seeds", help="also vary generate.seed per run (model + data variance)")
+    ] = False,
+    jobs: Annotated[int, typer.Option("--jobs", help="DVC queue workers running at once")] = 1,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="key=value for every run; the same key twice = two variants"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="experiment name prefix (default: cmp-<profile>)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("reports/compare"),
+) -> None:
+    """Every arch x seed as DVC experiments on DVC's queue; mean, sd, min, max per arch with curves and a report."""
+    import shlex
+    import sys
+
+    from hrm.compare import compare as run_compare
+    from hrm.io import UserError
+
+    try:
+        run_compare(
+            params_path=params,
+            profile=profile,
+            archs=[a.strip() for a in archs.split(",") if a.strip()],
+            seeds=seeds,
+            data_seeds=data_seeds,
+            sets=tuple(overrides or ()),
+            jobs=jobs,
+            name=name,
+            out_dir=out,
+            command="hrm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        )
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

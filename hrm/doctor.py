@@ -29,6 +29,8 @@ from hrm.config import (
     load_params,
 )
 from hrm.io import UserError
+from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE
+from hrm.training.memory import MEMORY_HEADROOM
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -39,11 +41,8 @@ SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 
 DEFAULT_GRID_SEQ_LEN = 40 * 40  # paper grid, used when neither the data nor generate.rows/cols say otherwise
-MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (allocator fragmentation)
 ADAM_STATE_COPIES = 2  # AdamATan2 keeps exp_avg and exp_avg_sq, fp32, one each per parameter
-CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 CPU_DETERMINISM_SEQ_LEN = 256
-TRAIN_DEVICES = ("auto", "cpu", "cuda", "mps")  # what train.device accepts; --device may also name cuda:N
 
 
 @dataclass
@@ -73,6 +72,9 @@ class RunConfig:
     vocab_size: int
     num_puzzle_identifiers: int
     world_size: int
+    micro_batch_size: int | None = None  # train.micro_batch_size; None = auto
+    epochs: int = 0
+    train: dict[str, Any] = field(default_factory=dict)  # the train section, overrides applied
 
     @property
     def per_device_batch(self) -> int:
@@ -135,20 +137,8 @@ def load_run_config(
     except ConfigError as err:
         raise UserError(str(err)) from err
 
-    arch = params.get("arch")
-    train = params.get("train")
-    if not isinstance(arch, dict) or not isinstance(train, dict):
-        raise UserError(f"{source}: sections 'arch' and 'train' are required")
-
-    def train_value(key: str, kind: type, default: Any = None) -> Any:
-        value = train.get(key, default)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"{source}: train.{key} must be {kind.__name__}, got {value!r}")
-        return value
-
-    global_batch_size = train_value("global_batch_size", int)
-    if global_batch_size < 1:
-        raise UserError(f"{source}: train.global_batch_size must be >= 1, got {global_batch_size}")
+    arch, train = params["arch"], params["train"]  # types and ranges: schemas/params.schema.json
+    global_batch_size = train["global_batch_size"]
     seq_len, seq_len_source = _data_seq_len(params, params_path)
     vehicles = params.get("generate", {}).get("vehicles")
     num_ids = (len(vehicles) if isinstance(vehicles, list) else 4) + 1  # + the blank identifier 0
@@ -160,19 +150,24 @@ def load_run_config(
         raise UserError(
             f"{source}: train.global_batch_size {global_batch_size} is not a multiple of the {world_size} processes"
         )
-    if device is None and train.get("device", "auto") not in TRAIN_DEVICES:
+    micro = train.get("micro_batch_size", "auto")  # type and range: the schema; divisibility: here
+    if micro != "auto" and (global_batch_size // world_size) % micro:
         raise UserError(
-            f"{source}: train.device must be one of {', '.join(TRAIN_DEVICES)}, got {train['device']!r}"
+            f"{source}: train.micro_batch_size {micro} does not divide the {global_batch_size // world_size} "
+            f"rows per process"
         )
     return RunConfig(
+        micro_batch_size=None if micro == "auto" else micro,
+        epochs=train["epochs"],
+        train=dict(train),
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
         forward_dtype=str(arch.get("forward_dtype", "auto")),
-        deterministic=train_value("deterministic", bool, False),
-        compile=train_value("compile", bool, False),
+        deterministic=train["deterministic"],
+        compile=train["compile"],
         global_batch_size=global_batch_size,
-        seed=train_value("seed", int, 0),
+        seed=train["seed"],
         seq_len=seq_len,
         seq_len_source=seq_len_source,
         vocab_size=spec.VOCAB_SIZE,
@@ -184,44 +179,11 @@ def load_run_config(
 # ----------------------------------------------------------------------------------------------- device
 
 
-def resolve_device(request: str) -> tuple[str | None, str]:
-    """(device type, why) for auto | cpu | cuda[:n] | mps; (None, reason) when the request cannot be met."""
-    import torch
-
-    request = request.strip().lower()
-    if request == "auto":
-        if torch.cuda.is_available():
-            return "cuda", "auto: CUDA is available"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps", "auto: Apple MPS is available"
-        return "cpu", "auto: no CUDA or MPS device, using the CPU"
-    if request == "cpu":
-        return "cpu", "requested"
-    if request.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = torch.version.cuda
-            why = (
-                f"torch {torch.__version__} is built for CUDA {build} but no CUDA device or driver is visible"
-                if build
-                else f"torch {torch.__version__} is a CPU-only build (install a CUDA build, see docs/windows.md)"
-            )
-            return None, f"device '{request}' requested but CUDA is not available: {why}"
-        index = int(request.split(":", 1)[1]) if ":" in request else 0
-        if index >= torch.cuda.device_count():
-            return None, f"device '{request}' requested but only {torch.cuda.device_count()} CUDA device(s)"
-        return request, "requested"
-    if request == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            return None, "device 'mps' requested but Apple MPS is not available"
-        return "mps", "requested"
-    return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
-
-
 def resolve_dtype_name(forward_dtype: str, device: str) -> str:
-    """`auto` is bfloat16 on CUDA, float32 elsewhere (params.yaml arch.forward_dtype)."""
-    if forward_dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return forward_dtype
+    """`auto` is bfloat16 on CUDA, float32 elsewhere (params.yaml arch.forward_dtype; hrm.runtime's rule)."""
+    from hrm.runtime import dtype_name
+
+    return dtype_name(forward_dtype, device)
 
 
 def check_environment(device: str | None) -> Check:
@@ -251,15 +213,39 @@ def check_environment(device: str | None) -> Check:
     return Check("environment", OK, detail + f"; Python {data['python']}", data)
 
 
+def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
+    """What shows an NVIDIA GPU is handed to this machine or container (a device node, the driver's /proc
+    entry), or None. Lets a CPU-only torch say that it cannot use the GPU it was given (`docker run --gpus`)."""
+    nodes = sorted(dev.glob("nvidia[0-9]*"))
+    if nodes:
+        return nodes[0].as_posix()
+    if (proc / "version").exists():
+        return (proc / "version").as_posix()
+    return None
+
+
 def check_device(config: RunConfig) -> tuple[Check, str | None]:
-    device, why = resolve_device(config.device_request)
+    import torch
+
+    from hrm.runtime import device_choice
+
+    device, why = device_choice(config.device_request)
+    gpu = visible_nvidia_gpu() if torch.version.cuda is None else None
+    unusable_gpu = (
+        f"an NVIDIA GPU is visible ({gpu}) but torch {torch.__version__} is a CPU-only build and cannot use it:"
+        " install a CUDA build of torch (Docker: the CUDA image, docs/docker.md)"
+    )
     if device is None:
-        return Check("device", FAIL, why, {"requested": config.device_request}), None
+        detail = f"{why}; {unusable_gpu}" if gpu else why
+        return Check("device", FAIL, detail, {"requested": config.device_request}), None
     detail = f"{device} ({why})"
     status = OK
     if device == "cpu" and config.device_request == "auto":
         status = WARN
         detail += "; the paper profile needs a GPU, the CPU suits the quick profile"
+    if gpu:
+        status = WARN
+        detail += f"; {unusable_gpu}"
     return Check("device", status, detail, {"requested": config.device_request, "device": device}), device
 
 
@@ -549,18 +535,21 @@ def random_batch(work: Workload, batch_size: int, device: str, seed: int) -> dic
     return {k: v.to(torch.device(device)) for k, v in batch.items()}
 
 
-def train_step(head: Any, batch: dict[str, Any], seed: int) -> Any:
-    """One ACT segment forward (training mode, target-Q pass included) and backward; returns the loss.
-
-    The halting exploration draws from a seeded CPU generator, as the trainer's (it drives a CUDA model too).
+def segment_forward_backward(head: Any, batch: dict[str, Any], seed: int) -> Any:
+    """The trainer's forward and backward of one ACT segment (`hrm.training.step.forward_backward`): training
+    mode, target-Q pass included, halting draws from a seeded CPU generator as the trainer's. Returns the loss.
     """
     import torch
 
+    from hrm.training.step import forward_backward
+
     head.train()
     generator = torch.Generator().manual_seed(seed)
-    carry = head.initial_carry(batch)
-    _, loss, _, _, _ = head(carry=carry, batch=batch, return_keys=[], generator=generator)
-    (loss / batch["inputs"].shape[0]).backward()  # the loss is a sum over rows; the trainer divides too
+    rows = batch["inputs"].shape[0]
+    draws = head.draw_row_randomness(rows, generator)
+    _, loss, _ = forward_backward(
+        head, head.initial_carry(batch), batch, global_batch_size=rows, generator=generator, draws=draws
+    )
     return loss
 
 
@@ -582,7 +571,7 @@ def seeded_gradients(
     if device.startswith("cuda"):
         torch.cuda.manual_seed_all(seed)
     head = build_head(work, batch_size, device, dtype_name, seed)
-    train_step(head, random_batch(work, batch_size, device, seed), seed)
+    segment_forward_backward(head, random_batch(work, batch_size, device, seed), seed)
     return _gradients(head)
 
 
@@ -611,7 +600,6 @@ def check_determinism(
     `step(seed) -> {name: grad}` defaults to the configured model; tests pass their own to prove the check
     can fail.
     """
-    import torch
 
     dtype_name = resolve_dtype_name(config.forward_dtype, device)
     # A CPU step at the paper's shapes takes minutes: cap the sequence there (CPU kernels do not switch
@@ -623,10 +611,11 @@ def check_determinism(
         def step(seed: int) -> dict[str, Any]:
             return seeded_gradients(work, device, dtype_name, seed, batch_size)
 
-    # The trainer's settings (hrm.training.loop.set_determinism), restored afterwards.
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(config.deterministic)
-    torch.backends.cudnn.benchmark = not config.deterministic
+    # The trainer's settings (hrm.runtime.set_determinism), restored afterwards.
+    from hrm.runtime import determinism_state, restore_determinism, set_determinism
+
+    previous = determinism_state()
+    set_determinism(config.deterministic, device)
     try:
         first, second = step(config.seed), step(config.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
@@ -634,8 +623,7 @@ def check_determinism(
             "determinism", FAIL, f"a training step failed: {type(err).__name__}: {err}", {"error": repr(err)}
         )
     finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
+        restore_determinism(previous)
     identical, worst, differing = compare_gradients(first, second)
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:
@@ -704,7 +692,13 @@ def sdpa_default_pick(device: str, dtype_name: str, heads: int, head_dim: int) -
 
 
 def saved_step_bytes(
-    work: Workload, device: str, dtype_name: str, batch_size: int, seed: int, fused_attention: bool
+    work: Workload,
+    device: str,
+    dtype_name: str,
+    batch_size: int,
+    seed: int,
+    fused_attention: bool,
+    checkpointing: bool = False,
 ) -> tuple[int, int]:
     """(bytes a training step holds at its peak, parameter bytes), counted from what autograd saves.
 
@@ -718,7 +712,10 @@ def saved_step_bytes(
     """
     import torch
 
+    from hrm.training.loop import set_activation_checkpointing
+
     head = build_head(work, batch_size, device, dtype_name, seed)
+    set_activation_checkpointing(head, checkpointing)  # saved: each block's input, not its insides
     params_bytes, buffer_bytes = _parameter_bytes(head)
     on_meta = torch.device(device).type == "meta"
 
@@ -739,7 +736,7 @@ def saved_step_bytes(
 
     batch = random_batch(work, batch_size, device, seed)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        train_step(head, batch, seed)
+        segment_forward_backward(head, batch, seed)
 
     total_len = head.config.total_len
     head_dim = head.config.hidden_size // head.config.num_heads
@@ -754,24 +751,26 @@ def saved_step_bytes(
     return params_bytes + buffer_bytes + params_bytes + activations, params_bytes
 
 
-def measured_step_bytes_cuda(
-    work: Workload, device: str, dtype_name: str, batch_size: int, seed: int
-) -> tuple[int, int]:
-    """(peak bytes allocated during a real training step, parameter bytes) on a CUDA device."""
+def measured_trainer_step(config: RunConfig, work: Workload, device: str, dtype_name: str) -> Any:
+    """Peak memory of the trainer's own step (`hrm.training.step.train_step`, both optimizers) on CUDA at
+    1 and 2 rows, as the trainer's memory plan measures it (`hrm.training.memory.measure_cuda_step`)."""
     import torch
 
-    torch.cuda.empty_cache()
-    target = torch.device(device)
-    baseline = torch.cuda.memory_allocated(target)
-    torch.cuda.reset_peak_memory_stats(target)
-    head = build_head(work, batch_size, device, dtype_name, seed)
-    params_bytes = _parameter_bytes(head)[0]
-    train_step(head, random_batch(work, batch_size, device, seed), seed)
-    torch.cuda.synchronize(target)
-    peak = torch.cuda.max_memory_allocated(target) - baseline
-    del head
-    torch.cuda.empty_cache()
-    return peak, params_bytes
+    from hrm.training.loop import TrainConfig, build_optimizers, set_activation_checkpointing
+    from hrm.training.memory import measure_cuda_step
+    from hrm.training.step import TrainState
+
+    train = TrainConfig.from_params(config.train)
+
+    def make_state(rows: int) -> Any:
+        head = build_head(work, rows, device, dtype_name, config.seed)
+        set_activation_checkpointing(head, train.activation_checkpointing)
+        head.train()
+        optimizers, base_lrs = build_optimizers(head, train)
+        return TrainState(head, head, optimizers, base_lrs, torch.Generator().manual_seed(config.seed))
+
+    batch = random_batch(work, 2, device, config.seed)
+    return measure_cuda_step(make_state, batch, torch.device(device), config.global_batch_size)
 
 
 def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
@@ -783,15 +782,19 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
     work = workload(config, quick=False)  # always the configured shapes
     small = (1, 2)
     try:
+        measured = None
         if device.startswith("cuda") and not quick:
-            sized = [measured_step_bytes_cuda(work, device, dtype_name, b, config.seed) for b in small]
-            method = "measured: torch.cuda.max_memory_allocated of a real step at batch 1 and 2"
+            measured = measured_trainer_step(config, work, device, dtype_name)
+            method = measured.method + " (optimizer state included)"
         else:
             hidden = int(config.arch.get("hidden_size", 512))
             heads = int(config.arch.get("num_heads", 8))
             pick = sdpa_default_pick(device, dtype_name, heads, hidden // heads)
             fused = pick not in (None, "math")
-            sized = [saved_step_bytes(work, "meta", dtype_name, b, config.seed, fused) for b in small]
+            recompute = config.train.get("activation_checkpointing") is True
+            sized = [
+                saved_step_bytes(work, "meta", dtype_name, b, config.seed, fused, recompute) for b in small
+            ]
             method = (
                 f"traced on the meta device (no compute): params + grads + autograd-saved tensors, "
                 f"attention as {device}'s SDPA pick ({pick or 'unknown'}); transient workspace not counted"
@@ -803,11 +806,13 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
             f"could not size a training step: {type(err).__name__}: {err}",
             {"error": repr(err)},
         )
-    (first, params_bytes), (second, _) = sized
-    per_example = second - first
-    optimizer_bytes = ADAM_STATE_COPIES * params_bytes
-    fixed = first - per_example + optimizer_bytes
-    method += "; + AdamATan2 state (2 x params, analytic); linear in the batch"
+    if measured is not None:
+        per_example, fixed = measured.per_example, measured.fixed
+    else:
+        (first, params_bytes), (second, _) = sized
+        per_example = second - first
+        fixed = first - per_example + ADAM_STATE_COPIES * params_bytes
+        method += "; + AdamATan2 state (2 x params, analytic); linear in the batch"
     free, total, memory_source = device_memory_available(device)
     batch = config.per_device_batch
     needed = fixed + per_example * batch
@@ -843,19 +848,161 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
     budget = free * MEMORY_HEADROOM
     largest = int((budget - fixed) // per_example) if budget > fixed else 0
     data["largest_batch"] = largest
-    detail = (
-        f"{shape}: needs ~{_gib(needed)} ({_gib(fixed)} fixed + {_gib(per_example)} per example); "
-        f"{_gib(free)} free ({memory_source}); largest batch that fits ~{largest} per device. "
-        f"Method: {method}"
+    # Micro-batching (train.micro_batch_size): only a micro-batch's activations at once, plus the whole
+    # batch's ACT carry.
+    from hrm.training.memory import StepMemory, carry_bytes_per_row, largest_fitting
+
+    carry_row = carry_bytes_per_row(
+        build_head(work, 1, "meta", dtype_name, config.seed), random_batch(work, 1, "meta", config.seed)
     )
-    if needed > budget:
+    step_memory = StepMemory(fixed, per_example, carry_row, method)
+    largest_micro = largest_fitting(batch, step_memory, int(budget))
+    micro = config.micro_batch_size or largest_micro
+    data.update(largest_micro_batch=largest_micro, micro_batch=micro, carry_bytes_per_row=carry_row)
+    detail = (
+        f"{shape}: needs ~{_gib(needed)} in one batch ({_gib(fixed)} fixed + {_gib(per_example)} per example); "
+        f"{_gib(free)} free ({memory_source}); largest batch that fits ~{largest} per device"
+    )
+    if largest_micro and needed > budget:
+        detail += (
+            f"; runs as micro-batches of {micro} x {batch // micro} accumulation "
+            f"(~{_gib(step_memory.peak(batch, micro))} with the ACT carry of {batch} rows)"
+        )
+    detail += f". Method: {method}"
+    if largest_micro == 0:
         hint = f"; lower train.global_batch_size to <= {largest * config.world_size} or use more devices"
-        return Check("memory", FAIL, f"DOES NOT FIT: {detail}{hint}", data)
+        return Check("memory", FAIL, f"DOES NOT FIT even in micro-batches of 1: {detail}{hint}", data)
+    if config.micro_batch_size and config.micro_batch_size > largest_micro:
+        return Check(
+            "memory",
+            FAIL,
+            f"DOES NOT FIT: train.micro_batch_size {config.micro_batch_size} is above the largest that fits, "
+            f"{largest_micro}: {detail}",
+            data,
+        )
     return Check("memory", OK, detail, data)
 
 
 def _gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**27 else f"{value / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------- GPU plans
+
+# One example GPU per memory size and its dense bf16 tensor-core peak (fp32 accumulate), from the vendors'
+# data sheets. Assumptions for the time estimate only; the memory plan does not depend on them.
+GPU_TIERS = (
+    (8, "RTX 3070 Ti", 43.5e12),
+    (12, "RTX 4070", 58.3e12),
+    (16, "RTX 4080", 97.5e12),
+    (24, "RTX 4090", 165.2e12),
+    (40, "A100 40GB", 312e12),
+    (48, "L40S", 362e12),
+    (80, "H100 SXM", 989e12),
+    (141, "H200", 989e12),
+)
+ASSUMED_MFU = 0.30  # model FLOPs utilisation assumed for the estimate (not measured yet: bench/gpu_check.py)
+
+
+def step_flops(arch: dict[str, Any], seq_len: int, vocab_size: int, rows: int) -> tuple[float, str]:
+    """FLOPs of one training step (one ACT segment) over `rows` rows, counted analytically, and the formula."""
+    from hrm.models.layers import swiglu_width
+
+    h = int(arch.get("hidden_size", 512))
+    hc, lc = int(arch.get("H_cycles", 2)), int(arch.get("L_cycles", 2))
+    hl, ll = int(arch.get("H_layers", 4)), int(arch.get("L_layers", 4))
+    emb = int(arch.get("puzzle_emb_ndim", h))
+    tokens = seq_len + (-(emb // -h) if emb > 0 else 0)
+    inner = swiglu_width(h, float(arch.get("expansion", 4)))
+    block = (
+        2 * (4 * h * h + 3 * h * inner) + 4 * tokens * h
+    )  # per token: matmuls + attention scores and values
+    forward_blocks = hc * (lc * ll + hl)  # one segment: every L and H update
+    segment_blocks = 2 * forward_blocks + 2 * (
+        ll + hl
+    )  # + the target-Q forward + backward of the last L and H
+    lm_head = 3 * 2 * h * vocab_size  # forward + backward
+    total = rows * tokens * (segment_blocks * block + lm_head)
+    formula = (
+        "rows x tokens x [(2 x H_cycles x (L_cycles x L_layers + H_layers) + 2 x (L_layers + H_layers)) x "
+        "(2 x (4h^2 + 3 h inner) + 4 tokens h) + 6 h vocab]"
+    )
+    return float(total), formula
+
+
+def planned_step_count(config: RunConfig) -> tuple[int, str]:
+    """train's planned steps, from the converted data if present, else from generate.train_bases."""
+    import json
+
+    from hrm.training.data import planned_steps
+
+    params = load_params(config.params_path)
+    epochs = config.epochs
+    hrm_dir = params.get("paths", {}).get("hrm")
+    metadata_file = (
+        config.params_path.parent / Path(str(hrm_dir)) / "train" / "dataset.json" if hrm_dir else None
+    )
+    if metadata_file is not None and metadata_file.is_file():
+        meta = json.loads(metadata_file.read_text(encoding="utf-8"))
+        groups, mean = int(meta["total_groups"]), float(meta["mean_puzzle_examples"])
+    else:  # one group per base, one example per puzzle (docs/design.md)
+        groups, mean = int(params.get("generate", {}).get("train_bases", 0)), 1.0
+
+    class _Meta:
+        total_groups, mean_puzzle_examples = groups, mean
+
+    return planned_steps(_Meta, epochs, config.global_batch_size), f"epochs {epochs} x {groups} groups"
+
+
+def check_gpu_plans(config: RunConfig) -> Check:
+    """The memory plan and an estimated duration of the configured run on GPUs of 8 to 141 GiB."""
+    from hrm.runtime import dtype_name
+    from hrm.training.memory import MEMORY_HEADROOM, StepMemory, carry_bytes_per_row, gib, largest_fitting
+
+    gpu_dtype = dtype_name(config.forward_dtype, "cuda")
+    work = workload(config, quick=False)
+    try:
+        recompute = config.train.get("activation_checkpointing") is True
+        sized = [saved_step_bytes(work, "meta", gpu_dtype, b, config.seed, True, recompute) for b in (1, 2)]
+        head = build_head(work, 1, "meta", gpu_dtype, config.seed)
+        carry_row = carry_bytes_per_row(head, random_batch(work, 1, "meta", config.seed))
+    except Exception as err:  # the model itself failed: report it
+        return Check(
+            "gpu_plans", FAIL, f"could not size a step: {type(err).__name__}: {err}", {"error": repr(err)}
+        )
+    (first, params_bytes), (second, _) = sized
+    per_example = max(second - first, 1)
+    memory = StepMemory(
+        fixed=first - per_example + ADAM_STATE_COPIES * params_bytes,
+        per_example=per_example,
+        carry_per_row=carry_row,
+        method="meta trace",
+    )
+    steps, steps_source = planned_step_count(config)
+    flops, formula = step_flops(work.arch, work.seq_len, work.vocab_size, config.global_batch_size)
+    share = config.per_device_batch
+    rows, lines = [], []
+    for size, example, peak in GPU_TIERS:
+        micro = largest_fitting(share, memory, int(size * 2**30 * MEMORY_HEADROOM))
+        hours = steps * flops / (config.world_size * peak * ASSUMED_MFU) / 3600
+        row = {"gib": size, "example_gpu": example, "peak_flops": peak, "micro_batch": micro, "hours": hours}
+        if micro:
+            row.update(accumulation=share // micro, peak_bytes=memory.peak(share, micro))
+            lines.append(
+                f"{size:>3} GiB ({example}): micro-batch {micro} x {share // micro} accumulation, "
+                f"est. peak {gib(memory.peak(share, micro))}, est. {hours:,.0f} h"
+            )
+        else:
+            lines.append(f"{size:>3} GiB ({example}): does not fit (even 1 row with the carry of {share})")
+        rows.append(row)
+    detail = (
+        f"ESTIMATE, not measured: {config.world_size} x GPU, batch {share}/GPU, {gpu_dtype}, {steps:,} planned "
+        f"steps ({steps_source}); memory traced on meta (+ Adam state + ACT carry of {share} rows), budget "
+        f"{MEMORY_HEADROOM:.0%} of the GPU; time = steps x FLOPs/step / (GPUs x peak x MFU {ASSUMED_MFU:.0%}), "
+        f"FLOPs/step {flops:.3g} = {formula}\n" + "\n".join(lines)
+    )
+    data = {"rows": rows, "flops_per_step": flops, "formula": formula, "mfu": ASSUMED_MFU, "steps": steps}
+    return Check("gpu_plans", OK, detail, data)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -869,7 +1016,15 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     device_check, device = check_device(config)
     checks = [check_environment(device), device_check]
     if device is None:
-        for name in ("compile", "sdpa_backends", "sdpa_numerics", "bf16", "determinism", "memory"):
+        for name in (
+            "compile",
+            "sdpa_backends",
+            "sdpa_numerics",
+            "bf16",
+            "determinism",
+            "memory",
+            "gpu_plans",
+        ):
             checks.append(Check(name, SKIP, "no usable device"))
         return Report(checks)
     checks.append(check_compile(config, device))
@@ -877,6 +1032,7 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     checks.append(check_bf16(config, device))
     checks.append(check_determinism(config, device, quick))
     checks.append(check_memory(config, device, quick))
+    checks.append(check_gpu_plans(config))
     return Report(checks)
 
 

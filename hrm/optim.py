@@ -87,9 +87,23 @@ class SparseSignSGD(Optimizer):
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"invalid lr {lr} or weight_decay {weight_decay}")
         self.embedding = embedding
+        # (gradient rows, ids) of earlier micro-batches of this step; see `collect_micro_batch`.
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
 
+    def collect_micro_batch(self) -> None:
+        """Set aside the gradient rows and ids of the micro-batch just back-propagated.
+
+        The local copy is overwritten by the next micro-batch's rows (other ids), so its gradient cannot simply
+        accumulate; `step` sums all collected rows per id, exactly as for one big batch.
+        """
+        local = self.embedding.local_weights
+        if local.grad is not None:
+            self.pending.append((local.grad.detach().clone(), self.embedding.local_ids.detach().clone()))
+            local.grad = None
+
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self.pending = []
         local = self.embedding.local_weights
         if local.grad is not None:
             if set_to_none:
@@ -97,17 +111,28 @@ class SparseSignSGD(Optimizer):
             else:
                 local.grad.zero_()
 
+    def gradient_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(gradient rows, ids) of this step on this process: collected micro-batches, then the local copy."""
+        parts = list(self.pending)
+        local = self.embedding.local_weights
+        if local.grad is not None:
+            parts.append((local.grad, self.embedding.local_ids))
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([g for g, _ in parts]), torch.cat([i for _, i in parts])
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad = self.embedding.local_weights.grad
-        if grad is None:
+        rows = self.gradient_rows()
+        if rows is None:
             return loss
-        ids = self.embedding.local_ids
-        grad, ids = _gather_across_ranks(grad, ids)
+        grad, ids = _gather_across_ranks(*rows)
         weights = self.embedding.weights
         unique_ids, inverse = ids.to(torch.long).unique(return_inverse=True)
         summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)

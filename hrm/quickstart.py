@@ -2,7 +2,7 @@
 
 The profile is a set of overrides kept in params.yaml under `profiles.<name>`, plus, under
 `profiles.<name>.per_arch.<arch name>`, overrides applied on top of it when that architecture is chosen (e.g. TRM's
-own cycles at the same width; `profile_overrides`, re-exported here from `hrm.config`). It runs with
+own cycles at the same width; `hrm.config.profile_overrides`). It runs with
 `dvc exp run --temp`, so the workspace's params.yaml keeps the paper values and the paper pipeline's outputs
 are untouched; the run shows in `dvc exp show` and `dvc metrics diff HEAD <name>` like any experiment. Its
 report is then copied out of the experiment into `reports/<name>/` for reading.
@@ -26,8 +26,6 @@ from hrm.config import (
     load_params,
     profile_overrides,
 )
-
-__all__ = ["flatten", "profile_overrides", "quickstart", "set_param_args"]
 from hrm.io import UserError
 
 

@@ -305,3 +305,21 @@ def test_routes_are_still_checked_when_a_structure_layer_fails(our_set, tmp_path
     assert "but the optimum is" in _check_lines(markdown, "route_optimal")
     assert "route_valid" not in json.loads((tmp_path / "reports" / "compliance.json").read_text())["not_run"]
     assert "invalid route" in str(error.value)
+
+
+def test_convert_and_validate_read_the_files_through_one_reader(our_set, tmp_path, monkeypatch):
+    """Both stages get the 18 files from hrm.data.raw.read_files, once each; nothing else opens them."""
+    from hrm.data import convert, raw
+    from tests.validate_data import copy_set
+
+    params = copy_set(our_set, tmp_path)
+    calls = []
+    real = raw.read_files
+    monkeypatch.setattr(raw, "read_files", lambda folder: calls.append(Path(folder)) or real(folder))
+    opened = []
+    real_read = raw.read_json_text
+    monkeypatch.setattr(raw, "read_json_text", lambda path: opened.append(path.name) or real_read(path))
+    convert.convert(tmp_path / "raw", tmp_path / "hrm-again")
+    validate.run(params)
+    assert calls == [tmp_path / "raw", tmp_path / "raw"]
+    assert sorted(opened) == sorted(2 * spec.raw_file_names())  # each file read once per stage

@@ -52,8 +52,18 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def test_base_image_is_a_pinned_cuda_image():
-    (base,) = of("FROM")
+def run_script(run: str) -> str:
+    """A RUN instruction's shell script, without its BuildKit flags (`--mount=...`)."""
+    words = run.split(" ")
+    while words and (words[0].startswith("--") or not words[0]):
+        words.pop(0)
+    return " ".join(words)
+
+
+def test_base_image_is_a_build_argument_defaulting_to_a_pinned_cuda_image():
+    (from_line,) = of("FROM")
+    assert from_line == "${BASE_IMAGE}"
+    base = arg_defaults()["BASE_IMAGE"]
     image, _, tag = base.partition(":")
     assert image == "nvidia/cuda", base
     assert re.fullmatch(r"\d+\.\d+\.\d+-(base|runtime|cudnn-runtime)-ubuntu\d+\.\d+", tag), base
@@ -71,6 +81,8 @@ def test_torch_is_pinned_to_a_cuda_build_that_pyproject_accepts():
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", defaults["TORCH_INDEX_URL"])
     torch_runs = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
     assert len(torch_runs) == 1 and '--index-url "$TORCH_INDEX_URL"' in torch_runs[0]
+    # a wheel from wheels/ only when named (the CPU image): by default the CUDA image takes the index's build
+    assert defaults["TORCH_WHEEL"] == "" and '"/tmp/wheels/${TORCH_WHEEL}"' in torch_runs[0]
 
 
 def test_dependencies_and_project_come_from_pyproject():
@@ -177,7 +189,10 @@ def test_dockerignore_rules_follow_docker():
 def test_build_context_builds_the_package(tmp_path):
     context = tmp_path / "context"
     copied = _dockerignore_context(context)
-    assert {"pyproject.toml", "README.md", "hrm/cli.py", "hrm/doctor.py"} <= set(copied)
+    assert {"pyproject.toml", "README.md", "hrm/cli.py", "hrm/doctor.py", "docker/entrypoint.sh"} <= set(
+        copied
+    )
+    assert "wheels/README.md" in copied  # the folder the torch RUN mounts must reach the build
     leaked = [
         p for p in copied if p.split("/")[0] in {"data", "dataset", "models", "checkpoints", ".dvc", "tests"}
     ]
@@ -265,7 +280,7 @@ def test_container_git_and_dvc_settings_let_dvc_exp_run_work_on_a_foreign_checko
 def test_dependency_one_liner_reads_pyproject(tmp_path):
     """The RUN line that turns pyproject's dependencies into a requirements file, run as written."""
     (run,) = [run for run in of("RUN") if "['project']['dependencies']" in run]
-    one_liner = run.split(">", 1)[0].strip()
+    one_liner = run[run.index("python -c") :].split(">", 1)[0].strip()
     source = tmp_path / "src"
     source.mkdir()
     shutil.copy2(REPO / "pyproject.toml", source / "pyproject.toml")
@@ -295,9 +310,42 @@ def test_image_install_steps_in_a_fresh_venv(tmp_path):
     ]
     assert len(steps) == 2
     for step in steps:
-        script = step.replace("/tmp/hrm-src", context.as_posix())
+        script = run_script(step).replace("/tmp/hrm-src", context.as_posix())
         script = script.replace("/tmp/requirements.txt", (tmp_path / "requirements.txt").as_posix())
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", script], env=env, cwd=tmp_path, text=True, capture_output=True
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_entry_point_checks_the_mount_then_runs_the_command(tmp_path):
+    """docker/entrypoint.sh (the image's ENTRYPOINT): no params.yaml, or dvc outside a git repository, is one
+    clear line and exit 2; otherwise the command runs as given, `hrm doctor` when there is none."""
+    assert of("ENTRYPOINT") == ['["hrm-entrypoint"]'] and of("CMD") == ['["hrm", "doctor"]']
+    assert any(copy.split()[0] == "docker/entrypoint.sh" for copy in of("COPY"))
+    script = REPO / "docker" / "entrypoint.sh"
+    stub = tmp_path / "bin"  # stand-ins for the image's dvc and hrm: print what they were called with
+    stub.mkdir()
+    for name in ("dvc", "hrm"):
+        (stub / name).write_text(f'#!/bin/sh\necho "{name} ran: $*"\n', encoding="utf-8")
+        (stub / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["PATH"] = f"{stub}{os.pathsep}{env['PATH']}"
+    checkout = tmp_path / "work"
+    checkout.mkdir()
+
+    def entry(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sh", str(script), *command], cwd=checkout, env=env, capture_output=True, text=True
+        )
+
+    missing = entry("dvc", "repro")
+    assert missing.returncode == 2 and "params.yaml not found" in missing.stderr and not missing.stdout
+    assert entry().returncode == 2  # hrm doctor needs params.yaml too
+    assert entry("echo", "free").stdout == "free\n"  # other commands are not checked
+    (checkout / "params.yaml").write_text("train: {}\n", encoding="utf-8")
+    not_git = entry("dvc", "repro")
+    assert not_git.returncode == 2 and "is not a git repository" in not_git.stderr and not not_git.stdout
+    assert entry().stdout == "hrm ran: doctor\n"  # no command: hrm doctor, no git needed
+    subprocess.run(["git", "init", "-q"], cwd=checkout, env=env, check=True)
+    assert entry("dvc", "repro").stdout == "dvc ran: repro\n"

@@ -23,6 +23,7 @@ CHECK_NAMES = [
     "bf16",
     "determinism",
     "memory",
+    "gpu_plans",
 ]
 runner = CliRunner()
 
@@ -177,3 +178,97 @@ def test_pyproject_script_points_at_this_app():
     script = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["hrm"]
     assert script == "hrm.cli:app" and isinstance(app, typer.Typer)
     assert "doctor" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_gpu_plans_cover_every_size_with_an_estimate(tiny_params, passing_report):
+    plans = checks_by_name(passing_report[1])["gpu_plans"]
+    assert plans["status"] == "ok" and "ESTIMATE" in plans["detail"] and "MFU" in plans["detail"]
+    assert [row["gib"] for row in plans["data"]["rows"]] == [8, 12, 16, 24, 40, 48, 80, 141]
+    assert plans["data"]["flops_per_step"] > 0 and plans["data"]["formula"] in plans["detail"]
+    micro = [row["micro_batch"] for row in plans["data"]["rows"]]
+    assert micro == sorted(micro) and micro[0] >= 1  # more memory never means a smaller micro-batch
+
+
+def test_flops_formula_matches_a_hand_count():
+    from hrm.models.layers import swiglu_width
+
+    arch = {
+        "hidden_size": 64,
+        "H_cycles": 2,
+        "L_cycles": 3,
+        "H_layers": 1,
+        "L_layers": 2,
+        "puzzle_emb_ndim": 64,
+    }
+    flops, _ = doctor.step_flops(arch, seq_len=15, vocab_size=10, rows=2)
+    tokens, inner = 16, swiglu_width(64, 4.0)
+    block = 2 * (4 * 64 * 64 + 3 * 64 * inner) + 4 * tokens * 64
+    blocks = 2 * (2 * (3 * 2 + 1)) + 2 * (2 + 1)  # main + target-Q forwards, backward of the last L and H
+    assert flops == 2 * tokens * (blocks * block + 6 * 64 * 10)
+
+
+def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_report):
+    largest = checks_by_name(passing_report[1])["memory"]["data"]["largest_batch"]
+    big = 4 * largest  # a multiple of 4: micro-batches divide it
+    config = doctor.load_run_config(tiny_params, overrides=[f"train.global_batch_size={big}"])
+    memory = doctor.check_memory(config, "cpu", quick=True)
+    assert memory.status == "ok", memory.detail
+    assert "runs as micro-batches of" in memory.detail and memory.data["micro_batch"] < big
+    fixed = doctor.load_run_config(
+        tiny_params, overrides=[f"train.global_batch_size={big}", f"train.micro_batch_size={big // 2}"]
+    )
+    refused = doctor.check_memory(fixed, "cpu", quick=True)
+    assert refused.status == "fail" and "above the largest that fits" in refused.detail
+
+
+def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
+    """The CUDA measurement's wiring, on the CPU with torch.cuda's memory counters faked: the trainer's step
+    (both optimizers) runs at 1 and 2 rows and the peaks become fixed + per-example bytes."""
+    import torch
+
+    import hrm.training.step as step_module
+
+    rows_seen, peaks = [], iter([1000, 1600])
+    real_step = step_module.train_step
+
+    def recording_step(state, batch, **kwargs):
+        rows_seen.append(batch["inputs"].shape[0])
+        result = real_step(state, batch, **kwargs)
+        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers)
+        return result
+
+    monkeypatch.setattr(step_module, "train_step", recording_step)
+    for name in ("empty_cache", "synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: next(peaks))
+    config = doctor.load_run_config(tiny_params)
+    measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
+    assert rows_seen == [1, 2]
+    assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+
+
+def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):
+    dev, proc = tmp_path / "dev", tmp_path / "proc"
+    dev.mkdir()
+    (dev / "nvidiactl").touch()  # the control node alone is not a GPU
+    assert doctor.visible_nvidia_gpu(dev, proc) is None
+    proc.mkdir()
+    (proc / "version").write_text("NVRM version: 570", encoding="utf-8")
+    assert doctor.visible_nvidia_gpu(dev, proc) == (proc / "version").as_posix()
+    (dev / "nvidia0").touch()
+    assert doctor.visible_nvidia_gpu(dev, proc) == (dev / "nvidia0").as_posix()
+
+
+def test_gpu_given_to_a_cpu_build_of_torch_is_named(tiny_params, monkeypatch):
+    """`docker run --gpus all` on the CPU image: the device check says the GPU is there but unusable."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: "/dev/nvidia0")
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert device == "cpu" and check.status == doctor.WARN
+    assert "/dev/nvidia0" in check.detail and "CPU-only build" in check.detail
+    check, device = doctor.check_device(doctor.load_run_config(tiny_params, device="cuda"))
+    assert device is None and check.status == doctor.FAIL and "/dev/nvidia0" in check.detail
+    monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: None)
+    check, _ = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
+    assert check.status == doctor.OK and "nvidia" not in check.detail

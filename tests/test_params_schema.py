@@ -179,3 +179,13 @@ def test_doctor_checks_profile_and_set_overrides(params_file):
         bad.exit_code == 1
         and "arch.loss must be one of stablemax_cross_entropy, softmax_cross_entropy" in bad.output
     )
+
+
+def test_quickstart_sends_the_profile_with_per_arch_resolved():
+    from hrm.config import profile_overrides
+    from hrm.quickstart import set_param_args
+
+    params = repo_params()
+    params["profiles"]["tiny"]["per_arch"] = {"hrm_v1": {"train": {"lr": 0.5}}}
+    args = set_param_args(profile_overrides(params, "tiny"))
+    assert "-Strain.lr=0.5" in args and not any("per_arch" in arg for arg in args)

@@ -56,7 +56,7 @@ def _params():
 
 
 def test_profile_overrides_put_the_arch_set_on_top_of_the_profile():
-    from hrm.quickstart import profile_overrides
+    from hrm.config import profile_overrides
 
     params = _params()
     hrm = profile_overrides(params, "quick", "hrm_v1")
@@ -76,9 +76,8 @@ def test_profile_overrides_put_the_arch_set_on_top_of_the_profile():
 
 
 def test_quick_profile_builds_every_arch_at_the_same_width():
-    from hrm.config import deep_merge
+    from hrm.config import deep_merge, profile_overrides
     from hrm.models import ARCHITECTURES, build_model
-    from hrm.quickstart import profile_overrides
 
     params = _params()
     counts = {}
@@ -105,8 +104,7 @@ def test_chosen_arch_order_set_then_profile_then_params():
 def test_bad_per_arch_tables_name_the_key():
     import pytest
 
-    from hrm.config import ConfigError, check_params
-    from hrm.quickstart import profile_overrides
+    from hrm.config import ConfigError, check_params, profile_overrides
 
     params = _params()
     params["profiles"]["quick"]["per_arch"]["TRM"] = {"arch": {"H_cycles": 3}}

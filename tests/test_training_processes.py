@@ -80,15 +80,18 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
 
 
 def test_two_gloo_processes_match_one(data_root, tmp_path):
-    """torchrun --nproc-per-node 2 (gloo) against one process at the same global batch."""
+    """torchrun --nproc-per-node 2 (gloo), each rank in micro-batches of 2, against one process, one batch of 8.
+
+    Halting and exploration on: the per-row draws are made for the global batch once per step and sliced, so
+    neither the process count nor the micro-batch changes them.
+    """
     import hrm.training.loop as loop
 
-    one = tiny_params(data_root, tmp_path / "one")
-    two = tiny_params(data_root, tmp_path / "two")
-    for params in (one, two):
-        # Exploration draws come from seed + rank (as HRM), so ranks draw differently from one process:
-        # switch exploration off to compare the arithmetic.
-        params["arch"]["halt_exploration_prob"] = 0.0
+    one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
+    two = tiny_params(
+        data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4, micro_batch_size=2
+    )
+    assert one["arch"]["halt_exploration_prob"] > 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -103,6 +106,7 @@ def test_two_gloo_processes_match_one(data_root, tmp_path):
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert "processes: 2" in done.stdout.decode()
+    assert "global 8 = 2 processes x 2 accumulation x 2" in done.stdout.decode()
     a, b = final_weights(one), final_weights(two)
     assert a.keys() == b.keys()
     for key in a:
@@ -116,3 +120,84 @@ def test_two_gloo_processes_match_one(data_root, tmp_path):
             assert [r[0] for r in rows_one] == [r[0] for r in rows_two], name
             for r1, r2 in zip(rows_one, rows_two, strict=True):
                 assert abs(float(r1[1]) - float(r2[1])) <= 1e-5 * max(1.0, abs(float(r1[1]))), (name, r1, r2)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_nodes(params_files: list[Path]) -> list[subprocess.CompletedProcess]:
+    """Two torchrun launchers of one process each (--nnodes 2, static rendezvous on localhost), as on two
+    machines: node 0 hosts the rendezvous, node 1 joins it."""
+    port = free_port()
+    procs = []
+    for node, params_file in enumerate(params_files):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(node),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            *RUNNER[1:],
+            str(params_file),
+        ]
+        procs.append(
+            subprocess.Popen(
+                command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow  # two launchers + one process: ~1-2 min on a loaded 2-core machine
+def test_two_single_process_launchers_match_one_process(data_root, tmp_path):
+    """Multi-node in miniature: two launchers (one process each, gloo) sharing a checkpoint folder."""
+    import hrm.training.loop as loop
+
+    one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
+    two = tiny_params(data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop.train(one)
+    finally:
+        torch.set_num_threads(threads)
+    config = write_params(two, tmp_path / "two.yaml")
+    results = launch_two_nodes([config, config])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2" in results[0].stdout
+    a, b = final_weights(one), final_weights(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_rank_that_cannot_see_the_checkpoint_folder_stops(data_root, tmp_path):
+    """Node 1 is given another checkpoint folder (as a node without the shared file system would have)."""
+    params = [tiny_params(data_root, tmp_path / f"node{n}") for n in (0, 1)]
+    files = [write_params(p, tmp_path / f"node{n}.yaml") for n, p in enumerate(params)]
+    results = launch_two_nodes(files)
+    assert all(result.returncode != 0 for result in results)
+    message = "rank(s) [1] cannot see rank 0's checkpoint folder"
+    assert any(message in result.stderr for result in results), [r.stderr[-1500:] for r in results]
+    # the worker's own message, as a user error (torchrun's launcher adds its ChildFailedError report below)
+    assert any(f"error: {message}" in result.stderr for result in results)
+    assert not Path(params[0]["paths"]["model"]).exists()

@@ -40,6 +40,10 @@ TINY_TRAIN = {
     "device": "cpu",
     "threads": 1,
     "max_steps": 0,
+    "ema": False,
+    "ema_rate": 0.999,
+    "micro_batch_size": "auto",
+    "activation_checkpointing": False,
 }
 
 

@@ -117,10 +117,20 @@ def split_view(split: str, documents: dict[str, Any]) -> SplitView:
     )
 
 
-def not_run(name: str, category: str, description: str, reason: str) -> Check:
+def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
     """A check that could not run: listed with its reason, scored 0, failed."""
     return Check(
-        name, category, description, 0.0, "= 1.0", 0.0, False, True, [f"not run: {reason}"], 1, not_run=reason
+        name,
+        category,
+        description,
+        0.0,
+        "= 1.0",
+        0.0,
+        False,
+        critical,
+        [f"not run: {reason}"],
+        1,
+        not_run=reason,
     )
 
 

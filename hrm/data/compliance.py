@@ -552,8 +552,15 @@ def equal_share_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndar
     return out
 
 
-def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[list[Check], dict]:
-    """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported)."""
+def leakage_checks(
+    dataset: RawDataset, near_duplicate_share: float, transforms: tuple[int, ...] = (0,)
+) -> tuple[list[Check], dict]:
+    """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported).
+
+    `transforms`: the symmetries the train split is trained under (`hrm.data.augment`, convert.augment): a
+    test grid equal to any of them applied to a train grid is a leak."""
+    from hrm.data.augment import TRANSFORMS, transform_grids
+
     train, test = dataset.splits["train"], dataset.splits["test"]
     first_index = {}
     for i, base in enumerate(train.base_ids):
@@ -567,18 +574,20 @@ def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[li
                 f"base {base} is in both {train.where('base_scenario_ids', first_index[base])} and "
                 f"{test.where('base_scenario_ids', j)}"
             )
-    train_grids = {}
-    for i in range(train.size):
-        train_grids.setdefault(train.inputs[i].tobytes(), i)
+    train_grids: dict[bytes, tuple[int, int]] = {}
+    for t in transforms:
+        grids = train.inputs if t == 0 else transform_grids(train.inputs, dataset.rows, dataset.cols, t)
+        for i in range(train.size):
+            train_grids.setdefault(grids[i].tobytes(), (i, t))
     identical, test_seen = [], set()
     for j in range(test.size):
         key = test.inputs[j].tobytes()
         if key in train_grids and key not in test_seen:
             test_seen.add(key)
-            i = train_grids[key]
+            i, t = train_grids[key]
             identical.append(
                 f"{test.where('inputs', j)} (base {test.base_ids[j]}) is identical to {train.where('inputs', i)} "
-                f"(base {train.base_ids[i]})"
+                f"(base {train.base_ids[i]})" + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_ids))
     overlap_check = Check(
@@ -597,7 +606,8 @@ def leakage_checks(dataset: RawDataset, near_duplicate_share: float) -> tuple[li
     identical_check = Check(
         "identical_grids_across_splits",
         "methodology",
-        "no input grid of the test split also in the train split",
+        "no input grid of the test split also in the train split"
+        + (f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""),
         len(identical),
         "= 0",
         round(1 - len(identical) / test_maps, 6) if test_maps else 0.0,

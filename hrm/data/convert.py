@@ -19,6 +19,7 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
+from hrm.data import augment as augmentation
 from hrm.data import raw, spec
 
 HRM_SET = "all"
@@ -77,8 +78,13 @@ def vehicle_ids(vehicles: list[str], identifiers: list[str]) -> np.ndarray:
     return np.array(ids, dtype=np.int32)
 
 
-def convert(raw_dir: str | Path, out_dir: str | Path, strict: bool = True) -> dict[str, Any]:
-    """Convert `raw_dir` into `out_dir`; returns a small report (source, counts, issues converted past)."""
+def convert(
+    raw_dir: str | Path, out_dir: str | Path, strict: bool = True, augment: str = "none"
+) -> dict[str, Any]:
+    """Convert `raw_dir` into `out_dir`; returns a small report (source, counts, issues converted past).
+
+    `augment` is `convert.augment`: "dihedral" writes the train split under the 8 symmetries of the map
+    (`hrm.data.augment`), each transformed route re-checked first; the test split is never augmented."""
     dataset = raw.read_raw(raw_dir)
     if strict and dataset.issues:
         listed = "\n".join(f"  - {issue}" for issue in dataset.issues)
@@ -87,13 +93,16 @@ def convert(raw_dir: str | Path, out_dir: str | Path, strict: bool = True) -> di
             "Nothing was written. To convert these files anyway, with the seq_len and vocabulary their arrays "
             "really have, run with --no-strict (or set convert.strict: false)."
         )
+    splits = dict(dataset.splits)
+    if augmentation.parse(augment) != "none":
+        splits["train"] = _augmented_train(dataset, augment)
     with io.staged_directory(out_dir) as staging:
         _readable(staging)
         io.atomic_write_json(staging / "identifiers.json", dataset.identifiers)
         if dataset.cost_model is not None:
             routing_doc = dataset.cost_model.to_dict() | {"rows": dataset.rows, "cols": dataset.cols}
             io.atomic_write_json(staging / spec.HRM_ROUTING_FILE, routing_doc, indent=1)
-        for name, split in dataset.splits.items():
+        for name, split in splits.items():
             arrays = {
                 "inputs": split.inputs.astype(np.uint8),
                 "labels": split.labels.astype(np.uint8),
@@ -104,6 +113,8 @@ def convert(raw_dir: str | Path, out_dir: str | Path, strict: bool = True) -> di
                 "vehicle_types": vehicle_ids(split.vehicle_types, dataset.identifiers),
             }
             metadata = hrm_metadata(arrays, dataset.vocab_size, len(dataset.identifiers))
+            if name == "train" and augment != "none":
+                metadata[augmentation.LAYOUT_KEY] = augment
             write_hrm_split(staging / name, arrays, metadata)
     return {
         "source": dataset.source,
@@ -114,10 +125,46 @@ def convert(raw_dir: str | Path, out_dir: str | Path, strict: bool = True) -> di
         "cols": dataset.cols,
         "counts": {
             name: {"examples": s.num_examples, "puzzles": s.num_puzzles, "groups": s.num_groups}
-            for name, s in dataset.splits.items()
+            for name, s in splits.items()
         },
+        "augment": augment,
         "issues": list(dataset.issues),
     }
+
+
+def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
+    """The train split under every transform, each transformed route re-checked by the independent Dijkstra."""
+    if dataset.cost_model is None or dataset.rows is None or dataset.cols is None:
+        raise io.UserError(
+            f"convert.augment: {augment} re-checks every transformed route, which needs the cost model and the "
+            f"map shape; {dataset.folder} was written by the original tool and has neither. Set convert.augment: none."
+        )
+    rows, cols = dataset.rows, dataset.cols
+    split = dataset.splits["train"]
+    augmented, transform = augmentation.augment_split(
+        split, rows, cols, augmentation.transforms_for(augment, rows, cols)
+    )
+    identifiers = np.repeat(augmented.puzzle_identifiers, np.diff(augmented.puzzle_indices))
+    moved = np.flatnonzero(transform != 0)
+    bad = augmentation.route_failures(
+        augmented.inputs[moved],
+        augmented.labels[moved],
+        identifiers[moved],
+        dataset.cost_model.cost_table(),
+        rows,
+        cols,
+    )
+    if bad:
+        listed = "\n".join(
+            f"  - train example {int(moved[k])} (base {augmented.base_scenario_ids[moved[k]]}, "
+            f"{augmented.vehicle_types[moved[k]]}, {augmentation.TRANSFORMS[transform[moved[k]]]})"
+            for k in bad[:5]
+        )
+        raise io.UserError(
+            f"convert.augment: {len(bad)} transformed train example(s) of {dataset.folder} are not the unique "
+            f"optimal route of their transformed map:\n{listed}\nNothing was written."
+        )
+    return augmented
 
 
 def _readable(path: Path) -> None:
@@ -137,4 +184,8 @@ def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> 
     raw_dir, out_dir = paths["raw"], paths["hrm"]
     if strict is None:
         strict = settings["strict"]
-    return convert(raw_dir, out_dir, strict=strict)
+    try:
+        augment = augmentation.parse(settings.get("augment", "none"))
+    except ConfigError as err:
+        raise io.UserError(str(err)) from err
+    return convert(raw_dir, out_dir, strict=strict, augment=augment)

@@ -91,15 +91,34 @@ class RawDataset:
 
 
 # ---- low-level readers: every failure names file, field and index ----
-def _load_json(path: Path) -> Any:
-    return _load_json_text(path)[0]
+@dataclass(frozen=True)
+class RawFiles:
+    """The 18 files as read: each parsed document by name (those that parse), its text (lets big token files
+    skip a per-token type scan) and the problems (missing, unreadable, not UTF-8, truncated, not JSON)."""
+
+    folder: Path
+    documents: dict[str, Any]
+    texts: dict[str, str]
+    problems: list[str]
 
 
-def _load_json_text(path: Path) -> tuple[Any, str]:
-    """The parsed document and its text (the text lets big token files skip a per-token type scan)."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (expected one of the 18 raw files)")
-    return read_json_text(path)
+def read_files(folder: str | Path) -> RawFiles:
+    """The one reader of the 18 files, for convert (`read_raw`) and validate (`schemas.read_raw_documents`):
+    every file is tried, every problem collected."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return RawFiles(
+            folder, {}, {}, [f"{folder}: raw data folder not found (run the generate stage first)"]
+        )
+    documents: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+    problems: list[str] = []
+    for name in spec.raw_file_names():
+        try:
+            documents[name], texts[name] = read_json_text(folder / name)
+        except UserError as err:
+            problems.append(str(err))
+    return RawFiles(folder, documents, texts, problems)
 
 
 def read_json_text(path: Path) -> tuple[Any, str]:
@@ -249,26 +268,24 @@ def _read_metadata(path: Path, data: Any) -> dict[str, Any]:
     return data
 
 
-def _read_split(folder: Path, split: str, source: str) -> RawSplit:
+def _read_split(files: RawFiles, split: str, source: str) -> RawSplit:
+    folder = files.folder
     names = spec.raw_split_files(split)
     paths = {kind: folder / name for kind, name in names.items()}
-    metadata = _read_metadata(paths["dataset"], _load_json(paths["dataset"]))
-    inputs = _int_matrix(paths["inputs"], "inputs", *_load_json_text(paths["inputs"]))
-    labels = _int_matrix(paths["labels"], "labels", *_load_json_text(paths["labels"]))
+    doc = {kind: files.documents[name] for kind, name in names.items()}
+    metadata = _read_metadata(paths["dataset"], doc["dataset"])
+    inputs = _int_matrix(paths["inputs"], "inputs", doc["inputs"], files.texts[names["inputs"]])
+    labels = _int_matrix(paths["labels"], "labels", doc["labels"], files.texts[names["labels"]])
     puzzle_identifiers = _int_vector(
-        paths["puzzle_identifiers"], "puzzle_identifiers", _load_json(paths["puzzle_identifiers"])
+        paths["puzzle_identifiers"], "puzzle_identifiers", doc["puzzle_identifiers"]
     )
-    puzzle_indices = _int_vector(
-        paths["puzzle_indices"], "puzzle_indices", _load_json(paths["puzzle_indices"])
-    )
-    group_indices = _int_vector(paths["group_indices"], "group_indices", _load_json(paths["group_indices"]))
+    puzzle_indices = _int_vector(paths["puzzle_indices"], "puzzle_indices", doc["puzzle_indices"])
+    group_indices = _int_vector(paths["group_indices"], "group_indices", doc["group_indices"])
     original = source == SOURCE_ORIGINAL
     base_ids = _string_list(
-        paths["base_scenario_ids"], "base_scenario_ids", _load_json(paths["base_scenario_ids"]), original
+        paths["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], original
     )
-    vehicles = _string_list(
-        paths["vehicle_types"], "vehicle_types", _load_json(paths["vehicle_types"]), False
-    )
+    vehicles = _string_list(paths["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
 
     examples = inputs.shape[0]
     if labels.shape != inputs.shape:
@@ -308,19 +325,24 @@ def detect_source(summary: Any) -> str:
 
 
 def read_raw(folder: str | Path) -> RawDataset:
-    """Read and structurally check the 18 files in `folder`."""
+    """Read (`read_files`, the reader validate uses too) and structurally check the 18 files in `folder`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: raw data folder not found (run the generate stage first)")
     missing = [name for name in spec.raw_file_names() if not (folder / name).is_file()]
     if missing:
         raise UserError(f"{folder}: {len(missing)} of the 18 raw files missing: {', '.join(missing)}")
+    files = read_files(folder)
+    if files.problems:
+        raise UserError(files.problems[0] if len(files.problems) == 1 else "\n".join(files.problems))
     summary_path = folder / spec.RAW_SUMMARY_FILE
-    summary = _load_json(summary_path)
+    summary = files.documents[spec.RAW_SUMMARY_FILE]
     source = detect_source(summary)
-    splits = {split: _read_split(folder, split, source) for split in spec.SPLITS}
+    splits = {split: _read_split(files, split, source) for split in spec.SPLITS}
     identifiers_path = folder / spec.RAW_IDENTIFIERS_FILE
-    identifiers = _string_list(identifiers_path, "identifiers", _load_json(identifiers_path), False)
+    identifiers = _string_list(
+        identifiers_path, "identifiers", files.documents[spec.RAW_IDENTIFIERS_FILE], False
+    )
     if source == SOURCE_GENERATOR:
         return _finish_generator(folder, summary_path, summary, identifiers_path, identifiers, splits)
     return _finish_original(folder, summary, identifiers_path, identifiers, splits)

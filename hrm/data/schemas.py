@@ -13,8 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from hrm.data import spec
-from hrm.data.raw import read_json_text
+from hrm.data import raw, spec
 from hrm.io import UserError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -64,11 +63,6 @@ def validator(kind: str):
     return Draft202012Validator(schema)
 
 
-def read_json(path: Path) -> Any:
-    """Parse one raw JSON file with the one reader of the 18 files (`hrm.data.raw.read_json_text`)."""
-    return read_json_text(path)[0]
-
-
 def grid_list_conforms(document: Any) -> bool:
     """Exactly grids.schema.json, fast: a non-empty list of non-empty lists of ints in [0, 255].
 
@@ -100,19 +94,12 @@ def _short(message: str, limit: int = 160) -> str:
 
 
 def read_raw_documents(raw_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """Every one of the 18 files that parses, by name, and the problems found: files missing, unreadable or
-    not JSON, and schema violations (a file that parses but breaks its schema is kept, for the audit)."""
-    raw_dir = Path(raw_dir)
-    documents: dict[str, Any] = {}
-    problems: list[str] = []
-    if not raw_dir.is_dir():
-        return documents, [f"{raw_dir}: raw data folder not found (run the generate stage first)"]
+    """Every one of the 18 files that parses, by name (read by `hrm.data.raw.read_files`, convert's reader
+    too), and the problems found: files missing, unreadable or not JSON, and schema violations (a file that
+    parses but breaks its schema is kept, for the audit)."""
+    files = raw.read_files(raw_dir)
+    problems = list(files.problems)
     for name, kind in raw_file_kinds().items():
-        try:
-            document = read_json(raw_dir / name)
-        except UserError as err:
-            problems.append(str(err))
-            continue
-        problems.extend(schema_errors(document, kind, name))
-        documents[name] = document
-    return documents, problems
+        if name in files.documents:
+            problems.extend(schema_errors(files.documents[name], kind, name))
+    return files.documents, problems

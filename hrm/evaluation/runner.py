@@ -237,17 +237,6 @@ def evaluate_split(
     return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle, detour)
 
 
-def resolve_device(requested: str) -> Any:
-    import torch
-
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(requested)
-    except RuntimeError as err:
-        raise UserError(f"params.yaml: train.device '{requested}' is not a torch device ({err})") from err
-
-
 def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size: int, device: Any) -> Any:
     """build_model(arch, metadata) with the checkpoint's weights (HRM's key layout, e.g. an official one)."""
     import torch
@@ -304,9 +293,9 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
             )
     names = load_identifier_names(data_root, metadata.num_puzzle_identifiers)
     task = load_route_task(data_root, metadata)
-    device = resolve_device(str(params.get("train", {}).get("device", "auto")))
-    from hrm.training.loop import set_cpu_threads
+    from hrm.runtime import resolve_device, set_cpu_threads
 
+    device = resolve_device(str(params.get("train", {}).get("device", "auto")))
     set_cpu_threads(int(params.get("train", {}).get("threads", 0)))
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
     halt_max_steps = int(head.model.eval_segments)  # the transformer baseline predicts in one segment

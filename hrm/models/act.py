@@ -119,12 +119,29 @@ class QHaltingACT(ACTModel):
     `inner(z_H, z_L, inputs, puzzle_identifiers, with_logits=True) -> (z_H, z_L, logits, q_halt, q_continue)`.
     """
 
+    def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The per-row draws of one training segment (halt exploration), on the CPU.
+
+        The trainer draws them for the whole global batch once per step and gives each process and
+        micro-batch its slice, so the numbers a row sees do not depend on how the batch is split.
+        """
+        if self.config.halt_max_steps <= 1:
+            return {}
+        shape = torch.Size([rows])
+        cpu = torch.device("cpu")
+        return {
+            "explore": _uniform(shape, generator, cpu),
+            "explore_min_steps": _randint(2, self.config.halt_max_steps + 1, shape, generator, cpu),
+        }
+
     def forward(
         self,
         carry: ACTCarry,
         batch: Mapping[str, torch.Tensor],
         generator: torch.Generator | None = None,
+        draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
+        """One segment. Training draws come from `draws` (this batch's rows) or, if None, from `generator`."""
         config = self.config
         assert carry.z_H is not None and carry.z_L is not None
         # Halted rows: fresh state, new example, step count 0. Running rows: unchanged.
@@ -145,10 +162,10 @@ class QHaltingACT(ACTModel):
             if self.training and config.halt_max_steps > 1:
                 halted = halted | self.q_says_halt(q_halt, q_continue)
                 # Exploration: some rows must run a random minimum number of segments first.
-                explore = _uniform(q_halt.shape, generator, q_halt.device) < config.halt_exploration_prob
-                min_steps = explore * _randint(
-                    2, config.halt_max_steps + 1, steps.shape, generator, steps.device
-                )
+                if draws is None:
+                    draws = self.draw_row_randomness(q_halt.shape[0], generator)
+                explore = draws["explore"].to(q_halt.device) < config.halt_exploration_prob
+                min_steps = explore * draws["explore_min_steps"].to(steps.device)
                 halted = halted & (steps >= min_steps)
                 if not config.no_ACT_continue:
                     # Target for q_continue: value of the next state, bootstrapped from a second forward (no

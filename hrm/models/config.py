@@ -19,13 +19,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_forward_dtype(name: str, device: torch.device | str | None) -> torch.dtype:
-    """`auto` = bf16 on CUDA (tensor cores), fp32 elsewhere (bf16 matmuls are 20-50x slower on CPUs)."""
-    if name == "auto":
-        device_type = torch.device(device).type if device is not None else "cpu"
-        return torch.bfloat16 if device_type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise UserError(f"params.yaml: arch.forward_dtype must be auto, {', '.join(_DTYPES)}; got {name!r}")
-    return _DTYPES[name]
+    """`auto` = bf16 on CUDA, fp32 elsewhere (the rule lives in `hrm.runtime.dtype_name`)."""
+    from hrm.runtime import dtype_name
+
+    device_type = torch.device(device).type if device is not None else "cpu"
+    return _DTYPES[dtype_name(name, device_type)]
 
 
 @dataclass(frozen=True)

@@ -247,10 +247,20 @@ class ReasoningModule(nn.Module):
             for _ in range(num_layers)
         )
 
+    # `train.activation_checkpointing`: with the graph on (the gradient-carrying updates), each block's
+    # activations are dropped after the forward and recomputed in backward; same values, less memory.
+    activation_checkpointing: bool = False
+
     def forward(self, state: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         hidden = state + injection
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            hidden = layer(hidden, cos_sin)
+            if recompute:
+                from torch.utils.checkpoint import checkpoint
+
+                hidden = checkpoint(layer, hidden, cos_sin, use_reentrant=False)
+            else:
+                hidden = layer(hidden, cos_sin)
         return hidden
 
 

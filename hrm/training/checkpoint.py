@@ -23,7 +23,15 @@ from hrm.io import UserError, dumps_json
 
 FORMAT_VERSION = 1
 # Settings that change neither the trajectory nor the numbers: resuming with another value is fine.
-NEUTRAL_TRAIN_KEYS = ("max_steps", "compile", "device", "deterministic", "threads")
+NEUTRAL_TRAIN_KEYS = (
+    "max_steps",
+    "compile",
+    "device",
+    "deterministic",
+    "threads",
+    "micro_batch_size",  # the same computation at any split: a run may resume on a smaller GPU
+    "activation_checkpointing",
+)
 STEP_PREFIX = "step_"
 
 
@@ -86,6 +94,43 @@ class CheckpointStore:
         self.folder = self.root / run_fingerprint
         self.rank = rank
         self.world_size = world_size
+
+    def check_shared(self) -> None:
+        """Every rank must see rank 0's checkpoint folder (multi-node: a shared file system); collective.
+
+        Rank 0 writes a marker with a fresh name; the others look for it. A rank that cannot see it makes every
+        rank stop with a message naming it, before any training (saving would fail or split the checkpoint).
+        """
+        if self.world_size == 1:
+            return
+        import secrets
+
+        import torch
+        import torch.distributed as dist
+
+        names = [f".shared-check-{secrets.token_hex(8)}" if self.rank == 0 else None]
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / names[0]).write_text("written by rank 0", encoding="utf-8")
+        dist.broadcast_object_list(names, src=0)
+        marker = self.folder / str(names[0])
+        backend = dist.get_backend()
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
+        blind = torch.zeros(self.world_size, device=device)
+        blind[self.rank] = 0.0 if marker.is_file() else 1.0
+        dist.all_reduce(blind)
+        _barrier(self.world_size)
+        if self.rank == 0:
+            marker.unlink(missing_ok=True)
+        ranks = [r for r, flag in enumerate(blind.tolist()) if flag > 0]
+        if ranks:
+            raise UserError(
+                f"rank(s) {ranks} cannot see rank 0's checkpoint folder {self.folder}: on several machines "
+                "paths.checkpoints must be on a file system every node shares (same path on each), "
+                "e.g. NFS; see docs/multinode.md"
+            )
 
     def latest(self) -> Path | None:
         """Newest complete checkpoint folder, or None (temp folders of an interrupted write are ignored)."""

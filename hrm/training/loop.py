@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -13,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hrm.config import ConfigError, section
 from hrm.io import UserError, atomic_write_bytes
+from hrm.runtime import resolve_device, seed_everything, set_cpu_threads, set_determinism
+from hrm.training.ema import WeightEMA
 
 CHECKPOINT_SOURCES = ("dataset.json",)
 
@@ -50,6 +49,10 @@ class TrainConfig:
     device: str
     threads: int
     max_steps: int
+    ema: bool
+    ema_rate: float
+    micro_batch_size: int | str  # "auto" or rows per micro-batch (gradient accumulation)
+    activation_checkpointing: bool
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
@@ -142,53 +145,6 @@ def distributed_from_env() -> Distributed:
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
-def resolve_device(choice: str, local_rank: int) -> Any:
-    import torch
-
-    if choice == "auto":
-        if torch.cuda.is_available():
-            choice = "cuda"
-        elif torch.backends.mps.is_available():
-            choice = "mps"
-        else:
-            choice = "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("params.yaml: train.device is cuda but torch sees no CUDA device")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise UserError("params.yaml: train.device is mps but torch sees no Apple GPU")
-    return torch.device(choice)
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_cpu_threads(threads: int) -> None:
-    """Intra-op CPU threads; 0 keeps PyTorch's default. Small models on a busy CPU run many times faster on
-    one thread than on several (the OpenMP threads wait for each other on every small op)."""
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def set_determinism(enabled: bool, device: Any) -> None:
-    import torch
-
-    if enabled and device.type == "cuda":
-        # cuBLAS reads this when its handle is created; it must be set before the first matmul.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.benchmark = not enabled
-
-
 @contextmanager
 def stop_signals() -> Iterator[dict[str, int | None]]:
     """SIGINT/SIGTERM set a flag the loop reads after each step; a second signal aborts at once."""
@@ -216,6 +172,33 @@ def sampler_local_batch(config: TrainConfig, world_size: int) -> int:
     from hrm.training.data import check_batch_split
 
     return check_batch_split(config.global_batch_size, world_size)
+
+
+def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
+    """The configured micro-batch if it is a number (checked to divide each process's rows), None for auto."""
+    local = sampler_local_batch(config, world_size)
+    if config.micro_batch_size == "auto":
+        return None
+    micro = int(config.micro_batch_size)
+    if local % micro:
+        raise ConfigError(
+            f"params.yaml: train.micro_batch_size {micro} does not divide the {local} rows per process "
+            f"(train.global_batch_size {config.global_batch_size} / {world_size} processes); "
+            f"use a divisor of {local} or auto"
+        )
+    return micro
+
+
+def set_activation_checkpointing(module: Any, enabled: bool) -> None:
+    """Switch recomputation on in every block stack that supports it; refuse a model that has none."""
+    stacks = [m for m in module.modules() if hasattr(m, "activation_checkpointing")]
+    if enabled and not stacks:
+        raise ConfigError(
+            f"params.yaml: train.activation_checkpointing is true but arch.name "
+            f"{type(getattr(module, 'model', module)).__name__} does not support it"
+        )
+    for stack in stacks:
+        stack.activation_checkpointing = enabled
 
 
 def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -260,6 +243,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     from hrm.training.checkpoint import CheckpointStore, fingerprint, rng_states, set_rng_states
     from hrm.training.data import PuzzleDataset, TrainSampler, eval_batches, planned_steps
     from hrm.training.logging import RunLogger
+    from hrm.training.memory import oom_message, plan_micro_batch
     from hrm.training.step import TrainingDiverged, TrainState, evaluate, train_step
 
     arch = section(params, "arch")
@@ -269,6 +253,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
 
     dist_info = distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
+    configured_micro = fixed_micro_batch(config, world_size)  # a bad split fails here, before any work
     device = resolve_device(config.device, dist_info.local_rank)
     set_cpu_threads(config.threads)
     set_determinism(config.deterministic, device)
@@ -305,10 +290,14 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             print(f"device: {device}, processes: {world_size}", flush=True)
 
         seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws from the global RNGs
-        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
-        module = build_model(
-            arch, train_set.metadata, sampler_local_batch(config, world_size), device, config.seed
+        plan = plan_micro_batch(
+            arch, train_set.metadata, config, world_size, device, configured_micro, train_set
         )
+        if rank == 0:
+            print(f"memory plan: {plan.describe()}", flush=True)
+        # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
+        module = build_model(arch, train_set.metadata, plan.micro_batch, device, config.seed)
+        set_activation_checkpointing(module, config.activation_checkpointing)
         if world_size > 1:
             import torch.distributed as dist
 
@@ -316,14 +305,17 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 for tensor in list(module.parameters()) + list(module.buffers()):
                     dist.broadcast(tensor, src=0)
         # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
-        # draws the same numbers as a CPU run. seed + rank as HRM: ranks explore independently.
+        # draws the same numbers as a CPU run. The same seed on every rank: each step draws for the whole
+        # global batch and each rank takes its rows (hrm.training.step.step_draws), so the run does not depend
+        # on the number of processes or micro-batches (HRM seeds seed + rank instead).
         generator = torch.Generator()
-        generator.manual_seed(config.seed + rank)
+        generator.manual_seed(config.seed)
         optimizers, base_lrs = build_optimizers(module, config)
         head = torch.compile(module, dynamic=False) if config.compile else module
         module.train()
+        ema = WeightEMA(module, config.ema_rate) if config.ema else None
         state = TrainState(
-            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+            head=head, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
         )
         sampler = TrainSampler(
             train_set,
@@ -342,6 +334,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         store = CheckpointStore(
             paths["checkpoints"], fingerprint(arch, section(params, "train"), data_texts), rank, world_size
         )
+        store.check_shared()  # multi-node: every rank must see rank 0's checkpoints
         history = None
         last_eval_step = -1
         latest = store.latest()
@@ -351,6 +344,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             for optimizer, saved in zip(optimizers, common["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
             sampler.load_state_dict(common["sampler"])
+            if ema is not None:
+                ema.load_state_dict(common.get("ema", {}), source=str(latest / "common.pt"))
             state.step = int(common["step"])
             last_eval_step = int(common["last_eval_step"])
             history = common["history"] if rank == 0 else None
@@ -362,6 +357,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         elif rank == 0:
             print(f"no checkpoint in {store.folder}: starting from scratch", flush=True)
 
+        if rank == 0 and isinstance(paths.get("train_timing"), str):
+            Path(paths["train_timing"]).unlink(missing_ok=True)  # a stale one would time another run
         logger = RunLogger(paths["train_log"], rank == 0, stop_at, initial_step=state.step, history=history)
         lr_for = make_lr_for(config, total_steps)
         eval_metrics: dict[str, float] = {}
@@ -375,6 +372,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 "total_steps": total_steps,
                 "history": logger.history(),
             }
+            if ema is not None:
+                common["ema"] = ema.state_dict()
             own = {
                 "carry": carry_to_state(state.carry),
                 "generator": generator.get_state(),
@@ -386,7 +385,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             nonlocal last_eval_step, eval_metrics
             eval_metrics = evaluate(
                 state,
-                eval_batches(test_set, config.global_batch_size, rank, world_size),
+                eval_batches(test_set, plan.micro_batch * world_size, rank, world_size),
                 device=device,
                 world_size=world_size,
             )
@@ -412,6 +411,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                         global_batch_size=config.global_batch_size,
                         lr_for=lr_for,
                         world_size=world_size,
+                        rank=rank,
+                        micro_batch_size=plan.micro_batch,
                         stop_requested=received["signum"] is not None,
                     )
                     logger.log_train(state.step, result.metrics)
@@ -427,6 +428,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                     saved = checkpoint()
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} Last good checkpoint: {saved or 'none yet'}.") from None
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(oom_message(plan.micro_batch, saved)) from None
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {saved}")
@@ -435,8 +438,13 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             logger.close()
         elapsed = time.perf_counter() - started
         if rank == 0:
-            write_weights(module, Path(paths["model"]))
+            if ema is not None:
+                with ema.applied(module):
+                    write_weights(module, Path(paths["model"]))
+            else:
+                write_weights(module, Path(paths["model"]))
             done = state.step - first_step
+            write_timing(paths.get("train_timing"), elapsed, done, first_step, world_size, device)
             print(
                 f"trained {done} steps in {elapsed:.1f} s"
                 + (f" ({elapsed / done:.3f} s/step)" if done else "")
@@ -449,3 +457,28 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def write_timing(
+    path: str | None, elapsed: float, steps: int, first_step: int, world_size: int, device: Any
+) -> None:
+    """Wall time of this process's training loop, outside the dvclive folder: timings differ run to run, the
+    metrics there must not. A resumed run times only the steps it did itself (`resumed_from_step`)."""
+    if not isinstance(path, str):
+        return
+    import torch
+
+    from hrm.io import atomic_write_json
+
+    atomic_write_json(
+        Path(path),
+        {
+            "wall_s": round(elapsed, 3),
+            "steps": steps,
+            "steps_per_s": round(steps / elapsed, 4) if elapsed > 0 and steps else 0.0,
+            "resumed_from_step": first_step,
+            "processes": world_size,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+    )

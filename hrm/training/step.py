@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class TrainState:
     generator: Any  # torch.Generator for the model's own draws (halt exploration)
     step: int = 0
     carry: Any = None
+    ema: Any = None  # hrm.training.ema.WeightEMA when train.ema: updated after each step, used to evaluate
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,6 +64,74 @@ def gradient_tensors(module: Any) -> tuple[list[Any], list[Any]]:
     return dense, sparse
 
 
+def carry_rows(carry: Any, start: int, stop: int) -> Any:
+    """Rows [start, stop) of an ACT carry (views): a micro-batch slot's own part of the process's carry."""
+    import dataclasses
+
+    import torch
+
+    def rows(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value[start:stop]
+        if isinstance(value, dict):
+            return {k: rows(v) for k, v in value.items()}
+        return value
+
+    return dataclasses.replace(
+        carry, **{f.name: rows(getattr(carry, f.name)) for f in dataclasses.fields(carry)}
+    )
+
+
+def put_carry_rows(carry: Any, start: int, part: Any) -> None:
+    """Write a micro-batch's new carry back into rows [start, start + len) of the process's carry."""
+    import dataclasses
+
+    import torch
+
+    def put(target: Any, value: Any) -> None:
+        if isinstance(target, torch.Tensor):
+            target[start : start + value.shape[0]].copy_(value)
+        elif isinstance(target, dict):
+            for key, item in value.items():
+                put(target[key], item)
+
+    for f in dataclasses.fields(carry):
+        put(getattr(carry, f.name), getattr(part, f.name))
+
+
+def forward_backward(
+    head: Any,
+    carry: Any,
+    batch: dict[str, Any],
+    *,
+    global_batch_size: int,
+    generator: Any = None,
+    draws: dict[str, Any] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """One ACT segment on one (micro-)batch and its backward with the loss scaled by the global batch.
+
+    Returns (new carry, loss sum over the rows (detached), metric sums). Gradients accumulate into `.grad`,
+    so micro-batches add up to the gradient of the whole batch. `hrm doctor` sizes and times this call.
+    """
+    carry, loss, metrics, _, _ = head(
+        carry=carry, batch=batch, return_keys=[], generator=generator, draws=draws
+    )
+    (loss / global_batch_size).backward()
+    return carry, loss.detach(), metrics
+
+
+def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int) -> dict[str, Any]:
+    """This process's rows [start, stop) of the per-row draws for the whole global batch (drawn once a step).
+
+    Every process draws the same global numbers from the same generator, so the rows a process and its
+    micro-batches see do not depend on the number of processes or micro-batches.
+    """
+    draw = getattr(state.module, "draw_row_randomness", None)
+    if draw is None or not state.module.training:
+        return {}
+    return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, Any],
@@ -69,32 +139,67 @@ def train_step(
     global_batch_size: int,
     lr_for: Callable[[int, float], float],
     world_size: int = 1,
+    rank: int = 0,
+    micro_batch_size: int | None = None,
     stop_requested: bool = False,
 ) -> StepResult:
-    """One ACT segment on this rank's rows; HRM's order: forward, loss/B backward, all-reduce, lr, step, zero."""
+    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero.
+
+    With `micro_batch_size` below the rank's rows, the rows run as consecutive micro-batches whose gradients
+    accumulate before the one optimizer step; each keeps its own rows of the ACT carry, so the result is the
+    computation of one big batch (up to float summation order).
+    """
     import torch
 
+    from hrm.optim import SparseSignSGD
+
     state.step += 1
+    local = batch["inputs"].shape[0]
+    micro = micro_batch_size or local
+    if local % micro:
+        raise UserError(f"micro-batch {micro} does not divide this process's batch of {local} rows")
     if state.carry is None:
         state.carry = state.module.initial_carry(batch)
-    state.carry, loss, metrics, _, _ = state.head(
-        carry=state.carry, batch=batch, return_keys=[], generator=state.generator
-    )
-    (loss / global_batch_size).backward()
+    draws = step_draws(state, global_batch_size, rank * local, (rank + 1) * local)
+    sparse_optimizers = [o for o in state.optimizers if isinstance(o, SparseSignSGD)]
 
-    dense, sparse = gradient_tensors(state.module)
+    loss: Any = 0.0
+    metrics: dict[str, Any] = {}
+    for start in range(0, local, micro):
+        stop = start + micro
+        whole = start == 0 and stop == local
+        part = {k: v[start:stop] for k, v in batch.items()} if not whole else batch
+        carry = state.carry if whole else carry_rows(state.carry, start, stop)
+        new_carry, part_loss, part_metrics = forward_backward(
+            state.head,
+            carry,
+            part,
+            global_batch_size=global_batch_size,
+            generator=state.generator,
+            draws={k: v[start:stop] for k, v in draws.items()},
+        )
+        if whole:
+            state.carry = new_carry
+        else:
+            put_carry_rows(state.carry, start, new_carry)
+        for optimizer in sparse_optimizers:
+            optimizer.collect_micro_batch()
+        loss = loss + part_loss
+        metrics = {k: metrics.get(k, 0.0) + v for k, v in part_metrics.items()}
+
+    dense, _ = gradient_tensors(state.module)
     dense_grads = [t.grad for t in dense if t.grad is not None]
     if world_size > 1:
         import torch.distributed as dist
 
         for grad in dense_grads:
             dist.all_reduce(grad)
-    grads = dense_grads + [t.grad for t in sparse if t.grad is not None]
+    grads = dense_grads + [g for o in sparse_optimizers for g, _ in o.pending]
 
     # One collective and one device sync for divergence, stop signal and metrics: every rank learns all three.
     device = loss.device
     dtype = reduce_dtype(device)
-    nonfinite = (~torch.isfinite(loss.detach())).any()
+    nonfinite = (~torch.isfinite(loss)).any()
     for grad in grads:
         nonfinite = nonfinite | (~torch.isfinite(grad)).any()
     names = [k for k in METRIC_KEYS if k in metrics]
@@ -102,7 +207,7 @@ def train_step(
         [
             nonfinite.to(dtype),
             torch.tensor(1.0 if stop_requested else 0.0, dtype=dtype, device=device),
-            loss.detach().to(dtype),
+            loss.to(dtype),
             *[metrics[k].detach().to(device=device, dtype=dtype) for k in names],
         ]
     )
@@ -116,7 +221,7 @@ def train_step(
             optimizer.zero_grad()
         raise TrainingDiverged(
             f"training diverged at step {state.step}: the loss or a gradient is NaN/inf "
-            f"(loss on this rank: {float(loss.detach())}). Nothing after the last checkpoint was saved; "
+            f"(loss on this rank: {float(loss)}). Nothing after the last checkpoint was saved; "
             "lower train.lr, check the data, or delete the checkpoint folder to start over."
         )
 
@@ -127,6 +232,8 @@ def train_step(
             group["lr"] = lr_this_step
         optimizer.step()
         optimizer.zero_grad()
+    if state.ema is not None:
+        state.ema.update(state.module)
 
     from hrm.models import normalize_metrics
 
@@ -154,7 +261,7 @@ def evaluate(
     totals: torch.Tensor | None = None
     names: list[str] = []
     try:
-        with torch.inference_mode():
+        with state.ema.applied(module) if state.ema is not None else nullcontext(), torch.inference_mode():
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 carry = module.initial_carry(batch)

@@ -1,0 +1,820 @@
+"""`hrm compare`: every arch x seed (x `--set` variant) as a DVC experiment on DVC's own queue, then mean, sd,
+min and max per arch, each number traceable to the experiments (name and git rev) it came from.
+
+One run is not an answer: the same quick profile moves by several points with the seed or the machine. So a
+comparison queues `dvc exp run --queue -n <name> -S ...` for each run, lets `dvc queue start --jobs N` run
+them, waits, and reads everything back from `dvc exp show --json` (metrics) and the experiments' git commits
+(learning curves). DVC is the state: a second call finds finished experiments and reuses them, finds queued or
+running ones (a Ctrl-C'ed call) and waits for them, and queues only what is missing or failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import itertools
+import json
+import math
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hrm.config import ConfigError, load_params
+from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
+from hrm.quickstart import flatten, profile_overrides, set_param_args
+
+# (metric key under test.*, label); ACT steps = mean segment where the Q-head would halt.
+METRICS = (
+    ("route_optimal_rate", "route optimal"),
+    ("route_valid_rate", "route valid"),
+    ("exact_accuracy", "exact"),
+    ("accuracy", "token acc."),
+    ("steps", "ACT steps"),
+)
+TIMING = (("wall_s", "train wall s"), ("steps_per_s", "train steps/s"))
+RATES = {"route_optimal_rate", "route_valid_rate", "exact_accuracy", "accuracy"}
+# compare sets these itself: one per run
+OWNED_KEYS = ("arch.name", "train.seed")
+CURVE_METRIC = "exact_accuracy"  # the train stage's eval logs exact accuracy, not route metrics (see README)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
+STATE_RANK = {"success": 0, "running": 1, "queued": 2, "failed": 3}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One run of the comparison: its experiment name and every override it is queued with."""
+
+    name: str
+    arch: str
+    seed: int
+    data_seed: int | None
+    variant: tuple[tuple[str, Any], ...]  # the --set values of this grid point, sorted by key
+    overrides: dict[str, Any] = field(hash=False, compare=False)  # flat: profile + per-arch + variant + seeds
+
+    @property
+    def variant_label(self) -> str:
+        return " ".join(f"{k}={json.dumps(v)}" for k, v in self.variant) or "(profile)"
+
+
+@dataclass
+class Experiment:
+    """What `dvc exp show --json` says about one experiment of the current baseline."""
+
+    name: str
+    state: str  # success | running | queued | failed
+    rev: str
+    params: dict[str, Any]  # flat params.yaml
+    metrics: dict[str, dict[str, Any]]  # metrics file -> its data
+    error: str | None = None
+    log: str | None = None
+
+
+# ---------------------------------------------------------------- the plan (all checks before any queueing)
+
+
+def known_archs() -> list[str]:
+    """The architectures `build_model` accepts (one list: hrm.models.ARCHITECTURES)."""
+    from hrm.models import ARCHITECTURES  # imports torch: only here
+
+    return list(ARCHITECTURES)
+
+
+def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`--set key=value` items -> grid points. The same key given twice is two variants (a grid axis);
+    different keys combine. Values are YAML, as `dvc exp run -S` reads them."""
+    known = flatten({k: v for k, v in params.items() if k != "profiles"})
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. train.lr=0.001")
+        if key in OWNED_KEYS:
+            raise UserError(f"--set {key}: hrm compare sets {key} per run; use --archs / --seeds instead")
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise UserError(f"--set {key}: params.yaml has no key {key}{hint}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+        if value not in axes.setdefault(key, []):
+            axes[key].append(value)
+    keys = sorted(axes)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _variant_tag(variant: dict[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(variant, sort_keys=True).encode("utf-8")).hexdigest()
+    return f"-v{digest[:6]}" if variant else ""
+
+
+def plan(
+    params: dict[str, Any],
+    *,
+    profile: str,
+    archs: Sequence[str],
+    seeds: int,
+    data_seeds: bool = False,
+    sets: Sequence[str] = (),
+    name: str | None = None,
+    available_archs: Sequence[str] | None = None,
+) -> list[Planned]:
+    """Every run of the comparison, validated: a UserError here means nothing was queued."""
+    profiles = params.get("profiles")
+    if not isinstance(profiles, dict) or not isinstance(profiles.get(profile), dict):
+        names = ", ".join(sorted(profiles)) if isinstance(profiles, dict) else "none"
+        raise UserError(f"--profile {profile}: params.yaml has no profiles.{profile} (profiles: {names})")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: need at least 1 seed per arch")
+    available = list(available_archs) if available_archs is not None else known_archs()
+    if not archs:
+        raise UserError("--archs: give at least one arch")
+    unknown = [a for a in archs if a not in available]
+    if unknown:
+        raise UserError(f"--archs: unknown arch {', '.join(unknown)} (known: {', '.join(available)})")
+    if len(set(archs)) != len(archs):
+        raise UserError(f"--archs: an arch is listed twice: {','.join(archs)}")
+    prefix = name or f"cmp-{profile}"
+    if not NAME_PATTERN.match(prefix):
+        raise UserError(f"--name {prefix!r}: use letters, digits, '-' and '_' (it becomes a git ref)")
+    variants = parse_sets(sets, params)
+    if data_seeds and any("generate.seed" in v for v in variants):
+        raise UserError("--set generate.seed: --data-seeds sets generate.seed per run; drop one of them")
+
+    runs = []
+    for variant in variants:
+        for arch in archs:
+            base = flatten(profile_overrides(params, profile, arch))
+            merged = {**base, **variant}
+            first_seed = int(merged.get("train.seed", params.get("train", {}).get("seed", 0)))
+            first_data = int(merged.get("generate.seed", params.get("generate", {}).get("seed", 0)))
+            for i in range(seeds):
+                seed = first_seed + i
+                overrides = {**merged, "arch.name": arch, "train.seed": seed}
+                data_seed = None
+                run_name = f"{prefix}-{arch}-s{seed}"
+                if data_seeds:
+                    data_seed = first_data + i
+                    overrides["generate.seed"] = data_seed
+                    run_name += f"-d{i}"
+                runs.append(
+                    Planned(
+                        name=run_name + _variant_tag(variant),
+                        arch=arch,
+                        seed=seed,
+                        data_seed=data_seed,
+                        variant=tuple(sorted(variant.items())),
+                        overrides=overrides,
+                    )
+                )
+    return runs
+
+
+def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The flat params.yaml a run of `overrides` sees (HEAD's params with the -S values applied)."""
+    flat = flatten(params)
+    for key, value in overrides.items():
+        for old in [k for k in flat if k.startswith(key + ".")]:
+            del flat[old]  # a whole mapping replaced
+        flat[key] = value
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def params_match(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Keys whose values differ (empty: the experiment is this run)."""
+    keys = set(expected) | set(actual)
+    return sorted(k for k in keys if not _same(expected.get(k), actual.get(k)))
+
+
+# ---------------------------------------------------------------- DVC and git
+
+
+def _cmd(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-8:]
+        raise UserError(
+            f"`{' '.join(command[:4])} ...` failed (exit {result.returncode}):\n" + "\n".join(tail)
+        )
+    return result
+
+
+def check_repository(out_dir: Path) -> str:
+    """HEAD's sha; refuse a dirty workspace (DVC would run the uncommitted files while the results name HEAD)."""
+    if shutil.which("dvc") is None:
+        raise UserError("dvc is not on PATH: install the project first (see README)")
+    head = _cmd(["git", "rev-parse", "--verify", "HEAD"], check=False)
+    if head.returncode != 0:
+        raise UserError("hrm compare needs a git checkout with at least one commit (a clone of this repo)")
+    status = _cmd(["git", "status", "--porcelain", "--untracked-files=all"]).stdout.splitlines()
+    out_prefix = out_dir.as_posix().rstrip("/") + "/"
+    dirty = [line[3:] for line in status if line and not line[3:].startswith(out_prefix)]
+    if dirty:
+        shown = "\n  ".join(dirty[:10]) + ("\n  ..." if len(dirty) > 10 else "")
+        raise UserError(
+            "the workspace has uncommitted changes; experiments are queued from HEAD plus these files, so the "
+            f"results would not match any commit:\n  {shown}\n"
+            "commit them (git add -A && git commit -m '...') or stash them (git stash -u), then run again"
+        )
+    return head.stdout.strip()
+
+
+def _state(entry: dict[str, Any], rev: dict[str, Any]) -> str:
+    executor = entry.get("executor") or {}
+    state = executor.get("state")
+    if rev.get("error") or state == "failed":
+        return "failed"
+    if state in ("queued", "running"):
+        return state
+    return "success"
+
+
+def _failure_text(log_path: str | None, fallback: str) -> str:
+    """The lines of a failed run's log that say why: our stages' `error:` line, DVC's ERROR lines."""
+    if not log_path or not Path(log_path).is_file():
+        return fallback
+    lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    picked = [ln.strip() for ln in lines if ln.startswith(("error:", "ERROR:")) or "Error:" in ln]
+    unique = list(dict.fromkeys(picked))
+    return " | ".join(unique[-3:]) if unique else (lines[-1].strip() if lines else fallback)
+
+
+def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list[Experiment]]:
+    """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first."""
+    found: dict[str, list[Experiment]] = {}
+    for commit in shown:
+        if commit.get("rev") != baseline:
+            continue
+        for entry in commit.get("experiments") or []:
+            revs = entry.get("revs") or []
+            if not revs:
+                continue
+            rev = revs[0]
+            name = entry.get("name") or rev.get("name") or rev.get("rev", "")[:7]
+            data = rev.get("data") or {}
+            state = _state(entry, rev)
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+            log = ((entry.get("executor") or {}).get("local") or {}).get("log")
+            error = None
+            if state == "failed":
+                fallback = (rev.get("error") or {}).get("msg") or "experiment failed"
+                error = _failure_text(log, fallback)
+                metrics = {}  # a failed run's commit holds the baseline's files, not its own
+            found.setdefault(name, []).append(
+                Experiment(
+                    name=name,
+                    state=state,
+                    rev=rev.get("rev", ""),
+                    params=flatten(params),
+                    metrics=metrics,
+                    error=error,
+                    log=log,
+                )
+            )
+    for entries in found.values():
+        entries.sort(key=lambda e: STATE_RANK.get(e.state, 9))
+    return found
+
+
+def show_experiments(baseline: str) -> dict[str, list[Experiment]]:
+    result = _cmd(["dvc", "exp", "show", "--json"])
+    try:
+        shown = json.loads(result.stdout)
+    except json.JSONDecodeError as err:
+        raise UserError(f"`dvc exp show --json` printed no JSON ({err}): {result.stdout[:200]!r}") from err
+    return parse_exp_show(shown, baseline)
+
+
+def start_workers(jobs: int) -> None:
+    """`dvc queue start`: its workers are detached and inherit our output handles, so they go to a file;
+    a pipe would block us until the last worker exits."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as output:
+        code = subprocess.run(
+            ["dvc", "queue", "start", "--jobs", str(jobs)], stdout=output, stderr=output, check=False
+        ).returncode
+        if code != 0:
+            output.seek(0)
+            raise UserError(f"`dvc queue start` failed (exit {code}): {output.read().strip()[-500:]}")
+
+
+def parse_queue_status(text: str) -> tuple[dict[str, list[str]], int]:
+    """`dvc queue status` -> (name -> statuses, one per queue entry: Queued, Running, Success, Failed;
+    the number of workers, active + idle)."""
+    statuses: dict[str, list[str]] = {}
+    workers = 0
+    for line in text.splitlines():
+        match = re.search(r"Worker status:\s*(\d+) active,\s*(\d+) idle", line)
+        if match:
+            workers = int(match.group(1)) + int(match.group(2))
+            continue
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] != "Task":
+            statuses.setdefault(parts[1], []).append(parts[-1])
+    return statuses, workers
+
+
+def queue_status() -> tuple[dict[str, list[str]], int]:
+    return parse_queue_status(_cmd(["dvc", "queue", "status"]).stdout)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, sample sd (n - 1; None for one value), min, max."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def run_record(
+    run: Planned, experiment: Experiment | None, paths: dict[str, Any], vehicles: Sequence[str], reused: bool
+) -> dict[str, Any]:
+    """One row of results.json: identity, state, and the numbers read from the experiment's own files."""
+    record: dict[str, Any] = {
+        "name": experiment.name if experiment else run.name,
+        "planned_name": run.name,
+        "arch": run.arch,
+        "seed": run.seed,
+        "data_seed": run.data_seed,
+        "variant": run.variant_label,
+        "state": experiment.state if experiment else "missing",
+        "rev": experiment.rev if experiment else None,
+        "reused": reused,
+        "error": experiment.error if experiment else "no experiment found (queue entry removed?)",
+        "metrics": {},
+        "vehicles": {},
+        "timing": {},
+    }
+    if experiment is None or experiment.state != "success":
+        return record
+    eval_file = f"{paths['eval_reports']}/metrics.json"
+    test = experiment.metrics.get(eval_file, {}).get("test")
+    if not isinstance(test, dict):
+        record["state"] = "failed"
+        record["error"] = f"the experiment has no {eval_file} test metrics"
+        return record
+    record["metrics"] = {k: test[k] for k, _ in METRICS if isinstance(test.get(k), int | float)}
+    for vehicle in vehicles:
+        values = test.get(vehicle)
+        if isinstance(values, dict):
+            record["vehicles"][vehicle] = {
+                k: values[k] for k, _ in METRICS if isinstance(values.get(k), int | float)
+            }
+    timing = experiment.metrics.get(str(paths.get("train_timing", "")), {})
+    record["timing"] = {k: timing[k] for k, _ in TIMING if isinstance(timing.get(k), int | float)}
+    return record
+
+
+def group_stats(records: Sequence[dict[str, Any]], vehicles: Sequence[str]) -> list[dict[str, Any]]:
+    """Per (variant, arch): stats of every metric over its successful runs, overall and per vehicle."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["variant"], record["arch"]), []).append(record)
+    out = []
+    for (variant, arch), members in groups.items():
+        ok = [r for r in members if r["state"] == "success"]
+        stats = {k: describe([r["metrics"][k] for r in ok if k in r["metrics"]]) for k, _ in METRICS}
+        stats.update({k: describe([r["timing"][k] for r in ok if k in r["timing"]]) for k, _ in TIMING})
+        per_vehicle = {
+            v: {
+                k: describe([r["vehicles"][v][k] for r in ok if k in r["vehicles"].get(v, {})])
+                for k, _ in METRICS
+            }
+            for v in vehicles
+        }
+        out.append(
+            {
+                "variant": variant,
+                "arch": arch,
+                "n": len(ok),
+                "failed": [r["name"] for r in members if r["state"] != "success"],
+                "experiments": [{"name": r["name"], "rev": r["rev"]} for r in ok],
+                "stats": stats,
+                "vehicles": per_vehicle,
+            }
+        )
+    return out
+
+
+def parse_tsv(text: str, column: str) -> list[tuple[float, float]]:
+    points = []
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+        try:
+            points.append((float(row["step"]), float(row[column])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return points
+
+
+def read_curve(rev: str, train_log: str) -> list[tuple[float, float]]:
+    """Eval exact accuracy vs step from the experiment's commit (dvclive TSVs are cache: false, so in git)."""
+    path = f"{train_log}/plots/metrics/eval/{CURVE_METRIC}.tsv"
+    result = _cmd(["git", "show", f"{rev}:{path}"], check=False)
+    return parse_tsv(result.stdout, CURVE_METRIC) if result.returncode == 0 else []
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _fmt(value: Any, key: str) -> str:
+    if value is None:
+        return "-"
+    if key in RATES:
+        return f"{100 * value:.1f}%"
+    if key == "steps_per_s":
+        return f"{value:.2f}"
+    if key == "wall_s":
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def _mean_sd(stat: dict[str, Any], key: str) -> str:
+    if not stat["n"]:
+        return "-"
+    text = _fmt(stat["mean"], key)
+    if stat["sd"] is not None:
+        text += " ± " + _fmt(stat["sd"], key).rstrip("%") + ("%" if key in RATES else "")
+    return text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    keys = [*METRICS, *TIMING]
+    lines = [
+        f"# hrm compare: {results['name']}",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Baseline commit: `{results['baseline']}`; profile `{results['profile']}`; "
+        f"{results['seeds']} seed(s) per arch{' (data seeds varied too)' if results['data_seeds'] else ''}.",
+        "",
+        "Test split, mean ± sd over seeds (sample sd), [min, max]:",
+        "",
+        "| variant | arch | n | failed | " + " | ".join(label for _, label in keys) + " |",
+        "|---|---|---|---|" + "---|" * len(keys),
+    ]
+    for group in results["groups"]:
+        cells = []
+        for key, _ in keys:
+            stat = group["stats"][key]
+            rng = f" [{_fmt(stat['min'], key)}, {_fmt(stat['max'], key)}]" if stat["n"] > 1 else ""
+            cells.append(_mean_sd(stat, key) + rng)
+        lines.append(
+            f"| {group['variant']} | {group['arch']} | {group['n']} | {len(group['failed'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    if results["vehicles"]:
+        lines += ["", "Per vehicle, test route optimal (mean ± sd):", ""]
+        lines.append("| variant | arch | " + " | ".join(results["vehicles"]) + " |")
+        lines.append("|---|---|" + "---|" * len(results["vehicles"]))
+        for group in results["groups"]:
+            cells = [
+                _mean_sd(group["vehicles"][v]["route_optimal_rate"], "route_optimal_rate")
+                for v in results["vehicles"]
+            ]
+            lines.append(f"| {group['variant']} | {group['arch']} | " + " | ".join(cells) + " |")
+    lines += ["", "Experiments (`dvc exp show`, `dvc metrics diff HEAD <name>`):", ""]
+    lines.append("| name | rev | arch | seed | data seed | state | reused | route optimal | error |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for run in results["runs"]:
+        rev = (run["rev"] or "")[:10]
+        optimal = _fmt(run["metrics"].get("route_optimal_rate"), "route_optimal_rate")
+        error = (run["error"] or "").replace("|", "/")
+        data_seed = "-" if run["data_seed"] is None else str(run["data_seed"])
+        lines.append(
+            f"| {run['name']} | {rev} | {run['arch']} | {run['seed']} | {data_seed} | {run['state']} | "
+            f"{'yes' if run['reused'] else 'no'} | {optimal} | {error} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(results: dict[str, Any], path: Path) -> None:
+    """Mean test rates per arch with sd error bars, seeds as dots."""
+    from hrm.evaluation.plots import _figure, _save
+
+    groups = results["groups"]
+    keys = [k for k, _ in METRICS if k in RATES]
+    plt, fig = _figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(groups))
+    for g, group in enumerate(groups):
+        xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(keys))]
+        means = [group["stats"][k]["mean"] or 0.0 for k in keys]
+        sds = [group["stats"][k]["sd"] or 0.0 for k in keys]
+        label = group["arch"] if group["variant"] == "(profile)" else f"{group['arch']} {group['variant']}"
+        ax.bar(xs, means, width, yerr=sds, capsize=3, label=f"{label} (n={group['n']})")
+        for x, key in zip(xs, keys, strict=True):
+            values = [
+                r["metrics"][key]
+                for r in results["runs"]
+                if r["state"] == "success"
+                and r["arch"] == group["arch"]
+                and r["variant"] == group["variant"]
+                and key in r["metrics"]
+            ]
+            ax.plot([x] * len(values), values, "k.", markersize=3)
+    ax.set_xticks(range(len(keys)), [dict(METRICS)[k] for k in keys])
+    ax.set_ylabel("test rate (mean ± sd)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> bool:
+    """Eval exact accuracy vs step per arch: mean line, a band of ± sd over seeds, each seed thin."""
+    from hrm.evaluation.plots import _figure, _save
+
+    drawn = False
+    plt, fig = _figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    for group in results["groups"]:
+        curves = [
+            r["curve"]
+            for r in results["runs"]
+            if r["state"] == "success"
+            and r["arch"] == group["arch"]
+            and r["variant"] == group["variant"]
+            and r["curve"]
+        ]
+        if not curves:
+            continue
+        common = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        if not common:
+            continue
+        by_step = [[dict(c)[s] for c in curves] for s in common]
+        mean = [statistics.fmean(v) for v in by_step]
+        sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_step]
+        label = group["arch"] if group["variant"] == "(profile)" else f"{group['arch']} {group['variant']}"
+        (line,) = ax.plot(common, mean, label=f"{label} (n={len(curves)})")
+        ax.fill_between(
+            common,
+            [m - s for m, s in zip(mean, sd, strict=True)],
+            [m + s for m, s in zip(mean, sd, strict=True)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
+        for c in curves:
+            ax.plot([s for s, _ in c], [v for _, v in c], color=line.get_color(), linewidth=0.5, alpha=0.5)
+        drawn = True
+    ax.set_xlabel("training step")
+    ax.set_ylabel("eval exact accuracy (test)")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+    return drawn
+
+
+def render_html(results: dict[str, Any], figures: dict[str, Path]) -> str:
+    """One self-contained page: the markdown tables as HTML, figures inlined as base64."""
+    from hrm.evaluation.report import STYLE, image
+
+    body = []
+    table_rows: list[str] = []
+    for line in markdown(results).splitlines():
+        if line.startswith("|"):
+            if set(line.replace("|", "").strip()) <= {"-"}:
+                continue
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            tag = "th" if not table_rows else "td"
+            table_rows.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table_rows:
+            body.append("<table>" + "\n".join(table_rows) + "</table>")
+            table_rows = []
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.strip():
+            text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(line.strip()))
+            body.append(f"<p>{text}</p>")
+    if table_rows:
+        body.append("<table>" + "\n".join(table_rows) + "</table>")
+    for key, caption in (
+        ("bars", "Test rates per arch, mean ± sd (dots: seeds)"),
+        ("curves", "Learning curves: eval exact accuracy vs step, band = mean ± sd over seeds"),
+    ):
+        if key in figures:
+            body.append(f"<h2>{html.escape(caption)}</h2>" + image(figures[key], caption))
+    body.append(
+        '<p class="note">The train stage evaluates exact accuracy during training (not route metrics); with the '
+        "generator's unique optimal routes an exact grid is an optimal route, so the curve tracks route-optimal; "
+        "the final numbers in the tables come from the evaluate stage.</p>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>hrm compare</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
+    with staged_directory(out_dir) as staging:
+        figures = {"bars": staging / "bars.png"}
+        plot_bars(results, figures["bars"])
+        if plot_curves(results, staging / "curves.png"):
+            figures["curves"] = staging / "curves.png"
+        atomic_write_json(staging / "results.json", results, indent=1)
+        atomic_write_text(staging / "results.md", markdown(results))
+        atomic_write_text(staging / "index.html", render_html(results, figures))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def collect(
+    runs: Sequence[Planned],
+    found: dict[str, list[Experiment]],
+    params: dict[str, Any],
+    reused: set[str],
+    curves: bool = True,
+) -> list[dict[str, Any]]:
+    paths = params.get("paths", {})
+    vehicles = [v["name"] for v in params.get("generate", {}).get("vehicles", []) if isinstance(v, dict)]
+    records = []
+    for run in runs:
+        candidates = found.get(run.name) or []
+        experiment = candidates[0] if candidates else None
+        expected = expected_params(params, run.overrides)
+        if experiment is not None and experiment.state == "success":
+            differ = params_match(expected, experiment.params)
+            if differ:
+                experiment = Experiment(
+                    name=experiment.name,
+                    state="failed",
+                    rev=experiment.rev,
+                    params=experiment.params,
+                    metrics={},
+                    error=f"params differ from the plan: {', '.join(differ[:5])}",
+                )
+        record = run_record(run, experiment, paths, vehicles, reused=run.name in reused)
+        record["curve"] = (
+            read_curve(record["rev"], paths["train_log"]) if curves and record["state"] == "success" else []
+        )
+        records.append(record)
+    return records
+
+
+def compare(
+    params_path: str | Path = "params.yaml",
+    *,
+    profile: str = "quick",
+    archs: Sequence[str] = ("hrm_v1", "transformer"),
+    seeds: int = 3,
+    data_seeds: bool = False,
+    sets: Sequence[str] = (),
+    jobs: int = 1,
+    name: str | None = None,
+    out_dir: str | Path = "reports/compare",
+    poll_s: float = 10.0,
+    command: str = "",
+) -> dict[str, Any]:
+    """Queue what is missing, run the queue, wait, collect; return results.json's content."""
+    try:
+        params = load_params(params_path)
+    except ConfigError as err:
+        raise UserError(str(err)) from err
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: need at least 1 worker")
+    try:
+        runs = plan(
+            params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
+        )
+    except ConfigError as err:  # a malformed profile (e.g. its per_arch table)
+        raise UserError(str(err)) from err
+    out_dir = Path(out_dir)
+    baseline = check_repository(out_dir)
+    found = show_experiments(baseline)
+
+    # Reuse a finished experiment of this name (its params must be the plan's: a clash is an error before
+    # anything is queued); wait for queued/running ones; queue the rest (missing or failed).
+    to_queue, reused = [], set()
+    for run in runs:
+        current = (found.get(run.name) or [None])[0]
+        if current is not None and current.state == "success":
+            differ = params_match(expected_params(params, run.overrides), current.params)
+            if differ:
+                raise UserError(
+                    f"experiment {run.name} exists with other params ({', '.join(differ[:5])}): choose another "
+                    f"--name or remove it (dvc exp remove {run.name})"
+                )
+            reused.add(run.name)
+        elif current is None or current.state == "failed":
+            to_queue.append(run)
+    print(
+        f"{len(runs)} runs: {len(reused)} finished (reused), {len(runs) - len(reused) - len(to_queue)} already "
+        f"queued or running, {len(to_queue)} to queue",
+        flush=True,
+    )
+    started = time.perf_counter()
+    try:
+        for run in to_queue:
+            result = _cmd(
+                ["dvc", "exp", "run", "--queue", "-n", run.name, *set_param_args(run.overrides)], check=False
+            )
+            if result.returncode != 0:
+                tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+                raise UserError(
+                    f"dvc refused to queue {run.name}:\n{tail}\nIf it names uncommitted or untracked files: commit "
+                    "them (git add -A && git commit) or stash them (git stash -u) and run the same command again."
+                )
+            print(f"queued {run.name}", flush=True)
+        names = {run.name for run in runs}
+        statuses, workers = queue_status()
+        if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
+            if workers == 0:
+                start_workers(jobs)
+                print(f"dvc queue start --jobs {jobs}", flush=True)
+            wait_for(names, poll_s, jobs)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: queued experiments stay in DVC's queue and running ones keep running "
+            "(`dvc queue status`; stop them with `dvc queue kill <name>`). Run the same hrm compare again to "
+            "wait for them and collect; finished ones are reused.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    found = show_experiments(baseline)
+    records = collect(runs, found, params, reused)
+    vehicles = [v["name"] for v in params.get("generate", {}).get("vehicles", []) if isinstance(v, dict)]
+    results = {
+        "name": name or f"cmp-{profile}",
+        "command": command,
+        "baseline": baseline,
+        "profile": profile,
+        "archs": list(archs),
+        "seeds": seeds,
+        "data_seeds": data_seeds,
+        "sets": list(sets),
+        "vehicles": vehicles,
+        "curve_metric": f"eval/{CURVE_METRIC}",
+        "groups": group_stats(records, vehicles),
+        "runs": records,
+    }
+    write_outputs(results, out_dir)
+    done = sum(r["state"] == "success" for r in records)
+    print(f"{done}/{len(records)} runs succeeded; waited {time.perf_counter() - started:.0f} s", flush=True)
+    print(markdown(results), flush=True)
+    print(f"report: {out_dir / 'index.html'}", flush=True)
+    return results
+
+
+def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 60.0) -> None:
+    """Until none of `names` is Queued or Running in DVC's queue; prints progress when it changes.
+
+    `dvc queue status` counts workers by asking them, and a busy worker may not answer: a worker count of 0 is
+    trusted only while nothing runs and entries stay queued for `idle_restart_s`; then workers are started
+    again (a `dvc queue stop` or a crashed worker) instead of waiting forever."""
+    last = None
+    idle_since: float | None = None
+    while True:
+        statuses, workers = queue_status()
+        statuses = {n: ss for n, ss in statuses.items() if n in names}
+        counts: dict[str, int] = {}
+        for ss in statuses.values():
+            for s in ss:
+                counts[s] = counts.get(s, 0) + 1
+        summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+        if summary != last:
+            print(f"[{time.strftime('%H:%M:%S')}] queue: {summary}", flush=True)
+            last = summary
+        if counts.get("Queued", 0) + counts.get("Running", 0) == 0:
+            return
+        if workers == 0 and counts.get("Running", 0) == 0:
+            idle_since = idle_since if idle_since is not None else time.monotonic()
+            if time.monotonic() - idle_since >= idle_restart_s:
+                print("no DVC queue worker is running: starting them again", flush=True)
+                start_workers(jobs)
+                idle_since = None
+        else:
+            idle_since = None
+        time.sleep(poll_s)

@@ -1,0 +1,170 @@
+"""Dihedral augmentation of the train split (`convert.augment: dihedral`), as HRM's maze builder's `--aug`.
+
+Every train example appears under the 8 symmetries of the square: identity, the rotations by 90, 180 and 270
+degrees (counter-clockwise, numpy's `rot90`), the left-right and up-down mirrors, and the reflections in the
+main and the anti-diagonal. The test split is never augmented.
+
+Why the labels stay right: a cell's entering cost depends only on its token (`spec.CostModel`), no token is
+direction-dependent (a road token is a class and a congestion level, not a heading; there are no one-way
+streets), and the moves are the 4 neighbours, which every symmetry of the square maps onto the 4 neighbours.
+So a symmetry maps routes onto routes of the same cost, and the unique optimum of a map onto the unique
+optimum of the transformed map. That argument is not trusted: convert and validate re-check every transformed
+route with the independent Dijkstra (`compliance.example_facts`).
+
+Layout: an augmented example stays in its base's group and keeps its vehicle (puzzle identifier) and base id.
+Each (transform, puzzle) is its own puzzle, as in HRM's builder, so HRM's sampler (one puzzle per group per
+epoch) sees a random symmetry of a random vehicle each epoch and the planned step count does not change.
+Within a group the puzzles run transform-major: the first ones are the original, untransformed puzzles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from hrm.config import ConfigError
+
+CHOICES = ("none", "dihedral")
+TRANSFORMS = (
+    "identity",
+    "rot90",
+    "rot180",
+    "rot270",
+    "flip_left_right",
+    "flip_up_down",
+    "transpose",
+    "anti_transpose",
+)
+# The symmetries that map a rows x cols map onto a rows x cols map when rows != cols.
+SHAPE_KEEPING = (0, 2, 4, 5)
+LAYOUT_KEY = "augment"  # extra key of the augmented train/dataset.json (HRM's readers ignore unknown keys)
+
+
+def parse(value: Any, key: str = "convert.augment") -> str:
+    if value not in CHOICES:
+        raise ConfigError(f"params.yaml: {key} must be one of {', '.join(CHOICES)}, got {value!r}")
+    return value
+
+
+def transforms_for(augment: str, rows: int, cols: int, key: str = "convert.augment") -> tuple[int, ...]:
+    """Transform indices the setting asks for on a rows x cols map; refuses dihedral on a non-square map."""
+    if parse(augment, key) == "none":
+        return (0,)
+    if rows != cols:
+        kept = ", ".join(TRANSFORMS[t] for t in SHAPE_KEEPING)
+        raise ConfigError(
+            f"params.yaml: {key}: dihedral needs square maps, these are {rows} x {cols}: the 90/270-degree "
+            f"rotations and the diagonal reflections would turn them into {cols} x {rows}. Only {kept} keep the "
+            f"shape, which is not the 8x augmentation asked for; set {key}: none (or generate.rows = generate.cols)."
+        )
+    return tuple(range(len(TRANSFORMS)))
+
+
+def transform_grids(grids: np.ndarray, rows: int, cols: int, transform: int) -> np.ndarray:
+    """[N, rows*cols] row-major grids under one symmetry, same shape and dtype."""
+    maps = np.asarray(grids).reshape(-1, rows, cols)
+    if transform not in SHAPE_KEEPING and rows != cols:
+        raise ValueError(f"{TRANSFORMS[transform]} needs a square map, got {rows} x {cols}")
+    if transform in (1, 2, 3):
+        out = np.rot90(maps, k=transform, axes=(1, 2))
+    elif transform == 4:
+        out = maps[:, :, ::-1]
+    elif transform == 5:
+        out = maps[:, ::-1, :]
+    elif transform == 6:
+        out = maps.transpose(0, 2, 1)
+    elif transform == 7:
+        out = np.rot90(maps, k=2, axes=(1, 2)).transpose(0, 2, 1)
+    else:
+        out = maps
+    return np.ascontiguousarray(out).reshape(len(maps), rows * cols)
+
+
+def expansion(
+    puzzle_indices: np.ndarray, group_indices: np.ndarray, transforms: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(source example per new example, its transform, source puzzle per new puzzle, new puzzle_indices,
+    new group_indices): each group's puzzles repeated once per transform, transform-major."""
+    examples, example_transform, puzzles = [], [], []
+    puzzle_offsets, group_offsets = [0], [0]
+    for g in range(len(group_indices) - 1):
+        for t in transforms:
+            for p in range(int(group_indices[g]), int(group_indices[g + 1])):
+                rows = range(int(puzzle_indices[p]), int(puzzle_indices[p + 1]))
+                examples.extend(rows)
+                example_transform.extend([t] * len(rows))
+                puzzles.append(p)
+                puzzle_offsets.append(len(examples))
+        group_offsets.append(len(puzzles))
+    return (
+        np.asarray(examples, dtype=np.int64),
+        np.asarray(example_transform, dtype=np.int64),
+        np.asarray(puzzles, dtype=np.int64),
+        np.asarray(puzzle_offsets, dtype=np.int64),
+        np.asarray(group_offsets, dtype=np.int64),
+    )
+
+
+def augment_split(split: Any, rows: int, cols: int, transforms: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+    """A split (`raw.RawSplit` or `invariants.SplitData`) with every example under every transform, and the
+    transform index of each new example. Per-example fields follow their source example."""
+    source, example_transform, puzzles, puzzle_offsets, group_offsets = expansion(
+        split.puzzle_indices, split.group_indices, transforms
+    )
+    grids = {}
+    for name in ("inputs", "labels"):
+        grid = np.asarray(getattr(split, name))[source]
+        for t in set(transforms) - {0}:
+            chosen = example_transform == t
+            grid[chosen] = transform_grids(grid[chosen], rows, cols, t)
+        grids[name] = grid
+    per_example = {}
+    for name in ("base_scenario_ids", "vehicle_types", "base_ids", "vehicles"):
+        if hasattr(split, name):
+            values = getattr(split, name)
+            per_example[name] = [values[i] for i in source.tolist()]
+    dtype = np.asarray(split.puzzle_indices).dtype
+    augmented = replace(
+        split,
+        **grids,
+        **per_example,
+        puzzle_identifiers=np.asarray(split.puzzle_identifiers)[puzzles],
+        puzzle_indices=puzzle_offsets.astype(dtype),
+        group_indices=group_offsets.astype(dtype),
+    )
+    return augmented, example_transform
+
+
+def route_failures(
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    identifiers: np.ndarray,
+    cost_table: np.ndarray,
+    rows: int,
+    cols: int,
+) -> list[int]:
+    """Indices of examples whose label is not the valid, unique optimal route of its (transformed) map,
+    by the independent Dijkstra of the validate stage."""
+    from hrm.data.compliance import example_facts
+    from hrm.data.invariants import SplitData
+
+    n = len(inputs)
+    if n == 0:
+        return []
+    single = SplitData(
+        name="augmented",
+        files={},
+        metadata={},
+        inputs=np.asarray(inputs),
+        labels=np.asarray(labels),
+        puzzle_identifiers=np.asarray(identifiers, dtype=np.int64),
+        puzzle_indices=np.arange(n + 1, dtype=np.int64),
+        group_indices=np.array([0, n], dtype=np.int64),
+        base_ids=[""] * n,
+        vehicles=[""] * n,
+    )
+    facts = example_facts(single, cost_table, rows, cols)
+    good = facts.route_valid & (facts.route_cost == facts.optimal_cost) & facts.route_unique
+    return np.flatnonzero(~good).tolist()

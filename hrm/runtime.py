@@ -1,0 +1,124 @@
+"""Where and how torch runs: device, forward dtype, CPU threads, determinism, seeding.
+
+One module for train, evaluate and `hrm doctor`, so the three agree on what `train.device: auto`,
+`arch.forward_dtype: auto`, `train.threads` and `train.deterministic` mean. torch is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from hrm.io import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # train.device; --device of doctor may also name cuda:N
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+def device_choice(request: str) -> tuple[str | None, str]:
+    """(device string, why) for auto | cpu | cuda[:n] | mps; (None, reason) when the request cannot be met."""
+    import torch
+
+    request = request.strip().lower()
+    if request == "auto":
+        if torch.cuda.is_available():
+            return "cuda", "auto: CUDA is available"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps", "auto: Apple MPS is available"
+        return "cpu", "auto: no CUDA or MPS device, using the CPU"
+    if request == "cpu":
+        return "cpu", "requested"
+    if request == "cuda" or request.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = torch.version.cuda
+            why = (
+                f"torch {torch.__version__} is built for CUDA {build} but no CUDA device or driver is visible"
+                if build
+                else f"torch {torch.__version__} is a CPU-only build (install a CUDA build, see docs/windows.md)"
+            )
+            return None, f"device '{request}' requested but CUDA is not available: {why}"
+        index_text = request.split(":", 1)[1] if ":" in request else "0"
+        if not index_text.isdigit():
+            return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
+        if int(index_text) >= torch.cuda.device_count():
+            return None, f"device '{request}' requested but only {torch.cuda.device_count()} CUDA device(s)"
+        return request, "requested"
+    if request == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            return None, "device 'mps' requested but Apple MPS is not available"
+        return "mps", "requested"
+    return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
+
+
+def resolve_device(request: str, local_rank: int = 0) -> Any:
+    """The torch.device for `train.device`; under torchrun plain `cuda` means this process's GPU."""
+    import torch
+
+    device, why = device_choice(request)
+    if device is None:
+        raise UserError(f"params.yaml: train.device: {why}")
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def dtype_name(forward_dtype: str, device: Any) -> str:
+    """`arch.forward_dtype`: auto = bfloat16 on CUDA (tensor cores), float32 elsewhere (bf16 matmuls are
+    20-50x slower on CPUs); otherwise the name itself, checked."""
+    if forward_dtype == "auto":
+        device_type = str(device).split(":", 1)[0] if device is not None else "cpu"
+        return "bfloat16" if device_type == "cuda" else "float32"
+    if forward_dtype not in DTYPE_NAMES:
+        raise UserError(
+            f"params.yaml: arch.forward_dtype must be auto, {', '.join(DTYPE_NAMES)}; got {forward_dtype!r}"
+        )
+    return forward_dtype
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Intra-op CPU threads; 0 keeps PyTorch's default. Small models on a busy CPU run many times faster on
+    one thread than on several (the OpenMP threads wait for each other on every small op)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def set_determinism(enabled: bool, device: Any) -> None:
+    """torch.use_deterministic_algorithms (+ the cuBLAS workspace it needs on CUDA), cudnn autotuning off."""
+    import torch
+
+    if enabled and str(device).startswith("cuda"):
+        # cuBLAS reads this when its handle is created; it must be set before the first matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def determinism_state() -> tuple[bool, bool]:
+    """What `set_determinism` changes, to restore it afterwards (doctor's checks)."""
+    import torch
+
+    return torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+
+
+def restore_determinism(state: tuple[bool, bool]) -> None:
+    import torch
+
+    torch.use_deterministic_algorithms(state[0])
+    torch.backends.cudnn.benchmark = state[1]
+
+
+def seed_everything(seed: int) -> None:
+    """The global generators (Python, NumPy, torch CPU and CUDA); the model's own draws use their own."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

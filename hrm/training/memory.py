@@ -1,0 +1,204 @@
+"""The memory plan: how each process's share of the global batch is cut into micro-batches.
+
+On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs at micro-batches of 1
+and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part and a part per example. The
+ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
+divides the share and fits `MEMORY_HEADROOM` of the free memory wins. Off CUDA the whole share runs at once
+(RAM is not measured here; `hrm doctor` traces an estimate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hrm.io import UserError
+
+MEMORY_HEADROOM = 0.90  # fraction of free device memory a run may plan to use (allocator fragmentation)
+PROBE_ROWS = (1, 2)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak bytes of one training step as `fixed + per_example * micro + carry_per_row * (share - micro)`."""
+
+    fixed: int
+    per_example: int
+    carry_per_row: int
+    method: str
+
+    def peak(self, share: int, micro: int) -> int:
+        return self.fixed + self.per_example * micro + self.carry_per_row * (share - micro)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    global_batch: int
+    world_size: int
+    share: int  # rows per process
+    micro_batch: int
+    memory: StepMemory | None
+    budget_bytes: int | None  # MEMORY_HEADROOM x free bytes at the start
+    total_bytes: int | None
+
+    @property
+    def accumulation(self) -> int:
+        return self.share // self.micro_batch
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return None if self.memory is None else self.memory.peak(self.share, self.micro_batch)
+
+    def describe(self) -> str:
+        text = (
+            f"global {self.global_batch} = {self.world_size} process{'es' if self.world_size > 1 else ''} x "
+            f"{self.accumulation} accumulation x {self.micro_batch}"
+        )
+        if self.peak_bytes is not None and self.total_bytes:
+            text += f", est. peak {gib(self.peak_bytes)} of {gib(self.total_bytes)}"
+            text += f" (budget {MEMORY_HEADROOM:.0%} of free memory; {self.memory.method})"
+        else:
+            text += " (whole share at once off CUDA; memory not measured, see hrm doctor)"
+        return text
+
+
+def gib(value: float) -> str:
+    return f"{value / 2**30:.0f} GiB" if value >= 10 * 2**30 else f"{value / 2**30:.2f} GiB"
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def largest_fitting(share: int, memory: StepMemory, budget: int) -> int:
+    """The largest divisor of `share` whose step peak fits `budget`; 0 if not even one row fits."""
+    fitting = [d for d in divisors(share) if memory.peak(share, d) <= budget]
+    return max(fitting, default=0)
+
+
+def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
+    """Bytes of one row of the ACT carry (state, step count, halted flag, the row's example)."""
+    import torch
+
+    row = {k: v[:1] for k, v in batch.items()}
+    carry = head.initial_carry(row)
+    return sum(t.numel() * t.element_size() for t in carry.to_state().values() if isinstance(t, torch.Tensor))
+
+
+def measure_cuda_step(
+    make_state: Callable[[int], Any], batch: dict[str, Any], device: Any, global_batch_size: int
+) -> StepMemory:
+    """Peak allocated bytes of the trainer's step (optimizer step included) at 1 and 2 rows, extrapolated.
+
+    `make_state(rows)` builds a fresh `TrainState` whose model was built for `rows`; it is dropped afterwards.
+    """
+    import torch
+
+    from hrm.training.step import train_step
+
+    peaks = []
+    carry_row = 0
+    for rows in PROBE_ROWS:
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        state = make_state(rows)
+        part = {k: v[:rows].to(device) for k, v in batch.items()}
+        train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - baseline)
+        carry_row = carry_bytes_per_row(state.module, part)
+        del state, part
+    torch.cuda.empty_cache()
+    per_example = max(peaks[1] - peaks[0], 1)
+    return StepMemory(
+        fixed=peaks[0] - per_example,
+        per_example=per_example,
+        carry_per_row=carry_row,
+        method="measured: max_memory_allocated of the trainer's step at 1 and 2 rows, linear in the rows",
+    )
+
+
+def plan(
+    global_batch: int,
+    world_size: int,
+    configured_micro: int | None,
+    memory: StepMemory | None,
+    free_bytes: int | None,
+    total_bytes: int | None,
+) -> MemoryPlan:
+    """The micro-batch: the configured one (refused if it cannot fit) or the largest divisor that fits."""
+    share = global_batch // world_size
+    budget = int(free_bytes * MEMORY_HEADROOM) if free_bytes is not None else None
+    if memory is None or budget is None:
+        micro = configured_micro or share
+    else:
+        largest = largest_fitting(share, memory, budget)
+        if largest == 0:
+            raise UserError(
+                f"not even a micro-batch of 1 fits: a step needs ~{gib(memory.peak(share, 1))} with "
+                f"{share} rows of ACT carry, {gib(budget)} usable ({MEMORY_HEADROOM:.0%} of "
+                f"{gib(free_bytes or 0)} free); lower train.global_batch_size or use more GPUs"
+            )
+        if configured_micro is not None and configured_micro > largest:
+            raise UserError(
+                f"params.yaml: train.micro_batch_size {configured_micro} does not fit: it needs "
+                f"~{gib(memory.peak(share, configured_micro))}, {gib(budget)} usable ({MEMORY_HEADROOM:.0%} of "
+                f"{gib(free_bytes or 0)} free); the largest that fits is {largest} (or set auto)"
+            )
+        micro = configured_micro or largest
+    return MemoryPlan(global_batch, world_size, share, micro, memory, budget, total_bytes)
+
+
+def first_batch(dataset: Any, rows: int) -> dict[str, Any]:
+    """The dataset's first rows as a training batch (shapes for measuring a step)."""
+    import numpy as np
+
+    examples = np.arange(min(rows, dataset.num_examples), dtype=np.int64)
+    return dataset.collate(examples, dataset.puzzles_of_examples(examples), pad_to=rows)
+
+
+def plan_micro_batch(
+    arch: dict[str, Any],
+    metadata: Any,
+    config: Any,
+    world_size: int,
+    device: Any,
+    configured_micro: int | None,
+    dataset: Any,
+) -> MemoryPlan:
+    """The trainer's plan: measured on CUDA, the whole share (or the configured micro-batch) elsewhere."""
+    if device.type != "cuda":
+        return plan(config.global_batch_size, world_size, configured_micro, None, None, None)
+    import torch
+
+    from hrm.training.loop import build_model, build_optimizers, set_activation_checkpointing
+    from hrm.training.step import TrainState
+
+    def make_state(rows: int) -> Any:
+        module = build_model(arch, metadata, rows, device, config.seed)
+        set_activation_checkpointing(module, config.activation_checkpointing)
+        module.train()
+        optimizers, base_lrs = build_optimizers(module, config)
+        generator = torch.Generator().manual_seed(config.seed)
+        return TrainState(
+            head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+        )
+
+    memory = measure_cuda_step(
+        make_state, first_batch(dataset, max(PROBE_ROWS)), device, config.global_batch_size
+    )
+    free, total = torch.cuda.mem_get_info(device)
+    return plan(config.global_batch_size, world_size, configured_micro, memory, free, total)
+
+
+def oom_message(micro_batch: int, checkpoint: Any) -> str:
+    """What to do after CUDA ran out of memory mid-run."""
+    smaller = max((d for d in divisors(micro_batch) if d < micro_batch), default=1)
+    return (
+        f"CUDA ran out of memory at micro-batch {micro_batch}; try train.micro_batch_size={smaller} "
+        f"(dvc exp run -S train.micro_batch_size={smaller}). Last good checkpoint: {checkpoint or 'none yet'}; "
+        "resuming from it with another micro-batch gives the same run."
+    )

@@ -1,0 +1,320 @@
+"""`hrm compare` without running DVC: the plan and its input checks, reading `dvc exp show --json`, the
+statistics, the report. The real queue is exercised by tests/test_compare_queue.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hrm import compare as cmp
+from hrm.io import UserError
+from hrm.quickstart import profile_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ["hrm_v1", "transformer"]
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+def test_known_archs_are_build_models(params):
+    from hrm.models import ARCHITECTURES
+
+    assert cmp.known_archs() == list(ARCHITECTURES)
+
+
+def test_plan_is_every_arch_times_seed_with_the_profile_applied(params):
+    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
+    assert [r.name for r in runs] == [
+        "cmp-tiny-hrm_v1-s0",
+        "cmp-tiny-hrm_v1-s1",
+        "cmp-tiny-transformer-s0",
+        "cmp-tiny-transformer-s1",
+    ]
+    tiny = cmp.flatten(params["profiles"]["tiny"])
+    for run in runs:
+        assert run.overrides["arch.name"] == run.arch and run.overrides["train.seed"] == run.seed
+        assert {k: run.overrides[k] for k in tiny} == tiny
+        assert "generate.seed" not in run.overrides
+    expected = cmp.expected_params(params, runs[0].overrides)
+    assert expected["generate.rows"] == 8 and expected["arch.name"] == "hrm_v1"
+    assert expected["train.lr"] == params["train"]["lr"]  # untouched keys keep HEAD's value
+
+
+def test_data_seeds_and_set_grid(params):
+    runs = cmp.plan(
+        params,
+        profile="tiny",
+        archs=["transformer"],
+        seeds=2,
+        data_seeds=True,
+        sets=["train.lr=0.001", "train.lr=0.002", "arch.hidden_size=64"],
+        name="grid",
+        available_archs=ARCHS,
+    )
+    assert len(runs) == 4  # 2 lr values x 1 arch x 2 seeds
+    base = params["generate"]["seed"]
+    assert sorted({r.data_seed for r in runs}) == [base, base + 1]
+    assert {r.overrides["train.lr"] for r in runs} == {0.001, 0.002}
+    assert all(r.overrides["arch.hidden_size"] == 64 for r in runs)
+    assert len({r.name for r in runs}) == 4 and all(r.name.startswith("grid-transformer-s") for r in runs)
+    assert {r.variant_label for r in runs} == {
+        "arch.hidden_size=64 train.lr=0.001",
+        "arch.hidden_size=64 train.lr=0.002",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"profile": "nope"}, "no profiles.nope"),
+        ({"archs": ["hrm_v1", "gpt"]}, "unknown arch gpt"),
+        ({"seeds": 0}, "at least 1 seed"),
+        ({"sets": ["train.learning_rate=1"]}, "params.yaml has no key train.learning_rate"),
+        ({"sets": ["train.lr"]}, "expected key=value"),
+        ({"sets": ["train.seed=3"]}, "hrm compare sets train.seed"),
+        ({"name": "has space"}, "--name"),
+        ({"data_seeds": True, "sets": ["generate.seed=1"]}, "--data-seeds"),
+    ],
+)
+def test_plan_refuses_bad_input(params, kwargs, message):
+    args = {"profile": "tiny", "archs": ARCHS, "seeds": 2, "available_archs": ARCHS, **kwargs}
+    with pytest.raises(UserError, match=message.replace(".", r"\.").replace("-", r"\-")):
+        cmp.plan(params, **args)
+
+
+def test_profile_overrides_merge_per_arch_sets():
+    params = {
+        "profiles": {
+            "p": {
+                "train": {"lr": 1.0, "epochs": 2},
+                "per_arch": {"trm": {"train": {"lr": 3.0}, "arch": {"x": 1}}},
+            }
+        }
+    }
+    assert profile_overrides(params, "p", "hrm_v1") == {"train": {"lr": 1.0, "epochs": 2}}
+    assert profile_overrides(params, "p", "trm") == {"train": {"lr": 3.0, "epochs": 2}, "arch": {"x": 1}}
+    from hrm.config import ConfigError
+
+    with pytest.raises((UserError, ConfigError), match="profiles.q"):
+        profile_overrides(params, "q", "trm")
+
+
+def test_cli_bad_input_exits_1_before_anything_is_queued(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hrm.cli import app
+
+    (tmp_path / "params.yaml").write_text(
+        (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args, message in [
+        (["--archs", "hrm_v1,nope"], "unknown arch nope"),
+        (["--profile", "huge"], "no profiles.huge"),
+        (["--seeds", "0"], "at least 1 seed"),
+        (["--set", "train.nope=1"], "no key train.nope"),
+    ]:
+        result = runner.invoke(app, ["compare", *args])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / ".dvc").exists() and not (tmp_path / "reports").exists()
+
+
+def test_dirty_workspace_says_what_to_commit_or_stash(tmp_path, monkeypatch):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("a.txt").write_text("1", encoding="utf-8")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    assert len(cmp.check_repository(Path("reports/compare"))) == 40
+    Path("reports/compare").mkdir(parents=True)
+    Path("reports/compare/results.md").write_text("x", encoding="utf-8")  # our own output does not count
+    assert cmp.check_repository(Path("reports/compare"))
+    Path("a.txt").write_text("2", encoding="utf-8")
+    Path("new.py").write_text("", encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        cmp.check_repository(Path("reports/compare"))
+    text = str(err.value)
+    assert "a.txt" in text and "new.py" in text and "git stash -u" in text and "git commit" in text
+    assert "results.md" not in text
+
+
+# ------------------------------------------------------------- reading DVC's answer and the statistics
+
+
+def fake_exp_show(baseline: str, runs, metrics_by_name, failed=(), eval_file="reports/eval/metrics.json"):
+    """The shape `dvc exp show --json` has in DVC 3.67 (checked against a real queue run)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    experiments = []
+    for run in runs:
+        full = cmp.expected_params(params, run.overrides)
+        nested: dict = {}
+        for key, value in full.items():
+            node = nested
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        if run.name in failed:
+            entry = {
+                "executor": {"state": "failed", "local": {"log": None}},
+                "name": run.name,
+                "revs": [
+                    {
+                        "rev": "f" * 40,
+                        "name": run.name,
+                        "error": {"msg": "Experiment run failed", "type": ""},
+                        "data": {"params": {"params.yaml": {"data": nested}}, "metrics": {}},
+                    }
+                ],
+            }
+        else:
+            entry = {
+                "executor": None,
+                "name": run.name,
+                "revs": [
+                    {
+                        "rev": f"{abs(hash(run.name)):040d}"[:40],
+                        "name": run.name,
+                        "data": {
+                            "params": {"params.yaml": {"data": nested}},
+                            "metrics": {
+                                eval_file: {"data": {"test": metrics_by_name[run.name]}},
+                                "reports/timing/train.json": {"data": {"wall_s": 10.0, "steps_per_s": 2.5}},
+                            },
+                        },
+                    }
+                ],
+            }
+        experiments.append(entry)
+    return [
+        {"rev": "workspace", "name": None, "data": {}},
+        {"rev": baseline, "name": "main", "data": {}, "experiments": experiments},
+    ]
+
+
+def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, tmp_path):
+    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=3, available_archs=ARCHS)
+    metrics = {}
+    for i, run in enumerate(runs):
+        rate = 0.1 * (i + 1)
+        metrics[run.name] = {
+            "route_optimal_rate": rate,
+            "route_valid_rate": rate + 0.01,
+            "exact_accuracy": rate,
+            "accuracy": 0.9,
+            "steps": 2.0,
+            **{v: {"route_optimal_rate": rate / 2, "count": 4} for v in ("bike", "car", "van", "truck")},
+        }
+    failed_name = "cmp-tiny-transformer-s2"
+    shown = fake_exp_show("b" * 40, runs, metrics, failed={failed_name})
+    found = cmp.parse_exp_show(shown, "b" * 40)
+    assert found[failed_name][0].state == "failed" and found[failed_name][0].metrics == {}
+    records = cmp.collect(runs, found, params, reused={"cmp-tiny-hrm_v1-s0"}, curves=False)
+    by_name = {r["name"]: r for r in records}
+    assert by_name[failed_name]["state"] == "failed"
+    assert by_name[failed_name]["error"] == "Experiment run failed"
+    assert by_name["cmp-tiny-hrm_v1-s0"]["reused"] and not by_name["cmp-tiny-hrm_v1-s1"]["reused"]
+
+    groups = {g["arch"]: g for g in cmp.group_stats(records, ["bike", "car", "van", "truck"])}
+    hrm = [metrics[r.name]["route_optimal_rate"] for r in runs if r.arch == "hrm_v1"]
+    stats = groups["hrm_v1"]["stats"]["route_optimal_rate"]
+    assert stats["n"] == 3
+    assert stats["mean"] == pytest.approx(statistics.fmean(hrm))
+    assert stats["sd"] == pytest.approx(statistics.stdev(hrm))
+    assert (stats["min"], stats["max"]) == (min(hrm), max(hrm))
+    assert groups["hrm_v1"]["vehicles"]["bike"]["route_optimal_rate"]["mean"] == pytest.approx(
+        statistics.fmean(hrm) / 2
+    )
+    assert groups["hrm_v1"]["stats"]["steps_per_s"]["mean"] == 2.5
+    assert groups["transformer"]["n"] == 2 and groups["transformer"]["failed"] == [failed_name]
+    assert [e["name"] for e in groups["hrm_v1"]["experiments"]] == [
+        r.name for r in runs if r.arch == "hrm_v1"
+    ]
+
+    results = {
+        "name": "t",
+        "command": "hrm compare --profile tiny",
+        "baseline": "b" * 40,
+        "profile": "tiny",
+        "seeds": 3,
+        "data_seeds": False,
+        "vehicles": ["bike", "car", "van", "truck"],
+        "groups": list(groups.values()),
+        "runs": [{**r, "curve": [(2.0, 0.1 * k), (4.0, 0.2 * k)]} for k, r in enumerate(records)],
+    }
+    cmp.write_outputs(results, tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert written["groups"][0]["stats"]["route_optimal_rate"]["n"] == 3
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert failed_name in md and "Experiment run failed" in md
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 2
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_a_finished_experiment_with_other_params_is_not_counted(params):
+    runs = cmp.plan(params, profile="tiny", archs=["hrm_v1"], seeds=1, available_archs=ARCHS)
+    metrics = {runs[0].name: {"route_optimal_rate": 0.5}}
+    shown = fake_exp_show("c" * 40, runs, metrics)
+    shown[1]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] = 9.0
+    records = cmp.collect(runs, cmp.parse_exp_show(shown, "c" * 40), params, reused=set(), curves=False)
+    assert records[0]["state"] == "failed" and "train.lr" in records[0]["error"]
+
+
+def test_queue_status_and_failure_log_parsing(tmp_path):
+    text = (
+        "Task     Name                     Created    Status\n"
+        "2d75874  cmp-tiny-transformer-s1  10:39 AM   Failed\n"
+        "5d8d8fd  cmp-tiny-transformer-s1  10:41 AM   Running\n"
+        "4d895b3  cmp-tiny-hrm_v1-s0       10:28 AM   Success\n"
+        "\nWorker status: 1 active, 0 idle\n"
+    )
+    statuses, workers = cmp.parse_queue_status(text)
+    assert statuses == {"cmp-tiny-transformer-s1": ["Failed", "Running"], "cmp-tiny-hrm_v1-s0": ["Success"]}
+    assert workers == 1
+    log = tmp_path / "run.out"
+    log.write_text(
+        "Running stage 'train':\n> python -m stages.train --params params.yaml\n"
+        "error: params.yaml: train.device must be auto, cpu, cuda or mps, got 'bogus'\n"
+        "ERROR: failed to reproduce 'train': exited with 1\nERROR: failed to reproduce 'train': exited with 1\n",
+        encoding="utf-8",
+    )
+    text = cmp._failure_text(str(log), "fallback")
+    assert "train.device must be" in text and text.count("failed to reproduce") == 1
+    assert cmp.parse_tsv("step\texact_accuracy\n2\t0.5\n4\t0.75\n5\t", "exact_accuracy") == [
+        (2.0, 0.5),
+        (4.0, 0.75),
+    ]
+
+
+def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):
+    """`dvc queue status` may report 0 workers while one is busy: keep waiting; restart workers only after
+    entries have stayed queued with nothing running."""
+    answers = iter(
+        [
+            ({"a": ["Running"], "b": ["Queued"]}, 0),  # busy worker did not answer: not an error
+            ({"a": ["Success"], "b": ["Queued"]}, 0),
+            ({"a": ["Success"], "b": ["Queued"]}, 0),  # still nothing running: start workers again
+            ({"a": ["Success"], "b": ["Running"]}, 1),
+            ({"a": ["Success"], "b": ["Failed", "Success"], "other": ["Queued"]}, 1),  # not ours: ignored
+        ]
+    )
+    started = []
+    monkeypatch.setattr(cmp, "queue_status", lambda: next(answers))
+    monkeypatch.setattr(cmp, "start_workers", lambda jobs: started.append(jobs))
+    clock = iter([0.0, 0.0, 70.0])  # idle from the 2nd answer; 70 s later at the 3rd
+    monkeypatch.setattr(cmp.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cmp.time, "sleep", lambda s: None)
+    cmp.wait_for({"a", "b"}, poll_s=0.0, jobs=2, idle_restart_s=60.0)
+    assert started == [2]
