@@ -1,8 +1,11 @@
 """Shared test fixtures: the repository's params (the one full, schema-valid params set), written to a file
-with overrides."""
+with overrides; a git + DVC copy of this checkout for tests that run DVC or Docker on it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import yaml
 from hrm.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=hrm-tests", "-c", "user.email=hrm-tests@example.invalid"]
 
 
 def repo_params() -> dict[str, Any]:
@@ -41,3 +45,31 @@ def arch(**overrides: Any) -> dict[str, Any]:
     """params.yaml's `arch` (the paper model) with a test's overrides: a key added to the model reaches
     every test's architecture without editing each copy."""
     return {**repo_params()["arch"], **overrides}
+
+
+def run(command: list[str], cwd: Path) -> str:
+    """Run a command in `cwd` importing that folder's `hrm`; its stdout, or a failed assertion with its output."""
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+def copy_checkout(root: Path, exclude: tuple[str, ...] = ("dvc.lock",)) -> Path:
+    """This checkout's files as git sees them (tracked, and untracked but not ignored) copied into `root`,
+    less the paths that start with one of `exclude` (by default `dvc.lock`: the copy runs its own stages)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file() and not name.startswith(exclude):
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return root

@@ -10,14 +10,12 @@ Minutes on 2 cores (5 tiny runs): slow.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import GIT, copy_checkout, run
 
 from hrm import compare as cmp
 from hrm.quickstart import profile_overrides, set_param_args
@@ -25,18 +23,8 @@ from hrm.quickstart import profile_overrides, set_param_args
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-GIT = ["git", "-c", "user.name=compare-test", "-c", "user.email=compare-test@example.invalid"]
 ARCHS = ("hrm_v1", "transformer")
 PLANTED = "cmp-tiny-transformer-s1"
-
-
-def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
 
 
 def own_metrics(repo: Path, rev: str) -> dict:
@@ -47,18 +35,7 @@ def own_metrics(repo: Path, rev: str) -> dict:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("compare") / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO / name
-        if source.is_file() and name != "dvc.lock":
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    copy_checkout(root)
     run(["git", "init", "-q", "-b", "main"], root)
     run([*GIT, "add", "-A"], root)
     run([*GIT, "commit", "-qm", "compare test"], root)

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
-from test_pipeline import GIT, deep_merge, run
+from conftest import GIT, copy_checkout, run
+
+from hrm.config import apply_profile
 
 pytestmark = pytest.mark.docker
 
@@ -165,16 +167,7 @@ def _pip_cert() -> str | None:
 def _build_context(target: Path) -> Path:
     """This checkout's files (what git would commit, so .dockerignore decides as for `docker build .`) plus
     the torch wheel for the base image's Python in wheels/; returns the wheel."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target / name)
+    copy_checkout(target, exclude=())
     torch_version = _dockerfile_arg("TORCH_VERSION")
     pip_download = [
         sys.executable,
@@ -233,19 +226,9 @@ def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _tiny_checkout(root: Path) -> Path:
     """A git + DVC copy of this checkout's files with the tiny profile applied and committed."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO / name
-        if source.is_file() and name != "dvc.lock" and not name.startswith("wheels/"):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    copy_checkout(root, exclude=("dvc.lock", "wheels/"))
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    tiny = deep_merge(params, params["profiles"]["tiny"])
+    tiny = apply_profile(params, "tiny")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
     run(["git", "init", "-q"], root)
     run([*GIT, "add", "-A"], root)

@@ -5,45 +5,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import GIT, copy_checkout, run
 
 from hrm.config import apply_profile
 from hrm.data import spec
 
 REPO = Path(__file__).resolve().parents[1]
-GIT = ["git", "-c", "user.name=pipeline-test", "-c", "user.email=pipeline-test@example.invalid"]
-
-
-def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of this checkout's files with the tiny profile applied, committed, after `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO / name
-        if source.is_file() and name != "dvc.lock":
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    copy_checkout(root)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     tiny = apply_profile(params, "tiny")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
