@@ -6,9 +6,11 @@ import json
 import networkx as nx
 import numpy as np
 import pytest
+import yaml
 
 from hrm.data import generate, routing, spec
 from hrm.io import UserError
+from tests.conftest import repo_params
 
 SMALL_CITY = {
     "avenue_spacing": [4, 6],
@@ -197,12 +199,119 @@ def test_exhausted_attempts_are_a_clear_error(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-def test_bad_settings_name_the_key(tmp_path, params_file):
-    raw = str(tmp_path / "raw")
-    with pytest.raises(UserError, match=r"generate\.rows must be an integer >= 4, got text 'many'"):
-        generate.run(params_file({"paths": {"raw": raw}, "generate": {"rows": "many"}}), progress=False)
-    with pytest.raises(UserError, match=r"generate\.city\.traffic_by_hour must be a list of exactly 24"):
-        generate.run(params_file({"paths": {"raw": raw}, "generate": {"city": {"traffic_by_hour": [1, 2]}}}))
+def _set(section: str, **values):
+    """A change to the repository's params: `generate.<section>` (or `generate` itself) updated."""
+
+    def change(params):
+        target = params["generate"] if section == "generate" else params["generate"][section]
+        target.update(values)
+
+    return change
+
+
+def _drop(section: str, key: str):
+    def change(params):
+        (params["generate"] if section == "generate" else params["generate"][section]).pop(key)
+
+    return change
+
+
+def _more_distinct_routes_than_vehicles(params):
+    params["generate"]["difficulty"]["min_distinct_routes"] = len(params["generate"]["vehicles"]) + 1
+
+
+# The user's path: a params file read by the stage entry point. Types, ranges, list lengths, missing and
+# unknown keys are the schema's (schemas/params.schema.json); the rules between values are the generator's.
+BAD_SETTINGS = [
+    (_set("generate", rows="many"), "generate.rows must be an integer >= 4, got text 'many'"),
+    (
+        _set("city", traffic_by_hour=[1, 2]),
+        "generate.city.traffic_by_hour must be a list of exactly 24 items, got [1, 2]",
+    ),
+    (
+        _set("city", traffic_by_hour=[10] * 23 + [-1]),
+        "generate.city.traffic_by_hour[23] must be an integer >= 0, got -1",
+    ),
+    (
+        _set("city", highway_probability=1.5),
+        "generate.city.highway_probability must be a number in [0, 1], got 1.5",
+    ),
+    (_set("city", avenue_spacing=[2, 5]), "generate.city.avenue_spacing[0] must be an integer >= 3, got 2"),
+    (_set("city", hotspot_radius=[0, 4]), "generate.city.hotspot_radius[0] must be an integer >= 1, got 0"),
+    (_set("city", block_size=[1]), "generate.city.block_size must be a list of exactly 2 items, got [1]"),
+    (_set("city", congestion_jitter=-1), "generate.city.congestion_jitter must be an integer >= 0, got -1"),
+    (
+        _set("city", congestion_thresholds=[25, 55]),
+        "generate.city.congestion_thresholds must be a list of exactly 3 items, got [25, 55]",
+    ),
+    (
+        lambda p: p["generate"]["city"]["class_traffic"].pop("highway"),
+        "generate.city.class_traffic.highway: missing (required in a full params file)",
+    ),
+    (
+        _drop("city", "barrier_margin"),
+        "generate.city.barrier_margin: missing (required in a full params file)",
+    ),
+    # rules between values, checked by CityParams.from_dict
+    (
+        _set("city", avenue_spacing=[6, 4]),
+        "generate.city.avenue_spacing must be [min, max] with min <= max, got [6, 4]",
+    ),
+    (_set("city", closures=[3, 1]), "generate.city.closures must be [min, max] with min <= max, got [3, 1]"),
+    (
+        _set("city", congestion_thresholds=[55, 25, 90]),
+        "generate.city.congestion_thresholds must be in increasing order",
+    ),
+    (
+        _set("difficulty", min_detour_share=1.5),
+        "generate.difficulty.min_detour_share must be a number in [0, 1], got 1.5",
+    ),
+    (
+        _set("difficulty", min_distinct_share=-0.1),
+        "generate.difficulty.min_distinct_share must be a number in [0, 1], got -0.1",
+    ),
+    (
+        _set("difficulty", min_detour="far"),
+        "generate.difficulty.min_detour must be an integer >= 2, got text 'far'",
+    ),
+    (_set("difficulty", min_detour=0), "generate.difficulty.min_detour must be an integer >= 2, got 0"),
+    (
+        _set("difficulty", min_distinct_routes=0),
+        "generate.difficulty.min_distinct_routes must be an integer >= 1, got 0",
+    ),
+    (_set("difficulty", extra=1), "generate.difficulty.extra: unknown key"),
+    (_set("generate", difficulty=None), "generate.difficulty must be a mapping, got null None"),
+    (_drop("generate", "difficulty"), "generate.difficulty: missing (required in a full params file)"),
+    (
+        _drop("difficulty", "min_detour"),
+        "generate.difficulty.min_detour: missing (required in a full params file)",
+    ),
+    # rules between values, checked by DifficultyParams.from_dict
+    (_set("difficulty", min_detour=3), "generate.difficulty.min_detour must be even"),
+    (
+        lambda p: p["generate"].update(
+            rows=12,
+            cols=12,
+            min_route_length=12,
+            difficulty={**p["generate"]["difficulty"], "min_detour": 200, "min_detour_share": 0.5},
+        ),
+        "generate.difficulty.min_detour = 200 is longer than a 12x12 map allows",
+    ),
+    (_more_distinct_routes_than_vehicles, "generate.difficulty.min_distinct_routes must be at most the"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_SETTINGS)
+def test_bad_settings_name_file_and_key_before_generating(tmp_path, monkeypatch, change, message):
+    monkeypatch.setattr(generate, "generate_bases", lambda *a, **k: pytest.fail("generation started"))
+    params = repo_params()
+    params["paths"]["raw"] = str(tmp_path / "raw")
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        generate.run(path, progress=False)
+    assert str(caught.value).startswith(f"{path}: {message}"), str(caught.value)
     assert not (tmp_path / "raw").exists()
 
 
@@ -280,30 +389,6 @@ def test_an_unreachable_difficulty_rule_fails_naming_it(tmp_path, rule, difficul
     with pytest.raises(UserError, match=rf"difficulty rules not met: generate\.difficulty\.{rule}"):
         generate.generate(small_params(max_attempts=3, difficulty=settings), tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw").exists()
-
-
-@pytest.mark.parametrize(
-    ("change", "key"),
-    [
-        ({"min_detour_share": 1.5}, r"generate\.difficulty\.min_detour_share must be a share in \[0, 1\]"),
-        ({"min_distinct_share": -0.1}, r"generate\.difficulty\.min_distinct_share must be a share"),
-        ({"min_detour": 3}, r"generate\.difficulty\.min_detour must be an even integer"),
-        ({"min_detour": 200}, r"generate\.difficulty\.min_detour = 200 is longer than a 12x12 map allows"),
-        (
-            {"min_distinct_routes": 5},
-            r"generate\.difficulty\.min_distinct_routes must be between 1 and the 4",
-        ),
-        ({"min_detour": "far"}, r"generate\.difficulty\.min_detour must be an integer"),
-        ({"extra": 1}, r"generate\.difficulty: unknown keys \['extra'\]"),
-    ],
-)
-def test_bad_difficulty_names_the_key_before_generating(tmp_path, monkeypatch, change, key):
-    monkeypatch.setattr(generate, "generate_bases", lambda *a, **k: pytest.fail("generation started"))
-    settings = dict(SMALL_PARAMS["generate"]["difficulty"], **change)
-    with pytest.raises(UserError, match=key):
-        generate.generate(small_params(difficulty=settings), tmp_path / "raw", progress=False)
-    with pytest.raises(UserError, match=r"generate\.difficulty must be a mapping"):
-        generate.generate(small_params(difficulty=None), tmp_path / "raw", progress=False)
 
 
 def test_quotas_keep_every_prefix_at_the_share():

@@ -40,6 +40,26 @@ def test_schema_is_draft_2020_12_and_closed_everywhere():
     assert [w for w in open_objects if not w.startswith("#/properties/generate")] == []
 
 
+def test_the_schema_holds_every_shape_the_generator_relies_on():
+    """CityParams and DifficultyParams trust the schema for these (they check only rules between values):
+    every key present in a full file, and the shapes that follow hrm.data.spec."""
+    from hrm.data import spec
+
+    root = config.schema()
+    defs, full = root["$defs"], root["properties"]["generate"]
+    assert set(full["required"]) == set(defs["generate"]["properties"])
+    assert set(full["properties"]["city"]["required"]) == set(defs["city"]["properties"])
+    difficulty = defs["generate"]["properties"]["difficulty"]["properties"]
+    assert set(full["properties"]["difficulty"]["required"]) == set(difficulty)
+    city = defs["city"]["properties"]
+    assert city["class_traffic"]["required"] == list(spec.ROAD_CLASSES)
+    assert city["class_traffic"]["additionalProperties"] is False
+    thresholds = city["congestion_thresholds"]
+    assert thresholds["minItems"] == thresholds["maxItems"] == len(spec.CONGESTION_LEVELS) - 1
+    assert city["traffic_by_hour"]["minItems"] == city["traffic_by_hour"]["maxItems"] == 24
+    assert city["hotspot_radius"]["items"]["minimum"] >= 1  # radius**2 divides the hotspot's load
+
+
 def test_params_yaml_and_every_profile_validate():
     params = load_params(REPO / "params.yaml")
     assert {"quick", "tiny"} <= set(params["profiles"])

@@ -312,10 +312,19 @@ def test_a_dataset_short_of_the_difficulty_rules_fails_those_checks_only(dataset
     assert 0 < failing["detour_share"].score < 1 and not report.critical_failures
 
 
-def test_bad_difficulty_in_params_is_a_config_error_naming_the_key(tmp_path):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"min_detour_share": 2}, "generate.difficulty.min_detour_share must be a number in [0, 1], got 2"),
+        ({"min_detour": 3}, "generate.difficulty.min_detour must be even"),
+    ],
+)
+def test_bad_difficulty_in_params_stops_validate_naming_the_key(tmp_path, change, message):
+    """The stage entry point: the schema (types, ranges) or DifficultyParams (rules between values)."""
     params = small_params(tmp_path)
-    params["generate"]["difficulty"]["min_detour_share"] = 2
-    with pytest.raises(
-        ConfigError, match=r"generate\.difficulty\.min_detour_share must be a share in \[0, 1\]"
-    ):
-        validate.ValidateSettings.from_params(params)
+    params["generate"]["difficulty"].update(change)
+    path = write_params(tmp_path, params)
+    with pytest.raises(UserError) as caught:
+        validate.run(path)
+    assert str(caught.value).startswith(f"{path}: {message}"), str(caught.value)
+    assert not (tmp_path / "reports").exists()

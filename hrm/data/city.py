@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hrm.config import ConfigError
 from hrm.data import spec
 from hrm.data.rng import StableRng
 
@@ -54,48 +55,31 @@ class CityParams:
     congestion_jitter: int
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "params.yaml:generate.city") -> CityParams:
-        def pair(key: str, low: int = 0) -> tuple[int, int]:
-            value = raw.get(key)
-            if (
-                not isinstance(value, list)
-                or len(value) != 2
-                or not all(isinstance(v, int) for v in value)
-                or not low <= value[0] <= value[1]
-            ):
-                raise ValueError(f"{source}.{key}: needs [min, max] integers with {low} <= min <= max")
-            return int(value[0]), int(value[1])
+    def from_dict(cls, raw: dict[str, Any], source: str = "params.yaml") -> CityParams:
+        """`generate.city` already checked by `schemas/params.schema.json` (`hrm.config.load_params`: types,
+        ranges, list lengths, every key present, every road class in class_traffic). Left here: the rules
+        between values that a schema cannot state, each a ConfigError naming the file and key. `int()` and
+        `float()` only normalise (the schema accepts 4.0 as an integer)."""
+        where = f"{source}: generate.city"
+
+        def pair(key: str) -> tuple[int, int]:
+            low, high = (int(v) for v in raw[key])
+            if low > high:
+                raise ConfigError(f"{where}.{key} must be [min, max] with min <= max, got {raw[key]!r}")
+            return low, high
 
         def probability(key: str) -> float:
-            value = raw.get(key)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ValueError(f"{source}.{key}: needs a probability in [0, 1]")
-            return float(value)
+            return float(raw[key])
 
-        hours = raw.get("traffic_by_hour")
-        if (
-            not isinstance(hours, list)
-            or len(hours) != 24
-            or not all(isinstance(h, int) and h >= 0 for h in hours)
-        ):
-            raise ValueError(f"{source}.traffic_by_hour: needs 24 non-negative integers (percent)")
-        class_traffic = raw.get("class_traffic")
-        if not isinstance(class_traffic, dict) or set(class_traffic) != set(spec.ROAD_CLASSES):
-            raise ValueError(f"{source}.class_traffic: needs a percent for each of {list(spec.ROAD_CLASSES)}")
-        thresholds = raw.get("congestion_thresholds")
-        if (
-            not isinstance(thresholds, list)
-            or len(thresholds) != len(spec.CONGESTION_LEVELS) - 1
-            or not all(isinstance(t, int) for t in thresholds)
-            or sorted(thresholds) != thresholds
-        ):
-            raise ValueError(f"{source}.congestion_thresholds: needs 3 increasing integers")
-        jitter = raw.get("congestion_jitter")
-        if not isinstance(jitter, int) or jitter < 0:
-            raise ValueError(f"{source}.congestion_jitter: needs a non-negative integer")
+        thresholds = tuple(int(t) for t in raw["congestion_thresholds"])
+        if list(thresholds) != sorted(thresholds):
+            raise ConfigError(
+                f"{where}.congestion_thresholds must be in increasing order (each >= the one before: "
+                f"free | light | heavy | jam), got {raw['congestion_thresholds']!r}"
+            )
         return cls(
-            avenue_spacing=pair("avenue_spacing", low=3),
-            block_size=pair("block_size", low=1),
+            avenue_spacing=pair("avenue_spacing"),
+            block_size=pair("block_size"),
             highway_probability=probability("highway_probability"),
             street_gap_probability=probability("street_gap_probability"),
             alley_probability=probability("alley_probability"),
@@ -108,11 +92,11 @@ class CityParams:
             barrier_margin=pair("barrier_margin"),
             corridor_hotspot_probability=probability("corridor_hotspot_probability"),
             hotspots=pair("hotspots"),
-            hotspot_radius=pair("hotspot_radius", low=1),
-            traffic_by_hour=tuple(int(h) for h in hours),
-            class_traffic=tuple(int(class_traffic[c]) for c in spec.ROAD_CLASSES),
-            congestion_thresholds=(int(thresholds[0]), int(thresholds[1]), int(thresholds[2])),
-            congestion_jitter=int(jitter),
+            hotspot_radius=pair("hotspot_radius"),
+            traffic_by_hour=tuple(int(h) for h in raw["traffic_by_hour"]),
+            class_traffic=tuple(int(raw["class_traffic"][c]) for c in spec.ROAD_CLASSES),
+            congestion_thresholds=(thresholds[0], thresholds[1], thresholds[2]),
+            congestion_jitter=int(raw["congestion_jitter"]),
         )
 
 

@@ -67,38 +67,18 @@ class DifficultyParams:
 
     @classmethod
     def from_dict(
-        cls, raw: Any, n_vehicles: int, rows: int, cols: int, min_route_length: int, source: str
+        cls, raw: dict[str, Any], n_vehicles: int, rows: int, cols: int, min_route_length: int, source: str
     ) -> DifficultyParams:
+        """`generate.difficulty` already checked by `schemas/params.schema.json` (`hrm.config.load_params`:
+        every key present, integers >= their minimum, shares in [0, 1], no unknown key). Left here: the rules
+        that tie a value to another one, each a ConfigError naming the file and key."""
         where = f"{source}: generate.difficulty"
-        if not isinstance(raw, dict):
+        min_detour, distinct = int(raw["min_detour"]), int(raw["min_distinct_routes"])
+        detour_share, distinct_share = float(raw["min_detour_share"]), float(raw["min_distinct_share"])
+        if min_detour % 2:
             raise ConfigError(
-                f"{where} must be a mapping with min_detour, min_detour_share, "
-                "min_distinct_routes, min_distinct_share"
-            )
-        unknown = sorted(
-            set(raw) - {"min_detour", "min_detour_share", "min_distinct_routes", "min_distinct_share"}
-        )
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {unknown}")
-
-        def integer(key: str) -> int:
-            value = raw.get(key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
-            return value
-
-        def share(key: str) -> float:
-            value = raw.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ConfigError(f"{where}.{key} must be a share in [0, 1], got {value!r}")
-            return float(value)
-
-        min_detour, distinct = integer("min_detour"), integer("min_distinct_routes")
-        detour_share, distinct_share = share("min_detour_share"), share("min_distinct_share")
-        if min_detour < 2 or min_detour % 2:
-            raise ConfigError(
-                f"{where}.min_detour must be an even integer >= 2 (a detour on a 4-neighbour grid is even: "
-                f"every step away from the goal is stepped back), got {min_detour}"
+                f"{where}.min_detour must be even (a detour on a 4-neighbour grid is even: every step away "
+                f"from the goal is stepped back), got {min_detour}"
             )
         # a route holds at most rows*cols cells and spans >= min_route_length - 1 moves of Manhattan distance
         longest = rows * cols - min_route_length
@@ -107,9 +87,10 @@ class DifficultyParams:
                 f"{where}.min_detour = {min_detour} is longer than a {rows}x{cols} map allows with routes of "
                 f">= {min_route_length} cells (at most {longest} detour cells)"
             )
-        if not 1 <= distinct <= n_vehicles:
+        if distinct > n_vehicles:
             raise ConfigError(
-                f"{where}.min_distinct_routes must be between 1 and the {n_vehicles} vehicles, got {distinct}"
+                f"{where}.min_distinct_routes must be at most the {n_vehicles} vehicles "
+                f"(generate.vehicles), got {distinct}"
             )
         return cls(min_detour, detour_share, distinct, distinct_share)
 
@@ -145,31 +126,28 @@ class GenerateSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> GenerateSettings:
+        """`params` already checked by `schemas/params.schema.json` (`hrm.config.load_params`): only the
+        cross-field rules of the city and the difficulty are checked here (ConfigError naming the key)."""
         raw = section(params, "generate", source)
-
-        def positive_int(key: str, minimum: int = 1) -> int:
-            return int(raw[key])  # types and ranges: schemas/params.schema.json (hrm.config.load_params)
-
         try:
             cost_model = spec.CostModel(
-                tuple(spec.parse_vehicles(raw.get("vehicles"), f"{source}:generate.vehicles"))
+                tuple(spec.parse_vehicles(raw["vehicles"], f"{source}:generate.vehicles"))
             )
-            city = CityParams.from_dict(raw.get("city") or {}, f"{source}:generate.city")
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        rows, cols = positive_int("rows", 4), positive_int("cols", 4)
-        min_route_length = positive_int("min_route_length", 2)
+        city = CityParams.from_dict(raw["city"], str(source))
+        rows, cols, min_route_length = int(raw["rows"]), int(raw["cols"]), int(raw["min_route_length"])
         difficulty = DifficultyParams.from_dict(
-            raw.get("difficulty"), len(cost_model.vehicles), rows, cols, min_route_length, source
+            raw["difficulty"], len(cost_model.vehicles), rows, cols, min_route_length, str(source)
         )
         return cls(
-            seed=positive_int("seed", 0),
+            seed=int(raw["seed"]),
             rows=rows,
             cols=cols,
-            bases={"train": positive_int("train_bases"), "test": positive_int("test_bases")},
+            bases={"train": int(raw["train_bases"]), "test": int(raw["test_bases"])},
             min_route_length=min_route_length,
-            max_attempts=positive_int("max_attempts"),
-            count_cap=positive_int("count_cap", 2),
+            max_attempts=int(raw["max_attempts"]),
+            count_cap=int(raw["count_cap"]),
             cost_model=cost_model,
             city=city,
             difficulty=difficulty,

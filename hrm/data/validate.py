@@ -64,7 +64,7 @@ class ValidateSettings:
         except ValueError as err:
             raise ConfigError(str(err)) from err
         difficulty = generate_module.DifficultyParams.from_dict(
-            generate.get("difficulty"),
+            generate["difficulty"],
             len(cost_model.vehicles),
             int(generate["rows"]),
             int(generate["cols"]),
