@@ -113,12 +113,12 @@ def test_micro_batch_must_be_auto_or_positive_integer(bad):
         check_params(params)  # what load_params applies at the start of every stage
 
 
-def tiny_gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+def tiny_gradients(checkpointing: bool, name: str = "hrm_v1") -> dict[str, torch.Tensor]:
     from hrm.models import build_model
     from hrm.training.step import forward_backward
 
     head = build_model(
-        dict(TINY_ARCH, H_layers=2, L_layers=2),
+        dict(TINY_ARCH, name=name, H_layers=2, L_layers=2),
         seq_len=8,
         vocab_size=6,
         num_puzzle_identifiers=4,
@@ -141,8 +141,9 @@ def tiny_gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
     return grads
 
 
-def test_activation_checkpointing_gives_bit_identical_gradients():
-    plain, recomputed = tiny_gradients(False), tiny_gradients(True)
+@pytest.mark.parametrize("name", ["hrm_v1", "trm"])
+def test_activation_checkpointing_gives_bit_identical_gradients(name):
+    plain, recomputed = tiny_gradients(False, name), tiny_gradients(True, name)
     assert plain.keys() == recomputed.keys() and len(plain) > 10
     for name in plain:
         assert torch.equal(plain[name], recomputed[name]), name
