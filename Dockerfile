@@ -66,8 +66,9 @@ RUN --mount=type=secret,id=pip_cert \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# 3) the project itself (the `hrm` command); no dependency changes here.
+# 3) the project itself (the `hrm` command, with schemas/ as data files); no dependency changes here.
 COPY README.md /tmp/hrm-src/
+COPY schemas /tmp/hrm-src/schemas
 COPY hrm /tmp/hrm-src/hrm
 RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \

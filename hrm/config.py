@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,17 @@ from typing import Any
 import yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.json"
+
+
+def _schema_dir() -> Path:
+    """`schemas/` of the checkout this package runs from; an installed (non-editable) package reads the copy
+    that pyproject's data-files put under <prefix>/share/hrm-city-routing/schemas."""
+    checkout = Path(__file__).resolve().parents[1] / "schemas"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "hrm-city-routing" / "schemas"
+
+
+SCHEMA_DIR = _schema_dir()  # params.schema.json and the 18 files' schemas (hrm.data.schemas)
+SCHEMA_FILE = SCHEMA_DIR / "params.schema.json"
 MAX_PROBLEMS = 10  # listed per error; the rest are counted
 
 
@@ -62,7 +73,9 @@ def schema() -> dict[str, Any]:
     try:
         return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise ConfigError(f"{SCHEMA_FILE}: schema file not found (the repository's schemas/ folder)") from err
+        raise ConfigError(
+            f"{SCHEMA_FILE}: schema file not found (the repository's schemas/ folder; reinstall the project)"
+        ) from err
 
 
 @cache

@@ -91,7 +91,7 @@ def test_dependencies_and_project_come_from_pyproject():
     assert any("['project']['dependencies']" in run and "pip install -r" in run for run in runs)
     assert any("pip install --no-deps /tmp/hrm-src" in run for run in runs)
     copied = {Path(part).name for copy in copies for part in copy.split()[:-1]}
-    assert {"pyproject.toml", "README.md", "hrm"} <= copied  # README: pyproject's `readme`
+    assert {"pyproject.toml", "README.md", "hrm", "schemas"} <= copied  # README: pyproject's `readme`
     assert pyproject()["project"]["readme"] == "README.md"
     assert pyproject()["project"]["scripts"]["hrm"] == "hrm.cli:app"
 
@@ -189,9 +189,13 @@ def test_dockerignore_rules_follow_docker():
 def test_build_context_builds_the_package(tmp_path):
     context = tmp_path / "context"
     copied = _dockerignore_context(context)
-    assert {"pyproject.toml", "README.md", "hrm/cli.py", "hrm/doctor.py", "docker/entrypoint.sh"} <= set(
-        copied
-    )
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "hrm/cli.py",
+        "schemas/params.schema.json",
+        "docker/entrypoint.sh",
+    } <= set(copied)
     assert "wheels/README.md" in copied  # the folder the torch RUN mounts must reach the build
     leaked = [
         p for p in copied if p.split("/")[0] in {"data", "dataset", "models", "checkpoints", ".dvc", "tests"}

@@ -13,10 +13,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from hrm.config import SCHEMA_DIR
 from hrm.data import raw, spec
 from hrm.io import UserError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAX_ERRORS_PER_FILE = 5
 
 # file kind -> schema file; the kinds of `spec.raw_split_files` plus the two global files
