@@ -61,6 +61,7 @@ def tiny_params(data_root: Path, out: Path, **train_overrides) -> dict:
                 "checkpoints": str(out / "checkpoints"),
                 "model": str(out / "models" / "hrm.pt"),
                 "train_log": str(out / "reports" / "train"),
+                "train_timing": str(out / "reports" / "timing" / "train.json"),
             },
         },
     )
