@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix
+from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix, share_check
 
 BLANK_IDENTIFIER = "<blank>"
 
@@ -144,20 +144,9 @@ def finding_check(
 ) -> Check:
     """Passed when no finding; each finding is (message with examples, how many items it covers); the
     score is the share of the `total` items not covered by any finding."""
+    messages = [message for message, _ in findings]
     bad = sum(count for _, count in findings)
-    share = max(0.0, 1.0 - bad / total) if total else 0.0
-    return Check(
-        name,
-        category,
-        description,
-        round(share, 6),
-        "= 1.0",
-        round(share, 6),
-        not findings and total > 0,
-        critical,
-        [message for message, _ in findings][:MAX_FAILURES_LISTED],
-        bad,
-    )
+    return share_check(name, category, description, messages, total, critical, failure_count=bad)
 
 
 def _examples(items: list[Any], limit: int = 3) -> str:

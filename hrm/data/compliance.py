@@ -41,11 +41,19 @@ class Check:
 
 
 def share_check(
-    name: str, category: str, description: str, failures: list[str], total: int, critical: bool = True
+    name: str,
+    category: str,
+    description: str,
+    failures: list[str],
+    total: int,
+    critical: bool = True,
+    failure_count: int | None = None,
 ) -> Check:
     """A check passed by every item: value = score = share of items without a failure (at least 0: a
-    problem not tied to one item, such as a count, may come on top of the items' own failures)."""
-    share = max(0.0, 1.0 - len(failures) / total) if total else 0.0
+    problem not tied to one item, such as a count, may come on top of the items' own failures).
+    `failure_count`: items failed when a message covers several (the audit's findings); default one each."""
+    bad = len(failures) if failure_count is None else failure_count
+    share = max(0.0, 1.0 - bad / total) if total else 0.0
     return Check(
         name,
         category,
@@ -56,7 +64,7 @@ def share_check(
         not failures and total > 0,
         critical,
         failures[:MAX_FAILURES_LISTED],
-        len(failures),
+        bad,
     )
 
 
