@@ -60,8 +60,15 @@ def set_q_bias(head, halt: float, cont: float) -> None:
 # --------------------------------------------------------------------------------------- layout
 
 
-def official_layout(vocab: int, identifiers: int, hidden: int = 512, layers: int = 4) -> dict[str, tuple]:
-    """The key set and shapes of an official checkpoint, written out from hrm-model.md."""
+def official_layout(
+    vocab: int,
+    identifiers: int,
+    hidden: int = 512,
+    layers: int = 4,
+    levels: tuple[str, ...] = ("H_level", "L_level"),
+) -> dict[str, tuple]:
+    """The key set and shapes of an official checkpoint, written out from hrm-model.md (TRM, trm-model.md:
+    the same keys with one `L_level` stack)."""
     inner = "model.inner."
     expected = {
         inner + "H_init": (hidden,),
@@ -72,7 +79,7 @@ def official_layout(vocab: int, identifiers: int, hidden: int = 512, layers: int
         inner + "q_head.bias": (2,),
         inner + "puzzle_emb.weights": (identifiers, hidden),
     }
-    for level in ("H_level", "L_level"):
+    for level in levels:
         for i in range(layers):
             prefix = f"{inner}{level}.layers.{i}."
             expected[prefix + "self_attn.qkv_proj.weight"] = (3 * hidden, hidden)

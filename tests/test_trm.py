@@ -13,7 +13,15 @@ from hrm.io import UserError
 from hrm.models import build_model, load_official_checkpoint
 from hrm.models.layers import rms_norm, swiglu_width
 from tests.conftest import arch
-from tests.test_models import SEQ, VOCAB, _graph_size, _run_until_all_halted, make_batch, set_q_bias
+from tests.test_models import (
+    SEQ,
+    VOCAB,
+    _graph_size,
+    _run_until_all_halted,
+    make_batch,
+    official_layout,
+    set_q_bias,
+)
 
 TINY_TRM = arch(
     name="trm",
@@ -46,24 +54,8 @@ def trm(batch_size: int = 4, seed: int = 0, **overrides):
 
 
 def official_trm_layout(vocab: int, identifiers: int, hidden: int = 512, layers: int = 2) -> dict[str, tuple]:
-    """The key set and shapes of an official TRM checkpoint, written out from trm-model.md."""
-    inner = "model.inner."
-    expected = {
-        inner + "H_init": (hidden,),
-        inner + "L_init": (hidden,),
-        inner + "embed_tokens.embedding_weight": (vocab, hidden),
-        inner + "lm_head.weight": (vocab, hidden),
-        inner + "q_head.weight": (2, hidden),
-        inner + "q_head.bias": (2,),
-        inner + "puzzle_emb.weights": (identifiers, hidden),
-    }
-    for i in range(layers):
-        prefix = f"{inner}L_level.layers.{i}."
-        expected[prefix + "self_attn.qkv_proj.weight"] = (3 * hidden, hidden)
-        expected[prefix + "self_attn.o_proj.weight"] = (hidden, hidden)
-        expected[prefix + "mlp.gate_up_proj.weight"] = (2 * 1536, hidden)
-        expected[prefix + "mlp.down_proj.weight"] = (hidden, 1536)
-    return expected
+    """The key set and shapes of an official TRM checkpoint (trm-model.md): HRM's, one `L_level` stack."""
+    return official_layout(vocab, identifiers, hidden, layers, levels=("L_level",))
 
 
 def paper_trm(**overrides):
