@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import raw, spec
 from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix, share_check
+from hrm.io import UserError
 
 BLANK_IDENTIFIER = "<blank>"
 
@@ -52,39 +54,44 @@ class SplitView:
         return f"base {base!r}, {vehicle!r}"
 
 
-def _grid(document: Any) -> tuple[np.ndarray | None, str]:
-    if not isinstance(document, list) or not document:
-        return None, "not a non-empty list of token lists"
-    if not all(isinstance(row, list) for row in document):
-        return None, "an entry is not a list of tokens"
-    if len({len(row) for row in document}) != 1:
-        return None, "grids of different lengths"
+def _grid(
+    name: str, kind: str, documents: dict[str, Any], texts: dict[str, str]
+) -> tuple[np.ndarray | None, str]:
+    """The grids as convert's converter (`raw.int_matrix`) reads them, tokens coerced (a stray bool or float
+    in one grid must not hide the whole file from the audit; file_schemas reports it), or why they cannot be
+    used."""
+    if name not in documents:
+        return None, "missing or not JSON (see file_schemas)"
     try:
-        return np.asarray(document, dtype=np.int64), ""
-    except (TypeError, ValueError, OverflowError):
-        return None, "a token is not an integer"
+        return raw.int_matrix(Path(name), kind, documents[name], texts.get(name), coerce=True), ""
+    except UserError as err:
+        return None, str(err).removeprefix(f"{name}: ")
 
 
-def _int_list(document: Any) -> np.ndarray | None:
-    if not isinstance(document, list) or not all(type(v) is int for v in document):
+def _int_list(name: str, kind: str, document: Any) -> np.ndarray | None:
+    """The integers as the strict converter (`raw.int_vector`) reads them; None when it refuses them."""
+    try:
+        return raw.int_vector(Path(name), kind, document)
+    except UserError:
         return None
-    return np.asarray(document, dtype=np.int64)
 
 
-def split_view(split: str, documents: dict[str, Any]) -> SplitView:
+def split_view(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> SplitView:
+    """The split as far as its documents (by file name) allow; `texts` as `raw.read_files` gives them."""
     files = spec.raw_split_files(split)
     docs = {kind: documents.get(name) for kind, name in files.items()}
     unreadable: dict[str, str] = {}
-    inputs, why = _grid(docs["inputs"])
+    inputs, why = _grid(files["inputs"], "inputs", documents, texts or {})
     if inputs is None:
         unreadable["inputs"] = why
-    labels, why = _grid(docs["labels"])
+    labels, why = _grid(files["labels"], "labels", documents, texts or {})
     if labels is None or (inputs is not None and labels.shape != inputs.shape):
         unreadable["labels"] = why or "a different shape from the inputs"
         labels = None
     n = 0 if inputs is None else inputs.shape[0]
     identifier = None
-    puzzle_ids, puzzle_indices = _int_list(docs["puzzle_identifiers"]), _int_list(docs["puzzle_indices"])
+    puzzle_ids = _int_list(files["puzzle_identifiers"], "puzzle_identifiers", docs["puzzle_identifiers"])
+    puzzle_indices = _int_list(files["puzzle_indices"], "puzzle_indices", docs["puzzle_indices"])
     if puzzle_ids is not None and puzzle_indices is not None and puzzle_indices.size == puzzle_ids.size + 1:
         steps = np.diff(puzzle_indices)
         if puzzle_indices[0] == 0 and (steps >= 0).all() and puzzle_indices[-1] == n:
