@@ -254,7 +254,7 @@ def int_matrix(
         raise UserError(f"{path}: field '{field_name}': token out of the int64 range") from err
 
 
-def string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> list[str]:
+def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> list[str]:
     if not isinstance(data, list):
         raise UserError(f"{path}: field '{field_name}' must be a list of strings, got {_type_name(data)}")
     allowed = (str, int) if allow_int else (str,)
@@ -333,10 +333,10 @@ def read_split(
     puzzle_indices = int_vector(paths["puzzle_indices"], "puzzle_indices", doc["puzzle_indices"])
     group_indices = int_vector(paths["group_indices"], "group_indices", doc["group_indices"])
     original = source == SOURCE_ORIGINAL
-    base_ids = string_list(
+    base_ids = _string_list(
         paths["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], original
     )
-    vehicles = string_list(paths["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
+    vehicles = _string_list(paths["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
 
     examples = inputs.shape[0]
     if labels.shape != inputs.shape:
@@ -391,7 +391,7 @@ def read_raw(folder: str | Path) -> RawDataset:
     source = detect_source(summary)
     splits = {split: read_split(split, files.documents, files.texts, folder, source) for split in spec.SPLITS}
     identifiers_path = folder / spec.RAW_IDENTIFIERS_FILE
-    identifiers = string_list(
+    identifiers = _string_list(
         identifiers_path, "identifiers", files.documents[spec.RAW_IDENTIFIERS_FILE], False
     )
     if source == SOURCE_GENERATOR:
