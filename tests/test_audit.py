@@ -274,6 +274,33 @@ def test_stage_exits_1_with_the_findings_and_replaces_reports_whole(clean_docs, 
     assert sorted(p.name for p in reports.iterdir()) == ["compliance.json", "compliance.md"]
 
 
+def test_a_stray_non_integer_token_does_not_hide_its_grids_from_the_audit(clean_docs, tmp_path):
+    """file_schemas names a bool and a float token; the audit still reads those grids (raw.int_matrix with
+    coerce, as numpy reads the tokens), so the checks of both splits still run on every example."""
+    docs = copy.deepcopy(clean_docs)
+    docs[TRAIN["inputs"]][3][4] = True
+    docs[TEST["labels"]][1][4] = 2.0
+    _, metrics, markdown = _audit(tmp_path, docs, {})
+    assert f"{TRAIN['inputs']}: $[3][4]: True is not of type 'integer'" in _check_lines(
+        markdown, "file_schemas"
+    )
+    assert metrics["checks"]["methodology.train_examples"] == 12
+    assert metrics["checks"]["methodology.test_examples"] == 8
+    assert metrics["checks"]["augmentation_quality.vehicle_labels_distinct"] == 1.0
+    assert not {"methodology.train_examples", "methodology.base_overlap"} & set(metrics["not_run"])
+
+
+def test_grids_the_converter_refuses_are_not_run_with_its_reason(clean_docs, tmp_path):
+    docs = copy.deepcopy(clean_docs)
+    docs[TRAIN["inputs"]][3].pop()
+    _, metrics, markdown = _audit(tmp_path, docs, {})
+    assert "methodology.train_examples" in metrics["not_run"]
+    assert "methodology.test_examples" not in metrics["not_run"]
+    assert f"{TRAIN['inputs']}: field 'inputs' index 3: has 899 tokens but index 0 has 900" in _check_lines(
+        markdown, "train_examples"
+    )
+
+
 @pytest.fixture(scope="module")
 def our_set(tmp_path_factory):
     from tests.validate_data import make_valid_set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
-from hrm.data import compliance, invariants, routing, schemas, spec, validate
+from hrm.data import compliance, routing, schemas, spec, validate
+from hrm.data.raw import SOURCE_GENERATOR, RawDataset, RawSplit
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
 
@@ -251,19 +253,29 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
     label = [S, spec.ROUTE, spec.ROUTE, ST, B, spec.ROUTE, ST, ST, G]
     table = np.full((2, spec.VOCAB_SIZE), spec.BLOCKED, dtype=np.int64)
     table[1] = COSTS
-    split = invariants.SplitData(
+    split = RawSplit(
         name="train",
-        files=spec.raw_split_files("train"),
         metadata={},
-        inputs=np.array([grid], dtype=np.uint8),
-        labels=np.array([label], dtype=np.uint8),
+        inputs=np.array([grid], dtype=np.int64),
+        labels=np.array([label], dtype=np.int64),
         puzzle_identifiers=np.array([1]),
         puzzle_indices=np.array([0, 1]),
         group_indices=np.array([0, 1]),
-        base_ids=["train-0000"],
-        vehicles=["bike"],
+        base_scenario_ids=["train-0000"],
+        vehicle_types=["bike"],
     )
-    dataset = invariants.RawDataset({"train": split}, ["<blank>", "bike"], {}, 3, 3)
+    dataset = RawDataset(
+        folder=Path("raw"),
+        source=SOURCE_GENERATOR,
+        splits={"train": split},
+        identifiers=["<blank>", "bike"],
+        summary={},
+        seq_len=9,
+        vocab_size=spec.VOCAB_SIZE,
+        rows=3,
+        cols=3,
+        cost_model=None,
+    )
     facts = {"train": compliance.example_facts(split, table, 3, 3)}
     checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
     assert checks["route_valid"].passed and checks["route_optimal"].passed
@@ -272,6 +284,43 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
         "city_routing_paper_train_all__labels.json[0] (base train-0000, bike): another route has the same "
         "optimal cost (tie)"
     ]
+
+
+def test_convert_and_validate_hold_the_files_in_one_form(valid_set):
+    """validate's dataset (after its collected cross-file checks) is convert's `raw.read_raw`, field by field:
+    one split type, one conversion of the documents."""
+    from hrm.data import raw
+    from hrm.data.invariants import build_dataset
+
+    converted = raw.read_raw(valid_set / "raw")
+    validated = build_dataset(raw.read_files(valid_set / "raw"))
+    assert type(validated) is type(converted) is RawDataset
+    for name in (
+        "folder",
+        "source",
+        "identifiers",
+        "summary",
+        "seq_len",
+        "vocab_size",
+        "rows",
+        "cols",
+        "issues",
+    ):
+        assert getattr(validated, name) == getattr(converted, name), name
+    assert (
+        validated.cost_model is None and converted.cost_model is not None
+    )  # validate reads the summary's table
+    assert list(validated.splits) == list(converted.splits) == list(spec.SPLITS)
+    for split in spec.SPLITS:
+        a, b = validated.splits[split], converted.splits[split]
+        assert type(a) is type(b) is RawSplit and a.name == b.name == split and a.files == b.files
+        assert a.metadata == b.metadata
+        assert a.base_scenario_ids == b.base_scenario_ids and a.vehicle_types == b.vehicle_types
+        for array in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices"):
+            assert getattr(a, array).dtype == getattr(b, array).dtype == np.int64, array
+            assert np.array_equal(getattr(a, array), getattr(b, array)), array
+        assert a.example_identifier.tolist() == b.puzzle_identifiers.tolist()  # one example per puzzle
+        assert a.example_group.tolist() == [g for g in range(a.num_groups) for _ in range(4)]
 
 
 # ---- difficulty sub-checks (issue 12) ----------------------------------------------------------------------

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import raw, spec
 from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix, share_check
+from hrm.io import UserError
 
 BLANK_IDENTIFIER = "<blank>"
 
@@ -33,13 +35,13 @@ class SplitView:
     metadata: dict[str, Any] | None
     inputs: np.ndarray | None  # [N, L] int64
     labels: np.ndarray | None
-    identifier: np.ndarray | None  # [N] puzzle identifier of each example
-    base_ids: list[Any] | None
-    vehicles: list[Any] | None
+    example_identifier: np.ndarray | None  # [N] puzzle identifier of each example
+    base_scenario_ids: list[Any] | None
+    vehicle_types: list[Any] | None
     unreadable: dict[str, str]  # kind -> why it could not be used
 
     @property
-    def size(self) -> int:
+    def num_examples(self) -> int:
         return 0 if self.inputs is None else int(self.inputs.shape[0])
 
     def where(self, kind: str, index: int | None = None) -> str:
@@ -47,44 +49,55 @@ class SplitView:
 
     def about(self, i: int) -> str:
         """'base b, vehicle v' of example i, as far as known."""
-        base = self.base_ids[i] if self.base_ids is not None and i < len(self.base_ids) else "?"
-        vehicle = self.vehicles[i] if self.vehicles is not None and i < len(self.vehicles) else "?"
+        base = (
+            self.base_scenario_ids[i]
+            if self.base_scenario_ids is not None and i < len(self.base_scenario_ids)
+            else "?"
+        )
+        vehicle = (
+            self.vehicle_types[i] if self.vehicle_types is not None and i < len(self.vehicle_types) else "?"
+        )
         return f"base {base!r}, {vehicle!r}"
 
 
-def _grid(document: Any) -> tuple[np.ndarray | None, str]:
-    if not isinstance(document, list) or not document:
-        return None, "not a non-empty list of token lists"
-    if not all(isinstance(row, list) for row in document):
-        return None, "an entry is not a list of tokens"
-    if len({len(row) for row in document}) != 1:
-        return None, "grids of different lengths"
+def _grid(
+    name: str, kind: str, documents: dict[str, Any], texts: dict[str, str]
+) -> tuple[np.ndarray | None, str]:
+    """The grids as convert's converter (`raw.int_matrix`) reads them, tokens coerced (a stray bool or float
+    in one grid must not hide the whole file from the audit; file_schemas reports it), or why they cannot be
+    used."""
+    if name not in documents:
+        return None, "missing or not JSON (see file_schemas)"
     try:
-        return np.asarray(document, dtype=np.int64), ""
-    except (TypeError, ValueError, OverflowError):
-        return None, "a token is not an integer"
+        return raw.int_matrix(Path(name), kind, documents[name], texts.get(name), coerce=True), ""
+    except UserError as err:
+        return None, str(err).removeprefix(f"{name}: ")
 
 
-def _int_list(document: Any) -> np.ndarray | None:
-    if not isinstance(document, list) or not all(type(v) is int for v in document):
+def _int_list(name: str, kind: str, document: Any) -> np.ndarray | None:
+    """The integers as the strict converter (`raw.int_vector`) reads them; None when it refuses them."""
+    try:
+        return raw.int_vector(Path(name), kind, document)
+    except UserError:
         return None
-    return np.asarray(document, dtype=np.int64)
 
 
-def split_view(split: str, documents: dict[str, Any]) -> SplitView:
+def split_view(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> SplitView:
+    """The split as far as its documents (by file name) allow; `texts` as `raw.read_files` gives them."""
     files = spec.raw_split_files(split)
     docs = {kind: documents.get(name) for kind, name in files.items()}
     unreadable: dict[str, str] = {}
-    inputs, why = _grid(docs["inputs"])
+    inputs, why = _grid(files["inputs"], "inputs", documents, texts or {})
     if inputs is None:
         unreadable["inputs"] = why
-    labels, why = _grid(docs["labels"])
+    labels, why = _grid(files["labels"], "labels", documents, texts or {})
     if labels is None or (inputs is not None and labels.shape != inputs.shape):
         unreadable["labels"] = why or "a different shape from the inputs"
         labels = None
     n = 0 if inputs is None else inputs.shape[0]
     identifier = None
-    puzzle_ids, puzzle_indices = _int_list(docs["puzzle_identifiers"]), _int_list(docs["puzzle_indices"])
+    puzzle_ids = _int_list(files["puzzle_identifiers"], "puzzle_identifiers", docs["puzzle_identifiers"])
+    puzzle_indices = _int_list(files["puzzle_indices"], "puzzle_indices", docs["puzzle_indices"])
     if puzzle_ids is not None and puzzle_indices is not None and puzzle_indices.size == puzzle_ids.size + 1:
         steps = np.diff(puzzle_indices)
         if puzzle_indices[0] == 0 and (steps >= 0).all() and puzzle_indices[-1] == n:
@@ -173,11 +186,11 @@ def count_checks(views: dict[str, SplitView], expected_bases: dict[str, int], n_
                     f"{split}_examples",
                     "methodology",
                     f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                    view.size,
+                    view.num_examples,
                     expected * n_vehicles,
                 )
             )
-        if view.base_ids is None:
+        if view.base_scenario_ids is None:
             reason = (
                 f"{view.files['base_scenario_ids']}: {view.unreadable.get('base_scenario_ids', 'unreadable')}"
             )
@@ -190,7 +203,7 @@ def count_checks(views: dict[str, SplitView], expected_bases: dict[str, int], n_
                     f"{split}_bases",
                     "methodology",
                     f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                    len({str(b) for b in view.base_ids}),
+                    len({str(b) for b in view.base_scenario_ids}),
                     expected,
                 )
             )
@@ -218,8 +231,10 @@ def summary_claims_check(views: dict[str, SplitView], summary: Any) -> Check:
     findings: list[tuple[str, int]] = []
     compared = 0
     for split, view in views.items():
-        held = {"examples": view.size if view.inputs is not None else None}
-        held["bases"] = len({str(b) for b in view.base_ids}) if view.base_ids is not None else None
+        held = {"examples": view.num_examples if view.inputs is not None else None}
+        held["bases"] = (
+            len({str(b) for b in view.base_scenario_ids}) if view.base_scenario_ids is not None else None
+        )
         for key, claim in _claims(summary, split).items():
             if held[key] is None:
                 continue
@@ -247,7 +262,10 @@ def identifier_check(views: dict[str, SplitView], identifiers: Any) -> Check:
     findings: list[tuple[str, int]] = []
     total = 0
     for view in views.values():
-        for kind, values in (("base_scenario_ids", view.base_ids), ("vehicle_types", view.vehicles)):
+        for kind, values in (
+            ("base_scenario_ids", view.base_scenario_ids),
+            ("vehicle_types", view.vehicle_types),
+        ):
             if values is None:
                 continue
             total += len(values)
@@ -261,9 +279,9 @@ def identifier_check(views: dict[str, SplitView], identifiers: Any) -> Check:
                         len(blank),
                     )
                 )
-        if view.identifier is not None:
-            total += view.identifier.size
-            blank = np.flatnonzero(view.identifier == 0).tolist()
+        if view.example_identifier is not None:
+            total += view.example_identifier.size
+            blank = np.flatnonzero(view.example_identifier == 0).tolist()
             if blank:
                 findings.append(
                     (
@@ -306,10 +324,12 @@ def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
     seen: dict[tuple[bytes, int], dict[bytes, tuple[str, int]]] = defaultdict(dict)
     notes = []
     for name, view in usable.items():
-        ids = view.identifier if view.identifier is not None else np.full(view.size, -1)
-        if view.identifier is None:
+        ids = (
+            view.example_identifier if view.example_identifier is not None else np.full(view.num_examples, -1)
+        )
+        if view.example_identifier is None:
             notes.append(f"{name}: puzzle identifiers unreadable, inputs compared alone")
-        for i in range(view.size):
+        for i in range(view.num_examples):
             seen[(view.inputs[i].tobytes(), int(ids[i]))].setdefault(view.labels[i].tobytes(), (name, i))
     conflicts = [(key, labels) for key, labels in seen.items() if len(labels) > 1]
     findings = []
@@ -323,7 +343,7 @@ def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
         )
     extra = sum(len(labels) for _, labels in conflicts[MAX_FAILURES_LISTED:])
     check = finding_check(
-        "conflicting_labels", "tokens", description, findings, sum(v.size for v in usable.values())
+        "conflicting_labels", "tokens", description, findings, sum(v.num_examples for v in usable.values())
     )
     check.failure_count += extra
     if conflicts:
@@ -332,18 +352,18 @@ def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
             f"{len(conflicts)} inputs carry conflicting labels" + (f" ({'; '.join(notes)})" if notes else ""),
         )
         check.score = check.value = round(
-            max(0.0, 1 - check.failure_count / sum(v.size for v in usable.values())), 6
+            max(0.0, 1 - check.failure_count / sum(v.num_examples for v in usable.values())), 6
         )
     return check
 
 
 def _base_maps(view: SplitView) -> tuple[np.ndarray, list[int]]:
     """One input grid per base id (its first example); per example when base ids are unreadable."""
-    if view.base_ids is None:
-        firsts = list(range(view.size))
+    if view.base_scenario_ids is None:
+        firsts = list(range(view.num_examples))
     else:
         first: dict[str, int] = {}
-        for i, base in enumerate(view.base_ids):
+        for i, base in enumerate(view.base_scenario_ids):
             first.setdefault(str(base), i)
         firsts = sorted(first.values())
     return view.inputs[firsts], firsts
@@ -422,10 +442,12 @@ def vehicle_labels_check(views: dict[str, SplitView]) -> Check:
     description = "no two vehicles have identical labels in every base"
     per_vehicle: dict[str, dict[tuple[str, str], bytes]] = defaultdict(dict)
     for name, view in views.items():
-        if view.labels is None or view.base_ids is None or view.vehicles is None:
+        if view.labels is None or view.base_scenario_ids is None or view.vehicle_types is None:
             continue
-        for i in range(view.size):
-            per_vehicle[str(view.vehicles[i])][(name, str(view.base_ids[i]))] = view.labels[i].tobytes()
+        for i in range(view.num_examples):
+            per_vehicle[str(view.vehicle_types[i])][(name, str(view.base_scenario_ids[i]))] = view.labels[
+                i
+            ].tobytes()
     if len(per_vehicle) < 2:
         reason = "fewer than two vehicles with readable labels, base ids and vehicle names"
         return not_run("vehicle_labels_distinct", "augmentation_quality", description, reason)
@@ -489,7 +511,7 @@ def ignore_label_check(views: dict[str, SplitView]) -> Check:
         if view.labels is None:
             continue
         ignore = (view.metadata or {}).get("ignore_label_id", spec.PAD)
-        total += view.size
+        total += view.num_examples
         rows = np.flatnonzero((view.labels == ignore).any(axis=1)).tolist()
         if rows:
             cells = int((view.labels == ignore).sum())
@@ -524,14 +546,18 @@ def generic_checks(
 def base_overlap_check(views: dict[str, SplitView]) -> Check:
     description = "no base scenario id in both splits"
     train, test = views["train"], views["test"]
-    if train.base_ids is None or test.base_ids is None:
+    if train.base_scenario_ids is None or test.base_scenario_ids is None:
         return not_run("base_overlap", "methodology", description, "base ids unreadable")
-    shared = sorted({str(b) for b in train.base_ids} & {str(b) for b in test.base_ids})
+    shared = sorted({str(b) for b in train.base_scenario_ids} & {str(b) for b in test.base_scenario_ids})
     findings = (
         [(f"{len(shared)} base ids in both splits, e.g. {_examples(shared)}", len(shared))] if shared else []
     )
     return finding_check(
-        "base_overlap", "methodology", description, findings, max(len(set(map(str, test.base_ids))), 1)
+        "base_overlap",
+        "methodology",
+        description,
+        findings,
+        max(len(set(map(str, test.base_scenario_ids))), 1),
     )
 
 
@@ -574,7 +600,7 @@ def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
     usable = {
         n: v
         for n, v in views.items()
-        if v.inputs is not None and v.labels is not None and v.identifier is not None
+        if v.inputs is not None and v.labels is not None and v.example_identifier is not None
     }
     if not reason and shape is None:
         reason = "rows x cols unknown or not the grids' length"
@@ -590,9 +616,9 @@ def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
     dearer: list[tuple[str, int]] = []
     total = 0
     for view in usable.values():
-        for i in range(view.size):
+        for i in range(view.num_examples):
             total += 1
-            identifier = int(view.identifier[i])
+            identifier = int(view.example_identifier[i])
             where = f"{view.where('labels', i)} ({view.about(i)})"
             if not 0 < identifier < table.shape[0]:
                 invalid.append(

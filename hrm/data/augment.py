@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hrm.config import ConfigError
+from hrm.data.raw import RawSplit
 
 CHOICES = ("none", "dihedral")
 TRANSFORMS = (
@@ -107,32 +108,30 @@ def expansion(
     )
 
 
-def augment_split(split: Any, rows: int, cols: int, transforms: tuple[int, ...]) -> tuple[Any, np.ndarray]:
-    """A split (`raw.RawSplit` or `invariants.SplitData`) with every example under every transform, and the
-    transform index of each new example. Per-example fields follow their source example."""
+def augment_split(
+    split: RawSplit, rows: int, cols: int, transforms: tuple[int, ...]
+) -> tuple[RawSplit, np.ndarray]:
+    """The split with every example under every transform, and the transform index of each new example.
+    Per-example fields follow their source example."""
     source, example_transform, puzzles, puzzle_offsets, group_offsets = expansion(
         split.puzzle_indices, split.group_indices, transforms
     )
     grids = {}
     for name in ("inputs", "labels"):
-        grid = np.asarray(getattr(split, name))[source]
+        grid = getattr(split, name)[source]
         for t in set(transforms) - {0}:
             chosen = example_transform == t
             grid[chosen] = transform_grids(grid[chosen], rows, cols, t)
         grids[name] = grid
-    per_example = {}
-    for name in ("base_scenario_ids", "vehicle_types", "base_ids", "vehicles"):
-        if hasattr(split, name):
-            values = getattr(split, name)
-            per_example[name] = [values[i] for i in source.tolist()]
-    dtype = np.asarray(split.puzzle_indices).dtype
+    rows_of = source.tolist()
     augmented = replace(
         split,
         **grids,
-        **per_example,
-        puzzle_identifiers=np.asarray(split.puzzle_identifiers)[puzzles],
-        puzzle_indices=puzzle_offsets.astype(dtype),
-        group_indices=group_offsets.astype(dtype),
+        base_scenario_ids=[split.base_scenario_ids[i] for i in rows_of],
+        vehicle_types=[split.vehicle_types[i] for i in rows_of],
+        puzzle_identifiers=split.puzzle_identifiers[puzzles],
+        puzzle_indices=puzzle_offsets,
+        group_indices=group_offsets,
     )
     return augmented, example_transform
 
@@ -148,22 +147,20 @@ def route_failures(
     """Indices of examples whose label is not the valid, unique optimal route of its (transformed) map,
     by the independent Dijkstra of the validate stage."""
     from hrm.data.compliance import example_facts
-    from hrm.data.invariants import SplitData
 
     n = len(inputs)
     if n == 0:
         return []
-    single = SplitData(
-        name="augmented",
-        files={},
+    single = RawSplit(  # one puzzle per example, in one group: all example_facts needs
+        name="train",
         metadata={},
         inputs=np.asarray(inputs),
         labels=np.asarray(labels),
         puzzle_identifiers=np.asarray(identifiers, dtype=np.int64),
         puzzle_indices=np.arange(n + 1, dtype=np.int64),
         group_indices=np.array([0, n], dtype=np.int64),
-        base_ids=[""] * n,
-        vehicles=[""] * n,
+        base_scenario_ids=[""] * n,
+        vehicle_types=[""] * n,
     )
     facts = example_facts(single, cost_table, rows, cols)
     good = facts.route_valid & (facts.route_cost == facts.optimal_cost) & facts.route_unique

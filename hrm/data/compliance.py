@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import routing, spec
-from hrm.data.invariants import RawDataset, SplitData
+from hrm.data.raw import RawDataset, RawSplit
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
 MAX_FAILURES_LISTED = 5
@@ -116,7 +116,7 @@ def _token_counts(grids: np.ndarray) -> np.ndarray:
     return np.bincount(offsets.reshape(-1), minlength=256 * n).reshape(n, 256)
 
 
-def example_facts(split: SplitData, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
+def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
     inputs, labels = split.inputs, split.labels
     count_in, count_label = _token_counts(inputs), _token_counts(labels)
     allowed_in = np.zeros(256, dtype=bool)
@@ -125,7 +125,7 @@ def example_facts(split: SplitData, cost_table: np.ndarray, rows: int, cols: int
     allowed_label[list(spec.LABEL_TOKENS)] = True
     endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
     route_mark = (labels == spec.ROUTE) & ~endpoint
-    n = split.size
+    n = split.num_examples
     facts = ExampleFacts(
         n_start_input=count_in[:, spec.START],
         n_goal_input=count_in[:, spec.GOAL],
@@ -184,9 +184,9 @@ def example_table(dataset: RawDataset, facts: dict[str, ExampleFacts]):
             pd.DataFrame(
                 {
                     "split": name,
-                    "example": np.arange(split.size),
-                    "base_scenario_id": split.base_ids,
-                    "vehicle": split.vehicles,
+                    "example": np.arange(split.num_examples),
+                    "base_scenario_id": split.base_scenario_ids,
+                    "vehicle": split.vehicle_types,
                     "puzzle_identifier": split.example_identifier,
                     "group": split.example_group,
                     "route_length": f.route_length,
@@ -268,22 +268,22 @@ def table_check(dataset: RawDataset, table, min_route_length: int) -> Check:
 # ---- the checks --------------------------------------------------------------------------------------
 
 
-def _example_label(split: SplitData, i: int, kind: str = "labels") -> str:
-    return f"{split.where(kind, i)} (base {split.base_ids[i]}, {split.vehicles[i]})"
+def _example_label(split: RawSplit, i: int, kind: str = "labels") -> str:
+    return f"{split.where(kind, i)} (base {split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
 
 
 def _per_example(dataset, facts, predicate, describe) -> list[str]:
     failures = []
     for name, split in dataset.splits.items():
         f = facts[name]
-        for i in range(split.size):
+        for i in range(split.num_examples):
             if not predicate(f, i):
                 failures.append(describe(split, f, i))
     return failures
 
 
 def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
-    total = sum(split.size for split in dataset.splits.values())
+    total = sum(split.num_examples for split in dataset.splits.values())
     encoding_problems = []
     for split in dataset.splits.values():
         meta, name = split.metadata, split.files["dataset"]
@@ -355,7 +355,7 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
     ]
 
 
-def _unexpected_message(split: SplitData, i: int) -> str:
+def _unexpected_message(split: RawSplit, i: int) -> str:
     for kind, grid, allowed in (
         ("inputs", split.inputs[i], spec.INPUT_TOKENS),
         ("labels", split.labels[i], spec.LABEL_TOKENS),
@@ -367,7 +367,7 @@ def _unexpected_message(split: SplitData, i: int) -> str:
     return f"{split.where('inputs', i)}: unexpected token"
 
 
-def _label_change_message(split: SplitData, i: int, count: int) -> str:
+def _label_change_message(split: RawSplit, i: int, count: int) -> str:
     inputs, labels = split.inputs[i], split.labels[i]
     endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
     cell = int(np.flatnonzero((labels != inputs) & ~((labels == spec.ROUTE) & ~endpoint))[0])
@@ -378,7 +378,7 @@ def _label_change_message(split: SplitData, i: int, count: int) -> str:
 
 
 def route_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
-    total = sum(split.size for split in dataset.splits.values())
+    total = sum(split.num_examples for split in dataset.splits.values())
     return [
         share_check(
             "route_valid",
@@ -435,8 +435,8 @@ def route_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
     ]
 
 
-def _group_rows(split: SplitData) -> list[np.ndarray]:
-    return [np.flatnonzero(split.example_group == g) for g in range(split.group_count)]
+def _group_rows(split: RawSplit) -> list[np.ndarray]:
+    return [np.flatnonzero(split.example_group == g) for g in range(split.num_groups)]
 
 
 def group_checks(
@@ -451,12 +451,12 @@ def group_checks(
         groups_of_base: dict[str, list[int]] = defaultdict(list)
         for g, rows in enumerate(_group_rows(split)):
             total_groups += 1
-            bases = sorted({split.base_ids[i] for i in rows})
+            bases = sorted({split.base_scenario_ids[i] for i in rows})
             for base in bases:
                 groups_of_base[base].append(g)
             where = f"{split.files['group_indices']} group {g} (base {', '.join(bases)})"
             puzzles = np.unique(split.example_puzzle[rows])
-            found = sorted(split.vehicles[i] for i in rows)
+            found = sorted(split.vehicle_types[i] for i in rows)
             problems = []
             if len(bases) != 1:
                 problems.append(f"{len(bases)} base ids in one group")
@@ -479,7 +479,7 @@ def group_checks(
             if differing:
                 map_failures.append(
                     f"{split.where('inputs', differing[0])} differs from {split.where('inputs', int(rows[0]))}: "
-                    f"the variants of base {split.base_ids[rows[0]]} must share one input grid"
+                    f"the variants of base {split.base_scenario_ids[rows[0]]} must share one input grid"
                 )
             distinct = len({split.labels[i].tobytes() for i in rows})
             distinct_routes.append(distinct)
@@ -537,7 +537,7 @@ def group_checks(
     return checks, figures
 
 
-def base_maps(split: SplitData) -> tuple[np.ndarray, list[int]]:
+def base_maps(split: RawSplit) -> tuple[np.ndarray, list[int]]:
     """One input grid per group (its first example) and that example's index."""
     firsts = [int(rows[0]) for rows in _group_rows(split)]
     return split.inputs[firsts], firsts
@@ -571,11 +571,11 @@ def leakage_checks(
 
     train, test = dataset.splits["train"], dataset.splits["test"]
     first_index = {}
-    for i, base in enumerate(train.base_ids):
+    for i, base in enumerate(train.base_scenario_ids):
         first_index.setdefault(base, i)
     overlap = []
     seen = set()
-    for j, base in enumerate(test.base_ids):
+    for j, base in enumerate(test.base_scenario_ids):
         if base in first_index and base not in seen:
             seen.add(base)
             overlap.append(
@@ -585,19 +585,20 @@ def leakage_checks(
     train_grids: dict[bytes, tuple[int, int]] = {}
     for t in transforms:
         grids = train.inputs if t == 0 else transform_grids(train.inputs, dataset.rows, dataset.cols, t)
-        for i in range(train.size):
+        for i in range(train.num_examples):
             train_grids.setdefault(grids[i].tobytes(), (i, t))
     identical, test_seen = [], set()
-    for j in range(test.size):
+    for j in range(test.num_examples):
         key = test.inputs[j].tobytes()
         if key in train_grids and key not in test_seen:
             test_seen.add(key)
             i, t = train_grids[key]
             identical.append(
-                f"{test.where('inputs', j)} (base {test.base_ids[j]}) is identical to {train.where('inputs', i)} "
-                f"(base {train.base_ids[i]})" + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
+                f"{test.where('inputs', j)} (base {test.base_scenario_ids[j]}) is identical to {train.where('inputs', i)} "
+                f"(base {train.base_scenario_ids[i]})"
+                + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
-    test_bases = len(set(test.base_ids))
+    test_bases = len(set(test.base_scenario_ids))
     overlap_check = Check(
         "base_overlap",
         "methodology",
@@ -610,7 +611,7 @@ def leakage_checks(
         overlap[:MAX_FAILURES_LISTED],
         len(overlap),
     )
-    test_maps = len({test.inputs[j].tobytes() for j in range(test.size)})
+    test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
     identical_check = Check(
         "identical_grids_across_splits",
         "methodology",
@@ -692,8 +693,8 @@ def route_figures(
     figures: dict[str, Any] = {}
     for name, split in dataset.splits.items():
         f = facts[name]
-        figures[f"{name}_examples"] = split.size
-        figures[f"{name}_bases"] = len(set(split.base_ids))
+        figures[f"{name}_examples"] = split.num_examples
+        figures[f"{name}_bases"] = len(set(split.base_scenario_ids))
         figures[f"{name}_route_length_min"] = int(f.route_length.min())
         figures[f"{name}_route_length_mean"] = round(float(f.route_length.mean()), 2)
         figures[f"{name}_route_length_max"] = int(f.route_length.max())
@@ -760,8 +761,8 @@ def difficulty_checks(
         paths = facts[name].paths
         detours = np.array([routing.detour_cells(p, cols) if p else 0 for p in paths], dtype=np.int64)
         turns = np.array([routing.turns(p) if p else 0 for p in paths], dtype=np.int64)
-        for i in range(split.size):
-            per_vehicle[split.vehicles[i]].append((int(detours[i]), int(turns[i])))
+        for i in range(split.num_examples):
+            per_vehicle[split.vehicle_types[i]].append((int(detours[i]), int(turns[i])))
         summary = _detour_summary(detours, turns, min_detour)
         distinct = [len({split.labels[i].tobytes() for i in rows}) for rows in _group_rows(split)]
         summary["distinct_routes_share"] = _share(

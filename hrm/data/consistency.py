@@ -14,7 +14,7 @@ import numpy as np
 
 from hrm.data import spec
 from hrm.data.compliance import Check, ExampleFacts, share_check
-from hrm.data.invariants import RawDataset
+from hrm.data.raw import RawDataset
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/hrm-format.md)
     "inputs": np.uint8,
@@ -89,26 +89,29 @@ def summary_check(
     checked_items = len(problems) + 1
     for split_name, split in dataset.splits.items():
         counts = summary["counts"].get(split_name, {})
-        found = {"bases": split.group_count, "examples": split.size}
+        found = {"bases": split.num_groups, "examples": split.num_examples}
         for key, value in found.items():
             if counts.get(key) != value:
                 problems.append(
                     f"{name}: counts.{split_name}.{key} = {counts.get(key)}, the files hold {value}"
                 )
         records = summary["examples"][split_name]
-        if len(records) != split.size:
+        if len(records) != split.num_examples:
             problems.append(
-                f"{name}: examples.{split_name} has {len(records)} entries, the files hold {split.size}"
+                f"{name}: examples.{split_name} has {len(records)} entries, the files hold {split.num_examples}"
             )
             continue
         f = facts[split_name]
         for i, record in enumerate(records):
             checked_items += 1
             where = f"{name}: examples.{split_name}[{i}]"
-            if record["base_scenario_id"] != split.base_ids[i] or record["vehicle"] != split.vehicles[i]:
+            if (
+                record["base_scenario_id"] != split.base_scenario_ids[i]
+                or record["vehicle"] != split.vehicle_types[i]
+            ):
                 problems.append(
                     f"{where} is ({record['base_scenario_id']}, {record['vehicle']}) but "
-                    f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_ids[i]}, {split.vehicles[i]})"
+                    f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
                 )
             elif record["route_length"] != int(f.route_length[i]):
                 problems.append(
@@ -136,7 +139,7 @@ def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
         return []
     split = dataset.splits[split_name]
     first_example = {}
-    for i, base in enumerate(split.base_ids):
+    for i, base in enumerate(split.base_scenario_ids):
         first_example.setdefault(base, i)
     problems = []
     for k, record in enumerate(records):
@@ -245,14 +248,15 @@ def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
             path = folder / "all__base_scenario_ids.npy"
             bases = _load_npy(path, problems)
             if bases is not None:
-                if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.size,):
+                if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.num_examples,):
                     problems.append(
-                        f"{path}: dtype {bases.dtype} shape {list(bases.shape)}, expected int32 [{split.size}]"
+                        f"{path}: dtype {bases.dtype} shape {list(bases.shape)}, expected int32 [{split.num_examples}]"
                     )
                 else:
                     # the same base <-> the same number, whatever numbering convert chose
-                    pairs = set(zip(split.base_ids, bases.tolist(), strict=True))
-                    if len(pairs) != len(set(split.base_ids)) or len(pairs) != len(set(bases.tolist())):
+                    base_ids, numbers = split.base_scenario_ids, bases.tolist()
+                    pairs = set(zip(base_ids, numbers, strict=True))
+                    if len(pairs) != len(set(base_ids)) or len(pairs) != len(set(numbers)):
                         problems.append(
                             f"{path}: does not number the bases of {split.files['base_scenario_ids']} one to one"
                         )

@@ -144,12 +144,11 @@ def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
     augmented, transform = augmentation.augment_split(
         split, rows, cols, augmentation.transforms_for(augment, rows, cols)
     )
-    identifiers = np.repeat(augmented.puzzle_identifiers, np.diff(augmented.puzzle_indices))
     moved = np.flatnonzero(transform != 0)
     bad = augmentation.route_failures(
         augmented.inputs[moved],
         augmented.labels[moved],
-        identifiers[moved],
+        augmented.example_identifier[moved],
         dataset.cost_model.cost_table(),
         rows,
         cols,

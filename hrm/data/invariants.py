@@ -1,70 +1,24 @@
-"""Cross-file invariants of the 18 raw files, and their numpy view for the compliance checks.
+"""Cross-file invariants of the 18 raw files, checked by validate before it builds their arrays.
 
 A file set that breaks one of these cannot be read as a dataset at all (lengths disagree, indices point
 outside the arrays, a token the metadata's vocabulary lacks), so every break is collected and raised as one
 UserError naming file, field and index; validate then audits the files (`hrm.data.audit`), each break a finding.
+Files that keep them become the one in-memory form of the 18 files, `raw.RawDataset` (via `raw.read_split`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import raw, spec
+from hrm.data.raw import RawDataset, RawSplit
 from hrm.io import UserError
 
 MAX_LISTED = 5  # offending indices quoted per problem
-
-
-@dataclass
-class SplitData:
-    """One split's arrays. Example i belongs to puzzle `example_puzzle[i]` and group `example_group[i]`."""
-
-    name: str
-    files: dict[str, str]  # kind -> file name
-    metadata: dict[str, Any]
-    inputs: np.ndarray  # uint8 [N, seq_len]
-    labels: np.ndarray  # uint8 [N, seq_len]
-    puzzle_identifiers: np.ndarray  # int64 [P]
-    puzzle_indices: np.ndarray  # int64 [P + 1]
-    group_indices: np.ndarray  # int64 [G + 1]
-    base_ids: list[str]
-    vehicles: list[str]
-    example_puzzle: np.ndarray = field(init=False)
-    example_group: np.ndarray = field(init=False)
-    example_identifier: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        examples_per_puzzle = np.diff(self.puzzle_indices)
-        puzzles_per_group = np.diff(self.group_indices)
-        self.example_puzzle = np.repeat(np.arange(len(examples_per_puzzle)), examples_per_puzzle)
-        puzzle_group = np.repeat(np.arange(len(puzzles_per_group)), puzzles_per_group)
-        self.example_group = puzzle_group[self.example_puzzle]
-        self.example_identifier = self.puzzle_identifiers[self.example_puzzle]
-
-    @property
-    def size(self) -> int:
-        return int(self.inputs.shape[0])
-
-    @property
-    def group_count(self) -> int:
-        return len(self.group_indices) - 1
-
-    def where(self, kind: str, index: int | None = None) -> str:
-        """'file[index]' for messages."""
-        return self.files[kind] + (f"[{index}]" if index is not None else "")
-
-
-@dataclass
-class RawDataset:
-    splits: dict[str, SplitData]
-    identifiers: list[str]
-    summary: dict[str, Any]
-    rows: int
-    cols: int
 
 
 def _listed(indices: np.ndarray | list[int]) -> str:
@@ -155,21 +109,25 @@ def _check_split(split: str, docs: dict[str, Any], identifiers: list[str], probl
         )
 
 
-def _vehicle_mismatches(split: SplitData, identifiers: list[str]) -> list[str]:
+def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[str]:
     names = np.asarray(identifiers, dtype=object)[split.example_identifier]
-    bad = [i for i, (name, vehicle) in enumerate(zip(names, split.vehicles, strict=True)) if name != vehicle]
+    bad = [
+        i for i, (name, vehicle) in enumerate(zip(names, split.vehicle_types, strict=True)) if name != vehicle
+    ]
     if not bad:
         return []
     i = bad[0]
     return [
-        f"{split.where('vehicle_types', i)} = {split.vehicles[i]!r} but its puzzle "
+        f"{split.where('vehicle_types', i)} = {split.vehicle_types[i]!r} but its puzzle "
         f"{int(split.example_puzzle[i])} has identifier {int(split.example_identifier[i])} = {names[i]!r} "
         f"in {split.files['puzzle_identifiers']} (offending examples: {_listed(bad)})"
     ]
 
 
-def build_dataset(documents: dict[str, Any]) -> RawDataset:
-    """Check cross-file invariants of schema-valid documents and return their arrays, or raise UserError."""
+def build_dataset(files: raw.RawFiles) -> RawDataset:
+    """Check cross-file invariants of schema-valid documents (`raw.read_files`) and return them as a
+    `raw.RawDataset`, or raise UserError listing every problem."""
+    documents = files.documents
     identifiers = documents[spec.RAW_IDENTIFIERS_FILE]
     problems: list[str] = []
     split_docs = {
@@ -190,23 +148,25 @@ def build_dataset(documents: dict[str, Any]) -> RawDataset:
     if problems:
         raise UserError(f"{len(problems)} cross-file problem(s):\n  " + "\n  ".join(problems))
 
+    summary = documents[spec.RAW_SUMMARY_FILE]
+    source = raw.detect_source(summary)
     splits = {}
     for split in spec.SPLITS:
-        docs = split_docs[split]
-        splits[split] = SplitData(
-            name=split,
-            files=spec.raw_split_files(split),
-            metadata=docs["dataset"],
-            inputs=np.asarray(docs["inputs"], dtype=np.uint8),
-            labels=np.asarray(docs["labels"], dtype=np.uint8),
-            puzzle_identifiers=np.asarray(docs["puzzle_identifiers"], dtype=np.int64),
-            puzzle_indices=np.asarray(docs["puzzle_indices"], dtype=np.int64),
-            group_indices=np.asarray(docs["group_indices"], dtype=np.int64),
-            base_ids=list(docs["base_scenario_ids"]),
-            vehicles=list(docs["vehicle_types"]),
-        )
+        # messages name the bare file, as every message above does
+        splits[split] = raw.read_split(split, documents, files.texts, Path(), source)
         problems.extend(_vehicle_mismatches(splits[split], identifiers))
     if problems:
         raise UserError(f"{len(problems)} cross-file problem(s):\n  " + "\n  ".join(problems))
     meta = split_docs[first]["dataset"]
-    return RawDataset(splits, list(identifiers), documents[spec.RAW_SUMMARY_FILE], meta["rows"], meta["cols"])
+    return RawDataset(
+        folder=files.folder,
+        source=source,
+        splits=splits,
+        identifiers=list(identifiers),
+        summary=summary,
+        seq_len=meta["seq_len"],
+        vocab_size=meta["vocab_size"],
+        rows=meta["rows"],
+        cols=meta["cols"],
+        cost_model=None,
+    )

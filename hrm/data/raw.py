@@ -1,5 +1,9 @@
 """Reading the 18 raw JSON files into typed arrays, with structural checks (shared by convert and validate).
 
+`RawSplit` and `RawDataset` are the one in-memory form of the 18 files: convert builds them here (`read_raw`),
+validate after its own collected cross-file checks (`hrm.data.invariants.build_dataset`), both through
+`read_split`; the audit of broken files uses the same converters (`int_matrix`, `int_vector`).
+
 Two producers write these 18 names: our generator (`hrm.data.generate`, 24-token vocabulary, a summary with
 the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
 wrong seq_len). `read_raw` tells them apart by the summary's `generator` entry.
@@ -17,6 +21,7 @@ import json
 import math
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -48,9 +53,10 @@ METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 @dataclass(frozen=True)
 class RawSplit:
-    """One split's 8 files as arrays. N examples, P puzzles, G groups."""
+    """One split's 8 files as arrays. N examples, P puzzles, G groups; example i belongs to puzzle
+    `example_puzzle[i]` and group `example_group[i]`."""
 
-    name: str
+    name: str  # "train" or "test": its files are spec.raw_split_files(name)
     metadata: dict[str, Any]
     inputs: np.ndarray  # [N, seq_len] int64
     labels: np.ndarray  # [N, seq_len] int64
@@ -72,6 +78,31 @@ class RawSplit:
     def num_groups(self) -> int:
         return int(self.group_indices.shape[0]) - 1
 
+    @property
+    def files(self) -> dict[str, str]:
+        """Kind ('dataset', 'inputs', ...) -> file name."""
+        return spec.raw_split_files(self.name)
+
+    def where(self, kind: str, index: int | None = None) -> str:
+        """'file[index]' for messages."""
+        return self.files[kind] + (f"[{index}]" if index is not None else "")
+
+    @cached_property
+    def example_puzzle(self) -> np.ndarray:
+        """[N] the puzzle of each example."""
+        return np.repeat(np.arange(self.num_puzzles), np.diff(self.puzzle_indices))
+
+    @cached_property
+    def example_group(self) -> np.ndarray:
+        """[N] the group of each example."""
+        puzzle_group = np.repeat(np.arange(self.num_groups), np.diff(self.group_indices))
+        return puzzle_group[self.example_puzzle]
+
+    @cached_property
+    def example_identifier(self) -> np.ndarray:
+        """[N] the puzzle identifier (vehicle id) of each example."""
+        return self.puzzle_identifiers[self.example_puzzle]
+
 
 @dataclass(frozen=True)
 class RawDataset:
@@ -86,7 +117,9 @@ class RawDataset:
     vocab_size: int
     rows: int | None
     cols: int | None
-    cost_model: spec.CostModel | None  # None for the original tool: it never wrote one
+    # None for the original tool (it never wrote one) and in validate, which re-checks the labels with the
+    # summary's own cost table (consistency.summary_cost_table) so as to report every problem of the summary
+    cost_model: spec.CostModel | None
     issues: list[str] = field(default_factory=list)
 
 
@@ -154,7 +187,7 @@ def _first_non_int(values: list[Any]) -> int | None:
     return None
 
 
-def _int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
+def int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
     """A JSON list of integers as int64; bools, floats, strings and nulls are errors with their index."""
     if not isinstance(data, list):
         raise UserError(f"{path}: field '{field_name}' must be a list of integers, got {_type_name(data)}")
@@ -169,11 +202,15 @@ def _int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
         raise UserError(f"{path}: field '{field_name}': integer out of the int64 range") from err
 
 
-def _int_matrix(path: Path, field_name: str, data: Any, text: str) -> np.ndarray:
+def int_matrix(
+    path: Path, field_name: str, data: Any, text: str | None = None, coerce: bool = False
+) -> np.ndarray:
     """A JSON list of equally long integer lists as an int64 matrix.
 
-    Fast path: without true/false/null in the text, numpy's own dtype tells whether every token is an int
-    (a float, string or huge number changes it); otherwise every token is looked at for a precise message.
+    Fast path: given the file's text without true/false/null in it, numpy's own dtype tells whether every
+    token is an int (a float, string or huge number changes it); otherwise every token is looked at.
+    `coerce` (the audit of broken files, which scores what they hold rather than refusing them): any token
+    numpy reads as an integer (a bool, a float, a numeric string) is taken as that integer.
     """
     if not isinstance(data, list) or not data:
         raise UserError(
@@ -190,9 +227,14 @@ def _int_matrix(path: Path, field_name: str, data: Any, text: str) -> np.ndarray
             raise UserError(
                 f"{path}: field '{field_name}' index {index}: has {len(row)} tokens but index 0 has {width}"
             )
+    if coerce:
+        try:
+            return np.asarray(data, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise UserError(f"{path}: field '{field_name}': a token is not an integer") from err
     if width == 0:
         raise UserError(f"{path}: field '{field_name}': rows are empty")
-    literals = "true" in text or "false" in text or "null" in text
+    literals = text is None or "true" in text or "false" in text or "null" in text
     if not literals:
         with suppress(ValueError, OverflowError):
             matrix = np.array(data)
@@ -268,19 +310,28 @@ def _read_metadata(path: Path, data: Any) -> dict[str, Any]:
     return data
 
 
-def _read_split(files: RawFiles, split: str, source: str) -> RawSplit:
-    folder = files.folder
+def read_split(
+    split: str,
+    documents: dict[str, Any],
+    texts: dict[str, str] | None = None,
+    folder: Path = Path(),
+    source: str = SOURCE_GENERATOR,
+) -> RawSplit:
+    """The one conversion of a split's 8 parsed documents (by file name) into a `RawSplit`, with its
+    structural checks: a UserError names the first problem's file (under `folder`), field and index.
+    `texts` (by file name, as `read_files` gives them) let big grid files skip a per-token type scan."""
     names = spec.raw_split_files(split)
     paths = {kind: folder / name for kind, name in names.items()}
-    doc = {kind: files.documents[name] for kind, name in names.items()}
+    doc = {kind: documents[name] for kind, name in names.items()}
+    text = {kind: (texts or {}).get(names[kind]) for kind in ("inputs", "labels")}
     metadata = _read_metadata(paths["dataset"], doc["dataset"])
-    inputs = _int_matrix(paths["inputs"], "inputs", doc["inputs"], files.texts[names["inputs"]])
-    labels = _int_matrix(paths["labels"], "labels", doc["labels"], files.texts[names["labels"]])
-    puzzle_identifiers = _int_vector(
+    inputs = int_matrix(paths["inputs"], "inputs", doc["inputs"], text["inputs"])
+    labels = int_matrix(paths["labels"], "labels", doc["labels"], text["labels"])
+    puzzle_identifiers = int_vector(
         paths["puzzle_identifiers"], "puzzle_identifiers", doc["puzzle_identifiers"]
     )
-    puzzle_indices = _int_vector(paths["puzzle_indices"], "puzzle_indices", doc["puzzle_indices"])
-    group_indices = _int_vector(paths["group_indices"], "group_indices", doc["group_indices"])
+    puzzle_indices = int_vector(paths["puzzle_indices"], "puzzle_indices", doc["puzzle_indices"])
+    group_indices = int_vector(paths["group_indices"], "group_indices", doc["group_indices"])
     original = source == SOURCE_ORIGINAL
     base_ids = _string_list(
         paths["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], original
@@ -338,7 +389,7 @@ def read_raw(folder: str | Path) -> RawDataset:
     summary_path = folder / spec.RAW_SUMMARY_FILE
     summary = files.documents[spec.RAW_SUMMARY_FILE]
     source = detect_source(summary)
-    splits = {split: _read_split(files, split, source) for split in spec.SPLITS}
+    splits = {split: read_split(split, files.documents, files.texts, folder, source) for split in spec.SPLITS}
     identifiers_path = folder / spec.RAW_IDENTIFIERS_FILE
     identifiers = _string_list(
         identifiers_path, "identifiers", files.documents[spec.RAW_IDENTIFIERS_FILE], False

@@ -93,13 +93,13 @@ def _short(message: str, limit: int = 160) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def read_raw_documents(raw_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """Every one of the 18 files that parses, by name (read by `hrm.data.raw.read_files`, convert's reader
-    too), and the problems found: files missing, unreadable or not JSON, and schema violations (a file that
-    parses but breaks its schema is kept, for the audit)."""
+def read_raw_documents(raw_dir: str | Path) -> tuple[raw.RawFiles, list[str]]:
+    """Every one of the 18 files that parses (`files.documents`, by name; read by `hrm.data.raw.read_files`,
+    convert's reader too), and the problems found: files missing, unreadable or not JSON, and schema
+    violations (a file that parses but breaks its schema is kept, for the audit)."""
     files = raw.read_files(raw_dir)
     problems = list(files.problems)
     for name, kind in raw_file_kinds().items():
         if name in files.documents:
             problems.extend(schema_errors(files.documents[name], kind, name))
-    return files.documents, problems
+    return files, problems

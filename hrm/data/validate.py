@@ -23,7 +23,8 @@ from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import audit, augment, colours, compliance, consistency, spec
 from hrm.data import generate as generate_module
-from hrm.data.invariants import RawDataset, build_dataset
+from hrm.data.invariants import build_dataset
+from hrm.data.raw import RawDataset, RawSplit
 from hrm.data.schemas import read_raw_documents
 
 REPORT_JSON = "compliance.json"
@@ -121,14 +122,15 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     structure layer are audited instead: those layers' problems become findings and every check that can
     still run, runs; the rest are listed as not run."""
     began = time.perf_counter()
-    documents, file_problems = read_raw_documents(settings.raw_dir)
-    views = {split: audit.split_view(split, documents) for split in spec.SPLITS}
+    files, file_problems = read_raw_documents(settings.raw_dir)
+    documents = files.documents
+    views = {split: audit.split_view(split, documents, files.texts) for split in spec.SPLITS}
     identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
     structure_problems: list[str] = []
     dataset = None
     if not file_problems:
         try:
-            dataset = build_dataset(documents)
+            dataset = build_dataset(files)
             cost_table = consistency.summary_cost_table(dataset.summary)
             if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
                 raise io.UserError(
@@ -156,7 +158,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
                 f"{split}_examples",
                 "methodology",
                 f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                dataset.splits[split].size,
+                dataset.splits[split].num_examples,
                 expected * n_vehicles,
             )
         )
@@ -165,7 +167,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
                 f"{split}_bases",
                 "methodology",
                 f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                len(set(dataset.splits[split].base_ids)),
+                len(set(dataset.splits[split].base_scenario_ids)),
                 expected,
             )
         )
@@ -215,7 +217,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
         "difficulty": difficulty_figures,
     }
     if layout_dataset is not dataset:
-        figures["train_examples_augmented"] = layout_dataset.splits["train"].size
+        figures["train_examples_augmented"] = layout_dataset.splits["train"].num_examples
     report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
     return Validation(report, dataset, facts, time.perf_counter() - began)
 
@@ -289,7 +291,7 @@ def _audit(
 
 
 def _augmented_route_check(
-    augmented: Any, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
+    augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
 ) -> compliance.Check:
     """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
     moved = np.flatnonzero(transform != 0)
@@ -302,8 +304,8 @@ def _augmented_route_check(
         cols,
     )
     failures = [
-        f"augmented train example {int(moved[k])} (base {augmented.base_ids[moved[k]]}, "
-        f"{augmented.vehicles[moved[k]]}, {augment.TRANSFORMS[transform[moved[k]]]}): the transformed label "
+        f"augmented train example {int(moved[k])} (base {augmented.base_scenario_ids[moved[k]]}, "
+        f"{augmented.vehicle_types[moved[k]]}, {augment.TRANSFORMS[transform[moved[k]]]}): the transformed label "
         "is not the unique optimal route of the transformed map"
         for k in bad
     ]
@@ -505,10 +507,10 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
     from matplotlib.colors import ListedColormap
 
     dataset = validation.dataset
-    split = dataset.splits["test"] if dataset.splits["test"].group_count else dataset.splits["train"]
+    split = dataset.splits["test"] if dataset.splits["test"].num_groups else dataset.splits["train"]
     facts = validation.facts[split.name]
-    count = max(1, min(count, split.group_count))
-    groups = np.unique(np.linspace(0, split.group_count - 1, count).round().astype(int))
+    count = max(1, min(count, split.num_groups))
+    groups = np.unique(np.linspace(0, split.num_groups - 1, count).round().astype(int))
     rows, cols = dataset.rows, dataset.cols
     vehicle_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
     figure, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 5.6), squeeze=False)
@@ -530,7 +532,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
                 ys + offsets[k],
                 color=colour,
                 linewidth=1.8,
-                label=f"{split.vehicles[i]} (cost {cost:.0f}, {len(path)} cells)",
+                label=f"{split.vehicle_types[i]} (cost {cost:.0f}, {len(path)} cells)",
             )
         start = np.flatnonzero(grid.reshape(-1) == spec.START)
         goal = np.flatnonzero(grid.reshape(-1) == spec.GOAL)
@@ -544,7 +546,7 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
                     markersize=11,
                     markeredgecolor="black",
                 )
-        axis.set_title(f"{split.base_ids[members[0]]} ({split.name})")
+        axis.set_title(f"{split.base_scenario_ids[members[0]]} ({split.name})")
         axis.set_xticks([])
         axis.set_yticks([])
         axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=7, frameon=False)
