@@ -637,7 +637,10 @@ def render_html(results: dict[str, Any], figures: dict[str, Path]) -> str:
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
+    """The report folder, replaced whole. It ignores itself in git (a `.gitignore` of `*`): a report under any
+    `--out` must not make the workspace dirty, or the next `hrm compare` would refuse to queue."""
     with staged_directory(out_dir) as staging:
+        atomic_write_text(staging / ".gitignore", "# written by hrm compare: a report, not source\n*\n")
         figures = {"bars": staging / "bars.png"}
         plot_bars(results, figures["bars"])
         if plot_curves(results, staging / "curves.png"):

@@ -149,6 +149,23 @@ def test_dirty_workspace_says_what_to_commit_or_stash(tmp_path, monkeypatch):
     assert "results.md" not in text
 
 
+def test_a_report_under_another_out_folder_leaves_the_workspace_clean(tmp_path, monkeypatch):
+    """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("a.txt").write_text("1", encoding="utf-8")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
+    results.update({"data_seeds": False, "vehicles": [], "groups": [], "runs": []})
+    cmp.write_outputs(results, Path("reports/compare-ema"))
+    assert (Path("reports/compare-ema") / "results.json").is_file()
+    assert len(cmp.check_repository(Path("reports/compare-aug"))) == 40
+    Path("reports/compare-ema/stray.txt").write_text("x", encoding="utf-8")  # the whole folder is ignored
+    assert cmp.check_repository(Path("reports/compare-aug"))
+
+
 # ------------------------------------------------------------- reading DVC's answer and the statistics
 
 
