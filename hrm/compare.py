@@ -753,7 +753,7 @@ def compare(
         names = {run.name for run in runs}
         statuses, workers = queue_status()
         if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
-            if workers == 0:
+            if workers < jobs:  # `dvc queue start --jobs N` tops up to N workers (one may already run)
                 start_workers(jobs)
                 print(f"dvc queue start --jobs {jobs}", flush=True)
             wait_for(names, poll_s, jobs)
