@@ -116,3 +116,12 @@ def test_experiment_shared_through_a_remote_is_seen_in_a_fresh_clone(repo: Path,
     run(["dvc", "get", ".", "models/hrm.pt", "--rev", name, "-o", str(original)], repo)
     assert fetched.stat().st_size > 0 and fetched.read_bytes() == original.read_bytes()
     assert not (clone / "checkpoints").exists() and not (clone / "models").exists()  # nothing trained there
+
+    # the model registry: a version is an annotated git tag `hrm-model@<version>` (GTO's format) on the
+    # experiment's commit; `dvc artifacts get` finds it by name, by --rev <version>, or the latest
+    refs = run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], clone).splitlines()
+    commit = next(line.split()[0] for line in refs if line.endswith(f"/{name}"))
+    run([*GIT, "tag", "-a", "hrm-model@v0.1.0", commit, "-m", "Registering hrm-model v0.1.0"], clone)
+    registered = tmp_path / "registered.pt"
+    run(["dvc", "artifacts", "get", ".", "hrm-model", "--rev", "v0.1.0", "-o", str(registered)], clone)
+    assert registered.read_bytes() == original.read_bytes()
