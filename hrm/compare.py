@@ -548,7 +548,8 @@ def plot_bars(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(keys)), [dict(METRICS)[k] for k in keys])
     ax.set_ylabel("test rate (mean ± sd)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # an all-failed comparison draws nothing to label
+        ax.legend(fontsize=7)
     _save(plt, fig, path)
 
 
@@ -590,7 +591,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
         drawn = True
     ax.set_xlabel("training step")
     ax.set_ylabel("eval exact accuracy (test)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # an all-failed comparison draws nothing to label
+        ax.legend(fontsize=7)
     _save(plt, fig, path)
     return drawn
 
