@@ -129,13 +129,19 @@ def test_cli_bad_input_exits_1_before_anything_is_queued(tmp_path, monkeypatch):
     assert not (tmp_path / ".dvc").exists() and not (tmp_path / "reports").exists()
 
 
-def test_dirty_workspace_says_what_to_commit_or_stash(tmp_path, monkeypatch):
+@pytest.fixture
+def committed_repo(tmp_path, monkeypatch) -> Path:
+    """A git repo with one committed file `a.txt`, as the working directory."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     monkeypatch.chdir(tmp_path)
     subprocess.run(["git", "init", "-q"], check=True)
     Path("a.txt").write_text("1", encoding="utf-8")
     subprocess.run([*git, "add", "a.txt"], check=True)
     subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    return tmp_path
+
+
+def test_dirty_workspace_says_what_to_commit_or_stash(committed_repo):
     assert len(cmp.check_repository(Path("reports/compare"))) == 40
     Path("reports/compare").mkdir(parents=True)
     Path("reports/compare/results.md").write_text("x", encoding="utf-8")  # our own output does not count
@@ -149,14 +155,8 @@ def test_dirty_workspace_says_what_to_commit_or_stash(tmp_path, monkeypatch):
     assert "results.md" not in text
 
 
-def test_a_report_under_another_out_folder_leaves_the_workspace_clean(tmp_path, monkeypatch):
+def test_a_report_under_another_out_folder_leaves_the_workspace_clean(committed_repo):
     """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    monkeypatch.chdir(tmp_path)
-    subprocess.run(["git", "init", "-q"], check=True)
-    Path("a.txt").write_text("1", encoding="utf-8")
-    subprocess.run([*git, "add", "a.txt"], check=True)
-    subprocess.run([*git, "commit", "-qm", "a"], check=True)
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
     results.update({"data_seeds": False, "vehicles": [], "groups": [], "runs": []})
     cmp.write_outputs(results, Path("reports/compare-ema"))
