@@ -3,6 +3,8 @@ into the package; heavy imports (torch) happen inside the called modules, so `hr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -62,14 +64,29 @@ def doctor(
     raise typer.Exit(code)
 
 
+# Options quickstart and compare share: both run params.yaml's profiles as DVC experiments.
+ProfileParams = Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")]
+ProfileName = Annotated[str, typer.Option("--profile", help="params.yaml profiles.NAME (quick, tiny, ...)")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user's mistake (`UserError`) is one `error:` line and exit 1, no traceback; Ctrl-C is exit 130."""
+    from hrm.io import UserError
+
+    try:
+        yield
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 @app.command()
 def quickstart(
-    params: Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")] = Path(
-        "params.yaml"
-    ),
-    profile: Annotated[
-        str, typer.Option("--profile", help="the profile to run (params.yaml profiles.NAME)")
-    ] = "quick",
+    params: ProfileParams = Path("params.yaml"),
+    profile: ProfileName = "quick",
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", "-S", help="one more override after the profile's, e.g. arch.name=transformer"),
@@ -79,24 +96,16 @@ def quickstart(
     ] = None,
 ) -> None:
     """Run the CPU quick profile end to end as a DVC experiment; the workspace keeps the paper params."""
-    from hrm.io import UserError
     from hrm.quickstart import quickstart as run_profile
 
-    try:
+    with _user_errors():
         run_profile(params_path=params, profile=profile, extra=tuple(overrides or ()), name=name)
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command()
 def compare(
-    params: Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")] = Path(
-        "params.yaml"
-    ),
-    profile: Annotated[
-        str, typer.Option("--profile", help="params.yaml profiles.NAME (quick, tiny, ...)")
-    ] = "quick",
+    params: ProfileParams = Path("params.yaml"),
+    profile: ProfileName = "quick",
     archs: Annotated[
         str, typer.Option("--archs", help="comma-separated arch names (those build_model knows)")
     ] = "hrm_v1,transformer",
@@ -121,9 +130,8 @@ def compare(
     import sys
 
     from hrm.compare import compare as run_compare
-    from hrm.io import UserError
 
-    try:
+    with _user_errors():
         run_compare(
             params_path=params,
             profile=profile,
@@ -136,11 +144,6 @@ def compare(
             out_dir=out,
             command="hrm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
