@@ -73,3 +73,23 @@ def copy_checkout(root: Path, exclude: tuple[str, ...] = ("dvc.lock",)) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is ~10x faster than two fighting for the cores.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HRM-layout dataset small enough for whole training runs in seconds (10 train groups, 6 test examples)."""
+    from hrm_layout import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)

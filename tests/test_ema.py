@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hrm_layout import write_dataset
 from train_helpers import assert_same_weights, final_weights, metric_files, tiny_params
 
 import hrm.training.step as step_module
@@ -17,12 +16,7 @@ from hrm.training.ema import WeightEMA
 REAL_STEP = step_module.train_step
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Toy(torch.nn.Module):
@@ -112,18 +106,13 @@ def test_ema_flag_must_be_boolean(tmp_path):
 # ---- the run loop ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
-
-
-def ema_params(data_root: Path, out: Path, **overrides) -> dict:
-    return tiny_params(data_root, out, ema=True, ema_rate=0.9, **overrides)
+def ema_params(tiny_run_data: Path, out: Path, **overrides) -> dict:
+    return tiny_params(tiny_run_data, out, ema=True, ema_rate=0.9, **overrides)
 
 
 @pytest.fixture(scope="module")
-def ema_reference(data_root, tmp_path_factory):
-    params = ema_params(data_root, tmp_path_factory.mktemp("ema"))
+def ema_reference(tiny_run_data, tmp_path_factory):
+    params = ema_params(tiny_run_data, tmp_path_factory.mktemp("ema"))
     return params, loop.train(params)
 
 
@@ -132,7 +121,9 @@ def checkpoint_common(params: dict) -> dict:
     return torch.load(folder / "common.pt", weights_only=True)
 
 
-def test_ema_weights_saved_raw_weights_checkpointed_training_unchanged(ema_reference, data_root, tmp_path):
+def test_ema_weights_saved_raw_weights_checkpointed_training_unchanged(
+    ema_reference, tiny_run_data, tmp_path
+):
     params, _ = ema_reference
     common = checkpoint_common(params)
     saved = final_weights(params)
@@ -145,7 +136,7 @@ def test_ema_weights_saved_raw_weights_checkpointed_training_unchanged(ema_refer
         assert torch.equal(value, expected), key
     assert any(not torch.equal(saved[k], raw[k]) for k in shadow)
     # EMA changes what is evaluated and saved, never the training trajectory
-    plain = tiny_params(data_root, tmp_path)
+    plain = tiny_params(tiny_run_data, tmp_path)
     loop.train(plain)
     ema_files, plain_files = metric_files(params), metric_files(plain)
     assert ema_files["plots/metrics/train/lm_loss.tsv"] == plain_files["plots/metrics/train/lm_loss.tsv"]
@@ -153,7 +144,7 @@ def test_ema_weights_saved_raw_weights_checkpointed_training_unchanged(ema_refer
     assert ema_files["plots/metrics/eval/lm_loss.tsv"] != plain_files["plots/metrics/eval/lm_loss.tsv"]
 
 
-def test_ema_crash_then_resume_bit_identical(ema_reference, data_root, tmp_path, monkeypatch):
+def test_ema_crash_then_resume_bit_identical(ema_reference, tiny_run_data, tmp_path, monkeypatch):
     ref_params, summary = ema_reference
     crash = summary["step"] - 2  # after the second eval's checkpoint, before the end
 
@@ -162,7 +153,7 @@ def test_ema_crash_then_resume_bit_identical(ema_reference, data_root, tmp_path,
             raise SystemExit("simulated kill: no checkpoint")
         return REAL_STEP(state, batch, **kwargs)
 
-    params = ema_params(data_root, tmp_path)
+    params = ema_params(tiny_run_data, tmp_path)
     monkeypatch.setattr(step_module, "train_step", dying)
     with pytest.raises(SystemExit):
         loop.train(params)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import repo_params
-from hrm_layout import write_dataset
 from train_helpers import TINY_ARCH, final_weights, metric_files, tiny_params
 
 from hrm.config import ConfigError
@@ -16,29 +15,19 @@ from hrm.training import loop
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
-
-
-def batch8_params(data_root: Path, out: Path, **train) -> dict:
+def batch8_params(tiny_run_data: Path, out: Path, **train) -> dict:
     """Global batch 8, >= 20 steps, halting and exploration on (TINY_ARCH: 3 segments, exploration 0.5)."""
-    params = tiny_params(data_root, out, global_batch_size=8, epochs=12, eval_interval=4, **train)
+    params = tiny_params(tiny_run_data, out, global_batch_size=8, epochs=12, eval_interval=4, **train)
     assert params["arch"]["halt_max_steps"] > 1 and params["arch"]["halt_exploration_prob"] > 0
     return params
 
 
 @pytest.fixture(scope="module")
-def one_batch(data_root, tmp_path_factory):
-    params = batch8_params(data_root, tmp_path_factory.mktemp("one_batch"))
+def one_batch(tiny_run_data, tmp_path_factory):
+    params = batch8_params(tiny_run_data, tmp_path_factory.mktemp("one_batch"))
     summary = loop.train(params)
     assert summary["step"] >= 20
     return params
@@ -82,15 +71,15 @@ def assert_close_runs(a: dict, b: dict, carry: bool = True) -> None:
                 assert torch.equal(ca[key], cb[key]), key
 
 
-def test_micro_batches_of_2_equal_one_batch_of_8(one_batch, data_root, tmp_path, capsys):
-    params = batch8_params(data_root, tmp_path, micro_batch_size=2)
+def test_micro_batches_of_2_equal_one_batch_of_8(one_batch, tiny_run_data, tmp_path, capsys):
+    params = batch8_params(tiny_run_data, tmp_path, micro_batch_size=2)
     loop.train(params)
     assert "memory plan: global 8 = 1 process x 4 accumulation x 2" in capsys.readouterr().out
     assert_close_runs(one_batch, params)
 
 
-def test_checkpoint_at_8_resume_at_2_matches_uninterrupted(one_batch, data_root, tmp_path):
-    params = batch8_params(data_root, tmp_path, micro_batch_size=8, max_steps=9)
+def test_checkpoint_at_8_resume_at_2_matches_uninterrupted(one_batch, tiny_run_data, tmp_path):
+    params = batch8_params(tiny_run_data, tmp_path, micro_batch_size=8, max_steps=9)
     assert loop.train(params)["step"] == 9
     params["train"].update(micro_batch_size=2, max_steps=0)  # neither is in the resume fingerprint
     loop.train(params)
@@ -198,7 +187,9 @@ def test_fixed_micro_batch_that_cannot_fit_is_refused_with_the_largest_that_fits
     assert "checkpoints/x/step_000000010" in oom_message(128, "checkpoints/x/step_000000010")
 
 
-def test_out_of_memory_mid_run_names_a_micro_batch_and_keeps_the_checkpoint(data_root, tmp_path, monkeypatch):
+def test_out_of_memory_mid_run_names_a_micro_batch_and_keeps_the_checkpoint(
+    tiny_run_data, tmp_path, monkeypatch
+):
     import hrm.training.step as step_module
     from hrm.io import UserError
 
@@ -209,7 +200,7 @@ def test_out_of_memory_mid_run_names_a_micro_batch_and_keeps_the_checkpoint(data
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_step(state, batch, **kwargs)
 
-    params = batch8_params(data_root, tmp_path, micro_batch_size=4)
+    params = batch8_params(tiny_run_data, tmp_path, micro_batch_size=4)
     monkeypatch.setattr(step_module, "train_step", running_out)
     with pytest.raises(
         UserError, match=r"micro-batch 4; try train.micro_batch_size=2.*Last good checkpoint: .*step_0"

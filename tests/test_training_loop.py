@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hrm_layout import write_dataset
 from train_helpers import assert_same_weights, final_weights, metric_files, tiny_params
 
 import hrm.training.step as step_module
@@ -19,24 +18,13 @@ from hrm.training.step import TrainingDiverged
 REAL_STEP = step_module.train_step
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
-
-
-@pytest.fixture(scope="module")
-def reference(data_root, tmp_path_factory):
+def reference(tiny_run_data, tmp_path_factory):
     """One uninterrupted run that the other tests compare against."""
-    params = tiny_params(data_root, tmp_path_factory.mktemp("reference"))
+    params = tiny_params(tiny_run_data, tmp_path_factory.mktemp("reference"))
     summary = loop.train(params)
     return params, summary
 
