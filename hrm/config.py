@@ -323,6 +323,26 @@ def apply_profile(
     return merged
 
 
+def run_params(
+    params: dict[str, Any],
+    profile: str | None = None,
+    overrides: Iterable[str] = (),
+    source: str | Path = DEFAULT_PARAMS,
+) -> dict[str, Any]:
+    """The params one run uses: params.yaml, then `profiles.<profile>` (with its `per_arch` part for the arch a
+    `--set arch.name=...` chooses), then the `--set` overrides; checked, a new dict. ConfigError otherwise."""
+    overrides = list(overrides)
+    if profile:
+        merged = apply_profile(params, profile, source, arch=chosen_arch(params, profile, overrides))
+    else:
+        merged = copy.deepcopy(params)
+    apply_overrides(merged, overrides, source)
+    applied = [f"profile {profile}"] if profile else []
+    applied += [f"--set {' '.join(overrides)}"] if overrides else []
+    check_params(merged, f"{source} with {' and '.join(applied)}" if applied else str(source))
+    return merged
+
+
 def apply_overrides(
     params: dict[str, Any], overrides: Iterable[str], source: str | Path = DEFAULT_PARAMS
 ) -> None:

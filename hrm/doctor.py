@@ -20,14 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrm.config import (
-    ConfigError,
-    apply_overrides,
-    apply_profile,
-    check_params,
-    chosen_arch,
-    load_params,
-)
+from hrm.config import ConfigError, load_params, run_params
 from hrm.io import UserError
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE
 from hrm.training.memory import MEMORY_HEADROOM
@@ -129,11 +122,7 @@ def load_run_config(
     source = params_path.as_posix()
     overrides = list(overrides)
     try:
-        params = load_params(params_path)
-        if profile:
-            params = apply_profile(params, profile, source, arch=chosen_arch(params, profile, overrides))
-        apply_overrides(params, overrides, source)
-        check_params(params, f"{source} with --set {' '.join(overrides)}" if overrides else source)
+        params = run_params(load_params(params_path), profile, overrides, source)
     except ConfigError as err:
         raise UserError(str(err)) from err
 

@@ -17,15 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import (
-    ConfigError,
-    apply_overrides,
-    apply_profile,
-    check_params,
-    chosen_arch,
-    load_params,
-    profile_overrides,
-)
+from hrm.config import ConfigError, chosen_arch, load_params, profile_overrides, run_params
 from hrm.io import UserError
 
 
@@ -63,12 +55,11 @@ def quickstart(
     profile's name); return the folder holding its report."""
     try:
         params = load_params(params_path)
-        arch = chosen_arch(params, profile, extra)  # per-arch overrides follow --set arch.name=...
-        overrides = profile_overrides(params, profile, arch, params_path)
-        # the run's params, checked here so that a typo stops before DVC starts any stage
-        planned = apply_profile(params, profile, params_path, arch=arch)
-        apply_overrides(planned, extra, params_path)
-        check_params(planned, f"{params_path} with profile {profile} and --set {' '.join(extra)}")
+        # per-arch overrides follow --set arch.name=...
+        overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)
+        run_params(
+            params, profile, extra, params_path
+        )  # checked here: a typo stops before DVC starts a stage
     except ConfigError as err:
         raise UserError(str(err)) from err
     if shutil.which("dvc") is None:
