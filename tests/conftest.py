@@ -93,3 +93,17 @@ def tiny_run_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hrm_layout import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("data"), train_groups=10, test_examples=6)
+
+
+def tiny_checkout(root: Path, exclude: tuple[str, ...] = ("dvc.lock",)) -> Path:
+    """A git copy of this checkout's files (`copy_checkout`) with the tiny profile applied and committed."""
+    from hrm.config import apply_profile
+
+    copy_checkout(root, exclude=exclude)
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    tiny = apply_profile(params, "tiny")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
+    run(["git", "init", "-q"], root)
+    run([*GIT, "add", "-A"], root)
+    run([*GIT, "commit", "-qm", "tiny profile"], root)
+    return root

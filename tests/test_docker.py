@@ -24,9 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import GIT, copy_checkout, run
-
-from hrm.config import apply_profile
+from conftest import copy_checkout, run, tiny_checkout
 
 pytestmark = pytest.mark.docker
 
@@ -224,18 +222,6 @@ def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
-def _tiny_checkout(root: Path) -> Path:
-    """A git + DVC copy of this checkout's files with the tiny profile applied and committed."""
-    copy_checkout(root, exclude=("dvc.lock", "wheels/"))
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    tiny = apply_profile(params, "tiny")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
-    run(["git", "init", "-q"], root)
-    run([*GIT, "add", "-A"], root)
-    run([*GIT, "commit", "-qm", "tiny profile"], root)
-    return root
-
-
 def _chown_tree(root: Path, uid: int) -> None:
     for path in [root, *root.rglob("*")]:
         os.chown(path, uid, uid, follow_symlinks=False)
@@ -255,7 +241,7 @@ def _flat(metrics: Any, prefix: str = "") -> dict[str, Any]:
 def runs(docker: str, image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny profile reproduced on the host and in the container, as the image's user (uid 1000) and,
     with `--user`, as another uid; each container run on its own copy owned by the uid that runs it."""
-    host = _tiny_checkout(tmp_path_factory.mktemp("host"))
+    host = tiny_checkout(tmp_path_factory.mktemp("host"), exclude=("dvc.lock", "wheels/"))
     users: list[tuple[str, int, list[str]]]
     if os.geteuid() == 0:  # root can hand each copy to the uid that runs it, as that user's checkout
         users = [("image user", 1000, []), ("other uid", OTHER_UID, ["--user", f"{OTHER_UID}:{OTHER_UID}"])]

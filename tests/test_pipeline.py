@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GIT, copy_checkout, run
+from conftest import GIT, run, tiny_checkout
 
-from hrm.config import apply_profile
 from hrm.data import spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,14 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of this checkout's files with the tiny profile applied, committed, after `dvc repro`."""
-    root = tmp_path_factory.mktemp("pipeline")
-    copy_checkout(root)
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    tiny = apply_profile(params, "tiny")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
-    run(["git", "init", "-q"], root)
-    run([*GIT, "add", "-A"], root)
-    run([*GIT, "commit", "-qm", "tiny profile"], root)
+    root = tiny_checkout(tmp_path_factory.mktemp("pipeline"))
     run(["dvc", "repro"], root)
     return root
 
