@@ -79,7 +79,7 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
 
 
-def test_two_gloo_processes_match_one(data_root, tmp_path):
+def test_two_gloo_processes_match_one(data_root, tmp_path, one_thread):
     """torchrun --nproc-per-node 2 (gloo), each rank in micro-batches of 2, against one process, one batch of 8.
 
     Halting and exploration on: the per-row draws are made for the global batch once per step and sliced, so
@@ -92,12 +92,7 @@ def test_two_gloo_processes_match_one(data_root, tmp_path):
         data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4, micro_batch_size=2
     )
     assert one["arch"]["halt_exploration_prob"] > 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loop.train(one)
-    finally:
-        torch.set_num_threads(threads)
+    loop.train(one)  # in this process, one thread like each of the launched ones
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     done = subprocess.run(
         [*torchrun, *RUNNER[1:], str(write_params(two, tmp_path / "two.yaml"))],
@@ -166,18 +161,13 @@ def launch_two_nodes(params_files: list[Path]) -> list[subprocess.CompletedProce
 
 
 @pytest.mark.slow  # two launchers + one process: ~1-2 min on a loaded 2-core machine
-def test_two_single_process_launchers_match_one_process(data_root, tmp_path):
+def test_two_single_process_launchers_match_one_process(data_root, tmp_path, one_thread):
     """Multi-node in miniature: two launchers (one process each, gloo) sharing a checkpoint folder."""
     import hrm.training.loop as loop
 
     one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
     two = tiny_params(data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loop.train(one)
-    finally:
-        torch.set_num_threads(threads)
+    loop.train(one)  # in this process, one thread like each of the launched ones
     config = write_params(two, tmp_path / "two.yaml")
     results = launch_two_nodes([config, config])
     for result in results:
