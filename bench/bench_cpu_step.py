@@ -9,6 +9,7 @@ checksum must agree (bit-identical when the math is the same; otherwise to fp32 
 
     PYTHONPATH=$PWD python bench/bench_cpu_step.py --compare main          # old vs new, ratios
     PYTHONPATH=$PWD python bench/bench_cpu_step.py --only quick --steps 20  # this tree only
+    PYTHONPATH=$PWD python bench/bench_cpu_step.py --only medium-hrm_v1 --only medium-trm --only medium-transformer
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import arch_section, train_section, write_layout
+from _common import PARAMS, arch_section, train_section, write_layout
 
 BASE_ARCH = arch_section(forward_dtype="float32")
 CASES = {
@@ -68,6 +69,30 @@ CASES = {
         "steps": 4,
     },
 }
+
+
+def profile_case(profile: str, arch_name: str, steps: int) -> dict:
+    """A case at a params.yaml profile's shape for `arch_name` (its `per_arch` part included): the step that
+    profile's runs take (`hrm compare --profile NAME`), on synthetic tokens."""
+    from hrm.config import load_params, run_params
+
+    overrides = [f"arch.name={arch_name}", "arch.forward_dtype=float32"]
+    params = run_params(load_params(PARAMS), profile, overrides, PARAMS)
+    side = params["generate"]["rows"]
+    assert side == params["generate"]["cols"], "profile cases assume square maps"
+    return {
+        "arch": params["arch"],
+        "side": side,
+        "batch": params["train"]["global_batch_size"],
+        "steps": steps,
+    }
+
+
+# The medium profile's three runs (README "The medium profile"); this tree only (`--compare` needs the old code
+# to know the arch).
+CASES.update(
+    {f"medium-{arch}": profile_case("medium", arch, steps=10) for arch in ("hrm_v1", "trm", "transformer")}
+)
 TRAIN = train_section(epochs=1, eval_interval=1, device="cpu", threads=1)
 
 
