@@ -99,7 +99,8 @@ class SparseSignSGD(Optimizer):
         """
         local = self.embedding.local_weights
         if local.grad is not None:
-            self.pending.append((local.grad.detach().clone(), self.embedding.local_ids.detach().clone()))
+            # the grad is dropped below (the next backward makes a new one); the ids buffer is overwritten in place
+            self.pending.append((local.grad.detach(), self.embedding.local_ids.detach().clone()))
             local.grad = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 from hrm.io import UserError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # train.device; --device of doctor may also name cuda:N
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 

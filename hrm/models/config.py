@@ -15,15 +15,13 @@ import torch
 
 from hrm.io import UserError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def resolve_forward_dtype(name: str, device: torch.device | str | None) -> torch.dtype:
     """`auto` = bf16 on CUDA, fp32 elsewhere (the rule lives in `hrm.runtime.dtype_name`)."""
     from hrm.runtime import dtype_name
 
     device_type = torch.device(device).type if device is not None else "cpu"
-    return _DTYPES[dtype_name(name, device_type)]
+    return getattr(torch, dtype_name(name, device_type))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,10 +438,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             logger.close()
         elapsed = time.perf_counter() - started
         if rank == 0:
-            if ema is not None:
-                with ema.applied(module):
-                    write_weights(module, Path(paths["model"]))
-            else:
+            with ema.applied(module) if ema is not None else nullcontext():
                 write_weights(module, Path(paths["model"]))
             done = state.step - first_step
             write_timing(paths.get("train_timing"), elapsed, done, first_step, world_size, device)

@@ -174,6 +174,7 @@ def plan_micro_batch(
         return plan(config.global_batch_size, world_size, configured_micro, None, None, None)
     import torch
 
+    from hrm.training.ema import WeightEMA
     from hrm.training.loop import build_model, build_optimizers, set_activation_checkpointing
     from hrm.training.step import TrainState
 
@@ -183,8 +184,9 @@ def plan_micro_batch(
         module.train()
         optimizers, base_lrs = build_optimizers(module, config)
         generator = torch.Generator().manual_seed(config.seed)
+        ema = WeightEMA(module, config.ema_rate) if config.ema else None  # a full copy of the weights
         return TrainState(
-            head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
+            head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
         )
 
     memory = measure_cuda_step(
