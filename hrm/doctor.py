@@ -68,6 +68,10 @@ class RunConfig:
     micro_batch_size: int | None = None  # train.micro_batch_size; None = auto
     epochs: int = 0
     train: dict[str, Any] = field(default_factory=dict)  # the train section, overrides applied
+    # the whole resolved params (profile and --set applied), and whether the converted data on disk was made
+    # from their data settings (a profile or --set that changes the data makes it another run's data)
+    params: dict[str, Any] = field(default_factory=dict)
+    data_is_current: bool = True
 
     @property
     def per_device_batch(self) -> int:
@@ -89,12 +93,13 @@ class Report:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def _data_seq_len(params: dict[str, Any], params_path: Path) -> tuple[int, str]:
-    """seq_len of the converted data if present, else generate.rows*cols, else the paper's 40x40."""
+def _data_seq_len(params: dict[str, Any], params_path: Path, data_is_current: bool) -> tuple[int, str]:
+    """seq_len of the converted data if present (and made from these settings), else generate.rows*cols,
+    else the paper's 40x40."""
     import json
 
     hrm_dir = params.get("paths", {}).get("hrm")
-    if hrm_dir:
+    if hrm_dir and data_is_current:
         metadata_file = params_path.parent / Path(hrm_dir) / "train" / "dataset.json"
         if metadata_file.is_file():
             try:
@@ -104,7 +109,7 @@ def _data_seq_len(params: dict[str, Any], params_path: Path) -> tuple[int, str]:
                 raise UserError(f"{metadata_file}: field 'seq_len' unreadable ({err})") from err
     generate = params.get("generate", {})
     if isinstance(generate.get("rows"), int) and isinstance(generate.get("cols"), int):
-        return generate["rows"] * generate["cols"], "generate.rows x generate.cols (no converted data yet)"
+        return generate["rows"] * generate["cols"], "generate.rows x generate.cols (no converted data of these settings)"
     return DEFAULT_GRID_SEQ_LEN, "paper 40x40 grid (no data, no generate.rows/cols)"
 
 
@@ -122,13 +127,15 @@ def load_run_config(
     source = params_path.as_posix()
     overrides = list(overrides)
     try:
-        params = run_params(load_params(params_path), profile, overrides, source)
+        on_disk = load_params(params_path)
+        params = run_params(on_disk, profile, overrides, source)
     except ConfigError as err:
         raise UserError(str(err)) from err
+    data_is_current = all(on_disk.get(key) == params.get(key) for key in ("generate", "convert", "paths"))
 
     arch, train = params["arch"], params["train"]  # types and ranges: schemas/params.schema.json
     global_batch_size = train["global_batch_size"]
-    seq_len, seq_len_source = _data_seq_len(params, params_path)
+    seq_len, seq_len_source = _data_seq_len(params, params_path, data_is_current)
     vehicles = params.get("generate", {}).get("vehicles")
     num_ids = (len(vehicles) if isinstance(vehicles, list) else 4) + 1  # + the blank identifier 0
     if world_size is None:
@@ -149,6 +156,8 @@ def load_run_config(
         micro_batch_size=None if micro == "auto" else micro,
         epochs=train["epochs"],
         train=dict(train),
+        params=params,
+        data_is_current=data_is_current,
         params_path=params_path,
         device_request=str(device or train.get("device", "auto")),
         arch=dict(arch),
@@ -920,27 +929,25 @@ def step_flops(arch: dict[str, Any], seq_len: int, vocab_size: int, rows: int) -
 
 
 def planned_step_count(config: RunConfig) -> tuple[int, str]:
-    """train's planned steps, from the converted data if present, else from generate.train_bases."""
-    import json
+    """train's planned steps, from the converted data if present, else from generate.train_bases (of the
+    resolved params: a profile's or --set's train_bases counts)."""
+    from types import SimpleNamespace
 
-    from hrm.training.data import planned_steps
+    from hrm.training.data import DatasetMetadata, planned_steps
 
-    params = load_params(config.params_path)
+    params = config.params
     epochs = config.epochs
     hrm_dir = params.get("paths", {}).get("hrm")
     metadata_file = (
         config.params_path.parent / Path(str(hrm_dir)) / "train" / "dataset.json" if hrm_dir else None
     )
-    if metadata_file is not None and metadata_file.is_file():
-        meta = json.loads(metadata_file.read_text(encoding="utf-8"))
-        groups, mean = int(meta["total_groups"]), float(meta["mean_puzzle_examples"])
+    if config.data_is_current and metadata_file is not None and metadata_file.is_file():
+        meta = DatasetMetadata.from_file(metadata_file)
     else:  # one group per base, one example per puzzle (docs/design.md)
-        groups, mean = int(params.get("generate", {}).get("train_bases", 0)), 1.0
-
-    class _Meta:
-        total_groups, mean_puzzle_examples = groups, mean
-
-    return planned_steps(_Meta, epochs, config.global_batch_size), f"epochs {epochs} x {groups} groups"
+        bases = int(params.get("generate", {}).get("train_bases", 0))
+        meta = SimpleNamespace(total_groups=bases, mean_puzzle_examples=1.0)
+    steps = planned_steps(meta, epochs, config.global_batch_size)
+    return steps, f"epochs {epochs} x {meta.total_groups} groups"
 
 
 def check_gpu_plans(config: RunConfig) -> Check:

@@ -119,6 +119,20 @@ def test_seq_len_comes_from_the_converted_data_when_present(tiny_params):
     assert config.seq_len == 25 and "dataset.json" in config.seq_len_source
 
 
+def test_a_profile_that_changes_the_data_reads_its_own_settings_not_the_converted_data(tmp_path):
+    """`--profile quick` runs on 8x8 maps of 960 bases: the paper data converted on disk is another run's."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    hrm_dir = yaml.safe_load(path.read_text(encoding="utf-8"))["paths"]["hrm"]
+    dataset = tmp_path / hrm_dir / "train" / "dataset.json"
+    dataset.parent.mkdir(parents=True)
+    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
+    assert doctor.load_run_config(path).seq_len == 25
+    quick = doctor.load_run_config(path, profile="quick")
+    assert quick.seq_len == 64 and "generate.rows" in quick.seq_len_source
+    assert doctor.planned_step_count(quick) == (2880, "epochs 24 x 960 groups")
+
+
 def test_sdpa_mismatch_fails(tiny_params, monkeypatch):
     def wrong_attention(query, key, value, **kwargs):  # a broken kernel: attends uniformly
         return value.mean(dim=-2, keepdim=True).expand_as(value)
