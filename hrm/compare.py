@@ -655,6 +655,11 @@ def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
 # ---------------------------------------------------------------- the command
 
 
+def vehicle_names(params: dict[str, Any]) -> list[str]:
+    """generate.vehicles' names, in params order (the per-vehicle columns)."""
+    return [v["name"] for v in params.get("generate", {}).get("vehicles", []) if isinstance(v, dict)]
+
+
 def collect(
     runs: Sequence[Planned],
     found: dict[str, list[Experiment]],
@@ -663,7 +668,7 @@ def collect(
     curves: bool = True,
 ) -> list[dict[str, Any]]:
     paths = params.get("paths", {})
-    vehicles = [v["name"] for v in params.get("generate", {}).get("vehicles", []) if isinstance(v, dict)]
+    vehicles = vehicle_names(params)
     records = []
     for run in runs:
         candidates = found.get(run.name) or []
@@ -768,9 +773,10 @@ def compare(
             flush=True,
         )
         raise
-    found = show_experiments(baseline)
+    if len(reused) < len(runs):  # something ran since the first look
+        found = show_experiments(baseline)
     records = collect(runs, found, params, reused)
-    vehicles = [v["name"] for v in params.get("generate", {}).get("vehicles", []) if isinstance(v, dict)]
+    vehicles = vehicle_names(params)
     results = {
         "name": name or f"cmp-{profile}",
         "command": command,

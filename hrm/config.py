@@ -332,10 +332,8 @@ def run_params(
     """The params one run uses: params.yaml, then `profiles.<profile>` (with its `per_arch` part for the arch a
     `--set arch.name=...` chooses), then the `--set` overrides; checked, a new dict. ConfigError otherwise."""
     overrides = list(overrides)
-    if profile:
-        merged = apply_profile(params, profile, source, arch=chosen_arch(params, profile, overrides))
-    else:
-        merged = copy.deepcopy(params)
+    arch = chosen_arch(params, profile, overrides)
+    merged = deep_merge(params, profile_overrides(params, profile, arch, source) if profile else {})
     apply_overrides(merged, overrides, source)
     applied = [f"profile {profile}"] if profile else []
     applied += [f"--set {' '.join(overrides)}"] if overrides else []

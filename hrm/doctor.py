@@ -109,7 +109,9 @@ def _data_seq_len(params: dict[str, Any], params_path: Path, data_is_current: bo
                 raise UserError(f"{metadata_file}: field 'seq_len' unreadable ({err})") from err
     generate = params.get("generate", {})
     if isinstance(generate.get("rows"), int) and isinstance(generate.get("cols"), int):
-        return generate["rows"] * generate["cols"], "generate.rows x generate.cols (no converted data of these settings)"
+        return generate["rows"] * generate[
+            "cols"
+        ], "generate.rows x generate.cols (no converted data of these settings)"
     return DEFAULT_GRID_SEQ_LEN, "paper 40x40 grid (no data, no generate.rows/cols)"
 
 
