@@ -82,6 +82,21 @@ def _int_list(name: str, kind: str, document: Any) -> np.ndarray | None:
         return None
 
 
+def view_of(split: raw.RawSplit) -> SplitView:
+    """The view of a split that passed every strict layer: its arrays as they are, nothing unreadable."""
+    return SplitView(
+        split.name,
+        split.files,
+        split.metadata,
+        split.inputs,
+        split.labels,
+        split.example_identifier,
+        split.base_scenario_ids,
+        split.vehicle_types,
+        {},
+    )
+
+
 def split_view(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> SplitView:
     """The split as far as its documents (by file name) allow; `texts` as `raw.read_files` gives them."""
     files = spec.raw_split_files(split)

@@ -124,7 +124,6 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     began = time.perf_counter()
     files, file_problems = read_raw_documents(settings.raw_dir)
     documents = files.documents
-    views = {split: audit.split_view(split, documents, files.texts) for split in spec.SPLITS}
     identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
     structure_problems: list[str] = []
     dataset = None
@@ -142,8 +141,10 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
             dataset = None
             lines = str(err).splitlines()
             structure_problems = [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
-    if dataset is None:
+    if dataset is None:  # the audit reads whatever the documents allow
+        views = {split: audit.split_view(split, documents, files.texts) for split in spec.SPLITS}
         return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
+    views = {split: audit.view_of(dataset.splits[split]) for split in spec.SPLITS}  # converted once
 
     facts = {
         name: compliance.example_facts(split, cost_table, dataset.rows, dataset.cols)
