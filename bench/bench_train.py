@@ -196,7 +196,7 @@ def main() -> None:
             if name in results:
                 r = results[name]
                 print(
-                    f"{name} / paper: step memory per example x{r['peak_MiB'] / plain['peak_MiB']:.3f}, "
+                    f"{name} / paper: step memory (batch 2) x{r['peak_MiB'] / plain['peak_MiB']:.3f}, "
                     f"step time x{r['step_s'] / plain['step_s']:.3f}"
                 )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import GIT
 
 from hrm import compare as cmp
 from hrm.io import UserError
@@ -132,12 +133,11 @@ def test_cli_bad_input_exits_1_before_anything_is_queued(tmp_path, monkeypatch):
 @pytest.fixture
 def committed_repo(tmp_path, monkeypatch) -> Path:
     """A git repo with one committed file `a.txt`, as the working directory."""
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     monkeypatch.chdir(tmp_path)
     subprocess.run(["git", "init", "-q"], check=True)
     Path("a.txt").write_text("1", encoding="utf-8")
-    subprocess.run([*git, "add", "a.txt"], check=True)
-    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    subprocess.run([*GIT, "add", "a.txt"], check=True)
+    subprocess.run([*GIT, "commit", "-qm", "a"], check=True)
     return tmp_path
 
 

@@ -94,7 +94,7 @@ def test_compare_reuses_and_shows_failures(repo: Path, monkeypatch: pytest.Monke
 def test_experiment_shared_through_a_remote_is_seen_in_a_fresh_clone(repo: Path, tmp_path: Path) -> None:
     name = "cmp-tiny-hrm_v1-s0"  # finished by the test above (module-scoped repo)
     if name not in run(["dvc", "exp", "list", "--name-only"], repo):
-        pytest.skip("needs the comparison of the test above")
+        pytest.fail(f"{name} is missing: the comparison of the test above failed or was not run")
     origin, storage, clone = tmp_path / "origin.git", tmp_path / "dvc-storage", tmp_path / "clone"
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
     run(["git", "remote", "add", "origin", str(origin)], repo)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hrm_layout import write_dataset
 from train_helpers import final_weights, metric_files, tiny_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,14 +39,9 @@ def logged_steps(params: dict) -> int:
         return 0
 
 
-@pytest.fixture()
-def data_root(tmp_path):
-    return write_dataset(tmp_path / "data", train_groups=10, test_examples=6)
-
-
 @pytest.mark.slow  # three cold processes: ~60 s on a loaded 2-core machine
-def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
-    reference = tiny_params(data_root, tmp_path / "ref", epochs=12, eval_interval=4)
+def test_sigterm_checkpoint_then_resume_bit_identical(tiny_run_data, tmp_path):
+    reference = tiny_params(tiny_run_data, tmp_path / "ref", epochs=12, eval_interval=4)
     subprocess.run(
         [*RUNNER, str(write_params(reference, tmp_path / "ref.yaml"))],
         env=environment(),
@@ -56,7 +50,7 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
     )
     total = json.loads((Path(reference["paths"]["train_log"]) / "metrics.json").read_text())["step"]
 
-    params = tiny_params(data_root, tmp_path / "run", epochs=12, eval_interval=4)
+    params = tiny_params(tiny_run_data, tmp_path / "run", epochs=12, eval_interval=4)
     config = write_params(params, tmp_path / "run.yaml")
     proc = subprocess.Popen(
         [*RUNNER, str(config)], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -79,7 +73,7 @@ def test_sigterm_checkpoint_then_resume_bit_identical(data_root, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
 
 
-def test_two_gloo_processes_match_one(data_root, tmp_path, one_thread):
+def test_two_gloo_processes_match_one(tiny_run_data, tmp_path, one_thread):
     """torchrun --nproc-per-node 2 (gloo), each rank in micro-batches of 2, against one process, one batch of 8.
 
     Halting and exploration on: the per-row draws are made for the global batch once per step and sliced, so
@@ -87,9 +81,9 @@ def test_two_gloo_processes_match_one(data_root, tmp_path, one_thread):
     """
     import hrm.training.loop as loop
 
-    one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
+    one = tiny_params(tiny_run_data, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
     two = tiny_params(
-        data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4, micro_batch_size=2
+        tiny_run_data, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4, micro_batch_size=2
     )
     assert one["arch"]["halt_exploration_prob"] > 0
     loop.train(one)  # in this process, one thread like each of the launched ones
@@ -161,12 +155,12 @@ def launch_two_nodes(params_files: list[Path]) -> list[subprocess.CompletedProce
 
 
 @pytest.mark.slow  # two launchers + one process: ~1-2 min on a loaded 2-core machine
-def test_two_single_process_launchers_match_one_process(data_root, tmp_path, one_thread):
+def test_two_single_process_launchers_match_one_process(tiny_run_data, tmp_path, one_thread):
     """Multi-node in miniature: two launchers (one process each, gloo) sharing a checkpoint folder."""
     import hrm.training.loop as loop
 
-    one = tiny_params(data_root, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
-    two = tiny_params(data_root, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4)
+    one = tiny_params(tiny_run_data, tmp_path / "one", global_batch_size=8, epochs=12, eval_interval=4)
+    two = tiny_params(tiny_run_data, tmp_path / "two", global_batch_size=8, epochs=12, eval_interval=4)
     loop.train(one)  # in this process, one thread like each of the launched ones
     config = write_params(two, tmp_path / "two.yaml")
     results = launch_two_nodes([config, config])
@@ -180,9 +174,9 @@ def test_two_single_process_launchers_match_one_process(data_root, tmp_path, one
 
 
 @pytest.mark.slow
-def test_rank_that_cannot_see_the_checkpoint_folder_stops(data_root, tmp_path):
+def test_rank_that_cannot_see_the_checkpoint_folder_stops(tiny_run_data, tmp_path):
     """Node 1 is given another checkpoint folder (as a node without the shared file system would have)."""
-    params = [tiny_params(data_root, tmp_path / f"node{n}") for n in (0, 1)]
+    params = [tiny_params(tiny_run_data, tmp_path / f"node{n}") for n in (0, 1)]
     files = [write_params(p, tmp_path / f"node{n}.yaml") for n, p in enumerate(params)]
     results = launch_two_nodes(files)
     assert all(result.returncode != 0 for result in results)
