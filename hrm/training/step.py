@@ -54,16 +54,6 @@ def reduce_dtype(device: Any) -> Any:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def gradient_tensors(module: Any) -> tuple[list[Any], list[Any]]:
-    """(dense parameters, gradient-carrying buffers such as the sparse puzzle embedding's local copy).
-
-    Only the first are all-reduced here: the sparse optimizer gathers its rows and ids across ranks itself.
-    """
-    dense = [p for p in module.parameters() if p.requires_grad]
-    sparse = [b for b in module.buffers() if b.requires_grad]
-    return dense, sparse
-
-
 def carry_rows(carry: Any, start: int, stop: int) -> Any:
     """Rows [start, stop) of an ACT carry (views): a micro-batch slot's own part of the process's carry."""
     import dataclasses
@@ -187,8 +177,8 @@ def train_step(
         loss = loss + part_loss
         metrics = {k: metrics.get(k, 0.0) + v for k, v in part_metrics.items()}
 
-    dense, _ = gradient_tensors(state.module)
-    dense_grads = [t.grad for t in dense if t.grad is not None]
+    # dense gradients are all-reduced here; the sparse optimizer gathers its rows and ids across ranks itself
+    dense_grads = [p.grad for p in state.module.parameters() if p.requires_grad and p.grad is not None]
     if world_size > 1:
         import torch.distributed as dist
 
