@@ -234,18 +234,22 @@ class PostNormBlock(nn.Module):
         return rms_norm(self.mlp(hidden_states).add_(hidden_states), eps, in_place=True)
 
 
+def post_norm_blocks(config: ModelConfig, num_layers: int) -> nn.ModuleList:
+    """`num_layers` post-norm blocks at the model's width; token mixing by attention, or by an MLP across the
+    sequence (`mlp_t`)."""
+    mixing_len = config.total_len if config.mlp_t else None
+    return nn.ModuleList(
+        PostNormBlock(config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len)
+        for _ in range(num_layers)
+    )
+
+
 class ReasoningModule(nn.Module):
     """A stack of post-norm blocks that first adds its input injection to its state (HRM's H/L, TRM's net)."""
 
     def __init__(self, config: ModelConfig, num_layers: int) -> None:
         super().__init__()
-        mixing_len = config.total_len if config.mlp_t else None
-        self.layers = nn.ModuleList(
-            PostNormBlock(
-                config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len
-            )
-            for _ in range(num_layers)
-        )
+        self.layers = post_norm_blocks(config, num_layers)
 
     # `train.activation_checkpointing`: with the graph on (the gradient-carrying updates), each block's
     # activations are dropped after the forward and recomputed in backward; same values, less memory.

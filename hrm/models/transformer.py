@@ -15,7 +15,7 @@ from torch import nn
 
 from hrm.models.act import ACTCarry, ACTModel
 from hrm.models.config import ModelConfig
-from hrm.models.layers import CastedLinear, InputEmbedding, PostNormBlock
+from hrm.models.layers import CastedLinear, InputEmbedding, post_norm_blocks
 
 
 class TransformerInner(InputEmbedding, nn.Module):
@@ -23,13 +23,7 @@ class TransformerInner(InputEmbedding, nn.Module):
         super().__init__()
         self.config = config
         self._build_embeddings()
-        mixing_len = config.total_len if config.mlp_t else None
-        self.layers = nn.ModuleList(
-            PostNormBlock(
-                config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len
-            )
-            for _ in range(config.H_layers + config.L_layers)
-        )
+        self.layers = post_norm_blocks(config, config.H_layers + config.L_layers)
         self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
