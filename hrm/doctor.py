@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrm import runtime
 from hrm.config import ConfigError, load_params, run_params
 from hrm.io import UserError
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE
@@ -179,13 +180,6 @@ def load_run_config(
 # ----------------------------------------------------------------------------------------------- device
 
 
-def resolve_dtype_name(forward_dtype: str, device: str) -> str:
-    """`auto` is bfloat16 on CUDA, float32 elsewhere (params.yaml arch.forward_dtype; hrm.runtime's rule)."""
-    from hrm.runtime import dtype_name
-
-    return dtype_name(forward_dtype, device)
-
-
 def check_environment(device: str | None) -> Check:
     import torch
 
@@ -309,7 +303,7 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 
-    dtype_name = resolve_dtype_name(config.forward_dtype, device)
+    dtype_name = runtime.dtype_name(config.forward_dtype, device)
     dtype = getattr(torch, dtype_name)
     hidden = int(config.arch.get("hidden_size", 512))
     heads = int(config.arch.get("num_heads", 8))
@@ -422,7 +416,7 @@ def check_bf16(config: RunConfig, device: str) -> Check:
     """bf16 works on Ampere+ GPUs; on the CPU it runs but is usually slower than fp32: measure it."""
     import torch
 
-    dtype_name = resolve_dtype_name(config.forward_dtype, device)
+    dtype_name = runtime.dtype_name(config.forward_dtype, device)
     if device.startswith("cuda"):
         supported = bool(torch.cuda.is_bf16_supported())
         if dtype_name == "bfloat16" and not supported:
@@ -601,7 +595,7 @@ def check_determinism(
     can fail.
     """
 
-    dtype_name = resolve_dtype_name(config.forward_dtype, device)
+    dtype_name = runtime.dtype_name(config.forward_dtype, device)
     # A CPU step at the paper's shapes takes minutes: cap the sequence there (CPU kernels do not switch
     # algorithm with the length); GPUs run the configured shapes.
     work = workload(config, quick, max_seq_len=None if device.startswith("cuda") else CPU_DETERMINISM_SEQ_LEN)
@@ -778,7 +772,7 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
 
     A step is sized at batch 1 and 2 and extrapolated linearly (memory is affine in the batch).
     """
-    dtype_name = resolve_dtype_name(config.forward_dtype, device)
+    dtype_name = runtime.dtype_name(config.forward_dtype, device)
     work = workload(config, quick=False)  # always the configured shapes
     small = (1, 2)
     try:
