@@ -136,27 +136,24 @@ def augment_split(
     return augmented, example_transform
 
 
-def route_failures(
-    inputs: np.ndarray,
-    labels: np.ndarray,
-    identifiers: np.ndarray,
-    cost_table: np.ndarray,
-    rows: int,
-    cols: int,
-) -> list[int]:
-    """Indices of examples whose label is not the valid, unique optimal route of its (transformed) map,
-    by the independent Dijkstra of the validate stage."""
+def transformed_route_failures(
+    augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
+) -> tuple[list[str], int]:
+    """Every transformed example of `augment_split`'s output (transform != 0) re-checked by the independent
+    Dijkstra of the validate stage: ("train example i (base b, vehicle, transform)" for each whose label is not
+    the valid, unique optimal route of its transformed map, the number checked). Shared by convert and validate."""
     from hrm.data.compliance import example_facts
 
-    n = len(inputs)
+    moved = np.flatnonzero(transform != 0)
+    n = len(moved)
     if n == 0:
-        return []
+        return [], 0
     single = RawSplit(  # one puzzle per example, in one group: all example_facts needs
         name="train",
         metadata={},
-        inputs=np.asarray(inputs),
-        labels=np.asarray(labels),
-        puzzle_identifiers=np.asarray(identifiers, dtype=np.int64),
+        inputs=np.asarray(augmented.inputs[moved]),
+        labels=np.asarray(augmented.labels[moved]),
+        puzzle_identifiers=np.asarray(augmented.example_identifier[moved], dtype=np.int64),
         puzzle_indices=np.arange(n + 1, dtype=np.int64),
         group_indices=np.array([0, n], dtype=np.int64),
         base_scenario_ids=[""] * n,
@@ -164,4 +161,9 @@ def route_failures(
     )
     facts = example_facts(single, cost_table, rows, cols)
     good = facts.route_valid & (facts.route_cost == facts.optimal_cost) & facts.route_unique
-    return np.flatnonzero(~good).tolist()
+    described = [
+        f"train example {int(i)} (base {augmented.base_scenario_ids[i]}, {augmented.vehicle_types[i]}, "
+        f"{TRANSFORMS[transform[i]]})"
+        for i in moved[~good]
+    ]
+    return described, n

@@ -144,21 +144,11 @@ def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
     augmented, transform = augmentation.augment_split(
         split, rows, cols, augmentation.transforms_for(augment, rows, cols)
     )
-    moved = np.flatnonzero(transform != 0)
-    bad = augmentation.route_failures(
-        augmented.inputs[moved],
-        augmented.labels[moved],
-        augmented.example_identifier[moved],
-        dataset.cost_model.cost_table(),
-        rows,
-        cols,
+    bad, _ = augmentation.transformed_route_failures(
+        augmented, transform, dataset.cost_model.cost_table(), rows, cols
     )
     if bad:
-        listed = "\n".join(
-            f"  - train example {int(moved[k])} (base {augmented.base_scenario_ids[moved[k]]}, "
-            f"{augmented.vehicle_types[moved[k]]}, {augmentation.TRANSFORMS[transform[moved[k]]]})"
-            for k in bad[:5]
-        )
+        listed = "\n".join(f"  - {example}" for example in bad[:5])
         raise io.UserError(
             f"convert.augment: {len(bad)} transformed train example(s) of {dataset.folder} are not the unique "
             f"optimal route of their transformed map:\n{listed}\nNothing was written."

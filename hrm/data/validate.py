@@ -295,20 +295,10 @@ def _augmented_route_check(
     augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
 ) -> compliance.Check:
     """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
-    moved = np.flatnonzero(transform != 0)
-    bad = augment.route_failures(
-        augmented.inputs[moved],
-        augmented.labels[moved],
-        augmented.example_identifier[moved],
-        cost_table,
-        rows,
-        cols,
-    )
+    bad, checked = augment.transformed_route_failures(augmented, transform, cost_table, rows, cols)
     failures = [
-        f"augmented train example {int(moved[k])} (base {augmented.base_scenario_ids[moved[k]]}, "
-        f"{augmented.vehicle_types[moved[k]]}, {augment.TRANSFORMS[transform[moved[k]]]}): the transformed label "
-        "is not the unique optimal route of the transformed map"
-        for k in bad
+        f"augmented {example}: the transformed label is not the unique optimal route of the transformed map"
+        for example in bad
     ]
     return compliance.share_check(
         "augmented_routes",
@@ -316,7 +306,7 @@ def _augmented_route_check(
         f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
         "carries the unique optimal route of its transformed map (scipy Dijkstra)",
         failures,
-        len(moved),
+        checked,
     )
 
 
