@@ -145,18 +145,14 @@ def load_run_config(
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1:
         raise UserError(f"--world-size must be >= 1, got {world_size}")
-    if global_batch_size % world_size:  # the trainer refuses it too (hrm.training.data.check_batch_split)
-        raise UserError(
-            f"{source}: train.global_batch_size {global_batch_size} is not a multiple of the {world_size} processes"
-        )
-    micro = train.get("micro_batch_size", "auto")  # type and range: the schema; divisibility: here
-    if micro != "auto" and (global_batch_size // world_size) % micro:
-        raise UserError(
-            f"{source}: train.micro_batch_size {micro} does not divide the {global_batch_size // world_size} "
-            f"rows per process"
-        )
+    from hrm.training.loop import TrainConfig, fixed_micro_batch
+
+    try:  # the trainer's own checks: the global batch splits over the processes, the micro-batch divides a share
+        micro = fixed_micro_batch(TrainConfig.from_params(train), world_size)
+    except ConfigError as err:
+        raise UserError(str(err)) from err
     return RunConfig(
-        micro_batch_size=None if micro == "auto" else micro,
+        micro_batch_size=micro,
         epochs=train["epochs"],
         train=dict(train),
         params=params,
