@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hrm.config import ConfigError, load_params
+from hrm.config import ConfigError, load_params, parse_override
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, profile_overrides, set_param_args
 
@@ -96,7 +94,7 @@ def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, A
     known = flatten({k: v for k, v in params.items() if k != "profiles"})
     axes: dict[str, list[Any]] = {}
     for item in items:
-        key, sep, text = item.partition("=")
+        key, sep, _ = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value, e.g. train.lr=0.001")
@@ -107,9 +105,9 @@ def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, A
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise UserError(f"--set {key}: params.yaml has no key {key}{hint}")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise UserError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+            _, value = parse_override(item)
+        except ConfigError as err:
+            raise UserError(str(err)) from err
         if value not in axes.setdefault(key, []):
             axes[key].append(value)
     keys = sorted(axes)

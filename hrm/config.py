@@ -286,15 +286,24 @@ def profile_overrides(
     return deep_merge(own, per_arch.get(arch) or {})
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """One `--set key.sub=value` (the `dvc exp run -S` syntax) -> (key, value parsed as YAML); ConfigError
+    naming the item otherwise. The one parser of these strings (quickstart, doctor, compare)."""
+    key, sep, raw_value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=384")
+    try:
+        return key, yaml.safe_load(raw_value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+
+
 def chosen_arch(params: dict[str, Any], profile: str | None = None, extra: Iterable[str] = ()) -> str:
     """The arch.name a run uses: the last `--set arch.name=...` in `extra`, else the profile's, else params'."""
     for item in reversed(list(extra)):
-        key, sep, value = item.partition("=")
-        if sep and key.strip() == "arch.name":
-            try:
-                return str(yaml.safe_load(value))
-            except yaml.YAMLError as err:
-                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+        if item.partition("=")[0].strip() == "arch.name":
+            return str(parse_override(item)[1])
     profile_arch = ((params.get("profiles") or {}).get(profile) or {}).get("arch") if profile else None
     if isinstance(profile_arch, dict) and "name" in profile_arch:
         return str(profile_arch["name"])
@@ -347,9 +356,7 @@ def apply_overrides(
     """`key.sub=value` strings (the `dvc exp run -S` syntax; value parsed as YAML) written into params in
     place. Unchecked: call `check_params` on the result (a typo'd key is reported there, with a guess)."""
     for item in overrides:
-        key, sep, raw_value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=384")
+        key, value = parse_override(item)
         node = params
         parts = key.split(".")
         for part in parts[:-1]:
@@ -359,7 +366,4 @@ def apply_overrides(
                     f"--set {item!r}: {source} has no section {part!r} under which to set {key!r}"
                 )
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(raw_value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+        node[parts[-1]] = value
