@@ -133,3 +133,112 @@ def test_normalize_metrics_train_and_eval():
     assert train == {"accuracy": 0.75, "exact_accuracy": 0.5, "lm_loss": 1.0, "q_halt_loss": 0.5}
     assert normalize_metrics(sums)["lm_loss"] == 4.0
     assert normalize_metrics({"count": 0.0, "accuracy": 0.0, "lm_loss": 2.0}, 4) == {"lm_loss": 0.5}
+
+
+# ---- gradients where the numerics break: exact 0 and 1, bf16-rounded, huge ------------------------------
+
+EDGE_ROWS = [
+    [1.0, 0.5, -0.3],  # the issue's case: official gradient [0.23, -0.43, 0.14]
+    [0.0, -0.0, 1.0],
+    [1.0, 1.0, 1.0],
+    [-1.0, 0.0, 1.0],
+    [1e4, -1e4, 1.0],
+    [3e38, -3e38, 0.0],  # near the float32 limits
+    [-1e30, -1e-30, 1e-30],
+]
+
+
+def _bf16_rows() -> list[list[float]]:
+    """Logits near 0 and 1 as bf16 rounds them: most land exactly on 1.0, 0.0 or their neighbours."""
+    near = torch.cat([torch.linspace(0.97, 1.03, 12), torch.linspace(-0.02, 0.02, 12)])
+    return near.to(torch.bfloat16).to(torch.float64).view(-1, 3).tolist()
+
+
+def _reference_grad(row: list[float], label: int) -> list[float]:
+    """d/dx of -log(s(x_label) / sum s(x)) in float64, branch by branch with no torch.where."""
+
+    def s(x: float) -> float:
+        return x + 1 if x >= 0 else 1 / (1 - x)
+
+    def ds(x: float) -> float:
+        return 1.0 if x >= 0 else 1 / (1 - x) ** 2
+
+    total = sum(s(x) for x in row)
+    return [ds(x) / total - (ds(x) / s(x) if j == label else 0.0) for j, x in enumerate(row)]
+
+
+def _official_stablemax_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The official HRM formula (models/losses.py: s with epsilon 1e-30, float64), written from its docs."""
+    x = logits.to(torch.float64)
+    s = torch.where(x < 0, 1 / (1 - x + 1e-30), x + 1)
+    logprobs = torch.log(s / s.sum(-1, keepdim=True))
+    return -torch.gather(logprobs, -1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("row", EDGE_ROWS + _bf16_rows())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_stablemax_gradient_is_finite_and_exact_at_edge_logits(row, dtype):
+    if dtype is not torch.float64 and max(abs(x) for x in row) > torch.finfo(dtype).max:
+        pytest.skip("not representable")
+    logits = torch.tensor([[row]], dtype=dtype, requires_grad=True)
+    for label in range(3):
+        logits.grad = None
+        stablemax_cross_entropy(logits, torch.tensor([[label]])).sum().backward()
+        grad = logits.grad.to(torch.float64)[0, 0]
+        assert torch.isfinite(grad).all(), (row, label, grad)
+        exact_row = logits.detach().to(torch.float64)[0, 0].tolist()  # the value the dtype holds
+        reference = torch.tensor(_reference_grad(exact_row, label), dtype=torch.float64)
+        tolerance = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+        torch.testing.assert_close(grad, reference.to(dtype).to(torch.float64), rtol=tolerance, atol=1e-30)
+        # The official formula agrees in value and (where its epsilon keeps it finite) in gradient.
+        official_in = logits.detach().to(torch.float64).requires_grad_(True)
+        official = _official_stablemax_ce(official_in, torch.tensor([[label]]))
+        ours = stablemax_cross_entropy(logits.detach().to(torch.float64), torch.tensor([[label]]))
+        torch.testing.assert_close(ours, official, rtol=1e-12, atol=1e-15)
+        official.sum().backward()
+        if torch.isfinite(official_in.grad).all():
+            torch.testing.assert_close(
+                grad, official_in.grad[0, 0].to(dtype).to(torch.float64), rtol=tolerance, atol=1e-30
+            )
+
+
+def test_stablemax_gradient_at_one_matches_the_official_figures():
+    logits = torch.tensor([[[1.0, 0.5, -0.3]]], requires_grad=True)
+    stablemax_cross_entropy(logits, torch.tensor([[1]])).sum().backward()
+    torch.testing.assert_close(logits.grad[0, 0], torch.tensor([0.2342, -0.4324, 0.1386]), atol=1e-4, rtol=0)
+
+
+def test_log_stablemax_in_float32_has_finite_gradients_at_one():
+    """The MPS path computes in float32, where the official epsilon (1e-30) would not save the x = 1 branch."""
+    from hrm.models.losses import log_stablemax
+
+    logits = torch.tensor([[1.0, 0.0, -0.0, 1e30, -1e30]], requires_grad=True)
+    log_stablemax(logits)[0, 0].backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+
+
+@pytest.mark.parametrize("loss_type", ["stablemax_cross_entropy", "softmax_cross_entropy"])
+def test_loss_head_gradients_finite_on_bf16_logits_of_exactly_one(loss_type):
+    """The whole head as the trainer uses it: bf16 logits that are exactly 1.0 and 0.0, huge Q logits."""
+    logits = torch.ones(2, 4, 5, dtype=torch.bfloat16)
+    logits[:, :, 0] = 0.0
+    logits[1, 1] = torch.tensor([1e4, -1e4, 1.0, 0.0, 1.0])
+    logits.requires_grad_(True)
+    q_halt = torch.tensor([1e4, -1e4], dtype=torch.bfloat16, requires_grad=True)
+    q_continue = torch.tensor([0.0, 1.0], dtype=torch.bfloat16, requires_grad=True)
+    outputs = {
+        "logits": logits,
+        "q_halt_logits": q_halt,
+        "q_continue_logits": q_continue,
+        "target_q_continue": torch.tensor([1.0, 0.0], dtype=torch.bfloat16),
+    }
+    labels = torch.tensor([[1, 2, 3, 4], [0, -100, 2, 1]])
+    carry = ACTCarry(
+        None, None, torch.ones(2, dtype=torch.int32), torch.tensor([True, False]), {"labels": labels}
+    )
+    head = ACTLossHead(_FixedModel(outputs, carry), loss_type)
+    _, total, _, _, _ = head(carry=carry, batch={})
+    total.backward()
+    assert torch.isfinite(total)
+    for name, tensor in (("logits", logits), ("q_halt", q_halt), ("q_continue", q_continue)):
+        assert torch.isfinite(tensor.grad.float()).all(), (name, tensor.grad)

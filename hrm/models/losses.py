@@ -22,13 +22,21 @@ LOSS_METRICS = ("lm_loss", "q_halt_loss", "q_continue_loss")
 
 
 def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
-    """s(x) = x + 1 for x >= 0, 1 / (1 - x) below: positive, grows linearly, so no exp overflow."""
-    return torch.where(x < 0, 1 / (1 - x), x + 1)
+    """s(x) = x + 1 for x >= 0, 1 / (1 - x) below: positive, grows linearly, so no exp overflow.
+
+    `torch.where` differentiates both branches: at x = 1 the untaken 1 / (1 - x) is inf and its gradient
+    inf x 0 = NaN (bf16 logits land on 1.0 often). The official code adds epsilon 1e-30 to the denominator,
+    which is finite only in float64; here the reciprocal branch only ever sees x <= 0, so both branches and
+    their gradients are finite in every dtype and the values equal the official ones.
+    """
+    negative = x < 0
+    return torch.where(negative, 1 / (1 - torch.where(negative, x, 0)), x + 1)
 
 
 def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log(s / sum s) as log s - log sum s: the quotient's gradient squares the sum (inf in fp32 at 1e20)."""
     s = _stablemax_s(logits)
-    return torch.log(s / s.sum(dim=dim, keepdim=True))
+    return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
 
 
 def stablemax_cross_entropy(
