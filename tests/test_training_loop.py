@@ -188,3 +188,52 @@ def test_stage_reports_bad_settings_without_traceback(reference, tmp_path, chang
     result = CliRunner().invoke(load_stage().app, ["--params", str(path)])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_eval_on_routing_data_logs_the_evaluate_stages_route_metrics(tmp_path):
+    """The trainer's eval and the evaluate stage score the same predictions the same way (budget curves
+    read the trainer's eval: route_optimal_rate there must mean what it means in the stage's metrics.json)."""
+    from routing_layout import write_routing_dataset
+
+    from hrm.config import deep_merge
+    from hrm.evaluation import runner
+
+    data_root = write_routing_dataset(tmp_path / "data", train_bases=6, test_bases=5, size=6)
+    params = tiny_params(data_root, tmp_path / "run", epochs=4, eval_interval=2)
+    summary = loop.train(params)
+    assert {"route_valid_rate", "route_optimal_rate", "exact_accuracy"} <= set(summary["eval"])
+    rows = metric_files(params)["plots/metrics/eval/route_optimal_rate.tsv"].splitlines()
+    assert rows[0].split("\t")[1] == "route_optimal_rate" and len(rows) == 3  # header + 2 evals
+    params = deep_merge(params, {"paths": {"eval_reports": str(tmp_path / "eval")}})
+    stage = runner.run_evaluation(params, progress=False)["test"]
+    for key in ("route_valid_rate", "route_optimal_rate", "exact_accuracy", "accuracy"):
+        assert summary["eval"][key] == pytest.approx(stage[key], abs=1e-6), key
+
+
+def test_route_sums_count_label_routes_and_skip_padding():
+    """Predictions equal to the labels are optimal routes, copies of the input are none; padding rows
+    (every label ignored) are not counted."""
+    import numpy as np
+    from routing_layout import paper_cost_model
+
+    from hrm.data import routing, spec
+    from hrm.evaluation.metrics import RouteTask
+    from hrm.training.data import IGNORE_LABEL
+    from hrm.training.step import route_sums
+
+    side = 6
+    grid = np.full(side * side, spec.ROAD_BASE + 4, dtype=np.int64)  # streets, free
+    grid[0], grid[-1] = spec.START, spec.GOAL
+    table = paper_cost_model().cost_table()
+    solution = routing.solve(routing.cell_costs(grid, table[1]), 0, side * side - 1, side, side)
+    label = routing.mark_route(grid, solution.path)
+    inputs = torch.tensor(np.stack([grid, grid, grid]), dtype=torch.int32)
+    labels = torch.tensor(np.stack([label, label, np.full_like(label, IGNORE_LABEL)]))
+    preds = torch.stack([labels[0], inputs[1].long(), labels[0]])
+    batch = {
+        "inputs": inputs,
+        "labels": labels,
+        "puzzle_identifiers": torch.tensor([1, 1, 0], dtype=torch.int32),
+    }
+    task = RouteTask(rows=side, cols=side, cost_table=table)
+    assert route_sums(batch, preds, task) == (1.0, 1.0)

@@ -20,7 +20,16 @@ TRAIN_METRICS = (
     "q_continue_loss",
     "lr",
 )
-EVAL_METRICS = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")
+EVAL_METRICS = (
+    "accuracy",
+    "exact_accuracy",
+    "q_halt_accuracy",
+    "steps",
+    "lm_loss",
+    "q_halt_loss",
+    "route_valid_rate",  # with routing.json (hrm.training.step.evaluate)
+    "route_optimal_rate",
+)
 
 
 class RunLogger:

@@ -240,6 +240,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     """Train as params.yaml says; return a summary (steps done, last eval metrics, checkpoint, model path)."""
     import torch
 
+    from hrm.evaluation.data import load_route_task
     from hrm.training.checkpoint import CheckpointStore, fingerprint, rng_states, set_rng_states
     from hrm.training.data import PuzzleDataset, TrainSampler, eval_batches, planned_steps
     from hrm.training.logging import RunLogger
@@ -270,6 +271,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     try:
         train_set = PuzzleDataset(data_root, "train")
         test_set = PuzzleDataset(data_root, "test")
+        route_task = load_route_task(data_root, test_set.metadata)  # None: no routing.json, no route metrics
         total_steps = planned_steps(train_set.metadata, config.epochs, config.global_batch_size)
         stop_at = min(total_steps, config.max_steps) if config.max_steps else total_steps
         meta = train_set.metadata
@@ -388,6 +390,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 eval_batches(test_set, plan.micro_batch * world_size, rank, world_size),
                 device=device,
                 world_size=world_size,
+                route_task=route_task,
             )
             logger.log_eval(state.step, eval_metrics)
             last_eval_step = state.step

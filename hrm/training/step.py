@@ -19,6 +19,7 @@ METRIC_KEYS = (
     "q_halt_loss",
     "q_continue_loss",
 )
+ROUTE_KEYS = ("route_valid_rate", "route_optimal_rate")  # eval only, with a route task: sums / count
 MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
 
 
@@ -235,14 +236,39 @@ def train_step(
     return StepResult(metrics=out, stop_requested=packed[1] > 0)
 
 
+def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
+    """(valid, optimal) route counts of this batch's labelled rows, by `hrm.evaluation.metrics.route_scores`
+    (the evaluate stage's rule: a connected, allowed path whose cost equals the Dijkstra optimum)."""
+    import numpy as np
+
+    from hrm.evaluation import metrics as M
+    from hrm.training.data import IGNORE_LABEL
+
+    labels = batch["labels"].cpu().numpy()
+    labelled = (labels != IGNORE_LABEL).any(-1)  # padding rows have none
+    inputs = batch["inputs"].cpu().numpy()[labelled]
+    identifiers = batch["puzzle_identifiers"].cpu().numpy()[labelled]
+    optimum = M.optimal_costs(inputs, identifiers, task)
+    scores = M.score_predictions(
+        inputs, preds.cpu().numpy()[labelled], labels[labelled], identifiers, IGNORE_LABEL, task, optimum
+    )
+    return float(np.sum(scores.route_valid)), float(np.sum(scores.route_optimal))
+
+
 def evaluate(
     state: TrainState,
     batches: Iterable[dict[str, Any]],
     *,
     device: Any,
     world_size: int = 1,
+    route_task: Any = None,
 ) -> dict[str, float]:
-    """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count."""
+    """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count.
+
+    With `route_task` (the data's routing.json, `hrm.evaluation.data.load_route_task`) the last segment's
+    predictions are also scored as routes: `route_valid_rate` and `route_optimal_rate`, the evaluate stage's
+    metrics, so a run's eval curve is the task's own measure (hrm compare's budget curves).
+    """
     import torch
 
     module = state.module
@@ -255,16 +281,28 @@ def evaluate(
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 carry = module.initial_carry(batch)
+                keys = ["preds"] if route_task is not None else []
                 for _ in range(MAX_EVAL_SEGMENTS):
-                    carry, _, metrics, _, all_halted = state.head(carry=carry, batch=batch, return_keys=[])
+                    carry, _, metrics, outputs, all_halted = state.head(
+                        carry=carry, batch=batch, return_keys=keys
+                    )
                     if bool(all_halted):
                         break
                 else:
                     raise RuntimeError(f"evaluation did not halt within {MAX_EVAL_SEGMENTS} segments")
+                if route_task is not None:
+                    valid, optimal = route_sums(batch, outputs["preds"], route_task)
+                    metrics = {
+                        **metrics,
+                        "route_valid_rate": torch.tensor(valid),
+                        "route_optimal_rate": torch.tensor(optimal),
+                    }
                 if totals is None:
-                    names = [k for k in METRIC_KEYS if k in metrics and k != "q_continue_loss"]
+                    names = [
+                        k for k in (*METRIC_KEYS, *ROUTE_KEYS) if k in metrics and k != "q_continue_loss"
+                    ]
                     totals = torch.zeros(len(names), dtype=reduce_dtype(torch.device(device)), device=device)
-                totals += torch.stack([metrics[k].to(totals.dtype) for k in names])
+                totals += torch.stack([metrics[k].to(totals.dtype).to(device) for k in names])
     finally:
         module.train(was_training)
     if totals is None:
