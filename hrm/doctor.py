@@ -239,8 +239,33 @@ def check_device(config: RunConfig) -> tuple[Check, str | None]:
     return Check("device", status, detail, {"requested": config.device_request, "device": device}), device
 
 
+COMPILER_HINT = (
+    "torch.compile builds C code at run time: it needs a C compiler and the Python headers (Debian/Ubuntu: "
+    "apt-get install gcc python3-dev; the Docker image has them), or set train.compile: false"
+)
+
+
+def compile_tiny_function(device: str) -> float:
+    """torch.compile a small function, run it on `device` and compare with eager; the seconds it took.
+
+    This is the whole tool chain the trainer's `torch.compile` uses: Dynamo, Inductor and the code it builds
+    (Triton kernels and their C launcher on CUDA, C++ on the CPU), so a missing compiler or Python.h fails here.
+    """
+    import torch
+
+    def tiny(x: Any) -> Any:
+        return torch.nn.functional.silu(x) * 2.0 + 1.0
+
+    started = time.perf_counter()
+    x = torch.linspace(-3.0, 3.0, 64, device=torch.device(device))
+    got = torch.compile(tiny, dynamic=False)(x)
+    if not torch.allclose(got, tiny(x), rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"the compiled function gave {got[:3].tolist()}, eager {tiny(x)[:3].tolist()}")
+    return time.perf_counter() - started
+
+
 def check_compile(config: RunConfig, device: str) -> Check:
-    """torch.compile needs Triton for GPU code; Windows and the CPU path run with it off."""
+    """With train.compile: true, compile and run a tiny function here: importing Triton is not enough."""
     if not config.compile:
         return Check(
             "compile", OK, "train.compile is false: eager mode, no Triton needed", {"compile": False}
@@ -251,14 +276,33 @@ def check_compile(config: RunConfig, device: str) -> Check:
         have_triton = True
     except ImportError:
         have_triton = False
+    data: dict[str, Any] = {"compile": True, "triton": have_triton}
     if device.startswith("cuda") and not have_triton:
         return Check(
             "compile",
             FAIL,
             "train.compile is true but Triton is not installed (on Windows: set train.compile: false)",
-            {"compile": True, "triton": False},
+            data,
         )
-    return Check("compile", OK, f"train.compile is true (Triton installed: {have_triton})", {"compile": True})
+    try:
+        seconds = compile_tiny_function(device)
+    except Exception as err:  # any failure of the tool chain: the trainer's compile would fail the same way
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        data["error"] = f"{type(err).__name__}: {first_line}"
+        return Check(
+            "compile",
+            FAIL,
+            f"train.compile is true but torch.compile failed on {device}: {data['error']}. {COMPILER_HINT}",
+            data,
+        )
+    data["seconds"] = seconds
+    return Check(
+        "compile",
+        OK,
+        f"train.compile is true: a compiled function ran on {device} in {seconds:.1f} s "
+        f"(Triton installed: {have_triton})",
+        data,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- SDPA
@@ -408,24 +452,35 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     return [backends, numerics]
 
 
+def native_bf16(device: str) -> bool:
+    """bf16 in hardware (compute capability 8.0+); `is_bf16_supported()` alone also counts emulation."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the keyword (it came in 2.4): the same rule, by hand
+        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
 def check_bf16(config: RunConfig, device: str) -> Check:
     """bf16 works on Ampere+ GPUs; on the CPU it runs but is usually slower than fp32: measure it."""
     import torch
 
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     if device.startswith("cuda"):
-        supported = bool(torch.cuda.is_bf16_supported())
+        supported = native_bf16(device)
         if dtype_name == "bfloat16" and not supported:
             return Check(
                 "bf16",
                 FAIL,
-                "arch.forward_dtype is bfloat16 but this GPU lacks bf16: set float32",
+                "arch.forward_dtype is bfloat16 (auto picks it on CUDA) but this GPU has no bf16 in hardware "
+                "(compute capability below 8.0; torch would emulate it, slowly): set arch.forward_dtype: float32",
                 {"supported": False, "forward_dtype": dtype_name},
             )
         return Check(
             "bf16",
             OK,
-            f"bf16 supported: {supported}; forward dtype {dtype_name}",
+            f"bf16 in hardware: {supported}; forward dtype {dtype_name}",
             {"supported": supported, "forward_dtype": dtype_name},
         )
     # One SwiGLU-sized matmul (64 tokens x hidden 512 -> 1536), best of 2 after a warm-up: small sizes
@@ -565,6 +620,19 @@ def seeded_gradients(
     return _gradients(head)
 
 
+def non_finite_gradients(grads: dict[str, Any]) -> list[str]:
+    """'name: k of n NaN/inf, first [values]' for each gradient that is not finite everywhere."""
+    import torch
+
+    found = []
+    for name, grad in grads.items():
+        bad = ~torch.isfinite(grad)
+        if bad.any():
+            first = grad[bad].flatten()[:3].tolist()
+            found.append(f"{name}: {int(bad.sum())} of {grad.numel()} NaN/inf, first {first}")
+    return found
+
+
 def compare_gradients(first: dict[str, Any], second: dict[str, Any]) -> tuple[bool, float | None, list[str]]:
     """(bit-identical, max abs difference (None: different tensors), names that differ)."""
     import torch
@@ -614,12 +682,23 @@ def check_determinism(
         )
     finally:
         restore_determinism(previous)
-    identical, worst, differing = compare_gradients(first, second)
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:
         shape += f" (sequence capped at {work.seq_len} off the GPU)"
     where = f"{shape}, seq {work.seq_len}, batch {batch_size}, {dtype_name}, {len(first)} gradient tensors"
+    # Finite first: NaN != NaN, so NaN gradients would otherwise read as "nondeterministic".
+    non_finite = non_finite_gradients(first) or non_finite_gradients(second)
+    if non_finite:
+        return Check(
+            "determinism",
+            FAIL,
+            f"the training step gives non-finite gradients in {len(non_finite)} tensors "
+            f"({'; '.join(non_finite[:3])}): the run would diverge at its first step ({where})",
+            {"finite": False, "non_finite": non_finite[:10], "deterministic_setting": config.deterministic},
+        )
+    identical, worst, differing = compare_gradients(first, second)
     data = {
+        "finite": True,
         "identical": identical,
         "max_abs_diff": worst,
         "differing": differing[:10],

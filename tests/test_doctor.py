@@ -286,3 +286,81 @@ def test_gpu_given_to_a_cpu_build_of_torch_is_named(tiny_params, monkeypatch):
     monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: None)
     check, _ = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
     assert check.status == doctor.OK and "nvidia" not in check.detail
+
+
+def test_non_finite_gradients_are_named_not_read_as_nondeterminism(tiny_params):
+    """NaN != NaN: identical NaN gradients must fail as non-finite, naming the tensor and the values."""
+
+    def nan_step(seed: int) -> dict[str, torch.Tensor]:
+        return {"w": torch.tensor([0.5, float("nan"), float("inf")]), "b": torch.ones(2)}
+
+    for overrides in ([], ["train.deterministic=false"]):
+        config = doctor.load_run_config(tiny_params, overrides=overrides)
+        check = doctor.check_determinism(config, "cpu", quick=True, step=nan_step)
+        assert check.status == "fail" and check.data["finite"] is False, check.detail
+        assert "non-finite gradients" in check.detail and "w: 2 of 3 NaN/inf" in check.detail
+        assert "differ" not in check.detail and "b:" not in check.detail
+
+
+def test_bf16_check_ignores_emulation(tiny_params, monkeypatch):
+    """A pre-Ampere GPU 'supports' bf16 by emulation only: arch.forward_dtype bfloat16 must fail there."""
+
+    def emulating(including_emulation: bool = True) -> bool:
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating)
+    config = doctor.load_run_config(tiny_params, overrides=["arch.forward_dtype=bfloat16"])
+    check = doctor.check_bf16(config, "cuda")
+    assert check.status == "fail" and "no bf16 in hardware" in check.detail, check.detail
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # a torch without the keyword
+    for capability, status in (((7, 5), "fail"), ((8, 0), "ok")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert doctor.check_bf16(config, "cuda").status == status, capability
+    float32 = doctor.load_run_config(tiny_params, overrides=["arch.forward_dtype=float32"])
+    assert doctor.check_bf16(float32, "cuda").status == "ok"
+
+
+def _compile_check_in_a_subprocess(tiny_params: Path, tmp_path: Path, **env: str) -> dict:
+    """check_compile with train.compile: true in a fresh process and Inductor cache (no cached build)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from hrm import doctor; "
+        "config = doctor.load_run_config(sys.argv[1], overrides=['train.compile=true']); "
+        "check = doctor.check_compile(config, 'cpu'); print(json.dumps([check.status, check.detail]))"
+    )
+    cache = tmp_path / "inductor"
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", **env)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_params)], capture_output=True, text=True, env=environment
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, detail = json.loads(done.stdout.splitlines()[-1])
+    return {"status": status, "detail": detail}
+
+
+def test_compile_check_fails_without_a_working_compiler(tiny_params, tmp_path):
+    """Importing Triton is not compiling: with no C++ compiler the compile check must fail and say why."""
+    check = _compile_check_in_a_subprocess(tiny_params, tmp_path, CXX="/nonexistent/g++")
+    assert check["status"] == "fail", check
+    assert "torch.compile failed on cpu" in check["detail"] and "C compiler" in check["detail"]
+    assert "/nonexistent/g++" in check["detail"]
+
+
+@pytest.mark.slow
+def test_compile_check_compiles_and_runs_here(tiny_params, tmp_path):
+    check = _compile_check_in_a_subprocess(tiny_params, tmp_path)
+    assert check["status"] == "ok" and "a compiled function ran on cpu" in check["detail"], check
+
+
+def test_compile_check_reports_a_wrong_compiled_result(tiny_params, monkeypatch):
+    def miscompiled(fn, **kwargs):
+        return lambda x: fn(x) + 1.0
+
+    monkeypatch.setattr(torch, "compile", miscompiled)
+    config = doctor.load_run_config(tiny_params, overrides=["train.compile=true"])
+    check = doctor.check_compile(config, "cpu")
+    assert check.status == "fail" and "the compiled function gave" in check.detail
+    assert doctor.check_compile(doctor.load_run_config(tiny_params), "cpu").status == "ok"  # compile: false
