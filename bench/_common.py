@@ -42,3 +42,14 @@ def write_layout(
         "group_indices": np.arange(0, examples + 1, vehicles),
     }
     write_hrm_split(folder, arrays, hrm_metadata(arrays, vocab_size, vehicles + 1))
+
+
+def write_random_routing_layout(folder: Path, groups: int, side: int, seed: int = 0) -> None:
+    """`groups` x 4 random side x side grids of our vocabulary (no PAD) in our layout, labels = inputs:
+    the shapes of the routing data for timing and memory, not its content."""
+    from hrm.data.spec import VOCAB_SIZE
+
+    inputs = np.random.default_rng(seed).integers(
+        1, VOCAB_SIZE - 1, size=(groups * 4, side * side), dtype=np.uint8
+    )
+    write_layout(folder, inputs, inputs.copy(), vocab_size=VOCAB_SIZE)
