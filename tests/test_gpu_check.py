@@ -195,3 +195,42 @@ def test_smoke_run_of_every_part_on_the_cpu(tmp_path):
 
 def gpu_check_stages() -> tuple[str, ...]:
     return load_gpu_check().END_TO_END_STAGES
+
+
+def load_device_wheels():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_wheels", REPO / "bench" / "device_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["device_wheels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_wheels_carry_only_what_the_device_lacks():
+    """stdlib, this project and the device's own packages stay behind; the rest at the version tested here."""
+    import importlib.metadata
+
+    wheels = load_device_wheels()
+    needed = wheels.needed_distributions(
+        {"json", "hrm", "stages", "yaml", "torch", "numpy", "dvclive", "jsonschema"}
+    )
+    assert needed == {
+        "dvclive": importlib.metadata.version("dvclive"),
+        "jsonschema": importlib.metadata.version("jsonschema"),
+    }
+    assert wheels.normalized("PyYAML") == wheels.normalized("pyyaml") == "pyyaml"
+    assert wheels.normalized("ruamel.yaml") == "ruamel-yaml" and "typing-extensions" in wheels.DEVICE_PACKAGES
+
+
+def test_device_command_installs_the_carried_wheels_and_writes_under_out():
+    wheels = load_device_wheels()
+    command = wheels.device_command(".device-wheels")
+    assert len(command) <= 2000  # the device tool's limit for one command line
+    assert "--no-index --no-deps" in command and "--target /tmp/site .device-wheels/*.whl" in command
+    assert (
+        "PYTHONPATH=$PWD:/tmp/site" in command and "bench/gpu_check.py --out $OUT/gpu_check.json" in command
+    )
+    assert command.startswith("set -o pipefail;")  # tee must not hide gpu_check's exit code
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".device-wheels/x.whl"], cwd=REPO)
+    assert ignored.returncode == 0, "the wheel folder must be git-ignored"
