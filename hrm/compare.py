@@ -237,6 +237,25 @@ def check_repository(out_dir: Path) -> str:
     return head.stdout.strip()
 
 
+def resolve_rev(rev: str) -> str:
+    """The full sha of `rev`, or a UserError naming it."""
+    result = _cmd(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], check=False)
+    if result.returncode != 0:
+        raise UserError(f"--rev {rev}: not a commit of this repository")
+    return result.stdout.strip()
+
+
+def params_at(rev: str) -> dict[str, Any]:
+    """params.yaml as it was at `rev`, checked like the workspace's."""
+    import tempfile
+
+    text = _cmd(["git", "show", f"{resolve_rev(rev)}:params.yaml"]).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        path.write_text(text, encoding="utf-8")
+        return load_params(path)
+
+
 def _state(entry: dict[str, Any], rev: dict[str, Any]) -> str:
     executor = entry.get("executor") or {}
     state = executor.get("state")
@@ -774,10 +793,15 @@ def compare(
     out_dir: str | Path = "reports/compare",
     poll_s: float = 10.0,
     command: str = "",
+    rev: str | None = None,
 ) -> dict[str, Any]:
-    """Queue what is missing, run the queue, wait, collect; return results.json's content."""
+    """Queue what is missing, run the queue, wait, collect; return results.json's content.
+
+    `rev`: report the experiments that were queued from that commit, with its params.yaml, and queue nothing
+    (a comparison that ran before later commits; DVC files experiments under the commit they ran from).
+    """
     try:
-        params = load_params(params_path)
+        params = load_params(params_path) if rev is None else params_at(rev)
     except ConfigError as err:
         raise UserError(str(err)) from err
     if jobs < 1:
@@ -789,7 +813,7 @@ def compare(
     except ConfigError as err:  # a malformed profile (e.g. its per_arch table)
         raise UserError(str(err)) from err
     out_dir = Path(out_dir)
-    baseline = check_repository(out_dir)
+    baseline = check_repository(out_dir) if rev is None else resolve_rev(rev)
     found = show_experiments(baseline)
 
     # Reuse a finished experiment of this name (its params must be the plan's: a clash is an error before
@@ -805,7 +829,7 @@ def compare(
                     f"--name or remove it (dvc exp remove {run.name})"
                 )
             reused.add(run.name)
-        elif current is None or current.state == "failed":
+        elif rev is None and (current is None or current.state == "failed"):
             to_queue.append(run)
     print(
         f"{len(runs)} runs: {len(reused)} finished (reused), {len(runs) - len(reused) - len(to_queue)} already "

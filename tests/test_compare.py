@@ -155,6 +155,36 @@ def test_dirty_workspace_says_what_to_commit_or_stash(committed_repo):
     assert "results.md" not in text
 
 
+def test_rev_reports_an_earlier_commits_experiments_with_its_params(committed_repo, monkeypatch):
+    """--rev: the experiments of that commit, judged by that commit's params.yaml; nothing is queued."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    Path("params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    subprocess.run([*GIT, "add", "params.yaml"], check=True)
+    subprocess.run([*GIT, "commit", "-qm", "params"], check=True)
+    old = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    params["train"]["lr"] = 0.5  # a later commit changes params.yaml
+    Path("params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    subprocess.run([*GIT, "commit", "-qam", "later"], check=True)
+    assert cmp.params_at(old[:8])["train"]["lr"] == 1.0e-4
+    with pytest.raises(UserError, match="--rev nope: not a commit"):
+        cmp.resolve_rev("nope")
+
+    runs = cmp.plan(cmp.params_at(old), profile="tiny", archs=["hrm_v1"], seeds=2, available_archs=ARCHS)
+    shown = fake_exp_show(old, runs[:1], {runs[0].name: {"route_optimal_rate": 0.25}})
+    monkeypatch.setattr(cmp, "known_archs", lambda: ARCHS)
+    monkeypatch.setattr(cmp, "show_experiments", lambda baseline: cmp.parse_exp_show(shown, baseline))
+    monkeypatch.setattr(cmp, "git_reader", lambda rev: lambda path: None)
+    queued = []
+    monkeypatch.setattr(cmp, "start_workers", queued.append)
+    monkeypatch.setattr(cmp, "queue_status", lambda: ({}, 0))
+    results = cmp.compare(profile="tiny", archs=["hrm_v1"], seeds=2, rev=old, out_dir=Path("out"))
+    assert results["baseline"] == old and not queued
+    assert [r["state"] for r in results["runs"]] == ["success", "missing"]
+    assert results["runs"][0]["metrics"]["route_optimal_rate"] == 0.25
+
+
 def test_a_report_under_another_out_folder_leaves_the_workspace_clean(committed_repo):
     """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
