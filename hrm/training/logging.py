@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 TRAIN_METRICS = (
+    "count",  # rows that halted this step: new examples started next step (budget curves' samples seen)
     "accuracy",
     "exact_accuracy",
     "q_halt_accuracy",
