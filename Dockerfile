@@ -80,7 +80,7 @@ RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
     && python -c "import torch, hrm, hrm.doctor; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
-    && TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-smoke python -c "from hrm.doctor import compile_tiny_function; print('torch.compile on the CPU: %.0f s' % compile_tiny_function('cpu'))" \
+    && TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-smoke python -c "from hrm.runtime import compile_tiny_function; print('torch.compile on the CPU: %.0f s' % compile_tiny_function('cpu'))" \
     && rm -rf /tmp/inductor-smoke \
     && dvc --version && hrm --help > /dev/null
 

@@ -12,7 +12,7 @@ Parts, in this order, each with the most it may take on one H200 (seconds; typic
   doctor         90  `hrm doctor` on the paper params with train.compile=true (so its compile check builds
                      and runs a Triton kernel); fails when the doctor says NOT READY.
   step_eager     45  the paper-shape training step (40x40, `--batch` rows, bf16): s/step, samples/s, MFU =
-                     FLOPs per step (hrm.doctor.step_flops, formula in the JSON) / time / peak.
+                     FLOPs per step (batch x hrm.models.flops, formula in the JSON) / time / peak.
   step_compiled 150  the same under torch.compile, in a child process killed at `--compile-limit-s`: a compile
                      that hangs or takes too long costs that much and no more; the eager figures stay.
   determinism    75  two 20-step runs of the trainer (`deterministic: true`) give bit-identical weights.
@@ -309,11 +309,14 @@ def step_speed_figures(report: dict[str, Any], settings: Settings) -> dict[str, 
     import torch
 
     from hrm.data.spec import VOCAB_SIZE
-    from hrm.doctor import step_flops
+    from hrm.models import ModelConfig
+    from hrm.models.flops import FORMULA, segment_flops
 
     params = run_params(settings)
     side = grid_side(params)
-    flops, formula = step_flops(params["arch"], side * side, VOCAB_SIZE, settings.batch)
+    sizes = dict(seq_len=side * side, vocab_size=VOCAB_SIZE, num_puzzle_identifiers=5)  # 4 vehicles + blank
+    model = ModelConfig.from_arch(params["arch"], **sizes, batch_size=settings.batch, device=settings.device)
+    flops, formula = settings.batch * segment_flops(model).total, f"batch x ({FORMULA})"
     name = torch.cuda.get_device_name() if not settings.smoke else "cpu (smoke run)"
     peak = settings.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     report["step_speed"] = {

@@ -52,6 +52,21 @@ def run_json(*args: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
+def write_dataset_json(folder: Path, seq_len: int) -> None:
+    """A complete train/dataset.json (as convert writes it) with this seq_len."""
+    import numpy as np
+
+    from hrm.data.convert import hrm_metadata
+
+    arrays = {
+        "inputs": np.zeros((4, seq_len)),
+        "puzzle_identifiers": np.arange(1, 5),
+        "group_indices": np.array([0, 4]),
+    }
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(hrm_metadata(arrays, 24, 5)), encoding="utf-8")
+
+
 def checks_by_name(report: dict) -> dict[str, dict]:
     return {check["name"]: check for check in report["checks"]}
 
@@ -111,12 +126,16 @@ def test_world_size_divides_the_global_batch(tiny_params):
     assert doctor.check_memory(config, "cpu", quick=True).data["batch"] == 2
 
 
-def test_seq_len_comes_from_the_converted_data_when_present(tiny_params):
-    dataset = tiny_params.parent / "data" / "logistics-routing-1k" / "train" / "dataset.json"
-    dataset.parent.mkdir(parents=True)
-    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
-    config = doctor.load_run_config(tiny_params, overrides=["paths.hrm=data/logistics-routing-1k"])
+def test_seq_len_comes_from_the_converted_data_when_present(tiny_params, tmp_path):
+    params = tmp_path / "params.yaml"  # its own folder: the module's other tests see no converted data
+    params.write_bytes(tiny_params.read_bytes())
+    write_dataset_json(tmp_path / "data" / "logistics-routing-1k" / "train", seq_len=25)
+    config = doctor.load_run_config(params, overrides=["paths.hrm=data/logistics-routing-1k"])
     assert config.seq_len == 25 and "dataset.json" in config.seq_len_source
+    assert config.metadata.num_puzzle_identifiers == 5 and config.metadata.total_groups == 1
+    (tmp_path / "data" / "logistics-routing-1k" / "train" / "dataset.json").write_text('{"seq_len": 25}')
+    with pytest.raises(doctor.UserError, match="dataset.json: field 'pad_id' is missing"):
+        doctor.load_run_config(params, overrides=["paths.hrm=data/logistics-routing-1k"])
 
 
 def test_a_profile_that_changes_the_data_reads_its_own_settings_not_the_converted_data(tmp_path):
@@ -124,9 +143,7 @@ def test_a_profile_that_changes_the_data_reads_its_own_settings_not_the_converte
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     hrm_dir = yaml.safe_load(path.read_text(encoding="utf-8"))["paths"]["hrm"]
-    dataset = tmp_path / hrm_dir / "train" / "dataset.json"
-    dataset.parent.mkdir(parents=True)
-    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
+    write_dataset_json(tmp_path / hrm_dir / "train", seq_len=25)
     assert doctor.load_run_config(path).seq_len == 25
     quick = doctor.load_run_config(path, profile="quick")
     assert quick.seq_len == 64 and "generate.rows" in quick.seq_len_source
@@ -160,12 +177,14 @@ def test_determinism_check_fails_on_differing_gradients(tiny_params):
 
 def test_traced_memory_is_close_to_a_real_cpu_step(tiny_params):
     """The meta-device trace (used for the estimate) against the same count on a real CPU step."""
+    from hrm import planning
+
     config = doctor.load_run_config(tiny_params)
     work = doctor.workload(config, quick=False)
     per_example = {}
     for device in ("cpu", "meta"):
-        one, _ = doctor.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
-        two, _ = doctor.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
+        one, _ = planning.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
+        two, _ = planning.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
         per_example[device] = two - one
     assert per_example["cpu"] > 0
     assert abs(per_example["meta"] - per_example["cpu"]) <= 0.25 * per_example["cpu"], per_example
@@ -203,22 +222,27 @@ def test_gpu_plans_cover_every_size_with_an_estimate(tiny_params, passing_report
     assert micro == sorted(micro) and micro[0] >= 1  # more memory never means a smaller micro-batch
 
 
-def test_flops_formula_matches_a_hand_count():
-    from hrm.models.layers import swiglu_width
+def test_gpu_plans_count_the_flops_of_the_chosen_architecture(tiny_params):
+    """FLOPs per step are hrm.models.flops' for the arch that runs (TRM's recursion is not HRM's layers)."""
+    from hrm.models import ModelConfig
+    from hrm.models.flops import segment_flops
 
-    arch = {
-        "hidden_size": 64,
-        "H_cycles": 2,
-        "L_cycles": 3,
-        "H_layers": 1,
-        "L_layers": 2,
-        "puzzle_emb_ndim": 64,
-    }
-    flops, _ = doctor.step_flops(arch, seq_len=15, vocab_size=10, rows=2)
-    tokens, inner = 16, swiglu_width(64, 4.0)
-    block = 2 * (4 * 64 * 64 + 3 * 64 * inner) + 4 * tokens * 64
-    blocks = 2 * (2 * (3 * 2 + 1)) + 2 * (2 + 1)  # main + target-Q forwards, backward of the last L and H
-    assert flops == 2 * tokens * (blocks * block + 6 * 64 * 10)
+    for arch in ("hrm_v1", "trm", "transformer"):
+        config = doctor.load_run_config(tiny_params, overrides=[f"arch.name={arch}"])
+        plans = doctor.check_gpu_plans(config)
+        meta = config.metadata
+        sizes = dict(seq_len=meta.seq_len, vocab_size=meta.vocab_size, batch_size=1)
+        model = ModelConfig.from_arch(
+            dict(config.arch, forward_dtype="bfloat16"),
+            **sizes,
+            num_puzzle_identifiers=meta.num_puzzle_identifiers,
+        )
+        assert plans.data["flops_per_step"] == 8 * segment_flops(model).total, arch
+    hrm, trm = (doctor.load_run_config(tiny_params, overrides=[f"arch.name={a}"]) for a in ("hrm_v1", "trm"))
+    assert (
+        doctor.check_gpu_plans(hrm).data["flops_per_step"]
+        != doctor.check_gpu_plans(trm).data["flops_per_step"]
+    )
 
 
 def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_report):
@@ -235,31 +259,51 @@ def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_r
     assert refused.status == "fail" and "above the largest that fits" in refused.detail
 
 
-def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
-    """The CUDA measurement's wiring, on the CPU with torch.cuda's memory counters faked: the trainer's step
-    (both optimizers) runs at 1 and 2 rows and the peaks become fixed + per-example bytes."""
-    import torch
+def test_cuda_memory_is_the_trainers_plan(tiny_params, monkeypatch):
+    """On CUDA the doctor asks the trainer's plan (hrm.training.memory.plan_micro_batch: its state builder, EMA
+    included, measured at 1 and 2 rows) on a stand-in split of the configured shapes, and reports its figures;
+    the plan's refusal is the doctor's FAIL. CPU here: the plan is recorded, not run."""
+    import hrm.training.memory as memory
+    from hrm import planning
 
-    import hrm.training.step as step_module
+    calls = []
+    measured = memory.StepMemory(fixed=1000, per_example=600, carry_per_row=8, method="measured: test")
 
-    rows_seen, peaks = [], iter([1000, 1600])
-    real_step = step_module.train_step
+    def recording_plan(arch, metadata, config, world_size, device, configured_micro, dataset):
+        calls.append((metadata.seq_len, config.ema, world_size, device.type, configured_micro))
+        assert memory.first_batch(dataset, 2)["inputs"].shape == (2, metadata.seq_len)
+        return memory.plan(config.global_batch_size, world_size, configured_micro, measured, 10**9, 10**9)
 
-    def recording_step(state, batch, **kwargs):
-        rows_seen.append(batch["inputs"].shape[0])
-        result = real_step(state, batch, **kwargs)
-        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers)
-        return result
+    monkeypatch.setattr(memory, "plan_micro_batch", recording_plan)
+    monkeypatch.setattr(planning, "device_memory", lambda device: (10**9, 10**9, "torch.cuda.mem_get_info"))
+    config = doctor.load_run_config(tiny_params, overrides=["train.ema=true"])
+    check = doctor.check_memory(config, "cuda", quick=False)
+    assert calls == [(config.seq_len, True, 1, "cuda", None)]
+    assert check.status == "ok" and check.data["per_example_bytes"] == 600 and check.data["micro_batch"] == 8
+    assert "measured: test (the trainer's plan" in check.detail
 
-    monkeypatch.setattr(step_module, "train_step", recording_step)
-    for name in ("empty_cache", "synchronize", "reset_peak_memory_stats"):
-        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: next(peaks))
-    config = doctor.load_run_config(tiny_params)
-    measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
-    assert rows_seen == [1, 2]
-    assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+    def refusing_plan(*args, **kwargs):
+        raise memory.UserError("not even a micro-batch of 1 fits: a step needs ~9 GiB")
+
+    monkeypatch.setattr(memory, "plan_micro_batch", refusing_plan)
+    refused = doctor.check_memory(config, "cuda", quick=False)
+    assert refused.status == "fail" and "DOES NOT FIT" in refused.detail and "needs ~9 GiB" in refused.detail
+
+
+def test_traced_memory_counts_the_ema_copy(tiny_params):
+    """train.ema keeps a full copy of the weights: the estimate must hold one more parameter copy."""
+    plain = doctor.check_memory(doctor.load_run_config(tiny_params), "cpu", quick=True)
+    ema = doctor.check_memory(
+        doctor.load_run_config(tiny_params, overrides=["train.ema=true"]), "cpu", quick=True
+    )
+    params_bytes = sum(
+        p.numel() * p.element_size()
+        for p in doctor.build(
+            doctor.workload(doctor.load_run_config(tiny_params), False), 1, "meta", "float32", 0
+        ).parameters()
+    )
+    assert ema.data["fixed_bytes"] - plain.data["fixed_bytes"] == params_bytes > 0
+    assert ema.data["per_example_bytes"] == plain.data["per_example_bytes"] and "EMA copy" in ema.detail
 
 
 def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):

@@ -48,22 +48,32 @@ def test_gpu_check_parts_import_on_cpu():
                     importlib.import_module(f"{node.module}.{alias.name}")
                 imported += 1
     assert imported >= 10  # the hrm pieces the parts use, not only the top-level stdlib imports
-    from hrm.doctor import step_flops
-
     assert (module.no_cuda_message() is None) == torch.cuda.is_available()
-    flops, formula = step_flops(module.paper_params()["arch"], 1600, 24, 1)
-    assert flops > 0 and "tokens" in formula
+    settings = module.Settings(**SMOKE)
+    speed = module.step_speed_figures({}, settings)
+    from hrm.models import ModelConfig
+    from hrm.models.flops import segment_flops
+
+    tiny = ModelConfig.from_arch(
+        module.run_params(settings)["arch"], seq_len=64, vocab_size=24, num_puzzle_identifiers=5, batch_size=4
+    )
+    assert speed["seq_len"] == 64 and speed["flops_per_step"] == 4 * segment_flops(tiny).total > 0
+    assert speed["flops_formula"].startswith("batch x (per row and segment")
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (registered first: its dataclasses look their module up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_gpu_check():
-    """bench/gpu_check.py as a module (registered first: its dataclasses look their module up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_check")
 
 
 SMOKE = dict(device="cpu", batch=4, steps=2, peak_tflops=None, compile_limit_s=60.0)
@@ -190,28 +200,14 @@ def test_smoke_run_of_every_part_on_the_cpu(tmp_path):
     assert list(report["seconds"]) == names
     assert report["doctor"]["ok"] and report["determinism"]["identical"]
     assert report["step_speed"]["eager"]["step_s"] > 0 and report["step_speed"]["compiled"]["step_s"] > 0
-    assert list(report["end_to_end"]["stage_s"]) == list(gpu_check_stages())
-
-
-def gpu_check_stages() -> tuple[str, ...]:
-    return load_gpu_check().END_TO_END_STAGES
-
-
-def load_device_wheels():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("device_wheels", REPO / "bench" / "device_wheels.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["device_wheels"] = module
-    spec.loader.exec_module(module)
-    return module
+    assert list(report["end_to_end"]["stage_s"]) == list(load_gpu_check().END_TO_END_STAGES)
 
 
 def test_device_wheels_carry_only_what_the_device_lacks():
     """stdlib, this project and the device's own packages stay behind; the rest at the version tested here."""
     import importlib.metadata
 
-    wheels = load_device_wheels()
+    wheels = load_bench("device_wheels")
     needed = wheels.needed_distributions(
         {"json", "hrm", "stages", "yaml", "torch", "numpy", "dvclive", "jsonschema"}
     )
@@ -224,7 +220,7 @@ def test_device_wheels_carry_only_what_the_device_lacks():
 
 
 def test_device_command_installs_the_carried_wheels_and_writes_under_out():
-    wheels = load_device_wheels()
+    wheels = load_bench("device_wheels")
     command = wheels.device_command(".device-wheels")
     assert len(command) <= 2000  # the device tool's limit for one command line
     assert "--no-index --no-deps" in command and "--target /tmp/site .device-wheels/*.whl" in command
