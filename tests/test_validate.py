@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
 from hrm.data import compliance, routing, schemas, spec, validate
+from hrm.data.facts import example_facts
 from hrm.data.raw import SOURCE_GENERATOR, RawDataset, RawSplit
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
@@ -276,7 +277,7 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
         cols=3,
         cost_model=None,
     )
-    facts = {"train": compliance.example_facts(split, table, 3, 3)}
+    facts = {"train": example_facts(split, table, 3, 3)}
     checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
     assert checks["route_valid"].passed and checks["route_optimal"].passed
     assert not checks["route_unique"].passed and checks["route_unique"].critical

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import routing, spec
+from hrm.data import spec
+from hrm.data.facts import ExampleFacts, detour_figures
 from hrm.data.raw import RawDataset, RawSplit
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
@@ -84,90 +85,6 @@ def count_check(name: str, category: str, description: str, found: int, expected
         failures,
         len(failures),
     )
-
-
-# ---- per-example facts ------------------------------------------------------------------------------
-
-
-@dataclass
-class ExampleFacts:
-    """Facts about every example of one split, in example order (arrays of length N)."""
-
-    n_start_input: np.ndarray
-    n_goal_input: np.ndarray
-    n_start_label: np.ndarray
-    n_goal_label: np.ndarray
-    unexpected_input: np.ndarray  # cells holding a token an input may not hold
-    unexpected_label: np.ndarray
-    bad_label_changes: np.ndarray  # cells where label != input other than a ROUTE mark on a non-endpoint
-    route_length: np.ndarray  # ROUTE cells + start + goal
-    route_cost: np.ndarray  # float, NaN where the route is invalid
-    optimal_cost: np.ndarray  # float, NaN where no route exists (scipy Dijkstra)
-    route_valid: np.ndarray  # bool (routing.check_route)
-    route_unique: np.ndarray  # bool: the optimum is unique and is the labelled route
-    route_reason: list[str]
-    paths: list[tuple[int, ...]]  # ordered route cells when valid
-
-
-def _token_counts(grids: np.ndarray) -> np.ndarray:
-    """[N, 256] count of each token id per grid."""
-    n = grids.shape[0]
-    offsets = grids.astype(np.int64) + 256 * np.arange(n)[:, None]
-    return np.bincount(offsets.reshape(-1), minlength=256 * n).reshape(n, 256)
-
-
-def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
-    inputs, labels = split.inputs, split.labels
-    count_in, count_label = _token_counts(inputs), _token_counts(labels)
-    allowed_in = np.zeros(256, dtype=bool)
-    allowed_in[list(spec.INPUT_TOKENS)] = True
-    allowed_label = np.zeros(256, dtype=bool)
-    allowed_label[list(spec.LABEL_TOKENS)] = True
-    endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
-    route_mark = (labels == spec.ROUTE) & ~endpoint
-    n = split.num_examples
-    facts = ExampleFacts(
-        n_start_input=count_in[:, spec.START],
-        n_goal_input=count_in[:, spec.GOAL],
-        n_start_label=count_label[:, spec.START],
-        n_goal_label=count_label[:, spec.GOAL],
-        unexpected_input=count_in[:, ~allowed_in].sum(axis=1),
-        unexpected_label=count_label[:, ~allowed_label].sum(axis=1),
-        bad_label_changes=((labels != inputs) & ~route_mark).sum(axis=1),
-        route_length=count_label[:, spec.ROUTE] + 2,
-        route_cost=np.full(n, np.nan),
-        optimal_cost=np.full(n, np.nan),
-        route_valid=np.zeros(n, dtype=bool),
-        route_unique=np.zeros(n, dtype=bool),
-        route_reason=[""] * n,
-        paths=[()] * n,
-    )
-    for i in range(n):
-        identifier = int(split.example_identifier[i])
-        if not 0 < identifier < cost_table.shape[0]:
-            facts.route_reason[i] = (
-                f"puzzle identifier {identifier} has no vehicle in the summary's cost table"
-            )
-            continue
-        cost_row = cost_table[identifier]
-        check = routing.check_route(inputs[i], labels[i], cost_row, rows, cols)
-        facts.route_reason[i] = check.reason
-        starts, goals = np.flatnonzero(inputs[i] == spec.START), np.flatnonzero(inputs[i] == spec.GOAL)
-        if starts.size != 1 or goals.size != 1:
-            continue
-        cell_cost = cost_row[inputs[i]]
-        optimum, on_optimal = routing.dijkstra_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
-        if optimum is not None:
-            facts.optimal_cost[i] = optimum
-        if not check.valid:
-            continue
-        facts.route_valid[i] = True
-        facts.paths[i] = check.path
-        route_cells = np.zeros(rows * cols, dtype=bool)
-        route_cells[list(check.path)] = True
-        facts.route_cost[i] = int(cell_cost[route_mark[i]].sum())  # own sum, not routing.route_cost
-        facts.route_unique[i] = bool(np.array_equal(on_optimal, route_cells))
-    return facts
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -719,19 +636,19 @@ def _share(count: int, total: int) -> float:
 
 
 def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> dict[str, Any]:
-    n = len(detours)
+    """generate's difficulty figures (`facts.detour_figures`) under the report's names, with DETOUR_BINS."""
+    figures = detour_figures(detours.tolist(), turns.tolist(), min_detour)
     out: dict[str, Any] = {
-        "examples": n,
-        "monotone_share": _share(int((detours == 0).sum()), n),
-        "detour_share": _share(int((detours >= min_detour).sum()), n),
-        "detour_mean": round(float(detours.mean()), 4) if n else 0.0,
-        "detour_max": int(detours.max()) if n else 0,
-        "turns_mean": round(float(turns.mean()), 4) if n else 0.0,
+        "examples": figures["examples"],
+        "monotone_share": figures["monotone_share"],
+        "detour_share": figures["detour_share"],
+        "detour_mean": figures["mean_detour"],
+        "detour_max": figures["max_detour"],
+        "turns_mean": figures["mean_turns"],
     }
     for low, high in DETOUR_BINS:
         name = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
-        inside = (detours >= low) & (detours <= (high if high is not None else detours.max(initial=0)))
-        out[f"detour_{name}"] = int(inside.sum())
+        out[f"detour_{name}"] = int(((detours >= low) & (high is None or detours <= high)).sum())
     return out
 
 
@@ -748,8 +665,6 @@ def difficulty_checks(
     distinct routes; plus the detour histogram, monotone share and turns, overall and per vehicle.
     Not critical: they measure how much search the data needs, not whether a label is right. An invalid
     route counts as no detour (route_valid reports it)."""
-    from hrm.data import routing
-
     cols = dataset.cols
     figures: dict[str, Any] = {
         "rules": {"min_detour": min_detour, "min_distinct_routes": min_distinct_routes}
@@ -758,9 +673,7 @@ def difficulty_checks(
     lowest_detour_share = lowest_distinct_share = 1.0
     per_vehicle: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for name, split in dataset.splits.items():
-        paths = facts[name].paths
-        detours = np.array([routing.detour_cells(p, cols) if p else 0 for p in paths], dtype=np.int64)
-        turns = np.array([routing.turns(p) if p else 0 for p in paths], dtype=np.int64)
+        detours, turns = facts[name].detours(cols), facts[name].turns()
         for i in range(split.num_examples):
             per_vehicle[split.vehicle_types[i]].append((int(detours[i]), int(turns[i])))
         summary = _detour_summary(detours, turns, min_detour)
@@ -782,14 +695,14 @@ def difficulty_checks(
                 f"{min_distinct_routes} distinct routes, params.yaml generate.difficulty.min_distinct_share "
                 f"asks for {min_distinct_share}"
             )
-    figures["by_vehicle"] = {
-        vehicle: {
-            "monotone_share": _share(sum(d == 0 for d, _ in values), len(values)),
-            "detour_mean": round(float(np.mean([d for d, _ in values])), 4),
-            "turns_mean": round(float(np.mean([t for _, t in values])), 4),
+    figures["by_vehicle"] = {}
+    for vehicle, values in per_vehicle.items():
+        found = detour_figures([d for d, _ in values], [t for _, t in values], min_detour)
+        figures["by_vehicle"][vehicle] = {
+            "monotone_share": found["monotone_share"],
+            "detour_mean": found["mean_detour"],
+            "turns_mean": found["mean_turns"],
         }
-        for vehicle, values in per_vehicle.items()
-    }
 
     def rule(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
         score = 1.0 if required == 0 else min(1.0, found / required)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.data.compliance import Check, ExampleFacts, share_check
+from hrm.data.compliance import Check, share_check
+from hrm.data.facts import ExampleFacts
 from hrm.data.raw import RawDataset
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/hrm-format.md)

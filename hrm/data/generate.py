@@ -31,6 +31,7 @@ from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import routing, spec
 from hrm.data.city import City, CityParams, NoEndpoints, build_city
+from hrm.data.facts import detour_figures
 from hrm.data.rng import StableRng
 
 GENERATOR_VERSION = "2.0.0"
@@ -367,22 +368,6 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
     }
 
 
-def _detour_figures(detours: list[int], turn_counts: list[int], min_detour: int) -> dict[str, Any]:
-    """Detour histogram (cells -> examples), monotone share, share with a detour >= min_detour, turns."""
-    n = len(detours)
-    histogram = Counter(detours)
-    return {
-        "examples": n,
-        "monotone_share": round(histogram.get(0, 0) / n, 6) if n else 0.0,
-        "detour_share": round(sum(d >= min_detour for d in detours) / n, 6) if n else 0.0,
-        "mean_detour": round(math.fsum(detours) / n, 4) if n else 0.0,
-        "max_detour": max(detours, default=0),
-        "detour_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-        "mean_turns": round(math.fsum(turn_counts) / n, 4) if n else 0.0,
-        "max_turns": max(turn_counts, default=0),
-    }
-
-
 def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str, Any]:
     """How much search a split needs: detours (overall and per vehicle), turns, distinct routes per base,
     and each difficulty rule's required and found share."""
@@ -394,7 +379,7 @@ def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str,
     flat_detours = [d for row in detours for d in row]
     distinct = [len({r.path for r in base.routes}) for base in bases]
     n_bases = len(bases)
-    figures = _detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
+    figures = detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
     distinct_share = (
         round(sum(d >= rule.min_distinct_routes for d in distinct) / n_bases, 6) if n_bases else 0.0
     )
@@ -403,7 +388,7 @@ def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str,
         "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, len(names) + 1)},
         "distinct_routes_share": distinct_share,
         "by_vehicle": {
-            name: _detour_figures(
+            name: detour_figures(
                 [row[v] for row in detours], [row[v] for row in turn_counts], rule.min_detour
             )
             for v, name in enumerate(names)

@@ -23,6 +23,7 @@ from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import audit, augment, colours, compliance, consistency, spec
 from hrm.data import generate as generate_module
+from hrm.data.facts import ExampleFacts, example_facts
 from hrm.data.invariants import build_dataset
 from hrm.data.raw import RawDataset, RawSplit
 from hrm.data.schemas import read_raw_documents
@@ -94,7 +95,7 @@ class ValidateSettings:
 class Validation:
     report: compliance.ComplianceReport
     dataset: RawDataset | None  # None: the files failed a strict layer and were audited (no plot)
-    facts: dict[str, compliance.ExampleFacts]
+    facts: dict[str, ExampleFacts]
     seconds: float
 
 
@@ -147,7 +148,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     views = {split: audit.view_of(dataset.splits[split]) for split in spec.SPLITS}  # converted once
 
     facts = {
-        name: compliance.example_facts(split, cost_table, dataset.rows, dataset.cols)
+        name: example_facts(split, cost_table, dataset.rows, dataset.cols)
         for name, split in dataset.splits.items()
     }
     n_vehicles = len(settings.cost_model.vehicles)
