@@ -337,7 +337,11 @@ def test_difficulty_is_measured_on_the_labels_and_agrees_with_the_generator(data
     for split in spec.SPLITS:
         measured, generated = report.figures["difficulty"][split], summary["difficulty"][split]
         assert measured["monotone_share"] == generated["monotone_share"]
-        assert measured["detour_share"] == generated["detour_share"] >= settings.difficulty.min_detour_share
+        assert (
+            measured["detour_share"]
+            == generated["detour_share"]
+            >= settings.generate.difficulty.min_detour_share
+        )
         assert measured["detour_max"] == generated["max_detour"]
         assert measured["turns_mean"] == pytest.approx(generated["mean_turns"], abs=1e-4)
         binned = sum(v for k, v in measured.items() if k.startswith("detour_") and k[7].isdigit())

@@ -454,9 +454,21 @@ def group_checks(
     return checks, figures
 
 
-def base_maps(split: RawSplit) -> tuple[np.ndarray, list[int]]:
-    """One input grid per group (its first example) and that example's index."""
-    firsts = [int(rows[0]) for rows in _group_rows(split)]
+def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list[int]]:
+    """One input grid per group (its first example) and that example's index; `per_base` (the audit, where
+    groups may be unreadable): per base id, or per example when base ids are unreadable too."""
+    if not per_base:
+        keys = split.example_group.tolist()
+    else:
+        keys = (
+            range(split.num_examples)
+            if split.base_scenario_ids is None
+            else map(str, split.base_scenario_ids)
+        )
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    firsts = sorted(first.values())
     return split.inputs[firsts], firsts
 
 

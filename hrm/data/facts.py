@@ -50,8 +50,8 @@ class ExampleFacts:
 
 def _token_counts(grids: np.ndarray) -> np.ndarray:
     """[N, 256] count of each token id per grid."""
-    n = grids.shape[0]
-    offsets = grids.astype(np.int64) + 256 * np.arange(n)[:, None]
+    n = grids.shape[0]  # tokens outside 0..255 (only in broken files the audit reads) count as 0 or 255
+    offsets = np.clip(grids, 0, 255).astype(np.int64) + 256 * np.arange(n)[:, None]
     return np.bincount(offsets.reshape(-1), minlength=256 * n).reshape(n, 256)
 
 
@@ -92,8 +92,8 @@ def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int)
         check = routing.check_route(inputs[i], labels[i], cost_row, rows, cols)
         facts.route_reason[i] = check.reason
         starts, goals = np.flatnonzero(inputs[i] == spec.START), np.flatnonzero(inputs[i] == spec.GOAL)
-        if starts.size != 1 or goals.size != 1:
-            continue
+        if starts.size != 1 or goals.size != 1 or not 0 <= inputs[i].min() <= inputs[i].max() < cost_row.size:
+            continue  # no optimum to compare with (broken files: a token the cost table lacks)
         cell_cost = cost_row[inputs[i]]
         optimum, on_optimal = routing.dijkstra_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
         if optimum is not None:

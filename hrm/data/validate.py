@@ -21,7 +21,7 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import audit, augment, colours, compliance, consistency, spec
+from hrm.data import audit, augment, colours, compliance, consistency, raw, spec
 from hrm.data import generate as generate_module
 from hrm.data.facts import ExampleFacts, example_facts
 from hrm.data.invariants import build_dataset
@@ -44,35 +44,18 @@ class ValidateSettings:
     weights: dict[str, float]
     plot_examples: int
     near_duplicate_share: float
-    expected_bases: dict[str, int]
-    cost_model: spec.CostModel
-    min_route_length: int
-    difficulty: generate_module.DifficultyParams
+    generate: generate_module.GenerateSettings  # counts, cost model, min route length, difficulty rules
     augment: str = "none"  # convert.augment: the HRM layout's train split holds these symmetries
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str | Path = "params.yaml") -> ValidateSettings:
         paths = section(params, "paths", source)
         validate = section(params, "validate", source)
-        generate = section(params, "generate", source)
         # types and ranges: schemas/params.schema.json (hrm.config.load_params); a sum is beyond a schema
         weights = validate["weights"]
         if abs(sum(weights.values()) - 1) > 1e-9:
             raise ConfigError(f"{source}: validate.weights must sum to 1, got {weights}")
-        try:
-            cost_model = spec.CostModel(
-                tuple(spec.parse_vehicles(generate["vehicles"], f"{source}:generate.vehicles"))
-            )
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        difficulty = generate_module.DifficultyParams.from_dict(
-            generate["difficulty"],
-            len(cost_model.vehicles),
-            int(generate["rows"]),
-            int(generate["cols"]),
-            int(generate["min_route_length"]),
-            str(source),
-        )
+        generate = generate_module.GenerateSettings.from_params(params, str(source))
         convert_settings = params.get("convert") or {}
         augment_setting = augment.parse(convert_settings.get("augment", "none"))
         return cls(
@@ -83,10 +66,7 @@ class ValidateSettings:
             weights={k: float(weights[k]) for k in compliance.CATEGORIES},
             plot_examples=int(validate["plot_examples"]),
             near_duplicate_share=float(validate["near_duplicate_share"]),
-            expected_bases={split: int(generate[f"{split}_bases"]) for split in spec.SPLITS},
-            cost_model=cost_model,
-            min_route_length=int(generate["min_route_length"]),
-            difficulty=difficulty,
+            generate=generate,
             augment=augment_setting,
         )
 
@@ -143,36 +123,15 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
             lines = str(err).splitlines()
             structure_problems = [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
     if dataset is None:  # the audit reads whatever the documents allow
-        views = {split: audit.split_view(split, documents, files.texts) for split in spec.SPLITS}
+        views = {split: raw.lenient_split(split, documents, files.texts) for split in spec.SPLITS}
         return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
-    views = {split: audit.view_of(dataset.splits[split]) for split in spec.SPLITS}  # converted once
+    views = dataset.splits
 
     facts = {
         name: example_facts(split, cost_table, dataset.rows, dataset.cols)
         for name, split in dataset.splits.items()
     }
-    n_vehicles = len(settings.cost_model.vehicles)
-    checks: list[compliance.Check] = []
-    for split in spec.SPLITS:
-        expected = settings.expected_bases[split]
-        checks.append(
-            compliance.count_check(
-                f"{split}_examples",
-                "methodology",
-                f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                dataset.splits[split].num_examples,
-                expected * n_vehicles,
-            )
-        )
-        checks.append(
-            compliance.count_check(
-                f"{split}_bases",
-                "methodology",
-                f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                len(set(dataset.splits[split].base_scenario_ids)),
-                expected,
-            )
-        )
+    checks = audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
     try:
         transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
     except ConfigError as err:
@@ -182,7 +141,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
     checks.extend(group_checks)
     table = compliance.example_table(dataset, facts)
-    checks.append(compliance.table_check(dataset, table, settings.min_route_length))
+    checks.append(compliance.table_check(dataset, table, settings.generate.min_route_length))
     checks.extend(compliance.token_checks(dataset, facts))
     checks.extend(compliance.route_checks(dataset, facts))
     # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
@@ -190,7 +149,11 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
         views, identifiers, settings.near_duplicate_share, across=False
     )
     checks.extend(generic)
-    checks.append(consistency.summary_check(dataset, facts, settings.cost_model, settings.min_route_length))
+    checks.append(
+        consistency.summary_check(
+            dataset, facts, settings.generate.cost_model, settings.generate.min_route_length
+        )
+    )
     layout_dataset = dataset
     if len(transforms) > 1:
         augmented, transform = augment.augment_split(
@@ -201,7 +164,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     if settings.hrm_dir is not None:
         checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
         checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
-    rules = settings.difficulty
+    rules = settings.generate.difficulty
     difficulty, difficulty_figures = compliance.difficulty_checks(
         dataset,
         facts,
@@ -212,7 +175,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     )
     checks.extend(difficulty)
     figures = {
-        **compliance.route_figures(dataset, facts, settings.min_route_length),
+        **compliance.route_figures(dataset, facts, settings.generate.min_route_length),
         **group_figures,
         **leakage_figures,
         **audit_figures,
@@ -232,7 +195,7 @@ def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
 def _audit(
     settings: ValidateSettings,
     documents: dict[str, Any],
-    views: dict[str, audit.SplitView],
+    views: dict[str, RawSplit],
     identifiers: Any,
     file_problems: list[str],
     structure_problems: list[str],
@@ -274,8 +237,7 @@ def _audit(
                 max(len(structure_problems), 1),
             )
         )
-    n_vehicles = len(settings.cost_model.vehicles)
-    checks += audit.count_checks(views, settings.expected_bases, n_vehicles)
+    checks += audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
     checks.append(audit.summary_claims_check(views, documents.get(spec.RAW_SUMMARY_FILE)))
     checks.append(audit.base_overlap_check(views))
     generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
