@@ -356,6 +356,26 @@ def _group_rows(split: RawSplit) -> list[np.ndarray]:
     return [np.flatnonzero(split.example_group == g) for g in range(split.num_groups)]
 
 
+def _variant_problems(split: RawSplit, rows: np.ndarray, bases: list[str], vehicles: list[str]) -> list[str]:
+    """What keeps one group from being one base with one puzzle and one example per vehicle."""
+    puzzles = np.unique(split.example_puzzle[rows])
+    found = sorted(split.vehicle_types[i] for i in rows)
+    problems = []
+    if len(bases) != 1:
+        problems.append(f"{len(bases)} base ids in one group")
+    if found != sorted(vehicles):
+        missing = sorted(set(vehicles) - set(found))
+        extra = sorted((Counter(found) - Counter(vehicles)).elements())
+        problems.append(
+            f"vehicles {found}"
+            + (f", missing {missing}" if missing else "")
+            + (f", extra {extra}" if extra else "")
+        )
+    if len(puzzles) != len(rows):
+        problems.append(f"{len(rows)} examples in {len(puzzles)} puzzles (one example per puzzle expected)")
+    return problems
+
+
 def group_checks(
     dataset: RawDataset, facts: dict[str, ExampleFacts], cost_table: np.ndarray
 ) -> tuple[list[Check], dict]:
@@ -372,23 +392,7 @@ def group_checks(
             for base in bases:
                 groups_of_base[base].append(g)
             where = f"{split.files['group_indices']} group {g} (base {', '.join(bases)})"
-            puzzles = np.unique(split.example_puzzle[rows])
-            found = sorted(split.vehicle_types[i] for i in rows)
-            problems = []
-            if len(bases) != 1:
-                problems.append(f"{len(bases)} base ids in one group")
-            if found != sorted(vehicles):
-                missing = sorted(set(vehicles) - set(found))
-                extra = sorted((Counter(found) - Counter(vehicles)).elements())
-                problems.append(
-                    f"vehicles {found}"
-                    + (f", missing {missing}" if missing else "")
-                    + (f", extra {extra}" if extra else "")
-                )
-            if len(puzzles) != len(rows):
-                problems.append(
-                    f"{len(rows)} examples in {len(puzzles)} puzzles (one example per puzzle expected)"
-                )
+            problems = _variant_problems(split, rows, bases, vehicles)
             if problems:
                 variant_failures.append(f"{where}: " + "; ".join(problems))
             first = split.inputs[rows[0]]
@@ -555,6 +559,11 @@ def leakage_checks(
         len(identical),
     )
 
+    return [overlap_check, identical_check], near_duplicate_figures(train, test, near_duplicate_share)
+
+
+def near_duplicate_figures(train: RawSplit, test: RawSplit, near_duplicate_share: float) -> dict[str, Any]:
+    """Identical and near-duplicate base-map pairs within and across the splits (reported, not scored)."""
     figures: dict[str, Any] = {"near_duplicate_share": near_duplicate_share}
     train_maps, test_maps_array = base_maps(train)[0], base_maps(test)[0]
     # "map": the input grid as is; "layout": congestion levels folded away, so that one city at two hours of
@@ -580,7 +589,7 @@ def leakage_checks(
             figures[f"max_{view}_equal_share_within_{name}"] = (
                 round(float(within.max()), 4) if within.size else 0.0
             )
-    return [overlap_check, identical_check], figures
+    return figures
 
 
 # ---- the score -------------------------------------------------------------------------------------------
@@ -664,6 +673,23 @@ def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> 
     return out
 
 
+def _rule_check(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
+    """A `generate.difficulty` share: scored by how close it comes, not critical."""
+    score = 1.0 if required == 0 else min(1.0, found / required)
+    return Check(
+        name,
+        "augmentation_quality",
+        description,
+        found,
+        f">= {required:g}",
+        round(score, 6),
+        not failures,
+        False,
+        failures[:MAX_FAILURES_LISTED],
+        len(failures),
+    )
+
+
 def difficulty_checks(
     dataset: RawDataset,
     facts: dict[str, ExampleFacts],
@@ -716,23 +742,8 @@ def difficulty_checks(
             "turns_mean": found["mean_turns"],
         }
 
-    def rule(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
-        score = 1.0 if required == 0 else min(1.0, found / required)
-        return Check(
-            name,
-            "augmentation_quality",
-            description,
-            found,
-            f">= {required:g}",
-            round(score, 6),
-            not failures,
-            False,
-            failures[:MAX_FAILURES_LISTED],
-            len(failures),
-        )
-
     checks = [
-        rule(
+        _rule_check(
             "detour_share",
             f"lowest share over the splits of routes with a detour >= {min_detour} cells (route longer than the "
             "Manhattan walk: the example needs search), generate.difficulty.min_detour_share",
@@ -740,7 +751,7 @@ def difficulty_checks(
             min_detour_share,
             detour_failures,
         ),
-        rule(
+        _rule_check(
             "distinct_routes_share",
             f"lowest share over the splits of bases whose vehicles take >= {min_distinct_routes} distinct "
             "routes, generate.difficulty.min_distinct_share",

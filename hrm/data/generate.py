@@ -420,37 +420,44 @@ def _length_stats(values: list[int]) -> dict[str, float]:
     }
 
 
+def _example_records(settings: GenerateSettings, bases: list[Base]) -> list[dict[str, Any]]:
+    """The summary's record of every example of a split: base, vehicle, route length and cost, hour, detour, turns."""
+    return [
+        {
+            "base_scenario_id": base.base_id,
+            "vehicle": vehicle.name,
+            "route_length": len(route.path),
+            "route_cost": route.cost,
+            "hour": base.city.hour,
+            "detour": routing.detour_cells(route.path, settings.cols),
+            "turns": routing.turns(route.path),
+        }
+        for base in bases
+        for vehicle, route in zip(settings.cost_model.vehicles, base.routes, strict=True)
+    ]
+
+
+def _base_records(bases: list[Base]) -> list[dict[str, Any]]:
+    """The summary's record of every base of a split: its spawn key, hour, start and goal."""
+    return [
+        {
+            "base_scenario_id": base.base_id,
+            "spawn_key": list(base.spawn_key),
+            "hour": base.city.hour,
+            "start": base.city.start,
+            "goal": base.city.goal,
+        }
+        for base in bases
+    ]
+
+
 def build_summary(
     settings: GenerateSettings, bases: dict[str, list[Base]], rejections: Rejections
 ) -> dict[str, Any]:
     """The summary file: everything needed to re-check every label without this code."""
     vehicles = settings.cost_model.vehicles
-    examples = {}
-    base_records = {}
-    for split, split_bases in bases.items():
-        examples[split] = [
-            {
-                "base_scenario_id": base.base_id,
-                "vehicle": vehicle.name,
-                "route_length": len(route.path),
-                "route_cost": route.cost,
-                "hour": base.city.hour,
-                "detour": routing.detour_cells(route.path, settings.cols),
-                "turns": routing.turns(route.path),
-            }
-            for base in split_bases
-            for vehicle, route in zip(vehicles, base.routes, strict=True)
-        ]
-        base_records[split] = [
-            {
-                "base_scenario_id": base.base_id,
-                "spawn_key": list(base.spawn_key),
-                "hour": base.city.hour,
-                "start": base.city.start,
-                "goal": base.city.goal,
-            }
-            for base in split_bases
-        ]
+    examples = {split: _example_records(settings, split_bases) for split, split_bases in bases.items()}
+    base_records = {split: _base_records(split_bases) for split, split_bases in bases.items()}
     all_bases = [base for split_bases in bases.values() for base in split_bases]
     length_by_vehicle = {
         vehicle.name: _length_stats([len(base.routes[index].path) for base in all_bases])

@@ -25,7 +25,7 @@ from hrm.data import audit, augment, colours, compliance, consistency, raw, spec
 from hrm.data import generate as generate_module
 from hrm.data.facts import ExampleFacts, example_facts
 from hrm.data.invariants import build_dataset
-from hrm.data.raw import RawDataset, RawSplit
+from hrm.data.raw import RawDataset, RawFiles, RawSplit
 from hrm.data.schemas import read_raw_documents
 
 REPORT_JSON = "compliance.json"
@@ -98,6 +98,24 @@ FULL_CHECKS = (
 )
 
 
+def _strict_dataset(files: RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
+    """Schema-valid files through the cross-file invariants (`build_dataset`) with a usable cost table:
+    (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
+    try:
+        dataset = build_dataset(files)
+        cost_table = consistency.summary_cost_table(dataset.summary)
+        if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+            raise io.UserError(
+                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
+                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
+                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
+            )
+    except io.UserError as err:
+        lines = str(err).splitlines()
+        return None, None, [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
+    return dataset, cost_table, []
+
+
 def validate_dataset(settings: ValidateSettings) -> Validation:
     """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). Files that fail the schema or
     structure layer are audited instead: those layers' problems become findings and every check that can
@@ -106,22 +124,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     files, file_problems = read_raw_documents(settings.raw_dir)
     documents = files.documents
     identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
-    structure_problems: list[str] = []
-    dataset = None
-    if not file_problems:
-        try:
-            dataset = build_dataset(files)
-            cost_table = consistency.summary_cost_table(dataset.summary)
-            if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-                raise io.UserError(
-                    f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
-                    f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
-                    f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
-                )
-        except io.UserError as err:
-            dataset = None
-            lines = str(err).splitlines()
-            structure_problems = [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
+    dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
     if dataset is None:  # the audit reads whatever the documents allow
         views = {split: raw.lenient_split(split, documents, files.texts) for split in spec.SPLITS}
         return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
@@ -383,7 +386,22 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
                 lines.append(f"- ... and {check.failure_count - len(check.failures)} more")
             lines.append("")
     figures = report.figures
+    lines += figures_markdown(figures)
+    if "difficulty" in figures:
+        lines += difficulty_markdown(figures["difficulty"])
     lines += [
+        "",
+        "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
+        "of the generator's A*; a route's optimum is unique when no cell off the route lies on another "
+        "optimal route. See `scenarios.png` for scenarios with their vehicles' routes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figures_markdown(figures: dict[str, Any]) -> list[str]:
+    """The leakage and near-duplicate figures, then the route and diversity figures, as two tables."""
+    lines = [
         "",
         "## Leakage and near-duplicates",
         "",
@@ -408,16 +426,7 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         for key, value in flat.items()
         if not ("share" in key or "near_duplicate" in key or "identical" in key)
     ]
-    if "difficulty" in figures:
-        lines += difficulty_markdown(figures["difficulty"])
-    lines += [
-        "",
-        "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
-        "of the generator's A*; a route's optimum is unique when no cell off the route lies on another "
-        "optimal route. See `scenarios.png` for scenarios with their vehicles' routes.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def difficulty_markdown(difficulty: dict[str, Any]) -> list[str]:
