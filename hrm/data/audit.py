@@ -33,18 +33,8 @@ BLANK_IDENTIFIER = "<blank>"
 
 def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
     """A check that could not run: listed with its reason, scored 0, failed."""
-    return Check(
-        name,
-        category,
-        description,
-        0.0,
-        "= 1.0",
-        0.0,
-        False,
-        critical,
-        [f"not run: {reason}"],
-        1,
-        not_run=reason,
+    return Check.of(
+        name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
     )
 
 

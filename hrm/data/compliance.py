@@ -40,6 +40,40 @@ class Check:
     failure_count: int = 0
     not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        category: str,
+        description: str,
+        value: float,
+        score: float,
+        failures: list[str],
+        expected: str = "= 1.0",
+        critical: bool = True,
+        count: int | None = None,
+        passed: bool | None = None,
+        not_run: str = "",
+    ) -> Check:
+        """From every failure message: the first MAX_FAILURES_LISTED are kept, failure_count is `count` (default
+        one per message), passed means no failure unless `passed` says otherwise; score rounded to 6 places."""
+        passed = not failures if passed is None else passed
+        count = len(failures) if count is None else count
+        kept = failures[:MAX_FAILURES_LISTED]
+        return cls(
+            name,
+            category,
+            description,
+            value,
+            expected,
+            round(score, 6),
+            passed,
+            critical,
+            kept,
+            count,
+            not_run,
+        )
+
 
 def share_check(
     name: str,
@@ -55,17 +89,17 @@ def share_check(
     `failure_count`: items failed when a message covers several (the audit's findings); default one each."""
     bad = len(failures) if failure_count is None else failure_count
     share = max(0.0, 1.0 - bad / total) if total else 0.0
-    return Check(
+    share = round(share, 6)
+    return Check.of(
         name,
         category,
         description,
-        round(share, 6),
-        "= 1.0",
-        round(share, 6),
-        not failures and total > 0,
-        critical,
-        failures[:MAX_FAILURES_LISTED],
-        bad,
+        share,
+        share,
+        failures,
+        critical=critical,
+        count=bad,
+        passed=not failures and total > 0,
     )
 
 
@@ -73,18 +107,7 @@ def count_check(name: str, category: str, description: str, found: int, expected
     """Found must equal expected; the score shrinks with the ratio of the two."""
     score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
     failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
-    return Check(
-        name,
-        category,
-        description,
-        found,
-        f"= {expected}",
-        round(score, 6),
-        not failures,
-        True,
-        failures,
-        len(failures),
-    )
+    return Check.of(name, category, description, found, score, failures, expected=f"= {expected}")
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -213,18 +236,11 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
         encoding_problems.append(
             f"{spec.RAW_SUMMARY_FILE}: cost_model.tokens differs from the token table {spec.token_names()}"
         )
-    encoding = Check(
-        "encoding",
-        "tokens",
-        "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)",
-        0.0 if encoding_problems else 1.0,
-        "= 1.0",
-        0.0 if encoding_problems else 1.0,
-        not encoding_problems,
-        True,
-        encoding_problems[:MAX_FAILURES_LISTED],
-        len(encoding_problems),
+    found = 0.0 if encoding_problems else 1.0
+    description = (
+        "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)"
     )
+    encoding = Check.of("encoding", "tokens", description, found, found, encoding_problems)
     return [
         encoding,
         share_check(
@@ -532,31 +548,16 @@ def leakage_checks(
                 + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_scenario_ids))
-    overlap_check = Check(
-        "base_overlap",
-        "methodology",
-        "no base scenario id in both splits",
-        len(overlap),
-        "= 0",
-        round(1 - len(overlap) / test_bases, 6) if test_bases else 0.0,
-        not overlap,
-        True,
-        overlap[:MAX_FAILURES_LISTED],
-        len(overlap),
-    )
+    score = 1 - len(overlap) / test_bases if test_bases else 0.0
+    description = "no base scenario id in both splits"
+    overlap_check = Check.of("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
     test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
-    identical_check = Check(
-        "identical_grids_across_splits",
-        "methodology",
-        "no input grid of the test split also in the train split"
-        + (f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""),
-        len(identical),
-        "= 0",
-        round(1 - len(identical) / test_maps, 6) if test_maps else 0.0,
-        not identical,
-        True,
-        identical[:MAX_FAILURES_LISTED],
-        len(identical),
+    description = "no input grid of the test split also in the train split" + (
+        f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""
+    )
+    score = 1 - len(identical) / test_maps if test_maps else 0.0
+    identical_check = Check.of(
+        "identical_grids_across_splits", "methodology", description, len(identical), score, identical, "= 0"
     )
 
     return [overlap_check, identical_check], near_duplicate_figures(train, test, near_duplicate_share)
@@ -676,17 +677,8 @@ def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> 
 def _rule_check(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
     """A `generate.difficulty` share: scored by how close it comes, not critical."""
     score = 1.0 if required == 0 else min(1.0, found / required)
-    return Check(
-        name,
-        "augmentation_quality",
-        description,
-        found,
-        f">= {required:g}",
-        round(score, 6),
-        not failures,
-        False,
-        failures[:MAX_FAILURES_LISTED],
-        len(failures),
+    return Check.of(
+        name, "augmentation_quality", description, found, score, failures, f">= {required:g}", critical=False
     )
 
 

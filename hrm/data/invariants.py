@@ -29,13 +29,12 @@ def _listed(indices: np.ndarray | list[int]) -> str:
 
 def _check_offsets(name: str, offsets: list[int], end: int, end_what: str, problems: list[str]) -> None:
     """Offsets start at 0 (schema), strictly increase (no empty puzzle or group) and end at `end`."""
-    steps = np.diff(np.asarray(offsets, dtype=np.int64))
-    bad = np.flatnonzero(steps <= 0)
+    bad = raw.index_breaks(offsets)
     if bad.size:
-        i = int(bad[0]) + 1
+        i = int(bad[0])
         problems.append(
             f"{name}: $[{i}] = {offsets[i]} is not greater than $[{i - 1}] = {offsets[i - 1]}: indices must "
-            f"increase (offending entries: {_listed(bad + 1)})"
+            f"increase (offending entries: {_listed(bad)})"
         )
     if offsets[-1] != end:
         problems.append(

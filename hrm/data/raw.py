@@ -282,6 +282,12 @@ def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> lis
     return [str(value) for value in data]
 
 
+def index_breaks(indices: np.ndarray | list[int]) -> np.ndarray:
+    """Positions i where an HRM index array does not rise above entry i - 1 (they rise strictly: no empty
+    puzzle or group). The one test of that rule: convert stops at the first, validate lists them all."""
+    return np.flatnonzero(np.diff(np.asarray(indices, dtype=np.int64)) <= 0) + 1
+
+
 def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, end_name: str) -> None:
     """HRM index arrays: start at 0, rise strictly (no empty puzzle or group), end at the count they index."""
     if indices.size < 2:
@@ -290,9 +296,9 @@ def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, e
         )
     if indices[0] != 0:
         raise UserError(f"{path}: field '{field_name}' index 0: must be 0, is {indices[0]}")
-    steps = np.diff(indices)
-    if (steps <= 0).any():
-        bad = int(np.flatnonzero(steps <= 0)[0]) + 1
+    breaks = index_breaks(indices)
+    if breaks.size:
+        bad = int(breaks[0])
         raise UserError(
             f"{path}: field '{field_name}' index {bad}: {indices[bad]} after {indices[bad - 1]}, indices must rise "
             "strictly (non-monotone, or an empty puzzle/group)"
