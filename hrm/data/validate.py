@@ -21,12 +21,11 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import audit, augment, colours, compliance, consistency, raw, spec
+from hrm.data import audit, augment, colours, compliance, consistency, spec
 from hrm.data import generate as generate_module
 from hrm.data.facts import ExampleFacts, example_facts
-from hrm.data.invariants import build_dataset
-from hrm.data.raw import RawDataset, RawFiles, RawSplit
-from hrm.data.schemas import read_raw_documents
+from hrm.data.invariants import Reading, read_checked
+from hrm.data.raw import RawDataset, RawSplit
 
 REPORT_JSON = "compliance.json"
 REPORT_MD = "compliance.md"
@@ -98,37 +97,15 @@ FULL_CHECKS = (
 )
 
 
-def _strict_dataset(files: RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
-    """Schema-valid files through the cross-file invariants (`build_dataset`) with a usable cost table:
-    (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
-    try:
-        dataset = build_dataset(files)
-        cost_table = consistency.summary_cost_table(dataset.summary)
-        if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-            raise io.UserError(
-                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
-                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
-                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
-            )
-    except io.UserError as err:
-        lines = str(err).splitlines()
-        return None, None, [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
-    return dataset, cost_table, []
-
-
 def validate_dataset(settings: ValidateSettings) -> Validation:
     """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). Files that fail the schema or
     structure layer are audited instead: those layers' problems become findings and every check that can
     still run, runs; the rest are listed as not run."""
     began = time.perf_counter()
-    files, file_problems = read_raw_documents(settings.raw_dir)
-    documents = files.documents
-    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
-    dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
-    if dataset is None:  # the audit reads whatever the documents allow
-        views = {split: raw.lenient_split(split, documents, files.texts) for split in spec.SPLITS}
-        return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
-    views = dataset.splits
+    reading = read_checked(settings.raw_dir)
+    dataset, cost_table, views = reading.dataset, reading.cost_table, reading.splits
+    if dataset is None:  # the audit: every check that can run on what the documents hold
+        return _audit(settings, reading, began)
 
     facts = {
         name: example_facts(split, cost_table, dataset.rows, dataset.cols)
@@ -149,7 +126,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     checks.extend(compliance.route_checks(dataset, facts))
     # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
     generic, audit_figures = audit.generic_checks(
-        views, identifiers, settings.near_duplicate_share, across=False
+        views, dataset.identifiers, settings.near_duplicate_share, across=False
     )
     checks.extend(generic)
     checks.append(
@@ -195,17 +172,12 @@ def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
     return sorted(checks, key=lambda check: order[check.category])
 
 
-def _audit(
-    settings: ValidateSettings,
-    documents: dict[str, Any],
-    views: dict[str, RawSplit],
-    identifiers: Any,
-    file_problems: list[str],
-    structure_problems: list[str],
-    began: float,
-) -> Validation:
+def _audit(settings: ValidateSettings, reading: Reading, began: float) -> Validation:
     """The report for files that fail a strict layer: its findings, every check that still runs, the rest
     listed as not run (each scores 0)."""
+    documents, views = reading.files.documents, reading.splits
+    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
+    file_problems, structure_problems = reading.file_problems, reading.structure_problems
     by_file: dict[str, list[str]] = {}
     for problem in file_problems:
         by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
