@@ -1,5 +1,5 @@
-"""Audit mode: a foreign 18-file set, built from what shared/reference/first-attempt.md says of the original
-browser tool (10-token vocabulary, 30x30 maps, vehicles easy/normal/hard/expert, no cost model), with each of
+"""Audit mode: a foreign 18-file set, built as the first attempt's original
+browser tool wrote them (10-token vocabulary, 30x30 maps, vehicles easy/normal/hard/expert, no cost model), with each of
 that tool's flaws planted alone. validate writes compliance.json/.md for it, names each flaw with counts and
 examples, lists the checks it cannot run, exits 1 without a traceback, and leaves the data untouched."""
 
@@ -18,7 +18,7 @@ from hrm.data import spec, validate
 from hrm.io import UserError
 from tests.conftest import write_params_file
 
-SIDE = 30  # the tool's maps (first-attempt.md, flaw 6)
+SIDE = 30  # the tool's maps (its flaw 6: metadata claiming 40x40)
 VEHICLES = ["easy", "normal", "hard", "expert"]  # = bike, car, van, truck
 BASES = {"train": 3, "test": 2}
 START, END, ROUTE = 7, 8, 9  # the tool's tokens

@@ -17,7 +17,7 @@ from hrm.data.compliance import Check, share_check
 from hrm.data.facts import ExampleFacts
 from hrm.data.raw import RawDataset, RawSplit
 
-HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/hrm-format.md)
+HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,
     "labels": np.uint8,
     "puzzle_identifiers": np.int32,

@@ -1,6 +1,6 @@
 """The convert stage: the 18 raw JSON files -> HRM's on-disk layout (`paths.hrm`).
 
-Output (see docs/design.md, shared/reference/hrm-format.md):
+Output (docs/design.md, Data contract: HRM layout):
     identifiers.json, routing.json (our files only: the cost model + rows/cols),
     {train,test}/dataset.json, all__{inputs,labels}.npy (uint8 [N, seq_len]),
     all__{puzzle_identifiers,puzzle_indices,group_indices}.npy (int32),

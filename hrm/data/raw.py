@@ -2,7 +2,8 @@
 
 `RawSplit` and `RawDataset` are the one in-memory form of the 18 files: convert builds them here (`read_raw`),
 validate after its own collected cross-file checks (`hrm.data.invariants.build_dataset`), both through
-`read_split`; the audit of broken files uses the same converters (`int_matrix`, `int_vector`).
+`read_split`; files that fail validate's strict layers are read by `lenient_split` into the same `RawSplit`
+(a field None where its file cannot be used), so that the audit's checks run over the one form too.
 
 Two producers write these 18 names: our generator (`hrm.data.generate`, 24-token vocabulary, a summary with
 the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
@@ -33,7 +34,7 @@ from hrm.io import UserError
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
-# The original browser tool's vocabulary (see shared/reference/first-attempt.md).
+# The original browser tool's vocabulary (tests/test_convert.py and tests/test_audit.py build sets of its files).
 ORIGINAL_TOKENS = (
     "pad",
     "obstacle",
