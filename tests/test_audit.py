@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hrm.data import spec, validate
+from hrm.data import spec
+from hrm.data.validation import validate
 from hrm.io import UserError
 from tests.conftest import write_params_file
 
@@ -335,8 +336,8 @@ def test_routes_are_still_checked_when_a_structure_layer_fails(our_set, tmp_path
 
 
 def test_convert_and_validate_read_the_files_through_one_reader(our_set, tmp_path, monkeypatch):
-    """Both stages get the 18 files from hrm.data.raw.read_files, once each; nothing else opens them."""
-    from hrm.data import convert, raw
+    """Both stages get the 18 files from hrm.data.conversion.raw.read_files, once each; nothing else opens them."""
+    from hrm.data.conversion import convert, raw
     from tests.validate_data import copy_set
 
     params = copy_set(our_set, tmp_path)

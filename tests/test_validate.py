@@ -11,9 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
-from hrm.data import compliance, routing, schemas, spec, validate
+from hrm.data import routing, spec
+from hrm.data.conversion.raw import SOURCE_GENERATOR, RawDataset, RawSplit
 from hrm.data.facts import example_facts
-from hrm.data.raw import SOURCE_GENERATOR, RawDataset, RawSplit
+from hrm.data.validation import compliance, schemas, validate
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
 
@@ -290,8 +291,8 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
 def test_convert_and_validate_hold_the_files_in_one_form(valid_set):
     """validate's dataset (after its collected cross-file checks) is convert's `raw.read_raw`, field by field:
     one split type, one conversion of the documents."""
-    from hrm.data import raw
-    from hrm.data.invariants import build_dataset
+    from hrm.data.conversion import raw
+    from hrm.data.validation.invariants import build_dataset
 
     converted = raw.read_raw(valid_set / "raw")
     validated = build_dataset(raw.read_files(valid_set / "raw"))

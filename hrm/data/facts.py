@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import routing, spec
-from hrm.data.raw import RawSplit
+from hrm.data.conversion.raw import RawSplit
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Reading the 18 raw JSON files into typed arrays, with structural checks (shared by convert and validate).
 
 `RawSplit` and `RawDataset` are the one in-memory form of the 18 files: convert builds them here (`read_raw`),
-validate after its own collected cross-file checks (`hrm.data.invariants.build_dataset`), both through
+validate after its own collected cross-file checks (`hrm.data.validation.invariants.build_dataset`), both through
 `read_split`; files that fail validate's strict layers are read by `lenient_split` into the same `RawSplit`
 (a field None where its file cannot be used), so that the audit's checks run over the one form too.
 
-Two producers write these 18 names: our generator (`hrm.data.generate`, 24-token vocabulary, a summary with
+Two producers write these 18 names: our generator (`hrm.data.generation.generate`, 24-token vocabulary, a summary with
 the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
 wrong seq_len). `read_raw` tells them apart by the summary's `generator` entry.
 

@@ -30,8 +30,8 @@ import numpy as np
 from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import routing, spec
-from hrm.data.city import City, CityParams, NoEndpoints, build_city
 from hrm.data.facts import detour_figures
+from hrm.data.generation.city import City, CityParams, NoEndpoints, build_city
 from hrm.data.rng import StableRng
 
 GENERATOR_VERSION = "2.0.0"

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.data.compliance import Check, share_check
+from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts
-from hrm.data.raw import RawDataset, RawSplit
+from hrm.data.validation.compliance import Check, share_check
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,

@@ -2,7 +2,7 @@
 
 A file set that breaks one of these cannot be read as a dataset at all (lengths disagree, indices point
 outside the arrays, a token the metadata's vocabulary lacks), so every break is collected and raised as one
-UserError naming file, field and index; validate then audits the files (`hrm.data.audit`), each break a finding.
+UserError naming file, field and index; validate then audits the files (`hrm.data.validation.audit`), each break a finding.
 Files that keep them become the one in-memory form of the 18 files, `raw.RawDataset` (via `raw.read_split`).
 """
 
@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import consistency, raw, spec
-from hrm.data.raw import RawDataset, RawSplit
-from hrm.data.schemas import read_raw_documents
+from hrm.data import spec
+from hrm.data.conversion import raw
+from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.validation import consistency
+from hrm.data.validation.schemas import read_raw_documents
 from hrm.io import UserError
 
 MAX_LISTED = 5  # offending indices quoted per problem

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from hrm.config import ConfigError
+from hrm.data.conversion.raw import RawSplit
 from hrm.data.facts import example_facts
-from hrm.data.raw import RawSplit
 
 CHOICES = ("none", "dihedral")
 TRANSFORMS = (

@@ -2,7 +2,7 @@
 
 Order: read and schema-check the 18 files, then their cross-file invariants; then every compliance check,
 scored with params' weights. Files that fail either strict layer (anyone's 18 files: the original tool's,
-a hand-edited set) are audited instead (`hrm.data.audit`): the layer's problems become findings, every check
+a hand-edited set) are audited instead (`hrm.data.validation.audit`): the layer's problems become findings, every check
 that can still run on what the files hold runs, the rest are listed as not run and score 0. Reports are
 written (each file atomically) whatever the outcome, so a failing dataset leaves a readable explanation; the
 stage then exits non-zero below the threshold or on any critical failure.
@@ -21,11 +21,13 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import audit, augment, colours, compliance, consistency, spec
-from hrm.data import generate as generate_module
+from hrm.data import colours, spec
+from hrm.data.conversion import augment
+from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts, example_facts
-from hrm.data.invariants import Reading, read_checked
-from hrm.data.raw import RawDataset, RawSplit
+from hrm.data.generation import generate as generate_module
+from hrm.data.validation import audit, compliance, consistency
+from hrm.data.validation.invariants import Reading, read_checked
 
 REPORT_JSON = "compliance.json"
 REPORT_MD = "compliance.md"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
+from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts, detour_figures
-from hrm.data.raw import RawDataset, RawSplit
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
 MAX_FAILURES_LISTED = 5
@@ -514,9 +514,9 @@ def leakage_checks(
 ) -> tuple[list[Check], dict]:
     """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported).
 
-    `transforms`: the symmetries the train split is trained under (`hrm.data.augment`, convert.augment): a
+    `transforms`: the symmetries the train split is trained under (`hrm.data.conversion.augment`, convert.augment): a
     test grid equal to any of them applied to a train grid is a leak."""
-    from hrm.data.augment import TRANSFORMS, transform_grids
+    from hrm.data.conversion.augment import TRANSFORMS, transform_grids
 
     train, test = dataset.splits["train"], dataset.splits["test"]
     first_index = {}

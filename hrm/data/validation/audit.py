@@ -6,7 +6,7 @@ still run on the parsed documents runs: counts against params and against the su
 inputs that carry different labels for the same puzzle identifier, identical and near-identical maps,
 vehicles whose labels are the same in every base, blank identifiers, the vocabulary and seq_len HRM will
 be told, labels that hide cells behind the ignore label. Checks that cannot run are listed with the reason
-and score 0. These checks also run on our own files, next to the full ones (`hrm.data.compliance`).
+and score 0. These checks also run on our own files, next to the full ones (`hrm.data.validation.compliance`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.data.compliance import (
+from hrm.data.conversion.raw import RawSplit
+from hrm.data.validation.compliance import (
     MAX_FAILURES_LISTED,
     Check,
     base_maps,
@@ -26,7 +27,6 @@ from hrm.data.compliance import (
     equal_share_matrix,
     share_check,
 )
-from hrm.data.raw import RawSplit
 
 BLANK_IDENTIFIER = "<blank>"
 
