@@ -1,5 +1,5 @@
 """Shared by the bench scripts: the `train` section they run with, and their data in HRM's on-disk layout
-(written by hrm.data.convert.write_hrm_split, the one writer of that layout)."""
+(written by hrm.data.conversion.convert.write_hrm_split, the one writer of that layout)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hrm.data.convert import hrm_metadata, write_hrm_split
+from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
