@@ -133,7 +133,7 @@ def dataset_metadata(params: dict[str, Any], params_path: Path, data_is_current:
     """The converted data's metadata if present (and made from these settings), else what convert writes
     for the generate settings (one puzzle of one example per base and vehicle); and where it came from."""
     from hrm.data import spec
-    from hrm.data.convert import HRM_SET
+    from hrm.data.conversion.convert import HRM_SET
 
     metadata_file = params_path.parent / Path(params["paths"]["hrm"]) / "train" / "dataset.json"
     if data_is_current and metadata_file.is_file():

@@ -202,7 +202,7 @@ def measured_plan(work: Workload, train: Any, world_size: int, device: str, micr
     import numpy as np
     import torch
 
-    from hrm.data.convert import hrm_metadata, write_hrm_split
+    from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
     from hrm.training.data import PuzzleDataset
     from hrm.training.memory import plan_micro_batch
 

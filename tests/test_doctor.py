@@ -56,7 +56,7 @@ def write_dataset_json(folder: Path, seq_len: int) -> None:
     """A complete train/dataset.json (as convert writes it) with this seq_len."""
     import numpy as np
 
-    from hrm.data.convert import hrm_metadata
+    from hrm.data.conversion.convert import hrm_metadata
 
     arrays = {
         "inputs": np.zeros((4, seq_len)),
