@@ -290,6 +290,45 @@ def test_cuda_memory_is_the_trainers_plan(tiny_params, monkeypatch):
     assert refused.status == "fail" and "DOES NOT FIT" in refused.detail and "needs ~9 GiB" in refused.detail
 
 
+def test_cuda_probe_runs_the_trainers_step(tiny_params, monkeypatch):
+    """The CUDA measurement the plan makes (hrm.training.memory.measure_cuda_step), on the CPU with torch.cuda's
+    memory counters faked: the trainer's step (both optimizers) runs at 1 and 2 rows and the peaks become fixed +
+    per-example bytes. Kept from the doctor's own copy of the probe, which now asks the plan."""
+    import torch
+
+    import hrm.training.step as step_module
+    from hrm.training.loop import build_optimizers
+    from hrm.training.memory import measure_cuda_step
+    from hrm.training.step import TrainState
+
+    rows_seen, peaks = [], iter([1000, 1600])
+    real_step = step_module.train_step
+
+    def recording_step(state, batch, **kwargs):
+        rows_seen.append(batch["inputs"].shape[0])
+        result = real_step(state, batch, **kwargs)
+        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers)
+        return result
+
+    monkeypatch.setattr(step_module, "train_step", recording_step)
+    for name in ("empty_cache", "synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: next(peaks))
+    config = doctor.load_run_config(tiny_params)
+    work = doctor.workload(config, quick=False)
+
+    def make_state(rows: int) -> TrainState:
+        head = doctor.build(work, rows, "cpu", "float32", 0)
+        optimizers, base_lrs = build_optimizers(head, config.train)
+        return TrainState(head, head, optimizers, base_lrs, torch.Generator().manual_seed(0))
+
+    batch = doctor.random_batch(work, 2, "cpu", 0)
+    measured = measure_cuda_step(make_state, batch, torch.device("cpu"), config.train.global_batch_size)
+    assert rows_seen == [1, 2]
+    assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+
+
 def test_traced_memory_counts_the_ema_copy(tiny_params):
     """train.ema keeps a full copy of the weights: the estimate must hold one more parameter copy."""
     plain = doctor.check_memory(doctor.load_run_config(tiny_params), "cpu", quick=True)
