@@ -502,7 +502,7 @@ def _compute(point: dict[str, Any] | None) -> str:
     return f"step {point['step']:,.0f}: {samples} samples, {point['segments']:,.0f} segments, {point['flops']:.2e} FLOPs"
 
 
-def _budget_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     groups = [g for g in results["groups"] if g.get("budget", {}).get("last")]
     levels = list(groups[0]["budget"]["reach"]) if groups else []
     header = ["variant", "arch", "n", "evals", "end of the runs", "route optimal at the end"]
@@ -582,7 +582,7 @@ def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
             if "route_optimal_rate" in entry
         )
         blocks.append(("p", f"Baselines, test route optimal (the runs' own evaluate metrics): {text}."))
-    header, rows = _budget_rows(results)
+    header, rows = budget_table(results)
     if rows:
         blocks.append(("h2", "Budget: test route optimal against training compute (the train stage's evals)"))
         blocks.append(("table", (header, rows)))
