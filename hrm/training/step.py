@@ -24,7 +24,8 @@ MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail ins
 
 
 class TrainingDiverged(UserError):
-    """Loss or gradients became NaN/inf; the run stops and the last good checkpoint stays as it is."""
+    """Loss or gradients became NaN/inf (the message names the step, the tensor and its first bad values); the
+    run stops and the last good checkpoint stays as it is."""
 
 
 @dataclass
@@ -123,6 +124,35 @@ def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int)
     return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
 
 
+def bad_values(tensor: Any, shown: int = 3) -> str:
+    """How many entries are NaN/inf and the first few with their indices (what a divergence report shows)."""
+    import torch
+
+    bad = (~torch.isfinite(tensor)).nonzero()
+    first = ", ".join(f"{row.tolist()} = {tensor[tuple(row)].item()}" for row in bad[:shown])
+    return f"{len(bad)} of {tensor.numel()} values non-finite, first {first}"
+
+
+def first_nonfinite(module: Any, loss: Any, sparse_optimizers: list[Any]) -> str:
+    """The first non-finite tensor on this rank: the loss, else a gradient by parameter name (the puzzle
+    embedding's rows by its buffer's name); "another rank" when this one's are all finite."""
+    import torch
+
+    if not torch.isfinite(loss).all():
+        return f"the loss is {loss.item()}"
+    for name, param in module.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            return f"the gradient of {name} has {bad_values(param.grad)}"
+    names = {id(m): n for n, m in module.named_modules()}
+    for optimizer in sparse_optimizers:
+        for grad, _ in optimizer.pending:
+            if not torch.isfinite(grad).all():
+                return (
+                    f"the gradient of {names[id(optimizer.embedding)]}.local_weights has {bad_values(grad)}"
+                )
+    return "the loss or a gradient is NaN/inf on another rank"
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, Any],
@@ -208,11 +238,11 @@ def train_step(
         dist.all_reduce(packed)
     packed = packed.cpu().tolist()
     if packed[0] > 0:
+        culprit = first_nonfinite(state.module, loss, sparse_optimizers)
         for optimizer in state.optimizers:
             optimizer.zero_grad()
         raise TrainingDiverged(
-            f"training diverged at step {state.step}: the loss or a gradient is NaN/inf "
-            f"(loss on this rank: {float(loss)}). Nothing after the last checkpoint was saved; "
+            f"training diverged at step {state.step}: {culprit}. Nothing after the last checkpoint was saved; "
             "lower train.lr, check the data, or delete the checkpoint folder to start over."
         )
 
