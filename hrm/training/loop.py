@@ -223,6 +223,20 @@ def carry_from_state(state: Any, device: Any) -> Any:
     return None if state is None else ACTCarry.from_state(state, device=device)
 
 
+def check_output_paths(paths: dict[str, Any], rank: int) -> None:
+    """Every folder this process writes to must take a file now, not after the last step (hrm.io.check_writable):
+    checkpoints on every rank, the weights, dvclive folder and timing file on rank 0."""
+    from hrm.io import check_writable
+
+    folders = {"checkpoints": Path(paths["checkpoints"])}
+    if rank == 0:
+        folders.update(model=Path(paths["model"]).parent, train_log=Path(paths["train_log"]))
+        if isinstance(paths.get("train_timing"), str):
+            folders["train_timing"] = Path(paths["train_timing"]).parent
+    for key, folder in folders.items():
+        check_writable(folder, f"params.yaml: paths.{key} {paths[key]}")
+
+
 def write_weights(module: Any, path: Path) -> None:
     """Final state_dict in HRM's official key layout, loadable with torch.load(weights_only=True)."""
     import torch
@@ -255,6 +269,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     dist_info = distributed_from_env()
     rank, world_size = dist_info.rank, dist_info.world_size
     configured_micro = fixed_micro_batch(config, world_size)  # a bad split fails here, before any work
+    check_output_paths(paths, rank)
     device = resolve_device(config.device, dist_info.local_rank)
     set_cpu_threads(config.threads)
     set_determinism(config.deterministic, device)
