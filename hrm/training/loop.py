@@ -307,9 +307,14 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             print(f"device: {device}, processes: {world_size}", flush=True)
 
         seed_everything(config.seed + rank)  # HRM: seed + rank for whatever draws from the global RNGs
-        plan = plan_micro_batch(
-            arch, train_set.metadata, config, world_size, device, configured_micro, train_set
-        )
+        try:
+            plan = plan_micro_batch(
+                arch, train_set.metadata, config, world_size, device, configured_micro, train_set
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(
+                oom_message(configured_micro or config.global_batch_size // world_size, None)
+            ) from None
         if rank == 0:
             print(f"memory plan: {plan.describe()}", flush=True)
         # Weights from their own seeded generator: identical on every rank (and device) even before broadcast.
@@ -445,7 +450,9 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                     run_eval()
                     saved = checkpoint()
         except TrainingDiverged as err:
-            raise TrainingDiverged(f"{err} Last good checkpoint: {saved or 'none yet'}.") from None
+            raise TrainingDiverged(
+                f"{err} Last good checkpoint: {saved or 'none yet'}.", err.culprit
+            ) from None
         except torch.cuda.OutOfMemoryError:
             raise UserError(oom_message(plan.micro_batch, saved)) from None
         except BaseException as err:

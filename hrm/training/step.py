@@ -27,6 +27,10 @@ class TrainingDiverged(UserError):
     """Loss or gradients became NaN/inf (the message names the step, the tensor and its first bad values); the
     run stops and the last good checkpoint stays as it is."""
 
+    def __init__(self, message: str, culprit: str = ""):
+        super().__init__(message)
+        self.culprit = culprit  # which tensor, with its first bad values
+
 
 @dataclass
 class TrainState:
@@ -243,7 +247,8 @@ def train_step(
             optimizer.zero_grad()
         raise TrainingDiverged(
             f"training diverged at step {state.step}: {culprit}. Nothing after the last checkpoint was saved; "
-            "lower train.lr, check the data, or delete the checkpoint folder to start over."
+            "lower train.lr, check the data, or delete the checkpoint folder to start over.",
+            culprit,
         )
 
     lr_this_step = 0.0
