@@ -261,3 +261,19 @@ def test_route_sums_count_label_routes_and_skip_padding():
     }
     task = RouteTask(rows=side, cols=side, cost_table=table)
     assert route_sums(batch, preds, task) == (1.0, 1.0)
+
+
+def test_build_model_from_the_datasets_metadata_is_the_one_from_its_sizes(tiny_run_data):
+    """One builder for trainer, memory probe and evaluate: the dataset's metadata gives the sizes."""
+    from train_helpers import TINY_ARCH
+
+    from hrm.models import build_model
+    from hrm.training.data import DatasetMetadata
+
+    meta = DatasetMetadata.from_file(tiny_run_data / "train" / "dataset.json")
+    sizes = {k: getattr(meta, k) for k in ("seq_len", "vocab_size", "num_puzzle_identifiers")}
+    by_metadata = build_model(TINY_ARCH, meta, batch_size=4, seed=7).state_dict()
+    by_sizes = build_model(TINY_ARCH, **sizes, batch_size=4, seed=7).state_dict()
+    assert_same_weights(by_metadata, by_sizes)
+    with pytest.raises(TypeError, match="needs batch_size and the dataset's metadata"):
+        build_model(TINY_ARCH, batch_size=4)

@@ -249,14 +249,7 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, not a bug here
         raise UserError(f"{checkpoint}: not a weights-only torch checkpoint ({err})") from err
-    head = build_model(
-        arch,
-        seq_len=metadata.seq_len,
-        vocab_size=metadata.vocab_size,
-        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
-        batch_size=batch_size,
-        device=device,
-    )
+    head = build_model(arch, metadata, batch_size=batch_size, device=device)
     try:
         load_official_checkpoint(head, state)  # strips torch.compile's prefix; UserError on any mismatch
     except UserError as err:
