@@ -91,7 +91,7 @@ def test_probe_that_runs_out_of_memory_at_two_rows_plans_one(monkeypatch):
 
 def test_probe_that_runs_out_of_memory_at_one_row_says_what_to_change(monkeypatch):
     FakeCuda(out_of_memory_at=1).install(monkeypatch)
-    with pytest.raises(UserError, match="memory probe's trial step at 1 row.*activation_checkpointing=true"):
+    with pytest.raises(UserError, match="memory probe's step at 1 row.*activation_checkpointing=true"):
         measure()
 
 

@@ -10,26 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-TRAIN_METRICS = (
-    "accuracy",
-    "exact_accuracy",
-    "q_halt_accuracy",
-    "steps",
-    "lm_loss",
-    "q_halt_loss",
-    "q_continue_loss",
-    "lr",
-)
-EVAL_METRICS = (
-    "accuracy",
-    "exact_accuracy",
-    "q_halt_accuracy",
-    "steps",
-    "lm_loss",
-    "q_halt_loss",
-    "route_valid_rate",  # with routing.json (hrm.training.step.evaluate)
-    "route_optimal_rate",
-)
+from hrm.training.step import METRIC_KEYS, ROUTE_KEYS
+
+TRAIN_METRICS = (*METRIC_KEYS[1:], "lr")  # the step's sums but count (a divisor), and the lr
+EVAL_METRICS = (*METRIC_KEYS[1:-1], *ROUTE_KEYS)  # no q_continue_loss in eval; routes with routing.json
 
 
 class RunLogger:

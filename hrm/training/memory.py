@@ -1,8 +1,8 @@
 """The memory plan: how each process's share of the global batch is cut into micro-batches.
 
-On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs once to warm up, then
-at micro-batches of 1 and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part and a part per example. The
-ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
+On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs once to warm up,
+then at micro-batches of 1 and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part
+and a part per example. The ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
 divides the share and fits `MEMORY_HEADROOM` of the free memory wins. Off CUDA the whole share runs at once
 (RAM is not measured here; `hrm doctor` traces an estimate).
 """
@@ -27,9 +27,7 @@ class StepMemory:
     per_example: int
     carry_per_row: int
     method: str
-    max_micro: int | None = (
-        None  # the most rows a measured step ran before CUDA ran out (None: no limit seen)
-    )
+    max_micro: int | None = None  # the most rows a probe ran before CUDA ran out (None: no limit seen)
 
     def peak(self, share: int, micro: int) -> int:
         return self.fixed + self.per_example * micro + self.carry_per_row * (share - micro)
@@ -85,8 +83,7 @@ def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
     """Bytes of one row of the ACT carry (state, step count, halted flag, the row's example)."""
     import torch
 
-    row = {k: v[:1] for k, v in batch.items()}
-    carry = head.initial_carry(row)
+    carry = head.initial_carry({k: v[:1] for k, v in batch.items()})
     return sum(t.numel() * t.element_size() for t in carry.to_state().values() if isinstance(t, torch.Tensor))
 
 
@@ -94,29 +91,21 @@ class ProbeFailed(UserError):
     """The memory probe's trial step (before training: initial weights, lr 0) gave non-finite values."""
 
 
-def trial_step(
-    make_state: Callable[[int], Any], batch: dict[str, Any], rows: int, device: Any, global_batch_size: int
-) -> tuple[Any, dict[str, Any]]:
-    """One training step (lr 0) of a fresh state built for `rows` rows; (the state, the rows it ran on)."""
-    from hrm.training.step import train_step
-
-    state = make_state(rows)
-    part = {k: v[:rows].to(device) for k, v in batch.items()}
-    train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
-    return state, part
-
-
 def probe_step(
     make_state: Callable[[int], Any], batch: dict[str, Any], rows: int, device: Any, global_batch_size: int
 ) -> tuple[int, int]:
-    """(peak allocated bytes above those before it, carry bytes per row) of one trial step at `rows` rows."""
+    """(peak bytes above the allocation before it, carry bytes per row) of a fresh state's step at `rows`, lr 0."""
     import torch
+
+    from hrm.training.step import train_step
 
     torch.cuda.empty_cache()
     torch.cuda.synchronize(device)
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    state, part = trial_step(make_state, batch, rows, device, global_batch_size)
+    state = make_state(rows)
+    part = {k: v[:rows].to(device) for k, v in batch.items()}
+    train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - baseline, carry_bytes_per_row(state.module, part)
 
@@ -135,18 +124,17 @@ def measure_cuda_step(
 
     from hrm.training.step import TrainingDiverged
 
-    peaks: list[tuple[int, int]] = []
+    peaks: list[tuple[int, int]] = []  # (peak bytes, carry bytes per row) at 1 and 2 rows
     rows = 1
     try:
-        trial_step(make_state, batch, 1, device, global_batch_size)  # warm-up, not measured
+        probe_step(make_state, batch, 1, device, global_batch_size)  # warm-up: its figures are dropped
         for rows in PROBE_ROWS:
             peaks.append(probe_step(make_state, batch, rows, device, global_batch_size))
     except torch.cuda.OutOfMemoryError:
         if not peaks:
             raise UserError(
-                "CUDA ran out of memory in the memory probe's trial step at 1 row, before training: not even "
-                "micro-batch 1 fits; set train.activation_checkpointing=true, use a smaller model or a GPU "
-                "with more free memory"
+                "CUDA ran out of memory in the memory probe's step at 1 row, before training: not even micro-batch "
+                "1 fits; set train.activation_checkpointing=true, or use a smaller model or a larger GPU"
             ) from None
         (peak, carry_row), *_ = peaks
         method = "measured: the trainer's step at 1 row after a warm-up step (2 rows ran out of memory)"
@@ -161,13 +149,10 @@ def measure_cuda_step(
         torch.cuda.empty_cache()
     (peak_1, _), (peak_2, carry_row) = peaks
     per_example = max(peak_2 - peak_1, 1)
-    return StepMemory(
-        fixed=peak_1 - per_example,
-        per_example=per_example,
-        carry_per_row=carry_row,
-        method="measured: max_memory_allocated of the trainer's step at 1 and 2 rows after a warm-up step, "
-        "linear in the rows",
+    method = (
+        "measured: max_memory_allocated of the trainer's step at 1 and 2 rows after a warm-up, linear in rows"
     )
+    return StepMemory(peak_1 - per_example, per_example, carry_row, method)
 
 
 def plan(
@@ -223,20 +208,10 @@ def plan_micro_batch(
         return plan(config.global_batch_size, world_size, configured_micro, None, None, None)
     import torch
 
-    from hrm.training.ema import WeightEMA
-    from hrm.training.loop import build_model, build_optimizers, set_activation_checkpointing
-    from hrm.training.step import TrainState
+    from hrm.training.state import new_state
 
     def make_state(rows: int) -> Any:
-        module = build_model(arch, metadata, rows, device, config.seed)
-        set_activation_checkpointing(module, config.activation_checkpointing)
-        module.train()
-        optimizers, base_lrs = build_optimizers(module, config)
-        generator = torch.Generator().manual_seed(config.seed)
-        ema = WeightEMA(module, config.ema_rate) if config.ema else None  # a full copy of the weights
-        return TrainState(
-            head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
-        )
+        return new_state(arch, metadata, config, rows, device)  # the run's state, EMA copy included
 
     memory = measure_cuda_step(
         make_state, first_batch(dataset, max(PROBE_ROWS)), device, config.global_batch_size
