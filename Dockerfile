@@ -31,13 +31,18 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# The base's python3 (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm; refused below 3.11), git for DVC.
+# The base's python3 (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm; refused below 3.11), git for DVC, and
+# what `train.compile: true` builds with at run time: Triton compiles its CUDA launcher with the C compiler
+# against Python.h, Inductor's CPU kernels need a C++ compiler (g++ brings gcc and the C library headers;
+# python3-dev the headers of the base's python3). The build stops if Python.h is not where Python looks.
 # Unpinned apt versions on purpose: the archive drops old ones, and the pinned base tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ libc6-dev git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'the base image has Python ' + sys.version.split()[0] + '; the project needs 3.11 or newer')" \
+    && python3 -c "import pathlib, sys, sysconfig; h = pathlib.Path(sysconfig.get_paths()['include'], 'Python.h'); sys.exit(0 if h.is_file() else f'{h} missing: torch.compile cannot build')" \
+    && gcc --version > /dev/null && g++ --version > /dev/null \
     && python3 -m venv "$VIRTUAL_ENV"
 
 # pip reaches PyPI through a TLS-intercepting proxy only with that proxy's CA bundle: pass it as the build
@@ -66,7 +71,8 @@ RUN --mount=type=secret,id=pip_cert \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# 3) the project itself (the `hrm` command, with schemas/ as data files); no dependency changes here.
+# 3) the project itself (the `hrm` command, with schemas/ as data files); no dependency changes here. The
+# smoke test compiles and runs a function with torch.compile (the doctor's compile check, on the CPU).
 COPY README.md /tmp/hrm-src/
 COPY schemas /tmp/hrm-src/schemas
 COPY hrm /tmp/hrm-src/hrm
@@ -74,6 +80,8 @@ RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
     && python -c "import torch, hrm, hrm.doctor; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+    && TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-smoke python -c "from hrm.runtime import compile_tiny_function; print('torch.compile on the CPU: %.0f s' % compile_tiny_function('cpu'))" \
+    && rm -rf /tmp/inductor-smoke \
     && dvc --version && hrm --help > /dev/null
 
 # Non-root user (uid 1000, as on most single-user Linux hosts, so files written to the mount are the user's).

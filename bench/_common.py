@@ -1,5 +1,5 @@
 """Shared by the bench scripts: the `train` section they run with, and their data in HRM's on-disk layout
-(written by hrm.data.convert.write_hrm_split, the one writer of that layout)."""
+(written by hrm.data.conversion.convert.write_hrm_split, the one writer of that layout)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hrm.data.convert import hrm_metadata, write_hrm_split
+from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -42,3 +42,14 @@ def write_layout(
         "group_indices": np.arange(0, examples + 1, vehicles),
     }
     write_hrm_split(folder, arrays, hrm_metadata(arrays, vocab_size, vehicles + 1))
+
+
+def write_random_routing_layout(folder: Path, groups: int, side: int, seed: int = 0) -> None:
+    """`groups` x 4 random side x side grids of our vocabulary (no PAD) in our layout, labels = inputs:
+    the shapes of the routing data for timing and memory, not its content."""
+    from hrm.data.spec import VOCAB_SIZE
+
+    inputs = np.random.default_rng(seed).integers(
+        1, VOCAB_SIZE - 1, size=(groups * 4, side * side), dtype=np.uint8
+    )
+    write_layout(folder, inputs, inputs.copy(), vocab_size=VOCAB_SIZE)

@@ -19,7 +19,7 @@ def main(
     repeat: Annotated[int, typer.Option("--repeat")] = 1,
 ) -> None:
     from hrm.config import load_params
-    from hrm.data import generate
+    from hrm.data.generation import generate
 
     settings = generate.GenerateSettings.from_params(load_params(params), str(params))
     best_search = best_total = float("inf")

@@ -129,10 +129,15 @@ def run_case(name: str, threads: int, steps: int = 0) -> dict:
 
 def traced_bytes_per_example(checkpointing: bool) -> float:
     """Autograd-saved bytes per example of the trainer's forward/backward at the paper shape (meta device),
-    attention counted as the fused kernel CPU and GPU pick (hrm.doctor.saved_step_bytes)."""
-    from hrm.doctor import Workload, saved_step_bytes
+    attention counted as the fused kernel CPU and GPU pick (hrm.planning.saved_step_bytes)."""
+    from hrm.planning import Workload, saved_step_bytes
+    from hrm.training.data import DatasetMetadata
 
-    work = Workload(PAPER_ARCH, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, scaled_down=False)
+    sizes = dict(
+        vocab_size=24, seq_len=1600, num_puzzle_identifiers=5, total_groups=1, mean_puzzle_examples=1.0
+    )
+    meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, sets=["all"], **sizes)
+    work = Workload(PAPER_ARCH, meta)
     sizes = [saved_step_bytes(work, "meta", "float32", rows, 0, True, checkpointing)[0] for rows in (1, 2)]
     return float(sizes[1] - sizes[0])
 

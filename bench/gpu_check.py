@@ -1,30 +1,45 @@
-"""GPU acceptance run: one command, one JSON of figures (target: under 8 minutes on an H100/H200).
+"""GPU acceptance run: one command, one JSON of figures, well inside 8 minutes on an H200.
 
-    PYTHONPATH=$PWD python bench/gpu_check.py [--out gpu_check.json] [--peak-tflops 989]
+    PYTHONPATH=$PWD python bench/gpu_check.py --out gpu_check.json      # on the GPU machine
+    PYTHONPATH=$PWD python bench/gpu_check.py --smoke --out smoke.json  # the same parts on the CPU, toy sizes
 
-1. `hrm doctor` on the paper params (every check, measured memory on CUDA).
-2. The paper-shape training step (40x40, batch `--batch`, bf16) eager and under torch.compile:
-   steps/s, samples/s, MFU = FLOPs per step (hrm.doctor.step_flops, formula in the JSON) / time / peak.
-3. The `auto` memory plan (hrm.training.memory, as the trainer makes it) against the measured
-   torch.cuda.max_memory_allocated of a step at the planned micro-batch; passes within 15%.
-4. Determinism: two 20-step runs of the trainer (`deterministic: true`) give bit-identical weights.
-5. The quick profile end to end on the GPU: generate, convert, validate, train, evaluate (stage scripts).
+How to run it on a lent GPU machine with one call (wheels, command line): docs/gpu_check.md.
 
-Each part records its own error and the script goes on; exit 1 if any part failed. Without CUDA it stops at
-once with "no CUDA" (exit 2) and writes nothing. Nothing here runs in the tests or CI except that check.
+Parts, in this order, each with the most it may take on one H200 (seconds; typical figures in the docs):
+  memory_plan    60  the trainer's `auto` memory plan (hrm.training.memory), made as the process's first CUDA
+                     work as in the trainer, against torch.cuda.max_memory_allocated of a real step at the
+                     planned micro-batch; passes within PLAN_TOLERANCE. The proof of the memory plan.
+  doctor         90  `hrm doctor` on the paper params with train.compile=true (so its compile check builds
+                     and runs a Triton kernel); fails when the doctor says NOT READY.
+  step_eager     45  the paper-shape training step (40x40, `--batch` rows, bf16): s/step, samples/s, MFU =
+                     FLOPs per step (batch x hrm.models.flops, formula in the JSON) / time / peak.
+  step_compiled 150  the same under torch.compile, in a child process killed at `--compile-limit-s`: a compile
+                     that hangs or takes too long costs that much and no more; the eager figures stay.
+  determinism    75  two 20-step runs of the trainer (`deterministic: true`) give bit-identical weights.
+  end_to_end     90  the tiny profile's stages on the GPU: generate, convert, validate, train, evaluate, each
+                     stage a process killed when the part's time is spent.
+The budgets add up to 510 s; `--deadline-s` (default 420 s, 7 minutes) stops that sum from being spent: a part
+is not started when less time is left than its budget, and counts as failed ("not run"). With the machine's
+start-up (a minute or two) a device session of 15 minutes holds the run and one rerun of a part.
+
+Each part records its own error and the script goes on; `seconds` holds what each part took; the JSON is
+rewritten (atomically) after every part, so a killed run keeps the parts it finished. Exit 1 if any part
+failed. Without CUDA (and without --smoke) it stops at once with "no CUDA" (exit 2) and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +50,32 @@ sys.path.insert(0, str(REPO / "bench"))
 # Dense bf16 tensor-core peaks (fp32 accumulate), vendor data sheets; --peak-tflops overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2}
 PLAN_TOLERANCE = 0.15
-PAPER_SIDE = 40
+DEFAULT_DEADLINE_S = 420.0
+DEFAULT_COMPILE_LIMIT_S = 150.0
+WARMUP_STEPS = 2  # untimed steps before the timed ones (the first compiles under torch.compile)
+END_TO_END_STAGES = ("generate", "convert", "validate", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the parts run on: the paper shapes on CUDA, or (`smoke`) the tiny profile on the CPU."""
+
+    device: str
+    batch: int
+    steps: int
+    peak_tflops: float | None
+    compile_limit_s: float
+
+    @property
+    def smoke(self) -> bool:
+        return self.device == "cpu"
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    run: Callable[[dict[str, Any], float], None]  # (report, seconds it may take)
+    budget_s: float
 
 
 def no_cuda_message() -> str | None:
@@ -55,22 +95,36 @@ def paper_params() -> dict[str, Any]:
     return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 
-def paper_dataset(root: Path, groups: int) -> Any:
-    """Random 40x40 grids in our layout (groups of 4 vehicles); shapes are what the timing needs."""
-    import numpy as np
-    from _common import write_layout
+def run_params(settings: Settings) -> dict[str, Any]:
+    """The paper params in bf16 on CUDA; the tiny profile in fp32 for a smoke run on the CPU."""
+    from hrm.config import apply_profile
+
+    params = apply_profile(paper_params(), "tiny") if settings.smoke else paper_params()
+    params["arch"]["forward_dtype"] = "float32" if settings.smoke else "bfloat16"
+    params["train"]["device"] = settings.device
+    return params
+
+
+def grid_side(params: dict[str, Any]) -> int:
+    return int(params["generate"]["rows"])
+
+
+def synthetic_dataset(root: Path, groups: int, side: int) -> Any:
+    """Random side x side grids in our layout (groups of 4 vehicles): shapes are what the timing needs."""
+    from _common import write_random_routing_layout
 
     from hrm.training.data import PuzzleDataset
 
-    inputs = np.random.default_rng(0).integers(1, 23, size=(groups * 4, PAPER_SIDE**2), dtype=np.uint8)
-    write_layout(root / "train", inputs, inputs.copy(), vocab_size=24)
-    write_layout(root / "test", inputs[:8], inputs[:8].copy(), vocab_size=24)
+    write_random_routing_layout(root / "train", groups, side)
+    write_random_routing_layout(root / "test", 2, side)
     return PuzzleDataset(root, "train")
 
 
 def make_state(arch: dict[str, Any], dataset: Any, rows: int, train: dict[str, Any], device: Any) -> Any:
+    """A TrainState as the trainer builds it (weights for `rows`, both optimizers, EMA when configured)."""
     import torch
 
+    from hrm.training.ema import WeightEMA
     from hrm.training.loop import TrainConfig, build_model, build_optimizers, set_activation_checkpointing
     from hrm.training.step import TrainState
 
@@ -80,134 +134,251 @@ def make_state(arch: dict[str, Any], dataset: Any, rows: int, train: dict[str, A
     module.train()
     optimizers, base_lrs = build_optimizers(module, config)
     return TrainState(
-        head=module,
+        head=torch.compile(module, dynamic=False) if config.compile else module,
         module=module,
         optimizers=optimizers,
         base_lrs=base_lrs,
         generator=torch.Generator().manual_seed(config.seed),
-    ), config
+        ema=WeightEMA(module, config.ema_rate) if config.ema else None,
+    )
 
 
-def part_doctor(report: dict[str, Any]) -> None:
-    from hrm import doctor
-
-    config = doctor.load_run_config(REPO / "params.yaml", device="cuda")
-    result = doctor.run_doctor(config)
-    report["doctor"] = result.to_dict()
-
-
-def part_step_speed(report: dict[str, Any], batch: int, steps: int, peak_tflops: float | None) -> None:
+def synchronize(device: Any) -> None:
     import torch
 
-    from hrm.doctor import step_flops
-    from hrm.training.memory import first_batch
-    from hrm.training.step import train_step
-
-    params = paper_params()
-    arch = dict(params["arch"], forward_dtype="bfloat16")
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    peak = peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    out: dict[str, Any] = {"gpu": name, "batch": batch, "peak_bf16_tflops": peak}
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = paper_dataset(Path(tmp), groups=max(2, batch // 4 + 1))
-        rows = first_batch(dataset, batch)
-        flops, formula = step_flops(arch, dataset.metadata.seq_len, dataset.metadata.vocab_size, batch)
-        out.update(flops_per_step=flops, flops_formula=formula)
-        for compiled in (False, True):
-            train = dict(params["train"], global_batch_size=batch, compile=compiled)
-            state, _ = make_state(arch, dataset, batch, train, device)
-            if compiled:
-                state.head = torch.compile(state.module, dynamic=False)
-            batch_on_device = {k: v.to(device) for k, v in rows.items()}
-            started = time.perf_counter()
-            for _ in range(2):  # warm-up (and compilation)
-                train_step(state, batch_on_device, global_batch_size=batch, lr_for=lambda s, b: 1e-4)
-            torch.cuda.synchronize()
-            warmup_s = time.perf_counter() - started
-            started = time.perf_counter()
-            for _ in range(steps):
-                train_step(state, batch_on_device, global_batch_size=batch, lr_for=lambda s, b: 1e-4)
-            torch.cuda.synchronize()
-            seconds = (time.perf_counter() - started) / steps
-            key = "compiled" if compiled else "eager"
-            out[key] = {
-                "step_s": seconds,
-                "steps_per_s": 1 / seconds,
-                "samples_per_s": batch / seconds,
-                "warmup_s": warmup_s,
-                "mfu": flops / seconds / (peak * 1e12) if peak else None,
-            }
-            del state
-            torch.cuda.empty_cache()
-    out["mfu_formula"] = "flops_per_step / step_s / (peak_bf16_tflops x 1e12)"
-    report["step_speed"] = out
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def part_memory_plan(report: dict[str, Any]) -> None:
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    from hrm.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+
+
+def bounded_run(command: list[str], limit_s: float, env: dict[str, str] | None = None) -> str:
+    """Run `command` in its own process group; kill the whole group (compile workers included) after
+    `limit_s`. Its stdout; RuntimeError with the end of its stderr if it fails, TimeoutError if killed."""
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=max(limit_s, 1.0))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise TimeoutError(
+            f"{' '.join(command[1:3])} ... did not finish in {limit_s:.0f} s: killed"
+        ) from None
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:3])} ... exited {process.returncode}: {stderr[-1500:]}")
+    return stdout
+
+
+def child_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+# ------------------------------------------------------------------------------------------------- parts
+
+
+def part_memory_plan(report: dict[str, Any], settings: Settings) -> None:
+    """The plan's predicted peak against the measured peak of a real step at the planned micro-batch."""
     import torch
 
     from hrm.training.loop import TrainConfig
-    from hrm.training.memory import first_batch, plan_micro_batch
-    from hrm.training.step import train_step
+    from hrm.training.memory import plan_micro_batch
 
-    params = paper_params()
-    arch = dict(params["arch"], forward_dtype="bfloat16")
-    device = torch.device("cuda")
-    config = TrainConfig.from_params(params["train"])
+    params = run_params(settings)
+    arch, train = params["arch"], params["train"]
+    device = torch.device(settings.device)
+    config = TrainConfig.from_params(train)
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = paper_dataset(Path(tmp), groups=config.global_batch_size // 4 + 1)
+        dataset = synthetic_dataset(Path(tmp), config.global_batch_size // 4 + 1, grid_side(params))
         plan = plan_micro_batch(arch, dataset.metadata, config, 1, device, None, dataset)
-        torch.cuda.empty_cache()
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        state, _ = make_state(arch, dataset, plan.micro_batch, params["train"], device)
-        rows = {k: v.to(device) for k, v in first_batch(dataset, plan.share).items()}
-        train_step(
-            state,
-            rows,
-            global_batch_size=config.global_batch_size,
-            lr_for=lambda s, b: 1e-4,
-            micro_batch_size=plan.micro_batch,
-        )
-        torch.cuda.synchronize()
-        measured = torch.cuda.max_memory_allocated(device) - baseline
-    estimated = plan.peak_bytes or 0
-    error = abs(estimated - measured) / measured
-    report["memory_plan"] = {
-        "plan": plan.describe(),
-        "micro_batch": plan.micro_batch,
-        "accumulation": plan.accumulation,
-        "estimated_peak_bytes": estimated,
-        "measured_peak_bytes": measured,
-        "relative_error": error,
-        "tolerance": PLAN_TOLERANCE,
-        "ok": error <= PLAN_TOLERANCE,
-    }
-    if error > PLAN_TOLERANCE:
+        measured = measured_step_peak(arch, dataset, plan, train, device)
+    report["memory_plan"] = plan_against_measured(plan, measured)
+    if report["memory_plan"]["ok"] is False:
+        error = report["memory_plan"]["relative_error"]
         raise AssertionError(f"plan estimate off by {error:.1%} (> {PLAN_TOLERANCE:.0%})")
 
 
-def _train_twice(report: dict[str, Any]) -> None:
+def measured_step_peak(
+    arch: dict[str, Any], dataset: Any, plan: Any, train: dict[str, Any], device: Any
+) -> int | None:
+    """torch.cuda.max_memory_allocated of one trainer step over the share at the plan's micro-batch, above
+    what was allocated before; None off CUDA (the step still runs, so the plumbing is checked)."""
+    import torch
+
+    from hrm.training.memory import first_batch
+    from hrm.training.step import train_step
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    state = make_state(arch, dataset, plan.micro_batch, dict(train, compile=False), device)
+    rows = {k: v.to(device) for k, v in first_batch(dataset, plan.share).items()}
+    train_step(
+        state,
+        rows,
+        global_batch_size=plan.global_batch,
+        lr_for=lambda s, b: 1e-4,
+        micro_batch_size=plan.micro_batch,
+    )
+    if not cuda:
+        return None
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - baseline
+
+
+def plan_against_measured(plan: Any, measured: int | None) -> dict[str, Any]:
+    """The comparison's figures; `ok` None when there is nothing to compare (off CUDA)."""
+    figures: dict[str, Any] = {
+        "plan": plan.describe(),
+        "micro_batch": plan.micro_batch,
+        "accumulation": plan.accumulation,
+        "estimated_peak_bytes": plan.peak_bytes,
+        "measured_peak_bytes": measured,
+        "tolerance": PLAN_TOLERANCE,
+    }
+    if plan.peak_bytes is None or measured is None:
+        return {**figures, "relative_error": None, "ok": None, "note": "no memory figures off CUDA"}
+    if measured <= 0:
+        raise AssertionError(f"the measured step allocated {measured} bytes: the CUDA counters did not move")
+    error = abs(plan.peak_bytes - measured) / measured
+    return {**figures, "relative_error": error, "ok": error <= PLAN_TOLERANCE}
+
+
+def part_doctor(report: dict[str, Any], settings: Settings) -> None:
+    """`hrm doctor`'s report; the part fails when it says NOT READY."""
+    from hrm import doctor
+
+    overrides = ["train.compile=true"]
+    profile = "tiny" if settings.smoke else None
+    config = doctor.load_run_config(REPO / "params.yaml", settings.device, overrides, profile)
+    result = doctor.run_doctor(config, quick=settings.smoke)
+    report["doctor"] = {**result.to_dict(), "overrides": overrides, "profile": profile}
+    failed = [f"{check.name}: {check.detail}" for check in result.checks if check.status == doctor.FAIL]
+    if failed:
+        raise AssertionError("hrm doctor says NOT READY: " + " | ".join(failed))
+
+
+def time_steps(settings: Settings, compiled: bool) -> dict[str, Any]:
+    """Warm-up and timed trainer steps at `settings.batch` rows (the compile happens in the warm-up)."""
+    from hrm.training.memory import first_batch
+    from hrm.training.step import train_step
+
+    params = run_params(settings)
+    batch = settings.batch
+    train = dict(params["train"], global_batch_size=batch, compile=compiled)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = synthetic_dataset(Path(tmp), batch // 4 + 1, grid_side(params))
+        state = make_state(params["arch"], dataset, batch, train, settings.device)
+        rows = {k: v.to(settings.device) for k, v in first_batch(dataset, batch).items()}
+
+        def run(steps: int) -> float:
+            started = time.perf_counter()
+            for _ in range(steps):
+                train_step(state, rows, global_batch_size=batch, lr_for=lambda s, b: 1e-4)
+            synchronize(settings.device)
+            return time.perf_counter() - started
+
+        warmup_s = run(WARMUP_STEPS)
+        step_s = run(settings.steps) / settings.steps
+    return {
+        "step_s": step_s,
+        "steps_per_s": 1 / step_s,
+        "samples_per_s": batch / step_s,
+        "warmup_s": warmup_s,
+    }
+
+
+def step_speed_figures(report: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """report["step_speed"], made on first use: the GPU, the batch, FLOPs per step and the peak."""
+    if "step_speed" in report:
+        return report["step_speed"]
+    import torch
+
+    from hrm.data.spec import VOCAB_SIZE
+    from hrm.models import ModelConfig
+    from hrm.models.flops import FORMULA, segment_flops
+
+    params = run_params(settings)
+    side = grid_side(params)
+    sizes = dict(seq_len=side * side, vocab_size=VOCAB_SIZE, num_puzzle_identifiers=5)  # 4 vehicles + blank
+    model = ModelConfig.from_arch(params["arch"], **sizes, batch_size=settings.batch, device=settings.device)
+    flops, formula = settings.batch * segment_flops(model).total, f"batch x ({FORMULA})"
+    name = torch.cuda.get_device_name() if not settings.smoke else "cpu (smoke run)"
+    peak = settings.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    report["step_speed"] = {
+        "gpu": name,
+        "batch": settings.batch,
+        "seq_len": side * side,
+        "peak_bf16_tflops": peak,
+        "flops_per_step": flops,
+        "flops_formula": formula,
+        "mfu_formula": "flops_per_step / step_s / (peak_bf16_tflops x 1e12)",
+    }
+    return report["step_speed"]
+
+
+def with_mfu(figures: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]:
+    peak = speed["peak_bf16_tflops"]
+    return {**figures, "mfu": speed["flops_per_step"] / figures["step_s"] / (peak * 1e12) if peak else None}
+
+
+def part_step_eager(report: dict[str, Any], settings: Settings) -> None:
+    speed = step_speed_figures(report, settings)
+    speed["eager"] = with_mfu(time_steps(settings, compiled=False), speed)
+
+
+def part_step_compiled(report: dict[str, Any], settings: Settings, limit_s: float) -> None:
+    """The compiled timing in a child process, killed with its compile workers at `limit_s`."""
+    speed = step_speed_figures(report, settings)
+    speed["compile_limit_s"] = limit_s
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "compiled.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--time-compiled", "--out", str(out)]
+        command += ["--batch", str(settings.batch), "--steps", str(settings.steps)]
+        command += ["--smoke"] if settings.smoke else []
+        bounded_run(command, limit_s, child_env())
+        speed["compiled"] = with_mfu(json.loads(out.read_text(encoding="utf-8")), speed)
+    if "eager" in speed:
+        speed["compiled_speedup"] = speed["eager"]["step_s"] / speed["compiled"]["step_s"]
+
+
+def part_determinism(report: dict[str, Any], settings: Settings) -> None:
+    """Two short runs of the trainer with train.deterministic: true must give bit-identical weights."""
+    import copy
+
     import torch
 
     from hrm.training.loop import train
 
-    params = paper_params()
-    weights = []
+    params = run_params(settings)
+    weights, summary = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        paper_dataset(Path(tmp) / "data", groups=64)
+        synthetic_dataset(Path(tmp) / "data", 64, grid_side(params))
         for run in ("a", "b"):
-            run_params = {
+            one_run = {
                 "arch": dict(params["arch"]),
                 "train": dict(
                     params["train"],
-                    global_batch_size=32,
+                    global_batch_size=8 if settings.smoke else 32,
                     epochs=10,
                     eval_interval=10,
-                    max_steps=20,
+                    max_steps=4 if settings.smoke else 20,
                     deterministic=True,
-                    device="cuda",
+                    compile=False,
                 ),
                 "paths": {
                     "hrm": str(Path(tmp) / "data"),
@@ -216,8 +387,8 @@ def _train_twice(report: dict[str, Any]) -> None:
                     "train_log": str(Path(tmp) / run / "log"),
                 },
             }
-            summary = train(copy.deepcopy(run_params))
-            weights.append(torch.load(run_params["paths"]["model"], weights_only=True))
+            summary = train(copy.deepcopy(one_run))
+            weights.append(torch.load(one_run["paths"]["model"], weights_only=True))
     differing = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     report["determinism"] = {
         "steps": summary["step"],
@@ -228,34 +399,77 @@ def _train_twice(report: dict[str, Any]) -> None:
         raise AssertionError(f"{len(differing)} weight tensors differ between two deterministic runs")
 
 
-def _quick_profile(report: dict[str, Any]) -> None:
+def part_end_to_end(report: dict[str, Any], settings: Settings, limit_s: float) -> None:
+    """The tiny profile's stages as `dvc repro` runs them (one process each), training on the device."""
     import yaml
 
     from hrm.config import apply_profile
 
-    params = apply_profile(paper_params(), "quick")
-    params["train"]["device"] = "cuda"
+    params = apply_profile(paper_params(), "tiny")
+    params["train"]["device"] = settings.device
     started = time.perf_counter()
+    stage_s: dict[str, float] = {}
+    report["end_to_end"] = {"profile": "tiny", "stage_s": stage_s}
     with tempfile.TemporaryDirectory() as tmp:
         params["paths"] = {k: str(Path(tmp) / Path(v)) for k, v in params["paths"].items()}
         config = Path(tmp) / "params.yaml"
         config.write_text(yaml.safe_dump(params), encoding="utf-8")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        for stage in ("generate", "convert", "validate", "train", "evaluate"):
-            done = subprocess.run(
-                [sys.executable, "-m", f"stages.{stage}", "--params", str(config)],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"stage {stage} failed: {done.stderr[-1500:]}")
+        for stage in END_TO_END_STAGES:
+            stage_started = time.perf_counter()
+            left = limit_s - (stage_started - started)
+            bounded_run([sys.executable, "-m", f"stages.{stage}", "--params", str(config)], left, child_env())
+            stage_s[stage] = time.perf_counter() - stage_started
         metrics = json.loads((Path(params["paths"]["eval_reports"]) / "metrics.json").read_text())
-    report["quick_profile"] = {
-        "seconds": time.perf_counter() - started,
-        "test": {k: v for k, v in metrics.get("test", {}).items() if not isinstance(v, dict)},
+    report["end_to_end"]["test"] = {
+        k: v for k, v in metrics.get("test", {}).items() if not isinstance(v, dict)
     }
+
+
+def parts(settings: Settings) -> list[Part]:
+    """The parts in order; the memory plan first, so that its probe is the process's first CUDA work."""
+    return [
+        Part("memory_plan", lambda r, s: part_memory_plan(r, settings), 60),
+        Part("doctor", lambda r, s: part_doctor(r, settings), 90),
+        Part("step_eager", lambda r, s: part_step_eager(r, settings), 45),
+        Part("step_compiled", lambda r, s: part_step_compiled(r, settings, s), settings.compile_limit_s),
+        Part("determinism", lambda r, s: part_determinism(r, settings), 75),
+        Part("end_to_end", lambda r, s: part_end_to_end(r, settings, s), 90),
+    ]
+
+
+def run_parts(
+    todo: list[Part],
+    report: dict[str, Any],
+    out: Path,
+    deadline_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> None:
+    """Each part in turn, unless less than its budget is left before the deadline; errors and seconds
+    recorded per part, the JSON rewritten after each."""
+    errors, seconds = report.setdefault("errors", {}), report.setdefault("seconds", {})
+    report["budget_s"] = {part.name: part.budget_s for part in todo}
+    report["deadline_s"] = deadline_s
+    started = clock()
+    for part in todo:
+        left = deadline_s - (clock() - started)
+        part_started = clock()
+        if left < part.budget_s:
+            errors[part.name] = (
+                f"not run: {left:.0f} s left before the {deadline_s:.0f} s deadline, it may take {part.budget_s:.0f} s"
+            )
+        else:
+            try:
+                part.run(report, part.budget_s)
+            except Exception as err:  # record and go on: one JSON with every figure that could be had
+                errors[part.name] = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
+        seconds[part.name] = clock() - part_started
+        print(
+            f"{part.name}: {'FAILED' if part.name in errors else 'ok'} ({seconds[part.name]:.0f} s)",
+            flush=True,
+        )
+        write_report(out, report)
+    report["total_s"] = clock() - started
+    write_report(out, report)
 
 
 def main() -> int:
@@ -266,29 +480,38 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64, help="rows of the timed paper-shape step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of this GPU")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help=f"no part starts past it (GPU: {DEFAULT_DEADLINE_S:.0f})",
+    )
+    parser.add_argument(
+        "--compile-limit-s", type=float, default=DEFAULT_COMPILE_LIMIT_S, help="compiled part"
+    )
+    parser.add_argument("--only", default="", help="comma-separated part names (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny profile on the CPU: checks the code")
+    parser.add_argument("--time-compiled", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
-    reason = no_cuda_message()
+    reason = None if args.smoke else no_cuda_message()
     if reason:
         print(reason, file=sys.stderr)
         return 2
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "errors": {}}
-    parts = [
-        ("doctor", part_doctor),
-        ("step_speed", lambda r: part_step_speed(r, args.batch, args.steps, args.peak_tflops)),
-        ("memory_plan", part_memory_plan),
-        ("determinism", _train_twice),
-        ("quick_profile", _quick_profile),
-    ]
-    for name, part in parts:
-        started = time.perf_counter()
-        try:
-            part(report)
-        except Exception as err:  # record and go on: one JSON with every figure that could be had
-            report["errors"][name] = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
-        report.setdefault("seconds", {})[name] = time.perf_counter() - started
-        print(f"{name}: {'FAILED' if name in report['errors'] else 'ok'} ({report['seconds'][name]:.0f} s)")
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    batch = 4 if args.smoke else args.batch
+    settings = Settings(
+        "cpu" if args.smoke else "cuda", batch, args.steps, args.peak_tflops, args.compile_limit_s
+    )
+    if args.time_compiled:
+        write_report(Path(args.out), time_steps(settings, compiled=True))
+        return 0
+    todo = [part for part in parts(settings) if not args.only or part.name in args.only.split(",")]
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "smoke": args.smoke,
+    }
+    deadline_s = args.deadline_s or (float("inf") if args.smoke else DEFAULT_DEADLINE_S)  # the CPU is slower
+    run_parts(todo, report, Path(args.out), deadline_s)
     return 1 if report["errors"] else 0
 
 

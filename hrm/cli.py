@@ -124,6 +124,12 @@ def compare(
         str | None, typer.Option("--name", help="experiment name prefix (default: cmp-<profile>)")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("reports/compare"),
+    rev: Annotated[
+        str | None,
+        typer.Option(
+            "--rev", help="report the experiments queued from this commit (its params.yaml); queue nothing"
+        ),
+    ] = None,
 ) -> None:
     """Every arch x seed as DVC experiments on DVC's queue; mean, sd, min, max per arch with curves and a report."""
     import shlex
@@ -142,6 +148,7 @@ def compare(
             jobs=jobs,
             name=name,
             out_dir=out,
+            rev=rev,
             command="hrm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
 

@@ -10,10 +10,8 @@ running ones (a Ctrl-C'ed call) and waits for them, and queues only what is miss
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import html
-import io
 import itertools
 import json
 import math
@@ -23,11 +21,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrm.budget import BASELINES, baselines, group_budget, plot_budget, run_curve, segment_flops_of
 from hrm.config import ConfigError, load_params, parse_override
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, profile_overrides, set_param_args
@@ -44,7 +43,6 @@ TIMING = (("wall_s", "train wall s"), ("steps_per_s", "train steps/s"))
 RATES = {"route_optimal_rate", "route_valid_rate", "exact_accuracy", "accuracy"}
 # compare sets these itself: one per run
 OWNED_KEYS = ("arch.name", "train.seed")
-CURVE_METRIC = "exact_accuracy"  # the train stage's eval logs exact accuracy, not route metrics (see README)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
 STATE_RANK = {"success": 0, "running": 1, "queued": 2, "failed": 3}
 
@@ -239,6 +237,25 @@ def check_repository(out_dir: Path) -> str:
     return head.stdout.strip()
 
 
+def resolve_rev(rev: str) -> str:
+    """The full sha of `rev`, or a UserError naming it."""
+    result = _cmd(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], check=False)
+    if result.returncode != 0:
+        raise UserError(f"--rev {rev}: not a commit of this repository")
+    return result.stdout.strip()
+
+
+def params_at(rev: str) -> dict[str, Any]:
+    """params.yaml as it was at `rev`, checked like the workspace's."""
+    import tempfile
+
+    text = _cmd(["git", "show", f"{resolve_rev(rev)}:params.yaml"]).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        path.write_text(text, encoding="utf-8")
+        return load_params(path)
+
+
 def _state(entry: dict[str, Any], rev: dict[str, Any]) -> str:
     executor = entry.get("executor") or {}
     state = executor.get("state")
@@ -393,11 +410,25 @@ def run_record(
             }
     timing = experiment.metrics.get(str(paths.get("train_timing", "")), {})
     record["timing"] = {k: timing[k] for k, _ in TIMING if isinstance(timing.get(k), int | float)}
+    record["baselines"] = {
+        key: {k: test[key][k] for k in ("route_optimal_rate", "accuracy") if k in test[key]}
+        for key, _ in BASELINES
+        if isinstance(test.get(key), dict)
+    }
+    record["compute"] = {
+        "global_batch_size": int(experiment.params["train.global_batch_size"]),
+        "flops_per_segment": segment_flops_of(experiment.params),
+    }
     return record
 
 
-def group_stats(records: Sequence[dict[str, Any]], vehicles: Sequence[str]) -> list[dict[str, Any]]:
-    """Per (variant, arch): stats of every metric over its successful runs, overall and per vehicle."""
+def group_stats(
+    records: Sequence[dict[str, Any]],
+    vehicles: Sequence[str],
+    monotone_baseline: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Per (variant, arch): stats of every metric over its successful runs, overall and per vehicle, and the
+    budget summary of their eval curves (levels: 20%, 50% and `monotone_baseline`'s route-optimal rate)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["variant"], record["arch"]), []).append(record)
@@ -413,11 +444,13 @@ def group_stats(records: Sequence[dict[str, Any]], vehicles: Sequence[str]) -> l
             }
             for v in vehicles
         }
+        monotone = (monotone_baseline or {}).get("route_optimal_rate", {}).get("mean")
         out.append(
             {
                 "variant": variant,
                 "arch": arch,
                 "n": len(ok),
+                "budget": group_budget([r["curve"] for r in ok if r.get("curve")], monotone),
                 "failed": [r["name"] for r in members if r["state"] != "success"],
                 "experiments": [{"name": r["name"], "rev": r["rev"]} for r in ok],
                 "stats": stats,
@@ -427,21 +460,14 @@ def group_stats(records: Sequence[dict[str, Any]], vehicles: Sequence[str]) -> l
     return out
 
 
-def parse_tsv(text: str, column: str) -> list[tuple[float, float]]:
-    points = []
-    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-        try:
-            points.append((float(row["step"]), float(row[column])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return points
+def git_reader(rev: str) -> Callable[[str], str | None]:
+    """A file of the experiment's commit (dvclive TSVs are cache: false, so they are in git), or None."""
 
+    def read(path: str) -> str | None:
+        result = _cmd(["git", "show", f"{rev}:{path}"], check=False)
+        return result.stdout if result.returncode == 0 else None
 
-def read_curve(rev: str, train_log: str) -> list[tuple[float, float]]:
-    """Eval exact accuracy vs step from the experiment's commit (dvclive TSVs are cache: false, so in git)."""
-    path = f"{train_log}/plots/metrics/eval/{CURVE_METRIC}.tsv"
-    result = _cmd(["git", "show", f"{rev}:{path}"], check=False)
-    return parse_tsv(result.stdout, CURVE_METRIC) if result.returncode == 0 else []
+    return read
 
 
 # ---------------------------------------------------------------- outputs
@@ -468,63 +494,146 @@ def _mean_sd(stat: dict[str, Any], key: str) -> str:
     return text
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _compute(point: dict[str, Any] | None) -> str:
+    """A point of a budget curve as its step and compute."""
+    if point is None:
+        return "not reached"
+    samples = "-" if point["samples"] is None else f"{point['samples']:,.0f}"
+    return f"step {point['step']:,.0f}: {samples} samples, {point['segments']:,.0f} segments, {point['flops']:.2e} FLOPs"
+
+
+def _budget_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    groups = [g for g in results["groups"] if g.get("budget", {}).get("last")]
+    levels = list(groups[0]["budget"]["reach"]) if groups else []
+    header = ["variant", "arch", "n", "evals", "end of the runs", "route optimal at the end"]
+    header += [f"first >= {name}" for name in levels]
+    rows = []
+    for group in groups:
+        budget = group["budget"]
+        last = budget["last"]
+        sd = last.get("route_optimal_rate_sd")
+        end_rate = _fmt(last["route_optimal_rate"], "route_optimal_rate")
+        end_rate += "" if sd is None else f" ± {100 * sd:.1f}%"
+        cells = [
+            group["variant"],
+            group["arch"],
+            str(group["n"]),
+            str(len(budget["curve"])),
+            _compute(last),
+            end_rate,
+        ]
+        for name in levels:
+            reach = budget["reach"][name]
+            seeds = ", ".join("-" if p is None else f"{p['step']:,}" for p in reach["seeds"])
+            cells.append(f"{_compute(reach['mean'])} (mean curve; per seed step: {seeds})")
+        rows.append(cells)
+    return header, rows
+
+
+def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The report as blocks, ("h1"|"h2"|"p", text) or ("table", (header, rows)): results.md and index.html are
+    two renderings of this one list."""
     keys = [*METRICS, *TIMING]
-    lines = [
-        f"# hrm compare: {results['name']}",
-        "",
-        f"Command: `{results['command']}`  ",
-        f"Baseline commit: `{results['baseline']}`; profile `{results['profile']}`; "
-        f"{results['seeds']} seed(s) per arch{' (data seeds varied too)' if results['data_seeds'] else ''}.",
-        "",
-        "Test split, mean ± sd over seeds (sample sd), [min, max]:",
-        "",
-        "| variant | arch | n | failed | " + " | ".join(label for _, label in keys) + " |",
-        "|---|---|---|---|" + "---|" * len(keys),
+    blocks: list[tuple[str, Any]] = [
+        ("h1", f"hrm compare: {results['name']}"),
+        ("p", f"Command: `{results['command']}`"),
+        (
+            "p",
+            f"Baseline commit: `{results['baseline']}`; profile `{results['profile']}`; {results['seeds']} seed(s) "
+            f"per arch{' (data seeds varied too)' if results['data_seeds'] else ''}.",
+        ),
     ]
+    machine = results.get("machine")
+    if machine:
+        blocks.append(
+            (
+                "p",
+                f"Machine (collected here; DVC's local queue ran the runs here): CPU {machine['cpu']}, torch "
+                f"{machine['torch']} CPU kernels `{machine['cpu_capability']}`, {machine['cores']} cores.",
+            )
+        )
+    blocks.append(("p", "Test split, mean ± sd over seeds (sample sd), [min, max]:"))
+    rows = []
     for group in results["groups"]:
-        cells = []
+        cells = [group["variant"], group["arch"], str(group["n"]), str(len(group["failed"]))]
         for key, _ in keys:
             stat = group["stats"][key]
-            rng = f" [{_fmt(stat['min'], key)}, {_fmt(stat['max'], key)}]" if stat["n"] > 1 else ""
-            cells.append(_mean_sd(stat, key) + rng)
-        lines.append(
-            f"| {group['variant']} | {group['arch']} | {group['n']} | {len(group['failed'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
+            spread = f" [{_fmt(stat['min'], key)}, {_fmt(stat['max'], key)}]" if stat["n"] > 1 else ""
+            cells.append(_mean_sd(stat, key) + spread)
+        rows.append(cells)
+    blocks.append(("table", (["variant", "arch", "n", "failed", *(label for _, label in keys)], rows)))
     if results["vehicles"]:
-        lines += ["", "Per vehicle, test route optimal (mean ± sd):", ""]
-        lines.append("| variant | arch | " + " | ".join(results["vehicles"]) + " |")
-        lines.append("|---|---|" + "---|" * len(results["vehicles"]))
-        for group in results["groups"]:
-            cells = [
-                _mean_sd(group["vehicles"][v]["route_optimal_rate"], "route_optimal_rate")
+        blocks.append(("p", "Per vehicle, test route optimal (mean ± sd):"))
+        rows = [
+            [g["variant"], g["arch"]]
+            + [
+                _mean_sd(g["vehicles"][v]["route_optimal_rate"], "route_optimal_rate")
                 for v in results["vehicles"]
             ]
-            lines.append(f"| {group['variant']} | {group['arch']} | " + " | ".join(cells) + " |")
-    lines += ["", "Experiments (`dvc exp show`, `dvc metrics diff HEAD <name>`):", ""]
-    lines.append("| name | rev | arch | seed | data seed | state | reused | route optimal | error |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for run in results["runs"]:
-        rev = (run["rev"] or "")[:10]
-        optimal = _fmt(run["metrics"].get("route_optimal_rate"), "route_optimal_rate")
-        error = (run["error"] or "").replace("|", "/")
-        data_seed = "-" if run["data_seed"] is None else str(run["data_seed"])
-        lines.append(
-            f"| {run['name']} | {rev} | {run['arch']} | {run['seed']} | {data_seed} | {run['state']} | "
-            f"{'yes' if run['reused'] else 'no'} | {optimal} | {error} |"
+            for g in results["groups"]
+        ]
+        blocks.append(("table", (["variant", "arch", *results["vehicles"]], rows)))
+    lines = results.get("baselines") or {}
+    if lines:
+        text = "; ".join(
+            f"{entry['label']} {_fmt(entry['route_optimal_rate']['mean'], 'route_optimal_rate')}"
+            + (f" (token acc. {_fmt(entry['accuracy']['mean'], 'accuracy')})" if "accuracy" in entry else "")
+            for entry in lines.values()
+            if "route_optimal_rate" in entry
         )
-    return "\n".join(lines) + "\n"
+        blocks.append(("p", f"Baselines, test route optimal (the runs' own evaluate metrics): {text}."))
+    header, rows = _budget_rows(results)
+    if rows:
+        blocks.append(("h2", "Budget: test route optimal against training compute (the train stage's evals)"))
+        blocks.append(("table", (header, rows)))
+        blocks.append(
+            (
+                "p",
+                f"FLOPs per row-segment (hrm/models/flops.py): {results['groups'][0]['budget']['formula']}.",
+            )
+        )
+    blocks.append(("p", "Experiments (`dvc exp show`, `dvc metrics diff HEAD <name>`):"))
+    rows = []
+    for run in results["runs"]:
+        data_seed = "-" if run["data_seed"] is None else str(run["data_seed"])
+        rows.append(
+            [
+                run["name"],
+                (run["rev"] or "")[:10],
+                run["arch"],
+                str(run["seed"]),
+                data_seed,
+                run["state"],
+                "yes" if run["reused"] else "no",
+                _fmt(run["metrics"].get("route_optimal_rate"), "route_optimal_rate"),
+                run["error"] or "",
+            ]
+        )
+    header = ["name", "rev", "arch", "seed", "data seed", "state", "reused", "route optimal", "error"]
+    blocks.append(("table", (header, rows)))
+    return blocks
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for kind, content in report_blocks(results):
+        if kind == "table":
+            header, rows = content
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+        else:
+            lines.append({"h1": "# ", "h2": "## ", "p": ""}[kind] + content)
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot_bars(results: dict[str, Any], path: Path) -> None:
     """Mean test rates per arch with sd error bars, seeds as dots."""
-    from hrm.evaluation.plots import _figure, _save
+    from hrm.evaluation.plots import new_figure, save_figure
 
     groups = results["groups"]
     keys = [k for k, _ in METRICS if k in RATES]
-    plt, fig = _figure(7.0, 3.8)
+    plt, fig = new_figure(7.0, 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(groups))
     for g, group in enumerate(groups):
@@ -548,88 +657,38 @@ def plot_bars(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1)
     if ax.get_legend_handles_labels()[0]:  # an all-failed comparison draws nothing to label
         ax.legend(fontsize=7)
-    _save(plt, fig, path)
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> bool:
-    """Eval exact accuracy vs step per arch: mean line, a band of ± sd over seeds, each seed thin."""
-    from hrm.evaluation.plots import _figure, _save
-
-    drawn = False
-    plt, fig = _figure(7.0, 3.8)
-    ax = fig.add_subplot()
-    for group in results["groups"]:
-        curves = [
-            r["curve"]
-            for r in results["runs"]
-            if r["state"] == "success"
-            and r["arch"] == group["arch"]
-            and r["variant"] == group["variant"]
-            and r["curve"]
-        ]
-        if not curves:
-            continue
-        common = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-        if not common:
-            continue
-        by_step = [[dict(c)[s] for c in curves] for s in common]
-        mean = [statistics.fmean(v) for v in by_step]
-        sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_step]
-        label = group["arch"] if group["variant"] == "(profile)" else f"{group['arch']} {group['variant']}"
-        (line,) = ax.plot(common, mean, label=f"{label} (n={len(curves)})")
-        ax.fill_between(
-            common,
-            [m - s for m, s in zip(mean, sd, strict=True)],
-            [m + s for m, s in zip(mean, sd, strict=True)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
-        for c in curves:
-            ax.plot([s for s, _ in c], [v for _, v in c], color=line.get_color(), linewidth=0.5, alpha=0.5)
-        drawn = True
-    ax.set_xlabel("training step")
-    ax.set_ylabel("eval exact accuracy (test)")
-    if ax.get_legend_handles_labels()[0]:  # an all-failed comparison draws nothing to label
-        ax.legend(fontsize=7)
-    _save(plt, fig, path)
-    return drawn
+    save_figure(plt, fig, path)
 
 
 def render_html(results: dict[str, Any], figures: dict[str, Path]) -> str:
-    """One self-contained page: the markdown tables as HTML, figures inlined as base64."""
+    """One self-contained page of the same blocks as results.md, figures inlined as base64."""
     from hrm.evaluation.report import STYLE, image
 
     body = []
-    table_rows: list[str] = []
-    for line in markdown(results).splitlines():
-        if line.startswith("|"):
-            if set(line.replace("|", "").strip()) <= {"-"}:
-                continue
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            tag = "th" if not table_rows else "td"
-            table_rows.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if table_rows:
-            body.append("<table>" + "\n".join(table_rows) + "</table>")
-            table_rows = []
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.strip():
-            text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(line.strip()))
-            body.append(f"<p>{text}</p>")
-    if table_rows:
-        body.append("<table>" + "\n".join(table_rows) + "</table>")
+    for kind, content in report_blocks(results):
+        if kind == "table":
+            header, rows = content
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                + "</tr>\n"
+                + "\n".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+                )
+                + "</table>"
+            )
+        else:
+            text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(content))
+            body.append(f"<{kind}>{text}</{kind}>")
     for key, caption in (
         ("bars", "Test rates per arch, mean ± sd (dots: seeds)"),
-        ("curves", "Learning curves: eval exact accuracy vs step, band = mean ± sd over seeds"),
+        (
+            "budget",
+            "Budget curves: test metrics against compute, band = mean ± sd over seeds, baselines dashed",
+        ),
     ):
         if key in figures:
             body.append(f"<h2>{html.escape(caption)}</h2>" + image(figures[key], caption))
-    body.append(
-        '<p class="note">The train stage evaluates exact accuracy during training (not route metrics); with the '
-        "generator's unique optimal routes an exact grid is an optimal route, so the curve tracks route-optimal; "
-        "the final numbers in the tables come from the evaluate stage.</p>"
-    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>hrm compare</title>'
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
@@ -643,14 +702,38 @@ def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
         atomic_write_text(staging / ".gitignore", "# written by hrm compare: a report, not source\n*\n")
         figures = {"bars": staging / "bars.png"}
         plot_bars(results, figures["bars"])
-        if plot_curves(results, staging / "curves.png"):
-            figures["curves"] = staging / "curves.png"
+        if plot_budget(results, staging / "budget.png"):
+            figures["budget"] = staging / "budget.png"
         atomic_write_json(staging / "results.json", results, indent=1)
         atomic_write_text(staging / "results.md", markdown(results))
         atomic_write_text(staging / "index.html", render_html(results, figures))
 
 
 # ---------------------------------------------------------------- the command
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the comparison ran on: float kernels differ between CPUs, so a run's digits belong to its CPU."""
+    import os
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+    }
 
 
 def vehicle_names(params: dict[str, Any]) -> list[str]:
@@ -684,9 +767,15 @@ def collect(
                     error=f"params differ from the plan: {', '.join(differ[:5])}",
                 )
         record = run_record(run, experiment, paths, vehicles, reused=run.name in reused)
-        record["curve"] = (
-            read_curve(record["rev"], paths["train_log"]) if curves and record["state"] == "success" else []
-        )
+        record["curve"] = []
+        if curves and record["state"] == "success":
+            compute = record["compute"]
+            record["curve"] = run_curve(
+                git_reader(record["rev"]),
+                paths["train_log"],
+                compute["global_batch_size"],
+                compute["flops_per_segment"],
+            )
         records.append(record)
     return records
 
@@ -704,10 +793,15 @@ def compare(
     out_dir: str | Path = "reports/compare",
     poll_s: float = 10.0,
     command: str = "",
+    rev: str | None = None,
 ) -> dict[str, Any]:
-    """Queue what is missing, run the queue, wait, collect; return results.json's content."""
+    """Queue what is missing, run the queue, wait, collect; return results.json's content.
+
+    `rev`: report the experiments that were queued from that commit, with its params.yaml, and queue nothing
+    (a comparison that ran before later commits; DVC files experiments under the commit they ran from).
+    """
     try:
-        params = load_params(params_path)
+        params = load_params(params_path) if rev is None else params_at(rev)
     except ConfigError as err:
         raise UserError(str(err)) from err
     if jobs < 1:
@@ -719,7 +813,7 @@ def compare(
     except ConfigError as err:  # a malformed profile (e.g. its per_arch table)
         raise UserError(str(err)) from err
     out_dir = Path(out_dir)
-    baseline = check_repository(out_dir)
+    baseline = check_repository(out_dir) if rev is None else resolve_rev(rev)
     found = show_experiments(baseline)
 
     # Reuse a finished experiment of this name (its params must be the plan's: a clash is an error before
@@ -735,7 +829,7 @@ def compare(
                     f"--name or remove it (dvc exp remove {run.name})"
                 )
             reused.add(run.name)
-        elif current is None or current.state == "failed":
+        elif rev is None and (current is None or current.state == "failed"):
             to_queue.append(run)
     print(
         f"{len(runs)} runs: {len(reused)} finished (reused), {len(runs) - len(reused) - len(to_queue)} already "
@@ -758,7 +852,12 @@ def compare(
         names = {run.name for run in runs}
         statuses, workers = queue_status()
         if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
-            if workers < jobs:  # `dvc queue start --jobs N` tops up to N workers (one may already run)
+            # `dvc queue start --jobs N` tops up to N workers, counting them as `dvc queue status` does: a busy
+            # worker may not answer, so while any entry runs the count is not trusted (two comparisons at once
+            # would otherwise start a second set of workers and run 2N runs on N cores); `wait_for` restarts
+            # workers if none turns out to be alive.
+            running = any("Running" in ss for ss in statuses.values())
+            if workers < jobs and not running:
                 start_workers(jobs)
                 print(f"dvc queue start --jobs {jobs}", flush=True)
             wait_for(names, poll_s, jobs)
@@ -775,6 +874,7 @@ def compare(
         found = show_experiments(baseline)
     records = collect(runs, found, params, reused)
     vehicles = vehicle_names(params)
+    lines = baselines([r for r in records if r["state"] == "success"])
     results = {
         "name": name or f"cmp-{profile}",
         "command": command,
@@ -785,8 +885,9 @@ def compare(
         "data_seeds": data_seeds,
         "sets": list(sets),
         "vehicles": vehicles,
-        "curve_metric": f"eval/{CURVE_METRIC}",
-        "groups": group_stats(records, vehicles),
+        "machine": machine(),
+        "baselines": lines,
+        "groups": group_stats(records, vehicles, lines.get("monotone_path")),
         "runs": records,
     }
     write_outputs(results, out_dir)

@@ -1,4 +1,5 @@
-"""Where and how torch runs: device, forward dtype, CPU threads, determinism, seeding.
+"""Where and how torch runs: device, forward dtype, CPU threads, determinism, seeding, and what this
+machine's torch can do (a GPU it cannot use, bf16 in hardware, torch.compile's tool chain).
 
 One module for train, evaluate and `hrm doctor`, so the three agree on what `train.device: auto`,
 `arch.forward_dtype: auto`, `train.threads` and `train.deterministic` mean. torch is imported inside functions.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 from hrm.io import UserError
@@ -165,3 +168,65 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
+    """What shows an NVIDIA GPU is handed to this machine or container (a device node, the driver's /proc
+    entry), or None. Lets a CPU-only torch say that it cannot use the GPU it was given (`docker run --gpus`)."""
+    nodes = sorted(dev.glob("nvidia[0-9]*"))
+    if nodes:
+        return nodes[0].as_posix()
+    if (proc / "version").exists():
+        return (proc / "version").as_posix()
+    return None
+
+
+def compile_tiny_function(device: str) -> float:
+    """torch.compile a small function, run it on `device` and compare with eager; the seconds it took.
+
+    This is the whole tool chain the trainer's `torch.compile` uses: Dynamo, Inductor and the code it builds
+    (Triton kernels and their C launcher on CUDA, C++ on the CPU), so a missing compiler or Python.h fails here.
+    """
+    import torch
+
+    def tiny(x: Any) -> Any:
+        return torch.nn.functional.silu(x) * 2.0 + 1.0
+
+    started = time.perf_counter()
+    x = torch.linspace(-3.0, 3.0, 64, device=torch.device(device))
+    got = torch.compile(tiny, dynamic=False)(x)
+    if not torch.allclose(got, tiny(x), rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"the compiled function gave {got[:3].tolist()}, eager {tiny(x)[:3].tolist()}")
+    return time.perf_counter() - started
+
+
+def native_bf16(device: str) -> bool:
+    """bf16 in hardware (compute capability 8.0+); `is_bf16_supported()` alone also counts emulation."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the keyword (it came in 2.4): the same rule, by hand
+        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
+def bf16_matmul_slowdown() -> float:
+    """Time of a bf16 matmul over the same in fp32 on the CPU: one SwiGLU-sized product (64 tokens x hidden
+    512 -> 1536), best of 2 after a warm-up (small sizes are dominated by call overhead and hide the gap)."""
+    import math
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens, weight = torch.randn(64, 512, generator=generator), torch.randn(512, 1536, generator=generator)
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = tokens.to(dtype), weight.to(dtype)
+        x @ w  # warm-up
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            x @ w
+            best = min(best, time.perf_counter() - start)
+        timings[str(dtype).removeprefix("torch.")] = best
+    return timings["bfloat16"] / max(timings["float32"], 1e-12)

@@ -20,7 +20,7 @@ def main(
     ] = None,
 ) -> None:
     from hrm.config import ConfigError
-    from hrm.data.convert import run
+    from hrm.data.conversion.convert import run
     from hrm.io import UserError
 
     try:

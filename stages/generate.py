@@ -12,7 +12,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(params: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
     from hrm.config import ConfigError
-    from hrm.data.generate import run
+    from hrm.data.generation.generate import run
     from hrm.io import UserError
 
     try:

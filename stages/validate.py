@@ -12,7 +12,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(params: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
-    from hrm.data.validate import run
+    from hrm.data.validation.validate import run
     from hrm.io import UserError
 
     try:

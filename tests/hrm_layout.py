@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm.data.convert import hrm_metadata, write_hrm_split
+from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
 
 
 def write_split(

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from hrm.data import routing, spec
-from hrm.data.convert import hrm_metadata, write_hrm_split
+from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
 
 REPO = Path(__file__).resolve().parents[1]
 

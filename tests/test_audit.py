@@ -1,5 +1,5 @@
-"""Audit mode: a foreign 18-file set, built from what shared/reference/first-attempt.md says of the original
-browser tool (10-token vocabulary, 30x30 maps, vehicles easy/normal/hard/expert, no cost model), with each of
+"""Audit mode: a foreign 18-file set, built as the first attempt's original
+browser tool wrote them (10-token vocabulary, 30x30 maps, vehicles easy/normal/hard/expert, no cost model), with each of
 that tool's flaws planted alone. validate writes compliance.json/.md for it, names each flaw with counts and
 examples, lists the checks it cannot run, exits 1 without a traceback, and leaves the data untouched."""
 
@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hrm.data import spec, validate
+from hrm.data import spec
+from hrm.data.validation import validate
 from hrm.io import UserError
 from tests.conftest import write_params_file
 
-SIDE = 30  # the tool's maps (first-attempt.md, flaw 6)
+SIDE = 30  # the tool's maps (its flaw 6: metadata claiming 40x40)
 VEHICLES = ["easy", "normal", "hard", "expert"]  # = bike, car, van, truck
 BASES = {"train": 3, "test": 2}
 START, END, ROUTE = 7, 8, 9  # the tool's tokens
@@ -335,8 +336,8 @@ def test_routes_are_still_checked_when_a_structure_layer_fails(our_set, tmp_path
 
 
 def test_convert_and_validate_read_the_files_through_one_reader(our_set, tmp_path, monkeypatch):
-    """Both stages get the 18 files from hrm.data.raw.read_files, once each; nothing else opens them."""
-    from hrm.data import convert, raw
+    """Both stages get the 18 files from hrm.data.conversion.raw.read_files, once each; nothing else opens them."""
+    from hrm.data.conversion import convert, raw
     from tests.validate_data import copy_set
 
     params = copy_set(our_set, tmp_path)

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from hrm.config import ConfigError
-from hrm.data import augment, convert, generate, routing, spec, validate
+from hrm.data import routing, spec
+from hrm.data.conversion import augment, convert
+from hrm.data.generation import generate
+from hrm.data.validation import validate
 from hrm.io import UserError
 from tests.test_generate import small_params as generate_params
 from tests.validate_data import load_docs, make_valid_set, small_params, write_docs, write_params

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrm.data import routing, spec, validate
+from hrm.data import routing, spec
+from hrm.data.validation import validate
 from hrm.io import UserError
 from tests.validate_data import (
     REPO,

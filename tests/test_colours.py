@@ -47,4 +47,4 @@ def test_no_figure_keeps_its_own_token_colours():
             for node in ast.walk(tree)
         ):
             users.append(path.relative_to(REPO).as_posix())
-    assert {"hrm/data/validate.py", "hrm/evaluation/plots.py"} <= set(users)
+    assert {"hrm/data/validation/validate.py", "hrm/evaluation/plots.py"} <= set(users)

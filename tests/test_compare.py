@@ -155,6 +155,36 @@ def test_dirty_workspace_says_what_to_commit_or_stash(committed_repo):
     assert "results.md" not in text
 
 
+def test_rev_reports_an_earlier_commits_experiments_with_its_params(committed_repo, monkeypatch):
+    """--rev: the experiments of that commit, judged by that commit's params.yaml; nothing is queued."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    Path("params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    subprocess.run([*GIT, "add", "params.yaml"], check=True)
+    subprocess.run([*GIT, "commit", "-qm", "params"], check=True)
+    old = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    params["train"]["lr"] = 0.5  # a later commit changes params.yaml
+    Path("params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    subprocess.run([*GIT, "commit", "-qam", "later"], check=True)
+    assert cmp.params_at(old[:8])["train"]["lr"] == 1.0e-4
+    with pytest.raises(UserError, match="--rev nope: not a commit"):
+        cmp.resolve_rev("nope")
+
+    runs = cmp.plan(cmp.params_at(old), profile="tiny", archs=["hrm_v1"], seeds=2, available_archs=ARCHS)
+    shown = fake_exp_show(old, runs[:1], {runs[0].name: {"route_optimal_rate": 0.25}})
+    monkeypatch.setattr(cmp, "known_archs", lambda: ARCHS)
+    monkeypatch.setattr(cmp, "show_experiments", lambda baseline: cmp.parse_exp_show(shown, baseline))
+    monkeypatch.setattr(cmp, "git_reader", lambda rev: lambda path: None)
+    queued = []
+    monkeypatch.setattr(cmp, "start_workers", queued.append)
+    monkeypatch.setattr(cmp, "queue_status", lambda: ({}, 0))
+    results = cmp.compare(profile="tiny", archs=["hrm_v1"], seeds=2, rev=old, out_dir=Path("out"))
+    assert results["baseline"] == old and not queued
+    assert [r["state"] for r in results["runs"]] == ["success", "missing"]
+    assert results["runs"][0]["metrics"]["route_optimal_rate"] == 0.25
+
+
 def test_a_report_under_another_out_folder_leaves_the_workspace_clean(committed_repo):
     """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
@@ -268,7 +298,7 @@ def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, 
         "data_seeds": False,
         "vehicles": ["bike", "car", "van", "truck"],
         "groups": list(groups.values()),
-        "runs": [{**r, "curve": [(2.0, 0.1 * k), (4.0, 0.2 * k)]} for k, r in enumerate(records)],
+        "runs": records,
     }
     cmp.write_outputs(results, tmp_path / "out")
     written = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
@@ -276,7 +306,7 @@ def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, 
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert failed_name in md and "Experiment run failed" in md
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 1  # bars; no budget figure without curves
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
@@ -309,10 +339,9 @@ def test_queue_status_and_failure_log_parsing(tmp_path):
     )
     text = cmp._failure_text(str(log), "fallback")
     assert "train.device must be" in text and text.count("failed to reproduce") == 1
-    assert cmp.parse_tsv("step\texact_accuracy\n2\t0.5\n4\t0.75\n5\t", "exact_accuracy") == [
-        (2.0, 0.5),
-        (4.0, 0.75),
-    ]
+    from hrm.budget import parse_tsv
+
+    assert parse_tsv("step\texact_accuracy\n2\t0.5\n4\t0.75\n5\t", "exact_accuracy") == {2: 0.5, 4: 0.75}
 
 
 def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):
@@ -335,3 +364,99 @@ def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):
     monkeypatch.setattr(cmp.time, "sleep", lambda s: None)
     cmp.wait_for({"a", "b"}, poll_s=0.0, jobs=2, idle_restart_s=60.0)
     assert started == [2]
+
+
+def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp_path, monkeypatch):
+    """The compute axis of each eval point (samples from train/count, segments = step x batch, FLOPs =
+    segments x the arch's segment FLOPs) and the baseline lines, checked against the runs' own files."""
+    from hrm.models.config import ModelConfig
+    from hrm.models.flops import segment_flops
+
+    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
+    metrics, files = {}, {}
+    for i, run in enumerate(runs):
+        metrics[run.name] = {
+            "route_optimal_rate": 0.3,
+            "accuracy": 0.9,
+            "monotone_path": {"route_optimal_rate": 0.6, "accuracy": 0.95},
+            "vehicle_blind": {"route_optimal_rate": 0.55 + 0.01 * i, "accuracy": 0.94},
+            "copy_input": {"route_optimal_rate": 0.0, "accuracy": 0.9},
+        }
+        rates = {2: 0.1, 4: 0.25 + 0.1 * i, 6: 0.55 + 0.1 * i}  # seeds differ; the mean curve decides
+        files[run.name] = {
+            "eval/route_optimal_rate": "step\troute_optimal_rate\n"
+            + "".join(f"{k}\t{v}\n" for k, v in rates.items()),
+            "eval/exact_accuracy": "step\texact_accuracy\n2\t0.0\n4\t0.2\n6\t0.5\n",
+            "train/count": "step\tcount\n" + "".join(f"{k}\t{k % 3}\n" for k in range(1, 7)),
+        }
+    shown = fake_exp_show("d" * 40, runs, metrics)
+    found = cmp.parse_exp_show(shown, "d" * 40)
+    rev_to_name = {found[run.name][0].rev: run.name for run in runs}
+
+    def reader(rev):
+        def read(path):
+            kind = path.split("plots/metrics/")[-1].removesuffix(".tsv")
+            return files[rev_to_name[rev]].get(kind)
+
+        return read
+
+    monkeypatch.setattr(cmp, "git_reader", reader)
+    records = cmp.collect(runs, found, params, reused=set())
+    batch = params["profiles"]["tiny"]["train"]["global_batch_size"]
+    for record, run in zip(records, runs, strict=True):
+        arch = {
+            **params["arch"],
+            **params["profiles"]["tiny"]["arch"],
+            "name": run.arch,
+            "forward_dtype": "float32",
+        }
+        config = ModelConfig.from_arch(
+            arch, seq_len=8 * 8, vocab_size=24, num_puzzle_identifiers=5, batch_size=1
+        )
+        per_segment = segment_flops(config).total
+        assert [p["step"] for p in record["curve"]] == [2, 4, 6]
+        for point in record["curve"]:
+            step = point["step"]
+            assert point["segments"] == step * batch
+            assert point["samples"] == batch + sum(k % 3 for k in range(1, step))
+            assert point["flops"] == pytest.approx(step * batch * per_segment)
+        assert record["curve"][1]["route_optimal_rate"] == float(
+            files[run.name]["eval/route_optimal_rate"].split()[5]
+        )
+        assert record["curve"][0]["accuracy"] is None  # no token-accuracy TSV: no value, not 0
+
+    lines = cmp.baselines(records)
+    assert lines["monotone_path"]["route_optimal_rate"]["mean"] == 0.6
+    blind = [metrics[r.name]["vehicle_blind"]["route_optimal_rate"] for r in runs]
+    assert lines["vehicle_blind"]["route_optimal_rate"] == {
+        "mean": pytest.approx(statistics.fmean(blind)),
+        "min": min(blind),
+        "max": max(blind),
+    }
+    groups = {g["arch"]: g for g in cmp.group_stats(records, [], lines["monotone_path"])}
+    reach = groups["hrm_v1"]["budget"]["reach"]
+    # mean curve of the two seeds: 0.1, 0.30, 0.60 -> >= 20% at step 4, >= 50% and >= monotone (0.6) at step 6
+    assert reach["20%"]["mean"]["step"] == 4 and reach["50%"]["mean"]["step"] == 6
+    assert reach["monotone baseline"]["mean"]["step"] == 6
+    assert [p and p["step"] for p in reach["monotone baseline"]["seeds"]] == [None, 6]
+    assert groups["hrm_v1"]["budget"]["last"]["route_optimal_rate"] == pytest.approx(0.6)
+
+    results = {
+        "name": "b",
+        "command": "c",
+        "baseline": "d" * 40,
+        "profile": "tiny",
+        "seeds": 2,
+        "data_seeds": False,
+        "vehicles": [],
+        "baselines": lines,
+        "groups": list(groups.values()),
+        "runs": records,
+        "machine": cmp.machine(),
+    }
+    cmp.write_outputs(results, tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 2 and "Budget" in page
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "best monotone path 60.0%" in md and "first >= monotone baseline" in md
+    assert "step 6: " in md and results["machine"]["cpu_capability"] in md

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hrm.data import convert, generate, raw, spec
+from hrm.data import spec
+from hrm.data.conversion import convert, raw
+from hrm.data.generation import generate
 from hrm.io import UserError
 from tests.conftest import write_params_file
 from tests.test_generate import small_params

@@ -374,3 +374,23 @@ def test_gpu_handed_to_the_cpu_image_is_named_by_hrm_doctor(docker, image, tmp_p
     report = json.loads(result.stdout)
     (device_check,) = [check for check in report["checks"] if check["name"] == "device"]
     assert "/dev/nvidia0" in device_check["detail"] and "CPU-only build" in device_check["detail"]
+
+
+def test_torch_compile_builds_and_runs_a_training_step_in_the_container(runs, docker, image):
+    """The image has the C/C++ compiler and Python headers torch.compile builds with (issue 17): `hrm
+    doctor`'s compile check with train.compile=true and a compiled tiny training step, in the container."""
+    label, _, user = runs["users"][0]
+    script = (
+        "python bench/gpu_check.py --smoke --only doctor,step_compiled --out /tmp/gpu_check.json"
+        " && cat /tmp/gpu_check.json"
+    )
+    mount = ["-v", f"{runs['copies'][label]}:/work"]
+    started = time.perf_counter()
+    output = ok(sh([docker, "run", "--rm", *user, *mount, image, "sh", "-c", script], timeout=900))
+    TIMINGS["container_compiled_step_s"] = time.perf_counter() - started
+    report = json.loads(output[output.index("\n{") :])
+    assert report["errors"] == {}, report["errors"]
+    (compile_check,) = [c for c in report["doctor"]["checks"] if c["name"] == "compile"]
+    assert compile_check["status"] == "ok" and "a compiled function ran on cpu" in compile_check["detail"]
+    compiled = report["step_speed"]["compiled"]
+    assert compiled["step_s"] > 0 and compiled["warmup_s"] > 0

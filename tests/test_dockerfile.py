@@ -353,3 +353,19 @@ def test_entry_point_checks_the_mount_then_runs_the_command(tmp_path):
     assert entry().stdout == "hrm ran: doctor\n"  # no command: hrm doctor, no git needed
     subprocess.run(["git", "init", "-q"], cwd=checkout, env=env, check=True)
     assert entry("dvc", "repro").stdout == "dvc ran: repro\n"
+
+
+def test_image_has_what_torch_compile_builds_with():
+    """Triton compiles its launcher with the C compiler against Python.h; Inductor's CPU kernels need g++.
+    Without them `train.compile: true` fails in the container (issue 17): installed, checked at build time."""
+    (apt,) = [run for run in of("RUN") if "apt-get install" in run]
+    packages = set(apt.split("apt-get install", 1)[1].split("&&", 1)[0].split())
+    assert {"g++", "libc6-dev", "python3-dev"} <= packages, packages
+    assert "gcc --version" in apt and "g++ --version" in apt
+    (headers_check,) = [part.strip() for part in apt.split("&&") if "Python.h" in part]
+    command = shlex.split(headers_check)
+    assert command[:2] == ["python3", "-c"]
+    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr  # as written, on this machine (which has the headers)
+    (smoke,) = [run for run in of("RUN") if "compile_tiny_function" in run]
+    assert "compile_tiny_function('cpu')" in smoke and "rm -rf /tmp/inductor-smoke" in smoke

@@ -52,6 +52,21 @@ def run_json(*args: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
+def write_dataset_json(folder: Path, seq_len: int) -> None:
+    """A complete train/dataset.json (as convert writes it) with this seq_len."""
+    import numpy as np
+
+    from hrm.data.conversion.convert import hrm_metadata
+
+    arrays = {
+        "inputs": np.zeros((4, seq_len)),
+        "puzzle_identifiers": np.arange(1, 5),
+        "group_indices": np.array([0, 4]),
+    }
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(hrm_metadata(arrays, 24, 5)), encoding="utf-8")
+
+
 def checks_by_name(report: dict) -> dict[str, dict]:
     return {check["name"]: check for check in report["checks"]}
 
@@ -111,12 +126,16 @@ def test_world_size_divides_the_global_batch(tiny_params):
     assert doctor.check_memory(config, "cpu", quick=True).data["batch"] == 2
 
 
-def test_seq_len_comes_from_the_converted_data_when_present(tiny_params):
-    dataset = tiny_params.parent / "data" / "logistics-routing-1k" / "train" / "dataset.json"
-    dataset.parent.mkdir(parents=True)
-    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
-    config = doctor.load_run_config(tiny_params, overrides=["paths.hrm=data/logistics-routing-1k"])
+def test_seq_len_comes_from_the_converted_data_when_present(tiny_params, tmp_path):
+    params = tmp_path / "params.yaml"  # its own folder: the module's other tests see no converted data
+    params.write_bytes(tiny_params.read_bytes())
+    write_dataset_json(tmp_path / "data" / "logistics-routing-1k" / "train", seq_len=25)
+    config = doctor.load_run_config(params, overrides=["paths.hrm=data/logistics-routing-1k"])
     assert config.seq_len == 25 and "dataset.json" in config.seq_len_source
+    assert config.metadata.num_puzzle_identifiers == 5 and config.metadata.total_groups == 1
+    (tmp_path / "data" / "logistics-routing-1k" / "train" / "dataset.json").write_text('{"seq_len": 25}')
+    with pytest.raises(doctor.UserError, match="dataset.json: field 'pad_id' is missing"):
+        doctor.load_run_config(params, overrides=["paths.hrm=data/logistics-routing-1k"])
 
 
 def test_a_profile_that_changes_the_data_reads_its_own_settings_not_the_converted_data(tmp_path):
@@ -124,9 +143,7 @@ def test_a_profile_that_changes_the_data_reads_its_own_settings_not_the_converte
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     hrm_dir = yaml.safe_load(path.read_text(encoding="utf-8"))["paths"]["hrm"]
-    dataset = tmp_path / hrm_dir / "train" / "dataset.json"
-    dataset.parent.mkdir(parents=True)
-    dataset.write_text(json.dumps({"seq_len": 25}), encoding="utf-8")
+    write_dataset_json(tmp_path / hrm_dir / "train", seq_len=25)
     assert doctor.load_run_config(path).seq_len == 25
     quick = doctor.load_run_config(path, profile="quick")
     assert quick.seq_len == 64 and "generate.rows" in quick.seq_len_source
@@ -160,12 +177,14 @@ def test_determinism_check_fails_on_differing_gradients(tiny_params):
 
 def test_traced_memory_is_close_to_a_real_cpu_step(tiny_params):
     """The meta-device trace (used for the estimate) against the same count on a real CPU step."""
+    from hrm import planning
+
     config = doctor.load_run_config(tiny_params)
     work = doctor.workload(config, quick=False)
     per_example = {}
     for device in ("cpu", "meta"):
-        one, _ = doctor.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
-        two, _ = doctor.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
+        one, _ = planning.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
+        two, _ = planning.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
         per_example[device] = two - one
     assert per_example["cpu"] > 0
     assert abs(per_example["meta"] - per_example["cpu"]) <= 0.25 * per_example["cpu"], per_example
@@ -203,22 +222,27 @@ def test_gpu_plans_cover_every_size_with_an_estimate(tiny_params, passing_report
     assert micro == sorted(micro) and micro[0] >= 1  # more memory never means a smaller micro-batch
 
 
-def test_flops_formula_matches_a_hand_count():
-    from hrm.models.layers import swiglu_width
+def test_gpu_plans_count_the_flops_of_the_chosen_architecture(tiny_params):
+    """FLOPs per step are hrm.models.flops' for the arch that runs (TRM's recursion is not HRM's layers)."""
+    from hrm.models import ModelConfig
+    from hrm.models.flops import segment_flops
 
-    arch = {
-        "hidden_size": 64,
-        "H_cycles": 2,
-        "L_cycles": 3,
-        "H_layers": 1,
-        "L_layers": 2,
-        "puzzle_emb_ndim": 64,
-    }
-    flops, _ = doctor.step_flops(arch, seq_len=15, vocab_size=10, rows=2)
-    tokens, inner = 16, swiglu_width(64, 4.0)
-    block = 2 * (4 * 64 * 64 + 3 * 64 * inner) + 4 * tokens * 64
-    blocks = 2 * (2 * (3 * 2 + 1)) + 2 * (2 + 1)  # main + target-Q forwards, backward of the last L and H
-    assert flops == 2 * tokens * (blocks * block + 6 * 64 * 10)
+    for arch in ("hrm_v1", "trm", "transformer"):
+        config = doctor.load_run_config(tiny_params, overrides=[f"arch.name={arch}"])
+        plans = doctor.check_gpu_plans(config)
+        meta = config.metadata
+        sizes = dict(seq_len=meta.seq_len, vocab_size=meta.vocab_size, batch_size=1)
+        model = ModelConfig.from_arch(
+            dict(config.arch, forward_dtype="bfloat16"),
+            **sizes,
+            num_puzzle_identifiers=meta.num_puzzle_identifiers,
+        )
+        assert plans.data["flops_per_step"] == 8 * segment_flops(model).total, arch
+    hrm, trm = (doctor.load_run_config(tiny_params, overrides=[f"arch.name={a}"]) for a in ("hrm_v1", "trm"))
+    assert (
+        doctor.check_gpu_plans(hrm).data["flops_per_step"]
+        != doctor.check_gpu_plans(trm).data["flops_per_step"]
+    )
 
 
 def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_report):
@@ -235,12 +259,47 @@ def test_batch_too_big_for_one_step_runs_as_micro_batches(tiny_params, passing_r
     assert refused.status == "fail" and "above the largest that fits" in refused.detail
 
 
-def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
-    """The CUDA measurement's wiring, on the CPU with torch.cuda's memory counters faked: the trainer's step
-    (both optimizers) runs at 1 and 2 rows and the peaks become fixed + per-example bytes."""
+def test_cuda_memory_is_the_trainers_plan(tiny_params, monkeypatch):
+    """On CUDA the doctor asks the trainer's plan (hrm.training.memory.plan_micro_batch: its state builder, EMA
+    included, measured at 1 and 2 rows) on a stand-in split of the configured shapes, and reports its figures;
+    the plan's refusal is the doctor's FAIL. CPU here: the plan is recorded, not run."""
+    import hrm.training.memory as memory
+    from hrm import planning
+
+    calls = []
+    measured = memory.StepMemory(fixed=1000, per_example=600, carry_per_row=8, method="measured: test")
+
+    def recording_plan(arch, metadata, config, world_size, device, configured_micro, dataset):
+        calls.append((metadata.seq_len, config.ema, world_size, device.type, configured_micro))
+        assert memory.first_batch(dataset, 2)["inputs"].shape == (2, metadata.seq_len)
+        return memory.plan(config.global_batch_size, world_size, configured_micro, measured, 10**9, 10**9)
+
+    monkeypatch.setattr(memory, "plan_micro_batch", recording_plan)
+    monkeypatch.setattr(planning, "device_memory", lambda device: (10**9, 10**9, "torch.cuda.mem_get_info"))
+    config = doctor.load_run_config(tiny_params, overrides=["train.ema=true"])
+    check = doctor.check_memory(config, "cuda", quick=False)
+    assert calls == [(config.seq_len, True, 1, "cuda", None)]
+    assert check.status == "ok" and check.data["per_example_bytes"] == 600 and check.data["micro_batch"] == 8
+    assert "measured: test (the trainer's plan" in check.detail
+
+    def refusing_plan(*args, **kwargs):
+        raise memory.UserError("not even a micro-batch of 1 fits: a step needs ~9 GiB")
+
+    monkeypatch.setattr(memory, "plan_micro_batch", refusing_plan)
+    refused = doctor.check_memory(config, "cuda", quick=False)
+    assert refused.status == "fail" and "DOES NOT FIT" in refused.detail and "needs ~9 GiB" in refused.detail
+
+
+def test_cuda_probe_runs_the_trainers_step(tiny_params, monkeypatch):
+    """The CUDA measurement the plan makes (hrm.training.memory.measure_cuda_step), on the CPU with torch.cuda's
+    memory counters faked: the trainer's step (both optimizers) runs at 1 and 2 rows and the peaks become fixed +
+    per-example bytes. Kept from the doctor's own copy of the probe, which now asks the plan."""
     import torch
 
     import hrm.training.step as step_module
+    from hrm.training.loop import build_optimizers
+    from hrm.training.memory import measure_cuda_step
+    from hrm.training.step import TrainState
 
     rows_seen, peaks = [], iter([1300, 1000, 1600])  # the first: the probe's warm-up step, dropped
     real_step = step_module.train_step
@@ -257,9 +316,33 @@ def test_cuda_memory_path_runs_the_trainers_step(tiny_params, monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: next(peaks))
     config = doctor.load_run_config(tiny_params)
-    measured = doctor.measured_trainer_step(config, doctor.workload(config, quick=False), "cpu", "float32")
+    work = doctor.workload(config, quick=False)
+
+    def make_state(rows: int) -> TrainState:
+        head = doctor.build(work, rows, "cpu", "float32", 0)
+        optimizers, base_lrs = build_optimizers(head, config.train)
+        return TrainState(head, head, optimizers, base_lrs, torch.Generator().manual_seed(0))
+
+    batch = doctor.random_batch(work, 2, "cpu", 0)
+    measured = measure_cuda_step(make_state, batch, torch.device("cpu"), config.train.global_batch_size)
     assert rows_seen == [1, 1, 2]  # a warm-up step (not measured), then the two probes
     assert (measured.fixed, measured.per_example) == (400, 600) and measured.carry_per_row > 0
+
+
+def test_traced_memory_counts_the_ema_copy(tiny_params):
+    """train.ema keeps a full copy of the weights: the estimate must hold one more parameter copy."""
+    plain = doctor.check_memory(doctor.load_run_config(tiny_params), "cpu", quick=True)
+    ema = doctor.check_memory(
+        doctor.load_run_config(tiny_params, overrides=["train.ema=true"]), "cpu", quick=True
+    )
+    params_bytes = sum(
+        p.numel() * p.element_size()
+        for p in doctor.build(
+            doctor.workload(doctor.load_run_config(tiny_params), False), 1, "meta", "float32", 0
+        ).parameters()
+    )
+    assert ema.data["fixed_bytes"] - plain.data["fixed_bytes"] == params_bytes > 0
+    assert ema.data["per_example_bytes"] == plain.data["per_example_bytes"] and "EMA copy" in ema.detail
 
 
 def test_visible_nvidia_gpu_reads_device_nodes_then_the_driver(tmp_path):
@@ -286,3 +369,81 @@ def test_gpu_given_to_a_cpu_build_of_torch_is_named(tiny_params, monkeypatch):
     monkeypatch.setattr(doctor, "visible_nvidia_gpu", lambda: None)
     check, _ = doctor.check_device(doctor.load_run_config(tiny_params, device="cpu"))
     assert check.status == doctor.OK and "nvidia" not in check.detail
+
+
+def test_non_finite_gradients_are_named_not_read_as_nondeterminism(tiny_params):
+    """NaN != NaN: identical NaN gradients must fail as non-finite, naming the tensor and the values."""
+
+    def nan_step(seed: int) -> dict[str, torch.Tensor]:
+        return {"w": torch.tensor([0.5, float("nan"), float("inf")]), "b": torch.ones(2)}
+
+    for overrides in ([], ["train.deterministic=false"]):
+        config = doctor.load_run_config(tiny_params, overrides=overrides)
+        check = doctor.check_determinism(config, "cpu", quick=True, step=nan_step)
+        assert check.status == "fail" and check.data["finite"] is False, check.detail
+        assert "non-finite gradients" in check.detail and "w: 2 of 3 NaN/inf" in check.detail
+        assert "differ" not in check.detail and "b:" not in check.detail
+
+
+def test_bf16_check_ignores_emulation(tiny_params, monkeypatch):
+    """A pre-Ampere GPU 'supports' bf16 by emulation only: arch.forward_dtype bfloat16 must fail there."""
+
+    def emulating(including_emulation: bool = True) -> bool:
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating)
+    config = doctor.load_run_config(tiny_params, overrides=["arch.forward_dtype=bfloat16"])
+    check = doctor.check_bf16(config, "cuda")
+    assert check.status == "fail" and "no bf16 in hardware" in check.detail, check.detail
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # a torch without the keyword
+    for capability, status in (((7, 5), "fail"), ((8, 0), "ok")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert doctor.check_bf16(config, "cuda").status == status, capability
+    float32 = doctor.load_run_config(tiny_params, overrides=["arch.forward_dtype=float32"])
+    assert doctor.check_bf16(float32, "cuda").status == "ok"
+
+
+def _compile_check_in_a_subprocess(tiny_params: Path, tmp_path: Path, **env: str) -> dict:
+    """check_compile with train.compile: true in a fresh process and Inductor cache (no cached build)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from hrm import doctor; "
+        "config = doctor.load_run_config(sys.argv[1], overrides=['train.compile=true']); "
+        "check = doctor.check_compile(config, 'cpu'); print(json.dumps([check.status, check.detail]))"
+    )
+    cache = tmp_path / "inductor"
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", **env)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_params)], capture_output=True, text=True, env=environment
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, detail = json.loads(done.stdout.splitlines()[-1])
+    return {"status": status, "detail": detail}
+
+
+def test_compile_check_fails_without_a_working_compiler(tiny_params, tmp_path):
+    """Importing Triton is not compiling: with no C++ compiler the compile check must fail and say why."""
+    check = _compile_check_in_a_subprocess(tiny_params, tmp_path, CXX="/nonexistent/g++")
+    assert check["status"] == "fail", check
+    assert "torch.compile failed on cpu" in check["detail"] and "C compiler" in check["detail"]
+    assert "/nonexistent/g++" in check["detail"]
+
+
+@pytest.mark.slow
+def test_compile_check_compiles_and_runs_here(tiny_params, tmp_path):
+    check = _compile_check_in_a_subprocess(tiny_params, tmp_path)
+    assert check["status"] == "ok" and "a compiled function ran on cpu" in check["detail"], check
+
+
+def test_compile_check_reports_a_wrong_compiled_result(tiny_params, monkeypatch):
+    def miscompiled(fn, **kwargs):
+        return lambda x: fn(x) + 1.0
+
+    monkeypatch.setattr(torch, "compile", miscompiled)
+    config = doctor.load_run_config(tiny_params, overrides=["train.compile=true"])
+    check = doctor.check_compile(config, "cpu")
+    assert check.status == "fail" and "the compiled function gave" in check.detail
+    assert doctor.check_compile(doctor.load_run_config(tiny_params), "cpu").status == "ok"  # compile: false

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hrm.data import generate, routing, spec
+from hrm.data import routing, spec
+from hrm.data.generation import generate
 from hrm.io import UserError
 from tests.conftest import repo_params
 

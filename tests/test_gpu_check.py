@@ -1,10 +1,12 @@
-"""bench/gpu_check.py (the GPU acceptance run) imports and stops cleanly without CUDA."""
+"""bench/gpu_check.py (the GPU acceptance run) on the CPU: it stops cleanly without CUDA, its parts import,\nfail and record as promised (the doctor part, the compile limit, the deadline), and `--smoke` runs them all."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,12 +35,9 @@ def test_gpu_check_parts_import_on_cpu():
     """Every part's imports resolve (a rename in hrm would otherwise surface only on a GPU)."""
     import ast
     import importlib
-    import importlib.util
 
     path = REPO / "bench" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_gpu_check()
     # the parts import inside their functions: resolve every `from X import name` of the file, wherever it is
     imported = 0
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -49,8 +48,185 @@ def test_gpu_check_parts_import_on_cpu():
                     importlib.import_module(f"{node.module}.{alias.name}")
                 imported += 1
     assert imported >= 10  # the hrm pieces the parts use, not only the top-level stdlib imports
-    from hrm.doctor import step_flops
-
     assert (module.no_cuda_message() is None) == torch.cuda.is_available()
-    flops, formula = step_flops(module.paper_params()["arch"], 1600, 24, 1)
-    assert flops > 0 and "tokens" in formula
+    settings = module.Settings(**SMOKE)
+    speed = module.step_speed_figures({}, settings)
+    from hrm.models import ModelConfig
+    from hrm.models.flops import segment_flops
+
+    tiny = ModelConfig.from_arch(
+        module.run_params(settings)["arch"], seq_len=64, vocab_size=24, num_puzzle_identifiers=5, batch_size=4
+    )
+    assert speed["seq_len"] == 64 and speed["flops_per_step"] == 4 * segment_flops(tiny).total > 0
+    assert speed["flops_formula"].startswith("batch x (per row and segment")
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (registered first: its dataclasses look their module up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_gpu_check():
+    return load_bench("gpu_check")
+
+
+SMOKE = dict(device="cpu", batch=4, steps=2, peak_tflops=None, compile_limit_s=60.0)
+
+
+def test_doctor_part_fails_when_the_doctor_says_not_ready(monkeypatch):
+    from hrm import doctor
+
+    gpu_check = load_gpu_check()
+    failing = doctor.Report(
+        [doctor.Check("memory", doctor.FAIL, "DOES NOT FIT"), doctor.Check("bf16", "ok", "")]
+    )
+    monkeypatch.setattr(doctor, "load_run_config", lambda *args, **kwargs: None)
+    monkeypatch.setattr(doctor, "run_doctor", lambda config, quick=False: failing)
+    report: dict = {}
+    with pytest.raises(AssertionError, match="NOT READY: memory: DOES NOT FIT"):
+        gpu_check.part_doctor(report, gpu_check.Settings(**SMOKE))
+    assert report["doctor"]["ok"] is False and len(report["doctor"]["checks"]) == 2  # recorded all the same
+
+
+def test_a_compile_that_outlasts_its_limit_is_killed_and_the_eager_figures_stay(tmp_path):
+    """The compiled timing runs in a child killed at its limit (1 s here: not even torch imports in that)."""
+    gpu_check = load_gpu_check()
+    settings = gpu_check.Settings(**dict(SMOKE, compile_limit_s=1.0))
+    parts = [part for part in gpu_check.parts(settings) if part.name in ("step_eager", "step_compiled")]
+    report: dict = {}
+    out = tmp_path / "report.json"
+    gpu_check.run_parts(parts, report, out, deadline_s=600)
+    assert set(report["errors"]) == {"step_compiled"}
+    assert "did not finish in 1 s: killed" in report["errors"]["step_compiled"]
+    eager = report["step_speed"]["eager"]
+    assert eager["step_s"] > 0 and eager["samples_per_s"] == pytest.approx(4 / eager["step_s"])
+    assert "compiled" not in report["step_speed"] and report["seconds"]["step_compiled"] < 30
+    assert json.loads(out.read_text(encoding="utf-8"))["step_speed"]["eager"] == eager
+
+
+def test_bounded_run_kills_the_whole_process_group(tmp_path):
+    """A compile leaves worker processes: the limit must end them too, not only the child."""
+    gpu_check = load_gpu_check()
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    )
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match="did not finish in 3 s"):
+        gpu_check.bounded_run([sys.executable, "-c", code], 3.0)
+    assert time.perf_counter() - started < 30
+    grandchild = Path("/proc") / pid_file.read_text(encoding="utf-8")
+    for _ in range(50):  # killed: gone, or a zombie waiting for init to reap it
+        if not grandchild.exists() or "State:\tZ" in (grandchild / "status").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the grandchild outlived the limit")
+    with pytest.raises(RuntimeError, match="exited 3"):
+        gpu_check.bounded_run([sys.executable, "-c", "raise SystemExit(3)"], 30.0)
+
+
+def test_parts_past_the_deadline_are_not_started_and_errors_do_not_stop_the_rest(tmp_path):
+    gpu_check = load_gpu_check()
+    now = [0.0]
+    ran = []
+
+    def part(name: str, takes: float, fails: bool = False):
+        def run(report: dict, limit: float) -> None:
+            ran.append((name, limit))
+            now[0] += takes
+            report[name] = "figures"
+            if fails:
+                raise RuntimeError(f"{name} broke")
+
+        return run
+
+    todo = [
+        gpu_check.Part("first", part("first", 50, fails=True), 60),
+        gpu_check.Part("second", part("second", 30), 40),
+        gpu_check.Part("third", part("third", 10), 30),  # 20 s left of 100: not started
+    ]
+    report: dict = {}
+    gpu_check.run_parts(todo, report, tmp_path / "r.json", deadline_s=100, clock=lambda: now[0])
+    assert ran == [("first", 60), ("second", 40)]
+    assert report["first"] == "figures" and "RuntimeError: first broke" in report["errors"]["first"]
+    assert "not run: 20 s left before the 100 s deadline" in report["errors"]["third"]
+    assert report["seconds"] == {"first": 50, "second": 30, "third": 0} and report["total_s"] == 80
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["errors"].keys() == {
+        "first",
+        "third",
+    }
+
+
+def test_plan_against_measured_passes_within_the_tolerance_only():
+    from hrm.training.memory import StepMemory, plan
+
+    gpu_check = load_gpu_check()
+    memory = StepMemory(fixed=1000, per_example=100, carry_per_row=10, method="test")
+    planned = plan(8, 1, None, memory, free_bytes=10_000, total_bytes=10_000)
+    assert (planned.micro_batch, planned.peak_bytes) == (8, 1800)
+    assert gpu_check.plan_against_measured(planned, 1600)["relative_error"] == 0.125
+    assert gpu_check.plan_against_measured(planned, 1600)["ok"] is True
+    off = gpu_check.plan_against_measured(planned, 1500)
+    assert off["ok"] is False and off["relative_error"] == 0.2
+    assert gpu_check.plan_against_measured(plan(8, 1, None, None, None, None), None)["ok"] is None
+    with pytest.raises(AssertionError, match="counters did not move"):
+        gpu_check.plan_against_measured(planned, 0)
+
+
+@pytest.mark.slow
+def test_smoke_run_of_every_part_on_the_cpu(tmp_path):
+    """`gpu_check.py --smoke`: every part's code on the CPU at toy sizes (the GPU run's first-call insurance)."""
+    out = tmp_path / "smoke.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert done.returncode == 0 and report["errors"] == {}, report["errors"]
+    names = ["memory_plan", "doctor", "step_eager", "step_compiled", "determinism", "end_to_end"]
+    assert list(report["seconds"]) == names
+    assert report["doctor"]["ok"] and report["determinism"]["identical"]
+    assert report["step_speed"]["eager"]["step_s"] > 0 and report["step_speed"]["compiled"]["step_s"] > 0
+    assert list(report["end_to_end"]["stage_s"]) == list(load_gpu_check().END_TO_END_STAGES)
+
+
+def test_device_wheels_carry_only_what_the_device_lacks():
+    """stdlib, this project and the device's own packages stay behind; the rest at the version tested here."""
+    import importlib.metadata
+
+    wheels = load_bench("device_wheels")
+    needed = wheels.needed_distributions(
+        {"json", "hrm", "stages", "yaml", "torch", "numpy", "dvclive", "jsonschema"}
+    )
+    assert needed == {
+        "dvclive": importlib.metadata.version("dvclive"),
+        "jsonschema": importlib.metadata.version("jsonschema"),
+    }
+    assert wheels.normalized("PyYAML") == wheels.normalized("pyyaml") == "pyyaml"
+    assert wheels.normalized("ruamel.yaml") == "ruamel-yaml" and "typing-extensions" in wheels.DEVICE_PACKAGES
+
+
+def test_device_command_installs_the_carried_wheels_and_writes_under_out():
+    wheels = load_bench("device_wheels")
+    command = wheels.device_command(".device-wheels")
+    assert len(command) <= 2000  # the device tool's limit for one command line
+    assert "--no-index --no-deps" in command and "--target /tmp/site .device-wheels/*.whl" in command
+    assert (
+        "PYTHONPATH=$PWD:/tmp/site" in command and "bench/gpu_check.py --out $OUT/gpu_check.json" in command
+    )
+    assert command.startswith("set -o pipefail;")  # tee must not hide gpu_check's exit code
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".device-wheels/x.whl"], cwd=REPO)
+    assert ignored.returncode == 0, "the wheel folder must be git-ignored"

@@ -25,7 +25,8 @@ SEEDS = {"float32": 6, "bfloat16": 0}
 @pytest.fixture(scope="module")
 def tiny_profile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny profile's own data (generate + convert: under a second), in HRM's layout."""
-    from hrm.data import convert, generate
+    from hrm.data.conversion import convert
+    from hrm.data.generation import generate
 
     root = tmp_path_factory.mktemp("tiny-profile")
     params = apply_profile(repo_params(), "tiny")

@@ -54,6 +54,11 @@ def test_same_params_twice_identical_metrics_and_weights(reference, tmp_path, ca
     loss_rows = files["plots/metrics/train/lm_loss.tsv"].splitlines()[1:]
     assert [int(r.split("\t")[0]) for r in loss_rows] == list(range(1, summary["step"] + 1))
     assert len(eval_steps(params)) == 3  # epochs 6 / eval_interval 2
+    # train/count: rows that halted at each step (every row halts by halt_max_steps 3, batch 4)
+    counts = [float(r.split("\t")[1]) for r in files["plots/metrics/train/count.tsv"].splitlines()[1:]]
+    assert (
+        len(counts) == summary["step"] and all(0 <= c <= 4 for c in counts) and sum(counts) >= 4 * (31 // 3)
+    )
 
 
 def test_weights_file_has_official_layout(reference):

@@ -11,8 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
-from hrm.data import compliance, routing, schemas, spec, validate
-from hrm.data.raw import SOURCE_GENERATOR, RawDataset, RawSplit
+from hrm.data import routing, spec
+from hrm.data.conversion.raw import SOURCE_GENERATOR, RawDataset, RawSplit
+from hrm.data.facts import example_facts
+from hrm.data.validation import compliance, schemas, validate
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
 
@@ -276,7 +278,7 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
         cols=3,
         cost_model=None,
     )
-    facts = {"train": compliance.example_facts(split, table, 3, 3)}
+    facts = {"train": example_facts(split, table, 3, 3)}
     checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
     assert checks["route_valid"].passed and checks["route_optimal"].passed
     assert not checks["route_unique"].passed and checks["route_unique"].critical
@@ -289,8 +291,8 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
 def test_convert_and_validate_hold_the_files_in_one_form(valid_set):
     """validate's dataset (after its collected cross-file checks) is convert's `raw.read_raw`, field by field:
     one split type, one conversion of the documents."""
-    from hrm.data import raw
-    from hrm.data.invariants import build_dataset
+    from hrm.data.conversion import raw
+    from hrm.data.validation.invariants import build_dataset
 
     converted = raw.read_raw(valid_set / "raw")
     validated = build_dataset(raw.read_files(valid_set / "raw"))
@@ -336,7 +338,11 @@ def test_difficulty_is_measured_on_the_labels_and_agrees_with_the_generator(data
     for split in spec.SPLITS:
         measured, generated = report.figures["difficulty"][split], summary["difficulty"][split]
         assert measured["monotone_share"] == generated["monotone_share"]
-        assert measured["detour_share"] == generated["detour_share"] >= settings.difficulty.min_detour_share
+        assert (
+            measured["detour_share"]
+            == generated["detour_share"]
+            >= settings.generate.difficulty.min_detour_share
+        )
         assert measured["detour_max"] == generated["max_detour"]
         assert measured["turns_mean"] == pytest.approx(generated["mean_turns"], abs=1e-4)
         binned = sum(v for k, v in measured.items() if k.startswith("detour_") and k[7].isdigit())

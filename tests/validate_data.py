@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hrm.data import convert, generate, spec
+from hrm.data import spec
+from hrm.data.conversion import convert
+from hrm.data.generation import generate
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_GENERATE = {"rows": 12, "cols": 12, "train_bases": 6, "test_bases": 3, "min_route_length": 8}

@@ -169,6 +169,39 @@ class RouteCheck:
     path: tuple[int, ...] = field(default=())
 
 
+def _walk(
+    route_mask: np.ndarray, start: int, goal: int, rows: int, cols: int, length: int
+) -> tuple[list[int], str]:
+    """The marked cells as one simple path from start to goal, or why they are not one ("" when they are)."""
+    on_path = route_mask.copy()
+    on_path[[start, goal]] = True
+    adjacent = neighbours(rows, cols)
+    for cell in np.flatnonzero(on_path).tolist():
+        degree = sum(1 for other in adjacent[cell] if on_path[other])
+        expected = 1 if cell in (start, goal) else 2
+        if degree != expected:
+            what = "start" if cell == start else "goal" if cell == goal else "route cell"
+            return [], (
+                f"{what} {cell} (row {cell // cols}, col {cell % cols}) has {degree} route neighbours, "
+                f"expected {expected}: not one simple path"
+            )
+    # Degrees are right; the walk from the start must reach the goal through every marked cell.
+    path = [start]
+    previous, cell = -1, start
+    while cell != goal:
+        following = [other for other in adjacent[cell] if on_path[other] and other != previous]
+        previous, cell = cell, following[0]
+        path.append(cell)
+        if len(path) > length:
+            break
+    if len(path) != length:
+        return path, (
+            f"the path from the start reaches the goal after {len(path)} cells but {length} are marked: "
+            "stray route cells not connected to it"
+        )
+    return path, ""
+
+
 def check_route(
     input_grid: np.ndarray,
     label_grid: np.ndarray,
@@ -228,38 +261,9 @@ def check_route(
                 length,
             )
 
-    on_path = route_mask.copy()
-    on_path[[start, goal]] = True
-    adjacent = neighbours(rows, cols)
-    for cell in np.flatnonzero(on_path).tolist():
-        degree = sum(1 for other in adjacent[cell] if on_path[other])
-        expected = 1 if cell in (start, goal) else 2
-        if degree != expected:
-            what = "start" if cell == start else "goal" if cell == goal else "route cell"
-            return RouteCheck(
-                False,
-                f"{what} {cell} (row {cell // cols}, col {cell % cols}) has {degree} route neighbours, "
-                f"expected {expected}: not one simple path",
-                None,
-                length,
-            )
-    # Degrees are right; the walk from the start must reach the goal through every marked cell.
-    path = [start]
-    previous, cell = -1, start
-    while cell != goal:
-        following = [other for other in adjacent[cell] if on_path[other] and other != previous]
-        previous, cell = cell, following[0]
-        path.append(cell)
-        if len(path) > length:
-            break
-    if len(path) != length:
-        return RouteCheck(
-            False,
-            f"the path from the start reaches the goal after {len(path)} cells but {length} are marked: "
-            "stray route cells not connected to it",
-            None,
-            length,
-        )
+    path, reason = _walk(route_mask, start, goal, rows, cols, length)
+    if reason:
+        return RouteCheck(False, reason, None, length)
     return RouteCheck(True, "ok", route_cost(costs, path), length, tuple(path))
 
 

@@ -58,7 +58,7 @@ def act_step_rows(halt_steps: dict[str, np.ndarray], halt_max_steps: int) -> lis
     return rows
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,14 +67,14 @@ def _figure(width: float, height: float):
     return plt, plt.figure(figsize=(width, height), dpi=100)
 
 
-def _save(plt: Any, fig: Any, path: Path, top: float = 1.0) -> None:
+def save_figure(plt: Any, fig: Any, path: Path, top: float = 1.0) -> None:
     fig.tight_layout(rect=(0, 0, 1, top))  # `top` < 1 leaves room for a suptitle
     fig.savefig(path, format="png", metadata=PNG_METADATA)
     plt.close(fig)
 
 
 def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]], path: Path) -> None:
-    plt, fig = _figure(6.4, 4.0)
+    plt, fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     x = [row["segments"] for row in rows]
     styles = {"exact_accuracy": "-", "route_optimal_rate": "--"}
@@ -96,11 +96,11 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     ax.set_title("Accuracy vs ACT segments (stars: Q-head halting at its mean steps)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(plt, fig, path)
+    save_figure(plt, fig, path)
 
 
 def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
-    plt, fig = _figure(6.4, 3.6)
+    plt, fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
     names = ["exact_accuracy", "route_valid_rate", "route_optimal_rate"]
     names = [n for n in names if any(n in row for row in rows)]
@@ -114,11 +114,11 @@ def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
     ax.set_title(f"Per vehicle ({split})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    _save(plt, fig, path)
+    save_figure(plt, fig, path)
 
 
 def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
-    plt, fig = _figure(6.4, 3.6)
+    plt, fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
     splits = [key for key in rows[0] if key != "steps"]
     steps = np.array([row["steps"] for row in rows])
@@ -131,7 +131,7 @@ def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("fraction of examples")
     ax.set_title("ACT steps chosen by the Q-head")
     ax.legend(fontsize=7)
-    _save(plt, fig, path)
+    save_figure(plt, fig, path)
 
 
 def read_dvclive_curves(log_dir: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -165,7 +165,7 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
     names = names[:9]
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
-    plt, fig = _figure(4.0 * cols, 2.8 * rows)
+    plt, fig = new_figure(4.0 * cols, 2.8 * rows)
     for index, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, index + 1)
         for group, (steps, values) in sorted(curves[name].items()):
@@ -177,7 +177,7 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(plt, fig, path)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -200,7 +200,7 @@ class RouteMapExample:
 def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -> None:
     """Three panels: the map, the label's optimal route, the predicted route (wrong cells ringed)."""
     palette = colours.token_colours()
-    plt, fig = _figure(11.0, 4.1)
+    plt, fig = new_figure(11.0, 4.1)
     cells = rows * cols
     panels = (
         ("input map", example.input_grid, ""),
@@ -226,7 +226,7 @@ def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(example.title, fontsize=10)
-    _save(plt, fig, path, top=0.93)
+    save_figure(plt, fig, path, top=0.93)
 
 
 def choose_route_examples(optimal: np.ndarray, count: int, seed: int = 0) -> list[int]:

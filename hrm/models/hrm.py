@@ -4,7 +4,7 @@ Two recurrent modules: L (fast, detailed) updates H_cycles x L_cycles times, H (
 cycle; only the last L and the last H update carry gradient (the one-step approximation of the fixed-point
 gradient). Input embedding, blocks, heads and initial states: `layers.py`; configuration: `config.py`; the
 ACT loop (halting, exploration, target-Q): `act.py`. Parameter names and shapes equal the official
-checkpoint layout (see ../shared/reference/hrm-model.md), so `load_official_checkpoint` takes one as is.
+checkpoint layout (sapientinc/HRM; the key set is written out in tests/test_models.py), so `load_official_checkpoint` takes one as is.
 """
 
 from __future__ import annotations

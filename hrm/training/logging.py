@@ -12,7 +12,8 @@ from typing import Any
 
 from hrm.training.step import METRIC_KEYS, ROUTE_KEYS
 
-TRAIN_METRICS = (*METRIC_KEYS[1:], "lr")  # the step's sums but count (a divisor), and the lr
+# count: rows that halted this step, i.e. new examples started next step (budget curves' samples seen)
+TRAIN_METRICS = (*METRIC_KEYS, "lr")
 EVAL_METRICS = (*METRIC_KEYS[1:-1], *ROUTE_KEYS)  # no q_continue_loss in eval; routes with routing.json
 
 

@@ -1,10 +1,11 @@
 """Reading the 18 raw JSON files into typed arrays, with structural checks (shared by convert and validate).
 
 `RawSplit` and `RawDataset` are the one in-memory form of the 18 files: convert builds them here (`read_raw`),
-validate after its own collected cross-file checks (`hrm.data.invariants.build_dataset`), both through
-`read_split`; the audit of broken files uses the same converters (`int_matrix`, `int_vector`).
+validate after its own collected cross-file checks (`hrm.data.validation.invariants.build_dataset`), both through
+`read_split`; files that fail validate's strict layers are read by `lenient_split` into the same `RawSplit`
+(a field None where its file cannot be used), so that the audit's checks run over the one form too.
 
-Two producers write these 18 names: our generator (`hrm.data.generate`, 24-token vocabulary, a summary with
+Two producers write these 18 names: our generator (`hrm.data.generation.generate`, 24-token vocabulary, a summary with
 the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
 wrong seq_len). `read_raw` tells them apart by the summary's `generator` entry.
 
@@ -33,7 +34,7 @@ from hrm.io import UserError
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
-# The original browser tool's vocabulary (see shared/reference/first-attempt.md).
+# The original browser tool's vocabulary (tests/test_convert.py and tests/test_audit.py build sets of its files).
 ORIGINAL_TOKENS = (
     "pad",
     "obstacle",
@@ -53,22 +54,25 @@ METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 @dataclass(frozen=True)
 class RawSplit:
-    """One split's 8 files as arrays. N examples, P puzzles, G groups; example i belongs to puzzle
-    `example_puzzle[i]` and group `example_group[i]`."""
+    """One split's 8 files as arrays: the one in-memory form every reader and check uses. N examples, P puzzles,
+    G groups; example i belongs to puzzle `example_puzzle[i]` and group `example_group[i]`. Read strictly
+    (`read_split`) every field is set; read leniently from broken files (`lenient_split`, the audit) a field is
+    None where its file is missing or not the right shape, and `unreadable` says why."""
 
     name: str  # "train" or "test": its files are spec.raw_split_files(name)
-    metadata: dict[str, Any]
-    inputs: np.ndarray  # [N, seq_len] int64
-    labels: np.ndarray  # [N, seq_len] int64
-    puzzle_identifiers: np.ndarray  # [P] int64
-    puzzle_indices: np.ndarray  # [P + 1] int64
-    group_indices: np.ndarray  # [G + 1] int64
-    base_scenario_ids: list[str]  # [N]
-    vehicle_types: list[str]  # [N]
+    metadata: dict[str, Any] | None
+    inputs: np.ndarray | None  # [N, seq_len] int64
+    labels: np.ndarray | None  # [N, seq_len] int64
+    puzzle_identifiers: np.ndarray | None  # [P] int64
+    puzzle_indices: np.ndarray | None  # [P + 1] int64
+    group_indices: np.ndarray | None  # [G + 1] int64
+    base_scenario_ids: list[Any] | None  # [N] (str once read strictly)
+    vehicle_types: list[Any] | None  # [N]
+    unreadable: dict[str, str] = field(default_factory=dict)  # kind -> why it could not be used
 
     @property
     def num_examples(self) -> int:
-        return int(self.inputs.shape[0])
+        return 0 if self.inputs is None else int(self.inputs.shape[0])
 
     @property
     def num_puzzles(self) -> int:
@@ -87,6 +91,12 @@ class RawSplit:
         """'file[index]' for messages."""
         return self.files[kind] + (f"[{index}]" if index is not None else "")
 
+    def about(self, i: int) -> str:
+        """'base b, vehicle v' of example i, as far as known (the audit's messages)."""
+        base = self.base_scenario_ids[i] if i < len(self.base_scenario_ids or ()) else "?"
+        vehicle = self.vehicle_types[i] if i < len(self.vehicle_types or ()) else "?"
+        return f"base {base!r}, {vehicle!r}"
+
     @cached_property
     def example_puzzle(self) -> np.ndarray:
         """[N] the puzzle of each example."""
@@ -99,9 +109,16 @@ class RawSplit:
         return puzzle_group[self.example_puzzle]
 
     @cached_property
-    def example_identifier(self) -> np.ndarray:
-        """[N] the puzzle identifier (vehicle id) of each example."""
-        return self.puzzle_identifiers[self.example_puzzle]
+    def example_identifier(self) -> np.ndarray | None:
+        """[N] the puzzle identifier (vehicle id) of each example; None where the files do not tell it."""
+        ids, indices, n = self.puzzle_identifiers, self.puzzle_indices, self.num_examples
+        if ids is None:
+            return None
+        if indices is not None and indices.size == ids.size + 1:
+            steps = np.diff(indices)
+            if indices[0] == 0 and (steps >= 0).all() and indices[-1] == n:
+                return np.repeat(ids, steps)
+        return ids if ids.size == n else None  # one example per puzzle, as in every producer of these files
 
 
 @dataclass(frozen=True)
@@ -266,6 +283,12 @@ def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> lis
     return [str(value) for value in data]
 
 
+def index_breaks(indices: np.ndarray | list[int]) -> np.ndarray:
+    """Positions i where an HRM index array does not rise above entry i - 1 (they rise strictly: no empty
+    puzzle or group). The one test of that rule: convert stops at the first, validate lists them all."""
+    return np.flatnonzero(np.diff(np.asarray(indices, dtype=np.int64)) <= 0) + 1
+
+
 def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, end_name: str) -> None:
     """HRM index arrays: start at 0, rise strictly (no empty puzzle or group), end at the count they index."""
     if indices.size < 2:
@@ -274,9 +297,9 @@ def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, e
         )
     if indices[0] != 0:
         raise UserError(f"{path}: field '{field_name}' index 0: must be 0, is {indices[0]}")
-    steps = np.diff(indices)
-    if (steps <= 0).any():
-        bad = int(np.flatnonzero(steps <= 0)[0]) + 1
+    breaks = index_breaks(indices)
+    if breaks.size:
+        bad = int(breaks[0])
         raise UserError(
             f"{path}: field '{field_name}' index {bad}: {indices[bad]} after {indices[bad - 1]}, indices must rise "
             "strictly (non-monotone, or an empty puzzle/group)"
@@ -365,6 +388,63 @@ def read_split(
     return RawSplit(
         split, metadata, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, base_ids, vehicles
     )
+
+
+def lenient_split(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> RawSplit:
+    """The split as far as its documents (by file name, as `read_files` gives them) allow, for the audit of
+    files that fail the strict layers: grids through `int_matrix` with tokens coerced (a stray bool or float
+    in one grid must not hide the whole file; the schema check reports it), integer lists through
+    `int_vector`; a field is None where that converter refuses it, with the reason in `unreadable`."""
+    names = spec.raw_split_files(split)
+    docs = {kind: documents.get(name) for kind, name in names.items()}
+    unreadable: dict[str, str] = {}
+
+    def grid(kind: str) -> np.ndarray | None:
+        if names[kind] not in documents:
+            unreadable[kind] = "missing or not JSON (see file_schemas)"
+            return None
+        try:
+            return int_matrix(
+                Path(names[kind]), kind, docs[kind], (texts or {}).get(names[kind]), coerce=True
+            )
+        except UserError as err:
+            unreadable[kind] = str(err).removeprefix(f"{names[kind]}: ")
+            return None
+
+    def vector(kind: str) -> np.ndarray | None:
+        with suppress(UserError):
+            return int_vector(Path(names[kind]), kind, docs[kind])
+        return None
+
+    inputs, labels = grid("inputs"), grid("labels")
+    if labels is not None and inputs is not None and labels.shape != inputs.shape:
+        unreadable["labels"], labels = "a different shape from the inputs", None
+    n = 0 if inputs is None else inputs.shape[0]
+
+    def per_example(kind: str) -> list[Any] | None:
+        if isinstance(docs[kind], list) and len(docs[kind]) == n:
+            return docs[kind]
+        unreadable[kind] = f"not a list of {n} entries, one per example"
+        return None
+
+    metadata = docs["dataset"] if isinstance(docs["dataset"], dict) else None
+    if metadata is None:
+        unreadable["dataset"] = "not a JSON object"
+    view = RawSplit(
+        split,
+        metadata,
+        inputs,
+        labels,
+        vector("puzzle_identifiers"),
+        vector("puzzle_indices"),
+        None,
+        per_example("base_scenario_ids"),
+        per_example("vehicle_types"),
+        unreadable,
+    )
+    if view.example_identifier is None:
+        unreadable["puzzle_identifiers"] = "puzzle identifiers or indices do not map onto the examples"
+    return view
 
 
 def detect_source(summary: Any) -> str:

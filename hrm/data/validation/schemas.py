@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hrm.config import SCHEMA_DIR
-from hrm.data import raw, spec
+from hrm.data import spec
+from hrm.data.conversion import raw
 from hrm.io import UserError
 
 MAX_ERRORS_PER_FILE = 5
@@ -94,7 +95,7 @@ def _short(message: str, limit: int = 160) -> str:
 
 
 def read_raw_documents(raw_dir: str | Path) -> tuple[raw.RawFiles, list[str]]:
-    """Every one of the 18 files that parses (`files.documents`, by name; read by `hrm.data.raw.read_files`,
+    """Every one of the 18 files that parses (`files.documents`, by name; read by `hrm.data.conversion.raw.read_files`,
     convert's reader too), and the problems found: files missing, unreadable or not JSON, and schema
     violations (a file that parses but breaks its schema is kept, for the audit)."""
     files = raw.read_files(raw_dir)

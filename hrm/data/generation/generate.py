@@ -30,7 +30,8 @@ import numpy as np
 from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import routing, spec
-from hrm.data.city import City, CityParams, NoEndpoints, build_city
+from hrm.data.facts import detour_figures
+from hrm.data.generation.city import City, CityParams, NoEndpoints, build_city
 from hrm.data.rng import StableRng
 
 GENERATOR_VERSION = "2.0.0"
@@ -367,22 +368,6 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
     }
 
 
-def _detour_figures(detours: list[int], turn_counts: list[int], min_detour: int) -> dict[str, Any]:
-    """Detour histogram (cells -> examples), monotone share, share with a detour >= min_detour, turns."""
-    n = len(detours)
-    histogram = Counter(detours)
-    return {
-        "examples": n,
-        "monotone_share": round(histogram.get(0, 0) / n, 6) if n else 0.0,
-        "detour_share": round(sum(d >= min_detour for d in detours) / n, 6) if n else 0.0,
-        "mean_detour": round(math.fsum(detours) / n, 4) if n else 0.0,
-        "max_detour": max(detours, default=0),
-        "detour_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-        "mean_turns": round(math.fsum(turn_counts) / n, 4) if n else 0.0,
-        "max_turns": max(turn_counts, default=0),
-    }
-
-
 def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str, Any]:
     """How much search a split needs: detours (overall and per vehicle), turns, distinct routes per base,
     and each difficulty rule's required and found share."""
@@ -394,7 +379,7 @@ def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str,
     flat_detours = [d for row in detours for d in row]
     distinct = [len({r.path for r in base.routes}) for base in bases]
     n_bases = len(bases)
-    figures = _detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
+    figures = detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
     distinct_share = (
         round(sum(d >= rule.min_distinct_routes for d in distinct) / n_bases, 6) if n_bases else 0.0
     )
@@ -403,7 +388,7 @@ def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str,
         "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, len(names) + 1)},
         "distinct_routes_share": distinct_share,
         "by_vehicle": {
-            name: _detour_figures(
+            name: detour_figures(
                 [row[v] for row in detours], [row[v] for row in turn_counts], rule.min_detour
             )
             for v, name in enumerate(names)
@@ -435,37 +420,44 @@ def _length_stats(values: list[int]) -> dict[str, float]:
     }
 
 
+def _example_records(settings: GenerateSettings, bases: list[Base]) -> list[dict[str, Any]]:
+    """The summary's record of every example of a split: base, vehicle, route length and cost, hour, detour, turns."""
+    return [
+        {
+            "base_scenario_id": base.base_id,
+            "vehicle": vehicle.name,
+            "route_length": len(route.path),
+            "route_cost": route.cost,
+            "hour": base.city.hour,
+            "detour": routing.detour_cells(route.path, settings.cols),
+            "turns": routing.turns(route.path),
+        }
+        for base in bases
+        for vehicle, route in zip(settings.cost_model.vehicles, base.routes, strict=True)
+    ]
+
+
+def _base_records(bases: list[Base]) -> list[dict[str, Any]]:
+    """The summary's record of every base of a split: its spawn key, hour, start and goal."""
+    return [
+        {
+            "base_scenario_id": base.base_id,
+            "spawn_key": list(base.spawn_key),
+            "hour": base.city.hour,
+            "start": base.city.start,
+            "goal": base.city.goal,
+        }
+        for base in bases
+    ]
+
+
 def build_summary(
     settings: GenerateSettings, bases: dict[str, list[Base]], rejections: Rejections
 ) -> dict[str, Any]:
     """The summary file: everything needed to re-check every label without this code."""
     vehicles = settings.cost_model.vehicles
-    examples = {}
-    base_records = {}
-    for split, split_bases in bases.items():
-        examples[split] = [
-            {
-                "base_scenario_id": base.base_id,
-                "vehicle": vehicle.name,
-                "route_length": len(route.path),
-                "route_cost": route.cost,
-                "hour": base.city.hour,
-                "detour": routing.detour_cells(route.path, settings.cols),
-                "turns": routing.turns(route.path),
-            }
-            for base in split_bases
-            for vehicle, route in zip(vehicles, base.routes, strict=True)
-        ]
-        base_records[split] = [
-            {
-                "base_scenario_id": base.base_id,
-                "spawn_key": list(base.spawn_key),
-                "hour": base.city.hour,
-                "start": base.city.start,
-                "goal": base.city.goal,
-            }
-            for base in split_bases
-        ]
+    examples = {split: _example_records(settings, split_bases) for split, split_bases in bases.items()}
+    base_records = {split: _base_records(split_bases) for split, split_bases in bases.items()}
     all_bases = [base for split_bases in bases.values() for base in split_bases]
     length_by_vehicle = {
         vehicle.name: _length_stats([len(base.routes[index].path) for base in all_bases])

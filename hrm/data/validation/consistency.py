@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.data.compliance import Check, ExampleFacts, share_check
-from hrm.data.raw import RawDataset
+from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.facts import ExampleFacts
+from hrm.data.validation.compliance import Check, share_check
 
-HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, reference/hrm-format.md)
+HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,
     "labels": np.uint8,
     "puzzle_identifiers": np.int32,
@@ -87,43 +88,8 @@ def summary_check(
         )
 
     checked_items = len(problems) + 1
-    for split_name, split in dataset.splits.items():
-        counts = summary["counts"].get(split_name, {})
-        found = {"bases": split.num_groups, "examples": split.num_examples}
-        for key, value in found.items():
-            if counts.get(key) != value:
-                problems.append(
-                    f"{name}: counts.{split_name}.{key} = {counts.get(key)}, the files hold {value}"
-                )
-        records = summary["examples"][split_name]
-        if len(records) != split.num_examples:
-            problems.append(
-                f"{name}: examples.{split_name} has {len(records)} entries, the files hold {split.num_examples}"
-            )
-            continue
-        f = facts[split_name]
-        for i, record in enumerate(records):
-            checked_items += 1
-            where = f"{name}: examples.{split_name}[{i}]"
-            if (
-                record["base_scenario_id"] != split.base_scenario_ids[i]
-                or record["vehicle"] != split.vehicle_types[i]
-            ):
-                problems.append(
-                    f"{where} is ({record['base_scenario_id']}, {record['vehicle']}) but "
-                    f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
-                )
-            elif record["route_length"] != int(f.route_length[i]):
-                problems.append(
-                    f"{where}.route_length = {record['route_length']} but {split.where('labels', i)} marks "
-                    f"{int(f.route_length[i])} cells"
-                )
-            elif f.route_valid[i] and record["route_cost"] != f.route_cost[i]:
-                problems.append(
-                    f"{where}.route_cost = {record['route_cost']} but {split.where('labels', i)}'s route costs "
-                    f"{f.route_cost[i]:.0f}"
-                )
-        problems.extend(_base_endpoint_problems(dataset, split_name))
+    for split_name in dataset.splits:
+        checked_items += _summary_split_problems(dataset, facts[split_name], split_name, problems)
     return share_check(
         "summary_agrees",
         "consistency",
@@ -131,6 +97,49 @@ def summary_check(
         problems,
         checked_items,
     )
+
+
+def _summary_split_problems(
+    dataset: RawDataset, f: ExampleFacts, split_name: str, problems: list[str]
+) -> int:
+    """The summary's counts, per-example records and base endpoints of one split against the files; appends
+    to `problems` and returns the number of example records compared."""
+    name = spec.RAW_SUMMARY_FILE
+    summary = dataset.summary
+    split = dataset.splits[split_name]
+    counts = summary["counts"].get(split_name, {})
+    found = {"bases": split.num_groups, "examples": split.num_examples}
+    for key, value in found.items():
+        if counts.get(key) != value:
+            problems.append(f"{name}: counts.{split_name}.{key} = {counts.get(key)}, the files hold {value}")
+    records = summary["examples"][split_name]
+    if len(records) != split.num_examples:
+        problems.append(
+            f"{name}: examples.{split_name} has {len(records)} entries, the files hold {split.num_examples}"
+        )
+        return 0
+    for i, record in enumerate(records):
+        where = f"{name}: examples.{split_name}[{i}]"
+        if (
+            record["base_scenario_id"] != split.base_scenario_ids[i]
+            or record["vehicle"] != split.vehicle_types[i]
+        ):
+            problems.append(
+                f"{where} is ({record['base_scenario_id']}, {record['vehicle']}) but "
+                f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
+            )
+        elif record["route_length"] != int(f.route_length[i]):
+            problems.append(
+                f"{where}.route_length = {record['route_length']} but {split.where('labels', i)} marks "
+                f"{int(f.route_length[i])} cells"
+            )
+        elif f.route_valid[i] and record["route_cost"] != f.route_cost[i]:
+            problems.append(
+                f"{where}.route_cost = {record['route_cost']} but {split.where('labels', i)}'s route costs "
+                f"{f.route_cost[i]:.0f}"
+            )
+    problems.extend(_base_endpoint_problems(dataset, split_name))
+    return len(records)
 
 
 def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
@@ -183,6 +192,58 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
     return "[" + "][".join(str(int(i)) for i in index) + "]"
 
 
+def _layout_split_problems(split: RawSplit, folder: Path, problems: list[str]) -> int:
+    """One split folder of the HRM layout against the raw split: metadata, each array's dtype, shape and
+    values, the base numbering; appends to `problems`, returns the number of items compared."""
+    metadata = _load_json(folder / "dataset.json", problems)
+    if metadata is not None:
+        for key in HRM_METADATA_FIELDS:
+            if metadata.get(key) != split.metadata[key]:
+                problems.append(
+                    f"{folder / 'dataset.json'}: {key} = {metadata.get(key)!r} but "
+                    f"{split.files['dataset']} has {split.metadata[key]!r}"
+                )
+    expected_arrays = {
+        "inputs": split.inputs,
+        "labels": split.labels,
+        "puzzle_identifiers": split.puzzle_identifiers,
+        "puzzle_indices": split.puzzle_indices,
+        "group_indices": split.group_indices,
+        "vehicle_types": split.example_identifier,
+    }
+    for array_name, expected in expected_arrays.items():
+        path = folder / f"all__{array_name}.npy"
+        array = _load_npy(path, problems)
+        if array is None:
+            continue
+        dtype = HRM_ARRAYS.get(array_name, HRM_EXTRA_DTYPE)
+        if array.dtype != dtype:
+            problems.append(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+        if array.shape != expected.shape:
+            problems.append(f"{path}: shape {list(array.shape)}, raw files give {list(expected.shape)}")
+        elif not np.array_equal(array, expected):
+            problems.append(
+                f"{path}{_first_difference(array, expected)} differs from the raw "
+                f"{split.files.get(array_name, split.files['puzzle_identifiers'])}"
+            )
+    path = folder / "all__base_scenario_ids.npy"
+    bases = _load_npy(path, problems)
+    if bases is not None:
+        if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.num_examples,):
+            problems.append(
+                f"{path}: dtype {bases.dtype} shape {list(bases.shape)}, expected int32 [{split.num_examples}]"
+            )
+        else:
+            # the same base <-> the same number, whatever numbering convert chose
+            base_ids, numbers = split.base_scenario_ids, bases.tolist()
+            pairs = set(zip(base_ids, numbers, strict=True))
+            if len(pairs) != len(set(base_ids)) or len(pairs) != len(set(numbers)):
+                problems.append(
+                    f"{path}: does not number the bases of {split.files['base_scenario_ids']} one to one"
+                )
+    return 2 + len(expected_arrays)
+
+
 def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
     """Every array and metadata file of the HRM layout equals what the raw files say."""
     hrm_dir = Path(hrm_dir)
@@ -208,58 +269,7 @@ def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
                     f"{hrm_dir / spec.HRM_ROUTING_FILE}: differs from the summary's cost_model + rows/cols at {keys}"
                 )
         for split_name, split in dataset.splits.items():
-            folder = hrm_dir / split_name
-            items += 1
-            metadata = _load_json(folder / "dataset.json", problems)
-            if metadata is not None:
-                for key in HRM_METADATA_FIELDS:
-                    if metadata.get(key) != split.metadata[key]:
-                        problems.append(
-                            f"{folder / 'dataset.json'}: {key} = {metadata.get(key)!r} but "
-                            f"{split.files['dataset']} has {split.metadata[key]!r}"
-                        )
-            expected_arrays = {
-                "inputs": split.inputs,
-                "labels": split.labels,
-                "puzzle_identifiers": split.puzzle_identifiers,
-                "puzzle_indices": split.puzzle_indices,
-                "group_indices": split.group_indices,
-                "vehicle_types": split.example_identifier,
-            }
-            for array_name, expected in expected_arrays.items():
-                items += 1
-                path = folder / f"all__{array_name}.npy"
-                array = _load_npy(path, problems)
-                if array is None:
-                    continue
-                dtype = HRM_ARRAYS.get(array_name, HRM_EXTRA_DTYPE)
-                if array.dtype != dtype:
-                    problems.append(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
-                if array.shape != expected.shape:
-                    problems.append(
-                        f"{path}: shape {list(array.shape)}, raw files give {list(expected.shape)}"
-                    )
-                elif not np.array_equal(array, expected):
-                    problems.append(
-                        f"{path}{_first_difference(array, expected)} differs from the raw "
-                        f"{split.files.get(array_name, split.files['puzzle_identifiers'])}"
-                    )
-            items += 1
-            path = folder / "all__base_scenario_ids.npy"
-            bases = _load_npy(path, problems)
-            if bases is not None:
-                if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.num_examples,):
-                    problems.append(
-                        f"{path}: dtype {bases.dtype} shape {list(bases.shape)}, expected int32 [{split.num_examples}]"
-                    )
-                else:
-                    # the same base <-> the same number, whatever numbering convert chose
-                    base_ids, numbers = split.base_scenario_ids, bases.tolist()
-                    pairs = set(zip(base_ids, numbers, strict=True))
-                    if len(pairs) != len(set(base_ids)) or len(pairs) != len(set(numbers)):
-                        problems.append(
-                            f"{path}: does not number the bases of {split.files['base_scenario_ids']} one to one"
-                        )
+            items += _layout_split_problems(split, hrm_dir / split_name, problems)
     return share_check(
         "hrm_layout_agrees",
         "consistency",

@@ -2,20 +2,24 @@
 
 A file set that breaks one of these cannot be read as a dataset at all (lengths disagree, indices point
 outside the arrays, a token the metadata's vocabulary lacks), so every break is collected and raised as one
-UserError naming file, field and index; validate then audits the files (`hrm.data.audit`), each break a finding.
+UserError naming file, field and index; validate then audits the files (`hrm.data.validation.audit`), each break a finding.
 Files that keep them become the one in-memory form of the 18 files, `raw.RawDataset` (via `raw.read_split`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import raw, spec
-from hrm.data.raw import RawDataset, RawSplit
+from hrm.data import spec
+from hrm.data.conversion import raw
+from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.validation import consistency
+from hrm.data.validation.schemas import read_raw_documents
 from hrm.io import UserError
 
 MAX_LISTED = 5  # offending indices quoted per problem
@@ -29,13 +33,12 @@ def _listed(indices: np.ndarray | list[int]) -> str:
 
 def _check_offsets(name: str, offsets: list[int], end: int, end_what: str, problems: list[str]) -> None:
     """Offsets start at 0 (schema), strictly increase (no empty puzzle or group) and end at `end`."""
-    steps = np.diff(np.asarray(offsets, dtype=np.int64))
-    bad = np.flatnonzero(steps <= 0)
+    bad = raw.index_breaks(offsets)
     if bad.size:
-        i = int(bad[0]) + 1
+        i = int(bad[0])
         problems.append(
             f"{name}: $[{i}] = {offsets[i]} is not greater than $[{i - 1}] = {offsets[i - 1]}: indices must "
-            f"increase (offending entries: {_listed(bad + 1)})"
+            f"increase (offending entries: {_listed(bad)})"
         )
     if offsets[-1] != end:
         problems.append(
@@ -170,3 +173,45 @@ def build_dataset(files: raw.RawFiles) -> RawDataset:
         cols=meta["cols"],
         cost_model=None,
     )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Any 18-file set as validate reads it: the documents, every problem of the file layer (missing,
+    unreadable, schema) and of the structure layer (cross-file invariants, cost table), and the splits in the
+    one form, `raw.RawSplit`: the strict dataset when both layers pass, else as far as the documents allow."""
+
+    files: raw.RawFiles
+    file_problems: list[str]
+    structure_problems: list[str]
+    dataset: RawDataset | None  # None: a layer failed (the splits are then read leniently, for the audit)
+    cost_table: np.ndarray | None
+    splits: dict[str, RawSplit]
+
+
+def read_checked(raw_dir: str | Path) -> Reading:
+    """Read the 18 files once (`raw.read_files`), check every layer, collect every problem."""
+    files, file_problems = read_raw_documents(raw_dir)
+    dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
+    if dataset is not None:
+        return Reading(files, [], [], dataset, cost_table, dataset.splits)
+    splits = {split: raw.lenient_split(split, files.documents, files.texts) for split in spec.SPLITS}
+    return Reading(files, file_problems, structure_problems, None, None, splits)
+
+
+def _strict_dataset(files: raw.RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
+    """Schema-valid files through the cross-file invariants (`build_dataset`) with a usable cost table:
+    (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
+    try:
+        dataset = build_dataset(files)
+        cost_table = consistency.summary_cost_table(dataset.summary)
+        if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+            raise UserError(
+                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
+                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
+                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
+            )
+    except UserError as err:
+        lines = str(err).splitlines()
+        return None, None, [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
+    return dataset, cost_table, []

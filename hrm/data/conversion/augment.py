@@ -9,7 +9,7 @@ direction-dependent (a road token is a class and a congestion level, not a headi
 streets), and the moves are the 4 neighbours, which every symmetry of the square maps onto the 4 neighbours.
 So a symmetry maps routes onto routes of the same cost, and the unique optimum of a map onto the unique
 optimum of the transformed map. That argument is not trusted: convert and validate re-check every transformed
-route with the independent Dijkstra (`compliance.example_facts`).
+route with the independent Dijkstra (`facts.example_facts`).
 
 Layout: an augmented example stays in its base's group and keeps its vehicle (puzzle identifier) and base id.
 Each (transform, puzzle) is its own puzzle, as in HRM's builder, so HRM's sampler (one puzzle per group per
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from hrm.config import ConfigError
-from hrm.data.raw import RawSplit
+from hrm.data.conversion.raw import RawSplit
+from hrm.data.facts import example_facts
 
 CHOICES = ("none", "dihedral")
 TRANSFORMS = (
@@ -142,8 +143,6 @@ def transformed_route_failures(
     """Every transformed example of `augment_split`'s output (transform != 0) re-checked by the independent
     Dijkstra of the validate stage: ("train example i (base b, vehicle, transform)" for each whose label is not
     the valid, unique optimal route of its transformed map, the number checked). Shared by convert and validate."""
-    from hrm.data.compliance import example_facts
-
     moved = np.flatnonzero(transform != 0)
     n = len(moved)
     if n == 0:

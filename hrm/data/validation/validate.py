@@ -2,7 +2,7 @@
 
 Order: read and schema-check the 18 files, then their cross-file invariants; then every compliance check,
 scored with params' weights. Files that fail either strict layer (anyone's 18 files: the original tool's,
-a hand-edited set) are audited instead (`hrm.data.audit`): the layer's problems become findings, every check
+a hand-edited set) are audited instead (`hrm.data.validation.audit`): the layer's problems become findings, every check
 that can still run on what the files hold runs, the rest are listed as not run and score 0. Reports are
 written (each file atomically) whatever the outcome, so a failing dataset leaves a readable explanation; the
 stage then exits non-zero below the threshold or on any critical failure.
@@ -21,11 +21,13 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import audit, augment, colours, compliance, consistency, spec
-from hrm.data import generate as generate_module
-from hrm.data.invariants import build_dataset
-from hrm.data.raw import RawDataset, RawSplit
-from hrm.data.schemas import read_raw_documents
+from hrm.data import colours, spec
+from hrm.data.conversion import augment
+from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.facts import ExampleFacts, example_facts
+from hrm.data.generation import generate as generate_module
+from hrm.data.validation import audit, compliance, consistency
+from hrm.data.validation.invariants import Reading, read_checked
 
 REPORT_JSON = "compliance.json"
 REPORT_MD = "compliance.md"
@@ -43,35 +45,18 @@ class ValidateSettings:
     weights: dict[str, float]
     plot_examples: int
     near_duplicate_share: float
-    expected_bases: dict[str, int]
-    cost_model: spec.CostModel
-    min_route_length: int
-    difficulty: generate_module.DifficultyParams
+    generate: generate_module.GenerateSettings  # counts, cost model, min route length, difficulty rules
     augment: str = "none"  # convert.augment: the HRM layout's train split holds these symmetries
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str | Path = "params.yaml") -> ValidateSettings:
         paths = section(params, "paths", source)
         validate = section(params, "validate", source)
-        generate = section(params, "generate", source)
         # types and ranges: schemas/params.schema.json (hrm.config.load_params); a sum is beyond a schema
         weights = validate["weights"]
         if abs(sum(weights.values()) - 1) > 1e-9:
             raise ConfigError(f"{source}: validate.weights must sum to 1, got {weights}")
-        try:
-            cost_model = spec.CostModel(
-                tuple(spec.parse_vehicles(generate["vehicles"], f"{source}:generate.vehicles"))
-            )
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        difficulty = generate_module.DifficultyParams.from_dict(
-            generate["difficulty"],
-            len(cost_model.vehicles),
-            int(generate["rows"]),
-            int(generate["cols"]),
-            int(generate["min_route_length"]),
-            str(source),
-        )
+        generate = generate_module.GenerateSettings.from_params(params, str(source))
         convert_settings = params.get("convert") or {}
         augment_setting = augment.parse(convert_settings.get("augment", "none"))
         return cls(
@@ -82,10 +67,7 @@ class ValidateSettings:
             weights={k: float(weights[k]) for k in compliance.CATEGORIES},
             plot_examples=int(validate["plot_examples"]),
             near_duplicate_share=float(validate["near_duplicate_share"]),
-            expected_bases={split: int(generate[f"{split}_bases"]) for split in spec.SPLITS},
-            cost_model=cost_model,
-            min_route_length=int(generate["min_route_length"]),
-            difficulty=difficulty,
+            generate=generate,
             augment=augment_setting,
         )
 
@@ -94,7 +76,7 @@ class ValidateSettings:
 class Validation:
     report: compliance.ComplianceReport
     dataset: RawDataset | None  # None: the files failed a strict layer and were audited (no plot)
-    facts: dict[str, compliance.ExampleFacts]
+    facts: dict[str, ExampleFacts]
     seconds: float
 
 
@@ -122,56 +104,16 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     structure layer are audited instead: those layers' problems become findings and every check that can
     still run, runs; the rest are listed as not run."""
     began = time.perf_counter()
-    files, file_problems = read_raw_documents(settings.raw_dir)
-    documents = files.documents
-    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
-    structure_problems: list[str] = []
-    dataset = None
-    if not file_problems:
-        try:
-            dataset = build_dataset(files)
-            cost_table = consistency.summary_cost_table(dataset.summary)
-            if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-                raise io.UserError(
-                    f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
-                    f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
-                    f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
-                )
-        except io.UserError as err:
-            dataset = None
-            lines = str(err).splitlines()
-            structure_problems = [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
-    if dataset is None:  # the audit reads whatever the documents allow
-        views = {split: audit.split_view(split, documents, files.texts) for split in spec.SPLITS}
-        return _audit(settings, documents, views, identifiers, file_problems, structure_problems, began)
-    views = {split: audit.view_of(dataset.splits[split]) for split in spec.SPLITS}  # converted once
+    reading = read_checked(settings.raw_dir)
+    dataset, cost_table, views = reading.dataset, reading.cost_table, reading.splits
+    if dataset is None:  # the audit: every check that can run on what the documents hold
+        return _audit(settings, reading, began)
 
     facts = {
-        name: compliance.example_facts(split, cost_table, dataset.rows, dataset.cols)
+        name: example_facts(split, cost_table, dataset.rows, dataset.cols)
         for name, split in dataset.splits.items()
     }
-    n_vehicles = len(settings.cost_model.vehicles)
-    checks: list[compliance.Check] = []
-    for split in spec.SPLITS:
-        expected = settings.expected_bases[split]
-        checks.append(
-            compliance.count_check(
-                f"{split}_examples",
-                "methodology",
-                f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                dataset.splits[split].num_examples,
-                expected * n_vehicles,
-            )
-        )
-        checks.append(
-            compliance.count_check(
-                f"{split}_bases",
-                "methodology",
-                f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                len(set(dataset.splits[split].base_scenario_ids)),
-                expected,
-            )
-        )
+    checks = audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
     try:
         transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
     except ConfigError as err:
@@ -181,15 +123,19 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
     checks.extend(group_checks)
     table = compliance.example_table(dataset, facts)
-    checks.append(compliance.table_check(dataset, table, settings.min_route_length))
+    checks.append(compliance.table_check(dataset, table, settings.generate.min_route_length))
     checks.extend(compliance.token_checks(dataset, facts))
     checks.extend(compliance.route_checks(dataset, facts))
     # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
     generic, audit_figures = audit.generic_checks(
-        views, identifiers, settings.near_duplicate_share, across=False
+        views, dataset.identifiers, settings.near_duplicate_share, across=False
     )
     checks.extend(generic)
-    checks.append(consistency.summary_check(dataset, facts, settings.cost_model, settings.min_route_length))
+    checks.append(
+        consistency.summary_check(
+            dataset, facts, settings.generate.cost_model, settings.generate.min_route_length
+        )
+    )
     layout_dataset = dataset
     if len(transforms) > 1:
         augmented, transform = augment.augment_split(
@@ -200,7 +146,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     if settings.hrm_dir is not None:
         checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
         checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
-    rules = settings.difficulty
+    rules = settings.generate.difficulty
     difficulty, difficulty_figures = compliance.difficulty_checks(
         dataset,
         facts,
@@ -211,7 +157,7 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     )
     checks.extend(difficulty)
     figures = {
-        **compliance.route_figures(dataset, facts, settings.min_route_length),
+        **compliance.route_figures(dataset, facts, settings.generate.min_route_length),
         **group_figures,
         **leakage_figures,
         **audit_figures,
@@ -228,17 +174,12 @@ def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
     return sorted(checks, key=lambda check: order[check.category])
 
 
-def _audit(
-    settings: ValidateSettings,
-    documents: dict[str, Any],
-    views: dict[str, audit.SplitView],
-    identifiers: Any,
-    file_problems: list[str],
-    structure_problems: list[str],
-    began: float,
-) -> Validation:
+def _audit(settings: ValidateSettings, reading: Reading, began: float) -> Validation:
     """The report for files that fail a strict layer: its findings, every check that still runs, the rest
     listed as not run (each scores 0)."""
+    documents, views = reading.files.documents, reading.splits
+    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
+    file_problems, structure_problems = reading.file_problems, reading.structure_problems
     by_file: dict[str, list[str]] = {}
     for problem in file_problems:
         by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
@@ -273,8 +214,7 @@ def _audit(
                 max(len(structure_problems), 1),
             )
         )
-    n_vehicles = len(settings.cost_model.vehicles)
-    checks += audit.count_checks(views, settings.expected_bases, n_vehicles)
+    checks += audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
     checks.append(audit.summary_claims_check(views, documents.get(spec.RAW_SUMMARY_FILE)))
     checks.append(audit.base_overlap_check(views))
     generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
@@ -420,7 +360,22 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
                 lines.append(f"- ... and {check.failure_count - len(check.failures)} more")
             lines.append("")
     figures = report.figures
+    lines += figures_markdown(figures)
+    if "difficulty" in figures:
+        lines += difficulty_markdown(figures["difficulty"])
     lines += [
+        "",
+        "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
+        "of the generator's A*; a route's optimum is unique when no cell off the route lies on another "
+        "optimal route. See `scenarios.png` for scenarios with their vehicles' routes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figures_markdown(figures: dict[str, Any]) -> list[str]:
+    """The leakage and near-duplicate figures, then the route and diversity figures, as two tables."""
+    lines = [
         "",
         "## Leakage and near-duplicates",
         "",
@@ -445,16 +400,7 @@ def report_markdown(report: compliance.ComplianceReport, raw_dir: Path, hrm_dir:
         for key, value in flat.items()
         if not ("share" in key or "near_duplicate" in key or "identical" in key)
     ]
-    if "difficulty" in figures:
-        lines += difficulty_markdown(figures["difficulty"])
-    lines += [
-        "",
-        "Route optimality is re-checked by scipy's Dijkstra on the summary file's cost table, independently "
-        "of the generator's A*; a route's optimum is unique when no cell off the route lies on another "
-        "optimal route. See `scenarios.png` for scenarios with their vehicles' routes.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def difficulty_markdown(difficulty: dict[str, Any]) -> list[str]:

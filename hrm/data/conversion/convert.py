@@ -1,6 +1,6 @@
 """The convert stage: the 18 raw JSON files -> HRM's on-disk layout (`paths.hrm`).
 
-Output (see docs/design.md, shared/reference/hrm-format.md):
+Output (docs/design.md, Data contract: HRM layout):
     identifiers.json, routing.json (our files only: the cost model + rows/cols),
     {train,test}/dataset.json, all__{inputs,labels}.npy (uint8 [N, seq_len]),
     all__{puzzle_identifiers,puzzle_indices,group_indices}.npy (int32),
@@ -19,8 +19,9 @@ import numpy as np
 
 from hrm import io
 from hrm.config import ConfigError, load_params, section
-from hrm.data import augment as augmentation
-from hrm.data import raw, spec
+from hrm.data import spec
+from hrm.data.conversion import augment as augmentation
+from hrm.data.conversion import raw
 
 HRM_SET = "all"
 STANDARD_VEHICLES = ("bike", "car", "van", "truck")  # the original tool's easy/normal/hard/expert
@@ -84,7 +85,7 @@ def convert(
     """Convert `raw_dir` into `out_dir`; returns a small report (source, counts, issues converted past).
 
     `augment` is `convert.augment`: "dihedral" writes the train split under the 8 symmetries of the map
-    (`hrm.data.augment`), each transformed route re-checked first; the test split is never augmented."""
+    (`hrm.data.conversion.augment`), each transformed route re-checked first; the test split is never augmented."""
     dataset = raw.read_raw(raw_dir)
     if strict and dataset.issues:
         listed = "\n".join(f"  - {issue}" for issue in dataset.issues)
@@ -157,7 +158,7 @@ def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
 
 
 def _readable(path: Path) -> None:
-    from hrm.data.generate import readable_folder
+    from hrm.data.generation.generate import readable_folder
 
     readable_folder(path)
 

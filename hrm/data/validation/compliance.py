@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import routing, spec
-from hrm.data.raw import RawDataset, RawSplit
+from hrm.data import spec
+from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.facts import ExampleFacts, detour_figures
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
 MAX_FAILURES_LISTED = 5
@@ -39,6 +40,40 @@ class Check:
     failure_count: int = 0
     not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        category: str,
+        description: str,
+        value: float,
+        score: float,
+        failures: list[str],
+        expected: str = "= 1.0",
+        critical: bool = True,
+        count: int | None = None,
+        passed: bool | None = None,
+        not_run: str = "",
+    ) -> Check:
+        """From every failure message: the first MAX_FAILURES_LISTED are kept, failure_count is `count` (default
+        one per message), passed means no failure unless `passed` says otherwise; score rounded to 6 places."""
+        passed = not failures if passed is None else passed
+        count = len(failures) if count is None else count
+        kept = failures[:MAX_FAILURES_LISTED]
+        return cls(
+            name,
+            category,
+            description,
+            value,
+            expected,
+            round(score, 6),
+            passed,
+            critical,
+            kept,
+            count,
+            not_run,
+        )
+
 
 def share_check(
     name: str,
@@ -54,17 +89,17 @@ def share_check(
     `failure_count`: items failed when a message covers several (the audit's findings); default one each."""
     bad = len(failures) if failure_count is None else failure_count
     share = max(0.0, 1.0 - bad / total) if total else 0.0
-    return Check(
+    share = round(share, 6)
+    return Check.of(
         name,
         category,
         description,
-        round(share, 6),
-        "= 1.0",
-        round(share, 6),
-        not failures and total > 0,
-        critical,
-        failures[:MAX_FAILURES_LISTED],
-        bad,
+        share,
+        share,
+        failures,
+        critical=critical,
+        count=bad,
+        passed=not failures and total > 0,
     )
 
 
@@ -72,102 +107,7 @@ def count_check(name: str, category: str, description: str, found: int, expected
     """Found must equal expected; the score shrinks with the ratio of the two."""
     score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
     failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
-    return Check(
-        name,
-        category,
-        description,
-        found,
-        f"= {expected}",
-        round(score, 6),
-        not failures,
-        True,
-        failures,
-        len(failures),
-    )
-
-
-# ---- per-example facts ------------------------------------------------------------------------------
-
-
-@dataclass
-class ExampleFacts:
-    """Facts about every example of one split, in example order (arrays of length N)."""
-
-    n_start_input: np.ndarray
-    n_goal_input: np.ndarray
-    n_start_label: np.ndarray
-    n_goal_label: np.ndarray
-    unexpected_input: np.ndarray  # cells holding a token an input may not hold
-    unexpected_label: np.ndarray
-    bad_label_changes: np.ndarray  # cells where label != input other than a ROUTE mark on a non-endpoint
-    route_length: np.ndarray  # ROUTE cells + start + goal
-    route_cost: np.ndarray  # float, NaN where the route is invalid
-    optimal_cost: np.ndarray  # float, NaN where no route exists (scipy Dijkstra)
-    route_valid: np.ndarray  # bool (routing.check_route)
-    route_unique: np.ndarray  # bool: the optimum is unique and is the labelled route
-    route_reason: list[str]
-    paths: list[tuple[int, ...]]  # ordered route cells when valid
-
-
-def _token_counts(grids: np.ndarray) -> np.ndarray:
-    """[N, 256] count of each token id per grid."""
-    n = grids.shape[0]
-    offsets = grids.astype(np.int64) + 256 * np.arange(n)[:, None]
-    return np.bincount(offsets.reshape(-1), minlength=256 * n).reshape(n, 256)
-
-
-def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
-    inputs, labels = split.inputs, split.labels
-    count_in, count_label = _token_counts(inputs), _token_counts(labels)
-    allowed_in = np.zeros(256, dtype=bool)
-    allowed_in[list(spec.INPUT_TOKENS)] = True
-    allowed_label = np.zeros(256, dtype=bool)
-    allowed_label[list(spec.LABEL_TOKENS)] = True
-    endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
-    route_mark = (labels == spec.ROUTE) & ~endpoint
-    n = split.num_examples
-    facts = ExampleFacts(
-        n_start_input=count_in[:, spec.START],
-        n_goal_input=count_in[:, spec.GOAL],
-        n_start_label=count_label[:, spec.START],
-        n_goal_label=count_label[:, spec.GOAL],
-        unexpected_input=count_in[:, ~allowed_in].sum(axis=1),
-        unexpected_label=count_label[:, ~allowed_label].sum(axis=1),
-        bad_label_changes=((labels != inputs) & ~route_mark).sum(axis=1),
-        route_length=count_label[:, spec.ROUTE] + 2,
-        route_cost=np.full(n, np.nan),
-        optimal_cost=np.full(n, np.nan),
-        route_valid=np.zeros(n, dtype=bool),
-        route_unique=np.zeros(n, dtype=bool),
-        route_reason=[""] * n,
-        paths=[()] * n,
-    )
-    for i in range(n):
-        identifier = int(split.example_identifier[i])
-        if not 0 < identifier < cost_table.shape[0]:
-            facts.route_reason[i] = (
-                f"puzzle identifier {identifier} has no vehicle in the summary's cost table"
-            )
-            continue
-        cost_row = cost_table[identifier]
-        check = routing.check_route(inputs[i], labels[i], cost_row, rows, cols)
-        facts.route_reason[i] = check.reason
-        starts, goals = np.flatnonzero(inputs[i] == spec.START), np.flatnonzero(inputs[i] == spec.GOAL)
-        if starts.size != 1 or goals.size != 1:
-            continue
-        cell_cost = cost_row[inputs[i]]
-        optimum, on_optimal = routing.dijkstra_optimum(cell_cost, int(starts[0]), int(goals[0]), rows, cols)
-        if optimum is not None:
-            facts.optimal_cost[i] = optimum
-        if not check.valid:
-            continue
-        facts.route_valid[i] = True
-        facts.paths[i] = check.path
-        route_cells = np.zeros(rows * cols, dtype=bool)
-        route_cells[list(check.path)] = True
-        facts.route_cost[i] = int(cell_cost[route_mark[i]].sum())  # own sum, not routing.route_cost
-        facts.route_unique[i] = bool(np.array_equal(on_optimal, route_cells))
-    return facts
+    return Check.of(name, category, description, found, score, failures, expected=f"= {expected}")
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -296,18 +236,11 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
         encoding_problems.append(
             f"{spec.RAW_SUMMARY_FILE}: cost_model.tokens differs from the token table {spec.token_names()}"
         )
-    encoding = Check(
-        "encoding",
-        "tokens",
-        "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)",
-        0.0 if encoding_problems else 1.0,
-        "= 1.0",
-        0.0 if encoding_problems else 1.0,
-        not encoding_problems,
-        True,
-        encoding_problems[:MAX_FAILURES_LISTED],
-        len(encoding_problems),
+    found = 0.0 if encoding_problems else 1.0
+    description = (
+        "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)"
     )
+    encoding = Check.of("encoding", "tokens", description, found, found, encoding_problems)
     return [
         encoding,
         share_check(
@@ -439,6 +372,26 @@ def _group_rows(split: RawSplit) -> list[np.ndarray]:
     return [np.flatnonzero(split.example_group == g) for g in range(split.num_groups)]
 
 
+def _variant_problems(split: RawSplit, rows: np.ndarray, bases: list[str], vehicles: list[str]) -> list[str]:
+    """What keeps one group from being one base with one puzzle and one example per vehicle."""
+    puzzles = np.unique(split.example_puzzle[rows])
+    found = sorted(split.vehicle_types[i] for i in rows)
+    problems = []
+    if len(bases) != 1:
+        problems.append(f"{len(bases)} base ids in one group")
+    if found != sorted(vehicles):
+        missing = sorted(set(vehicles) - set(found))
+        extra = sorted((Counter(found) - Counter(vehicles)).elements())
+        problems.append(
+            f"vehicles {found}"
+            + (f", missing {missing}" if missing else "")
+            + (f", extra {extra}" if extra else "")
+        )
+    if len(puzzles) != len(rows):
+        problems.append(f"{len(rows)} examples in {len(puzzles)} puzzles (one example per puzzle expected)")
+    return problems
+
+
 def group_checks(
     dataset: RawDataset, facts: dict[str, ExampleFacts], cost_table: np.ndarray
 ) -> tuple[list[Check], dict]:
@@ -455,23 +408,7 @@ def group_checks(
             for base in bases:
                 groups_of_base[base].append(g)
             where = f"{split.files['group_indices']} group {g} (base {', '.join(bases)})"
-            puzzles = np.unique(split.example_puzzle[rows])
-            found = sorted(split.vehicle_types[i] for i in rows)
-            problems = []
-            if len(bases) != 1:
-                problems.append(f"{len(bases)} base ids in one group")
-            if found != sorted(vehicles):
-                missing = sorted(set(vehicles) - set(found))
-                extra = sorted((Counter(found) - Counter(vehicles)).elements())
-                problems.append(
-                    f"vehicles {found}"
-                    + (f", missing {missing}" if missing else "")
-                    + (f", extra {extra}" if extra else "")
-                )
-            if len(puzzles) != len(rows):
-                problems.append(
-                    f"{len(rows)} examples in {len(puzzles)} puzzles (one example per puzzle expected)"
-                )
+            problems = _variant_problems(split, rows, bases, vehicles)
             if problems:
                 variant_failures.append(f"{where}: " + "; ".join(problems))
             first = split.inputs[rows[0]]
@@ -537,9 +474,21 @@ def group_checks(
     return checks, figures
 
 
-def base_maps(split: RawSplit) -> tuple[np.ndarray, list[int]]:
-    """One input grid per group (its first example) and that example's index."""
-    firsts = [int(rows[0]) for rows in _group_rows(split)]
+def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list[int]]:
+    """One input grid per group (its first example) and that example's index; `per_base` (the audit, where
+    groups may be unreadable): per base id, or per example when base ids are unreadable too."""
+    if not per_base:
+        keys = split.example_group.tolist()
+    else:
+        keys = (
+            range(split.num_examples)
+            if split.base_scenario_ids is None
+            else map(str, split.base_scenario_ids)
+        )
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    firsts = sorted(first.values())
     return split.inputs[firsts], firsts
 
 
@@ -565,9 +514,9 @@ def leakage_checks(
 ) -> tuple[list[Check], dict]:
     """Base ids and identical grids shared by train and test (critical); near-duplicate maps (reported).
 
-    `transforms`: the symmetries the train split is trained under (`hrm.data.augment`, convert.augment): a
+    `transforms`: the symmetries the train split is trained under (`hrm.data.conversion.augment`, convert.augment): a
     test grid equal to any of them applied to a train grid is a leak."""
-    from hrm.data.augment import TRANSFORMS, transform_grids
+    from hrm.data.conversion.augment import TRANSFORMS, transform_grids
 
     train, test = dataset.splits["train"], dataset.splits["test"]
     first_index = {}
@@ -599,33 +548,23 @@ def leakage_checks(
                 + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_scenario_ids))
-    overlap_check = Check(
-        "base_overlap",
-        "methodology",
-        "no base scenario id in both splits",
-        len(overlap),
-        "= 0",
-        round(1 - len(overlap) / test_bases, 6) if test_bases else 0.0,
-        not overlap,
-        True,
-        overlap[:MAX_FAILURES_LISTED],
-        len(overlap),
-    )
+    score = 1 - len(overlap) / test_bases if test_bases else 0.0
+    description = "no base scenario id in both splits"
+    overlap_check = Check.of("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
     test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
-    identical_check = Check(
-        "identical_grids_across_splits",
-        "methodology",
-        "no input grid of the test split also in the train split"
-        + (f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""),
-        len(identical),
-        "= 0",
-        round(1 - len(identical) / test_maps, 6) if test_maps else 0.0,
-        not identical,
-        True,
-        identical[:MAX_FAILURES_LISTED],
-        len(identical),
+    description = "no input grid of the test split also in the train split" + (
+        f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""
+    )
+    score = 1 - len(identical) / test_maps if test_maps else 0.0
+    identical_check = Check.of(
+        "identical_grids_across_splits", "methodology", description, len(identical), score, identical, "= 0"
     )
 
+    return [overlap_check, identical_check], near_duplicate_figures(train, test, near_duplicate_share)
+
+
+def near_duplicate_figures(train: RawSplit, test: RawSplit, near_duplicate_share: float) -> dict[str, Any]:
+    """Identical and near-duplicate base-map pairs within and across the splits (reported, not scored)."""
     figures: dict[str, Any] = {"near_duplicate_share": near_duplicate_share}
     train_maps, test_maps_array = base_maps(train)[0], base_maps(test)[0]
     # "map": the input grid as is; "layout": congestion levels folded away, so that one city at two hours of
@@ -651,7 +590,7 @@ def leakage_checks(
             figures[f"max_{view}_equal_share_within_{name}"] = (
                 round(float(within.max()), 4) if within.size else 0.0
             )
-    return [overlap_check, identical_check], figures
+    return figures
 
 
 # ---- the score -------------------------------------------------------------------------------------------
@@ -719,20 +658,28 @@ def _share(count: int, total: int) -> float:
 
 
 def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> dict[str, Any]:
-    n = len(detours)
+    """generate's difficulty figures (`facts.detour_figures`) under the report's names, with DETOUR_BINS."""
+    figures = detour_figures(detours.tolist(), turns.tolist(), min_detour)
     out: dict[str, Any] = {
-        "examples": n,
-        "monotone_share": _share(int((detours == 0).sum()), n),
-        "detour_share": _share(int((detours >= min_detour).sum()), n),
-        "detour_mean": round(float(detours.mean()), 4) if n else 0.0,
-        "detour_max": int(detours.max()) if n else 0,
-        "turns_mean": round(float(turns.mean()), 4) if n else 0.0,
+        "examples": figures["examples"],
+        "monotone_share": figures["monotone_share"],
+        "detour_share": figures["detour_share"],
+        "detour_mean": figures["mean_detour"],
+        "detour_max": figures["max_detour"],
+        "turns_mean": figures["mean_turns"],
     }
     for low, high in DETOUR_BINS:
         name = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
-        inside = (detours >= low) & (detours <= (high if high is not None else detours.max(initial=0)))
-        out[f"detour_{name}"] = int(inside.sum())
+        out[f"detour_{name}"] = int(((detours >= low) & (high is None or detours <= high)).sum())
     return out
+
+
+def _rule_check(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
+    """A `generate.difficulty` share: scored by how close it comes, not critical."""
+    score = 1.0 if required == 0 else min(1.0, found / required)
+    return Check.of(
+        name, "augmentation_quality", description, found, score, failures, f">= {required:g}", critical=False
+    )
 
 
 def difficulty_checks(
@@ -748,8 +695,6 @@ def difficulty_checks(
     distinct routes; plus the detour histogram, monotone share and turns, overall and per vehicle.
     Not critical: they measure how much search the data needs, not whether a label is right. An invalid
     route counts as no detour (route_valid reports it)."""
-    from hrm.data import routing
-
     cols = dataset.cols
     figures: dict[str, Any] = {
         "rules": {"min_detour": min_detour, "min_distinct_routes": min_distinct_routes}
@@ -758,9 +703,7 @@ def difficulty_checks(
     lowest_detour_share = lowest_distinct_share = 1.0
     per_vehicle: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for name, split in dataset.splits.items():
-        paths = facts[name].paths
-        detours = np.array([routing.detour_cells(p, cols) if p else 0 for p in paths], dtype=np.int64)
-        turns = np.array([routing.turns(p) if p else 0 for p in paths], dtype=np.int64)
+        detours, turns = facts[name].detours(cols), facts[name].turns()
         for i in range(split.num_examples):
             per_vehicle[split.vehicle_types[i]].append((int(detours[i]), int(turns[i])))
         summary = _detour_summary(detours, turns, min_detour)
@@ -782,32 +725,17 @@ def difficulty_checks(
                 f"{min_distinct_routes} distinct routes, params.yaml generate.difficulty.min_distinct_share "
                 f"asks for {min_distinct_share}"
             )
-    figures["by_vehicle"] = {
-        vehicle: {
-            "monotone_share": _share(sum(d == 0 for d, _ in values), len(values)),
-            "detour_mean": round(float(np.mean([d for d, _ in values])), 4),
-            "turns_mean": round(float(np.mean([t for _, t in values])), 4),
+    figures["by_vehicle"] = {}
+    for vehicle, values in per_vehicle.items():
+        found = detour_figures([d for d, _ in values], [t for _, t in values], min_detour)
+        figures["by_vehicle"][vehicle] = {
+            "monotone_share": found["monotone_share"],
+            "detour_mean": found["mean_detour"],
+            "turns_mean": found["mean_turns"],
         }
-        for vehicle, values in per_vehicle.items()
-    }
-
-    def rule(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
-        score = 1.0 if required == 0 else min(1.0, found / required)
-        return Check(
-            name,
-            "augmentation_quality",
-            description,
-            found,
-            f">= {required:g}",
-            round(score, 6),
-            not failures,
-            False,
-            failures[:MAX_FAILURES_LISTED],
-            len(failures),
-        )
 
     checks = [
-        rule(
+        _rule_check(
             "detour_share",
             f"lowest share over the splits of routes with a detour >= {min_detour} cells (route longer than the "
             "Manhattan walk: the example needs search), generate.difficulty.min_detour_share",
@@ -815,7 +743,7 @@ def difficulty_checks(
             min_detour_share,
             detour_failures,
         ),
-        rule(
+        _rule_check(
             "distinct_routes_share",
             f"lowest share over the splits of bases whose vehicles take >= {min_distinct_routes} distinct "
             "routes, generate.difficulty.min_distinct_share",

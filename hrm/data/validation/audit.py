@@ -6,159 +6,35 @@ still run on the parsed documents runs: counts against params and against the su
 inputs that carry different labels for the same puzzle identifier, identical and near-identical maps,
 vehicles whose labels are the same in every base, blank identifiers, the vocabulary and seq_len HRM will
 be told, labels that hide cells behind the ignore label. Checks that cannot run are listed with the reason
-and score 0. These checks also run on our own files, next to the full ones (`hrm.data.compliance`).
+and score 0. These checks also run on our own files, next to the full ones (`hrm.data.validation.compliance`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import raw, spec
-from hrm.data.compliance import MAX_FAILURES_LISTED, Check, count_check, equal_share_matrix, share_check
-from hrm.io import UserError
+from hrm.data import spec
+from hrm.data.conversion.raw import RawSplit
+from hrm.data.validation.compliance import (
+    MAX_FAILURES_LISTED,
+    Check,
+    base_maps,
+    count_check,
+    equal_share_matrix,
+    share_check,
+)
 
 BLANK_IDENTIFIER = "<blank>"
 
 
-@dataclass
-class SplitView:
-    """One split as far as its documents allow; None where a file is missing or not the right shape."""
-
-    name: str
-    files: dict[str, str]
-    metadata: dict[str, Any] | None
-    inputs: np.ndarray | None  # [N, L] int64
-    labels: np.ndarray | None
-    example_identifier: np.ndarray | None  # [N] puzzle identifier of each example
-    base_scenario_ids: list[Any] | None
-    vehicle_types: list[Any] | None
-    unreadable: dict[str, str]  # kind -> why it could not be used
-
-    @property
-    def num_examples(self) -> int:
-        return 0 if self.inputs is None else int(self.inputs.shape[0])
-
-    def where(self, kind: str, index: int | None = None) -> str:
-        return self.files[kind] + (f"[{index}]" if index is not None else "")
-
-    def about(self, i: int) -> str:
-        """'base b, vehicle v' of example i, as far as known."""
-        base = (
-            self.base_scenario_ids[i]
-            if self.base_scenario_ids is not None and i < len(self.base_scenario_ids)
-            else "?"
-        )
-        vehicle = (
-            self.vehicle_types[i] if self.vehicle_types is not None and i < len(self.vehicle_types) else "?"
-        )
-        return f"base {base!r}, {vehicle!r}"
-
-
-def _grid(
-    name: str, kind: str, documents: dict[str, Any], texts: dict[str, str]
-) -> tuple[np.ndarray | None, str]:
-    """The grids as convert's converter (`raw.int_matrix`) reads them, tokens coerced (a stray bool or float
-    in one grid must not hide the whole file from the audit; file_schemas reports it), or why they cannot be
-    used."""
-    if name not in documents:
-        return None, "missing or not JSON (see file_schemas)"
-    try:
-        return raw.int_matrix(Path(name), kind, documents[name], texts.get(name), coerce=True), ""
-    except UserError as err:
-        return None, str(err).removeprefix(f"{name}: ")
-
-
-def _int_list(name: str, kind: str, document: Any) -> np.ndarray | None:
-    """The integers as the strict converter (`raw.int_vector`) reads them; None when it refuses them."""
-    try:
-        return raw.int_vector(Path(name), kind, document)
-    except UserError:
-        return None
-
-
-def view_of(split: raw.RawSplit) -> SplitView:
-    """The view of a split that passed every strict layer: its arrays as they are, nothing unreadable."""
-    return SplitView(
-        split.name,
-        split.files,
-        split.metadata,
-        split.inputs,
-        split.labels,
-        split.example_identifier,
-        split.base_scenario_ids,
-        split.vehicle_types,
-        {},
-    )
-
-
-def split_view(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> SplitView:
-    """The split as far as its documents (by file name) allow; `texts` as `raw.read_files` gives them."""
-    files = spec.raw_split_files(split)
-    docs = {kind: documents.get(name) for kind, name in files.items()}
-    unreadable: dict[str, str] = {}
-    inputs, why = _grid(files["inputs"], "inputs", documents, texts or {})
-    if inputs is None:
-        unreadable["inputs"] = why
-    labels, why = _grid(files["labels"], "labels", documents, texts or {})
-    if labels is None or (inputs is not None and labels.shape != inputs.shape):
-        unreadable["labels"] = why or "a different shape from the inputs"
-        labels = None
-    n = 0 if inputs is None else inputs.shape[0]
-    identifier = None
-    puzzle_ids = _int_list(files["puzzle_identifiers"], "puzzle_identifiers", docs["puzzle_identifiers"])
-    puzzle_indices = _int_list(files["puzzle_indices"], "puzzle_indices", docs["puzzle_indices"])
-    if puzzle_ids is not None and puzzle_indices is not None and puzzle_indices.size == puzzle_ids.size + 1:
-        steps = np.diff(puzzle_indices)
-        if puzzle_indices[0] == 0 and (steps >= 0).all() and puzzle_indices[-1] == n:
-            identifier = np.repeat(puzzle_ids, steps)
-    if identifier is None and puzzle_ids is not None and puzzle_ids.size == n:
-        identifier = puzzle_ids  # one example per puzzle, as in every producer of these files
-    if identifier is None:
-        unreadable["puzzle_identifiers"] = "puzzle identifiers or indices do not map onto the examples"
-
-    def names(kind: str) -> list[Any] | None:
-        value = docs[kind]
-        if isinstance(value, list) and len(value) == n:
-            return value
-        unreadable[kind] = f"not a list of {n} entries, one per example"
-        return None
-
-    metadata = docs["dataset"] if isinstance(docs["dataset"], dict) else None
-    if metadata is None:
-        unreadable["dataset"] = "not a JSON object"
-    return SplitView(
-        split,
-        files,
-        metadata,
-        inputs,
-        labels,
-        identifier,
-        names("base_scenario_ids"),
-        names("vehicle_types"),
-        unreadable,
-    )
-
-
 def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
     """A check that could not run: listed with its reason, scored 0, failed."""
-    return Check(
-        name,
-        category,
-        description,
-        0.0,
-        "= 1.0",
-        0.0,
-        False,
-        critical,
-        [f"not run: {reason}"],
-        1,
-        not_run=reason,
+    return Check.of(
+        name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
     )
 
 
@@ -185,7 +61,7 @@ def _examples(items: list[Any], limit: int = 3) -> str:
 # ---- the checks ------------------------------------------------------------------------------------------
 
 
-def count_checks(views: dict[str, SplitView], expected_bases: dict[str, int], n_vehicles: int) -> list[Check]:
+def count_checks(views: dict[str, RawSplit], expected_bases: dict[str, int], n_vehicles: int) -> list[Check]:
     """Examples and distinct base ids per split, against params (the same checks as on our own files)."""
     checks = []
     for split, view in views.items():
@@ -241,7 +117,7 @@ def _claims(summary: Any, split: str) -> dict[str, Any]:
     return claims
 
 
-def summary_claims_check(views: dict[str, SplitView], summary: Any) -> Check:
+def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
     description = "the summary's own counts (examples, bases per split) equal what the files hold"
     findings: list[tuple[str, int]] = []
     compared = 0
@@ -271,7 +147,7 @@ def summary_claims_check(views: dict[str, SplitView], summary: Any) -> Check:
     return finding_check("summary_claims", "methodology", description, findings, compared)
 
 
-def identifier_check(views: dict[str, SplitView], identifiers: Any) -> Check:
+def identifier_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
     """Blank or missing base ids, vehicle names and puzzle identifiers (the blank id 0 tells the model
     nothing: every vehicle looks the same to it)."""
     findings: list[tuple[str, int]] = []
@@ -328,7 +204,7 @@ def identifier_check(views: dict[str, SplitView], identifiers: Any) -> Check:
     )
 
 
-def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
+def conflicting_labels_check(views: dict[str, RawSplit]) -> Check:
     """The same input with the same puzzle identifier but different labels: no model can tell them apart."""
     description = (
         "no input appears with the same puzzle identifier and different labels (within and across splits)"
@@ -372,20 +248,8 @@ def conflicting_labels_check(views: dict[str, SplitView]) -> Check:
     return check
 
 
-def _base_maps(view: SplitView) -> tuple[np.ndarray, list[int]]:
-    """One input grid per base id (its first example); per example when base ids are unreadable."""
-    if view.base_scenario_ids is None:
-        firsts = list(range(view.num_examples))
-    else:
-        first: dict[str, int] = {}
-        for i, base in enumerate(view.base_scenario_ids):
-            first.setdefault(str(base), i)
-        firsts = sorted(first.values())
-    return view.inputs[firsts], firsts
-
-
 def map_checks(
-    views: dict[str, SplitView], near_share: float, across: bool = True
+    views: dict[str, RawSplit], near_share: float, across: bool = True
 ) -> tuple[list[Check], dict]:
     """Identical base maps (critical: the same city twice is one scenario counted twice, or a leak across
     splits) and near-identical ones (share of equal cells above `near_share`: reported, not scored)."""
@@ -396,7 +260,7 @@ def map_checks(
     if not usable:
         reason = "no split has readable inputs"
         return [not_run("identical_maps", "augmentation_quality", description, reason)], {}
-    maps = {n: _base_maps(v) for n, v in usable.items()}
+    maps = {n: base_maps(v, per_base=True) for n, v in usable.items()}
     findings, near_findings, figures = [], [], {}
     pairs = [(n, n) for n in usable] + ([tuple(p) for p in combinations(usable, 2)] if across else [])
     total = sum(len(m[1]) for m in maps.values())
@@ -452,7 +316,7 @@ def map_checks(
     return checks, figures
 
 
-def vehicle_labels_check(views: dict[str, SplitView]) -> Check:
+def vehicle_labels_check(views: dict[str, RawSplit]) -> Check:
     """Two vehicles with the same label in every base they share: they are one vehicle to the model."""
     description = "no two vehicles have identical labels in every base"
     per_vehicle: dict[str, dict[tuple[str, str], bytes]] = defaultdict(dict)
@@ -478,7 +342,7 @@ def vehicle_labels_check(views: dict[str, SplitView]) -> Check:
     return finding_check("vehicle_labels_distinct", "augmentation_quality", description, findings, len(pairs))
 
 
-def hrm_metadata_check(views: dict[str, SplitView], identifiers: Any) -> Check:
+def hrm_metadata_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
     """What dataset.json tells HRM (seq_len, vocab_size, num_puzzle_identifiers) against the arrays."""
     description = "seq_len, vocab_size and num_puzzle_identifiers in dataset.json equal what the arrays hold"
     findings: list[tuple[str, int]] = []
@@ -516,7 +380,7 @@ def hrm_metadata_check(views: dict[str, SplitView], identifiers: Any) -> Check:
     return finding_check("hrm_metadata", "tokens", description, findings, max(compared, 1))
 
 
-def ignore_label_check(views: dict[str, SplitView]) -> Check:
+def ignore_label_check(views: dict[str, RawSplit]) -> Check:
     """Labels holding the ignore label drop those cells out of HRM's loss (the first attempt's 100% that
     meant nothing): every cell must be a real target."""
     description = "no label cell holds the ignore label (every cell is a target)"
@@ -543,7 +407,7 @@ def ignore_label_check(views: dict[str, SplitView]) -> Check:
 
 
 def generic_checks(
-    views: dict[str, SplitView], identifiers: Any, near_share: float, across: bool
+    views: dict[str, RawSplit], identifiers: Any, near_share: float, across: bool
 ) -> tuple[list[Check], dict]:
     """The checks that need no cost model and no strict layer: run on every file set."""
     maps, figures = map_checks(views, near_share, across=across)
@@ -558,7 +422,7 @@ def generic_checks(
     return checks, figures
 
 
-def base_overlap_check(views: dict[str, SplitView]) -> Check:
+def base_overlap_check(views: dict[str, RawSplit]) -> Check:
     description = "no base scenario id in both splits"
     train, test = views["train"], views["test"]
     if train.base_scenario_ids is None or test.base_scenario_ids is None:
@@ -576,7 +440,7 @@ def base_overlap_check(views: dict[str, SplitView]) -> Check:
     )
 
 
-def _grid_shape(views: dict[str, SplitView], summary: Any) -> tuple[int, int] | None:
+def _grid_shape(views: dict[str, RawSplit], summary: Any) -> tuple[int, int] | None:
     """rows x cols from the summary's grid or any split's metadata, if it matches the grids."""
     candidates = []
     if isinstance(summary, dict) and isinstance(summary.get("grid"), dict):
@@ -589,10 +453,11 @@ def _grid_shape(views: dict[str, SplitView], summary: Any) -> tuple[int, int] | 
     return None
 
 
-def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
+def route_checks(views: dict[str, RawSplit], summary: Any) -> list[Check]:
     """Every readable label's route against the summary's cost model: valid for its vehicle
     (`routing.check_route`) and optimal (`routing.dijkstra_optimum`). Not run without a cost model."""
     from hrm.data import routing
+    from hrm.data.facts import example_facts
 
     valid_description = (
         "every label's route is valid for its vehicle (access rules of the summary's cost model)"
@@ -629,26 +494,26 @@ def route_checks(views: dict[str, SplitView], summary: Any) -> list[Check]:
     rows, cols = shape
     invalid: list[tuple[str, int]] = []
     dearer: list[tuple[str, int]] = []
-    total = 0
     for view in usable.values():
+        facts = example_facts(view, table, rows, cols)
         for i in range(view.num_examples):
-            total += 1
-            identifier = int(view.example_identifier[i])
             where = f"{view.where('labels', i)} ({view.about(i)})"
+            identifier = int(view.example_identifier[i])
             if not 0 < identifier < table.shape[0]:
                 invalid.append(
                     (f"{where}: puzzle identifier {identifier} has no vehicle in the cost table", 1)
                 )
-                continue
-            check = routing.check_route(view.inputs[i], view.labels[i], table[identifier], rows, cols)
-            if not check.valid:
-                invalid.append((f"{where}: invalid route: {check.reason}", 1))
-                continue
-            costs = routing.cell_costs(view.inputs[i], table[identifier])
-            optimum, _ = routing.dijkstra_optimum(costs, check.path[0], check.path[-1], rows, cols)
-            cost = routing.route_cost(costs, check.path)
-            if optimum is not None and cost != optimum:
-                dearer.append((f"{where}: route costs {cost} but the optimum is {optimum}", 1))
+            elif not facts.route_valid[i]:
+                invalid.append((f"{where}: invalid route: {facts.route_reason[i]}", 1))
+            else:
+                cost = routing.route_cost(
+                    routing.cell_costs(view.inputs[i], table[identifier]), facts.paths[i]
+                )
+                if np.isfinite(facts.optimal_cost[i]) and cost != facts.optimal_cost[i]:
+                    dearer.append(
+                        (f"{where}: route costs {cost} but the optimum is {int(facts.optimal_cost[i])}", 1)
+                    )
+    total = sum(view.num_examples for view in usable.values())
     return [
         finding_check("route_valid", "route_optimality", valid_description, invalid, total),
         finding_check("route_optimal", "route_optimality", optimal_description, dearer, total),

@@ -1,0 +1,151 @@
+"""Scaled dot-product attention on this machine: which kernels run, and how far each is from a float64 plain
+attention on the same (rounded) inputs, forward and backward. Measured here; `hrm doctor` judges the figures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SdpaRuns:
+    """What `measure` saw for one dtype, head size and sequence length."""
+
+    dtype: str
+    head_dim: int
+    seq: int
+    runs: dict[str, float | None]  # kernel -> max abs diff of the output; None: it does not run here
+    grad_runs: dict[str, float | None]  # kernel -> max abs diff of dq, dk, dv relative to the largest one
+    errors: dict[str, str]  # kernel -> why it did not run (first line)
+    default_pick: str | None  # the kernel SDPA picks by itself (None: unknown)
+    default_diff: float  # max abs diff of SDPA as the model calls it
+    enabled: dict[str, bool]  # torch.backends.cuda.<kernel>_sdp_enabled() on CUDA; empty elsewhere
+
+    @property
+    def available(self) -> list[str]:
+        return [name for name, diff in self.runs.items() if diff is not None]
+
+    @property
+    def worst(self) -> float:
+        return max([self.default_diff] + [d for d in self.runs.values() if d is not None])
+
+    @property
+    def worst_grad(self) -> float | None:
+        return max([d for d in self.grad_runs.values() if d is not None], default=None)
+
+    def out_of_tolerance(self, tolerance: float, grad_tolerance: float) -> list[str]:
+        """The kernels (and their backward, and SDPA's own pick) further from float64 than allowed."""
+        bad = [n for n, d in self.runs.items() if d is not None and d > tolerance]
+        bad += [f"{n} backward" for n, d in self.grad_runs.items() if d is not None and d > grad_tolerance]
+        return bad + (["default"] if self.default_diff > tolerance else [])
+
+    def diffs(self) -> str:
+        """'flash 1.2e-07 (grad 3.4e-07), math ...' for the kernels that ran."""
+        return ", ".join(
+            f"{n} {d:.1e}" + (f" (grad {self.grad_runs[n]:.1e})" if self.grad_runs.get(n) is not None else "")
+            for n, d in self.runs.items()
+            if d is not None
+        )
+
+
+def backend_names() -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+
+
+def plain_attention(query: Any, key: Any, value: Any) -> Any:
+    """softmax(Q K^T / sqrt(d)) V, non-causal, no mask: HRM's attention, written out."""
+    import torch
+
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
+    return torch.softmax(scores, dim=-1) @ value
+
+
+def default_pick(device: str, dtype_name: str, heads: int, head_dim: int) -> str | None:
+    """The kernel SDPA picks by itself on `device` for these sizes (flash, mem_efficient, cudnn, math)."""
+    import torch
+
+    query = torch.zeros(1, heads, 8, head_dim, device=torch.device(device), dtype=getattr(torch, dtype_name))
+    try:  # a private but long-standing helper of the SDPA dispatcher
+        chosen = int(torch._fused_sdp_choice(query, query, query))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return {int(b.value): n for n, b in backend_names().items()}.get(chosen)
+
+
+def _inputs(device: str, dtype: Any, shape: tuple[int, ...], seed: int) -> list[Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(3)]
+
+
+def _run_kernel(
+    backend: Any, inputs: list[Any], grad_out: Any, reference: Any, reference_grads: Any
+) -> tuple[float | None, float | None, str | None]:
+    """(max abs diff of the output, relative max abs diff of dq/dk/dv, error) of one SDPA kernel."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    inputs = [t.detach().requires_grad_(True) for t in inputs]
+    try:
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(*inputs)
+        diff = float((out.detach().double().cpu() - reference).abs().max())
+    except RuntimeError as err:
+        return None, None, str(err).splitlines()[0][:160]
+    try:
+        with sdpa_kernel(backend):
+            grads = torch.autograd.grad(out, inputs, grad_out)
+    except RuntimeError as err:
+        return diff, None, "backward: " + str(err).splitlines()[0][:150]
+    relative = [
+        float((g.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30))
+        for g, r in zip(grads, reference_grads, strict=True)
+    ]
+    return diff, max(relative), None
+
+
+def measure(device: str, dtype_name: str, heads: int, head_dim: int, seq: int) -> SdpaRuns:
+    """Every kernel, and SDPA's own pick, on seeded inputs [2, heads, seq, head_dim] against float64."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype, shape = getattr(torch, dtype_name), (2, heads, seq, head_dim)
+    query, key, value = _inputs(device, dtype, shape, 1234)
+    grad_out = _inputs(device, dtype, shape, 99)[0]
+    exact = [t.detach().double().cpu().requires_grad_(True) for t in (query, key, value)]
+    reference = plain_attention(*exact)
+    reference_grads = torch.autograd.grad(reference, exact, grad_out.double().cpu())
+    reference = reference.detach()
+    runs, grad_runs, errors = {}, {}, {}
+    for name, backend in backend_names().items():
+        runs[name], grad_runs[name], error = _run_kernel(
+            backend, [query, key, value], grad_out, reference, reference_grads
+        )
+        if error:
+            errors[name] = error
+    with torch.no_grad():
+        default_out = F.scaled_dot_product_attention(query, key, value)
+    enabled = {}
+    if device.startswith("cuda"):
+        enabled = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in runs}
+    return SdpaRuns(
+        dtype=dtype_name,
+        head_dim=head_dim,
+        seq=seq,
+        runs=runs,
+        grad_runs=grad_runs,
+        errors=errors,
+        default_pick=default_pick(device, dtype_name, heads, head_dim),
+        default_diff=float((default_out.double().cpu() - reference).abs().max()),
+        enabled=enabled,
+    )
