@@ -66,3 +66,24 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
         os.replace(target, backup)
     os.replace(staging, target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create `folder` if missing, then write, sync and remove a small temp file in it, so that a run whose
+    outputs cannot be written (a parent that is a file, a read-only folder or mount, a full disk) stops before
+    its work with a UserError naming `what` (the setting and its value), not with a traceback at the end."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(bytes(4096))  # one block: a full disk refuses it (an empty file needs none)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else (err.strerror or str(err))
+        raise UserError(f"{what}: cannot write in {folder} ({reason})") from err

@@ -23,7 +23,7 @@ from torch.optim.optimizer import Optimizer
 class AdamATan2(Optimizer):
     """Adam with atan2 in place of division (no epsilon), decoupled weight decay, as HRM's reference kernel.
 
-    Per step t: `p *= 1 - lr*wd`; `m = lerp(m, g, 1-b1)`; `v = lerp(v, g^2, 1-b2)`;
+    Per step t: `p *= 1 - lr*wd`; `m = lerp(m, g, 1-b1)`; `v = lerp(v, min(g^2, float max), 1-b2)`;
     `p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`.
     """
 
@@ -67,7 +67,9 @@ class AdamATan2(Optimizer):
 
                 param.mul_(1.0 - lr * weight_decay)
                 exp_avg.lerp_(grad, 1.0 - beta1)
-                exp_avg_sq.lerp_(grad.square(), 1.0 - beta2)
+                # A finite |g| > sqrt(max) squares to inf, and the next lerp of v = inf is inf - inf = NaN:
+                # cap the square at the largest float (a no-op wherever it is finite).
+                exp_avg_sq.lerp_(grad.square().clamp_(max=torch.finfo(grad.dtype).max), 1.0 - beta2)
                 bias_correction1 = 1.0 - beta1**step
                 bias_correction2 = 1.0 - beta2**step
                 denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2))

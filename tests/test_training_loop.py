@@ -133,19 +133,43 @@ def test_max_steps_stops_early_then_resumes_same_trajectory(reference, tmp_path)
 POISON_STEP = 15  # after the first eval (about 10 steps at these sizes)
 
 
-def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
+def poison_weights(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+
+
+def poison_one_gradient(module: torch.nn.Module) -> None:
+    def one_inf(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[0, 1] = float("inf")
+        return grad
+
+    module.get_parameter("model.inner.lm_head.weight").register_hook(one_inf)
+
+
+@pytest.mark.parametrize(
+    ("poison", "named"),
+    [
+        (poison_weights, "the loss is nan"),
+        (
+            poison_one_gradient,
+            r"the gradient of model\.inner\.lm_head\.weight has 1 of 192 values non-finite, first \[0, 1\] = inf",
+        ),
+    ],
+)
+def test_nan_stops_with_clear_error_and_keeps_checkpoint(reference, tmp_path, monkeypatch, poison, named):
+    """The message names the step, the tensor (the loss or a parameter's gradient) and its first bad values."""
     ref_params, _ = reference
     params = tiny_params(Path(ref_params["paths"]["hrm"]), tmp_path)
 
     def poisoned(state, batch, **kwargs):
         if state.step + 1 == POISON_STEP:
-            with torch.no_grad():
-                next(state.module.parameters()).fill_(float("nan"))
+            poison(state.module)
         return REAL_STEP(state, batch, **kwargs)
 
     monkeypatch.setattr(step_module, "train_step", poisoned)
     with pytest.raises(
-        TrainingDiverged, match=f"diverged at step {POISON_STEP}.*Last good checkpoint: .*step_0"
+        TrainingDiverged, match=f"diverged at step {POISON_STEP}: {named}.*Last good checkpoint: .*step_0"
     ):
         loop.train(params)
     folders = list(Path(params["paths"]["checkpoints"]).glob("*/step_*"))
@@ -242,3 +266,19 @@ def test_route_sums_count_label_routes_and_skip_padding():
     }
     task = RouteTask(rows=side, cols=side, cost_table=table)
     assert route_sums(batch, preds, task) == (1.0, 1.0)
+
+
+def test_build_model_from_the_datasets_metadata_is_the_one_from_its_sizes(tiny_run_data):
+    """One builder for trainer, memory probe and evaluate: the dataset's metadata gives the sizes."""
+    from train_helpers import TINY_ARCH
+
+    from hrm.models import build_model
+    from hrm.training.data import DatasetMetadata
+
+    meta = DatasetMetadata.from_file(tiny_run_data / "train" / "dataset.json")
+    sizes = {k: getattr(meta, k) for k in ("seq_len", "vocab_size", "num_puzzle_identifiers")}
+    by_metadata = build_model(TINY_ARCH, meta, batch_size=4, seed=7).state_dict()
+    by_sizes = build_model(TINY_ARCH, **sizes, batch_size=4, seed=7).state_dict()
+    assert_same_weights(by_metadata, by_sizes)
+    with pytest.raises(TypeError, match="needs batch_size and the dataset's metadata"):
+        build_model(TINY_ARCH, batch_size=4)

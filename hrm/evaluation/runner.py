@@ -249,14 +249,7 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, not a bug here
         raise UserError(f"{checkpoint}: not a weights-only torch checkpoint ({err})") from err
-    head = build_model(
-        arch,
-        seq_len=metadata.seq_len,
-        vocab_size=metadata.vocab_size,
-        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
-        batch_size=batch_size,
-        device=device,
-    )
+    head = build_model(arch, metadata, batch_size=batch_size, device=device)
     try:
         load_official_checkpoint(head, state)  # strips torch.compile's prefix; UserError on any mismatch
     except UserError as err:
@@ -271,8 +264,13 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
     from hrm.config import section
     from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
+    from hrm.io import check_writable
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
+    # the reports are built beside paths.eval_reports and swapped in: its parent must take files, checked now
+    check_writable(
+        Path(paths["eval_reports"]).parent, f"params.yaml: paths.eval_reports {paths['eval_reports']}"
+    )
     # types and ranges: schemas/params.schema.json, applied by hrm.config.load_params
     batch_size, segments = int(settings["batch_size"]), list(settings["segments"])
     n_maps, train_examples = int(settings["route_map_examples"]), int(settings["train_examples"])

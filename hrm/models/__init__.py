@@ -34,20 +34,28 @@ __all__ = [
 
 def build_model(
     arch: Mapping[str, Any],
-    *,
-    seq_len: int,
-    vocab_size: int,
-    num_puzzle_identifiers: int,
-    batch_size: int,
+    metadata: Any = None,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     seed: int | None = None,
+    *,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    num_puzzle_identifiers: int | None = None,
 ) -> ACTLossHead:
     """The loss head around `arch["name"]`, on `device` (None = CPU; "meta" for shape checks).
 
+    `metadata`: the dataset's sizes (`hrm.training.data.DatasetMetadata`, or anything with seq_len, vocab_size
+    and num_puzzle_identifiers); callers without a dataset give the three as keywords instead.
     `batch_size` is the per-process training batch (the puzzle embedding's gradient buffer has that many
     rows). `seed`: initialise from `torch.manual_seed(seed)` without disturbing the global RNG (None: use the
     global CPU RNG as it stands). Initial weights are drawn on the CPU whatever the device.
     """
+    if metadata is not None:
+        seq_len, vocab_size = metadata.seq_len, metadata.vocab_size
+        num_puzzle_identifiers = metadata.num_puzzle_identifiers
+    if batch_size is None or None in (seq_len, vocab_size, num_puzzle_identifiers):
+        raise TypeError("build_model needs batch_size and the dataset's metadata (or its three sizes)")
     name = arch.get("name", "hrm_v1")
     if name not in ARCHITECTURES:
         raise UserError(f"params.yaml: arch.name must be one of {', '.join(ARCHITECTURES)}; got {name!r}")

@@ -38,6 +38,25 @@ class ACTCarry:
         state.update({f"current_data.{k}": v for k, v in self.current_data.items()})
         return {k: v.detach().clone() for k, v in state.items()}
 
+    def rows(self, start: int, stop: int) -> ACTCarry:
+        """Rows [start, stop) as views: a micro-batch's own part of a process's carry."""
+        part = slice(start, stop)
+        z_H, z_L = (None if z is None else z[part] for z in (self.z_H, self.z_L))
+        data = {k: v[part] for k, v in self.current_data.items()}
+        return ACTCarry(z_H, z_L, self.steps[part], self.halted[part], data)
+
+    def put_rows(self, start: int, part: ACTCarry) -> None:
+        """Write a micro-batch's new carry `part` into rows [start, start + its rows) of this one."""
+        pairs = [
+            (self.z_H, part.z_H),
+            (self.z_L, part.z_L),
+            (self.steps, part.steps),
+            (self.halted, part.halted),
+        ]
+        for target, value in pairs + [(v, part.current_data[k]) for k, v in self.current_data.items()]:
+            if target is not None:
+                target[start : start + value.shape[0]].copy_(value)
+
     @classmethod
     def from_state(
         cls, state: Mapping[str, torch.Tensor], device: torch.device | str | None = None

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hrm.io import UserError, dumps_json
 
@@ -43,46 +40,6 @@ def fingerprint(arch: dict[str, Any], train: dict[str, Any], data_texts: dict[st
         "data": data_texts,
     }
     return hashlib.sha256(dumps_json(relevant).encode("utf-8")).hexdigest()[:16]
-
-
-def rng_states() -> dict[str, Any]:
-    """Every global generator of this process, in types ``torch.load(weights_only=True)`` accepts."""
-    import torch
-
-    numpy_state = np.random.get_state(legacy=False)
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "bit_generator": numpy_state["bit_generator"],
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    import torch
-
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = states["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy_state["bit_generator"],
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class CheckpointStore:
@@ -156,14 +113,8 @@ class CheckpointStore:
         _barrier(self.world_size)
         _save_synced(torch, {"format_version": FORMAT_VERSION, **per_rank}, staging / f"rank{self.rank}.pt")
         if self.rank == 0:
-            common = {
-                "format_version": FORMAT_VERSION,
-                "fingerprint": self.fingerprint,
-                "step": step,
-                **common,
-            }
-            common["world_size"] = self.world_size
-            _save_synced(torch, common, staging / "common.pt")
+            header = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "step": step}
+            _save_synced(torch, {**header, **common, "world_size": self.world_size}, staging / "common.pt")
         _barrier(self.world_size)
         if self.rank == 0:
             if final.exists():  # a stop signal right after an eval checkpoint of the same step

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,6 @@ class DatasetMetadata:
         extra = {k: v for k, v in raw.items() if k not in METADATA_FIELDS}
         values["mean_puzzle_examples"] = float(values["mean_puzzle_examples"])
         return cls(**values, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(out.pop("extra"))
-        return out
 
 
 class PuzzleDataset:

@@ -10,27 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-TRAIN_METRICS = (
-    "count",  # rows that halted this step: new examples started next step (budget curves' samples seen)
-    "accuracy",
-    "exact_accuracy",
-    "q_halt_accuracy",
-    "steps",
-    "lm_loss",
-    "q_halt_loss",
-    "q_continue_loss",
-    "lr",
-)
-EVAL_METRICS = (
-    "accuracy",
-    "exact_accuracy",
-    "q_halt_accuracy",
-    "steps",
-    "lm_loss",
-    "q_halt_loss",
-    "route_valid_rate",  # with routing.json (hrm.training.step.evaluate)
-    "route_optimal_rate",
-)
+from hrm.training.step import METRIC_KEYS, ROUTE_KEYS
+
+# count: rows that halted this step, i.e. new examples started next step (budget curves' samples seen)
+TRAIN_METRICS = (*METRIC_KEYS, "lr")
+EVAL_METRICS = (*METRIC_KEYS[1:-1], *ROUTE_KEYS)  # no q_continue_loss in eval; routes with routing.json
 
 
 class RunLogger:

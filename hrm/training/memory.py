@@ -1,8 +1,8 @@
 """The memory plan: how each process's share of the global batch is cut into micro-batches.
 
-On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs at micro-batches of 1
-and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part and a part per example. The
-ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
+On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs once to warm up,
+then at micro-batches of 1 and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part
+and a part per example. The ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
 divides the share and fits `MEMORY_HEADROOM` of the free memory wins. Off CUDA the whole share runs at once
 (RAM is not measured here; `hrm doctor` traces an estimate).
 """
@@ -27,6 +27,7 @@ class StepMemory:
     per_example: int
     carry_per_row: int
     method: str
+    max_micro: int | None = None  # the most rows a probe ran before CUDA ran out (None: no limit seen)
 
     def peak(self, share: int, micro: int) -> int:
         return self.fixed + self.per_example * micro + self.carry_per_row * (share - micro)
@@ -73,7 +74,8 @@ def divisors(n: int) -> list[int]:
 
 def largest_fitting(share: int, memory: StepMemory, budget: int) -> int:
     """The largest divisor of `share` whose step peak fits `budget`; 0 if not even one row fits."""
-    fitting = [d for d in divisors(share) if memory.peak(share, d) <= budget]
+    limit = memory.max_micro or share
+    fitting = [d for d in divisors(share) if d <= limit and memory.peak(share, d) <= budget]
     return max(fitting, default=0)
 
 
@@ -81,9 +83,31 @@ def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
     """Bytes of one row of the ACT carry (state, step count, halted flag, the row's example)."""
     import torch
 
-    row = {k: v[:1] for k, v in batch.items()}
-    carry = head.initial_carry(row)
+    carry = head.initial_carry({k: v[:1] for k, v in batch.items()})
     return sum(t.numel() * t.element_size() for t in carry.to_state().values() if isinstance(t, torch.Tensor))
+
+
+class ProbeFailed(UserError):
+    """The memory probe's trial step (before training: initial weights, lr 0) gave non-finite values."""
+
+
+def probe_step(
+    make_state: Callable[[int], Any], batch: dict[str, Any], rows: int, device: Any, global_batch_size: int
+) -> tuple[int, int]:
+    """(peak bytes above the allocation before it, carry bytes per row) of a fresh state's step at `rows`, lr 0."""
+    import torch
+
+    from hrm.training.step import train_step
+
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize(device)
+    baseline = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    state = make_state(rows)
+    part = {k: v[:rows].to(device) for k, v in batch.items()}
+    train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - baseline, carry_bytes_per_row(state.module, part)
 
 
 def measure_cuda_step(
@@ -92,33 +116,43 @@ def measure_cuda_step(
     """Peak allocated bytes of the trainer's step (optimizer step included) at 1 and 2 rows, extrapolated.
 
     `make_state(rows)` builds a fresh `TrainState` whose model was built for `rows`; it is dropped afterwards.
+    A throwaway step runs first: the process's first CUDA work pays one-time allocations (cuBLAS workspaces,
+    allocator pools) that stay; inside peak(1) but not above peak(2)'s baseline they would shrink the bytes
+    per example and inflate the plan. If 2 rows run out of memory, the 1-row step alone gives the plan (1).
     """
     import torch
 
-    from hrm.training.step import train_step
+    from hrm.training.step import TrainingDiverged
 
-    peaks = []
-    carry_row = 0
-    for rows in PROBE_ROWS:
+    peaks: list[tuple[int, int]] = []  # (peak bytes, carry bytes per row) at 1 and 2 rows
+    rows = 1
+    try:
+        probe_step(make_state, batch, 1, device, global_batch_size)  # warm-up: its figures are dropped
+        for rows in PROBE_ROWS:
+            peaks.append(probe_step(make_state, batch, rows, device, global_batch_size))
+    except torch.cuda.OutOfMemoryError:
+        if not peaks:
+            raise UserError(
+                "CUDA ran out of memory in the memory probe's step at 1 row, before training: not even micro-batch "
+                "1 fits; set train.activation_checkpointing=true, or use a smaller model or a larger GPU"
+            ) from None
+        (peak, carry_row), *_ = peaks
+        method = "measured: the trainer's step at 1 row after a warm-up step (2 rows ran out of memory)"
+        return StepMemory(0, peak, carry_row, method, max_micro=1)
+    except TrainingDiverged as err:
+        raise ProbeFailed(
+            f"memory probe: its trial step at {rows} row{'s' if rows > 1 else ''} before training (initial "
+            f"weights, lr 0) gave non-finite values: {err.culprit}. The model cannot run as configured; this "
+            "is not the run diverging: check arch.forward_dtype and arch.loss (hrm doctor runs the same step)"
+        ) from None
+    finally:
         torch.cuda.empty_cache()
-        torch.cuda.synchronize(device)
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        state = make_state(rows)
-        part = {k: v[:rows].to(device) for k, v in batch.items()}
-        train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
-        torch.cuda.synchronize(device)
-        peaks.append(torch.cuda.max_memory_allocated(device) - baseline)
-        carry_row = carry_bytes_per_row(state.module, part)
-        del state, part
-    torch.cuda.empty_cache()
-    per_example = max(peaks[1] - peaks[0], 1)
-    return StepMemory(
-        fixed=peaks[0] - per_example,
-        per_example=per_example,
-        carry_per_row=carry_row,
-        method="measured: max_memory_allocated of the trainer's step at 1 and 2 rows, linear in the rows",
+    (peak_1, _), (peak_2, carry_row) = peaks
+    per_example = max(peak_2 - peak_1, 1)
+    method = (
+        "measured: max_memory_allocated of the trainer's step at 1 and 2 rows after a warm-up, linear in rows"
     )
+    return StepMemory(peak_1 - per_example, per_example, carry_row, method)
 
 
 def plan(
@@ -174,20 +208,10 @@ def plan_micro_batch(
         return plan(config.global_batch_size, world_size, configured_micro, None, None, None)
     import torch
 
-    from hrm.training.ema import WeightEMA
-    from hrm.training.loop import build_model, build_optimizers, set_activation_checkpointing
-    from hrm.training.step import TrainState
+    from hrm.training.state import new_state
 
     def make_state(rows: int) -> Any:
-        module = build_model(arch, metadata, rows, device, config.seed)
-        set_activation_checkpointing(module, config.activation_checkpointing)
-        module.train()
-        optimizers, base_lrs = build_optimizers(module, config)
-        generator = torch.Generator().manual_seed(config.seed)
-        ema = WeightEMA(module, config.ema_rate) if config.ema else None  # a full copy of the weights
-        return TrainState(
-            head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator, ema=ema
-        )
+        return new_state(arch, metadata, config, rows, device)  # the run's state, EMA copy included
 
     memory = measure_cuda_step(
         make_state, first_batch(dataset, max(PROBE_ROWS)), device, config.global_batch_size

@@ -4,42 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hrm.io import UserError
+from hrm.training.state import TrainState  # what a step reads and changes (its old home: this module)
 
-METRIC_KEYS = (
-    "count",
-    "accuracy",
-    "exact_accuracy",
-    "q_halt_accuracy",
-    "steps",
-    "lm_loss",
-    "q_halt_loss",
-    "q_continue_loss",
-)
+LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
+METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
 ROUTE_KEYS = ("route_valid_rate", "route_optimal_rate")  # eval only, with a route task: sums / count
 MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
 
 
 class TrainingDiverged(UserError):
-    """Loss or gradients became NaN/inf; the run stops and the last good checkpoint stays as it is."""
+    """Loss or gradients became NaN/inf (the message names the step, the tensor and its first bad values); the
+    run stops and the last good checkpoint stays as it is."""
 
-
-@dataclass
-class TrainState:
-    """What a step reads and changes; `head` may be the compiled wrapper of `module`."""
-
-    head: Any
-    module: Any
-    optimizers: list[Any]
-    base_lrs: list[float]
-    generator: Any  # torch.Generator for the model's own draws (halt exploration)
-    step: int = 0
-    carry: Any = None
-    ema: Any = None  # hrm.training.ema.WeightEMA when train.ema: updated after each step, used to evaluate
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, message: str, culprit: str = ""):
+        super().__init__(message)
+        self.culprit = culprit  # which tensor, with its first bad values
 
 
 @dataclass
@@ -53,41 +36,6 @@ def reduce_dtype(device: Any) -> Any:
     import torch
 
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def carry_rows(carry: Any, start: int, stop: int) -> Any:
-    """Rows [start, stop) of an ACT carry (views): a micro-batch slot's own part of the process's carry."""
-    import dataclasses
-
-    import torch
-
-    def rows(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value[start:stop]
-        if isinstance(value, dict):
-            return {k: rows(v) for k, v in value.items()}
-        return value
-
-    return dataclasses.replace(
-        carry, **{f.name: rows(getattr(carry, f.name)) for f in dataclasses.fields(carry)}
-    )
-
-
-def put_carry_rows(carry: Any, start: int, part: Any) -> None:
-    """Write a micro-batch's new carry back into rows [start, start + len) of the process's carry."""
-    import dataclasses
-
-    import torch
-
-    def put(target: Any, value: Any) -> None:
-        if isinstance(target, torch.Tensor):
-            target[start : start + value.shape[0]].copy_(value)
-        elif isinstance(target, dict):
-            for key, item in value.items():
-                put(target[key], item)
-
-    for f in dataclasses.fields(carry):
-        put(getattr(carry, f.name), getattr(part, f.name))
 
 
 def forward_backward(
@@ -123,6 +71,32 @@ def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int)
     return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
 
 
+def bad_values(tensor: Any, shown: int = 3) -> str:
+    """How many entries are NaN/inf and the first few with their indices (what a divergence report shows)."""
+    import torch
+
+    bad = (~torch.isfinite(tensor)).nonzero()
+    first = ", ".join(f"{row.tolist()} = {tensor[tuple(row)].item()}" for row in bad[:shown])
+    return f"{len(bad)} of {tensor.numel()} values non-finite, first {first}"
+
+
+def first_nonfinite(state: TrainState, loss: Any) -> str:
+    """The first non-finite tensor on this rank: the loss, else a gradient by parameter name (the puzzle
+    embedding's rows by its buffer's name); "another rank" when this one's are all finite."""
+    import torch
+
+    if not torch.isfinite(loss).all():
+        return f"the loss is {loss.item()}"
+    module_names = {id(m): n for n, m in state.module.named_modules()}
+    grads = [(name, p.grad) for name, p in state.module.named_parameters() if p.grad is not None]
+    for optimizer in state.sparse_optimizers:
+        grads += [(f"{module_names[id(optimizer.embedding)]}.local_weights", g) for g, _ in optimizer.pending]
+    bad = next(((name, g) for name, g in grads if not torch.isfinite(g).all()), None)
+    return (
+        f"the gradient of {bad[0]} has {bad_values(bad[1])}" if bad else "a loss or gradient on another rank"
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, Any],
@@ -140,9 +114,7 @@ def train_step(
     accumulate before the one optimizer step; each keeps its own rows of the ACT carry, so the result is the
     computation of one big batch (up to float summation order).
     """
-    import torch
-
-    from hrm.optim import SparseSignSGD
+    from hrm.models import normalize_metrics
 
     state.step += 1
     local = batch["inputs"].shape[0]
@@ -152,15 +124,47 @@ def train_step(
     if state.carry is None:
         state.carry = state.module.initial_carry(batch)
     draws = step_draws(state, global_batch_size, rank * local, (rank + 1) * local)
-    sparse_optimizers = [o for o in state.optimizers if isinstance(o, SparseSignSGD)]
+    loss, metrics = accumulate(state, batch, micro, draws, global_batch_size)
+    names = [k for k in METRIC_KEYS if k in metrics]
+    diverged, stop, loss_sum, *sums = reduce_step(state, loss, metrics, names, stop_requested, world_size)
+    if diverged > 0:
+        culprit = first_nonfinite(state, loss)
+        for optimizer in state.optimizers:
+            optimizer.zero_grad()
+        raise TrainingDiverged(
+            f"training diverged at step {state.step}: {culprit}. Nothing after the last checkpoint was saved; "
+            "lower train.lr, check the data, or delete the checkpoint folder to start over.",
+            culprit,
+        )
+    lr_this_step = 0.0
+    for optimizer, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
+        lr_this_step = lr_for(state.step, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_this_step
+        optimizer.step()
+        optimizer.zero_grad()
+    if state.ema is not None:
+        state.ema.update(state.module)
+    reduced = dict(zip(names, sums, strict=True))
+    out = normalize_metrics(reduced, global_batch_size)
+    out["count"] = reduced.get("count", 0.0)
+    out["loss"] = loss_sum / global_batch_size
+    out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
+    return StepResult(metrics=out, stop_requested=stop > 0)
 
+
+def accumulate(
+    state: TrainState, batch: dict[str, Any], micro: int, draws: dict[str, Any], global_batch_size: int
+) -> tuple[Any, dict[str, Any]]:
+    """Forward and backward of each micro-batch in turn, each on its rows of the carry; (loss sum, metric sums)."""
+    local = batch["inputs"].shape[0]
     loss: Any = 0.0
     metrics: dict[str, Any] = {}
     for start in range(0, local, micro):
         stop = start + micro
         whole = start == 0 and stop == local
         part = {k: v[start:stop] for k, v in batch.items()} if not whole else batch
-        carry = state.carry if whole else carry_rows(state.carry, start, stop)
+        carry = state.carry if whole else state.carry.rows(start, stop)
         new_carry, part_loss, part_metrics = forward_backward(
             state.head,
             carry,
@@ -172,28 +176,37 @@ def train_step(
         if whole:
             state.carry = new_carry
         else:
-            put_carry_rows(state.carry, start, new_carry)
-        for optimizer in sparse_optimizers:
+            state.carry.put_rows(start, new_carry)
+        for optimizer in state.sparse_optimizers:
             optimizer.collect_micro_batch()
         loss = loss + part_loss
         metrics = {k: metrics.get(k, 0.0) + v for k, v in part_metrics.items()}
+    return loss, metrics
 
-    # dense gradients are all-reduced here; the sparse optimizer gathers its rows and ids across ranks itself
+
+def reduce_step(
+    state: TrainState,
+    loss: Any,
+    metrics: dict[str, Any],
+    names: list[str],
+    stop_requested: bool,
+    world_size: int,
+) -> list[float]:
+    """All-reduce the dense gradients (the sparse optimizer gathers its own rows), then one collective and one
+    device sync for [any non-finite, stop requested, loss sum, *metric sums `names`]: every rank learns all."""
+    import torch
+
     dense_grads = [p.grad for p in state.module.parameters() if p.requires_grad and p.grad is not None]
     if world_size > 1:
         import torch.distributed as dist
 
         for grad in dense_grads:
             dist.all_reduce(grad)
-    grads = dense_grads + [g for o in sparse_optimizers for g, _ in o.pending]
-
-    # One collective and one device sync for divergence, stop signal and metrics: every rank learns all three.
     device = loss.device
     dtype = reduce_dtype(device)
     nonfinite = (~torch.isfinite(loss)).any()
-    for grad in grads:
+    for grad in dense_grads + [g for o in state.sparse_optimizers for g, _ in o.pending]:
         nonfinite = nonfinite | (~torch.isfinite(grad)).any()
-    names = [k for k in METRIC_KEYS if k in metrics]
     packed = torch.stack(
         [
             nonfinite.to(dtype),
@@ -206,34 +219,7 @@ def train_step(
         import torch.distributed as dist
 
         dist.all_reduce(packed)
-    packed = packed.cpu().tolist()
-    if packed[0] > 0:
-        for optimizer in state.optimizers:
-            optimizer.zero_grad()
-        raise TrainingDiverged(
-            f"training diverged at step {state.step}: the loss or a gradient is NaN/inf "
-            f"(loss on this rank: {float(loss)}). Nothing after the last checkpoint was saved; "
-            "lower train.lr, check the data, or delete the checkpoint folder to start over."
-        )
-
-    lr_this_step = 0.0
-    for optimizer, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
-        lr_this_step = lr_for(state.step, base_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_this_step
-        optimizer.step()
-        optimizer.zero_grad()
-    if state.ema is not None:
-        state.ema.update(state.module)
-
-    from hrm.models import normalize_metrics
-
-    reduced = dict(zip(names, packed[3:], strict=True))
-    out = normalize_metrics(reduced, global_batch_size)
-    out["count"] = reduced.get("count", 0.0)
-    out["loss"] = packed[2] / global_batch_size
-    out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
-    return StepResult(metrics=out, stop_requested=packed[1] > 0)
+    return packed.cpu().tolist()
 
 
 def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
@@ -292,15 +278,10 @@ def evaluate(
                     raise RuntimeError(f"evaluation did not halt within {MAX_EVAL_SEGMENTS} segments")
                 if route_task is not None:
                     valid, optimal = route_sums(batch, outputs["preds"], route_task)
-                    metrics = {
-                        **metrics,
-                        "route_valid_rate": torch.tensor(valid),
-                        "route_optimal_rate": torch.tensor(optimal),
-                    }
+                    sums = (torch.tensor(valid), torch.tensor(optimal))
+                    metrics = {**metrics, **dict(zip(ROUTE_KEYS, sums, strict=True))}
                 if totals is None:
-                    names = [
-                        k for k in (*METRIC_KEYS, *ROUTE_KEYS) if k in metrics and k != "q_continue_loss"
-                    ]
+                    names = [k for k in (*METRIC_KEYS[:-1], *ROUTE_KEYS) if k in metrics]  # no q_continue
                     totals = torch.zeros(len(names), dtype=reduce_dtype(torch.device(device)), device=device)
                 totals += torch.stack([metrics[k].to(totals.dtype).to(device) for k in names])
     finally:

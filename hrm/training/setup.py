@@ -1,0 +1,258 @@
+"""Everything `train()` does before its first step: settings, processes, outputs, data, the memory plan, the
+state (hrm.training.state.new_state) and where a checkpoint says to resume. `prepared_run` hands over a `Run`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hrm.config import ConfigError, section
+from hrm.io import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section of params.yaml, type-checked once so errors name the key."""
+
+    seed: int
+    global_batch_size: int
+    epochs: int
+    eval_interval: int
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: int
+    beta1: float
+    beta2: float
+    weight_decay: float
+    puzzle_emb_lr: float
+    puzzle_emb_weight_decay: float
+    deterministic: bool
+    compile: bool
+    device: str
+    threads: int
+    max_steps: int
+    ema: bool
+    ema_rate: float
+    micro_batch_size: int | str  # "auto" or rows per micro-batch (gradient accumulation)
+    activation_checkpointing: bool
+
+    @classmethod
+    def from_params(cls, train: dict[str, Any]) -> TrainConfig:
+        """Types and ranges are schemas/params.schema.json's (hrm.config.load_params); this adds what a
+        schema cannot say."""
+        config = cls(
+            **{
+                name: float(train[name]) if kind == "float" else train[name]
+                for name, kind in cls.__annotations__.items()
+            }
+        )
+        if config.epochs % config.eval_interval:
+            raise ConfigError(
+                f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
+            )
+        return config
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as err:
+        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
+    """The configured micro-batch if it is a number (checked to divide each process's rows), None for auto."""
+    from hrm.training.data import check_batch_split
+
+    local = check_batch_split(config.global_batch_size, world_size)
+    if config.micro_batch_size == "auto":
+        return None
+    micro = int(config.micro_batch_size)
+    if local % micro:
+        raise ConfigError(
+            f"params.yaml: train.micro_batch_size {micro} does not divide the {local} rows per process "
+            f"(train.global_batch_size {config.global_batch_size} / {world_size} processes); "
+            f"use a divisor of {local} or auto"
+        )
+    return micro
+
+
+def check_output_paths(paths: dict[str, Any], rank: int) -> None:
+    """Every folder this process writes to must take a file now, not after the last step (hrm.io.check_writable):
+    checkpoints on every rank, the weights, dvclive folder and timing file on rank 0."""
+    from hrm.io import check_writable
+
+    folders = {"checkpoints": Path(paths["checkpoints"])}
+    if rank == 0:
+        folders.update(model=Path(paths["model"]).parent, train_log=Path(paths["train_log"]))
+        if isinstance(paths.get("train_timing"), str):
+            folders["train_timing"] = Path(paths["train_timing"]).parent
+    for key, folder in folders.items():
+        check_writable(folder, f"params.yaml: paths.{key} {paths[key]}")
+
+
+def make_lr_for(config: TrainConfig, total_steps: int) -> Callable[[int, float], float]:
+    """`lr_for(step, base_lr)`: HRM's schedule (hrm.optim.lr_at) with this run's warmup, length and floor."""
+    from functools import partial
+
+    from hrm.optim import lr_at
+
+    return partial(
+        lr_at, warmup_steps=config.lr_warmup_steps, total_steps=total_steps, min_ratio=config.lr_min_ratio
+    )
+
+
+class Run:
+    """A run ready for its first (or resumed) step: data, memory plan, state (sampler included), checkpoint
+    store and logger; `saved` is the last good checkpoint, `eval_metrics` the last eval's."""
+
+    def __init__(
+        self, params: dict[str, Any], config: TrainConfig, dist: Distributed, device: Any, micro: int | None
+    ):
+        import torch
+
+        from hrm.evaluation.data import load_route_task
+        from hrm.runtime import seed_everything
+        from hrm.training.data import PuzzleDataset, TrainSampler, planned_steps
+        from hrm.training.logging import RunLogger
+        from hrm.training.memory import oom_message, plan_micro_batch
+        from hrm.training.state import new_state
+
+        self.config, self.dist, self.device, self.paths = config, dist, device, params["paths"]
+        arch, data_root = section(params, "arch"), Path(self.paths["hrm"])
+        train_set, self.test_set = (PuzzleDataset(data_root, split) for split in ("train", "test"))
+        self.route_task = load_route_task(data_root, self.test_set.metadata)  # None: no routing.json
+        meta = train_set.metadata
+        self.total_steps = planned_steps(meta, config.epochs, config.global_batch_size)
+        self.stop_at = min(self.total_steps, config.max_steps) if config.max_steps else self.total_steps
+        self.announce(meta)
+        seed_everything(config.seed + dist.rank)  # HRM: seed + rank for whatever draws from the global RNGs
+        try:
+            self.plan = plan_micro_batch(arch, meta, config, dist.world_size, device, micro, train_set)
+            if dist.rank == 0:
+                print(f"memory plan: {self.plan.describe()}", flush=True)
+            rows = self.plan.micro_batch
+            self.state = new_state(arch, meta, config, rows, device, dist.world_size, config.compile)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(oom_message(micro or config.global_batch_size // dist.world_size, None)) from None
+        self.state.sampler = TrainSampler(
+            train_set, config.global_batch_size, config.eval_interval, config.seed, dist.rank, dist.world_size
+        )
+        self.store, self.saved, history = resume(self.state, params, dist, device)
+        if dist.rank == 0 and isinstance(self.paths.get("train_timing"), str):
+            Path(self.paths["train_timing"]).unlink(missing_ok=True)  # a stale one would time another run
+        log_dir, step = self.paths["train_log"], self.state.step
+        self.logger = RunLogger(log_dir, dist.rank == 0, self.stop_at, initial_step=step, history=history)
+        self.eval_metrics: dict[str, float] = {}
+        self.iterations = config.epochs // config.eval_interval
+        self.step_settings = {  # hrm.training.step.train_step's keyword arguments
+            "global_batch_size": config.global_batch_size,
+            "lr_for": make_lr_for(config, self.total_steps),
+            "world_size": dist.world_size,
+            "rank": dist.rank,
+            "micro_batch_size": self.plan.micro_batch,
+        }
+
+    def announce(self, meta: Any) -> None:
+        """Refuse a batch no eval interval can fill; print the planned steps and where they run (rank 0)."""
+        config, total_steps, stop_at = self.config, self.total_steps, self.stop_at
+        per_iteration = config.eval_interval * meta.total_groups * meta.mean_puzzle_examples
+        if per_iteration < config.global_batch_size:
+            raise UserError(
+                f"params.yaml: train.global_batch_size {config.global_batch_size} exceeds the ~{per_iteration:g} "
+                f"examples of one eval interval ({config.eval_interval} epochs x {meta.total_groups} groups): "
+                "no full batch to train on; raise train.eval_interval or lower the batch"
+            )
+        if self.dist.rank == 0:
+            print(
+                f"planned steps: {total_steps} = int(epochs {config.epochs} x groups {meta.total_groups} x "
+                f"mean puzzle examples {meta.mean_puzzle_examples:g} / global batch {config.global_batch_size})"
+                + (f"; stopping at train.max_steps = {stop_at}" if stop_at < total_steps else ""),
+                flush=True,
+            )
+            print(f"device: {self.device}, processes: {self.dist.world_size}", flush=True)
+
+    def evaluate(self) -> None:
+        from hrm.training.data import eval_batches
+        from hrm.training.step import evaluate
+
+        world_size = self.dist.world_size
+        batches = eval_batches(self.test_set, self.plan.micro_batch * world_size, self.dist.rank, world_size)
+        self.eval_metrics = evaluate(
+            self.state, batches, device=self.device, world_size=world_size, route_task=self.route_task
+        )
+        self.logger.log_eval(self.state.step, self.eval_metrics)
+        self.state.last_eval_step = self.state.step
+
+    def checkpoint(self) -> Path:
+        self.saved = self.state.save(self.store, total_steps=self.total_steps, history=self.logger.history())
+        return self.saved
+
+
+@contextmanager
+def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
+    """Settings checked and outputs probed before any work, then the process group (torchrun: nccl on CUDA, else
+    gloo) for the block and in it the `Run`: data, plan, state, resume."""
+    from hrm.runtime import resolve_device, set_cpu_threads, set_determinism
+
+    config = TrainConfig.from_params(section(params, "train"))
+    paths = section(params, "paths")
+    dist_info = distributed_from_env()
+    configured_micro = fixed_micro_batch(config, dist_info.world_size)  # a bad split fails here
+    check_output_paths(paths, dist_info.rank)
+    device = resolve_device(config.device, dist_info.local_rank)
+    set_cpu_threads(config.threads)
+    set_determinism(config.deterministic, device)
+    if dist_info.world_size == 1:
+        yield Run(params, config, dist_info, device, configured_micro)
+        return
+    import torch.distributed as dist
+
+    if device.type == "mps":
+        raise UserError("torchrun on Apple GPUs is not supported (no collective backend); use one process")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Run(params, config, dist_info, device, configured_micro)
+    finally:
+        dist.destroy_process_group()
+
+
+def resume(
+    state: Any, params: dict[str, Any], dist: Distributed, device: Any
+) -> tuple[Any, Path | None, Any]:
+    """The run's checkpoint store, its newest checkpoint (loaded into `state`) and that checkpoint's dvclive
+    history on rank 0 (None: starting from scratch, or another rank)."""
+    from hrm.training.checkpoint import CheckpointStore, fingerprint
+
+    paths, rank = section(params, "paths"), dist.rank
+    root = Path(paths["hrm"])
+    data_texts = {
+        split: (root / split / "dataset.json").read_text(encoding="utf-8") for split in ("train", "test")
+    }
+    run_fingerprint = fingerprint(section(params, "arch"), section(params, "train"), data_texts)
+    store = CheckpointStore(paths["checkpoints"], run_fingerprint, rank, dist.world_size)
+    store.check_shared()  # multi-node: every rank must see rank 0's checkpoints
+    latest = store.latest()
+    if latest is None:
+        if rank == 0:
+            print(f"no checkpoint in {store.folder}: starting from scratch", flush=True)
+        return store, None, None
+    history = state.restore(store, latest, device)["history"]
+    if rank == 0:
+        print(f"resuming from {latest} (step {state.step})", flush=True)
+    return store, latest, history if rank == 0 else None

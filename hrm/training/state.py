@@ -1,0 +1,133 @@
+"""The trainer's state: built once (`new_state`, for the run and for the memory probe alike), saved and restored
+as one checkpoint (`TrainState.save` / `TrainState.restore`; format: hrm.training.checkpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hrm.config import ConfigError
+
+
+@dataclass
+class TrainState:
+    """What a step reads and changes; `head` may be the compiled wrapper of `module`."""
+
+    head: Any
+    module: Any
+    optimizers: list[Any]
+    base_lrs: list[float]
+    generator: Any  # torch.Generator for the model's own draws (halt exploration)
+    step: int = 0
+    carry: Any = None
+    ema: Any = None  # hrm.training.ema.WeightEMA when train.ema: updated after each step, used to evaluate
+    sampler: Any = None  # hrm.training.data.TrainSampler: its position is part of a checkpoint
+    last_eval_step: int = -1
+
+    @property
+    def sparse_optimizers(self) -> list[Any]:
+        """The puzzle embedding's sign-SGD (it sets each micro-batch's rows aside; no rows, no optimizer)."""
+        from hrm.optim import SparseSignSGD
+
+        return [o for o in self.optimizers if isinstance(o, SparseSignSGD)]
+
+    def save(self, store: Any, **common: Any) -> Path:
+        """One checkpoint (collective): what the run needs to continue bit for bit, plus `common` entries."""
+        from hrm.runtime import rng_states
+
+        shared = {
+            "model": self.module.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "sampler": self.sampler.state_dict(),
+            "last_eval_step": self.last_eval_step,
+            **common,
+        }
+        if self.ema is not None:
+            shared["ema"] = self.ema.state_dict()
+        carry = None if self.carry is None else {k: v.cpu() for k, v in self.carry.to_state().items()}
+        own = {"carry": carry, "generator": self.generator.get_state(), "rng": rng_states()}
+        return store.save(self.step, shared, own)
+
+    def restore(self, store: Any, path: Path, device: Any) -> dict[str, Any]:
+        """Load checkpoint folder `path` (written by `save`) into this state; returns its common part."""
+        from hrm.models import ACTCarry
+        from hrm.runtime import set_rng_states
+
+        common, own = store.load(path)
+        self.module.load_state_dict(common["model"])
+        for optimizer, saved in zip(self.optimizers, common["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.sampler.load_state_dict(common["sampler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(common.get("ema", {}), source=str(path / "common.pt"))
+        self.step = int(common["step"])
+        self.last_eval_step = int(common["last_eval_step"])
+        self.carry = None if own["carry"] is None else ACTCarry.from_state(own["carry"], device=device)
+        self.generator.set_state(own["generator"])
+        set_rng_states(own["rng"])
+        return common
+
+
+def new_state(
+    arch: dict[str, Any],
+    metadata: Any,
+    config: Any,
+    rows: int,
+    device: Any,
+    world_size: int = 1,
+    compile_model: bool = False,
+) -> TrainState:
+    """The trainer's state for micro-batches of `rows`: the model (seeded: identical on every rank and device,
+    broadcast under torchrun), both optimizers, the model's own generator, the EMA copy. `train` and the memory
+    probe build it here, so the probe measures what the run allocates. `config`: a setup.TrainConfig."""
+    import torch
+
+    from hrm.models import build_model
+    from hrm.training.ema import WeightEMA
+
+    module = build_model(arch, metadata, rows, device, config.seed)
+    set_activation_checkpointing(module, config.activation_checkpointing)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor, src=0)
+    # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
+    # draws the same numbers as a CPU run. The same seed on every rank: each step draws for the whole
+    # global batch and each rank takes its rows (hrm.training.step.step_draws), so the run does not depend
+    # on the number of processes or micro-batches (HRM seeds seed + rank instead).
+    generator = torch.Generator()
+    generator.manual_seed(config.seed)
+    optimizers, base_lrs = build_optimizers(module, config)
+    head = torch.compile(module, dynamic=False) if compile_model else module
+    module.train()
+    ema = WeightEMA(module, config.ema_rate) if config.ema else None  # a full copy of the weights
+    return TrainState(head, module, optimizers, base_lrs, generator, ema=ema)
+
+
+def build_optimizers(module: Any, config: Any) -> tuple[list[Any], list[float]]:
+    """HRM's pair: sign-SGD on the puzzle-embedding table, AdamATan2 on every parameter; base lrs in order."""
+    from hrm.optim import AdamATan2, SparseSignSGD
+
+    # lr 0 until the schedule sets it before the first step (HRM does the same).
+    dense = AdamATan2(
+        module.parameters(), lr=0.0, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+    )
+    if module.puzzle_emb is None:
+        return [dense], [config.lr]
+    sparse = SparseSignSGD(module.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay)
+    return [sparse, dense], [config.puzzle_emb_lr, config.lr]
+
+
+def set_activation_checkpointing(module: Any, enabled: bool) -> None:
+    """Switch recomputation on in every block stack that supports it; refuse a model that has none."""
+    stacks = [m for m in module.modules() if hasattr(m, "activation_checkpointing")]
+    if enabled and not stacks:
+        raise ConfigError(
+            f"params.yaml: train.activation_checkpointing is true but arch.name "
+            f"{type(getattr(module, 'model', module)).__name__} does not support it"
+        )
+    for stack in stacks:
+        stack.activation_checkpointing = enabled
