@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm.budget import BASELINES, baselines, group_budget, plot_budget, run_curve, segment_flops_of
-from hrm.config import ConfigError, load_params, parse_override
+from hrm.config import load_params, parse_override
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, profile_overrides, set_param_args
 
@@ -102,10 +102,7 @@ def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, A
             close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise UserError(f"--set {key}: params.yaml has no key {key}{hint}")
-        try:
-            _, value = parse_override(item)
-        except ConfigError as err:
-            raise UserError(str(err)) from err
+        _, value = parse_override(item)
         if value not in axes.setdefault(key, []):
             axes[key].append(value)
     keys = sorted(axes)
@@ -800,18 +797,12 @@ def compare(
     `rev`: report the experiments that were queued from that commit, with its params.yaml, and queue nothing
     (a comparison that ran before later commits; DVC files experiments under the commit they ran from).
     """
-    try:
-        params = load_params(params_path) if rev is None else params_at(rev)
-    except ConfigError as err:
-        raise UserError(str(err)) from err
+    params = load_params(params_path) if rev is None else params_at(rev)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: need at least 1 worker")
-    try:
-        runs = plan(
-            params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
-        )
-    except ConfigError as err:  # a malformed profile (e.g. its per_arch table)
-        raise UserError(str(err)) from err
+    runs = plan(
+        params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
+    )
     out_dir = Path(out_dir)
     baseline = check_repository(out_dir) if rev is None else resolve_rev(rev)
     found = show_experiments(baseline)

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from hrm.io import UserError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -35,8 +37,9 @@ SCHEMA_FILE = SCHEMA_DIR / "params.schema.json"
 MAX_PROBLEMS = 10  # listed per error; the rest are counted
 
 
-class ConfigError(ValueError):
-    """A setting is missing, unknown or has the wrong type; the message names the file and key."""
+class ConfigError(UserError, ValueError):
+    """A setting is missing, unknown or has the wrong type; the message names the file and key. A UserError,
+    so every entry point reports it as one (message, exit 1, no traceback) without translating it."""
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

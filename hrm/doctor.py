@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm import runtime
-from hrm.config import ConfigError, load_params, run_params
+from hrm.config import load_params, run_params
 from hrm.io import UserError
 from hrm.planning import (
     ASSUMED_MFU,
@@ -168,14 +168,11 @@ def load_run_config(
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1:
         raise UserError(f"--world-size must be >= 1, got {world_size}")
-    try:
-        on_disk = load_params(params_path)
-        params = run_params(on_disk, profile, list(overrides), params_path.as_posix())
-        train = TrainConfig.from_params(params["train"])
-        # the trainer's own checks: the global batch splits over the processes, the micro-batch divides a share
-        micro = fixed_micro_batch(train, world_size)
-    except ConfigError as err:
-        raise UserError(str(err)) from err
+    on_disk = load_params(params_path)
+    params = run_params(on_disk, profile, list(overrides), params_path.as_posix())
+    train = TrainConfig.from_params(params["train"])
+    # the trainer's own checks: the global batch splits over the processes, the micro-batch divides a share
+    micro = fixed_micro_batch(train, world_size)
     data_is_current = all(on_disk.get(key) == params.get(key) for key in ("generate", "convert", "paths"))
     metadata, source = dataset_metadata(params, params_path, data_is_current)
     return RunConfig(

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import ConfigError, chosen_arch, load_params, profile_overrides, run_params
+from hrm.config import chosen_arch, load_params, profile_overrides, run_params
 from hrm.io import UserError
 
 
@@ -53,15 +53,10 @@ def quickstart(
 ) -> Path:
     """Run the named profile (plus `extra` `key=value` overrides) as experiment `name` (default: the
     profile's name); return the folder holding its report."""
-    try:
-        params = load_params(params_path)
-        # per-arch overrides follow --set arch.name=...
-        overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)
-        run_params(
-            params, profile, extra, params_path
-        )  # checked here: a typo stops before DVC starts a stage
-    except ConfigError as err:
-        raise UserError(str(err)) from err
+    params = load_params(params_path)
+    # per-arch overrides follow --set arch.name=...
+    overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)
+    run_params(params, profile, extra, params_path)  # checked here: a typo stops before DVC starts a stage
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:

@@ -19,13 +19,12 @@ def main(
         ),
     ] = None,
 ) -> None:
-    from hrm.config import ConfigError
     from hrm.data.conversion.convert import run
     from hrm.io import UserError
 
     try:
         report = run(params, strict=strict)
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # a ConfigError is one too
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     for issue in report["issues"]:

@@ -17,13 +17,13 @@ def main(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:
     """Evaluate `paths.model` on `paths.hrm` and write `paths.eval_reports`."""
-    from hrm.config import ConfigError, load_params
+    from hrm.config import load_params
     from hrm.evaluation.runner import run_evaluation, summary_lines
     from hrm.io import UserError
 
     try:
         metrics = run_evaluation(load_params(params), progress=not quiet)
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # a ConfigError is one too
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     for line in summary_lines(metrics):

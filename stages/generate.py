@@ -11,13 +11,12 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(params: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
-    from hrm.config import ConfigError
     from hrm.data.generation.generate import run
     from hrm.io import UserError
 
     try:
         summary = run(params)
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # a ConfigError is one too
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     counts = summary["counts"]

@@ -15,13 +15,13 @@ app = typer.Typer(add_completion=False)
 def main(
     params: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
 ) -> None:
-    from hrm.config import ConfigError, load_params
+    from hrm.config import load_params
     from hrm.io import UserError
     from hrm.training.loop import TrainingInterrupted, train
 
     try:
         train(load_params(params))
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # a ConfigError is one too
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     except TrainingInterrupted as err:
