@@ -151,6 +151,23 @@ def group_budget(curves: Sequence[Sequence[dict[str, Any]]], monotone: float | N
     return {"curve": mean, "last": mean[-1] if mean else None, "reach": reach, "formula": FORMULA}
 
 
+def baseline_lines(lines: dict[str, dict[str, Any]], metric: str) -> dict[float, str]:
+    """The dashed lines of one panel, value -> label (baselines of equal value share a line): every baseline on
+    route optimal, copy-the-input on token accuracy, none on exact."""
+    shown: dict[float, list[str]] = {}
+    for key, entry in lines.items():
+        wanted = "route_optimal_rate" if metric == "route_optimal_rate" else "accuracy"
+        if (
+            metric == "exact_accuracy"
+            or wanted not in entry
+            or (metric == "accuracy" and key != "copy_input")
+        ):
+            continue
+        value = entry[wanted]["mean"]
+        shown.setdefault(value, []).append(entry["label"])
+    return {value: " = ".join(labels) + f" {100 * value:.1f}%" for value, labels in shown.items()}
+
+
 def plot_budget(results: dict[str, Any], path: Path) -> bool:
     """Metrics (rows) against each compute axis (columns): mean over seeds, a ± sd band, baselines dashed."""
     from hrm.evaluation.plots import new_figure, save_figure
@@ -178,20 +195,9 @@ def plot_budget(results: dict[str, Any], path: Path) -> bool:
                     color=line.get_color(),
                     alpha=0.2,
                 )
-            baseline_metric = "route_optimal_rate" if metric == "route_optimal_rate" else "accuracy"
-            if metric != "exact_accuracy":
-                for key, entry in lines.items():
-                    if baseline_metric in entry and (metric == "route_optimal_rate" or key == "copy_input"):
-                        ax.axhline(
-                            entry[baseline_metric]["mean"], linestyle="--", linewidth=0.8, color="grey"
-                        )
-                        ax.annotate(
-                            entry["label"],
-                            (0, entry[baseline_metric]["mean"]),
-                            fontsize=6,
-                            xycoords=("axes fraction", "data"),
-                            va="bottom",
-                        )
+            for value, label in baseline_lines(lines, metric).items():
+                ax.axhline(value, linestyle="--", linewidth=0.8, color="grey")
+                ax.annotate(label, (0.01, value), fontsize=6, xycoords=("axes fraction", "data"), va="bottom")
             if axis == "flops" and drawn:
                 ax.set_xscale("log")
             ax.set_xlabel(axis_label, fontsize=8)
