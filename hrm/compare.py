@@ -312,7 +312,8 @@ def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list
 
 
 def show_experiments(baseline: str) -> dict[str, list[Experiment]]:
-    result = _cmd(["dvc", "exp", "show", "--json"])
+    # --rev: DVC lists the experiments of HEAD only unless told the baseline (hrm compare --rev)
+    result = _cmd(["dvc", "exp", "show", "--json", "--rev", baseline])
     try:
         shown = json.loads(result.stdout)
     except json.JSONDecodeError as err:

@@ -185,6 +185,19 @@ def test_rev_reports_an_earlier_commits_experiments_with_its_params(committed_re
     assert results["runs"][0]["metrics"]["route_optimal_rate"] == 0.25
 
 
+def test_experiments_are_asked_of_the_baseline_commit(monkeypatch):
+    """dvc exp show lists HEAD's experiments unless given --rev: an earlier commit's would read as missing."""
+    asked = []
+
+    def fake_cmd(command, check=True):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="[]", stderr="")
+
+    monkeypatch.setattr(cmp, "_cmd", fake_cmd)
+    assert cmp.show_experiments("e" * 40) == {}
+    assert asked == [["dvc", "exp", "show", "--json", "--rev", "e" * 40]]
+
+
 def test_a_report_under_another_out_folder_leaves_the_workspace_clean(committed_repo):
     """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
