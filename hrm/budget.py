@@ -34,22 +34,21 @@ LEVELS = (0.2, 0.5)  # route-optimal levels whose first crossing is reported, wi
 
 
 def segment_flops_of(flat_params: dict[str, Any]) -> float:
-    """Training FLOPs of one row-segment of the run whose flat params.yaml (dvc exp show) these are.
-
-    The data facts follow the convert stage's contract (docs/design.md): seq_len = rows x cols, one puzzle
-    identifier per vehicle plus the blank one, the vocabulary of hrm/data/spec.py.
-    """
-    from hrm.data import spec
+    """Training FLOPs of one row-segment of the run whose flat params.yaml (dvc exp show) these are, with the
+    data facts convert writes for its generate settings (`convert.metadata_for_settings`)."""
+    from hrm.data.conversion.convert import metadata_for_settings
     from hrm.models.config import ModelConfig
     from hrm.models.flops import segment_flops
 
     arch = {k.removeprefix("arch."): v for k, v in flat_params.items() if k.startswith("arch.")}
     arch["forward_dtype"] = "float32"  # the count does not depend on it; "auto" would ask for a device
+    generate = {k: flat_params[f"generate.{k}"] for k in ("rows", "cols", "vehicles", "train_bases")}
+    metadata = metadata_for_settings(generate)
     config = ModelConfig.from_arch(
         arch,
-        seq_len=int(flat_params["generate.rows"]) * int(flat_params["generate.cols"]),
-        vocab_size=spec.VOCAB_SIZE,
-        num_puzzle_identifiers=len(flat_params["generate.vehicles"]) + 1,
+        seq_len=metadata["seq_len"],
+        vocab_size=metadata["vocab_size"],
+        num_puzzle_identifiers=metadata["num_puzzle_identifiers"],
         batch_size=1,
     )
     return segment_flops(config).total

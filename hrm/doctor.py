@@ -132,24 +132,12 @@ class Report:
 def dataset_metadata(params: dict[str, Any], params_path: Path, data_is_current: bool) -> tuple[Any, str]:
     """The converted data's metadata if present (and made from these settings), else what convert writes
     for the generate settings (one puzzle of one example per base and vehicle); and where it came from."""
-    from hrm.data import spec
-    from hrm.data.conversion.convert import HRM_SET
+    from hrm.data.conversion.convert import metadata_for_settings
 
     metadata_file = params_path.parent / Path(params["paths"]["hrm"]) / "train" / "dataset.json"
     if data_is_current and metadata_file.is_file():
         return DatasetMetadata.from_file(metadata_file), f"{metadata_file.as_posix()}: seq_len"
-    generate = params["generate"]
-    expected = DatasetMetadata(
-        pad_id=spec.PAD,
-        ignore_label_id=spec.PAD,
-        blank_identifier_id=0,
-        vocab_size=spec.VOCAB_SIZE,
-        seq_len=generate["rows"] * generate["cols"],
-        num_puzzle_identifiers=len(generate["vehicles"]) + 1,  # + the blank identifier 0
-        total_groups=generate["train_bases"],
-        mean_puzzle_examples=1.0,
-        sets=[HRM_SET],
-    )
+    expected = DatasetMetadata(**metadata_for_settings(params["generate"]))
     return expected, "generate.rows x generate.cols (no converted data of these settings)"
 
 

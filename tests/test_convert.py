@@ -344,3 +344,11 @@ def test_stage_converts_and_no_strict_flag_overrides_params(tmp_path):
     assert converted.exit_code == 0, converted.output
     assert "warning:" in converted.stderr and "seq_len 900, vocab 10" in converted.stdout
     assert read_json(out / "train" / "dataset.json")["seq_len"] == 900
+
+
+def test_metadata_for_settings_is_what_convert_writes(generated, tmp_path):
+    """The doctor's plan and the budget curves' FLOPs use the metadata convert would write, before converting."""
+    convert.convert(generated, tmp_path / "hrm")
+    written = json.loads((tmp_path / "hrm" / "train" / "dataset.json").read_text(encoding="utf-8"))
+    expected = convert.metadata_for_settings(small_params()["generate"])
+    assert {k: written[k] for k in HRM_METADATA_FIELDS} == expected

@@ -48,6 +48,23 @@ def hrm_metadata(
     }
 
 
+def metadata_for_settings(generate: dict[str, Any]) -> dict[str, Any]:
+    """The train split's metadata that convert writes for these `generate` settings, without the data: one
+    puzzle of one example per base and vehicle, seq_len rows x cols, the blank identifier plus one per vehicle
+    (the doctor's plan and the budget curves' FLOPs before or without a conversion)."""
+    return {
+        "pad_id": spec.PAD,
+        "ignore_label_id": spec.PAD,
+        "blank_identifier_id": 0,
+        "vocab_size": spec.VOCAB_SIZE,
+        "seq_len": int(generate["rows"]) * int(generate["cols"]),
+        "num_puzzle_identifiers": len(generate["vehicles"]) + 1,
+        "total_groups": int(generate["train_bases"]),
+        "mean_puzzle_examples": 1.0,
+        "sets": [HRM_SET],
+    }
+
+
 def write_hrm_split(folder: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
     """One split of HRM's on-disk layout: `all__<name>.npy` per array in HRM's dtypes (uint8 grids, int32
     indices and ids) and `dataset.json`. The one writer of the layout (convert, test and bench data)."""
