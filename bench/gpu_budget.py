@@ -65,7 +65,7 @@ def make_data(params: dict, out: Path) -> None:
 
 def study_arch(params: dict) -> dict:
     """Train one arch, evaluate it (baselines), and read its curve with its compute."""
-    from hrm.budget import run_curve, segment_flops_of
+    from hrm.budget import run_baselines, run_curve, segment_flops_of
     from hrm.evaluation.runner import run_evaluation
     from hrm.quickstart import flatten
     from hrm.training.loop import train
@@ -82,12 +82,12 @@ def study_arch(params: dict) -> dict:
 
     flops = segment_flops_of(flatten(params))
     curve = run_curve(read, paths["train_log"], int(params["train"]["global_batch_size"]), flops)
-    baselines = {
-        key: {k: test[key][k] for k in ("route_optimal_rate", "accuracy") if k in test[key]}
-        for key in ("monotone_path", "vehicle_blind", "copy_input")
-        if isinstance(test.get(key), dict)
+    return {
+        "curve": curve,
+        "baselines": run_baselines(test),
+        "train_s": round(train_s, 1),
+        "flops_per_segment": flops,
     }
-    return {"curve": curve, "baselines": baselines, "train_s": round(train_s, 1), "flops_per_segment": flops}
 
 
 def main() -> None:

@@ -117,6 +117,15 @@ def first_reach(curve: Sequence[dict[str, Any]], level: float, metric: str = "ro
     return next((p for p in curve if p.get(metric) is not None and p[metric] >= level), None)
 
 
+def run_baselines(test: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One run's baseline rates from its evaluate-stage test metrics (metrics.json's `test`)."""
+    return {
+        key: {k: test[key][k] for k in ("route_optimal_rate", "accuracy") if k in test[key]}
+        for key, _ in BASELINES
+        if isinstance(test.get(key), dict)
+    }
+
+
 def baselines(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each baseline's test rates over the successful runs' own metrics (mean, and min/max: equal on one data)."""
     out = {}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrm.budget import BASELINES, baselines, group_budget, plot_budget, run_curve, segment_flops_of
+from hrm.budget import baselines, group_budget, plot_budget, run_baselines, run_curve, segment_flops_of
 from hrm.config import load_params, parse_override
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, profile_overrides, set_param_args
@@ -408,11 +408,7 @@ def run_record(
             }
     timing = experiment.metrics.get(str(paths.get("train_timing", "")), {})
     record["timing"] = {k: timing[k] for k, _ in TIMING if isinstance(timing.get(k), int | float)}
-    record["baselines"] = {
-        key: {k: test[key][k] for k in ("route_optimal_rate", "accuracy") if k in test[key]}
-        for key, _ in BASELINES
-        if isinstance(test.get(key), dict)
-    }
+    record["baselines"] = run_baselines(test)
     record["compute"] = {
         "global_batch_size": int(experiment.params["train.global_batch_size"]),
         "flops_per_segment": segment_flops_of(experiment.params),
