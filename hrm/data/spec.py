@@ -196,6 +196,31 @@ HRM_METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
     "sets": list,
 }
 
+HRM_SET = "all"  # the one set of every split
+
+
+def hrm_metadata(
+    seq_len: int,
+    num_identifiers: int,
+    total_groups: int,
+    mean_examples: float = 1.0,
+    vocab_size: int = VOCAB_SIZE,
+    ignore_label_id: int | None = PAD,
+) -> dict[str, Any]:
+    """HRM's PuzzleDatasetMetadata: generate's dataset.json (plus rows/cols) and convert's."""
+    return {
+        "pad_id": PAD,
+        "ignore_label_id": ignore_label_id,
+        "blank_identifier_id": 0,
+        "vocab_size": vocab_size,
+        "seq_len": seq_len,
+        "num_puzzle_identifiers": num_identifiers,
+        "total_groups": total_groups,
+        "mean_puzzle_examples": mean_examples,
+        "sets": [HRM_SET],
+    }
+
+
 # HRM layout extras written by convert beside the standard arrays.
 HRM_ROUTING_FILE = "routing.json"  # CostModel.to_dict() + rows/cols, at the dataset root
 HRM_EXTRA_ARRAYS = ("base_scenario_ids", "vehicle_types")  # all__{name}.npy per split

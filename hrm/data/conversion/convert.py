@@ -22,8 +22,8 @@ from hrm.config import ConfigError, load_params, section
 from hrm.data import spec
 from hrm.data.conversion import augment as augmentation
 from hrm.data.conversion import raw
+from hrm.data.generation.generate import readable_folder
 
-HRM_SET = "all"
 STANDARD_VEHICLES = ("bike", "car", "van", "truck")  # the original tool's easy/normal/hard/expert
 
 
@@ -35,34 +35,22 @@ def hrm_metadata(
 ) -> dict[str, Any]:
     """HRM's PuzzleDatasetMetadata, every number taken from the split's arrays."""
     puzzles = len(arrays["puzzle_identifiers"])
-    return {
-        "pad_id": spec.PAD,
-        "ignore_label_id": ignore_label_id,
-        "blank_identifier_id": 0,
-        "vocab_size": vocab_size,
-        "seq_len": int(np.shape(arrays["inputs"])[1]),
-        "num_puzzle_identifiers": num_identifiers,
-        "total_groups": len(arrays["group_indices"]) - 1,
-        "mean_puzzle_examples": len(arrays["inputs"]) / puzzles if puzzles else 0.0,
-        "sets": [HRM_SET],
-    }
+    return spec.hrm_metadata(
+        int(np.shape(arrays["inputs"])[1]),
+        num_identifiers,
+        len(arrays["group_indices"]) - 1,
+        len(arrays["inputs"]) / puzzles if puzzles else 0.0,
+        vocab_size,
+        ignore_label_id,
+    )
 
 
 def metadata_for_settings(generate: dict[str, Any]) -> dict[str, Any]:
     """The train split's metadata that convert writes for these `generate` settings, without the data: one
     puzzle of one example per base and vehicle, seq_len rows x cols, the blank identifier plus one per vehicle
     (the doctor's plan and the budget curves' FLOPs before or without a conversion)."""
-    return {
-        "pad_id": spec.PAD,
-        "ignore_label_id": spec.PAD,
-        "blank_identifier_id": 0,
-        "vocab_size": spec.VOCAB_SIZE,
-        "seq_len": int(generate["rows"]) * int(generate["cols"]),
-        "num_puzzle_identifiers": len(generate["vehicles"]) + 1,
-        "total_groups": int(generate["train_bases"]),
-        "mean_puzzle_examples": 1.0,
-        "sets": [HRM_SET],
-    }
+    seq_len = int(generate["rows"]) * int(generate["cols"])
+    return spec.hrm_metadata(seq_len, len(generate["vehicles"]) + 1, int(generate["train_bases"]))
 
 
 def write_hrm_split(folder: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
@@ -72,7 +60,7 @@ def write_hrm_split(folder: Path, arrays: dict[str, np.ndarray], metadata: dict[
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         dtype = np.uint8 if name in ("inputs", "labels") else np.int32
-        np.save(folder / f"{HRM_SET}__{name}.npy", np.asarray(array, dtype=dtype), allow_pickle=False)
+        np.save(folder / f"{spec.HRM_SET}__{name}.npy", np.asarray(array, dtype=dtype), allow_pickle=False)
     io.atomic_write_json(folder / "dataset.json", metadata, indent=1)
     return folder
 
@@ -115,7 +103,7 @@ def convert(
     if augmentation.parse(augment) != "none":
         splits["train"] = _augmented_train(dataset, augment)
     with io.staged_directory(out_dir) as staging:
-        _readable(staging)
+        readable_folder(staging)
         io.atomic_write_json(staging / "identifiers.json", dataset.identifiers)
         if dataset.cost_model is not None:
             routing_doc = dataset.cost_model.to_dict() | {"rows": dataset.rows, "cols": dataset.cols}
@@ -172,12 +160,6 @@ def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
             f"optimal route of their transformed map:\n{listed}\nNothing was written."
         )
     return augmented
-
-
-def _readable(path: Path) -> None:
-    from hrm.data.generation.generate import readable_folder
-
-    readable_folder(path)
 
 
 def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> dict[str, Any]:

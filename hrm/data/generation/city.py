@@ -1,21 +1,15 @@
 """One base scenario: a city map, its traffic at one hour of the day, a few closures, a start and a goal.
 
-The map is built like a city is: a coarse grid of avenues (one per axis may be a limited-access highway that
-only avenues cross), a finer street grid with blocks of varying size and some streets built over, alleys
-through some blocks, parks, and sometimes a river that highways and only some avenues and streets bridge.
-Then the start and the goal, and what makes the way between them need search (issue 12): sometimes a barrier
-of closures across the direct corridor (roadworks: every road cell of one line between them, so no monotone
-route is left) and a congestion hotspot midway. Traffic: the hour sets the overall load (rush hours
-heavier); busier road classes and a few hotspots carry more; a little per-cell noise; the load is cut into 4
-congestion levels that the road token keeps beside its class.
-
-Every draw comes from one `StableRng`, and every computation on floats that could round differently on
-another machine is avoided: loads are integer arithmetic, so the same seed gives the same map everywhere.
+The map: avenues (one per axis may be a limited-access highway), a street grid with irregular blocks, alleys,
+parks, sometimes a river with a few bridges. What makes the way need search (issue 12): sometimes a barrier of
+closures across the direct corridor and a congestion hotspot midway. Traffic: hour x road class x hotspots plus
+noise, cut into 4 congestion levels. Every draw comes from one `StableRng` and loads are integer arithmetic,
+so the same seed gives the same map on every machine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -28,6 +22,7 @@ NO_ROAD = -1
 ALLEY, STREET, AVENUE, HIGHWAY = (
     spec.ROAD_CLASSES.index(c) for c in ("alley", "street", "avenue", "highway")
 )
+PAIRS = ("avenue_spacing", "block_size", "closures", "barrier_margin", "hotspots", "hotspot_radius")
 
 
 @dataclass(frozen=True)
@@ -56,43 +51,26 @@ class CityParams:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "params.yaml") -> CityParams:
-        """`generate.city` already checked by `schemas/params.schema.json` (`hrm.config.load_params`: types,
-        ranges, list lengths, every key present, every road class in class_traffic). Left here: the rules
-        between values that a schema cannot state, each a ConfigError naming the file and key. `int()` and
-        `float()` only normalise (the schema accepts 4.0 as an integer)."""
+        """`generate.city` already checked by the schema (`hrm.config.load_params`); left here: the rules
+        between values, each a ConfigError naming the key. `int()`/`float()` only normalise (4.0 is an integer)."""
         where = f"{source}: generate.city"
-
-        def pair(key: str) -> tuple[int, int]:
-            low, high = (int(v) for v in raw[key])
-            if low > high:
-                raise ConfigError(f"{where}.{key} must be [min, max] with min <= max, got {raw[key]!r}")
-            return low, high
-
-        def probability(key: str) -> float:
-            return float(raw[key])
-
         thresholds = tuple(int(t) for t in raw["congestion_thresholds"])
         if list(thresholds) != sorted(thresholds):
             raise ConfigError(
                 f"{where}.congestion_thresholds must be in increasing order (each >= the one before: "
                 f"free | light | heavy | jam), got {raw['congestion_thresholds']!r}"
             )
+        values: dict[str, Any] = {}
+        for key in (f.name for f in fields(cls)):
+            if key.endswith("_probability"):
+                values[key] = float(raw[key])
+            elif key in PAIRS:
+                low, high = (int(v) for v in raw[key])
+                if low > high:
+                    raise ConfigError(f"{where}.{key} must be [min, max] with min <= max, got {raw[key]!r}")
+                values[key] = (low, high)
         return cls(
-            avenue_spacing=pair("avenue_spacing"),
-            block_size=pair("block_size"),
-            highway_probability=probability("highway_probability"),
-            street_gap_probability=probability("street_gap_probability"),
-            alley_probability=probability("alley_probability"),
-            park_probability=probability("park_probability"),
-            river_probability=probability("river_probability"),
-            street_bridge_probability=probability("street_bridge_probability"),
-            avenue_bridge_probability=probability("avenue_bridge_probability"),
-            closures=pair("closures"),
-            barrier_probability=probability("barrier_probability"),
-            barrier_margin=pair("barrier_margin"),
-            corridor_hotspot_probability=probability("corridor_hotspot_probability"),
-            hotspots=pair("hotspots"),
-            hotspot_radius=pair("hotspot_radius"),
+            **values,
             traffic_by_hour=tuple(int(h) for h in raw["traffic_by_hour"]),
             class_traffic=tuple(int(raw["class_traffic"][c]) for c in spec.ROAD_CLASSES),
             congestion_thresholds=(thresholds[0], thresholds[1], thresholds[2]),
@@ -161,23 +139,17 @@ def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[n
     avenue_cols = _line_positions(rng, cols, params.avenue_spacing)
     street_rows = _street_positions(rng, avenue_rows, rows, params.block_size)
     street_cols = _street_positions(rng, avenue_cols, cols, params.block_size)
-    for r in street_rows:
-        road[r, :] = STREET
-    for c in street_cols:
-        road[:, c] = STREET
+    road[street_rows, :] = STREET
+    road[:, street_cols] = STREET
 
-    # Built-over street segments (between two crossings) make blocks irregular.
+    # Built-over street segments (between two crossings) make blocks irregular; road.T: the columns as rows.
     all_rows, all_cols = sorted(avenue_rows + street_rows), sorted(avenue_cols + street_cols)
-    for r in street_rows:
-        bounds = [-1, *all_cols, cols]
-        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
-            if high - low > 1 and rng.bernoulli(params.street_gap_probability):
-                road[r, low + 1 : high] = NO_ROAD
-    for c in street_cols:
-        bounds = [-1, *all_rows, rows]
-        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
-            if high - low > 1 and rng.bernoulli(params.street_gap_probability):
-                road[low + 1 : high, c] = NO_ROAD
+    for lines, crossings, view in ((street_rows, all_cols, road), (street_cols, all_rows, road.T)):
+        bounds = [-1, *crossings, view.shape[1]]
+        for line in lines:
+            for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+                if high - low > 1 and rng.bernoulli(params.street_gap_probability):
+                    view[line, low + 1 : high] = NO_ROAD
 
     # Alleys through blocks, parks.
     for r0, r1, c0, c1 in _blocks(all_rows, all_cols, rows, cols):
@@ -194,24 +166,17 @@ def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[n
                 c_from, c_to = (c0, c1) if rng.bernoulli(0.7) else (c0 + width // 2, c1)
                 road[r, c_from : c_to + 1] = ALLEY
 
-    for r in avenue_rows:
-        road[r, :] = AVENUE
-    for c in avenue_cols:
-        road[:, c] = AVENUE
-    highway_rows = (
-        [rng.choice(avenue_rows)] if avenue_rows and rng.bernoulli(params.highway_probability) else []
-    )
-    highway_cols = (
-        [rng.choice(avenue_cols)] if avenue_cols and rng.bernoulli(params.highway_probability) else []
+    road[avenue_rows, :] = AVENUE
+    road[:, avenue_cols] = AVENUE
+    highway_rows, highway_cols = (
+        [rng.choice(avenues)] if avenues and rng.bernoulli(params.highway_probability) else []
+        for avenues in (avenue_rows, avenue_cols)
     )
     # A highway keeps its cells except where an avenue crosses it: the avenue bridges over it, a junction.
-    for r in highway_rows:
-        road[r, road[r, :] != AVENUE] = HIGHWAY
-    for c in highway_cols:
-        road[road[:, c] != AVENUE, c] = HIGHWAY
-    for r in highway_rows:
-        for c in highway_cols:
-            road[r, c] = HIGHWAY  # two highways meet at an interchange
+    for lines, view in ((highway_rows, road), (highway_cols, road.T)):
+        for line in lines:
+            view[line, view[line, :] != AVENUE] = HIGHWAY
+    road[np.ix_(highway_rows, highway_cols)] = HIGHWAY  # two highways meet at an interchange
     # Limited access: streets and alleys stop one cell short of a highway; only avenues join it.
     is_highway = road == HIGHWAY
     touches = np.zeros_like(is_highway)
@@ -222,7 +187,7 @@ def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[n
     road[touches & ((road == STREET) | (road == ALLEY))] = NO_ROAD
 
     if rng.bernoulli(params.river_probability):
-        _river(rng, road, terrain, street_rows, street_cols, params)
+        _river(rng, road, terrain, (street_rows, street_cols), params)
     return road, terrain
 
 
@@ -230,8 +195,7 @@ def _river(
     rng: StableRng,
     road: np.ndarray,
     terrain: np.ndarray,
-    street_rows: list[int],
-    street_cols: list[int],
+    streets: tuple[list[int], list[int]],
     params: CityParams,
 ) -> None:
     """A meandering river across the map; highways bridge it, some avenues and streets do."""
@@ -241,14 +205,13 @@ def _river(
     width = rng.integer(1, 3)
     centre = rng.integer(span // 4, span - span // 4)
     water = np.zeros_like(road, dtype=bool)
+    across = water.T if across_rows else water  # across[along] is one cross-section of the river
     for along in range(length):
         centre = min(max(centre + rng.integer(-1, 2), 2), span - 2 - width)
-        if across_rows:
-            water[centre : centre + width, along] = True
-        else:
-            water[along, centre : centre + width] = True
-    bridged_rows = {r for r in street_rows if rng.bernoulli(params.street_bridge_probability)}
-    bridged_cols = {c for c in street_cols if rng.bernoulli(params.street_bridge_probability)}
+        across[along, centre : centre + width] = True
+    bridged_rows, bridged_cols = (
+        {line for line in lines if rng.bernoulli(params.street_bridge_probability)} for lines in streets
+    )
     # an avenue line is bridged whole or not at all: one draw per avenue row/column the river crosses
     avenue_lines = sorted(
         {("row", r) for r in range(rows) if (road[r, :] == AVENUE).all()}
@@ -258,27 +221,20 @@ def _river(
     rr, cc = np.nonzero(water)
     for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
         klass = road[r, c]
-        if klass == HIGHWAY:
-            continue
-        if klass == AVENUE and ("row", r) not in unbridged and ("col", c) not in unbridged:
-            continue
-        if klass == STREET and (
-            (r in street_rows and r in bridged_rows) or (c in street_cols and c in bridged_cols)
+        if (
+            klass == HIGHWAY
+            or (klass == AVENUE and ("row", r) not in unbridged and ("col", c) not in unbridged)
+            or (klass == STREET and (r in bridged_rows or c in bridged_cols))
         ):
-            continue
+            continue  # a bridge
         road[r, c] = NO_ROAD
         terrain[r, c] = spec.WATER
 
 
 def _congestion(
-    rng: StableRng,
-    road: np.ndarray,
-    hour: int,
-    params: CityParams,
-    corridor: tuple[int, int] | None = None,
+    rng: StableRng, road: np.ndarray, hour: int, params: CityParams, corridor: tuple[int, int] | None
 ) -> np.ndarray:
-    """Congestion level per cell, from integer loads: hour x class busyness x (1 + hotspots) + noise.
-
+    """Congestion level per cell from integer loads: hour x class busyness x (1 + hotspots) + noise.
     corridor: (row, col) of an extra hotspot (the middle of the start-goal corridor), or None."""
     rows, cols = road.shape
     hotspot = np.zeros((rows, cols), dtype=np.int64)
@@ -302,10 +258,8 @@ def _congestion(
 
 
 def _barrier(rng: StableRng, road: np.ndarray, start: int, goal: int, margin: tuple[int, int]) -> np.ndarray:
-    """Closed cells cutting the direct corridor: every road cell of one row (or column) strictly between start
-    and goal, across the corridor's width plus a random margin on each side. No monotone route survives it,
-    so every vehicle must go round one end (or the goal becomes unreachable and the attempt is rejected).
-    Returns a bool mask of the cells to close (empty when start and goal are too close on both axes)."""
+    """Bool mask of closures cutting the direct corridor: the road cells of one line strictly between start and
+    goal, across the corridor plus a random margin each side. No monotone route survives it."""
     rows, cols = road.shape
     (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
     axes = [axis for axis, gap in (("row", abs(s_row - g_row)), ("col", abs(s_col - g_col))) if gap >= 2]
@@ -326,44 +280,34 @@ def _barrier(rng: StableRng, road: np.ndarray, start: int, goal: int, margin: tu
     oriented = road if axis == "row" else road.T
     major = (oriented == AVENUE) | (oriented == HIGHWAY)
     crossings = np.flatnonzero(major[line - 1] & major[line + 1]).tolist()
-    outside = [c for c in crossings if c < low or c > high]
-    if not outside:
+    if not any(c < low or c > high for c in crossings):
         if not crossings:
             return closed
         # the crossing nearest to either end of the corridor; on a small map it may lie inside the corridor,
         # then the barrier only narrows the corridor to that avenue
-        middle2 = first + last
         nearest = min(crossings, key=lambda c: (min(abs(c - first), abs(c - last)), c))
-        low, high = (nearest + 1, high) if 2 * nearest < middle2 else (low, nearest - 1)
-    if axis == "row":
-        closed[line, low : high + 1] = road[line, low : high + 1] >= 0
-    else:
-        closed[low : high + 1, line] = road[low : high + 1, line] >= 0
+        low, high = (nearest + 1, high) if 2 * nearest < first + last else (low, nearest - 1)
+    (closed if axis == "row" else closed.T)[line, low : high + 1] = oriented[line, low : high + 1] >= 0
     return closed
 
 
-def build_city(
-    rng: StableRng,
-    rows: int,
-    cols: int,
-    params: CityParams,
-    shared_tokens: np.ndarray,
-    min_manhattan: int,
-) -> City:
-    """A new base scenario from `rng`.
+def _tokens(road: np.ndarray, terrain: np.ndarray, congestion: np.ndarray | int) -> np.ndarray:
+    """Flat tokens: `spec.road_token` of each road cell's class and congestion, the terrain elsewhere."""
+    return np.where(
+        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS) + congestion, terrain
+    ).reshape(-1)
 
-    shared_tokens: bool [VOCAB_SIZE], tokens every vehicle may enter; start and goal sit on such cells, at
-    least `min_manhattan` apart (a route of n cells spans at most n - 1 in Manhattan distance).
-    Raises NoEndpoints when no such pair exists.
-    """
+
+def build_city(
+    rng: StableRng, rows: int, cols: int, params: CityParams, shared_tokens: np.ndarray, min_manhattan: int
+) -> City:
+    """A new base scenario from `rng`. Start and goal sit on cells whose token is in `shared_tokens` (bool
+    [VOCAB_SIZE]: every vehicle may enter), >= `min_manhattan` apart; NoEndpoints when no such pair exists."""
     road, terrain = _layout(rng, rows, cols, params)
     hour = rng.integer(0, 24)
     # Endpoints are chosen on road classes alone (congestion never bars a vehicle), so that the corridor
     # between them can get a barrier and a hotspot before traffic is computed.
-    free_tokens = np.where(
-        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS), terrain
-    )
-    free_tokens = free_tokens.reshape(-1)
+    free_tokens = _tokens(road, terrain, 0)
     road_cells = np.flatnonzero(road.reshape(-1) >= 0).tolist()
     closed = np.zeros(rows * cols, dtype=bool)
     closures = rng.integer(params.closures[0], params.closures[1] + 1)
@@ -394,9 +338,7 @@ def build_city(
         g_row, g_col = divmod(goal, cols)
         corridor = ((s_row + g_row) // 2, (s_col + g_col) // 2)
     congestion = _congestion(rng, road, hour, params, corridor)
-    tokens = np.where(
-        road >= 0, spec.ROAD_BASE + np.maximum(road, 0) * len(spec.CONGESTION_LEVELS) + congestion, terrain
-    ).reshape(-1)
+    tokens = _tokens(road, terrain, congestion)
     tokens[closed] = spec.CLOSED
     tokens[start], tokens[goal] = spec.START, spec.GOAL
     return City(tokens, road, congestion, hour, start, goal)

@@ -1,22 +1,18 @@
 """The generate stage: base scenarios x vehicles -> the 18 raw JSON files.
 
-A base is drawn from `StableRng(seed, (split_index, base_index, attempt))`; attempt 0, 1, 2, ... are tried in
-order until one passes every check, so the kept base depends on nothing but those three numbers. A base is kept
-only if every vehicle has a route, each vehicle's optimum is unique, every route has at least
-`min_route_length` cells (start and goal included), and the routes are not all the same.
-
-Difficulty (`generate.difficulty`): the city makes detours common (rivers with few bridges, a barrier of
-closures across the direct corridor, a congestion hotspot on it, highways barred to bikes); shares are then
-guaranteed by quotas. Base i of a split must hold `quota(i)` examples with a detour of at least `min_detour`
-cells and, where its quota says so, at least `min_distinct_routes` distinct routes. The quota is what keeps
-bases 0..i at or above the share given what bases 0..i-1 reached, so attempts are rejected only where the city
-alone falls short, and every prefix of a split meets the share (more bases never change the earlier ones).
+Base i of a split is drawn from `StableRng(seed, (split_index, i, attempt))`, attempts 0, 1, 2, ... until one
+passes every check (`try_attempt`), so it depends on those three numbers alone. Difficulty shares
+(`generate.difficulty`) are met by quota: base i must hold `quota(i)` examples with a detour >= `min_detour`
+(and `min_distinct_routes` distinct routes where its quota says so), enough to keep bases 0..i at the share
+given what bases 0..i-1 reached; so every prefix of a split meets the share and more bases change no earlier one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,9 +66,7 @@ class DifficultyParams:
     def from_dict(
         cls, raw: dict[str, Any], n_vehicles: int, rows: int, cols: int, min_route_length: int, source: str
     ) -> DifficultyParams:
-        """`generate.difficulty` already checked by `schemas/params.schema.json` (`hrm.config.load_params`:
-        every key present, integers >= their minimum, shares in [0, 1], no unknown key). Left here: the rules
-        that tie a value to another one, each a ConfigError naming the file and key."""
+        """The rules between values the schema (`hrm.config.load_params`) cannot state, each a ConfigError."""
         where = f"{source}: generate.difficulty"
         min_detour, distinct = int(raw["min_detour"]), int(raw["min_distinct_routes"])
         detour_share, distinct_share = float(raw["min_detour_share"]), float(raw["min_distinct_share"])
@@ -96,9 +90,8 @@ class DifficultyParams:
         return cls(min_detour, detour_share, distinct, distinct_share)
 
     def quota(self, share: float, index: int, per_base: int, achieved: int) -> int:
-        """Items base `index` must contribute so that bases 0..index hold at least `share` of their items
-        (`per_base` items per base), given `achieved` items in bases 0..index-1. Exact rationals: the same
-        on every machine. Never more than `per_base` while every earlier prefix met the share."""
+        """Items base `index` must add so that bases 0..index hold `share` of their items (`per_base` a base),
+        given `achieved` in bases 0..index-1. Exact rationals: the same on every machine."""
         return max(0, math.ceil(Fraction(str(share)) * per_base * (index + 1)) - achieved)
 
     def detour_quota(self, index: int, n_vehicles: int, achieved: int) -> int:
@@ -127,8 +120,7 @@ class GenerateSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> GenerateSettings:
-        """`params` already checked by `schemas/params.schema.json` (`hrm.config.load_params`): only the
-        cross-field rules of the city and the difficulty are checked here (ConfigError naming the key)."""
+        """`params` already checked by the schema; the city and the difficulty check their cross-field rules."""
         raw = section(params, "generate", source)
         try:
             cost_model = spec.CostModel(
@@ -197,6 +189,13 @@ def _route_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     return 1.0 - len(set_a & set_b) / len(set_a | set_b)
 
 
+def _difficulty(settings: GenerateSettings, routes: tuple[routing.RouteSolution, ...]) -> tuple[int, int]:
+    """(routes with a detour >= difficulty.min_detour, distinct routes) of one base."""
+    min_detour = settings.difficulty.min_detour
+    detours = sum(routing.detour_cells(route.path, settings.cols) >= min_detour for route in routes)
+    return detours, len({route.path for route in routes})
+
+
 def try_attempt(
     settings: GenerateSettings,
     cost_table: np.ndarray,
@@ -229,11 +228,10 @@ def try_attempt(
         if solution.optimal_routes > 1:
             return city, (), "tie", vehicle.name
         routes.append(solution)
-    distinct = len({route.path for route in routes})
+    detours, distinct = _difficulty(settings, tuple(routes))
     if distinct == 1:
         return city, (), "identical_routes", None
-    min_detour = settings.difficulty.min_detour
-    if sum(routing.detour_cells(route.path, settings.cols) >= min_detour for route in routes) < need_detours:
+    if detours < need_detours:
         return city, (), "detour", None
     if distinct < need_distinct:
         return city, (), "distinct_routes", None
@@ -270,13 +268,9 @@ def generate_bases(
                     )
                     if reason is None:
                         split_bases.append(Base(f"{split}-{base_index:04d}", key, city, routes))
-                        detours_so_far += sum(
-                            routing.detour_cells(r.path, settings.cols) >= settings.difficulty.min_detour
-                            for r in routes
-                        )
-                        distinct_so_far += (
-                            len({r.path for r in routes}) >= settings.difficulty.min_distinct_routes
-                        )
+                        detours, distinct = _difficulty(settings, routes)
+                        detours_so_far += detours
+                        distinct_so_far += distinct >= settings.difficulty.min_distinct_routes
                         break
                     reasons[reason] += 1
                     rejections.by_reason[reason] += 1
@@ -309,30 +303,15 @@ def _split_files(settings: GenerateSettings, split: str, bases: list[Base]) -> d
     for base in bases:
         grid = base.city.grid.tolist()
         for vehicle, route in zip(vehicles, base.routes, strict=True):
-            label = list(grid)
-            for cell in route.path[1:-1]:
-                label[cell] = spec.ROUTE
             inputs.append(grid)
-            labels.append(label)
+            labels.append(routing.mark_route(base.city.grid, route.path).tolist())
             base_ids.append(base.base_id)
             vehicle_names.append(vehicle.name)
     n_vehicles = len(vehicles)
     n_examples = len(inputs)
-    metadata = {
-        "pad_id": spec.PAD,
-        "ignore_label_id": spec.PAD,
-        "blank_identifier_id": 0,
-        "vocab_size": spec.VOCAB_SIZE,
-        "seq_len": settings.rows * settings.cols,
-        "num_puzzle_identifiers": n_vehicles + 1,
-        "total_groups": len(bases),
-        "mean_puzzle_examples": 1.0,
-        "sets": ["all"],
-        "rows": settings.rows,
-        "cols": settings.cols,
-    }
+    metadata = spec.hrm_metadata(settings.rows * settings.cols, n_vehicles + 1, len(bases))
     return {
-        "dataset": metadata,
+        "dataset": metadata | {"rows": settings.rows, "cols": settings.cols},
         "inputs": inputs,
         "labels": labels,
         "puzzle_identifiers": [v + 1 for _ in bases for v in range(n_vehicles)],
@@ -343,22 +322,27 @@ def _split_files(settings: GenerateSettings, split: str, bases: list[Base]) -> d
     }
 
 
+def _distinct_histogram(bases: list[Base], n_vehicles: int) -> dict[str, int]:
+    distinct = [len({route.path for route in base.routes}) for base in bases]
+    return {str(k): distinct.count(k) for k in range(1, n_vehicles + 1)}
+
+
 def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
+    n_vehicles = len(vehicle_names)
     identical_pairs = {
         f"{vehicle_names[a]}={vehicle_names[b]}": sum(
             base.routes[a].path == base.routes[b].path for base in bases
         )
-        for a, b in combinations(range(len(vehicle_names)), 2)
+        for a, b in combinations(range(n_vehicles), 2)
     }
-    distinct = [len({route.path for route in base.routes}) for base in bases]
+    histogram = _distinct_histogram(bases, n_vehicles)
     pair_distances = [
         _route_distance(a.path, b.path) for base in bases for a, b in combinations(base.routes, 2)
     ]
-    n_vehicles = len(bases[0].routes) if bases else 0
     return {
         "bases": len(bases),
-        "bases_with_all_routes_distinct": sum(d == n_vehicles for d in distinct),
-        "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, n_vehicles + 1)},
+        "bases_with_all_routes_distinct": histogram[str(n_vehicles)],
+        "distinct_routes_per_base_histogram": histogram,
         "bases_where_two_vehicles_share_the_route": identical_pairs,
         # math.fsum is exactly rounded: the same figure on every CPU, unlike a SIMD-order float reduction
         "mean_pairwise_route_distance": round(math.fsum(pair_distances) / len(pair_distances), 6)
@@ -368,36 +352,33 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
     }
 
 
-def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str, Any]:
-    """How much search a split needs: detours (overall and per vehicle), turns, distinct routes per base,
-    and each difficulty rule's required and found share."""
+def difficulty_stats(
+    settings: GenerateSettings, bases: list[Base], examples: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How much search a split needs (its `_example_records`): detours (overall and per vehicle), turns,
+    distinct routes per base, and each difficulty rule's required and found share."""
     rule = settings.difficulty
-    cols = settings.cols
-    names = [vehicle.name for vehicle in settings.cost_model.vehicles]
-    detours = [[routing.detour_cells(r.path, cols) for r in base.routes] for base in bases]
-    turn_counts = [[routing.turns(r.path) for r in base.routes] for base in bases]
-    flat_detours = [d for row in detours for d in row]
-    distinct = [len({r.path for r in base.routes}) for base in bases]
-    n_bases = len(bases)
-    figures = detour_figures(flat_detours, [t for row in turn_counts for t in row], rule.min_detour)
-    distinct_share = (
-        round(sum(d >= rule.min_distinct_routes for d in distinct) / n_bases, 6) if n_bases else 0.0
-    )
+    n_vehicles = len(settings.cost_model.vehicles)
+
+    def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+        return detour_figures([r["detour"] for r in records], [r["turns"] for r in records], rule.min_detour)
+
+    overall = figures(examples)
+    distinct = [len({r.path for r in base.routes}) >= rule.min_distinct_routes for base in bases]
+    distinct_share = round(sum(distinct) / len(bases), 6) if bases else 0.0
     return {
-        **figures,
-        "distinct_routes_per_base_histogram": {str(k): distinct.count(k) for k in range(1, len(names) + 1)},
+        **overall,
+        "distinct_routes_per_base_histogram": _distinct_histogram(bases, n_vehicles),
         "distinct_routes_share": distinct_share,
         "by_vehicle": {
-            name: detour_figures(
-                [row[v] for row in detours], [row[v] for row in turn_counts], rule.min_detour
-            )
-            for v, name in enumerate(names)
+            vehicle.name: figures(examples[v::n_vehicles])
+            for v, vehicle in enumerate(settings.cost_model.vehicles)
         },
         "rules": {
             "min_detour_share": {
                 "required": rule.min_detour_share,
-                "found": figures["detour_share"],
-                "met": figures["detour_share"] >= rule.min_detour_share,
+                "found": overall["detour_share"],
+                "met": overall["detour_share"] >= rule.min_detour_share,
                 "min_detour": rule.min_detour,
             },
             "min_distinct_share": {
@@ -407,16 +388,6 @@ def difficulty_stats(settings: GenerateSettings, bases: list[Base]) -> dict[str,
                 "min_distinct_routes": rule.min_distinct_routes,
             },
         },
-    }
-
-
-def _length_stats(values: list[int]) -> dict[str, float]:
-    array = np.array(values, dtype=np.int64)
-    return {
-        "min": int(array.min()),
-        "mean": round(float(array.mean()), 3),
-        "median": float(np.median(array)),
-        "max": int(array.max()),
     }
 
 
@@ -435,6 +406,16 @@ def _example_records(settings: GenerateSettings, bases: list[Base]) -> list[dict
         for base in bases
         for vehicle, route in zip(settings.cost_model.vehicles, base.routes, strict=True)
     ]
+
+
+def _length_stats(values: list[int]) -> dict[str, float]:
+    array = np.array(values, dtype=np.int64)
+    return {
+        "min": int(array.min()),
+        "mean": round(float(array.mean()), 3),
+        "median": float(np.median(array)),
+        "max": int(array.max()),
+    }
 
 
 def _base_records(bases: list[Base]) -> list[dict[str, Any]]:
@@ -456,8 +437,22 @@ def build_summary(
 ) -> dict[str, Any]:
     """The summary file: everything needed to re-check every label without this code."""
     vehicles = settings.cost_model.vehicles
-    examples = {split: _example_records(settings, split_bases) for split, split_bases in bases.items()}
-    base_records = {split: _base_records(split_bases) for split, split_bases in bases.items()}
+    per_split: dict[str, dict[str, Any]] = {}
+    for split, split_bases in bases.items():
+        examples = _example_records(settings, split_bases)
+        n = len(split_bases)
+        for key, value in (
+            (
+                "counts",
+                {"bases": n, "examples": n * len(vehicles), "puzzles": n * len(vehicles), "groups": n},
+            ),
+            ("diversity", _diversity(split_bases, [v.name for v in vehicles])),
+            ("difficulty", difficulty_stats(settings, split_bases, examples)),
+            ("hours", Counter(b.city.hour for b in split_bases).most_common()),
+            ("bases", _base_records(split_bases)),
+            ("examples", examples),
+        ):
+            per_split.setdefault(key, {})[split] = value
     all_bases = [base for split_bases in bases.values() for base in split_bases]
     length_by_vehicle = {
         vehicle.name: _length_stats([len(base.routes[index].path) for base in all_bases])
@@ -490,29 +485,9 @@ def build_summary(
         ),
         "vehicle_original_ids": {vehicle.name: vehicle.original_id for vehicle in vehicles},
         "identifiers": settings.cost_model.identifiers(),
-        "counts": {
-            split: {
-                "bases": len(split_bases),
-                "examples": len(split_bases) * len(vehicles),
-                "puzzles": len(split_bases) * len(vehicles),
-                "groups": len(split_bases),
-            }
-            for split, split_bases in bases.items()
-        },
         "rejections": rejections.to_dict(kept=len(all_bases)),
         "route_length_by_vehicle": length_by_vehicle,
-        "diversity": {
-            split: _diversity(split_bases, [v.name for v in vehicles]) for split, split_bases in bases.items()
-        },
-        "difficulty": {
-            split: difficulty_stats(settings, split_bases) for split, split_bases in bases.items()
-        },
-        "hours": {
-            split: Counter(b.city.hour for b in split_bases).most_common()
-            for split, split_bases in bases.items()
-        },
-        "bases": base_records,
-        "examples": examples,
+        **per_split,
     }
 
 
@@ -550,8 +525,6 @@ def generate(
 
 def readable_folder(path: Path) -> None:
     """mkdtemp makes staging folders private (0700); the published folder gets the usual umask permissions."""
-    import os
-
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o777 & ~umask)
@@ -559,8 +532,6 @@ def readable_folder(path: Path) -> None:
 
 def io_summary(files: dict[str, bytes]) -> dict[str, Any]:
     """The summary document back, plus the sha256 of every file (for logs and the determinism check)."""
-    import json
-
     summary = json.loads(files[spec.RAW_SUMMARY_FILE])
     summary["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     return summary
