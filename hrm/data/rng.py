@@ -1,13 +1,8 @@
 """Version-proof random draws: same seed and spawn key -> the same numbers on every machine and numpy release.
 
-numpy promises that `SeedSequence` and the raw output of the `PCG64` bit generator never change, but not the
-transforms of `Generator` (`integers`, `random`, `choice`, ... have changed between releases). So only raw 64-bit
-words are taken from numpy, and every transform (uniform floats, unbiased integers, choice, shuffle) is done
-here, in plain integer arithmetic.
-
-Streams: `StableRng(seed, (split_index, base_index, attempt))`. Distinct spawn keys give independent streams
-(SeedSequence's guarantee), so train (split 0) and test (split 1) never share a stream, and a rejected attempt's
-successor is fixed by its attempt number alone.
+numpy promises stable `SeedSequence` and raw `PCG64` output, not stable `Generator` transforms, so only raw
+64-bit words come from numpy and every transform is done here in integer arithmetic. Distinct spawn keys
+(generate: `(split_index, base_index, attempt)`) give independent streams.
 """
 
 from __future__ import annotations
@@ -22,37 +17,37 @@ _TWO_POW_64 = 1 << 64
 _FLOAT_SCALE = 1.0 / (1 << 53)
 
 
+def _span_limit(low: int, high: int) -> tuple[int, int]:
+    """(span, limit) of [low, high): words >= limit, past the last full multiple of span, are redrawn."""
+    span = int(high) - int(low)
+    if span <= 0:
+        raise ValueError(f"empty range [{low}, {high})")
+    return span, _TWO_POW_64 - (_TWO_POW_64 % span)
+
+
 class StableRng:
     """A seeded stream of raw PCG64 words with hand-written, stable transforms."""
 
     def __init__(self, seed: int, spawn_key: Sequence[int] = ()) -> None:
         if seed < 0 or any(k < 0 for k in spawn_key):
             raise ValueError("seed and spawn key entries must be non-negative integers")
-        sequence = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in spawn_key))
-        self._bits = np.random.PCG64(sequence)
         self.seed = int(seed)
         self.spawn_key = tuple(int(k) for k in spawn_key)
+        self._bits = np.random.PCG64(np.random.SeedSequence(entropy=self.seed, spawn_key=self.spawn_key))
 
     def raw(self, count: int) -> np.ndarray:
         """`count` raw 64-bit words (uint64)."""
         return np.asarray(self._bits.random_raw(count), dtype=np.uint64)
 
-    def raw_word(self) -> int:
-        return int(self._bits.random_raw())
-
-    # ---- scalars ----
     def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
         """A float in [low, high) from the top 53 bits of one word."""
-        return low + (high - low) * ((self.raw_word() >> 11) * _FLOAT_SCALE)
+        return low + (high - low) * ((int(self._bits.random_raw()) >> 11) * _FLOAT_SCALE)
 
     def integer(self, low: int, high: int) -> int:
         """An integer in [low, high), exactly uniform (words past the last full multiple are redrawn)."""
-        span = int(high) - int(low)
-        if span <= 0:
-            raise ValueError(f"empty range [{low}, {high})")
-        limit = _TWO_POW_64 - (_TWO_POW_64 % span)
+        span, limit = _span_limit(low, high)
         while True:
-            word = self.raw_word()
+            word = int(self._bits.random_raw())
             if word < limit:
                 return int(low) + word % span
 
@@ -95,7 +90,6 @@ class StableRng:
             pool[index], pool[other] = pool[other], pool[index]
         return pool[:count]
 
-    # ---- arrays ----
     def uniform_array(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Floats in [0, 1), float64, from the top 53 bits of each word (exact in float64: no rounding)."""
         size = int(np.prod(shape))
@@ -103,15 +97,12 @@ class StableRng:
         return (words.astype(np.float64) * _FLOAT_SCALE).reshape(shape)
 
     def integer_array(self, low: int, high: int, shape: int | tuple[int, ...]) -> np.ndarray:
-        """Integers in [low, high), int64, exactly uniform: words past the last full multiple are redrawn."""
-        span = int(high) - int(low)
-        if span <= 0:
-            raise ValueError(f"empty range [{low}, {high})")
-        size = int(np.prod(shape))
-        limit = np.uint64(_TWO_POW_64 - (_TWO_POW_64 % span) - 1)  # largest accepted word
-        words = self.raw(size)
-        rejected = np.flatnonzero(words > limit)
+        """Integers in [low, high), int64, exactly uniform (as `integer`, word for word)."""
+        span, limit = _span_limit(low, high)
+        largest = np.uint64(limit - 1)  # limit itself may be 2**64, past uint64
+        words = self.raw(int(np.prod(shape)))
+        rejected = np.flatnonzero(words > largest)
         while rejected.size:  # about span / 2**64 of the words: in practice never
             words[rejected] = self.raw(rejected.size)
-            rejected = rejected[words[rejected] > limit]
+            rejected = rejected[words[rejected] > largest]
         return (words % np.uint64(span)).astype(np.int64).reshape(shape) + int(low)

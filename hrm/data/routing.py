@@ -1,14 +1,8 @@
-"""Shortest routes on a token grid: A* with optimal-route counting, and route checking.
+"""Shortest routes on a token grid: A* with optimal-route counting, route checking, an independent Dijkstra.
 
-Shared by generate (labels), validate (re-checks) and evaluate (is a predicted route valid, what does it cost).
-`dijkstra_optimum` is a second, independent solver (scipy's Dijkstra) for validate's and evaluate's optimum.
-
-Rules (the same as `CostModel.to_dict()["cost_rule"]`): 4-neighbour moves; moving into a cell costs that cell's
-entering cost for the vehicle (`cost_table[puzzle_id][token]`, -1 = barred); start and goal cost 0; the route cost
-is the sum of the entering costs of every cell after the start. Costs are exact integers, so "tied optimum" is an
-exact notion and ties are counted, not guessed.
-
-Grids are flat, row-major (`index = row * cols + col`), like the model's sequences; 2-D arrays are flattened.
+Rules (`CostModel.to_dict()["cost_rule"]`): 4-neighbour moves; entering a cell costs its token's cost for the
+vehicle (-1 = barred), start and goal cost 0; a route's cost sums every cell after the start. Costs are exact
+integers, so ties are counted, not guessed. Grids are flat, row-major (`index = row * cols + col`).
 """
 
 from __future__ import annotations
@@ -30,16 +24,8 @@ def neighbours(rows: int, cols: int) -> tuple[tuple[int, ...], ...]:
     result = []
     for index in range(rows * cols):
         row, col = divmod(index, cols)
-        cells = []
-        if row > 0:
-            cells.append(index - cols)
-        if col > 0:
-            cells.append(index - 1)
-        if col < cols - 1:
-            cells.append(index + 1)
-        if row < rows - 1:
-            cells.append(index + cols)
-        result.append(tuple(cells))
+        steps = ((row > 0, -cols), (col > 0, -1), (col < cols - 1, 1), (row < rows - 1, cols))
+        result.append(tuple(index + step for inside, step in steps if inside))
     return tuple(result)
 
 
@@ -59,11 +45,8 @@ class RouteSolution:
 
 
 def _heuristic(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> list[int]:
-    """Admissible and consistent lower bound on the cost from each cell to the goal.
-
-    Every step except the last one (into the goal, cost 0) enters a cell that costs at least `min_step`,
-    so `min_step * max(manhattan - 1, 0)` never overestimates, and it drops by at most `min_step` per move.
-    """
+    """Admissible, consistent bound to the goal: every step but the last (free) enters a cell costing at least
+    `min_step`, so `min_step * max(manhattan - 1, 0)`."""
     inner = costs.copy()
     inner[[start, goal]] = -1
     enterable = inner[inner >= 0]
@@ -77,13 +60,11 @@ def _heuristic(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -
 def solve(
     costs: np.ndarray, start: int, goal: int, rows: int, cols: int, count_cap: int = 2
 ) -> RouteSolution:
-    """Minimum-cost route from `start` to `goal` by A*, plus the number of optimal routes (capped).
+    """Minimum-cost route by A*, plus the number of optimal routes (capped).
 
-    The number of optimal routes into a cell is the sum over its tight predecessors u (g[u] + cost[v] == g[v]).
-    A* pops cells by (f, g): with a consistent heuristic a tight predecessor has f[u] <= f[v] and, as costs are
-    positive, g[u] < g[v], so it is always popped (and its count final) first. The free step into the goal is
-    the one exception (equal g), so the goal sorts after every other cell with the same (f, g). Counts are thus
-    final when a cell is popped, and the search stops at the goal, as plain A* does.
+    A cell's count sums its tight predecessors' (g[u] + cost[v] == g[v]). Popping by (f, g) with a consistent
+    heuristic and positive costs pops every tight predecessor first; the free step into the goal (equal g) is
+    handled by sorting the goal last among equal (f, g). So counts are final when popped.
     """
     costs = np.asarray(costs, dtype=np.int64).reshape(-1)
     size = rows * cols
@@ -97,8 +78,7 @@ def solve(
             f"only the start and the goal may cost 0 to enter, not cells {sorted(free_cells)[:5]}"
         )
     cost = costs.tolist()
-    cost[start] = spec.ENDPOINT_COST
-    cost[goal] = spec.ENDPOINT_COST
+    cost[start] = cost[goal] = spec.ENDPOINT_COST
     heuristic = _heuristic(costs, start, goal, rows, cols)
     adjacent = neighbours(rows, cols)
 
@@ -154,19 +134,13 @@ def extract_route(label_grid: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RouteCheck:
-    """Verdict on one label or predicted grid.
+    """Verdict on one label or predicted grid (`check_route`)."""
 
-    valid: the ROUTE cells plus start and goal form one simple 4-neighbour path from start to goal, every route
-    cell is enterable by the vehicle, and every non-route cell equals the input.
-    length: cells marked ROUTE plus start and goal (the route length in cells when valid).
-    path: the route in order (start ... goal) when valid, else empty.
-    """
-
-    valid: bool
+    valid: bool  # ROUTE cells + start + goal form one simple path, all enterable, other cells = the input
     reason: str
     cost: int | None
-    length: int
-    path: tuple[int, ...] = field(default=())
+    length: int  # cells marked ROUTE plus start and goal (the route length in cells when valid)
+    path: tuple[int, ...] = field(default=())  # the route in order (start ... goal) when valid, else empty
 
 
 def _walk(
@@ -202,18 +176,24 @@ def _walk(
     return path, ""
 
 
+def _barred_cell(inputs: np.ndarray, costs: np.ndarray, route_mask: np.ndarray, cols: int) -> str:
+    """Why the first route cell that may not be marked is wrong ("" when every one may be)."""
+    for cell in np.flatnonzero(route_mask).tolist():
+        if inputs[cell] in (spec.START, spec.GOAL):
+            return f"cell {cell} overwrites the {'start' if inputs[cell] == spec.START else 'goal'}"
+        if costs[cell] < 0:
+            return (
+                f"route cell {cell} (row {cell // cols}, col {cell % cols}) has token {inputs[cell]}, "
+                "which this vehicle may not enter"
+            )
+    return ""
+
+
 def check_route(
-    input_grid: np.ndarray,
-    label_grid: np.ndarray,
-    cost_row: np.ndarray,
-    rows: int,
-    cols: int,
+    input_grid: np.ndarray, label_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int
 ) -> RouteCheck:
     """Is `label_grid` (a label or a prediction) a valid route for the vehicle whose cost-table row is given?
-
-    Optimal routes have positive-cost cells between start and goal, so they never touch themselves: a cell
-    with three route neighbours, or two route cells side by side that are not consecutive, is not a route.
-    """
+    Optimal routes never touch themselves (inner cells cost > 0): 3 route neighbours mean no route."""
     size = rows * cols
     inputs = np.asarray(input_grid, dtype=np.int64).reshape(-1)
     labels = np.asarray(label_grid, dtype=np.int64).reshape(-1)
@@ -223,51 +203,25 @@ def check_route(
         )
     route_mask = labels == spec.ROUTE
     length = int(route_mask.sum()) + 2
-
     starts = np.flatnonzero(inputs == spec.START)
     goals = np.flatnonzero(inputs == spec.GOAL)
-    if starts.size != 1 or goals.size != 1:
-        return RouteCheck(
-            False, f"input has {starts.size} start and {goals.size} goal cells, expected 1 each", None, length
-        )
-    start, goal = int(starts[0]), int(goals[0])
-
     differs = np.flatnonzero(~route_mask & (labels != inputs))
-    if differs.size:
+    if starts.size != 1 or goals.size != 1:
+        reason = f"input has {starts.size} start and {goals.size} goal cells, expected 1 each"
+    elif differs.size:
         cell = int(differs[0])
-        return RouteCheck(
-            False,
+        reason = (
             f"cell {cell} (row {cell // cols}, col {cell % cols}) is {labels[cell]} but the input has "
-            f"{inputs[cell]} ({differs.size} such cells)",
-            None,
-            length,
+            f"{inputs[cell]} ({differs.size} such cells)"
         )
-    route_cells = np.flatnonzero(route_mask)
-    costs = cell_costs(inputs, cost_row)
-    for cell in route_cells.tolist():
-        if inputs[cell] in (spec.START, spec.GOAL):
-            return RouteCheck(
-                False,
-                f"cell {cell} overwrites the {'start' if inputs[cell] == spec.START else 'goal'}",
-                None,
-                length,
-            )
-        if costs[cell] < 0:
-            return RouteCheck(
-                False,
-                f"route cell {cell} (row {cell // cols}, col {cell % cols}) has token {inputs[cell]}, "
-                "which this vehicle may not enter",
-                None,
-                length,
-            )
-
-    path, reason = _walk(route_mask, start, goal, rows, cols, length)
+    else:
+        costs = cell_costs(inputs, cost_row)
+        reason = _barred_cell(inputs, costs, route_mask, cols)
+        if not reason:
+            path, reason = _walk(route_mask, int(starts[0]), int(goals[0]), rows, cols, length)
     if reason:
         return RouteCheck(False, reason, None, length)
     return RouteCheck(True, "ok", route_cost(costs, path), length, tuple(path))
-
-
-# ---- route geometry: how far a route strays from the straight walk --------------------------------------
 
 
 def manhattan(a: int, b: int, cols: int) -> int:
@@ -277,8 +231,7 @@ def manhattan(a: int, b: int, cols: int) -> int:
 
 
 def detour_cells(path: tuple[int, ...] | list[int], cols: int) -> int:
-    """Cells a route has beyond the Manhattan walk between its ends: 0 = monotone (never steps away from the
-    goal). Always even on a 4-neighbour grid: every step away must be stepped back."""
+    """Cells a route has beyond the Manhattan walk between its ends: 0 = monotone; always even."""
     return len(path) - 1 - manhattan(path[0], path[-1], cols) if path else 0
 
 
@@ -290,20 +243,17 @@ def turns(path: tuple[int, ...] | list[int]) -> int:
 
 @dataclass(frozen=True)
 class MonotoneRoute:
-    """Result of `best_monotone`: the cheapest route that only ever moves towards the goal."""
+    """Result of `best_monotone`: cost None and path () when every monotone route is blocked."""
 
-    cost: int | None  # None: every monotone route is blocked
-    path: tuple[int, ...]  # flat cells, start first, goal last; empty when blocked
+    cost: int | None
+    path: tuple[int, ...]  # flat cells, start first, goal last
 
 
 def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> MonotoneRoute:
-    """Cheapest route of Manhattan length (every move towards the goal) by dynamic programming.
+    """Cheapest route of Manhattan length (every move towards the goal), evaluate's "monotone path" baseline.
 
-    Such a route stays in the rectangle spanned by start and goal and enters each of its cells from one of
-    two cells (the row or the column step towards it), so one pass in order of distance from the start
-    settles every cell: no search. Where it matches the optimum, an example needs no search (the
-    evaluation's "monotone path" baseline). Ties go to the row step (deterministic). Same cost rule as
-    `solve`: entering a cell costs `costs[cell]` (< 0 = barred), the start and the goal cost 0.
+    It stays in the start-goal rectangle and enters each cell by the row or the column step, so one dynamic
+    programming pass settles every cell. Ties go to the row step. Same cost rule as `solve`.
     """
     costs = np.asarray(costs, dtype=np.int64).reshape(-1)
     if costs.size != rows * cols:
@@ -316,34 +266,30 @@ def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int
     best: list[list[float]] = [[UNREACHED] * width for _ in range(height)]
     came_from_row = [[False] * width for _ in range(height)]  # True: entered by the row step
     best[0][0] = 0
+
+    def cell_at(i: int, j: int) -> int:
+        return (s_row + i * row_step) * cols + s_col + j * col_step
+
     for i in range(height):
         for j in range(width):
-            if i == 0 and j == 0:
-                continue
-            cell = (s_row + i * row_step) * cols + s_col + j * col_step
+            cell = cell_at(i, j)
             step = 0 if cell == goal else cost[cell]
-            if step < 0:
+            if (i == 0 and j == 0) or step < 0:
                 continue
             from_row = best[i - 1][j] if i > 0 else UNREACHED
             from_col = best[i][j - 1] if j > 0 else UNREACHED
-            if from_row == UNREACHED and from_col == UNREACHED:
+            if min(from_row, from_col) == UNREACHED:
                 continue
             came_from_row[i][j] = from_row <= from_col
             best[i][j] = min(from_row, from_col) + step
     if best[height - 1][width - 1] == UNREACHED:
         return MonotoneRoute(None, ())
     i, j = height - 1, width - 1
-    path = []
-    while True:
-        path.append((s_row + i * row_step) * cols + s_col + j * col_step)
-        if i == 0 and j == 0:
-            break
-        if came_from_row[i][j]:
-            i -= 1
-        else:
-            j -= 1
-    path.reverse()
-    return MonotoneRoute(int(best[height - 1][width - 1]), tuple(path))
+    path = [goal]
+    while i or j:
+        i, j = (i - 1, j) if came_from_row[i][j] else (i, j - 1)
+        path.append(cell_at(i, j))
+    return MonotoneRoute(int(best[height - 1][width - 1]), tuple(reversed(path)))
 
 
 def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
@@ -352,9 +298,6 @@ def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
     if len(path) > 2:
         label.reshape(-1)[list(path[1:-1])] = spec.ROUTE
     return label
-
-
-# ---- an independent optimum: scipy's Dijkstra (validate and evaluate) ----------------------------------
 
 
 @cache
@@ -385,15 +328,12 @@ def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, si
 def dijkstra_optimum(
     cell_cost: np.ndarray, start: int, goal: int, rows: int, cols: int
 ) -> tuple[int | None, np.ndarray]:
-    """Optimal route cost by scipy's Dijkstra and the mask of cells lying on at least one optimal route.
+    """Optimal cost by scipy's Dijkstra and the mask of cells on at least one optimal route.
 
-    The one Dijkstra of the project (validate's re-check, evaluate's optimum), written apart from the
-    generator's A* (`solve`) so that a bug there cannot hide here. Moves into the start and out
-    of the goal are left out (a route is a simple path between them); the free step into the goal is given
-    weight 1 (subtracted again), because every route enters the goal exactly once, last. A cell v is on an
-    optimal route iff dist(start, v) + dist(v, goal) equals the optimum. Intermediate cells cost >= 1, so
-    an optimal route never touches itself; two distinct optimal routes therefore differ in their cell sets,
-    and the optimum is unique iff this mask is exactly one route's cells.
+    Written apart from the generator's A* (`solve`) so that a bug there cannot hide here (validate's
+    re-check, evaluate's optimum). Moves into the start and out of the goal are left out; the free step into
+    the goal weighs 1 (subtracted again). v is on an optimal route iff dist(start, v) + dist(v, goal) is the
+    optimum; inner cells cost >= 1, so the optimum is unique iff this mask is exactly one route's cells.
     """
     from scipy.sparse.csgraph import dijkstra
 

@@ -1,8 +1,5 @@
 """The data contract shared by every stage: tokens, road classes, vehicles, costs and file names.
-
-Everything that decides a label lives here so that generate, validate and evaluate agree, and so that
-the summary file can carry it (``CostModel.to_dict``) for anyone re-checking labels without this code.
-"""
+All that decides a label lives here, so stages agree and the summary can carry it (`CostModel.to_dict`)."""
 
 from __future__ import annotations
 
@@ -63,14 +60,11 @@ class VehicleProfile:
     def token_costs(self) -> np.ndarray:
         """Cost of entering each token (BLOCKED where barred), shape [VOCAB_SIZE], int64."""
         costs = np.full(VOCAB_SIZE, BLOCKED, dtype=np.int64)
-        for class_name in ROAD_CLASSES:
-            base = self.class_cost.get(class_name)
-            if base is None:
-                continue
-            for level in range(len(CONGESTION_LEVELS)):
-                costs[road_token(class_name, level)] = base + self.congestion_cost[level]
-        costs[START] = ENDPOINT_COST
-        costs[GOAL] = ENDPOINT_COST
+        for class_name, base in self.class_cost.items():
+            if base is not None:
+                for level, extra in enumerate(self.congestion_cost):
+                    costs[road_token(class_name, level)] = base + extra
+        costs[[START, GOAL]] = ENDPOINT_COST
         return costs
 
 
@@ -168,9 +162,8 @@ RAW_ARRAY_FIELDS = (
 
 def raw_split_files(split: str) -> dict[str, str]:
     """The 8 per-split file names, keyed 'dataset' and each array field."""
-    files = {"dataset": f"{RAW_PREFIX}_{split}_dataset.json"}
-    files.update({field: f"{RAW_PREFIX}_{split}_all__{field}.json" for field in RAW_ARRAY_FIELDS})
-    return files
+    fields = {field: f"{RAW_PREFIX}_{split}_all__{field}.json" for field in RAW_ARRAY_FIELDS}
+    return {"dataset": f"{RAW_PREFIX}_{split}_dataset.json"} | fields
 
 
 RAW_IDENTIFIERS_FILE = f"{RAW_PREFIX}_identifiers.json"

@@ -1,20 +1,11 @@
 """Dihedral augmentation of the train split (`convert.augment: dihedral`), as HRM's maze builder's `--aug`.
 
-Every train example appears under the 8 symmetries of the square: identity, the rotations by 90, 180 and 270
-degrees (counter-clockwise, numpy's `rot90`), the left-right and up-down mirrors, and the reflections in the
-main and the anti-diagonal. The test split is never augmented.
-
-Why the labels stay right: a cell's entering cost depends only on its token (`spec.CostModel`), no token is
-direction-dependent (a road token is a class and a congestion level, not a heading; there are no one-way
-streets), and the moves are the 4 neighbours, which every symmetry of the square maps onto the 4 neighbours.
-So a symmetry maps routes onto routes of the same cost, and the unique optimum of a map onto the unique
-optimum of the transformed map. That argument is not trusted: convert and validate re-check every transformed
-route with the independent Dijkstra (`facts.example_facts`).
-
-Layout: an augmented example stays in its base's group and keeps its vehicle (puzzle identifier) and base id.
-Each (transform, puzzle) is its own puzzle, as in HRM's builder, so HRM's sampler (one puzzle per group per
-epoch) sees a random symmetry of a random vehicle each epoch and the planned step count does not change.
-Within a group the puzzles run transform-major: the first ones are the original, untransformed puzzles.
+Every train example under the 8 symmetries of the square; the test split is never augmented. Labels stay
+right because costs depend on the token only (no one-way streets) and every symmetry maps 4-neighbours onto
+4-neighbours; convert and validate still re-check every transformed route with the independent Dijkstra.
+Layout: each (transform, puzzle) is its own puzzle in its base's group, keeping vehicle and base id (HRM's
+sampler then sees a random symmetry of a random vehicle each epoch); within a group transform-major, so the
+first puzzles are the originals.
 """
 
 from __future__ import annotations
@@ -44,24 +35,38 @@ SHAPE_KEEPING = (0, 2, 4, 5)
 LAYOUT_KEY = "augment"  # extra key of the augmented train/dataset.json (HRM's readers ignore unknown keys)
 
 
-def parse(value: Any, key: str = "convert.augment") -> str:
+def parse(value: Any) -> str:
     if value not in CHOICES:
-        raise ConfigError(f"params.yaml: {key} must be one of {', '.join(CHOICES)}, got {value!r}")
+        raise ConfigError(f"params.yaml: convert.augment must be one of {', '.join(CHOICES)}, got {value!r}")
     return value
 
 
-def transforms_for(augment: str, rows: int, cols: int, key: str = "convert.augment") -> tuple[int, ...]:
+def transforms_for(augment: str, rows: int, cols: int) -> tuple[int, ...]:
     """Transform indices the setting asks for on a rows x cols map; refuses dihedral on a non-square map."""
-    if parse(augment, key) == "none":
+    if parse(augment) == "none":
         return (0,)
     if rows != cols:
         kept = ", ".join(TRANSFORMS[t] for t in SHAPE_KEEPING)
         raise ConfigError(
-            f"params.yaml: {key}: dihedral needs square maps, these are {rows} x {cols}: the 90/270-degree "
-            f"rotations and the diagonal reflections would turn them into {cols} x {rows}. Only {kept} keep the "
-            f"shape, which is not the 8x augmentation asked for; set {key}: none (or generate.rows = generate.cols)."
+            f"params.yaml: convert.augment: dihedral needs square maps, these are {rows} x {cols}: the "
+            f"90/270-degree rotations and the diagonal reflections would turn them into {cols} x {rows}. "
+            f"Only {kept} keep the shape, which is not the 8x augmentation asked for; set "
+            "convert.augment: none (or generate.rows = generate.cols)."
         )
     return tuple(range(len(TRANSFORMS)))
+
+
+# each transform on [N, rows, cols] maps, in TRANSFORMS order
+_MAPPINGS = (
+    lambda maps: maps,
+    lambda maps: np.rot90(maps, k=1, axes=(1, 2)),
+    lambda maps: np.rot90(maps, k=2, axes=(1, 2)),
+    lambda maps: np.rot90(maps, k=3, axes=(1, 2)),
+    lambda maps: maps[:, :, ::-1],
+    lambda maps: maps[:, ::-1, :],
+    lambda maps: maps.transpose(0, 2, 1),
+    lambda maps: np.rot90(maps, k=2, axes=(1, 2)).transpose(0, 2, 1),
+)
 
 
 def transform_grids(grids: np.ndarray, rows: int, cols: int, transform: int) -> np.ndarray:
@@ -69,19 +74,7 @@ def transform_grids(grids: np.ndarray, rows: int, cols: int, transform: int) -> 
     maps = np.asarray(grids).reshape(-1, rows, cols)
     if transform not in SHAPE_KEEPING and rows != cols:
         raise ValueError(f"{TRANSFORMS[transform]} needs a square map, got {rows} x {cols}")
-    if transform in (1, 2, 3):
-        out = np.rot90(maps, k=transform, axes=(1, 2))
-    elif transform == 4:
-        out = maps[:, :, ::-1]
-    elif transform == 5:
-        out = maps[:, ::-1, :]
-    elif transform == 6:
-        out = maps.transpose(0, 2, 1)
-    elif transform == 7:
-        out = np.rot90(maps, k=2, axes=(1, 2)).transpose(0, 2, 1)
-    else:
-        out = maps
-    return np.ascontiguousarray(out).reshape(len(maps), rows * cols)
+    return np.ascontiguousarray(_MAPPINGS[transform](maps)).reshape(len(maps), rows * cols)
 
 
 def expansion(

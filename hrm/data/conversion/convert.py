@@ -1,10 +1,4 @@
-"""The convert stage: the 18 raw JSON files -> HRM's on-disk layout (`paths.hrm`).
-
-Output (docs/design.md, Data contract: HRM layout):
-    identifiers.json, routing.json (our files only: the cost model + rows/cols),
-    {train,test}/dataset.json, all__{inputs,labels}.npy (uint8 [N, seq_len]),
-    all__{puzzle_identifiers,puzzle_indices,group_indices}.npy (int32),
-    extra all__base_scenario_ids.npy (int32 base index) and all__vehicle_types.npy (int32 vehicle id).
+"""The convert stage: the 18 raw JSON files -> HRM's on-disk layout (`paths.hrm`; docs/design.md, HRM layout).
 
 Metadata is computed from the arrays, never copied from the input's claims, so it cannot contradict them.
 The folder is built beside the target and swapped in only when complete.
@@ -24,6 +18,8 @@ from hrm.data.conversion import augment as augmentation
 from hrm.data.conversion import raw
 from hrm.data.generation.generate import readable_folder
 
+# the split arrays written as read (base ids and vehicle names are mapped to int32 ids)
+SPLIT_ARRAYS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 STANDARD_VEHICLES = ("bike", "car", "van", "truck")  # the original tool's easy/normal/hard/expert
 
 
@@ -88,9 +84,7 @@ def convert(
     raw_dir: str | Path, out_dir: str | Path, strict: bool = True, augment: str = "none"
 ) -> dict[str, Any]:
     """Convert `raw_dir` into `out_dir`; returns a small report (source, counts, issues converted past).
-
-    `augment` is `convert.augment`: "dihedral" writes the train split under the 8 symmetries of the map
-    (`hrm.data.conversion.augment`), each transformed route re-checked first; the test split is never augmented."""
+    `augment` = "dihedral": the train split under the 8 symmetries, each transformed route checked first."""
     dataset = raw.read_raw(raw_dir)
     if strict and dataset.issues:
         listed = "\n".join(f"  - {issue}" for issue in dataset.issues)
@@ -109,12 +103,7 @@ def convert(
             routing_doc = dataset.cost_model.to_dict() | {"rows": dataset.rows, "cols": dataset.cols}
             io.atomic_write_json(staging / spec.HRM_ROUTING_FILE, routing_doc, indent=1)
         for name, split in splits.items():
-            arrays = {
-                "inputs": split.inputs.astype(np.uint8),
-                "labels": split.labels.astype(np.uint8),
-                "puzzle_identifiers": split.puzzle_identifiers.astype(np.int32),
-                "puzzle_indices": split.puzzle_indices.astype(np.int32),
-                "group_indices": split.group_indices.astype(np.int32),
+            arrays = {field: getattr(split, field) for field in SPLIT_ARRAYS} | {
                 "base_scenario_ids": base_indices(split.base_scenario_ids),
                 "vehicle_types": vehicle_ids(split.vehicle_types, dataset.identifiers),
             }
@@ -146,10 +135,8 @@ def _augmented_train(dataset: raw.RawDataset, augment: str) -> raw.RawSplit:
             f"map shape; {dataset.folder} was written by the original tool and has neither. Set convert.augment: none."
         )
     rows, cols = dataset.rows, dataset.cols
-    split = dataset.splits["train"]
-    augmented, transform = augmentation.augment_split(
-        split, rows, cols, augmentation.transforms_for(augment, rows, cols)
-    )
+    transforms = augmentation.transforms_for(augment, rows, cols)
+    augmented, transform = augmentation.augment_split(dataset.splits["train"], rows, cols, transforms)
     bad, _ = augmentation.transformed_route_failures(
         augmented, transform, dataset.cost_model.cost_table(), rows, cols
     )
@@ -168,13 +155,8 @@ def run(params_path: str | Path = "params.yaml", strict: bool | None = None) -> 
         params = load_params(params_path)
         paths = section(params, "paths", params_path)
         settings = section(params, "convert", params_path)
-    except ConfigError as err:
-        raise io.UserError(str(err)) from err
-    raw_dir, out_dir = paths["raw"], paths["hrm"]
-    if strict is None:
-        strict = settings["strict"]
-    try:
         augment = augmentation.parse(settings.get("augment", "none"))
     except ConfigError as err:
         raise io.UserError(str(err)) from err
-    return convert(raw_dir, out_dir, strict=strict, augment=augment)
+    strict = settings["strict"] if strict is None else strict
+    return convert(paths["raw"], paths["hrm"], strict=strict, augment=augment)

@@ -1,10 +1,10 @@
 """One base scenario: a city map, its traffic at one hour of the day, a few closures, a start and a goal.
 
 The map: avenues (one per axis may be a limited-access highway), a street grid with irregular blocks, alleys,
-parks, sometimes a river with a few bridges. What makes the way need search (issue 12): sometimes a barrier of
-closures across the direct corridor and a congestion hotspot midway. Traffic: hour x road class x hotspots plus
-noise, cut into 4 congestion levels. Every draw comes from one `StableRng` and loads are integer arithmetic,
-so the same seed gives the same map on every machine.
+parks, sometimes a river with a few bridges. What makes the way need search (issue 12): sometimes a barrier
+of closures across the direct corridor and a congestion hotspot midway. Traffic: hour x road class x hotspots
+plus noise, cut into 4 congestion levels. Every draw comes from one `StableRng` and loads are integer
+arithmetic, so the same seed gives the same map on every machine.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class CityParams:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "params.yaml") -> CityParams:
         """`generate.city` already checked by the schema (`hrm.config.load_params`); left here: the rules
-        between values, each a ConfigError naming the key. `int()`/`float()` only normalise (4.0 is an integer)."""
+        between values, each a ConfigError naming the key. `int()`/`float()` only normalise."""
         where = f"{source}: generate.city"
         thresholds = tuple(int(t) for t in raw["congestion_thresholds"])
         if list(thresholds) != sorted(thresholds):
@@ -258,8 +258,8 @@ def _congestion(
 
 
 def _barrier(rng: StableRng, road: np.ndarray, start: int, goal: int, margin: tuple[int, int]) -> np.ndarray:
-    """Bool mask of closures cutting the direct corridor: the road cells of one line strictly between start and
-    goal, across the corridor plus a random margin each side. No monotone route survives it."""
+    """Bool mask of closures cutting the direct corridor: the road cells of one line strictly between start
+    and goal, across the corridor plus a random margin each side. No monotone route survives it."""
     rows, cols = road.shape
     (s_row, s_col), (g_row, g_col) = divmod(start, cols), divmod(goal, cols)
     axes = [axis for axis, gap in (("row", abs(s_row - g_row)), ("col", abs(s_col - g_col))) if gap >= 2]

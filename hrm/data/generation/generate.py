@@ -4,7 +4,7 @@ Base i of a split is drawn from `StableRng(seed, (split_index, i, attempt))`, at
 passes every check (`try_attempt`), so it depends on those three numbers alone. Difficulty shares
 (`generate.difficulty`) are met by quota: base i must hold `quota(i)` examples with a detour >= `min_detour`
 (and `min_distinct_routes` distinct routes where its quota says so), enough to keep bases 0..i at the share
-given what bases 0..i-1 reached; so every prefix of a split meets the share and more bases change no earlier one.
+given what bases 0..i-1 reached: every prefix of a split meets the share, more bases change no earlier one.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class GenerateSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> GenerateSettings:
-        """`params` already checked by the schema; the city and the difficulty check their cross-field rules."""
+        """`params` already checked by the schema; the city and the difficulty check cross-field rules."""
         raw = section(params, "generate", source)
         try:
             cost_model = spec.CostModel(
