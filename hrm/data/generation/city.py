@@ -10,6 +10,7 @@ arithmetic, so the same seed gives the same map on every machine.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -107,8 +108,7 @@ def _line_positions(rng: StableRng, size: int, spacing: tuple[int, int]) -> list
 def _street_positions(rng: StableRng, majors: list[int], size: int, block: tuple[int, int]) -> list[int]:
     """Streets in every gap between avenues (and the borders), separated by blocks of random size."""
     streets = []
-    bounds = [-1, *majors, size]
-    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+    for low, high in pairwise([-1, *majors, size]):
         position = low + rng.integer(block[0], block[1] + 1) + 1
         while position <= high - block[0] - 1:
             streets.append(position)
@@ -120,14 +120,9 @@ def _blocks(
     row_lines: list[int], col_lines: list[int], rows: int, cols: int
 ) -> list[tuple[int, int, int, int]]:
     """Rectangles (r0, r1, c0, c1), inclusive, between consecutive lines of either axis."""
-    row_bounds = [-1, *row_lines, rows]
-    col_bounds = [-1, *col_lines, cols]
-    blocks = []
-    for r_low, r_high in zip(row_bounds[:-1], row_bounds[1:], strict=True):
-        for c_low, c_high in zip(col_bounds[:-1], col_bounds[1:], strict=True):
-            if r_high - r_low > 1 and c_high - c_low > 1:
-                blocks.append((r_low + 1, r_high - 1, c_low + 1, c_high - 1))
-    return blocks
+    row_gaps = [(low + 1, high - 1) for low, high in pairwise([-1, *row_lines, rows]) if high - low > 1]
+    col_gaps = [(low + 1, high - 1) for low, high in pairwise([-1, *col_lines, cols]) if high - low > 1]
+    return [(r0, r1, c0, c1) for r0, r1 in row_gaps for c0, c1 in col_gaps]
 
 
 def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +140,8 @@ def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[n
     # Built-over street segments (between two crossings) make blocks irregular; road.T: the columns as rows.
     all_rows, all_cols = sorted(avenue_rows + street_rows), sorted(avenue_cols + street_cols)
     for lines, crossings, view in ((street_rows, all_cols, road), (street_cols, all_rows, road.T)):
-        bounds = [-1, *crossings, view.shape[1]]
         for line in lines:
-            for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+            for low, high in pairwise([-1, *crossings, view.shape[1]]):
                 if high - low > 1 and rng.bernoulli(params.street_gap_probability):
                     view[line, low + 1 : high] = NO_ROAD
 

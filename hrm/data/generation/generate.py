@@ -32,20 +32,12 @@ from hrm.data.rng import StableRng
 
 GENERATOR_VERSION = "2.0.0"
 SPLIT_INDEX = {split: index for index, split in enumerate(spec.SPLITS)}  # spawn key part: train 0, test 1
-REJECTION_REASONS = (
-    "no_endpoints",
-    "unreachable",
-    "too_short",
-    "tie",
-    "identical_routes",
-    "detour",
-    "distinct_routes",
-)
 # the params key behind each difficulty rejection, named when a base cannot meet it
 DIFFICULTY_RULES = {
     "detour": "generate.difficulty.min_detour_share / min_detour",
     "distinct_routes": "generate.difficulty.min_distinct_share / min_distinct_routes",
 }
+REJECTION_REASONS = ("no_endpoints", "unreachable", "too_short", "tie", "identical_routes", *DIFFICULTY_RULES)
 DETOUR_RULE = (
     "detour = route_length - (manhattan(start, goal) + 1) cells; 0 = monotone route (every move towards the goal); "
     "always even"
@@ -158,15 +150,14 @@ class Rejections:
 
     def to_dict(self, kept: int) -> dict[str, Any]:
         rejected = self.attempts - kept
+        ties = self.by_reason.get("tie", 0)
         return {
             "attempts": self.attempts,
             "kept": kept,
             "rejected": rejected,
             "rejected_share": round(rejected / self.attempts, 6) if self.attempts else 0.0,
             "by_reason": {reason: self.by_reason.get(reason, 0) for reason in REJECTION_REASONS},
-            "tie_share_of_attempts": round(self.by_reason.get("tie", 0) / self.attempts, 6)
-            if self.attempts
-            else 0.0,
+            "tie_share_of_attempts": round(ties / self.attempts, 6) if self.attempts else 0.0,
             "tie_by_vehicle": dict(sorted(self.tie_by_vehicle.items())),
             "check_order": "per attempt: endpoints, then each vehicle in puzzle-id order: reachable, length, "
             "unique; then the base: routes not all identical, detour quota, distinct-routes quota",
@@ -296,29 +287,31 @@ def generate_bases(
     return bases, rejections
 
 
+def _examples(
+    settings: GenerateSettings, bases: list[Base]
+) -> list[tuple[Base, spec.VehicleProfile, routing.RouteSolution]]:
+    """(base, vehicle, route) of every example of a split, in file order."""
+    vehicles = settings.cost_model.vehicles
+    return [
+        (base, vehicle, route) for base in bases for vehicle, route in zip(vehicles, base.routes, strict=True)
+    ]
+
+
 def _split_files(settings: GenerateSettings, split: str, bases: list[Base]) -> dict[str, Any]:
     """The 8 per-split JSON documents, keyed like `spec.raw_split_files`."""
-    vehicles = settings.cost_model.vehicles
-    inputs, labels, base_ids, vehicle_names = [], [], [], []
-    for base in bases:
-        grid = base.city.grid.tolist()
-        for vehicle, route in zip(vehicles, base.routes, strict=True):
-            inputs.append(grid)
-            labels.append(routing.mark_route(base.city.grid, route.path).tolist())
-            base_ids.append(base.base_id)
-            vehicle_names.append(vehicle.name)
-    n_vehicles = len(vehicles)
-    n_examples = len(inputs)
+    examples = _examples(settings, bases)
+    n_vehicles = len(settings.cost_model.vehicles)
+    n_examples = len(examples)
     metadata = spec.hrm_metadata(settings.rows * settings.cols, n_vehicles + 1, len(bases))
     return {
         "dataset": metadata | {"rows": settings.rows, "cols": settings.cols},
-        "inputs": inputs,
-        "labels": labels,
+        "inputs": [base.city.grid.tolist() for base, _, _ in examples],
+        "labels": [routing.mark_route(base.city.grid, route.path).tolist() for base, _, route in examples],
         "puzzle_identifiers": [v + 1 for _ in bases for v in range(n_vehicles)],
         "puzzle_indices": list(range(n_examples + 1)),
         "group_indices": list(range(0, n_examples + 1, n_vehicles)),
-        "base_scenario_ids": base_ids,
-        "vehicle_types": vehicle_names,
+        "base_scenario_ids": [base.base_id for base, _, _ in examples],
+        "vehicle_types": [vehicle.name for _, vehicle, _ in examples],
     }
 
 
@@ -403,8 +396,7 @@ def _example_records(settings: GenerateSettings, bases: list[Base]) -> list[dict
             "detour": routing.detour_cells(route.path, settings.cols),
             "turns": routing.turns(route.path),
         }
-        for base in bases
-        for vehicle, route in zip(settings.cost_model.vehicles, base.routes, strict=True)
+        for base, vehicle, route in _examples(settings, bases)
     ]
 
 
