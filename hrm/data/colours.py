@@ -36,18 +36,10 @@ def token_colours() -> np.ndarray:
     """[VOCAB_SIZE, 3] RGB in [0, 1] per token id (PAD white); congestion blends a road's class colour
     towards red."""
     colours = np.ones((spec.VOCAB_SIZE, 3))
-    for token, colour in (
-        (spec.BUILDING, BUILDING),
-        (spec.PARK, PARK),
-        (spec.WATER, WATER),
-        (spec.CLOSED, CLOSED),
-        (spec.START, START),
-        (spec.GOAL, GOAL),
-        (spec.ROUTE, ROUTE),
-    ):
+    tokens = (spec.BUILDING, spec.PARK, spec.WATER, spec.CLOSED, spec.START, spec.GOAL, spec.ROUTE)
+    for token, colour in zip(tokens, (BUILDING, PARK, WATER, CLOSED, START, GOAL, ROUTE), strict=True):
         colours[token] = rgb(colour)
     for road_class, base in zip(spec.ROAD_CLASSES, ROAD_CLASS_COLOURS, strict=True):
-        for level in range(len(spec.CONGESTION_LEVELS)):
-            share = CONGESTION_SHARE[level]
+        for level, share in enumerate(CONGESTION_SHARE):
             colours[spec.road_token(road_class, level)] = (1 - share) * rgb(base) + share * rgb(JAM_RED)
     return colours

@@ -41,7 +41,6 @@ class RouteSolution:
     cost: int | None  # None: the goal cannot be reached
     path: tuple[int, ...]  # flat cell indices, start first, goal last; empty when unreachable
     optimal_routes: int  # number of distinct minimum-cost routes, min(true count, count_cap)
-    expanded: int  # cells settled by A* (for speed figures)
 
 
 def _heuristic(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> list[int]:
@@ -89,13 +88,11 @@ def solve(
     g[start] = 0
     count[start] = 1
     heap = [(heuristic[start], 0, 0, start)]
-    expanded = 0
     while heap:
         _, g_u, _, u = heapq.heappop(heap)
         if settled[u]:
             continue
         settled[u] = True
-        expanded += 1
         if u == goal:
             break
         count_u = count[u]
@@ -113,12 +110,12 @@ def solve(
                 count[v] = min(count[v] + count_u, count_cap)
 
     if not settled[goal]:
-        return RouteSolution(None, (), 0, expanded)
+        return RouteSolution(None, (), 0)
     path = [goal]
     while path[-1] != start:
         path.append(parent[path[-1]])
     path.reverse()
-    return RouteSolution(int(g[goal]), tuple(path), count[goal], expanded)
+    return RouteSolution(int(g[goal]), tuple(path), count[goal])
 
 
 def route_cost(costs: np.ndarray, path: tuple[int, ...] | list[int]) -> int:
@@ -159,15 +156,13 @@ def _walk(
                 f"{what} {cell} (row {cell // cols}, col {cell % cols}) has {degree} route neighbours, "
                 f"expected {expected}: not one simple path"
             )
-    # Degrees are right; the walk from the start must reach the goal through every marked cell.
+    # Degrees are right, so the walk from the start ends at the goal; it must pass every marked cell.
     path = [start]
     previous, cell = -1, start
     while cell != goal:
         following = [other for other in adjacent[cell] if on_path[other] and other != previous]
         previous, cell = cell, following[0]
         path.append(cell)
-        if len(path) > length:
-            break
     if len(path) != length:
         return path, (
             f"the path from the start reaches the goal after {len(path)} cells but {length} are marked: "
