@@ -41,9 +41,8 @@ def road_token(road_class: str, congestion: int) -> int:
 
 def token_names() -> list[str]:
     """Human-readable name of every token id, index = id."""
-    names = ["pad", "building", "park", "water"]
-    names += [f"{c}_{g}" for c in ROAD_CLASSES for g in CONGESTION_LEVELS]
-    names += ["closed", "start", "goal", "route"]
+    roads = [f"{c}_{g}" for c in ROAD_CLASSES for g in CONGESTION_LEVELS]
+    names = ["pad", "building", "park", "water", *roads, "closed", "start", "goal", "route"]
     assert len(names) == VOCAB_SIZE
     return names
 

@@ -77,65 +77,47 @@ def transform_grids(grids: np.ndarray, rows: int, cols: int, transform: int) -> 
     return np.ascontiguousarray(_MAPPINGS[transform](maps)).reshape(len(maps), rows * cols)
 
 
-def expansion(
-    puzzle_indices: np.ndarray, group_indices: np.ndarray, transforms: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(source example per new example, its transform, source puzzle per new puzzle, new puzzle_indices,
-    new group_indices): each group's puzzles repeated once per transform, transform-major."""
-    examples, example_transform, puzzles = [], [], []
-    puzzle_offsets, group_offsets = [0], [0]
-    for g in range(len(group_indices) - 1):
-        for t in transforms:
-            for p in range(int(group_indices[g]), int(group_indices[g + 1])):
-                rows = range(int(puzzle_indices[p]), int(puzzle_indices[p + 1]))
-                examples.extend(rows)
-                example_transform.extend([t] * len(rows))
-                puzzles.append(p)
-                puzzle_offsets.append(len(examples))
-        group_offsets.append(len(puzzles))
-    return (
-        np.asarray(examples, dtype=np.int64),
-        np.asarray(example_transform, dtype=np.int64),
-        np.asarray(puzzles, dtype=np.int64),
-        np.asarray(puzzle_offsets, dtype=np.int64),
-        np.asarray(group_offsets, dtype=np.int64),
-    )
-
-
 def augment_split(
     split: RawSplit, rows: int, cols: int, transforms: tuple[int, ...]
 ) -> tuple[RawSplit, np.ndarray]:
-    """The split with every example under every transform, and the transform index of each new example.
-    Per-example fields follow their source example."""
-    source, example_transform, puzzles, puzzle_offsets, group_offsets = expansion(
-        split.puzzle_indices, split.group_indices, transforms
-    )
+    """The split with each group's puzzles repeated once per transform (transform-major), and the transform
+    index of each new example. Per-example fields follow their source example."""
+    source, example_transform, puzzles = [], [], []
+    puzzle_offsets, group_offsets = [0], [0]
+    for g in range(len(split.group_indices) - 1):
+        for t in transforms:
+            for p in range(int(split.group_indices[g]), int(split.group_indices[g + 1])):
+                examples = range(int(split.puzzle_indices[p]), int(split.puzzle_indices[p + 1]))
+                source.extend(examples)
+                example_transform.extend([t] * len(examples))
+                puzzles.append(p)
+                puzzle_offsets.append(len(source))
+        group_offsets.append(len(puzzles))
+    transform = np.asarray(example_transform, dtype=np.int64)
     grids = {}
     for name in ("inputs", "labels"):
-        grid = getattr(split, name)[source]
+        grid = getattr(split, name)[np.asarray(source, dtype=np.int64)]
         for t in set(transforms) - {0}:
-            chosen = example_transform == t
-            grid[chosen] = transform_grids(grid[chosen], rows, cols, t)
+            grid[transform == t] = transform_grids(grid[transform == t], rows, cols, t)
         grids[name] = grid
-    rows_of = source.tolist()
     augmented = replace(
         split,
         **grids,
-        base_scenario_ids=[split.base_scenario_ids[i] for i in rows_of],
-        vehicle_types=[split.vehicle_types[i] for i in rows_of],
-        puzzle_identifiers=split.puzzle_identifiers[puzzles],
-        puzzle_indices=puzzle_offsets,
-        group_indices=group_offsets,
+        base_scenario_ids=[split.base_scenario_ids[i] for i in source],
+        vehicle_types=[split.vehicle_types[i] for i in source],
+        puzzle_identifiers=split.puzzle_identifiers[np.asarray(puzzles, dtype=np.int64)],
+        puzzle_indices=np.asarray(puzzle_offsets, dtype=np.int64),
+        group_indices=np.asarray(group_offsets, dtype=np.int64),
     )
-    return augmented, example_transform
+    return augmented, transform
 
 
 def transformed_route_failures(
     augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
 ) -> tuple[list[str], int]:
     """Every transformed example of `augment_split`'s output (transform != 0) re-checked by the independent
-    Dijkstra of the validate stage: ("train example i (base b, vehicle, transform)" for each whose label is not
-    the valid, unique optimal route of its transformed map, the number checked). Shared by convert and validate."""
+    Dijkstra (convert and validate): (a description of each whose label is not the valid, unique optimal
+    route of its transformed map, the number checked)."""
     moved = np.flatnonzero(transform != 0)
     n = len(moved)
     if n == 0:

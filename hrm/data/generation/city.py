@@ -172,12 +172,8 @@ def _layout(rng: StableRng, rows: int, cols: int, params: CityParams) -> tuple[n
             view[line, view[line, :] != AVENUE] = HIGHWAY
     road[np.ix_(highway_rows, highway_cols)] = HIGHWAY  # two highways meet at an interchange
     # Limited access: streets and alleys stop one cell short of a highway; only avenues join it.
-    is_highway = road == HIGHWAY
-    touches = np.zeros_like(is_highway)
-    touches[1:, :] |= is_highway[:-1, :]
-    touches[:-1, :] |= is_highway[1:, :]
-    touches[:, 1:] |= is_highway[:, :-1]
-    touches[:, :-1] |= is_highway[:, 1:]
+    padded = np.pad(road == HIGHWAY, 1)  # padded[r + 1, c + 1] is cell (r, c)
+    touches = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
     road[touches & ((road == STREET) | (road == ALLEY))] = NO_ROAD
 
     if rng.bernoulli(params.river_probability):

@@ -345,6 +345,10 @@ def _diversity(bases: list[Base], vehicle_names: list[str]) -> dict[str, Any]:
     }
 
 
+def _rule(required: float, found: float, **setting: int) -> dict[str, Any]:
+    return {"required": required, "found": found, "met": found >= required, **setting}
+
+
 def difficulty_stats(
     settings: GenerateSettings, bases: list[Base], examples: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -368,18 +372,12 @@ def difficulty_stats(
             for v, vehicle in enumerate(settings.cost_model.vehicles)
         },
         "rules": {
-            "min_detour_share": {
-                "required": rule.min_detour_share,
-                "found": overall["detour_share"],
-                "met": overall["detour_share"] >= rule.min_detour_share,
-                "min_detour": rule.min_detour,
-            },
-            "min_distinct_share": {
-                "required": rule.min_distinct_share,
-                "found": distinct_share,
-                "met": distinct_share >= rule.min_distinct_share,
-                "min_distinct_routes": rule.min_distinct_routes,
-            },
+            "min_detour_share": _rule(
+                rule.min_detour_share, overall["detour_share"], min_detour=rule.min_detour
+            ),
+            "min_distinct_share": _rule(
+                rule.min_distinct_share, distinct_share, min_distinct_routes=rule.min_distinct_routes
+            ),
         },
     }
 
