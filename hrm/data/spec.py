@@ -105,10 +105,8 @@ class CostModel:
 
     def cost_table(self) -> np.ndarray:
         """[1 + n_vehicles, VOCAB_SIZE] int64; row = puzzle identifier (row 0, '<blank>', blocks all)."""
-        table = np.full((1 + len(self.vehicles), VOCAB_SIZE), BLOCKED, dtype=np.int64)
-        for index, vehicle in enumerate(self.vehicles):
-            table[index + 1] = vehicle.token_costs()
-        return table
+        blank = np.full(VOCAB_SIZE, BLOCKED, dtype=np.int64)
+        return np.stack([blank, *(vehicle.token_costs() for vehicle in self.vehicles)])
 
     def identifiers(self) -> list[str]:
         """HRM's identifiers.json: id 0 is '<blank>', then the vehicles."""

@@ -31,14 +31,9 @@ def hrm_metadata(
 ) -> dict[str, Any]:
     """HRM's PuzzleDatasetMetadata, every number taken from the split's arrays."""
     puzzles = len(arrays["puzzle_identifiers"])
-    return spec.hrm_metadata(
-        int(np.shape(arrays["inputs"])[1]),
-        num_identifiers,
-        len(arrays["group_indices"]) - 1,
-        len(arrays["inputs"]) / puzzles if puzzles else 0.0,
-        vocab_size,
-        ignore_label_id,
-    )
+    mean_examples = len(arrays["inputs"]) / puzzles if puzzles else 0.0
+    seq_len, groups = int(np.shape(arrays["inputs"])[1]), len(arrays["group_indices"]) - 1
+    return spec.hrm_metadata(seq_len, num_identifiers, groups, mean_examples, vocab_size, ignore_label_id)
 
 
 def metadata_for_settings(generate: dict[str, Any]) -> dict[str, Any]:
