@@ -12,19 +12,6 @@ from typing import Any
 
 from hrm.io import UserError, atomic_write_bytes
 
-# The trainer's builders under their old import path (hrm doctor, bench/*): defined once, in setup and state.
-from hrm.training.setup import TrainConfig, fixed_micro_batch, make_lr_for  # noqa: F401
-from hrm.training.state import build_optimizers, set_activation_checkpointing  # noqa: F401
-
-
-def __getattr__(name: str) -> Any:
-    """`hrm.models.build_model` under its old path here (bench/gpu_check.py), without importing torch now."""
-    if name != "build_model":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hrm.models import build_model
-
-    return build_model
-
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM: a checkpoint was written; running `train` again resumes from it."""

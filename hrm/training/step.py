@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hrm.io import UserError
-from hrm.training.state import TrainState  # what a step reads and changes (its old home: this module)
+from hrm.training.state import TrainState
 
 LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
