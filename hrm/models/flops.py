@@ -45,15 +45,6 @@ class SegmentFlops:
         return self.forward + self.backward
 
 
-def block_flops_per_token(config: ModelConfig) -> float:
-    """One post-norm block's matmul FLOPs per token (forward)."""
-    h, tokens = config.hidden_size, config.total_len
-    mlp = 6 * h * swiglu_width(h, config.expansion)
-    if config.mlp_t:
-        return 6 * h * swiglu_width(tokens, config.expansion) + mlp
-    return 8 * h * h + 4 * tokens * h + mlp
-
-
 def block_counts(config: ModelConfig) -> tuple[int, int, int]:
     """(forward blocks, blocks with a graph, target-Q forward blocks) of one training segment."""
     hc, lc, hl, ll = config.H_cycles, config.L_cycles, config.H_layers, config.L_layers
@@ -70,7 +61,11 @@ def block_counts(config: ModelConfig) -> tuple[int, int, int]:
 def segment_flops(config: ModelConfig) -> SegmentFlops:
     """Training FLOPs of one row's segment for `config`'s architecture (see the module docstring)."""
     tokens, h = config.total_len, config.hidden_size
-    per_block = block_flops_per_token(config) * tokens
+    mlp = 6 * h * swiglu_width(h, config.expansion)
+    if config.mlp_t:
+        per_block = (6 * h * swiglu_width(tokens, config.expansion) + mlp) * tokens
+    else:
+        per_block = (8 * h * h + 4 * tokens * h + mlp) * tokens
     forward_blocks, graph_blocks, target_q_blocks = block_counts(config)
     lm_head = 2 * h * config.vocab_size * tokens
     q_head = 0 if config.name == "transformer" else 4 * h
