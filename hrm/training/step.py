@@ -17,8 +17,7 @@ MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail ins
 
 
 class TrainingDiverged(UserError):
-    """Loss or gradients became NaN/inf (the message names the step, the tensor and its first bad values); the
-    run stops and the last good checkpoint stays as it is."""
+    """Loss or gradients became NaN/inf; the run stops, the last good checkpoint stays as it is."""
 
     def __init__(self, message: str, culprit: str = ""):
         super().__init__(message)
@@ -47,11 +46,8 @@ def forward_backward(
     generator: Any = None,
     draws: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """One ACT segment on one (micro-)batch and its backward with the loss scaled by the global batch.
-
-    Returns (new carry, loss sum over the rows (detached), metric sums). Gradients accumulate into `.grad`,
-    so micro-batches add up to the gradient of the whole batch. `hrm doctor` sizes and times this call.
-    """
+    """One ACT segment on a (micro-)batch and its backward of loss / global batch (gradients accumulate into
+    `.grad`); (new carry, detached loss sum, metric sums). `hrm doctor` sizes and times this call."""
     carry, loss, metrics, _, _ = head(
         carry=carry, batch=batch, return_keys=[], generator=generator, draws=draws
     )
@@ -60,11 +56,8 @@ def forward_backward(
 
 
 def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int) -> dict[str, Any]:
-    """This process's rows [start, stop) of the per-row draws for the whole global batch (drawn once a step).
-
-    Every process draws the same global numbers from the same generator, so the rows a process and its
-    micro-batches see do not depend on the number of processes or micro-batches.
-    """
+    """This process's rows [start, stop) of the draws for the whole global batch, the same on every process,
+    so a row's numbers do not depend on the number of processes or micro-batches."""
     draw = getattr(state.module, "draw_row_randomness", None)
     if draw is None or not state.module.training:
         return {}
@@ -72,7 +65,7 @@ def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int)
 
 
 def bad_values(tensor: Any, shown: int = 3) -> str:
-    """How many entries are NaN/inf and the first few with their indices (what a divergence report shows)."""
+    """How many entries are NaN/inf and the first few with their indices."""
     import torch
 
     bad = (~torch.isfinite(tensor)).nonzero()
@@ -108,12 +101,9 @@ def train_step(
     micro_batch_size: int | None = None,
     stop_requested: bool = False,
 ) -> StepResult:
-    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero.
-
-    With `micro_batch_size` below the rank's rows, the rows run as consecutive micro-batches whose gradients
-    accumulate before the one optimizer step; each keeps its own rows of the ACT carry, so the result is the
-    computation of one big batch (up to float summation order).
-    """
+    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero. With
+    `micro_batch_size` below the rank's rows, micro-batches (each on its rows of the carry) accumulate
+    gradients before the one optimizer step: one big batch's computation (up to float summation order)."""
     from hrm.models import normalize_metrics
 
     state.step += 1
@@ -163,15 +153,16 @@ def accumulate(
     for start in range(0, local, micro):
         stop = start + micro
         whole = start == 0 and stop == local
-        part = {k: v[start:stop] for k, v in batch.items()} if not whole else batch
+        part = batch if whole else {k: v[start:stop] for k, v in batch.items()}
         carry = state.carry if whole else state.carry.rows(start, stop)
+        part_draws = {k: v[start:stop] for k, v in draws.items()}
         new_carry, part_loss, part_metrics = forward_backward(
             state.head,
             carry,
             part,
             global_batch_size=global_batch_size,
             generator=state.generator,
-            draws={k: v[start:stop] for k, v in draws.items()},
+            draws=part_draws,
         )
         if whole:
             state.carry = new_carry
@@ -223,8 +214,8 @@ def reduce_step(
 
 
 def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
-    """(valid, optimal) route counts of this batch's labelled rows, by `hrm.evaluation.metrics.route_scores`
-    (the evaluate stage's rule: a connected, allowed path whose cost equals the Dijkstra optimum)."""
+    """(valid, optimal) route counts of this batch's labelled rows, by the evaluate stage's rule
+    (`hrm.evaluation.metrics`: a connected, allowed path whose cost equals the Dijkstra optimum)."""
     import numpy as np
 
     from hrm.evaluation import metrics as M
@@ -250,11 +241,8 @@ def evaluate(
     route_task: Any = None,
 ) -> dict[str, float]:
     """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count.
-
-    With `route_task` (the data's routing.json, `hrm.evaluation.data.load_route_task`) the last segment's
-    predictions are also scored as routes: `route_valid_rate` and `route_optimal_rate`, the evaluate stage's
-    metrics, so a run's eval curve is the task's own measure (hrm compare's budget curves).
-    """
+    With `route_task` (routing.json) its predictions are scored as routes too (`ROUTE_KEYS`, the evaluate
+    stage's metrics), so the eval curve is the task's own measure (hrm compare's budget curves)."""
     import torch
 
     module = state.module
