@@ -72,12 +72,9 @@ class ACTCarry:
 
 
 class ACTModel(nn.Module):
-    """The carry boilerplate every architecture shares; `inner` computes one segment.
+    """The carry boilerplate every architecture shares; `inner` computes one segment."""
 
-    `recurrent = False` (the transformer baseline): the carry holds no z_H/z_L.
-    """
-
-    recurrent = True
+    recurrent = True  # False (the transformer baseline): the carry holds no z_H/z_L
 
     def __init__(self, config: ModelConfig, inner: nn.Module) -> None:
         super().__init__()
@@ -119,11 +116,8 @@ class QHaltingACT(ACTModel):
     """HRM's and TRM's ACT loop around a `layers.RecurrentInner` with fixed initial states and a Q-head."""
 
     def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """The per-row draws of one training segment (halt exploration), on the CPU.
-
-        The trainer draws them for the whole global batch once per step and gives each process and
-        micro-batch its slice, so the numbers a row sees do not depend on how the batch is split.
-        """
+        """The per-row draws of one training segment (halt exploration), on the CPU; the trainer draws them for
+        the whole global batch, so a row's numbers do not depend on how the batch is split."""
         if self.config.halt_max_steps <= 1:
             return {}
         device = generator.device if generator is not None else torch.device("cpu")  # may drive a CUDA model

@@ -1,13 +1,9 @@
-"""Training compute of one ACT segment of one row, counted for the architecture that runs.
+"""Training compute of one ACT segment of one row: a run's compute after `step` steps is `step x
+global_batch_size x segment_flops(config).total` (`hrm compare`'s budget curves; the doctor's estimates).
 
-A training step runs one segment of every row of the global batch, so a run's compute after `step` steps is
-`step x global_batch_size x segment_flops(config).total` (the budget curves of `hrm compare`; the doctor's
-time estimates).
-
-Convention: 2 FLOPs per multiply-add of every matmul (linear layers, attention scores and values, LM and Q
-heads); norms, RoPE, activations, embeddings and the optimizers are left out (each O(tokens x hidden)).
-Backward = 2 x the forward of the part with a graph (input and weight gradients). `tests/test_flops.py`
-checks the count against torch's own FLOP counter on a real forward and backward of each architecture.
+2 FLOPs per multiply-add of every matmul; norms, RoPE, activations, embeddings and optimizers (each O(tokens x
+hidden)) are left out. Backward = 2 x the forward of the part with a graph. `tests/test_flops.py` checks the
+count against torch's FLOP counter.
 
 Per token and block, with h = hidden_size, T = seq_len + puzzle_emb_len tokens, w = swiglu_width(h):
     attention block   8 h^2 (qkv, out) + 4 T h (scores, values) + 6 h w (SwiGLU)

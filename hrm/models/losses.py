@@ -27,26 +27,22 @@ def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
 
 
-def stablemax_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID
-) -> torch.Tensor:
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token loss [B, L] with stablemax in place of softmax (HRM); float64 (MPS has none: float32)."""
     dtype = torch.float32 if logits.device.type == "mps" else torch.float64
     logprobs = log_stablemax(logits.to(dtype), dim=-1)
-    valid = labels != ignore_index
+    valid = labels != IGNORE_LABEL_ID
     safe_labels = torch.where(valid, labels, 0).to(torch.long)
     picked = torch.gather(logprobs, -1, safe_labels.unsqueeze(-1)).squeeze(-1)
     return -torch.where(valid, picked, 0)
 
 
-def softmax_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID
-) -> torch.Tensor:
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token loss [B, L], ordinary cross-entropy in fp32 (0 at ignored tokens)."""
     flat = F.cross_entropy(
         logits.to(torch.float32).reshape(-1, logits.shape[-1]),
         labels.to(torch.long).reshape(-1),
-        ignore_index=ignore_index,
+        ignore_index=IGNORE_LABEL_ID,
         reduction="none",
     )
     return flat.view(labels.shape)
@@ -126,7 +122,7 @@ class ACTLossHead(nn.Module):
                 q_says_correct = outputs["q_halt_logits"] >= 0
                 metrics["q_halt_accuracy"] = (counted & (q_says_correct == seq_correct)).sum()
 
-        lm_loss = (self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID) / divisor).sum()
+        lm_loss = (self.loss_fn(logits, labels) / divisor).sum()
         total = lm_loss
         metrics["lm_loss"] = lm_loss.detach()
         if "q_halt_logits" in outputs:

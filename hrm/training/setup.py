@@ -43,12 +43,11 @@ class TrainConfig:
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
         """Types and ranges are checked by schemas/params.schema.json; this adds what a schema cannot say."""
-        config = cls(
-            **{
-                name: float(train[name]) if kind == "float" else train[name]
-                for name, kind in cls.__annotations__.items()
-            }
-        )
+        values = {
+            name: float(train[name]) if kind == "float" else train[name]
+            for name, kind in cls.__annotations__.items()
+        }
+        config = cls(**values)
         if config.epochs % config.eval_interval:
             raise ConfigError(
                 f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
@@ -66,12 +65,12 @@ class Distributed:
 def distributed_from_env() -> Distributed:
     """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process."""
     try:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return Distributed(
+            *(int(os.environ.get(key, "0")) for key in ("RANK", "LOCAL_RANK")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+        )
     except ValueError as err:
         raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
-    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
 def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
