@@ -31,7 +31,7 @@ class StepResult:
 
 
 def reduce_dtype(device: Any) -> Any:
-    """float64 for metric sums (exact counts), float32 where the backend has no float64 (Apple MPS)."""
+    """float64 for metric sums (exact counts); Apple MPS has none: float32."""
     import torch
 
     return torch.float32 if device.type == "mps" else torch.float64
@@ -64,18 +64,9 @@ def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int)
     return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
 
 
-def bad_values(tensor: Any, shown: int = 3) -> str:
-    """How many entries are NaN/inf and the first few with their indices."""
-    import torch
-
-    bad = (~torch.isfinite(tensor)).nonzero()
-    first = ", ".join(f"{row.tolist()} = {tensor[tuple(row)].item()}" for row in bad[:shown])
-    return f"{len(bad)} of {tensor.numel()} values non-finite, first {first}"
-
-
 def first_nonfinite(state: TrainState, loss: Any) -> str:
-    """The first non-finite tensor on this rank: the loss, else a gradient by parameter name (the puzzle
-    embedding's rows by its buffer's name); "another rank" when this one's are all finite."""
+    """The first non-finite tensor on this rank (the loss, else a gradient by parameter name) with its first bad
+    values; "another rank" when this one's are all finite."""
     import torch
 
     if not torch.isfinite(loss).all():
@@ -85,9 +76,12 @@ def first_nonfinite(state: TrainState, loss: Any) -> str:
     for optimizer in state.sparse_optimizers:
         grads += [(f"{module_names[id(optimizer.embedding)]}.local_weights", g) for g, _ in optimizer.pending]
     bad = next(((name, g) for name, g in grads if not torch.isfinite(g).all()), None)
-    return (
-        f"the gradient of {bad[0]} has {bad_values(bad[1])}" if bad else "a loss or gradient on another rank"
-    )
+    if bad is None:
+        return "a loss or gradient on another rank"
+    name, grad = bad
+    where = (~torch.isfinite(grad)).nonzero()
+    first = ", ".join(f"{row.tolist()} = {grad[tuple(row)].item()}" for row in where[:3])
+    return f"the gradient of {name} has {len(where)} of {grad.numel()} values non-finite, first {first}"
 
 
 def train_step(
@@ -186,11 +180,10 @@ def reduce_step(
     """All-reduce the dense gradients (the sparse optimizer gathers its own rows), then one collective and one
     device sync for [any non-finite, stop requested, loss sum, *metric sums `names`]: every rank learns all."""
     import torch
+    import torch.distributed as dist
 
     dense_grads = [p.grad for p in state.module.parameters() if p.requires_grad and p.grad is not None]
     if world_size > 1:
-        import torch.distributed as dist
-
         for grad in dense_grads:
             dist.all_reduce(grad)
     device = loss.device
@@ -207,8 +200,6 @@ def reduce_step(
         ]
     )
     if world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(packed)
     return packed.cpu().tolist()
 
