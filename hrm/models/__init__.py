@@ -6,6 +6,7 @@ Import cost: this package imports torch, so import it inside the functions that 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -73,16 +74,11 @@ def build_model(
     loss_type = str(arch.get("loss", "stablemax_cross_entropy"))
     target = torch.device(device) if device is not None else torch.device("cpu")
     act, inner = ARCHITECTURES[name]
-
-    def construct() -> ACTLossHead:
+    with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched
         if target.type == "meta":  # shapes only: allocates nothing
             with target:
                 return ACTLossHead(act(config, inner(config)), loss_type)
         # Initialise on the CPU, then move: the same seed gives the same weights on every device.
         return ACTLossHead(act(config, inner(config)), loss_type).to(target)
-
-    if seed is None:
-        return construct()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched
-        return construct()

@@ -105,14 +105,12 @@ class CheckpointStore:
             _save_synced(torch, {**header, **common, "world_size": self.world_size}, staging / "common.pt")
         _barrier(self.world_size)
         if self.rank == 0:
+            old = self.folder / f".{final.name}.old"
             if final.exists():  # a stop signal right after an eval checkpoint of the same step
-                old = self.folder / f".{final.name}.old"
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
-                os.replace(staging, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, final)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
             _fsync_dir(self.folder)
             for path in self.folder.iterdir():
                 if path != final and path.is_dir() and path.name.startswith(STEP_PREFIX):
