@@ -39,7 +39,6 @@ class MemoryPlan:
     share: int  # rows per process
     micro_batch: int
     memory: StepMemory | None
-    budget_bytes: int | None  # MEMORY_HEADROOM x free bytes at the start
     total_bytes: int | None
 
     @property
@@ -175,7 +174,7 @@ def plan(
                 "(or set auto)"
             )
         micro = configured_micro or largest
-    return MemoryPlan(global_batch, world_size, share, micro, memory, budget, total_bytes)
+    return MemoryPlan(global_batch, world_size, share, micro, memory, total_bytes)
 
 
 def first_batch(dataset: Any, rows: int) -> dict[str, Any]:

@@ -58,10 +58,12 @@ def forward_backward(
 def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int) -> dict[str, Any]:
     """This process's rows [start, stop) of the draws for the whole global batch, the same on every process,
     so a row's numbers do not depend on the number of processes or micro-batches."""
-    draw = getattr(state.module, "draw_row_randomness", None)
-    if draw is None or not state.module.training:
+    if not state.module.training:
         return {}
-    return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
+    return {
+        k: v[start:stop]
+        for k, v in state.module.draw_row_randomness(global_batch_size, state.generator).items()
+    }
 
 
 def first_nonfinite(state: TrainState, loss: Any) -> str:
