@@ -109,9 +109,11 @@ def write_dataset(root: Path, side: int, groups: int) -> None:
 def run_case(name: str, steps: int, profile: bool) -> dict:
     import torch
 
+    from hrm.models import build_model
     from hrm.training.data import PuzzleDataset, TrainSampler
-    from hrm.training.loop import TrainConfig, build_model, build_optimizers, make_lr_for
-    from hrm.training.step import TrainState, train_step
+    from hrm.training.setup import TrainConfig, make_lr_for
+    from hrm.training.state import TrainState, build_optimizers
+    from hrm.training.step import train_step
 
     torch.set_num_threads(1)
     case = CASES[name]

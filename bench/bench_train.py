@@ -73,15 +73,11 @@ def write_routing_like_dataset(root: Path, side: int, groups: int) -> None:
 def run_case(name: str, threads: int, steps: int = 0) -> dict:
     import torch
 
+    from hrm.models import build_model
     from hrm.training.data import PuzzleDataset, TrainSampler
-    from hrm.training.loop import (
-        TrainConfig,
-        build_model,
-        build_optimizers,
-        make_lr_for,
-        set_activation_checkpointing,
-    )
-    from hrm.training.step import TrainState, train_step
+    from hrm.training.setup import TrainConfig, make_lr_for
+    from hrm.training.state import TrainState, build_optimizers, set_activation_checkpointing
+    from hrm.training.step import train_step
 
     if threads:
         torch.set_num_threads(threads)

@@ -124,9 +124,10 @@ def make_state(arch: dict[str, Any], dataset: Any, rows: int, train: dict[str, A
     """A TrainState as the trainer builds it (weights for `rows`, both optimizers, EMA when configured)."""
     import torch
 
+    from hrm.models import build_model
     from hrm.training.ema import WeightEMA
-    from hrm.training.loop import TrainConfig, build_model, build_optimizers, set_activation_checkpointing
-    from hrm.training.step import TrainState
+    from hrm.training.setup import TrainConfig
+    from hrm.training.state import TrainState, build_optimizers, set_activation_checkpointing
 
     config = TrainConfig.from_params(train)
     module = build_model(arch, dataset.metadata, rows, device, config.seed)
@@ -192,8 +193,8 @@ def part_memory_plan(report: dict[str, Any], settings: Settings) -> None:
     """The plan's predicted peak against the measured peak of a real step at the planned micro-batch."""
     import torch
 
-    from hrm.training.loop import TrainConfig
     from hrm.training.memory import plan_micro_batch
+    from hrm.training.setup import TrainConfig
 
     params = run_params(settings)
     arch, train = params["arch"], params["train"]

@@ -36,8 +36,8 @@ from hrm.planning import (
 )
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function, native_bf16, visible_nvidia_gpu
 from hrm.training.data import DatasetMetadata
-from hrm.training.loop import TrainConfig
 from hrm.training.memory import MEMORY_HEADROOM
+from hrm.training.setup import TrainConfig
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -149,7 +149,7 @@ def load_run_config(
     world_size: int | None = None,
 ) -> RunConfig:
     """The settings of the configured run; UserError naming the file and key when one is missing or wrong."""
-    from hrm.training.loop import fixed_micro_batch
+    from hrm.training.setup import fixed_micro_batch
 
     params_path = Path(params_path)
     if world_size is None:

@@ -1,19 +1,15 @@
-"""Optimizers and learning-rate schedule of HRM's training.
+"""HRM's optimizers and learning-rate schedule.
 
-- `AdamATan2` for all dense parameters. Our own implementation of the reference update (the official
-  `adam-atan2` package needs a CUDA build). `adam_atan2_pytorch.AdamAtan2` (v0.4.1) is NOT the same update:
-  it divides m by its bias correction *inside* atan2 (`atan2(m/bc1, sqrt(v/bc2))`) and scales by a=1.27,
-  whereas the reference puts 1/bc1 outside (`lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`). At step 1 with
-  beta1 0.9 the package moves a weight by 1.27*pi/4*lr ~ 1.0*lr against the reference's 10*atan(0.1)*lr
-  ~ 0.997*lr, and the two diverge further for small |m|/sqrt(v). tests/test_optim.py shows the difference.
-- `SparseSignSGD` for the puzzle embedding: sign-SGD with decoupled weight decay on the rows used.
-- `lr_at`: linear warmup then cosine decay to `base_lr * min_ratio` (constant when min_ratio is 1).
+`AdamATan2` (dense parameters) is our own implementation of the reference update (the official `adam-atan2`
+package needs a CUDA build). `adam_atan2_pytorch.AdamAtan2` (v0.4.1) is NOT the same update: it computes
+`atan2(m/bc1, sqrt(v/bc2))` scaled by a=1.27 where the reference has `lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`
+(step 1, beta1 0.9: ~1.0*lr against 10*atan(0.1)*lr ~ 0.997*lr); tests/test_optim.py shows the difference.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -43,11 +39,7 @@ class AdamATan2(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def step(self) -> None:  # type: ignore[override]
         for group in self.param_groups:
             lr, weight_decay = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]
@@ -74,7 +66,6 @@ class AdamATan2(Optimizer):
                 bias_correction2 = 1.0 - beta2**step
                 denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2))
                 param.add_(torch.atan2(exp_avg, denom), alpha=-lr / bias_correction1)
-        return loss
 
 
 class SparseSignSGD(Optimizer):
@@ -94,11 +85,8 @@ class SparseSignSGD(Optimizer):
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
 
     def collect_micro_batch(self) -> None:
-        """Set aside the gradient rows and ids of the micro-batch just back-propagated.
-
-        The local copy is overwritten by the next micro-batch's rows (other ids), so its gradient cannot simply
-        accumulate; `step` sums all collected rows per id, exactly as for one big batch.
-        """
+        """Set aside the gradient rows and ids of the micro-batch just back-propagated: the next micro-batch
+        overwrites the local copy, so `step` sums all collected rows per id, exactly as for one big batch."""
         local = self.embedding.local_weights
         if local.grad is not None:
             # the grad is dropped below (the next backward makes a new one); the ids buffer is overwritten in place
@@ -114,28 +102,16 @@ class SparseSignSGD(Optimizer):
             else:
                 local.grad.zero_()
 
-    def gradient_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(gradient rows, ids) of this step on this process: collected micro-batches, then the local copy."""
+    @torch.no_grad()
+    def step(self) -> None:  # type: ignore[override]
+        """Sum this step's gradient rows per id (collected micro-batches, then the local copy; every rank's)."""
         parts = list(self.pending)
         local = self.embedding.local_weights
         if local.grad is not None:
             parts.append((local.grad, self.embedding.local_ids))
         if not parts:
-            return None
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([g for g, _ in parts]), torch.cat([i for _, i in parts])
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        rows = self.gradient_rows()
-        if rows is None:
-            return loss
-        grad, ids = _gather_across_ranks(*rows)
+            return
+        grad, ids = _gather_across_ranks(torch.cat([g for g, _ in parts]), torch.cat([i for _, i in parts]))
         weights = self.embedding.weights
         unique_ids, inverse = ids.to(torch.long).unique(return_inverse=True)
         summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
@@ -145,7 +121,6 @@ class SparseSignSGD(Optimizer):
             rows = weights[unique_ids]
             rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed), alpha=-lr)
             weights[unique_ids] = rows
-        return loss
 
 
 def _gather_across_ranks(grad: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,11 +138,8 @@ def _gather_across_ranks(grad: torch.Tensor, ids: torch.Tensor) -> tuple[torch.T
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """HRM's schedule: `base_lr * step / warmup` during warmup, then cosine from base_lr to base_lr*min_ratio.
-
-    `step` counts optimizer steps from 1 (HRM increments before computing the LR, so its first update uses
-    base_lr / warmup_steps). With min_ratio 1.0 the LR is constant after warmup.
-    """
+    """HRM's schedule: `base_lr * step / warmup` during warmup, then cosine from base_lr to base_lr*min_ratio
+    (constant with 1.0). `step` counts optimizer steps from 1, so the first update uses base_lr / warmup."""
     if step < warmup_steps:
         return base_lr * step / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

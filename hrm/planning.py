@@ -68,8 +68,8 @@ def model_config(work: Workload, dtype_name: str, rows: int = 1, device: str = "
 
 
 def build(work: Workload, rows: int, device: str, dtype_name: str, seed: int) -> Any:
-    """The trainer's model (`hrm.training.loop.build_model`) at the workload's shapes and dtype."""
-    from hrm.training.loop import build_model
+    """The trainer's model (`hrm.models.build_model`) at the workload's shapes and dtype."""
+    from hrm.models import build_model
 
     return build_model(dict(work.arch, forward_dtype=dtype_name), work.metadata, rows, device, seed)
 
@@ -122,7 +122,7 @@ def saved_step_bytes(
     """
     import torch
 
-    from hrm.training.loop import set_activation_checkpointing
+    from hrm.training.state import set_activation_checkpointing
 
     head = build(work, batch_size, device, dtype_name, seed)
     set_activation_checkpointing(head, checkpointing)  # saved: each block's input, not its insides

@@ -297,9 +297,8 @@ def test_cuda_probe_runs_the_trainers_step(tiny_params, monkeypatch):
     import torch
 
     import hrm.training.step as step_module
-    from hrm.training.loop import build_optimizers
     from hrm.training.memory import measure_cuda_step
-    from hrm.training.step import TrainState
+    from hrm.training.state import TrainState, build_optimizers
 
     rows_seen, peaks = [], iter([1300, 1000, 1600])  # the first: the probe's warm-up step, dropped
     real_step = step_module.train_step

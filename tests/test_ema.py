@@ -12,6 +12,7 @@ import hrm.training.step as step_module
 from hrm.config import ConfigError, load_params
 from hrm.training import loop
 from hrm.training.ema import WeightEMA
+from hrm.training.setup import TrainConfig
 
 REAL_STEP = step_module.train_step
 
@@ -83,7 +84,7 @@ def test_rate_outside_open_unit_interval_is_refused(rate, tmp_path):
 
 def test_ema_settings_in_params_yaml_pass_the_schema(tmp_path):
     params = load_params(params_file_with(tmp_path, ema=True, ema_rate=0.99))
-    config = loop.TrainConfig.from_params(params["train"])
+    config = TrainConfig.from_params(params["train"])
     assert (config.ema, config.ema_rate) == (True, 0.99)
     assert load_params(REPO / "params.yaml")["train"]["ema"] is False  # off by default
 

@@ -11,6 +11,7 @@ from train_helpers import TINY_ARCH, final_weights, metric_files, tiny_params
 
 from hrm.config import ConfigError
 from hrm.training import loop
+from hrm.training.state import set_activation_checkpointing
 
 TOLERANCE = 1e-5
 
@@ -114,7 +115,7 @@ def tiny_gradients(checkpointing: bool, name: str = "hrm_v1") -> dict[str, torch
         batch_size=3,
         seed=5,
     )
-    loop.set_activation_checkpointing(head, checkpointing)
+    set_activation_checkpointing(head, checkpointing)
     head.train()
     generator = torch.Generator().manual_seed(1)
     batch = {

@@ -48,7 +48,7 @@ class FakeCuda:
 
 def make_state(rows: int):
     from hrm.models import build_model
-    from hrm.training.step import TrainState
+    from hrm.training.state import TrainState
 
     module = build_model(
         TINY_ARCH, seq_len=8, vocab_size=6, num_puzzle_identifiers=4, batch_size=rows, seed=0

@@ -6,20 +6,26 @@ Import cost: this package imports torch, so import it inside the functions that 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from hrm.io import UserError
-from hrm.models.act import ACTCarry
+from hrm.models.act import ACTCarry, QHaltingACT
 from hrm.models.checkpoint import load_official_checkpoint
 from hrm.models.config import ModelConfig
-from hrm.models.hrm import HRMACT
+from hrm.models.hrm import HRMInner
 from hrm.models.losses import ACTLossHead, normalize_metrics
-from hrm.models.transformer import TransformerBaseline
-from hrm.models.trm import TRMACT
+from hrm.models.transformer import TransformerBaseline, TransformerInner
+from hrm.models.trm import TRMInner
 
-ARCHITECTURES = {"hrm_v1": HRMACT, "trm": TRMACT, "transformer": TransformerBaseline}
+# arch.name -> (ACT loop, inner model of one segment)
+ARCHITECTURES = {
+    "hrm_v1": (QHaltingACT, HRMInner),
+    "trm": (QHaltingACT, TRMInner),
+    "transformer": (TransformerBaseline, TransformerInner),
+}
 
 __all__ = [
     "ACTCarry",
@@ -45,11 +51,9 @@ def build_model(
 ) -> ACTLossHead:
     """The loss head around `arch["name"]`, on `device` (None = CPU; "meta" for shape checks).
 
-    `metadata`: the dataset's sizes (`hrm.training.data.DatasetMetadata`, or anything with seq_len, vocab_size
-    and num_puzzle_identifiers); callers without a dataset give the three as keywords instead.
-    `batch_size` is the per-process training batch (the puzzle embedding's gradient buffer has that many
-    rows). `seed`: initialise from `torch.manual_seed(seed)` without disturbing the global RNG (None: use the
-    global CPU RNG as it stands). Initial weights are drawn on the CPU whatever the device.
+    `metadata`: the dataset's sizes (anything with seq_len, vocab_size, num_puzzle_identifiers), else the three
+    as keywords. `batch_size`: rows per process (the puzzle embedding's gradient buffer). `seed`: initialise
+    from it without disturbing the global RNG (None: the global CPU RNG). Weights are drawn on the CPU.
     """
     if metadata is not None:
         seq_len, vocab_size = metadata.seq_len, metadata.vocab_size
@@ -69,16 +73,12 @@ def build_model(
     )
     loss_type = str(arch.get("loss", "stablemax_cross_entropy"))
     target = torch.device(device) if device is not None else torch.device("cpu")
-
-    def construct() -> ACTLossHead:
+    act, inner = ARCHITECTURES[name]
+    with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched
         if target.type == "meta":  # shapes only: allocates nothing
             with target:
-                return ACTLossHead(ARCHITECTURES[name](config), loss_type)
+                return ACTLossHead(act(config, inner(config)), loss_type)
         # Initialise on the CPU, then move: the same seed gives the same weights on every device.
-        return ACTLossHead(ARCHITECTURES[name](config), loss_type).to(target)
-
-    if seed is None:
-        return construct()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched
-        return construct()
+        return ACTLossHead(act(config, inner(config)), loss_type).to(target)

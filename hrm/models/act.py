@@ -1,10 +1,8 @@
 """Adaptive computation time (ACT), shared by every architecture: the carry, its serialisation, and halting.
 
-One call of a model = one ACT segment for every row of the batch. Rows that halted take the next batch's
-example and a fresh state; running rows keep theirs (HRM's "deep supervision": the carry is detached, so each
-segment is scored and back-propagated on its own). `QHaltingACT` is HRM's and TRM's outer loop: Q-head halting,
-exploration, and (unless `no_ACT_continue`) the target-Q second forward. The inner models (hrm.py, trm.py)
-only compute one segment.
+One call of a model = one ACT segment for every row. Halted rows take the next batch's example and a fresh
+state; running rows keep theirs (the carry is detached: HRM's "deep supervision"). `QHaltingACT` is HRM's and
+TRM's outer loop: Q-head halting, exploration and (unless `no_ACT_continue`) the target-Q second forward.
 """
 
 from __future__ import annotations
@@ -68,31 +66,15 @@ class ACTCarry:
                 f"checkpoint: ACT carry needs {sorted(required)} and both or neither of z_H, z_L; "
                 f"it has {sorted(state)}"
             )
-
-        def get(key: str) -> torch.Tensor:
-            return state[key].to(device) if device is not None else state[key]
-
-        return cls(
-            z_H=get("z_H") if "z_H" in state else None,
-            z_L=get("z_L") if "z_L" in state else None,
-            steps=get("steps"),
-            halted=get("halted"),
-            current_data={k[len(prefix) :]: get(k) for k in state if k.startswith(prefix)},
-        )
-
-
-def keep_or_take(halted: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Row-wise: the new batch's value where the row halted, the old one elsewhere."""
-    return torch.where(halted.view((-1,) + (1,) * (new.ndim - 1)), new, old)
+        moved = {k: v.to(device) if device is not None else v for k, v in state.items()}
+        data = {k[len(prefix) :]: v for k, v in moved.items() if k.startswith(prefix)}
+        return cls(moved.get("z_H"), moved.get("z_L"), moved["steps"], moved["halted"], data)
 
 
 class ACTModel(nn.Module):
-    """The carry boilerplate every architecture shares; `inner` computes one segment.
+    """The carry boilerplate every architecture shares; `inner` computes one segment."""
 
-    `recurrent = False` (the transformer baseline): the carry holds no z_H/z_L.
-    """
-
-    recurrent = True
+    recurrent = True  # False (the transformer baseline): the carry holds no z_H/z_L
 
     def __init__(self, config: ModelConfig, inner: nn.Module) -> None:
         super().__init__()
@@ -110,47 +92,41 @@ class ACTModel(nn.Module):
 
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
         """Every row starts halted, so the first call resets it and takes the batch's example."""
-        size = batch["inputs"].shape[0]
-        device = batch["inputs"].device
+        size, device = batch["inputs"].shape[0], batch["inputs"].device
         z_H = z_L = None
         if self.recurrent:
             shape = (size, self.config.total_len, self.config.hidden_size)
             z_H = torch.zeros(shape, dtype=self.config.forward_dtype, device=device)
             z_L = torch.zeros(shape, dtype=self.config.forward_dtype, device=device)
-        return ACTCarry(
-            z_H=z_H,
-            z_L=z_L,
-            steps=torch.zeros(size, dtype=torch.int32, device=device),
-            halted=torch.ones(size, dtype=torch.bool, device=device),
-            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
-        )
+        steps = torch.zeros(size, dtype=torch.int32, device=device)
+        halted = torch.ones(size, dtype=torch.bool, device=device)
+        return ACTCarry(z_H, z_L, steps, halted, {k: torch.zeros_like(v) for k, v in batch.items()})
 
     @staticmethod
     def take_new_examples(carry: ACTCarry, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each row's example for this segment: the batch's where the row halted, its own elsewhere."""
-        return {k: keep_or_take(carry.halted, batch[k], v) for k, v in carry.current_data.items()}
+        flag = carry.halted
+        return {
+            k: torch.where(flag.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
+            for k, v in carry.current_data.items()
+        }
 
 
 class QHaltingACT(ACTModel):
-    """HRM's and TRM's ACT loop around an inner model with fixed initial states and a Q-head.
-
-    The inner model: `reset_states(reset, z_H, z_L)` and
-    `inner(z_H, z_L, inputs, puzzle_identifiers, with_logits=True) -> (z_H, z_L, logits, q_halt, q_continue)`.
-    """
+    """HRM's and TRM's ACT loop around a `layers.RecurrentInner` with fixed initial states and a Q-head."""
 
     def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """The per-row draws of one training segment (halt exploration), on the CPU.
-
-        The trainer draws them for the whole global batch once per step and gives each process and
-        micro-batch its slice, so the numbers a row sees do not depend on how the batch is split.
-        """
+        """The per-row draws of one training segment (halt exploration), on the CPU; the trainer draws them for
+        the whole global batch, so a row's numbers do not depend on how the batch is split."""
         if self.config.halt_max_steps <= 1:
             return {}
-        shape = torch.Size([rows])
-        cpu = torch.device("cpu")
+        device = generator.device if generator is not None else torch.device("cpu")  # may drive a CUDA model
+        high = self.config.halt_max_steps + 1
         return {
-            "explore": _uniform(shape, generator, cpu),
-            "explore_min_steps": _randint(2, self.config.halt_max_steps + 1, shape, generator, cpu),
+            "explore": torch.rand(rows, generator=generator, device=device).cpu(),
+            "explore_min_steps": torch.randint(
+                2, high, (rows,), generator=generator, device=device, dtype=torch.int32
+            ).cpu(),
         }
 
     def forward(
@@ -200,18 +176,3 @@ class QHaltingACT(ACTModel):
     def q_says_halt(self, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
         """The Q-head's halting rule: q_halt > 0 with `no_ACT_continue` (TRM), else q_halt > q_continue."""
         return q_halt > 0 if self.config.no_ACT_continue else q_halt > q_continue
-
-
-def _uniform(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Draw on the generator's device (a CPU generator can drive a CUDA model), then move."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-def _randint(
-    low: int, high: int, shape: torch.Size, generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    gen_device = generator.device if generator is not None else device
-    return torch.randint(low, high, shape, generator=generator, device=gen_device, dtype=torch.int32).to(
-        device
-    )

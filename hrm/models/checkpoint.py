@@ -1,7 +1,5 @@
-"""Loading weights into a model: official HRM/TRM checkpoints (the state_dict of their loss head) or ours.
-
-Every architecture keeps the official key layout (`model.inner.*`), so one loader serves them all.
-"""
+"""Loading an official HRM/TRM checkpoint (their loss head's state_dict) or ours: every architecture keeps the
+official key layout (`model.inner.*`), so one loader serves them all."""
 
 from __future__ import annotations
 
@@ -17,13 +15,11 @@ from hrm.io import UserError
 def load_official_checkpoint(
     head: nn.Module, path_or_state_dict: str | Path | Mapping[str, torch.Tensor]
 ) -> None:
-    """Load an official HRM or TRM checkpoint (state_dict of its loss head) or one of ours into `head`.
-
-    Strips the `_orig_mod.` prefix torch.compile adds; refuses any missing/unexpected key or shape mismatch
-    with a UserError that lists them, instead of loading half a model.
-    """
-    source = str(path_or_state_dict) if isinstance(path_or_state_dict, str | Path) else "state_dict"
+    """Load a checkpoint file or state_dict into `head`, without torch.compile's `_orig_mod.` prefix; a missing or
+    unexpected key or a shape mismatch is a UserError listing them, instead of half a model loaded."""
+    source = "state_dict"
     if isinstance(path_or_state_dict, str | Path):
+        source = str(path_or_state_dict)
         path = Path(path_or_state_dict)
         if not path.is_file():
             raise UserError(f"{path}: checkpoint file not found")

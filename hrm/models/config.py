@@ -1,8 +1,5 @@
-"""The model configuration every architecture shares: params.yaml's `arch` section plus the dataset's sizes.
-
-One dataclass for HRM, TRM and the transformer baseline, so that one `arch` section switches between them
-with `arch.name` and every key is checked once, with an error that names it.
-"""
+"""One model configuration for HRM, TRM and the transformer: params.yaml's `arch` (switched by `arch.name`,
+every key checked once, errors naming it) plus the dataset's sizes."""
 
 from __future__ import annotations
 
@@ -14,14 +11,6 @@ from typing import Any
 import torch
 
 from hrm.io import UserError
-
-
-def resolve_forward_dtype(name: str, device: torch.device | str | None) -> torch.dtype:
-    """`auto` = bf16 on CUDA, fp32 elsewhere (the rule lives in `hrm.runtime.dtype_name`)."""
-    from hrm.runtime import dtype_name
-
-    device_type = torch.device(device).type if device is not None else "cpu"
-    return getattr(torch, dtype_name(name, device_type))
 
 
 @dataclass(frozen=True)
@@ -64,7 +53,10 @@ class ModelConfig:
         batch_size: int,
         device: torch.device | str | None = None,
     ) -> ModelConfig:
-        """Build from the `arch` section; unknown or ill-typed keys fail with the key's name."""
+        """Build from the `arch` section; unknown or ill-typed keys fail with the key's name. forward_dtype
+        `auto` is bf16 on CUDA, fp32 elsewhere (`hrm.runtime.dtype_name`)."""
+        from hrm.runtime import dtype_name
+
         fields = {f.name: f for f in dataclasses.fields(cls)}
         sized = {"batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers", "forward_dtype"}
         values: dict[str, Any] = {}
@@ -81,21 +73,17 @@ class ModelConfig:
                     f"params.yaml: arch.{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
                 )
             values[key] = value
+        device_type = torch.device(device).type if device is not None else "cpu"
         return cls(
             batch_size=batch_size,
             seq_len=seq_len,
             vocab_size=vocab_size,
             num_puzzle_identifiers=num_puzzle_identifiers,
-            forward_dtype=resolve_forward_dtype(str(arch.get("forward_dtype", "auto")), device),
+            forward_dtype=getattr(torch, dtype_name(str(arch.get("forward_dtype", "auto")), device_type)),
             **values,
         )
 
     def __post_init__(self) -> None:
-        self.validate()
-        if self.puzzle_emb_len == 0:
-            object.__setattr__(self, "puzzle_emb_len", self.puzzle_emb_positions_needed)
-
-    def validate(self) -> None:
         def need(ok: bool, key: str, rule: str) -> None:
             if not ok:
                 raise UserError(f"params.yaml: arch.{key} {rule} (got {getattr(self, key)!r})")
@@ -114,7 +102,7 @@ class ModelConfig:
             "puzzle_emb_len",
             "must be >= 0 (0 = ceil(puzzle_emb_ndim / hidden_size))",
         )
-        needed = self.puzzle_emb_positions_needed
+        needed = -(self.puzzle_emb_ndim // -self.hidden_size)  # the fewest positions that hold the embedding
         if self.puzzle_emb_ndim == 0:
             need(
                 self.puzzle_emb_len == 0,
@@ -133,11 +121,8 @@ class ModelConfig:
         for key in ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
-
-    @property
-    def puzzle_emb_positions_needed(self) -> int:
-        """ceil(puzzle_emb_ndim / hidden_size): the fewest positions that hold the puzzle embedding."""
-        return -(self.puzzle_emb_ndim // -self.hidden_size)
+        if self.puzzle_emb_len == 0:
+            object.__setattr__(self, "puzzle_emb_len", needed)
 
     @property
     def total_len(self) -> int:

@@ -1,13 +1,9 @@
-"""Training compute of one ACT segment of one row, counted for the architecture that runs.
+"""Training compute of one ACT segment of one row: a run's compute after `step` steps is `step x
+global_batch_size x segment_flops(config).total` (`hrm compare`'s budget curves; the doctor's estimates).
 
-A training step runs one segment of every row of the global batch, so a run's compute after `step` steps is
-`step x global_batch_size x segment_flops(config).total` (the budget curves of `hrm compare`; the doctor's
-time estimates).
-
-Convention: 2 FLOPs per multiply-add of every matmul (linear layers, attention scores and values, LM and Q
-heads); norms, RoPE, activations, embeddings and the optimizers are left out (each O(tokens x hidden)).
-Backward = 2 x the forward of the part with a graph (input and weight gradients). `tests/test_flops.py`
-checks the count against torch's own FLOP counter on a real forward and backward of each architecture.
+2 FLOPs per multiply-add of every matmul; norms, RoPE, activations, embeddings and optimizers (each O(tokens x
+hidden)) are left out. Backward = 2 x the forward of the part with a graph. `tests/test_flops.py` checks the
+count against torch's FLOP counter.
 
 Per token and block, with h = hidden_size, T = seq_len + puzzle_emb_len tokens, w = swiglu_width(h):
     attention block   8 h^2 (qkv, out) + 4 T h (scores, values) + 6 h w (SwiGLU)
@@ -45,15 +41,6 @@ class SegmentFlops:
         return self.forward + self.backward
 
 
-def block_flops_per_token(config: ModelConfig) -> float:
-    """One post-norm block's matmul FLOPs per token (forward)."""
-    h, tokens = config.hidden_size, config.total_len
-    mlp = 6 * h * swiglu_width(h, config.expansion)
-    if config.mlp_t:
-        return 6 * h * swiglu_width(tokens, config.expansion) + mlp
-    return 8 * h * h + 4 * tokens * h + mlp
-
-
 def block_counts(config: ModelConfig) -> tuple[int, int, int]:
     """(forward blocks, blocks with a graph, target-Q forward blocks) of one training segment."""
     hc, lc, hl, ll = config.H_cycles, config.L_cycles, config.H_layers, config.L_layers
@@ -70,7 +57,11 @@ def block_counts(config: ModelConfig) -> tuple[int, int, int]:
 def segment_flops(config: ModelConfig) -> SegmentFlops:
     """Training FLOPs of one row's segment for `config`'s architecture (see the module docstring)."""
     tokens, h = config.total_len, config.hidden_size
-    per_block = block_flops_per_token(config) * tokens
+    mlp = 6 * h * swiglu_width(h, config.expansion)
+    if config.mlp_t:
+        per_block = (6 * h * swiglu_width(tokens, config.expansion) + mlp) * tokens
+    else:
+        per_block = (8 * h * h + 4 * tokens * h + mlp) * tokens
     forward_blocks, graph_blocks, target_q_blocks = block_counts(config)
     lm_head = 2 * h * config.vocab_size * tokens
     q_head = 0 if config.name == "transformer" else 4 * h

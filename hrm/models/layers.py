@@ -1,11 +1,6 @@
-"""Building blocks shared by every architecture (HRM, TRM and the plain transformer baseline).
-
-They mirror HRM's layers so that official checkpoints load and behave the same:
-parameters are stored in fp32 and cast to the forward dtype on use, RMSNorm has no weight and runs in fp32,
-attention is one fused bias-free qkv projection plus an output projection, and blocks are post-norm.
-Attention goes through `torch.nn.functional.scaled_dot_product_attention`, so no FlashAttention build is
-needed on any platform.
-"""
+"""Building blocks of every architecture, mirroring HRM's so official checkpoints load and behave the same: fp32
+parameters cast to the forward dtype on use, weightless fp32 RMSNorm, fused bias-free qkv, post-norm blocks.
+Attention goes through `scaled_dot_product_attention` (no FlashAttention build needed)."""
 
 from __future__ import annotations
 
@@ -22,17 +17,11 @@ CosSin = tuple[torch.Tensor, torch.Tensor]
 
 
 def trunc_normal_init_(
-    tensor: torch.Tensor,
-    std: float = 1.0,
-    lower: float = -2.0,
-    upper: float = 2.0,
-    generator: torch.Generator | None = None,
+    tensor: torch.Tensor, std: float = 1.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Fill `tensor` with a normal truncated at [lower, upper] standard deviations whose *actual* std is `std`.
-
-    Same distribution as HRM's (and JAX/flax's) truncated-normal init: `nn.init.trunc_normal_` would give a
-    std about 12% too small at +-2 sigma, so the unit normal is rescaled by the truncated normal's std.
-    """
+    """Normal truncated at +-2 standard deviations whose *actual* std is `std` (HRM's and JAX's init;
+    `nn.init.trunc_normal_` would come out about 12% too narrow)."""
+    lower, upper = -2.0, 2.0
     with torch.no_grad():
         if std == 0:
             return tensor.zero_()
@@ -56,11 +45,8 @@ def trunc_normal_init_(
 
 
 def rms_norm(hidden_states: torch.Tensor, eps: float, in_place: bool = False) -> torch.Tensor:
-    """Weightless RMSNorm computed in fp32 (bf16 squares lose too much), returned in the input dtype.
-
-    `in_place`: scale `hidden_states` itself when it is already fp32 (a temporary under no_grad: one
-    allocation less; same arithmetic, so bit-identical).
-    """
+    """Weightless RMSNorm in fp32 (bf16 squares lose too much), returned in the input dtype. `in_place`:
+    scale an fp32 temporary itself (one allocation less, same arithmetic)."""
     input_dtype = hidden_states.dtype
     x = hidden_states.to(torch.float32)
     scale = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
@@ -105,12 +91,8 @@ class CastedEmbedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables for every position (non-persistent: recomputed, never in a checkpoint).
-
-    Returns `(cos, signed_sin)`: `signed_sin` is sin with its first half negated, so that
-    `rotate_half(x) * sin == swap_halves(x) * signed_sin` exactly (negation is exact in IEEE arithmetic)
-    and the rotation needs no negation of the activations.
-    """
+    """RoPE tables (non-persistent) as `(cos, signed_sin)`: sin with its first half negated, so that
+    `rotate_half(x) * sin == swap_halves(x) * signed_sin` exactly and the activations need no negation."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         super().__init__()
@@ -125,22 +107,18 @@ class RotaryEmbedding(nn.Module):
         return self.cos, self.signed_sin
 
 
-def rotate(x: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
-    """RoPE on x [B, S, heads, head_dim] in the tables' dtype (fp32), returned in x's dtype.
-
-    `x * cos + rotate_half(x) * sin` with rotate_half(x) = (-x2, x1) written as (x2, x1) * signed_sin:
-    the same products and sum, so bit-identical, without the negation pass.
-    """
-    cos, signed_sin = cos_sin
-    half = x.shape[-1] // 2
-    x32 = x.to(cos.dtype)
-    swapped = torch.cat((x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos.unsqueeze(-2) + swapped * signed_sin.unsqueeze(-2)).to(x.dtype)
-
-
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos_sin: CosSin) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q and k ([B, S, heads, head_dim]); `cos_sin` as `RotaryEmbedding` returns it."""
-    return rotate(q, cos_sin), rotate(k, cos_sin)
+    """RoPE on q and k [B, S, heads, head_dim] in fp32, returned in their dtype: `x * cos + rotate_half(x) * sin`
+    with rotate_half(x) = (-x2, x1) written as (x2, x1) * signed_sin (same products and sum: bit-identical)."""
+    cos, signed_sin = cos_sin
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        x32 = x.to(cos.dtype)
+        swapped = torch.cat((x32[..., half:], x32[..., :half]), dim=-1)
+        return (x32 * cos.unsqueeze(-2) + swapped * signed_sin.unsqueeze(-2)).to(x.dtype)
+
+    return rotate(q), rotate(k)
 
 
 class Attention(nn.Module):
@@ -160,8 +138,8 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(batch, seq, 3 * self.num_heads, self.head_dim)
         query, key, value = qkv.split(self.num_heads, dim=2)
         if cos_sin is not None:
-            # Rotating q and k separately keeps each contiguous; rotating them as one [B, S, 2H, D] slice
-            # saves a kernel launch but leaves SDPA strided inputs, measured slower at seq 1601.
+            # Rotating q and k separately keeps each contiguous; as one [B, S, 2H, D] slice SDPA gets strided
+            # inputs, measured slower at seq 1601.
             query, key = apply_rotary(query, key, cos_sin)
         # SDPA wants [B, heads, S, head_dim]; default scale is 1/sqrt(head_dim), as HRM.
         out = F.scaled_dot_product_attention(
@@ -194,11 +172,8 @@ class SwiGLU(nn.Module):
 
 
 class PostNormBlock(nn.Module):
-    """Transformer block with post-norm: `h = norm(h + attn(h)); h = norm(h + mlp(h))`.
-
-    `mixing_len` set (TRM's `mlp_t`): a SwiGLU across the sequence's `mixing_len` positions replaces attention,
-    and its residual is normalised over the positions, as TRM does (key names `mlp_t.*`).
-    """
+    """Post-norm block `h = norm(h + attn(h)); h = norm(h + mlp(h))`. With `mixing_len` (TRM's `mlp_t`) a
+    SwiGLU across the `mixing_len` positions replaces attention, normalised over the positions as TRM does."""
 
     def __init__(
         self,
@@ -235,8 +210,7 @@ class PostNormBlock(nn.Module):
 
 
 def post_norm_blocks(config: ModelConfig, num_layers: int) -> nn.ModuleList:
-    """`num_layers` post-norm blocks at the model's width; token mixing by attention, or by an MLP across the
-    sequence (`mlp_t`)."""
+    """`num_layers` post-norm blocks at the model's width, mixing tokens by attention or by `mlp_t`."""
     mixing_len = config.total_len if config.mlp_t else None
     return nn.ModuleList(
         PostNormBlock(config.hidden_size, config.num_heads, config.expansion, config.rms_norm_eps, mixing_len)
@@ -247,13 +221,13 @@ def post_norm_blocks(config: ModelConfig, num_layers: int) -> nn.ModuleList:
 class ReasoningModule(nn.Module):
     """A stack of post-norm blocks that first adds its input injection to its state (HRM's H/L, TRM's net)."""
 
+    # `train.activation_checkpointing`: with the graph on, each block's activations are dropped after the
+    # forward and recomputed in backward; same values, less memory.
+    activation_checkpointing: bool = False
+
     def __init__(self, config: ModelConfig, num_layers: int) -> None:
         super().__init__()
         self.layers = post_norm_blocks(config, num_layers)
-
-    # `train.activation_checkpointing`: with the graph on (the gradient-carrying updates), each block's
-    # activations are dropped after the forward and recomputed in backward; same values, less memory.
-    activation_checkpointing: bool = False
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         hidden = state + injection
@@ -268,14 +242,9 @@ class ReasoningModule(nn.Module):
         return hidden
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Input and output of the models (mixins of the inner models, so that their state_dict keys sit at
-# `model.inner.*` as in the official checkpoints)
-# ---------------------------------------------------------------------------------------------------------
-
-
 class InputEmbedding:
-    """Token embedding (x sqrt(hidden)) with the puzzle embedding as a prefix; positions if learned."""
+    """Mixin of the inner models (so keys sit at `model.inner.*` as in official checkpoints): token embedding
+    (x sqrt(hidden)) with the puzzle embedding as a prefix; positions if learned."""
 
     config: ModelConfig
 
@@ -328,17 +297,18 @@ class InputEmbedding:
         return self.embed_scale * embedding
 
 
-class RecurrentHeads:
-    """The recurrent models' outputs and fixed initial states: LM head, Q head, H_init and L_init."""
+class RecurrentInner(InputEmbedding, nn.Module):
+    """One ACT segment of a recurrent model (HRM, TRM): input embedding, the subclass's levels
+    (`build_levels`, `segment`), LM and Q heads, and the fixed initial states H_init and L_init."""
 
-    config: ModelConfig
-
-    def _build_heads_and_states(self) -> None:
-        config = self.config
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self._build_embeddings()
+        self.build_levels()
         self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
         self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
-        # Fixed initial states (not trained): every fresh sequence starts from the same z_H, z_L.
-        # Stored fp32 and cast on use (HRM and TRM store them in the forward dtype; loading converts).
+        # Fixed initial states (not trained), stored fp32 and cast on use (HRM and TRM store the forward dtype).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size)), persistent=True)
         # Q-head starts at "never halt" (sigmoid(-5) ~ 0.007) so early training runs long segments.
@@ -352,15 +322,21 @@ class RecurrentHeads:
         """Rows where `reset` is set start again from H_init / L_init; the others keep their state."""
         dtype = self.config.forward_dtype
         flag = reset.view(-1, 1, 1)
-        return (
-            torch.where(flag, self.H_init.to(dtype), z_H),
-            torch.where(flag, self.L_init.to(dtype), z_L),
-        )
+        return torch.where(flag, self.H_init.to(dtype), z_H), torch.where(flag, self.L_init.to(dtype), z_L)
 
-    def heads(
-        self, z_H: torch.Tensor, with_logits: bool
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Logits of the sequence positions (prefix dropped) and (q_halt, q_continue) in fp32 from position 0."""
+    def forward(
+        self,
+        z_H: torch.Tensor,
+        z_L: torch.Tensor,
+        inputs: torch.Tensor,
+        puzzle_identifiers: torch.Tensor,
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The new (detached) z_H, z_L, the logits [B, L, V] of the sequence (None without `with_logits`: the
+        target-Q pass reads only the Q-head), and q_halt, q_continue in fp32 from position 0."""
+        cos_sin = self.cos_sin()
+        x = self.input_embeddings(inputs, puzzle_identifiers)
+        z_H, z_L = self.segment(z_H, z_L, x, cos_sin)
         logits = self.lm_head(z_H)[:, self.config.puzzle_emb_len :] if with_logits else None
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return logits, q_logits[..., 0], q_logits[..., 1]
+        return z_H.detach(), z_L.detach(), logits, q_logits[..., 0], q_logits[..., 1]

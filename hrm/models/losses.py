@@ -1,11 +1,7 @@
-"""Losses and the loss head that wraps a model (HRM's `ACTLossHead`: its state_dict prefix is `model.`).
-
-Per segment: lm_loss = sum over rows of the row's mean token cross-entropy; q_halt_loss = BCE(q_halt,
-row exactly right); q_continue_loss = BCE(q_continue, bootstrapped target), training only;
-total = lm + 0.5 * (q_halt + q_continue). Losses are sums over every row (the trainer divides by the global
-batch size); accuracy-type metrics are sums over the rows that halted in this segment (divide by `count`).
-`normalize_metrics` does both divisions.
-"""
+"""HRM's `ACTLossHead` (state_dict prefix `model.`) and its losses, per segment: lm_loss = sum over rows of
+the row's mean token cross-entropy; q_halt_loss = BCE(q_halt, row exactly right); q_continue_loss = BCE(
+q_continue, bootstrapped target), training only; total = lm + 0.5 * (q_halt + q_continue). Losses sum every
+row, accuracy-type metrics the rows that halted this segment; `normalize_metrics` divides both."""
 
 from __future__ import annotations
 
@@ -21,44 +17,32 @@ IGNORE_LABEL_ID = -100
 LOSS_METRICS = ("lm_loss", "q_halt_loss", "q_continue_loss")
 
 
-def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
-    """s(x) = x + 1 for x >= 0, 1 / (1 - x) below: positive, grows linearly, so no exp overflow.
-
-    `torch.where` differentiates both branches: at x = 1 the untaken 1 / (1 - x) is inf and its gradient
-    inf x 0 = NaN (bf16 logits land on 1.0 often). The official code adds epsilon 1e-30 to the denominator,
-    which is finite only in float64; here the reciprocal branch only ever sees x <= 0, so both branches and
-    their gradients are finite in every dtype and the values equal the official ones.
-    """
-    negative = x < 0
-    return torch.where(negative, 1 / (1 - torch.where(negative, x, 0)), x + 1)
-
-
 def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """log(s / sum s) as log s - log sum s: the quotient's gradient squares the sum (inf in fp32 at 1e20)."""
-    s = _stablemax_s(logits)
+    """log(s / sum s) as log s - log sum s (the quotient's gradient squares the sum: inf in fp32 at 1e20), with
+    s(x) = x + 1 for x >= 0, 1 / (1 - x) below. The reciprocal only ever sees x <= 0, so neither `torch.where`
+    branch nor its gradient is inf (at x = 1, 1 / (1 - x) would give NaN gradients; the official epsilon 1e-30
+    helps only in float64); the values equal the official ones."""
+    negative = logits < 0
+    s = torch.where(negative, 1 / (1 - torch.where(negative, logits, 0)), logits + 1)
     return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
 
 
-def stablemax_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID
-) -> torch.Tensor:
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token loss [B, L] with stablemax in place of softmax (HRM); float64 (MPS has none: float32)."""
     dtype = torch.float32 if logits.device.type == "mps" else torch.float64
     logprobs = log_stablemax(logits.to(dtype), dim=-1)
-    valid = labels != ignore_index
+    valid = labels != IGNORE_LABEL_ID
     safe_labels = torch.where(valid, labels, 0).to(torch.long)
     picked = torch.gather(logprobs, -1, safe_labels.unsqueeze(-1)).squeeze(-1)
     return -torch.where(valid, picked, 0)
 
 
-def softmax_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID
-) -> torch.Tensor:
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token loss [B, L], ordinary cross-entropy in fp32 (0 at ignored tokens)."""
     flat = F.cross_entropy(
         logits.to(torch.float32).reshape(-1, logits.shape[-1]),
         labels.to(torch.long).reshape(-1),
-        ignore_index=ignore_index,
+        ignore_index=IGNORE_LABEL_ID,
         reduction="none",
     )
     return flat.view(labels.shape)
@@ -91,7 +75,7 @@ class ACTLossHead(nn.Module):
 
     @property
     def puzzle_emb(self) -> nn.Module | None:
-        """The sparse puzzle embedding (for `hrm.optim.SparseSignSGD`), or None if puzzle_emb_ndim is 0."""
+        """The sparse puzzle embedding (for `hrm.optim.SparseSignSGD`); None if puzzle_emb_ndim is 0."""
         return self.model.puzzle_emb
 
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> Any:
@@ -110,10 +94,8 @@ class ACTLossHead(nn.Module):
         generator: torch.Generator | None = None,
         draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[Any, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-        """Returns (new carry, total loss (sum over rows), metric sums, requested outputs, all rows halted).
-
-        `draws`: this batch's rows of the per-row random draws (`draw_row_randomness`); None = draw here.
-        """
+        """(new carry, total loss (sum over rows), metric sums, requested outputs, all rows halted). `draws`: this
+        batch's rows of `draw_row_randomness`; None = draw here."""
         extra = {"draws": draws} if draws else {}
         carry, outputs = self.model(carry=carry, batch=batch, generator=generator, **extra)
         labels = carry.current_data["labels"]
@@ -140,7 +122,7 @@ class ACTLossHead(nn.Module):
                 q_says_correct = outputs["q_halt_logits"] >= 0
                 metrics["q_halt_accuracy"] = (counted & (q_says_correct == seq_correct)).sum()
 
-        lm_loss = (self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID) / divisor).sum()
+        lm_loss = (self.loss_fn(logits, labels) / divisor).sum()
         total = lm_loss
         metrics["lm_loss"] = lm_loss.detach()
         if "q_halt_logits" in outputs:
@@ -163,13 +145,8 @@ class ACTLossHead(nn.Module):
 
 
 def normalize_metrics(sums: Mapping[str, float], global_batch_size: int | None = None) -> dict[str, float]:
-    """Metric sums (possibly all-reduced over ranks) -> HRM's logged values.
-
-    Training (pass `global_batch_size`): losses / global batch size, since every row adds to the loss at every
-    segment; the rest / `count` (rows that halted). Evaluation (leave it None; sums taken from the final
-    segment, where every labelled row has halted): everything / `count`, as HRM's evaluate. With count 0
-    the count-divided metrics are left out rather than logged as 0.
-    """
+    """Metric sums (maybe all-reduced) -> HRM's logged values: losses / `global_batch_size` in training (every
+    row adds to the loss every segment), the rest / `count`; in eval (None) all / `count`. Count 0: left out."""
     count = float(sums.get("count", 0.0))
     result: dict[str, float] = {}
     for name, value in sums.items():

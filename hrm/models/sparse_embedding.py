@@ -1,10 +1,8 @@
 """The puzzle embedding: one learned vector per puzzle identifier (here: per vehicle), updated sparsely.
 
-HRM keeps the table out of the dense optimizer: it is a buffer (`weights`, saved in checkpoints) and each
-training batch copies its rows into a small leaf tensor (`local_weights`, not saved) that collects the
-gradient. `hrm.optim.SparseSignSGD` then updates only the rows whose ids are in `local_ids`. With thousands
-of identifiers (ARC) and a few per batch, Adam's moments would be stale for most rows; sign-SGD is what Adam
-reduces to for such sparse gradients.
+As in HRM the table is a buffer (`weights`, saved), out of the dense optimizer; each training batch copies its
+rows into a leaf tensor (`local_weights`, not saved) that collects the gradient, and `hrm.optim.SparseSignSGD`
+updates only the rows in `local_ids` (sign-SGD: what Adam reduces to for such sparse gradients).
 """
 
 from __future__ import annotations

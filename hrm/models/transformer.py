@@ -1,10 +1,5 @@
-"""The paper's direct-prediction baseline: a plain transformer of HRM's size, no recurrence, no ACT.
-
-H_layers + L_layers post-norm blocks (8 at the paper shape) over the same input embedding (tokens + puzzle
-prefix), one forward per example: every row halts after one segment. Same API as HRM and TRM, so the
-trainer, evaluation and checkpoints work unchanged; `arch.name: transformer` selects it. It has no Q-head,
-so its outputs carry no q-logits and the loss head reports no q losses or q_halt_accuracy.
-"""
+"""The paper's direct-prediction baseline: H_layers + L_layers post-norm blocks over the same input embedding,
+no recurrence, no Q-head (so no q losses); every row halts after one segment. `arch.name: transformer`."""
 
 from __future__ import annotations
 
@@ -38,24 +33,12 @@ class TransformerBaseline(ACTModel):
     """One call = one full prediction; every row halts at once (steps = 1)."""
 
     recurrent = False
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config, TransformerInner(config))
-
-    @property
-    def eval_segments(self) -> int:
-        """One prediction, no recurrence: every row halts after the first segment."""
-        return 1
+    eval_segments = 1
 
     def forward(
-        self,
-        carry: ACTCarry,
-        batch: Mapping[str, torch.Tensor],
-        generator: torch.Generator | None = None,
+        self, carry: ACTCarry, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
-        del generator  # no randomness: nothing to explore
-        # Rows always halt after one segment, so every call takes the new batch (written generally anyway).
-        data = self.take_new_examples(carry, batch)
+        data = self.take_new_examples(carry, batch)  # every row halted last call: the new batch
         logits = self.inner(data["inputs"], data["puzzle_identifiers"])
         size = logits.shape[0]
         steps = torch.ones(size, dtype=torch.int32, device=logits.device)

@@ -1,33 +1,22 @@
-"""TRM, the Tiny Recursive Model (Jolicoeur-Martineau 2025, SamsungSAILMontreal/TinyRecursiveModels),
-top to bottom in the paper's order.
+"""TRM, the Tiny Recursive Model (Jolicoeur-Martineau 2025, SamsungSAILMontreal/TinyRecursiveModels).
 
-HRM's outer machinery (ACT segments with a detached carry, puzzle-embedding prefix, Q-head) around one small
-network, `L_level` (L_layers post-norm blocks), that updates both states: the latent z_L ("z") from the answer
-state and the input, then the answer state z_H ("y") from the latent. A segment runs H_cycles such cycles; the
-first H_cycles - 1 without gradient, the last one whole with gradient (full backpropagation through one
-recursion instead of HRM's one-step gradient). With `no_ACT_continue` (TRM's setting) a row halts when
-q_halt > 0 and no target-Q second forward runs (`act.QHaltingACT`). State_dict keys equal the official layout.
+HRM's outer machinery around one small network, `L_level`, that updates the latent z_L ("z") from the answer
+state and the input, then the answer z_H ("y") from the latent. H_cycles - 1 such recursions run without
+gradient, the last one is back-propagated whole. State_dict keys equal the official layout.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from hrm.models.act import QHaltingACT
-from hrm.models.config import ModelConfig
-from hrm.models.layers import CosSin, InputEmbedding, ReasoningModule, RecurrentHeads
+from hrm.models.layers import CosSin, ReasoningModule, RecurrentInner
 
 
-class TRMInner(InputEmbedding, RecurrentHeads, nn.Module):
+class TRMInner(RecurrentInner):
     """One ACT segment: H_cycles recursions of the single network, only the last with gradient."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self._build_embeddings()
-        self.L_level = ReasoningModule(config, config.L_layers)  # the one network (TRM keeps HRM's name)
-        self._build_heads_and_states()
+    def build_levels(self) -> None:
+        self.L_level = ReasoningModule(self.config, self.config.L_layers)  # the one network (HRM's name)
 
     def recursion(
         self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin: CosSin | None
@@ -39,29 +28,10 @@ class TRMInner(InputEmbedding, RecurrentHeads, nn.Module):
         z_H = self.L_level(z_H, z_L, cos_sin)
         return z_H, z_L
 
-    def forward(
-        self,
-        z_H: torch.Tensor,
-        z_L: torch.Tensor,
-        inputs: torch.Tensor,
-        puzzle_identifiers: torch.Tensor,
-        with_logits: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """One segment. Returns the new (detached) z_H, z_L, the logits [B, L, V], q_halt and q_continue."""
-        cos_sin = self.cos_sin()
-        x = self.input_embeddings(inputs, puzzle_identifiers)
-        # H_cycles - 1 recursions improve the states without a graph (memory independent of H_cycles) ...
-        with torch.no_grad():
+    def segment(
+        self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin: CosSin | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():  # memory independent of H_cycles
             for _ in range(self.config.H_cycles - 1):
                 z_H, z_L = self.recursion(z_H, z_L, x, cos_sin)
-        # ... then one whole recursion is back-propagated.
-        z_H, z_L = self.recursion(z_H, z_L, x, cos_sin)
-        logits, q_halt, q_continue = self.heads(z_H, with_logits)
-        return z_H.detach(), z_L.detach(), logits, q_halt, q_continue
-
-
-class TRMACT(QHaltingACT):
-    """TRM with its ACT loop (q_halt > 0 halting when `no_ACT_continue`; `act.QHaltingACT`)."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config, TRMInner(config))
+        return self.recursion(z_H, z_L, x, cos_sin)

@@ -1,11 +1,10 @@
 """Full-state checkpoints: written atomically, found again by themselves, refused when they do not fit.
 
-A checkpoint is a folder ``<root>/<fingerprint>/step_<n>/`` holding ``common.pt`` (model, both optimizers,
-step, sampler position, dvclive history) and one ``rank<r>.pt`` per process (its ACT carry and RNG states).
-It is built under a temp name and renamed into place only once every rank has written its file, so a crash at
-any moment leaves either the old checkpoint or the new one, never half of one. The fingerprint (a hash of the
-settings and data that decide the trajectory) keys the folder, so `dvc exp run -S train.lr=...` starts its own
-line instead of resuming someone else's.
+A checkpoint is a folder ``<root>/<fingerprint>/step_<n>/``: ``common.pt`` (model, optimizers, step, sampler,
+dvclive history) and one ``rank<r>.pt`` per process (ACT carry, RNG states), built under a temp name and
+renamed once every rank has written, so a crash leaves the old checkpoint or the new one. The fingerprint (a
+hash of the settings and data that decide the trajectory) keys the folder, so `dvc exp run -S train.lr=...`
+starts its own line instead of resuming someone else's.
 """
 
 from __future__ import annotations
@@ -46,18 +45,12 @@ class CheckpointStore:
     """Checkpoints of one fingerprint; only the newest is kept (a carry can be gigabytes at the paper batch)."""
 
     def __init__(self, root: str | Path, run_fingerprint: str, rank: int = 0, world_size: int = 1):
-        self.root = Path(root)
-        self.fingerprint = run_fingerprint
-        self.folder = self.root / run_fingerprint
-        self.rank = rank
-        self.world_size = world_size
+        self.fingerprint, self.folder = run_fingerprint, Path(root) / run_fingerprint
+        self.rank, self.world_size = rank, world_size
 
     def check_shared(self) -> None:
-        """Every rank must see rank 0's checkpoint folder (multi-node: a shared file system); collective.
-
-        Rank 0 writes a marker with a fresh name; the others look for it. A rank that cannot see it makes every
-        rank stop with a message naming it, before any training (saving would fail or split the checkpoint).
-        """
+        """Collective: every rank must see the marker rank 0 writes in its checkpoint folder (multi-node: a shared
+        file system), or every rank stops before training with a message naming the blind ones."""
         if self.world_size == 1:
             return
         import secrets
@@ -71,10 +64,8 @@ class CheckpointStore:
             (self.folder / names[0]).write_text("written by rank 0", encoding="utf-8")
         dist.broadcast_object_list(names, src=0)
         marker = self.folder / str(names[0])
-        backend = dist.get_backend()
-        device = (
-            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        )
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         blind = torch.zeros(self.world_size, device=device)
         blind[self.rank] = 0.0 if marker.is_file() else 1.0
         dist.all_reduce(blind)
@@ -91,14 +82,11 @@ class CheckpointStore:
 
     def latest(self) -> Path | None:
         """Newest complete checkpoint folder, or None (temp folders of an interrupted write are ignored)."""
-        if not self.folder.is_dir():
-            return None
-        found = []
-        for path in self.folder.iterdir():
-            name = path.name
-            if path.is_dir() and name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX) :].isdigit():
-                if (path / "common.pt").exists():
-                    found.append((int(name[len(STEP_PREFIX) :]), path))
+        found = [
+            (int(path.name[len(STEP_PREFIX) :]), path)
+            for path in self.folder.glob(f"{STEP_PREFIX}*")
+            if path.name[len(STEP_PREFIX) :].isdigit() and (path / "common.pt").is_file()
+        ]
         return max(found)[1] if found else None
 
     def save(self, step: int, common: dict[str, Any], per_rank: dict[str, Any]) -> Path:
@@ -117,14 +105,12 @@ class CheckpointStore:
             _save_synced(torch, {**header, **common, "world_size": self.world_size}, staging / "common.pt")
         _barrier(self.world_size)
         if self.rank == 0:
+            old = self.folder / f".{final.name}.old"
             if final.exists():  # a stop signal right after an eval checkpoint of the same step
-                old = self.folder / f".{final.name}.old"
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
-                os.replace(staging, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, final)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
             _fsync_dir(self.folder)
             for path in self.folder.iterdir():
                 if path != final and path.is_dir() and path.name.startswith(STEP_PREFIX):

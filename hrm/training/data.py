@@ -1,11 +1,6 @@
-"""HRM's on-disk dataset layout: reader, seeded training sampler with exact state, eval batches.
-
-The layout (``dataset.json`` + ``<set>__<field>.npy``) is HRM's, so the official Maze/Sudoku sets load as they
-are. Sampling follows HRM's loader (one puzzle per group per epoch, batches packed to exactly
-``global_batch_size``, the last partial batch of an iteration dropped) but every draw comes from a seeded
-generator whose full state, position included, can be saved and restored: HRM's own loader draws the
-within-puzzle sample from numpy's unseeded global RNG, so its runs cannot be repeated.
-"""
+"""HRM's on-disk dataset layout (``dataset.json`` + ``<set>__<field>.npy``, so official Maze/Sudoku sets load
+as they are): checked reader, training sampler, eval batches. Sampling follows HRM's loader, but every draw
+comes from a seeded generator whose state can be saved and restored (HRM's uses numpy's unseeded global RNG)."""
 
 from __future__ import annotations
 
@@ -21,8 +16,6 @@ from hrm.data import spec
 from hrm.io import UserError
 
 IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
-FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
-METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 
 @dataclass(frozen=True)
@@ -54,29 +47,26 @@ class DatasetMetadata:
         if not isinstance(raw, dict):
             raise UserError(f"{path}: top level must be an object")
         values: dict[str, Any] = {}
-        for name, kinds in METADATA_FIELDS.items():
+        for name, kinds in spec.HRM_METADATA_FIELDS.items():
             if name not in raw:
                 raise UserError(f"{path}: field '{name}' is missing")
-            value = raw[name]
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise UserError(f"{path}: field '{name}' has the wrong type ({type(value).__name__})")
-            values[name] = value
+            values[name] = raw[name]
+            if isinstance(raw[name], bool) or not isinstance(raw[name], kinds):
+                raise UserError(f"{path}: field '{name}' has the wrong type ({type(raw[name]).__name__})")
         if not values["sets"] or not all(isinstance(s, str) for s in values["sets"]):
             raise UserError(f"{path}: field 'sets' must be a non-empty list of names")
         for name in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
             if values[name] < 1:
                 raise UserError(f"{path}: field '{name}' must be >= 1, got {values[name]}")
-        extra = {k: v for k, v in raw.items() if k not in METADATA_FIELDS}
         values["mean_puzzle_examples"] = float(values["mean_puzzle_examples"])
-        return cls(**values, extra=extra)
+        return cls(**values, extra={k: v for k, v in raw.items() if k not in spec.HRM_METADATA_FIELDS})
 
 
 class PuzzleDataset:
     """One split of an HRM data folder; inputs/labels memory-mapped, the index arrays in memory, all checked."""
 
     def __init__(self, root: str | Path, split: str):
-        self.root = Path(root)
-        self.split = split
+        self.root, self.split = Path(root), split
         self.folder = self.root / split
         self.metadata = DatasetMetadata.from_file(self.folder / "dataset.json")
         if len(self.metadata.sets) != 1:
@@ -85,12 +75,11 @@ class PuzzleDataset:
                 f"{self.folder / 'dataset.json'}: field 'sets' lists {self.metadata.sets}; only one set is supported"
             )
         self.set_name = self.metadata.sets[0]
-        arrays = {name: self._load(name) for name in FIELDS}
-        self.inputs: np.ndarray = arrays["inputs"]
-        self.labels: np.ndarray = arrays["labels"]
-        self.puzzle_identifiers: np.ndarray = arrays["puzzle_identifiers"].astype(np.int64)
-        self.puzzle_indices: np.ndarray = arrays["puzzle_indices"].astype(np.int64)
-        self.group_indices: np.ndarray = arrays["group_indices"].astype(np.int64)
+        self.inputs: np.ndarray = self._load("inputs")
+        self.labels: np.ndarray = self._load("labels")
+        self.puzzle_identifiers: np.ndarray = self._load("puzzle_identifiers").astype(np.int64)
+        self.puzzle_indices: np.ndarray = self._load("puzzle_indices").astype(np.int64)
+        self.group_indices: np.ndarray = self._load("group_indices").astype(np.int64)
         self._check()
 
     def file(self, name: str) -> Path:
@@ -98,9 +87,8 @@ class PuzzleDataset:
 
     def _load(self, name: str) -> np.ndarray:
         path = self.file(name)
-        mmap = "r" if name in ("inputs", "labels") else None
         try:
-            array = np.load(path, mmap_mode=mmap, allow_pickle=False)
+            array = np.load(path, mmap_mode="r" if name in ("inputs", "labels") else None, allow_pickle=False)
         except FileNotFoundError as err:
             raise UserError(f"{path}: file not found") from err
         except ValueError as err:
@@ -112,17 +100,17 @@ class PuzzleDataset:
     def _check(self) -> None:
         """Every structural fact the sampler relies on; errors name the file, the field and the index."""
         meta = self.metadata
-        seq_len = meta.seq_len
         for name, array in (("inputs", self.inputs), ("labels", self.labels)):
-            if array.ndim != 2 or array.shape[1] != seq_len:
-                raise UserError(f"{self.file(name)}: shape {array.shape}, expected [N, seq_len={seq_len}]")
+            if array.ndim != 2 or array.shape[1] != meta.seq_len:
+                raise UserError(
+                    f"{self.file(name)}: shape {array.shape}, expected [N, seq_len={meta.seq_len}]"
+                )
         if self.labels.shape[0] != self.inputs.shape[0]:
             raise UserError(
                 f"{self.file('labels')}: {self.labels.shape[0]} rows but inputs has {self.inputs.shape[0]}"
             )
-        num_examples = self.inputs.shape[0]
         num_puzzles = self.puzzle_identifiers.shape[0]
-        self._check_offsets("puzzle_indices", self.puzzle_indices, num_puzzles + 1, num_examples)
+        self._check_offsets("puzzle_indices", self.puzzle_indices, num_puzzles + 1, self.inputs.shape[0])
         self._check_offsets("group_indices", self.group_indices, None, num_puzzles)
         if self.num_groups != meta.total_groups:
             raise UserError(
@@ -168,6 +156,11 @@ class PuzzleDataset:
         """Index of the puzzle that owns each example row."""
         return np.searchsorted(self.puzzle_indices, example_indices, side="right") - 1
 
+    def rows(self, start: int, stop: int, pad_to: int) -> dict[str, Any]:
+        """Examples [start, stop) in order as a batch padded to `pad_to` (eval batches, the memory probe)."""
+        examples = np.arange(start, stop, dtype=np.int64)
+        return self.collate(examples, self.puzzles_of_examples(examples), pad_to=pad_to)
+
     def collate(self, example_indices: np.ndarray, puzzle_indices: np.ndarray, pad_to: int) -> dict[str, Any]:
         """Torch batch of the model contract; rows beyond the examples are padding that no metric counts."""
         import torch
@@ -209,11 +202,10 @@ def check_batch_split(global_batch_size: int, world_size: int) -> int:
 class TrainSampler:
     """HRM's training order with an explicit, restorable state.
 
-    An iteration covers ``epochs_per_iteration`` epochs (HRM: ``eval_interval``). Each epoch is a fresh
-    permutation of the groups; each group in turn gives one random puzzle and from it up to the remaining
-    batch room of its examples. A batch that cannot be filled at the end of an iteration is dropped. Iteration
-    ``i`` draws from its own generator seeded with ``(seed, i)``, and the generator's state plus the cursor is
-    all the state there is, so ``load_state_dict(state_dict())`` continues bit-identically.
+    An iteration covers ``epochs_per_iteration`` epochs (HRM: ``eval_interval``), each a fresh permutation of
+    the groups; each group gives one random puzzle and from it up to the batch's remaining room of examples;
+    an iteration's last partial batch is dropped. Iteration ``i`` draws from a generator seeded ``(seed, i)``,
+    whose state plus the cursor is all the state there is (``load_state_dict`` continues bit-identically).
     """
 
     def __init__(
@@ -225,15 +217,11 @@ class TrainSampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.dataset = dataset
-        self.global_batch_size = global_batch_size
+        self.dataset, self.global_batch_size, self.seed, self.rank = dataset, global_batch_size, seed, rank
         self.local_batch_size = check_batch_split(global_batch_size, world_size)
         if epochs_per_iteration < 1:
             raise UserError(f"params.yaml: train.eval_interval must be >= 1, got {epochs_per_iteration}")
         self.epochs_per_iteration = epochs_per_iteration
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.start_iteration(0)
 
     def start_iteration(self, iteration: int) -> None:
@@ -306,9 +294,11 @@ class TrainSampler:
                 raise UserError(
                     f"checkpoint sampler has {name}={state[name]}, these params give {getattr(self, name)}"
                 )
-        self.iteration = int(state["iteration"])
-        self.epoch = int(state["epoch"])
-        self.cursor = int(state["cursor"])
+        self.iteration, self.epoch, self.cursor = (
+            int(state["iteration"]),
+            int(state["epoch"]),
+            int(state["cursor"]),
+        )
         self.exhausted = bool(state["exhausted"])
         self.order = state["order"].numpy().astype(np.int64)
         if self.order.shape[0] != self.dataset.num_groups:
@@ -325,9 +315,7 @@ def eval_batches(
     for chunk_start in range(0, dataset.num_examples, global_batch_size):
         chunk_end = min(chunk_start + global_batch_size, dataset.num_examples)
         lo = min(chunk_start + rank * local, chunk_end)
-        hi = min(chunk_start + (rank + 1) * local, chunk_end)
-        examples = np.arange(lo, hi, dtype=np.int64)
-        yield dataset.collate(examples, dataset.puzzles_of_examples(examples), pad_to=local)
+        yield dataset.rows(lo, min(chunk_start + (rank + 1) * local, chunk_end), pad_to=local)
 
 
 def planned_steps(metadata: DatasetMetadata, epochs: int, global_batch_size: int) -> int:

@@ -1,13 +1,9 @@
 """Exponential moving average of the weights (TRM's recipe: `train.ema`, `train.ema_rate`).
 
-After every optimizer step each trainable parameter's shadow moves towards it:
-``shadow = (1 - rate) * param + rate * shadow`` (TRM's models/ema.py, rate 0.999). Evaluation and the final
-`models/hrm.pt` use the shadow weights; the checkpoint keeps the raw weights (training continues from them)
-and the shadows beside them, so a resumed run is bit-identical to an uninterrupted one.
-
-As in TRM, only parameters are averaged: buffers, the sign-SGD puzzle-embedding table among them, are used
-as they are. The shadows are swapped into the module in place for evaluation and swapped back exactly, so no
-second model is kept and a `torch.compile` wrapper of the module sees the averaged weights too.
+After every optimizer step each trainable parameter's shadow moves: `shadow = (1 - rate) * param + rate *
+shadow` (TRM's models/ema.py). Evaluation and `models/hrm.pt` use the shadows, swapped into the module in
+place (a `torch.compile` wrapper sees them too) and back exactly; checkpoints keep raw weights and shadows.
+As in TRM, buffers (the sign-SGD puzzle-embedding table among them) are not averaged.
 """
 
 from __future__ import annotations
@@ -19,20 +15,17 @@ from typing import Any
 from hrm.config import ConfigError
 
 
-def check_rate(rate: Any, key: str = "train.ema_rate") -> float:
-    """The decay must lie strictly between 0 (no averaging) and 1 (weights never move)."""
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < float(rate) < 1.0:
-        raise ConfigError(f"params.yaml: {key} must be a number in (0, 1), e.g. 0.999, got {rate!r}")
-    return float(rate)
-
-
 class WeightEMA:
     """Shadow copies of a module's trainable parameters, keyed by parameter name."""
 
     def __init__(self, module: Any, rate: float):
         import torch
 
-        self.rate = check_rate(rate)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < float(rate) < 1.0:
+            raise ConfigError(
+                f"params.yaml: train.ema_rate must be a number in (0, 1), e.g. 0.999, got {rate!r}"
+            )
+        self.rate = float(rate)
         with torch.no_grad():
             self.shadow: dict[str, Any] = {
                 name: param.detach().clone()

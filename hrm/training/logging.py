@@ -1,8 +1,5 @@
-"""dvclive metrics (rank 0 only) and the progress bar.
-
-On resume the dvclive folder is rebuilt from the history stored in the checkpoint, so rows logged after that
-checkpoint by a killed run disappear and the resumed run's files equal an uninterrupted run's.
-"""
+"""dvclive metrics (rank 0 only) and the progress bar. On resume the dvclive folder is rebuilt from the
+checkpoint's history, so a resumed run's files equal an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -38,22 +35,24 @@ class RunLogger:
         from dvclive import Live
         from tqdm import tqdm
 
-        resume = history is not None
-        if resume:
+        if history is not None:
             restore_history(self.log_dir, history)
-        self.live = Live(dir=str(self.log_dir), save_dvc_exp=False, dvcyaml=None, resume=resume)
+        self.live = Live(dir=str(self.log_dir), save_dvc_exp=False, dvcyaml=None, resume=history is not None)
         self.bar = tqdm(
             total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True
         )
 
+    def _log(self, step: int, prefix: str, names: tuple[str, ...], metrics: dict[str, float]) -> None:
+        self.live.step = step
+        for name in names:
+            if name in metrics:
+                self.live.log_metric(f"{prefix}/{name}", float(metrics[name]))
+        self.live.make_summary()
+
     def log_train(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.live.step = step
-        for name in TRAIN_METRICS:
-            if name in metrics:
-                self.live.log_metric(f"train/{name}", float(metrics[name]))
-        self.live.make_summary()
+        self._log(step, "train", TRAIN_METRICS, metrics)
         if "exact_accuracy" in metrics:
             self.last_exact = metrics["exact_accuracy"]
         postfix = {"loss": f"{metrics['loss']:.4f}"}
@@ -65,11 +64,7 @@ class RunLogger:
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.live.step = step
-        for name in EVAL_METRICS:
-            if name in metrics:
-                self.live.log_metric(f"eval/{name}", float(metrics[name]))
-        self.live.make_summary()
+        self._log(step, "eval", EVAL_METRICS, metrics)
         shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in EVAL_METRICS if k in metrics)
         self.bar.write(f"eval at step {step}: {shown}")
 

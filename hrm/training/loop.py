@@ -12,19 +12,6 @@ from typing import Any
 
 from hrm.io import UserError, atomic_write_bytes
 
-# The trainer's builders under their old import path (hrm doctor, bench/*): defined once, in setup and state.
-from hrm.training.setup import TrainConfig, fixed_micro_batch, make_lr_for  # noqa: F401
-from hrm.training.state import build_optimizers, set_activation_checkpointing  # noqa: F401
-
-
-def __getattr__(name: str) -> Any:
-    """`hrm.models.build_model` under its old path here (bench/gpu_check.py), without importing torch now."""
-    if name != "build_model":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hrm.models import build_model
-
-    return build_model
-
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM: a checkpoint was written; running `train` again resumes from it."""
@@ -103,13 +90,33 @@ def stop_signals() -> Iterator[dict[str, int | None]]:
 
 
 def finish(run: Any, elapsed: float, first_step: int) -> dict[str, Any]:
-    """Rank 0 writes the weights (the EMA's with train.ema) and the timing; every rank returns the summary."""
+    """Rank 0 writes the weights (the EMA's with train.ema; HRM's key layout, loadable with weights_only) and,
+    outside the dvclive folder (timings differ run to run), the wall time of the steps this process did."""
+    import torch
+
+    from hrm.io import atomic_write_json
+
     state, paths = run.state, run.paths
     if run.dist.rank == 0:
         with state.ema.applied(state.module) if state.ema is not None else nullcontext():
-            write_weights(state.module, Path(paths["model"]))
+            weights = {
+                k.removeprefix("_orig_mod."): v.detach().cpu() for k, v in state.module.state_dict().items()
+            }
+            buffer = io.BytesIO()
+            torch.save(weights, buffer)
+            atomic_write_bytes(Path(paths["model"]), buffer.getvalue())
         done = state.step - first_step
-        write_timing(paths.get("train_timing"), elapsed, done, first_step, run.dist.world_size, run.device)
+        if isinstance(paths.get("train_timing"), str):
+            timing = {
+                "wall_s": round(elapsed, 3),
+                "steps": done,
+                "steps_per_s": round(done / elapsed, 4) if elapsed > 0 and done else 0.0,
+                "resumed_from_step": first_step,
+                "processes": run.dist.world_size,
+                "device": str(run.device),
+                "threads": torch.get_num_threads(),
+            }
+            atomic_write_json(Path(paths["train_timing"]), timing)
         per_step = f" ({elapsed / done:.3f} s/step)" if done else ""
         print(f"trained {done} steps in {elapsed:.1f} s{per_step}; weights: {paths['model']}", flush=True)
     return {
@@ -118,38 +125,3 @@ def finish(run: Any, elapsed: float, first_step: int) -> dict[str, Any]:
         "checkpoint": str(run.saved),
         "model": paths["model"],
     }
-
-
-def write_weights(module: Any, path: Path) -> None:
-    """Final state_dict in HRM's official key layout, loadable with torch.load(weights_only=True)."""
-    import torch
-
-    state = {k.removeprefix("_orig_mod."): v.detach().cpu() for k, v in module.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_timing(
-    path: str | None, elapsed: float, steps: int, first_step: int, world_size: int, device: Any
-) -> None:
-    """Wall time of this process's training loop, outside the dvclive folder: timings differ run to run, the
-    metrics there must not. A resumed run times only the steps it did itself (`resumed_from_step`)."""
-    if not isinstance(path, str):
-        return
-    import torch
-
-    from hrm.io import atomic_write_json
-
-    atomic_write_json(
-        Path(path),
-        {
-            "wall_s": round(elapsed, 3),
-            "steps": steps,
-            "steps_per_s": round(steps / elapsed, 4) if elapsed > 0 and steps else 0.0,
-            "resumed_from_step": first_step,
-            "processes": world_size,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-        },
-    )

@@ -1,10 +1,9 @@
 """The memory plan: how each process's share of the global batch is cut into micro-batches.
 
-On CUDA the trainer's own step (`hrm.training.step.train_step`, optimizer included) runs once to warm up,
-then at micro-batches of 1 and 2 rows; peak memory is affine in the rows, so the two peaks give a fixed part
-and a part per example. The ACT carry of the rows not in the measured micro-batch is added from its size. The largest micro-batch that
-divides the share and fits `MEMORY_HEADROOM` of the free memory wins. Off CUDA the whole share runs at once
-(RAM is not measured here; `hrm doctor` traces an estimate).
+On CUDA the trainer's own step (optimizer included) runs once to warm up, then at 1 and 2 rows; peak memory
+is affine in the rows, so the two peaks give a fixed part and a part per example, plus the ACT carry of the
+rows outside the micro-batch. The largest divisor of the share that fits `MEMORY_HEADROOM` of the free memory
+wins. Off CUDA the whole share runs at once (RAM is not measured here; `hrm doctor` traces an estimate).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ class MemoryPlan:
     share: int  # rows per process
     micro_batch: int
     memory: StepMemory | None
-    budget_bytes: int | None  # MEMORY_HEADROOM x free bytes at the start
     total_bytes: int | None
 
     @property
@@ -58,10 +56,8 @@ class MemoryPlan:
         )
         if self.peak_bytes is not None and self.total_bytes:
             text += f", est. peak {gib(self.peak_bytes)} of {gib(self.total_bytes)}"
-            text += f" (budget {MEMORY_HEADROOM:.0%} of free memory; {self.memory.method})"
-        else:
-            text += " (whole share at once off CUDA; memory not measured, see hrm doctor)"
-        return text
+            return text + f" (budget {MEMORY_HEADROOM:.0%} of free memory; {self.memory.method})"
+        return text + " (whole share at once off CUDA; memory not measured, see hrm doctor)"
 
 
 def gib(value: float) -> str:
@@ -75,8 +71,7 @@ def divisors(n: int) -> list[int]:
 def largest_fitting(share: int, memory: StepMemory, budget: int) -> int:
     """The largest divisor of `share` whose step peak fits `budget`; 0 if not even one row fits."""
     limit = memory.max_micro or share
-    fitting = [d for d in divisors(share) if d <= limit and memory.peak(share, d) <= budget]
-    return max(fitting, default=0)
+    return max((d for d in divisors(share) if d <= limit and memory.peak(share, d) <= budget), default=0)
 
 
 def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
@@ -113,13 +108,10 @@ def probe_step(
 def measure_cuda_step(
     make_state: Callable[[int], Any], batch: dict[str, Any], device: Any, global_batch_size: int
 ) -> StepMemory:
-    """Peak allocated bytes of the trainer's step (optimizer step included) at 1 and 2 rows, extrapolated.
-
-    `make_state(rows)` builds a fresh `TrainState` whose model was built for `rows`; it is dropped afterwards.
-    A throwaway step runs first: the process's first CUDA work pays one-time allocations (cuBLAS workspaces,
-    allocator pools) that stay; inside peak(1) but not above peak(2)'s baseline they would shrink the bytes
-    per example and inflate the plan. If 2 rows run out of memory, the 1-row step alone gives the plan (1).
-    """
+    """Peak allocated bytes of the trainer's step at 1 and 2 rows, extrapolated; `make_state(rows)` builds a
+    fresh `TrainState` for `rows`. A throwaway step runs first: the process's first CUDA work pays one-time
+    allocations (cuBLAS workspaces, pools) that would shrink the bytes per example. If 2 rows run out of
+    memory, the 1-row step alone gives the plan (1)."""
     import torch
 
     from hrm.training.step import TrainingDiverged
@@ -166,32 +158,28 @@ def plan(
     """The micro-batch: the configured one (refused if it cannot fit) or the largest divisor that fits."""
     share = global_batch // world_size
     budget = int(free_bytes * MEMORY_HEADROOM) if free_bytes is not None else None
-    if memory is None or budget is None:
-        micro = configured_micro or share
-    else:
+    micro = configured_micro or share
+    if memory is not None and budget is not None:
         largest = largest_fitting(share, memory, budget)
+        usable = f"{gib(budget)} usable ({MEMORY_HEADROOM:.0%} of {gib(free_bytes or 0)} free)"
         if largest == 0:
             raise UserError(
                 f"not even a micro-batch of 1 fits: a step needs ~{gib(memory.peak(share, 1))} with "
-                f"{share} rows of ACT carry, {gib(budget)} usable ({MEMORY_HEADROOM:.0%} of "
-                f"{gib(free_bytes or 0)} free); lower train.global_batch_size or use more GPUs"
+                f"{share} rows of ACT carry, {usable}; lower train.global_batch_size or use more GPUs"
             )
         if configured_micro is not None and configured_micro > largest:
             raise UserError(
                 f"params.yaml: train.micro_batch_size {configured_micro} does not fit: it needs "
-                f"~{gib(memory.peak(share, configured_micro))}, {gib(budget)} usable ({MEMORY_HEADROOM:.0%} of "
-                f"{gib(free_bytes or 0)} free); the largest that fits is {largest} (or set auto)"
+                f"~{gib(memory.peak(share, configured_micro))}, {usable}; the largest that fits is {largest} "
+                "(or set auto)"
             )
         micro = configured_micro or largest
-    return MemoryPlan(global_batch, world_size, share, micro, memory, budget, total_bytes)
+    return MemoryPlan(global_batch, world_size, share, micro, memory, total_bytes)
 
 
 def first_batch(dataset: Any, rows: int) -> dict[str, Any]:
     """The dataset's first rows as a training batch (shapes for measuring a step)."""
-    import numpy as np
-
-    examples = np.arange(min(rows, dataset.num_examples), dtype=np.int64)
-    return dataset.collate(examples, dataset.puzzles_of_examples(examples), pad_to=rows)
+    return dataset.rows(0, min(rows, dataset.num_examples), pad_to=rows)
 
 
 def plan_micro_batch(
@@ -213,9 +201,8 @@ def plan_micro_batch(
     def make_state(rows: int) -> Any:
         return new_state(arch, metadata, config, rows, device)  # the run's state, EMA copy included
 
-    memory = measure_cuda_step(
-        make_state, first_batch(dataset, max(PROBE_ROWS)), device, config.global_batch_size
-    )
+    batch = first_batch(dataset, max(PROBE_ROWS))
+    memory = measure_cuda_step(make_state, batch, device, config.global_batch_size)
     free, total = torch.cuda.mem_get_info(device)
     return plan(config.global_batch_size, world_size, configured_micro, memory, free, total)
 

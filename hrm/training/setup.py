@@ -42,14 +42,12 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
-        """Types and ranges are schemas/params.schema.json's (hrm.config.load_params); this adds what a
-        schema cannot say."""
-        config = cls(
-            **{
-                name: float(train[name]) if kind == "float" else train[name]
-                for name, kind in cls.__annotations__.items()
-            }
-        )
+        """Types and ranges are checked by schemas/params.schema.json; this adds what a schema cannot say."""
+        values = {
+            name: float(train[name]) if kind == "float" else train[name]
+            for name, kind in cls.__annotations__.items()
+        }
+        config = cls(**values)
         if config.epochs % config.eval_interval:
             raise ConfigError(
                 f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
@@ -67,12 +65,12 @@ class Distributed:
 def distributed_from_env() -> Distributed:
     """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process."""
     try:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return Distributed(
+            *(int(os.environ.get(key, "0")) for key in ("RANK", "LOCAL_RANK")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+        )
     except ValueError as err:
         raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
-    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
 def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
@@ -93,8 +91,8 @@ def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
 
 
 def check_output_paths(paths: dict[str, Any], rank: int) -> None:
-    """Every folder this process writes to must take a file now, not after the last step (hrm.io.check_writable):
-    checkpoints on every rank, the weights, dvclive folder and timing file on rank 0."""
+    """Every folder this process writes to must take a file now, not after the last step: checkpoints on every
+    rank, the weights, dvclive folder and timing file on rank 0."""
     from hrm.io import check_writable
 
     folders = {"checkpoints": Path(paths["checkpoints"])}
@@ -218,18 +216,17 @@ def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
     device = resolve_device(config.device, dist_info.local_rank)
     set_cpu_threads(config.threads)
     set_determinism(config.deterministic, device)
-    if dist_info.world_size == 1:
-        yield Run(params, config, dist_info, device, configured_micro)
-        return
     import torch.distributed as dist
 
-    if device.type == "mps":
+    if dist_info.world_size > 1 and device.type == "mps":
         raise UserError("torchrun on Apple GPUs is not supported (no collective backend); use one process")
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist_info.world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield Run(params, config, dist_info, device, configured_micro)
     finally:
-        dist.destroy_process_group()
+        if dist_info.world_size > 1:
+            dist.destroy_process_group()
 
 
 def resume(

@@ -1,5 +1,5 @@
-"""The trainer's state: built once (`new_state`, for the run and for the memory probe alike), saved and restored
-as one checkpoint (`TrainState.save` / `TrainState.restore`; format: hrm.training.checkpoint)."""
+"""The trainer's state: built by `new_state` (for the run and the memory probe alike), saved and restored as
+one checkpoint (format: hrm.training.checkpoint)."""
 
 from __future__ import annotations
 
@@ -78,9 +78,8 @@ def new_state(
     world_size: int = 1,
     compile_model: bool = False,
 ) -> TrainState:
-    """The trainer's state for micro-batches of `rows`: the model (seeded: identical on every rank and device,
-    broadcast under torchrun), both optimizers, the model's own generator, the EMA copy. `train` and the memory
-    probe build it here, so the probe measures what the run allocates. `config`: a setup.TrainConfig."""
+    """The state for micro-batches of `rows` (`config`: a setup.TrainConfig): the seeded model (broadcast under
+    torchrun), both optimizers, the model's own generator, the EMA copy; the probe measures what the run has."""
     import torch
 
     from hrm.models import build_model
@@ -94,10 +93,8 @@ def new_state(
         with torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor, src=0)
-    # The model's own draws (halt exploration): a CPU generator, so its state is portable and a CUDA run
-    # draws the same numbers as a CPU run. The same seed on every rank: each step draws for the whole
-    # global batch and each rank takes its rows (hrm.training.step.step_draws), so the run does not depend
-    # on the number of processes or micro-batches (HRM seeds seed + rank instead).
+    # Halt exploration's draws: a CPU generator (portable state, CUDA draws as CPU), the same seed on every rank
+    # (each takes its rows of the global batch's draws: step.step_draws; HRM seeds seed + rank instead).
     generator = torch.Generator()
     generator.manual_seed(config.seed)
     optimizers, base_lrs = build_optimizers(module, config)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hrm.io import UserError
-from hrm.training.state import TrainState  # what a step reads and changes (its old home: this module)
+from hrm.training.state import TrainState
 
 LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
@@ -17,8 +17,7 @@ MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail ins
 
 
 class TrainingDiverged(UserError):
-    """Loss or gradients became NaN/inf (the message names the step, the tensor and its first bad values); the
-    run stops and the last good checkpoint stays as it is."""
+    """Loss or gradients became NaN/inf; the run stops, the last good checkpoint stays as it is."""
 
     def __init__(self, message: str, culprit: str = ""):
         super().__init__(message)
@@ -32,7 +31,7 @@ class StepResult:
 
 
 def reduce_dtype(device: Any) -> Any:
-    """float64 for metric sums (exact counts), float32 where the backend has no float64 (Apple MPS)."""
+    """float64 for metric sums (exact counts); Apple MPS has none: float32."""
     import torch
 
     return torch.float32 if device.type == "mps" else torch.float64
@@ -47,11 +46,8 @@ def forward_backward(
     generator: Any = None,
     draws: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """One ACT segment on one (micro-)batch and its backward with the loss scaled by the global batch.
-
-    Returns (new carry, loss sum over the rows (detached), metric sums). Gradients accumulate into `.grad`,
-    so micro-batches add up to the gradient of the whole batch. `hrm doctor` sizes and times this call.
-    """
+    """One ACT segment on a (micro-)batch and its backward of loss / global batch (gradients accumulate into
+    `.grad`); (new carry, detached loss sum, metric sums). `hrm doctor` sizes and times this call."""
     carry, loss, metrics, _, _ = head(
         carry=carry, batch=batch, return_keys=[], generator=generator, draws=draws
     )
@@ -60,29 +56,19 @@ def forward_backward(
 
 
 def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int) -> dict[str, Any]:
-    """This process's rows [start, stop) of the per-row draws for the whole global batch (drawn once a step).
-
-    Every process draws the same global numbers from the same generator, so the rows a process and its
-    micro-batches see do not depend on the number of processes or micro-batches.
-    """
-    draw = getattr(state.module, "draw_row_randomness", None)
-    if draw is None or not state.module.training:
+    """This process's rows [start, stop) of the draws for the whole global batch, the same on every process,
+    so a row's numbers do not depend on the number of processes or micro-batches."""
+    if not state.module.training:
         return {}
-    return {k: v[start:stop] for k, v in draw(global_batch_size, state.generator).items()}
-
-
-def bad_values(tensor: Any, shown: int = 3) -> str:
-    """How many entries are NaN/inf and the first few with their indices (what a divergence report shows)."""
-    import torch
-
-    bad = (~torch.isfinite(tensor)).nonzero()
-    first = ", ".join(f"{row.tolist()} = {tensor[tuple(row)].item()}" for row in bad[:shown])
-    return f"{len(bad)} of {tensor.numel()} values non-finite, first {first}"
+    return {
+        k: v[start:stop]
+        for k, v in state.module.draw_row_randomness(global_batch_size, state.generator).items()
+    }
 
 
 def first_nonfinite(state: TrainState, loss: Any) -> str:
-    """The first non-finite tensor on this rank: the loss, else a gradient by parameter name (the puzzle
-    embedding's rows by its buffer's name); "another rank" when this one's are all finite."""
+    """The first non-finite tensor on this rank (the loss, else a gradient by parameter name) with its first bad
+    values; "another rank" when this one's are all finite."""
     import torch
 
     if not torch.isfinite(loss).all():
@@ -92,9 +78,12 @@ def first_nonfinite(state: TrainState, loss: Any) -> str:
     for optimizer in state.sparse_optimizers:
         grads += [(f"{module_names[id(optimizer.embedding)]}.local_weights", g) for g, _ in optimizer.pending]
     bad = next(((name, g) for name, g in grads if not torch.isfinite(g).all()), None)
-    return (
-        f"the gradient of {bad[0]} has {bad_values(bad[1])}" if bad else "a loss or gradient on another rank"
-    )
+    if bad is None:
+        return "a loss or gradient on another rank"
+    name, grad = bad
+    where = (~torch.isfinite(grad)).nonzero()
+    first = ", ".join(f"{row.tolist()} = {grad[tuple(row)].item()}" for row in where[:3])
+    return f"the gradient of {name} has {len(where)} of {grad.numel()} values non-finite, first {first}"
 
 
 def train_step(
@@ -108,12 +97,9 @@ def train_step(
     micro_batch_size: int | None = None,
     stop_requested: bool = False,
 ) -> StepResult:
-    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero.
-
-    With `micro_batch_size` below the rank's rows, the rows run as consecutive micro-batches whose gradients
-    accumulate before the one optimizer step; each keeps its own rows of the ACT carry, so the result is the
-    computation of one big batch (up to float summation order).
-    """
+    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero. With
+    `micro_batch_size` below the rank's rows, micro-batches (each on its rows of the carry) accumulate
+    gradients before the one optimizer step: one big batch's computation (up to float summation order)."""
     from hrm.models import normalize_metrics
 
     state.step += 1
@@ -163,15 +149,16 @@ def accumulate(
     for start in range(0, local, micro):
         stop = start + micro
         whole = start == 0 and stop == local
-        part = {k: v[start:stop] for k, v in batch.items()} if not whole else batch
+        part = batch if whole else {k: v[start:stop] for k, v in batch.items()}
         carry = state.carry if whole else state.carry.rows(start, stop)
+        part_draws = {k: v[start:stop] for k, v in draws.items()}
         new_carry, part_loss, part_metrics = forward_backward(
             state.head,
             carry,
             part,
             global_batch_size=global_batch_size,
             generator=state.generator,
-            draws={k: v[start:stop] for k, v in draws.items()},
+            draws=part_draws,
         )
         if whole:
             state.carry = new_carry
@@ -195,11 +182,10 @@ def reduce_step(
     """All-reduce the dense gradients (the sparse optimizer gathers its own rows), then one collective and one
     device sync for [any non-finite, stop requested, loss sum, *metric sums `names`]: every rank learns all."""
     import torch
+    import torch.distributed as dist
 
     dense_grads = [p.grad for p in state.module.parameters() if p.requires_grad and p.grad is not None]
     if world_size > 1:
-        import torch.distributed as dist
-
         for grad in dense_grads:
             dist.all_reduce(grad)
     device = loss.device
@@ -216,15 +202,13 @@ def reduce_step(
         ]
     )
     if world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(packed)
     return packed.cpu().tolist()
 
 
 def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
-    """(valid, optimal) route counts of this batch's labelled rows, by `hrm.evaluation.metrics.route_scores`
-    (the evaluate stage's rule: a connected, allowed path whose cost equals the Dijkstra optimum)."""
+    """(valid, optimal) route counts of this batch's labelled rows, by the evaluate stage's rule
+    (`hrm.evaluation.metrics`: a connected, allowed path whose cost equals the Dijkstra optimum)."""
     import numpy as np
 
     from hrm.evaluation import metrics as M
@@ -250,11 +234,8 @@ def evaluate(
     route_task: Any = None,
 ) -> dict[str, float]:
     """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count.
-
-    With `route_task` (the data's routing.json, `hrm.evaluation.data.load_route_task`) the last segment's
-    predictions are also scored as routes: `route_valid_rate` and `route_optimal_rate`, the evaluate stage's
-    metrics, so a run's eval curve is the task's own measure (hrm compare's budget curves).
-    """
+    With `route_task` (routing.json) its predictions are scored as routes too (`ROUTE_KEYS`, the evaluate
+    stage's metrics), so the eval curve is the task's own measure (hrm compare's budget curves)."""
     import torch
 
     module = state.module
