@@ -97,9 +97,9 @@ def paper_params() -> dict[str, Any]:
 
 def run_params(settings: Settings) -> dict[str, Any]:
     """The paper params in bf16 on CUDA; the tiny profile in fp32 for a smoke run on the CPU."""
-    from hrm.config import apply_profile
+    from hrm.config import run_params as with_profile
 
-    params = apply_profile(paper_params(), "tiny") if settings.smoke else paper_params()
+    params = with_profile(paper_params(), "tiny") if settings.smoke else paper_params()
     params["arch"]["forward_dtype"] = "float32" if settings.smoke else "bfloat16"
     params["train"]["device"] = settings.device
     return params
@@ -403,9 +403,9 @@ def part_end_to_end(report: dict[str, Any], settings: Settings, limit_s: float) 
     """The tiny profile's stages as `dvc repro` runs them (one process each), training on the device."""
     import yaml
 
-    from hrm.config import apply_profile
+    from hrm.config import run_params as with_profile
 
-    params = apply_profile(paper_params(), "tiny")
+    params = with_profile(paper_params(), "tiny")
     params["train"]["device"] = settings.device
     started = time.perf_counter()
     stage_s: dict[str, float] = {}
