@@ -121,26 +121,12 @@ def synthetic_dataset(root: Path, groups: int, side: int) -> Any:
 
 
 def make_state(arch: dict[str, Any], dataset: Any, rows: int, train: dict[str, Any], device: Any) -> Any:
-    """A TrainState as the trainer builds it (weights for `rows`, both optimizers, EMA when configured)."""
-    import torch
-
-    from hrm.training.ema import WeightEMA
-    from hrm.training.loop import TrainConfig, build_model, build_optimizers, set_activation_checkpointing
-    from hrm.training.step import TrainState
+    """The trainer's own state (`hrm.training.state.new_state`: weights for `rows`, optimizers, EMA)."""
+    from hrm.training.setup import TrainConfig
+    from hrm.training.state import new_state
 
     config = TrainConfig.from_params(train)
-    module = build_model(arch, dataset.metadata, rows, device, config.seed)
-    set_activation_checkpointing(module, config.activation_checkpointing)
-    module.train()
-    optimizers, base_lrs = build_optimizers(module, config)
-    return TrainState(
-        head=torch.compile(module, dynamic=False) if config.compile else module,
-        module=module,
-        optimizers=optimizers,
-        base_lrs=base_lrs,
-        generator=torch.Generator().manual_seed(config.seed),
-        ema=WeightEMA(module, config.ema_rate) if config.ema else None,
-    )
+    return new_state(arch, dataset.metadata, config, rows, device, compile_model=config.compile)
 
 
 def synchronize(device: Any) -> None:
@@ -192,8 +178,8 @@ def part_memory_plan(report: dict[str, Any], settings: Settings) -> None:
     """The plan's predicted peak against the measured peak of a real step at the planned micro-batch."""
     import torch
 
-    from hrm.training.loop import TrainConfig
     from hrm.training.memory import plan_micro_batch
+    from hrm.training.setup import TrainConfig
 
     params = run_params(settings)
     arch, train = params["arch"], params["train"]
