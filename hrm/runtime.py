@@ -133,15 +133,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
-    numpy_state = states["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy_state["bit_generator"],
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
+    numpy_state = dict(states["numpy"])
+    key, pos = numpy_state.pop("key").numpy().astype(np.uint32), numpy_state.pop("pos")
+    np.random.set_state(numpy_state | {"state": {"key": key, "pos": pos}})
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
