@@ -97,9 +97,9 @@ def paper_params() -> dict[str, Any]:
 
 def run_params(settings: Settings) -> dict[str, Any]:
     """The paper params in bf16 on CUDA; the tiny profile in fp32 for a smoke run on the CPU."""
-    from hrm.config import apply_profile
+    from hrm.config import run_params as with_profile
 
-    params = apply_profile(paper_params(), "tiny") if settings.smoke else paper_params()
+    params = with_profile(paper_params(), "tiny") if settings.smoke else paper_params()
     params["arch"]["forward_dtype"] = "float32" if settings.smoke else "bfloat16"
     params["train"]["device"] = settings.device
     return params
@@ -121,27 +121,12 @@ def synthetic_dataset(root: Path, groups: int, side: int) -> Any:
 
 
 def make_state(arch: dict[str, Any], dataset: Any, rows: int, train: dict[str, Any], device: Any) -> Any:
-    """A TrainState as the trainer builds it (weights for `rows`, both optimizers, EMA when configured)."""
-    import torch
-
-    from hrm.models import build_model
-    from hrm.training.ema import WeightEMA
+    """The trainer's own state (`hrm.training.state.new_state`: weights for `rows`, optimizers, EMA)."""
     from hrm.training.setup import TrainConfig
-    from hrm.training.state import TrainState, build_optimizers, set_activation_checkpointing
+    from hrm.training.state import new_state
 
     config = TrainConfig.from_params(train)
-    module = build_model(arch, dataset.metadata, rows, device, config.seed)
-    set_activation_checkpointing(module, config.activation_checkpointing)
-    module.train()
-    optimizers, base_lrs = build_optimizers(module, config)
-    return TrainState(
-        head=torch.compile(module, dynamic=False) if config.compile else module,
-        module=module,
-        optimizers=optimizers,
-        base_lrs=base_lrs,
-        generator=torch.Generator().manual_seed(config.seed),
-        ema=WeightEMA(module, config.ema_rate) if config.ema else None,
-    )
+    return new_state(arch, dataset.metadata, config, rows, device, compile_model=config.compile)
 
 
 def synchronize(device: Any) -> None:
@@ -404,9 +389,9 @@ def part_end_to_end(report: dict[str, Any], settings: Settings, limit_s: float) 
     """The tiny profile's stages as `dvc repro` runs them (one process each), training on the device."""
     import yaml
 
-    from hrm.config import apply_profile
+    from hrm.config import run_params as with_profile
 
-    params = apply_profile(paper_params(), "tiny")
+    params = with_profile(paper_params(), "tiny")
     params["train"]["device"] = settings.device
     started = time.perf_counter()
     stage_s: dict[str, float] = {}

@@ -23,7 +23,7 @@ cadence. What cannot run on a CPU-only PyTorch is replaced, and only that:
 - `forward_dtype`: float32 (the official default bfloat16 is a GPU choice; our trainer's `auto` is float32 on
   CPU). Torch threads: 1 (`--threads`).
 
-Hyperparameters are read from params.yaml's profile (`hrm.config.apply_profile`, default `quick`) and mapped
+Hyperparameters are read from params.yaml's profile (`hrm.config.run_params`, default `quick`) and mapped
 onto the official keys (config/cfg_pretrain.yaml + config/arch/hrm_v1.yaml, composed with Hydra). Test metrics
 at each eval are the official `evaluate`'s (exact and token accuracy over the test split, all rows run to
 halt_max_steps); the eval's logits are also saved (the official `eval_save_outputs`) and scored as routes by
@@ -38,8 +38,8 @@ Commands (from the repository root):
 
     # 2. the quick data (the same params as `hrm compare --profile quick`, so the same bytes)
     mkdir -p /tmp/quick-data && python - <<'EOF'
-    import yaml; from hrm.config import apply_profile, load_params
-    p = apply_profile(load_params("params.yaml"), "quick")
+    import yaml; from hrm.config import load_params, run_params
+    p = run_params(load_params("params.yaml"), "quick")
     p["paths"].update(raw="/tmp/quick-data/raw", hrm="/tmp/quick-data/hrm")
     yaml.safe_dump(p, open("/tmp/quick-data/params.yaml", "w"), sort_keys=False)
     EOF
@@ -219,12 +219,9 @@ def import_official(snapshot: Path) -> tuple[Any, WandbRecorder]:
 
 
 def our_params(params_file: Path, profile: str, overrides: list[str]) -> dict[str, Any]:
-    from hrm.config import apply_overrides, apply_profile, check_params, load_params
+    from hrm.config import load_params, run_params
 
-    params = apply_profile(load_params(params_file), profile, params_file)
-    apply_overrides(params, overrides, params_file)
-    check_params(params, params_file)
-    return params
+    return run_params(load_params(params_file), profile, overrides, params_file)
 
 
 def official_overrides(

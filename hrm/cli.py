@@ -1,12 +1,12 @@
-"""The `hrm` command (pyproject: `hrm = "hrm.cli:app"`). One small function per subcommand, each calling
-into the package; heavy imports (torch) happen inside the called modules, so `hrm --help` stays instant."""
+"""The `hrm` command (pyproject: `hrm = "hrm.cli:app"`): one small function per subcommand; torch is imported
+only inside the called modules, so `hrm --help` stays instant."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,45 +23,13 @@ def _root() -> None:
     """Keeps `hrm` a command group even while it has a single subcommand."""
 
 
-@app.command()
-def doctor(
-    params: Annotated[Path, typer.Option("--params", help="params.yaml of the run to check")] = Path(
-        "params.yaml"
-    ),
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="seconds: tiny shapes for the checks, analytic memory estimate")
-    ] = False,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", "-S", help="override a param, as `dvc exp run -S`: train.global_batch_size=384"
-        ),
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", help="apply params.yaml profiles.NAME first (e.g. quick)")
-    ] = None,
-    world_size: Annotated[
-        int | None,
-        typer.Option("--world-size", help="devices sharing the global batch (default: $WORLD_SIZE or 1)"),
-    ] = None,
-) -> None:
-    """Check this machine for the configured run: device, SDPA, bf16, determinism, memory. Exit 1 if not ready."""
-    from hrm.doctor import main
+def _sets(help: str) -> Any:
+    """The repeatable `--set/-S key=value` option (the `dvc exp run -S` syntax) of every subcommand."""
+    return typer.Option("--set", "-S", help=help)
 
-    code = main(
-        params_path=params,
-        device=device,
-        as_json=json_output,
-        quick=quick,
-        overrides=overrides or (),
-        profile=profile,
-        world_size=world_size,
-    )
-    raise typer.Exit(code)
+
+def _name(help: str) -> Any:
+    return typer.Option("--name", help=help)
 
 
 # Options quickstart and compare share: both run params.yaml's profiles as DVC experiments.
@@ -84,16 +52,44 @@ def _user_errors() -> Iterator[None]:
 
 
 @app.command()
+def doctor(
+    params: Annotated[Path, typer.Option("--params", help="params.yaml of the run to check")] = Path(
+        "params.yaml"
+    ),
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="seconds: tiny shapes for the checks, analytic memory estimate")
+    ] = False,
+    overrides: Annotated[
+        list[str] | None, _sets("override a param, as `dvc exp run -S`: train.global_batch_size=384")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="apply params.yaml profiles.NAME first (e.g. quick)")
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option("--world-size", help="devices sharing the global batch (default: $WORLD_SIZE or 1)"),
+    ] = None,
+) -> None:
+    """Check this machine for the configured run: device, SDPA, bf16, determinism, memory. Exit 1 if not ready."""
+    from hrm.doctor import main
+
+    with _user_errors():
+        code = main(params, device, json_output, quick, overrides or (), profile, world_size)
+    raise typer.Exit(code)
+
+
+@app.command()
 def quickstart(
     params: ProfileParams = Path("params.yaml"),
     profile: ProfileName = "quick",
     overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-S", help="one more override after the profile's, e.g. arch.name=transformer"),
+        list[str] | None, _sets("one more override after the profile's, e.g. arch.name=transformer")
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="experiment name (default: the profile's)")
-    ] = None,
+    name: Annotated[str | None, _name("experiment name (default: the profile's)")] = None,
 ) -> None:
     """Run the CPU quick profile end to end as a DVC experiment; the workspace keeps the paper params."""
     from hrm.quickstart import quickstart as run_profile
@@ -117,12 +113,9 @@ def compare(
     ] = False,
     jobs: Annotated[int, typer.Option("--jobs", help="DVC queue workers running at once")] = 1,
     overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-S", help="key=value for every run; the same key twice = two variants"),
+        list[str] | None, _sets("key=value for every run; the same key twice = two variants")
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="experiment name prefix (default: cmp-<profile>)")
-    ] = None,
+    name: Annotated[str | None, _name("experiment name prefix (default: cmp-<profile>)")] = None,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("reports/compare"),
     rev: Annotated[
         str | None,

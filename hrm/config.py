@@ -1,10 +1,6 @@
-"""Loading `params.yaml`, the single home of every setting, checked against `schemas/params.schema.json`.
-
-The schema is the one definition of which keys exist, their types, ranges and choices; `load_params` applies
-it, so every stage, `hrm doctor`, `hrm quickstart` and anything else that reads params gets the same check
-before any work starts. Profiles (`profiles.<name>`) are partial params sets and are checked by the same
-schema. Checks that a schema cannot express (weights summing to 1, eval_interval dividing epochs) stay
-with the code that uses the value.
+"""`params.yaml`, the one home of every setting, checked against `schemas/params.schema.json` (the one definition
+of keys, types, ranges and choices, profiles included) before any work starts; profiles and `--set` overrides.
+Checks a schema cannot express (weights summing to 1, eval_interval dividing epochs) stay with their code.
 """
 
 from __future__ import annotations
@@ -26,8 +22,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 def _schema_dir() -> Path:
-    """`schemas/` of the checkout this package runs from; an installed (non-editable) package reads the copy
-    that pyproject's data-files put under <prefix>/share/hrm-city-routing/schemas."""
+    """`schemas/` of this checkout, else (a non-editable install) pyproject's data-files copy under <prefix>/share."""
     checkout = Path(__file__).resolve().parents[1] / "schemas"
     return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "hrm-city-routing" / "schemas"
 
@@ -35,16 +30,18 @@ def _schema_dir() -> Path:
 SCHEMA_DIR = _schema_dir()  # params.schema.json and the 18 files' schemas (hrm.data.validation.schemas)
 SCHEMA_FILE = SCHEMA_DIR / "params.schema.json"
 MAX_PROBLEMS = 10  # listed per error; the rest are counted
+# schema keywords whose error reads "KEY must be <what the node accepts>, got VALUE"
+BOUNDS = (
+    "minimum maximum exclusiveMinimum exclusiveMaximum minLength const minItems maxItems uniqueItems".split()
+)
 
 
 class ConfigError(UserError, ValueError):
-    """A setting is missing, unknown or has the wrong type; the message names the file and key. A UserError,
-    so every entry point reports it as one (message, exit 1, no traceback) without translating it."""
+    """A setting is missing, unknown or of the wrong type; the message names the file and key (a UserError: exit 1)."""
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read params.yaml into plain dicts and check it against the schema; ConfigError (no traceback) naming
-    the file and every bad key otherwise."""
+    """params.yaml as plain dicts, checked against the schema; ConfigError naming the file and every bad key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -102,14 +99,6 @@ def check_params(params: Any, source: str | Path = DEFAULT_PARAMS) -> None:
     raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(shown) + more)
 
 
-def dotted(path: Any) -> str:
-    """['generate', 'vehicles', 2, 'name'] -> 'generate.vehicles[2].name'."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def known_keys() -> list[str]:
     """Every dotted key the schema defines for a full params file (profiles and list items aside)."""
     root = schema()
@@ -158,24 +147,20 @@ def closest_key(key: str, candidates: list[str]) -> str | None:
 
 
 def _describe(error: Any) -> Iterator[str]:
-    key = dotted(error.absolute_path)
-    value = error.instance
-    kind = error.validator
+    """`key.path: what is wrong` for one schema error, in the words of `_expected`."""
+    key, value, kind = error.json_path[2:] or "(top level)", error.instance, error.validator
+    prefix = f"{key}." if error.absolute_path else ""
     if kind == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         for name in sorted(k for k in value if k not in allowed):
-            full = f"{key}.{name}" if error.absolute_path else str(name)
-            if not allowed:  # a mapping whose keys are free (profiles): nothing to suggest
-                yield f"{full}: unknown key"
-                continue
-            guess = closest_key(full, allowed)
+            guess = (
+                closest_key(f"{prefix}{name}", allowed) if allowed else None
+            )  # free keys (profiles): no hint
             hint = f"; did you mean {guess}?" if guess else f" (known here: {', '.join(allowed)})"
-            yield f"{full}: unknown key{hint}"
+            yield f"{prefix}{name}: unknown key{hint if allowed else ''}"
     elif kind == "required":
-        for name in error.validator_value:
-            if name not in value:
-                full = f"{key}.{name}" if error.absolute_path else str(name)
-                yield f"{full}: missing (required in a full params file)"
+        missing = [name for name in error.validator_value if name not in value]
+        yield from (f"{prefix}{name}: missing (required in a full params file)" for name in missing)
     elif kind == "propertyNames":
         yield f"{key}: key {value!r} is not allowed ({_expected(error.schema['propertyNames'])})"
     elif kind == "enum" and "propertyNames" in error.relative_schema_path:
@@ -186,9 +171,7 @@ def _describe(error: Any) -> Iterator[str]:
         yield f"{key} must be one of {', '.join(map(str, error.validator_value))}, got {value!r}{hint}"
     elif kind == "type":
         yield f"{key} must be {_expected(error.schema)}, got {_kind(value)} {value!r}{_yaml_hint(value)}"
-    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "const"):
-        yield f"{key} must be {_expected(error.schema)}, got {value!r}"
-    elif kind in ("minItems", "maxItems", "uniqueItems"):
+    elif kind in BOUNDS:
         yield f"{key} must be {_expected(error.schema)}, got {value!r}"
     elif kind == "anyOf":
         yield f"{key} must be {error.schema.get('description', _expected(error.schema))}, got {value!r}"
@@ -197,16 +180,8 @@ def _describe(error: Any) -> Iterator[str]:
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "text",
-        list: "a list",
-        dict: "a mapping",
-    }.get(type(value), type(value).__name__)
+    names = {bool: "boolean", int: "integer", float: "number", str: "text", list: "a list", dict: "a mapping"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _yaml_hint(value: Any) -> str:
@@ -214,9 +189,9 @@ def _yaml_hint(value: Any) -> str:
     if isinstance(value, str):
         try:
             float(value)
+            return " (YAML reads numbers like 1e-4 as text: write 1.0e-4)"
         except ValueError:
-            return ""
-        return " (YAML reads numbers like 1e-4 as text: write 1.0e-4)"
+            pass
     return ""
 
 
@@ -231,7 +206,7 @@ def _expected(node: dict[str, Any]) -> str:
         return " or ".join(_expected(option) for option in node["anyOf"])
     kinds = node.get("type", "any value")
     if isinstance(kinds, list):
-        words = " or ".join({"null": "null"}.get(k, k) for k in kinds)
+        words = " or ".join(kinds)
     else:
         words = {
             "integer": "an integer",
@@ -322,16 +297,6 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def apply_profile(
-    params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARAMS, arch: str | None = None
-) -> dict[str, Any]:
-    """params with profile `name` applied for architecture `arch` (None: the one the profile leads to; see
-    `profile_overrides`), checked. Pass `chosen_arch(params, name, extra)` when `--set` may change arch.name."""
-    merged = deep_merge(params, profile_overrides(params, name, arch, source))
-    check_params(merged, f"{source} with profile {name}")
     return merged
 
 

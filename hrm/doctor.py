@@ -1,43 +1,31 @@
 """`hrm doctor`: check this machine against the configured run before spending hours on it.
 
-Each check returns a `Check` (ok / warn / fail / skip). A `fail` means the configured run cannot work as
-configured here (CUDA requested but absent, SDPA wrong, non-deterministic gradients while `deterministic: true`,
-the batch does not fit): the command then exits 1. The checks run real kernels on this machine and ask the
-trainer rather than copy it: settings through `TrainConfig`, dataset facts through `DatasetMetadata`, models
-through `build_model` and `ModelConfig`, the step through `hrm.training.step`, memory through
-`hrm.training.memory` (on CUDA the trainer's own plan, measured; elsewhere, and under `--quick`, the step traced
-on PyTorch's "meta" device, which computes shapes and nothing else, with the optimizer state added
-analytically, then the same plan), FLOPs through `hrm.models.flops`. The output says which method gave each figure.
+Each check is ok / warn / fail / skip; a fail (CUDA requested but absent, SDPA wrong, nondeterministic gradients
+under `deterministic: true`, a batch that does not fit) exits 1. The checks run real kernels here and ask the
+trainer instead of copying it: TrainConfig, DatasetMetadata, build_model, its step and memory plan, models.flops
+(estimates: hrm.planning). The output says which method gave each figure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import platform
-import sys
+import timeit
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrm import runtime
+from hrm import planning, runtime
 from hrm.config import load_params, run_params
 from hrm.io import UserError
-from hrm.planning import (
-    ASSUMED_MFU,
-    Workload,
-    build,
-    gpu_plans,
-    model_config,
-    random_batch,
-    segment_forward_backward,
-    traced_memory,
-)
-from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function, native_bf16, visible_nvidia_gpu
-from hrm.training.data import DatasetMetadata
+from hrm.planning import ASSUMED_MFU, Workload, build, gpu_plans, model_config, random_batch, traced_memory
+from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function
+from hrm.training.data import DatasetMetadata, planned_steps
 from hrm.training.memory import MEMORY_HEADROOM
-from hrm.training.setup import TrainConfig
+from hrm.training.setup import TrainConfig, fixed_micro_batch
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -47,6 +35,7 @@ SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 # Gradients (dq, dk, dv) against the float64 ones: max abs difference relative to the largest gradient.
 SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 CPU_DETERMINISM_SEQ_LEN = 256
+DETERMINISM_BATCH = 2
 QUICK_ARCH = dict(hidden_size=64, num_heads=2, expansion=2.0, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1)
 QUICK_SEQ_LEN = 16
 COMPILER_HINT = (
@@ -64,18 +53,6 @@ class Check:
     detail: str
     data: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def ok(cls, name: str, detail: str, **data: Any) -> Check:
-        return cls(name, OK, detail, data)
-
-    @classmethod
-    def warn(cls, name: str, detail: str, **data: Any) -> Check:
-        return cls(name, WARN, detail, data)
-
-    @classmethod
-    def fail(cls, name: str, detail: str, **data: Any) -> Check:
-        return cls(name, FAIL, detail, data)
-
 
 @dataclass
 class RunConfig:
@@ -89,9 +66,6 @@ class RunConfig:
     micro_batch_size: int | None  # train.micro_batch_size; None = auto
     metadata: DatasetMetadata  # the converted data's, or what convert would write for these settings
     seq_len_source: str
-    # whether the converted data on disk was made from these data settings (a profile or --set that changes
-    # the data makes it another run's data)
-    data_is_current: bool = True
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -129,18 +103,6 @@ class Report:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def dataset_metadata(params: dict[str, Any], params_path: Path, data_is_current: bool) -> tuple[Any, str]:
-    """The converted data's metadata if present (and made from these settings), else what convert writes
-    for the generate settings (one puzzle of one example per base and vehicle); and where it came from."""
-    from hrm.data.conversion.convert import metadata_for_settings
-
-    metadata_file = params_path.parent / Path(params["paths"]["hrm"]) / "train" / "dataset.json"
-    if data_is_current and metadata_file.is_file():
-        return DatasetMetadata.from_file(metadata_file), f"{metadata_file.as_posix()}: seq_len"
-    expected = DatasetMetadata(**metadata_for_settings(params["generate"]))
-    return expected, "generate.rows x generate.cols (no converted data of these settings)"
-
-
 def load_run_config(
     params_path: str | Path = "params.yaml",
     device: str | None = None,
@@ -149,7 +111,7 @@ def load_run_config(
     world_size: int | None = None,
 ) -> RunConfig:
     """The settings of the configured run; UserError naming the file and key when one is missing or wrong."""
-    from hrm.training.setup import fixed_micro_batch
+    from hrm.data.conversion.convert import metadata_for_settings
 
     params_path = Path(params_path)
     if world_size is None:
@@ -161,19 +123,17 @@ def load_run_config(
     train = TrainConfig.from_params(params["train"])
     # the trainer's own checks: the global batch splits over the processes, the micro-batch divides a share
     micro = fixed_micro_batch(train, world_size)
+    # The converted data on disk is this run's only if made from the same data settings (a profile or --set
+    # that changes them makes it another run's): else what convert would write for the generate settings.
     data_is_current = all(on_disk.get(key) == params.get(key) for key in ("generate", "convert", "paths"))
-    metadata, source = dataset_metadata(params, params_path, data_is_current)
-    return RunConfig(
-        params_path=params_path,
-        params=params,
-        train=train,
-        device_request=str(device or train.device),
-        world_size=world_size,
-        micro_batch_size=micro,
-        metadata=metadata,
-        seq_len_source=source,
-        data_is_current=data_is_current,
-    )
+    metadata_file = params_path.parent / Path(params["paths"]["hrm"]) / "train" / "dataset.json"
+    if data_is_current and metadata_file.is_file():
+        metadata, source = DatasetMetadata.from_file(metadata_file), f"{metadata_file.as_posix()}: seq_len"
+    else:
+        metadata = DatasetMetadata(**metadata_for_settings(params["generate"]))
+        source = "generate.rows x generate.cols (no converted data of these settings)"
+    request = str(device or train.device)
+    return RunConfig(params_path, params, train, request, world_size, micro, metadata, source)
 
 
 # ----------------------------------------------------------------------------------------------- device
@@ -199,7 +159,16 @@ def check_environment(device: str | None) -> Check:
         detail += f"; {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.1f} GiB)"
     else:
         detail += f"; CPU {data['cpu_capability']}, {data['threads']} threads"
-    return Check.ok("environment", detail + f"; Python {data['python']}", **data)
+    return Check("environment", OK, detail + f"; Python {data['python']}", data)
+
+
+def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
+    """A device node or the driver's /proc entry showing an NVIDIA GPU handed to this machine, or None: lets a
+    CPU-only torch say it cannot use the GPU it was given (`docker run --gpus`)."""
+    nodes = sorted(dev.glob("nvidia[0-9]*"))
+    if nodes:
+        return nodes[0].as_posix()
+    return (proc / "version").as_posix() if (proc / "version").exists() else None
 
 
 def check_device(config: RunConfig) -> tuple[Check, str | None]:
@@ -207,49 +176,40 @@ def check_device(config: RunConfig) -> tuple[Check, str | None]:
 
     device, why = runtime.device_choice(config.device_request)
     gpu = visible_nvidia_gpu() if torch.version.cuda is None else None
-    unusable_gpu = (
-        f"an NVIDIA GPU is visible ({gpu}) but torch {torch.__version__} is a CPU-only build and cannot use it:"
+    unusable = (
+        f"; an NVIDIA GPU is visible ({gpu}) but torch {torch.__version__} is a CPU-only build and cannot use it:"
         " install a CUDA build of torch (Docker: the CUDA image, docs/docker.md)"
+        if gpu
+        else ""
     )
     if device is None:
-        return Check.fail(
-            "device", f"{why}; {unusable_gpu}" if gpu else why, requested=config.device_request
-        ), None
-    detail, status = f"{device} ({why})", OK
-    if device == "cpu" and config.device_request == "auto":
-        status, detail = WARN, detail + "; the paper profile needs a GPU, the CPU suits the quick profile"
-    if gpu:
-        status, detail = WARN, detail + f"; {unusable_gpu}"
-    return Check("device", status, detail, {"requested": config.device_request, "device": device}), device
+        return Check("device", FAIL, why + unusable, {"requested": config.device_request}), None
+    detail = f"{device} ({why})"
+    auto_cpu = device == "cpu" and config.device_request == "auto"
+    if auto_cpu:
+        detail += "; the paper profile needs a GPU, the CPU suits the quick profile"
+    data = {"requested": config.device_request, "device": device}
+    return Check("device", WARN if auto_cpu or gpu else OK, detail + unusable, data), device
 
 
 def check_compile(config: RunConfig, device: str) -> Check:
     """With train.compile: true, compile and run a tiny function here: importing Triton is not enough."""
     if not config.train.compile:
-        return Check.ok("compile", "train.compile is false: eager mode, no Triton needed", compile=False)
-    try:
-        import triton  # noqa: F401
-
-        have_triton = True
-    except ImportError:
-        have_triton = False
-    if device.startswith("cuda") and not have_triton:
+        return Check(
+            "compile", OK, "train.compile is false: eager mode, no Triton needed", {"compile": False}
+        )
+    data = {"compile": True, "triton": importlib.util.find_spec("triton") is not None}
+    if device.startswith("cuda") and not data["triton"]:
         detail = "train.compile is true but Triton is not installed (on Windows: set train.compile: false)"
-        return Check.fail("compile", detail, compile=True, triton=False)
+        return Check("compile", FAIL, detail, data)
     try:
         seconds = compile_tiny_function(device)
     except Exception as err:  # any failure of the tool chain: the trainer's compile would fail the same way
         error = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
         detail = f"train.compile is true but torch.compile failed on {device}: {error}. {COMPILER_HINT}"
-        return Check.fail("compile", detail, compile=True, triton=have_triton, error=error)
+        return Check("compile", FAIL, detail, data | {"error": error})
     detail = f"train.compile is true: a compiled function ran on {device} in {seconds:.1f} s"
-    return Check.ok(
-        "compile",
-        f"{detail} (Triton installed: {have_triton})",
-        compile=True,
-        triton=have_triton,
-        seconds=seconds,
-    )
+    return Check("compile", OK, f"{detail} (Triton installed: {data['triton']})", data | {"seconds": seconds})
 
 
 # ------------------------------------------------------------------------------------------------- SDPA
@@ -262,61 +222,87 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     model = model_config(workload(config, quick=False), dtype_name)
     seq = 193 if quick else config.seq_len + 1  # odd on purpose: not a multiple of any kernel's block
-    got = sdpa.measure(device, dtype_name, model.num_heads, model.hidden_size // model.num_heads, seq)
-    runs, available = got.runs, got.available
+    head_dim = model.hidden_size // model.num_heads
+    got = sdpa.measure(device, dtype_name, model.num_heads, head_dim, seq)
+    ran = {name: diff is not None for name, diff in got.runs.items()}
+    available = [name for name in ran if ran[name]]
     if device == "cpu":
         picked = got.default_pick or ("flash" if "flash" in available else "math")
         picked = "flash (the CPU flash kernel)" if picked == "flash" else picked
-        backend_detail = f"CPU: SDPA picks {picked}; kernels that run here: {', '.join(available)}"
+        detail = f"CPU: SDPA picks {picked}; kernels that run here: {', '.join(available)}"
     else:
         shown = [
-            f"{n}={'on' if got.enabled.get(n, True) else 'off'}{'' if runs[n] is not None else ' (n/a)'}"
-            for n in runs
+            f"{n}={'on' if got.enabled.get(n, True) else 'off'}{'' if ran[n] else ' (n/a)'}" for n in ran
         ]
-        backend_detail = f"{device}: " + ", ".join(shown) + f"; default pick: {got.default_pick or 'unknown'}"
-    ran = {n: d is not None for n, d in runs.items()}
-    figures = {"enabled_flags": got.enabled, "runs": ran, "default": got.default_pick, "errors": got.errors}
-    detail = backend_detail + f" [{dtype_name}, head_dim {got.head_dim}]"
+        detail = f"{device}: " + ", ".join(shown) + f"; default pick: {got.default_pick or 'unknown'}"
+    data = {"enabled_flags": got.enabled, "runs": ran, "default": got.default_pick, "errors": got.errors}
+    data |= {"dtype": dtype_name, "head_dim": head_dim}
     backends = Check(
-        "sdpa_backends",
-        OK if available else FAIL,
-        detail,
-        figures | {"dtype": dtype_name, "head_dim": got.head_dim},
+        "sdpa_backends", OK if available else FAIL, f"{detail} [{dtype_name}, head_dim {head_dim}]", data
     )
-    tolerance = SDPA_TOLERANCE.get(dtype_name, 1e-4)
-    grad_tolerance = SDPA_GRAD_TOLERANCE.get(dtype_name, 1e-4)
-    bad, worst_grad = got.out_of_tolerance(tolerance, grad_tolerance), got.worst_grad
+    tolerance, grad_tolerance = (
+        SDPA_TOLERANCE.get(dtype_name, 1e-4),
+        SDPA_GRAD_TOLERANCE.get(dtype_name, 1e-4),
+    )
+    diffs = {n: d for n, d in got.runs.items() if d is not None}
+    grads = {n: d for n, d in got.grad_runs.items() if d is not None}
+    bad = [n for n, d in diffs.items() if d > tolerance] + [
+        f"{n} backward" for n, d in grads.items() if d > grad_tolerance
+    ]
+    bad += ["default"] if got.default_diff > tolerance else []
+    worst, worst_grad = max([got.default_diff, *diffs.values()]), max(grads.values(), default=None)
     grad_summary = f"; gradients rel. {worst_grad:.1e} (tolerance {grad_tolerance:.0e})" if worst_grad else ""
+    per_kernel = ", ".join(
+        f"{n} {d:.1e}" + (f" (grad {grads[n]:.1e})" if n in grads else "") for n, d in diffs.items()
+    )
     detail = (
-        f"max |SDPA - plain attention| = {got.worst:.2e} (tolerance {tolerance:.0e} for {dtype_name}, "
-        f"seq {seq}){grad_summary}: {got.diffs()}" + (f"; OUT OF TOLERANCE: {', '.join(bad)}" if bad else "")
+        f"max |SDPA - plain attention| = {worst:.2e} (tolerance {tolerance:.0e} for {dtype_name}, "
+        f"seq {seq}){grad_summary}: {per_kernel}" + (f"; OUT OF TOLERANCE: {', '.join(bad)}" if bad else "")
     )
-    figures = dict(
-        max_abs_diff=got.worst, per_backend=runs, default_diff=got.default_diff, tolerance=tolerance
-    )
-    figures |= dict(
-        grad_max_rel_diff=worst_grad, grad_per_backend=got.grad_runs, grad_tolerance=grad_tolerance
-    )
-    numerics = Check(
-        "sdpa_numerics", FAIL if bad else OK, detail, figures | dict(seq_len=seq, dtype=dtype_name)
-    )
-    return [backends, numerics]
+    data = dict(max_abs_diff=worst, per_backend=got.runs, default_diff=got.default_diff, tolerance=tolerance)
+    data |= dict(grad_max_rel_diff=worst_grad, grad_per_backend=got.grad_runs, grad_tolerance=grad_tolerance)
+    return [
+        backends,
+        Check("sdpa_numerics", FAIL if bad else OK, detail, data | dict(seq_len=seq, dtype=dtype_name)),
+    ]
+
+
+def bf16_matmul_slowdown() -> float:
+    """Time of a SwiGLU-sized bf16 matmul (64 tokens x 512 -> 1536) over fp32 on the CPU, best of 2 after a
+    warm-up (small sizes are dominated by call overhead and hide the gap)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens, weight = torch.randn(64, 512, generator=generator), torch.randn(512, 1536, generator=generator)
+
+    def best_time(dtype: Any) -> float:
+        x, w = tokens.to(dtype), weight.to(dtype)
+        x @ w  # warm-up
+        return min(timeit.repeat(lambda: x @ w, number=1, repeat=2))
+
+    fp32 = best_time(torch.float32)
+    return best_time(torch.bfloat16) / max(fp32, 1e-12)
 
 
 def check_bf16(config: RunConfig, device: str) -> Check:
     """bf16 works on Ampere+ GPUs; on the CPU it runs but is usually slower than fp32: measure it."""
+    import torch
+
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     if device.startswith("cuda"):
-        supported = native_bf16(device)
+        try:  # in hardware (compute capability 8.0+): `is_bf16_supported()` alone also counts emulation
+            supported = bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # a torch without the keyword (it came in 2.4): the same rule, by hand
+            supported = torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+        data = {"supported": supported, "forward_dtype": dtype_name}
         if dtype_name == "bfloat16" and not supported:
             detail = (
                 "arch.forward_dtype is bfloat16 (auto picks it on CUDA) but this GPU has no bf16 in hardware "
                 "(compute capability below 8.0; torch would emulate it, slowly): set arch.forward_dtype: float32"
             )
-            return Check.fail("bf16", detail, supported=False, forward_dtype=dtype_name)
-        detail = f"bf16 in hardware: {supported}; forward dtype {dtype_name}"
-        return Check.ok("bf16", detail, supported=supported, forward_dtype=dtype_name)
-    ratio = runtime.bf16_matmul_slowdown()
+            return Check("bf16", FAIL, detail, data)
+        return Check("bf16", OK, f"bf16 in hardware: {supported}; forward dtype {dtype_name}", data)
+    ratio = bf16_matmul_slowdown()
     detail = f"{device}: bf16 runs, matmul {ratio:.1f}x the time of fp32 here; forward dtype {dtype_name}"
     if dtype_name == "bfloat16":
         detail += "; recommend arch.forward_dtype: float32 (or auto) off CUDA"
@@ -340,17 +326,15 @@ def workload(config: RunConfig, quick: bool, max_seq_len: int | None = None) -> 
     return work.with_seq_len(min(work.seq_len, max_seq_len)) if max_seq_len else work
 
 
-def seeded_gradients(
-    work: Workload, device: str, dtype_name: str, seed: int, batch_size: int
-) -> dict[str, Any]:
+def seeded_gradients(work: Workload, device: str, dtype_name: str, seed: int) -> dict[str, Any]:
     """Every gradient of one seeded step from scratch: parameters and any buffer that carries one."""
     import torch
 
     torch.manual_seed(seed)
     if device.startswith("cuda"):
         torch.cuda.manual_seed_all(seed)
-    head = build(work, batch_size, device, dtype_name, seed)
-    segment_forward_backward(head, random_batch(work, batch_size, device, seed), seed)
+    head = build(work, DETERMINISM_BATCH, device, dtype_name, seed)
+    planning.segment_forward_backward(head, random_batch(work, DETERMINISM_BATCH, device, seed), seed)
     tensors = [*head.named_parameters(), *head.named_buffers()]
     return {
         n: t.grad.detach().float().cpu().clone() for n, t in tensors if getattr(t, "grad", None) is not None
@@ -369,44 +353,35 @@ def non_finite_gradients(grads: dict[str, Any]) -> list[str]:
     ]
 
 
-def compare_gradients(first: dict[str, Any], second: dict[str, Any]) -> tuple[bool, float | None, list[str]]:
-    """(bit-identical, max abs difference (None: different tensors), names that differ)."""
-    import torch
-
-    if first.keys() != second.keys():
-        return False, None, sorted(set(first) ^ set(second))
-    differing = [name for name, grad in first.items() if not torch.equal(grad, second[name])]
-    worst = max((float((first[n] - second[n]).abs().max()) for n in differing), default=0.0)
-    return not differing, worst, differing
-
-
 def check_determinism(
     config: RunConfig, device: str, quick: bool, step: Callable[[int], dict[str, Any]] | None = None
 ) -> Check:
-    """Two seeded forward+backward steps from scratch must give finite, bit-identical gradients.
+    """Two seeded forward+backward steps from scratch must give finite, bit-identical gradients. `step(seed) ->
+    {name: grad}` defaults to the configured model; tests pass their own to prove the check can fail."""
+    import torch
 
-    `step(seed) -> {name: grad}` defaults to the configured model; tests pass their own to prove the check
-    can fail.
-    """
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     # A CPU step at the paper's shapes takes minutes: cap the sequence there (CPU kernels do not switch
     # algorithm with the length); GPUs run the configured shapes.
     work = workload(config, quick, max_seq_len=None if device.startswith("cuda") else CPU_DETERMINISM_SEQ_LEN)
-    batch_size = 2
-    step = step or (lambda seed: seeded_gradients(work, device, dtype_name, seed, batch_size))
-    previous = runtime.determinism_state()  # the trainer's settings (hrm.runtime.set_determinism), restored
-    runtime.set_determinism(config.deterministic, device)
+    step = step or (lambda seed: seeded_gradients(work, device, dtype_name, seed))
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    runtime.set_determinism(config.deterministic, device)  # the trainer's settings, restored below
     try:
         first, second = step(config.train.seed), step(config.train.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
         failed = f"a training step failed: {type(err).__name__}: {err}"
-        return Check.fail("determinism", failed, error=repr(err))
+        return Check("determinism", FAIL, failed, {"error": repr(err)})
     finally:
-        runtime.restore_determinism(previous)
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:
         shape += f" (sequence capped at {work.seq_len} off the GPU)"
-    where = f"{shape}, seq {work.seq_len}, batch {batch_size}, {dtype_name}, {len(first)} gradient tensors"
+    where = (
+        f"{shape}, seq {work.seq_len}, batch {DETERMINISM_BATCH}, {dtype_name}, {len(first)} gradient tensors"
+    )
+    data: dict[str, Any] = {"deterministic_setting": config.deterministic}
     # Finite first: NaN != NaN, so NaN gradients would otherwise read as "nondeterministic".
     non_finite = non_finite_gradients(first) or non_finite_gradients(second)
     if non_finite:
@@ -414,19 +389,17 @@ def check_determinism(
             f"the training step gives non-finite gradients in {len(non_finite)} tensors "
             f"({'; '.join(non_finite[:3])}): the run would diverge at its first step ({where})"
         )
-        return Check.fail(
-            "determinism",
-            detail,
-            finite=False,
-            non_finite=non_finite[:10],
-            deterministic_setting=config.deterministic,
-        )
-    identical, worst, differing = compare_gradients(first, second)
-    data = {"finite": True, "identical": identical, "max_abs_diff": worst, "differing": differing[:10]}
-    data |= {"deterministic_setting": config.deterministic, "scaled_down": work.scaled_down}
+        return Check("determinism", FAIL, detail, data | {"finite": False, "non_finite": non_finite[:10]})
+    if first.keys() != second.keys():
+        worst, differing = None, sorted(set(first) ^ set(second))
+    else:
+        differing = [name for name, grad in first.items() if not torch.equal(grad, second[name])]
+        worst = max((float((first[n] - second[n]).abs().max()) for n in differing), default=0.0)
+    data |= {"finite": True, "identical": not differing, "max_abs_diff": worst, "differing": differing[:10]}
+    data["scaled_down"] = work.scaled_down
     if not first:
         return Check("determinism", FAIL, f"the step produced no gradients ({where})", data)
-    if identical:
+    if not differing:
         return Check("determinism", OK, f"two seeded steps give bit-identical gradients ({where})", data)
     how_much = f"max |diff| {worst:.2e}" if worst is not None else "different gradient tensors"
     message = f"gradients differ between two seeded steps ({how_much}, in {len(differing)} tensors)"
@@ -439,44 +412,40 @@ def check_determinism(
 
 
 def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
-    """Training memory for the configured per-device batch, and the largest batch that fits here: the
-    trainer's plan decides whether it fits (measured on CUDA, traced elsewhere: hrm.planning)."""
-    from hrm.planning import device_memory, measured_plan
+    """Training memory for the per-device batch and the largest batch that fits here; the trainer's plan decides
+    whether it fits (measured on CUDA, traced elsewhere: hrm.planning)."""
     from hrm.training.memory import largest_fitting, plan
 
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     batch, global_batch, world = config.per_device_batch, config.train.global_batch_size, config.world_size
-    shape = f"batch {batch}/device (global {global_batch} over {world}), seq {config.seq_len} ({config.seq_len_source}), {dtype_name}"
+    micro, seq_len, source = config.micro_batch_size, config.seq_len, config.seq_len_source
+    shape = (
+        f"batch {batch}/device (global {global_batch} over {world}), seq {seq_len} ({source}), {dtype_name}"
+    )
     data: dict[str, Any] = dict(
         batch=batch, global_batch_size=global_batch, world_size=world, dtype=dtype_name
     )
-    data |= dict(seq_len=config.seq_len, seq_len_source=config.seq_len_source, headroom=MEMORY_HEADROOM)
-    work, train, micro = workload(config, quick=False), config.train, config.micro_batch_size
+    data |= dict(seq_len=seq_len, seq_len_source=source, headroom=MEMORY_HEADROOM)
+    work, on_cuda = workload(config, quick=False), device.startswith("cuda") and not quick
     try:
-        measured = (
-            measured_plan(work, train, world, device, micro)
-            if device.startswith("cuda") and not quick
-            else None
-        )
-        memory = measured.memory if measured else traced_memory(work, train, dtype_name, device)
+        measured = planning.measured_plan(work, config.train, world, device, micro) if on_cuda else None
+        memory = measured.memory if measured else traced_memory(work, config.train, dtype_name, device)
     except UserError as err:  # the trainer's plan refuses the batch at its start: it would here too
         return Check("memory", FAIL, f"DOES NOT FIT: {shape}: {err}", data)
     except Exception as err:  # the model itself failed: report it
-        return Check.fail(
-            "memory", f"could not size a training step: {type(err).__name__}: {err}", error=repr(err)
-        )
-    free, total, memory_source = device_memory(device)
+        failed = f"could not size a training step: {type(err).__name__}: {err}"
+        return Check("memory", FAIL, failed, {"error": repr(err)})
+    free, total, memory_source = planning.device_memory(device)
     needed, method = memory.fixed + memory.per_example * batch, memory.method
     data |= dict(
         method=method, fixed_bytes=memory.fixed, per_example_bytes=memory.per_example, needed_bytes=needed
     )
     data |= dict(free_bytes=free, total_bytes=total, memory_source=memory_source)
     if memory.per_example <= 0:
-        return Check.warn(
-            "memory", f"{shape}: memory did not grow with the batch ({method}); cannot extrapolate", **data
-        )
+        detail = f"{shape}: memory did not grow with the batch ({method}); cannot extrapolate"
+        return Check("memory", WARN, detail, data)
     if free is None:
-        return Check.warn("memory", f"{shape}: needs ~{_gib(needed)}; free memory unknown ({method})", **data)
+        return Check("memory", WARN, f"{shape}: needs ~{_gib(needed)}; free memory unknown ({method})", data)
     budget = int(free * MEMORY_HEADROOM)
     largest = int((budget - memory.fixed) // memory.per_example) if budget > memory.fixed else 0
     largest_micro = largest_fitting(batch, memory, budget)
@@ -492,18 +461,17 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
     except UserError:  # the plan's refusal, in the doctor's words and figures
         if largest_micro == 0:
             hint = f"; lower train.global_batch_size to <= {largest * world} or use more devices"
-            return Check.fail(
-                "memory", f"DOES NOT FIT even in micro-batches of 1: {detail}. Method: {method}{hint}", **data
-            )
+            detail = f"DOES NOT FIT even in micro-batches of 1: {detail}. Method: {method}{hint}"
+            return Check("memory", FAIL, detail, data)
         above = f"train.micro_batch_size {micro} is above the largest that fits, {largest_micro}"
-        return Check.fail("memory", f"DOES NOT FIT: {above}: {detail}. Method: {method}", **data)
+        return Check("memory", FAIL, f"DOES NOT FIT: {above}: {detail}. Method: {method}", data)
     if needed > budget:
         micro = data["micro_batch"]
         detail += (
             f"; runs as micro-batches of {micro} x {batch // micro} accumulation "
             f"(~{_gib(memory.peak(batch, micro))} with the ACT carry of {batch} rows)"
         )
-    return Check.ok("memory", f"{detail}. Method: {method}", **data)
+    return Check("memory", OK, f"{detail}. Method: {method}", data)
 
 
 def _gib(value: float) -> str:
@@ -514,17 +482,14 @@ def _gib(value: float) -> str:
 
 
 def planned_step_count(config: RunConfig) -> tuple[int, str]:
-    """train's planned steps, from the converted data if present, else from generate.train_bases (of the
-    resolved params: a profile's or --set's train_bases counts)."""
-    from hrm.training.data import planned_steps
-
+    """train's planned steps for the resolved params' data (a profile's or --set's train_bases counts)."""
     steps = planned_steps(config.metadata, config.train.epochs, config.train.global_batch_size)
     return steps, f"epochs {config.train.epochs} x {config.metadata.total_groups} groups"
 
 
 def check_gpu_plans(config: RunConfig) -> Check:
-    """The memory plan and an estimated duration of the configured run on GPUs of 8 to 141 GiB
-    (`hrm.planning.gpu_plans`: the trainer's plan per card, FLOPs from `hrm.models.flops`)."""
+    """The memory plan and estimated duration of the configured run on GPUs of 8 to 141 GiB (planning.gpu_plans:
+    the trainer's plan per card, FLOPs from hrm.models.flops for the chosen arch)."""
     from hrm.models.flops import FORMULA, segment_flops
 
     gpu_dtype = runtime.dtype_name(config.forward_dtype, "cuda")
@@ -533,7 +498,8 @@ def check_gpu_plans(config: RunConfig) -> Check:
         memory = traced_memory(work, config.train, gpu_dtype, "gpu")
         row_flops = segment_flops(model_config(work, gpu_dtype)).total
     except Exception as err:  # the model itself failed: report it
-        return Check.fail("gpu_plans", f"could not size a step: {type(err).__name__}: {err}", error=repr(err))
+        failed = f"could not size a step: {type(err).__name__}: {err}"
+        return Check("gpu_plans", FAIL, failed, {"error": repr(err)})
     memory = dataclasses.replace(memory, per_example=max(memory.per_example, 1), method="meta trace")
     steps, steps_source = planned_step_count(config)
     global_batch, share = config.train.global_batch_size, config.per_device_batch
@@ -547,7 +513,7 @@ def check_gpu_plans(config: RunConfig) -> Check:
         + "\n".join(lines)
     )
     data = {"rows": rows, "flops_per_step": flops, "formula": FORMULA, "mfu": ASSUMED_MFU, "steps": steps}
-    return Check.ok("gpu_plans", detail, **data)
+    return Check("gpu_plans", OK, detail, data)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -564,13 +530,9 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     checks = [check_environment(device), device_check]
     if device is None:
         return Report(checks + [Check(name, SKIP, "no usable device") for name in CHECK_NAMES])
-    checks.append(check_compile(config, device))
-    checks.extend(check_sdpa(config, device, quick))
-    checks.append(check_bf16(config, device))
-    checks.append(check_determinism(config, device, quick))
-    checks.append(check_memory(config, device, quick))
-    checks.append(check_gpu_plans(config))
-    return Report(checks)
+    checks += [check_compile(config, device), *check_sdpa(config, device, quick), check_bf16(config, device)]
+    checks += [check_determinism(config, device, quick), check_memory(config, device, quick)]
+    return Report([*checks, check_gpu_plans(config)])
 
 
 STATUS_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
@@ -589,11 +551,9 @@ def print_report(report: Report, config: RunConfig) -> None:
         style = STATUS_STYLE.get(check.status, "")
         table.add_row(check.name, f"[{style}]{check.status.upper()}[/]", check.detail)
     console.print(table)
-    failed = [c.name for c in report.checks if c.status == FAIL]
-    if failed:
-        console.print(f"[bold red]NOT READY[/]: {', '.join(failed)} failed; see the details above.")
-    else:
-        console.print("[green]READY[/]: this machine can run the configured training.")
+    failed = ", ".join(c.name for c in report.checks if c.status == FAIL)
+    ready = "[green]READY[/]: this machine can run the configured training."
+    console.print(f"[bold red]NOT READY[/]: {failed} failed; see the details above." if failed else ready)
 
 
 def main(
@@ -605,14 +565,10 @@ def main(
     profile: str | None = None,
     world_size: int | None = None,
 ) -> int:
-    """The `hrm doctor` command; returns the exit code."""
+    """The `hrm doctor` command; returns the exit code (UserError: the caller's `error:` line, exit 1)."""
     import json
 
-    try:
-        config = load_run_config(params_path, device, overrides, profile, world_size)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    config = load_run_config(params_path, device, overrides, profile, world_size)
     report = run_doctor(config, quick=quick)
     if as_json:
         payload = report.to_dict() | {"params": config.params_path.as_posix(), "quick": quick}

@@ -1,8 +1,5 @@
-"""Atomic writes and the user-facing error type.
-
-Nothing a stage already wrote may be lost or half-overwritten: every file is written to a temp file in the
-same folder and renamed over the target; a folder is built beside its target and swapped in at the end.
-"""
+"""The user-facing error type, and atomic writes: a file goes to a temp file beside it and is renamed over the
+target, a folder is built beside its target and swapped in, so nothing already written is half-overwritten."""
 
 from __future__ import annotations
 
@@ -69,9 +66,8 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
 
 
 def check_writable(folder: str | Path, what: str) -> None:
-    """Create `folder` if missing, then write, sync and remove a small temp file in it, so that a run whose
-    outputs cannot be written (a parent that is a file, a read-only folder or mount, a full disk) stops before
-    its work with a UserError naming `what` (the setting and its value), not with a traceback at the end."""
+    """Write, sync and remove a small file in `folder` (created if missing): a run that cannot write its outputs
+    (a parent that is a file, read-only, a full disk) stops before its work, with a UserError naming `what`."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

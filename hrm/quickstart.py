@@ -1,12 +1,5 @@
-"""`hrm quickstart`: the CPU quick profile, end to end, as a DVC experiment.
-
-The profile is a set of overrides kept in params.yaml under `profiles.<name>`, plus, under
-`profiles.<name>.per_arch.<arch name>`, overrides applied on top of it when that architecture is chosen (e.g. TRM's
-own cycles at the same width; `hrm.config.profile_overrides`). It runs with
-`dvc exp run --temp`, so the workspace's params.yaml keeps the paper values and the paper pipeline's outputs
-are untouched; the run shows in `dvc exp show` and `dvc metrics diff HEAD <name>` like any experiment. Its
-report is then copied out of the experiment into `reports/<name>/` for reading.
-"""
+"""`hrm quickstart`: a params.yaml profile (with its `per_arch` part for the chosen arch) end to end as one
+`dvc exp run --temp` experiment, so the workspace keeps the paper params and outputs; its report is copied out."""
 
 from __future__ import annotations
 
@@ -51,8 +44,7 @@ def quickstart(
     extra: tuple[str, ...] = (),
     name: str | None = None,
 ) -> Path:
-    """Run the named profile (plus `extra` `key=value` overrides) as experiment `name` (default: the
-    profile's name); return the folder holding its report."""
+    """Run `profile` plus `extra` overrides as experiment `name` (default: the profile's); its report folder."""
     params = load_params(params_path)
     # per-arch overrides follow --set arch.name=...
     overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)

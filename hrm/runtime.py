@@ -1,22 +1,18 @@
-"""Where and how torch runs: device, forward dtype, CPU threads, determinism, seeding, and what this
-machine's torch can do (a GPU it cannot use, bf16 in hardware, torch.compile's tool chain).
-
-One module for train, evaluate and `hrm doctor`, so the three agree on what `train.device: auto`,
-`arch.forward_dtype: auto`, `train.threads` and `train.deterministic` mean. torch is imported inside functions.
-"""
+"""Where and how torch runs (device, forward dtype, threads, determinism, seeds), one module for train,
+evaluate and `hrm doctor` so the three read `auto` and `train.deterministic` alike. torch is imported lazily."""
 
 from __future__ import annotations
 
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 from hrm.io import UserError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+UNKNOWN_DEVICE = "unknown device '{}' (expected auto, cpu, cuda, cuda:N or mps)"
 
 
 def device_choice(request: str) -> tuple[str | None, str]:
@@ -24,34 +20,34 @@ def device_choice(request: str) -> tuple[str | None, str]:
     import torch
 
     request = request.strip().lower()
+    mps = torch.backends.mps.is_available()
     if request == "auto":
         if torch.cuda.is_available():
             return "cuda", "auto: CUDA is available"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if mps:
             return "mps", "auto: Apple MPS is available"
         return "cpu", "auto: no CUDA or MPS device, using the CPU"
     if request == "cpu":
         return "cpu", "requested"
-    if request == "cuda" or request.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            build = torch.version.cuda
-            why = (
-                f"torch {torch.__version__} is built for CUDA {build} but no CUDA device or driver is visible"
-                if build
-                else f"torch {torch.__version__} is a CPU-only build (install a CUDA build, see docs/windows.md)"
-            )
-            return None, f"device '{request}' requested but CUDA is not available: {why}"
-        index_text = request.split(":", 1)[1] if ":" in request else "0"
-        if not index_text.isdigit():
-            return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
-        if int(index_text) >= torch.cuda.device_count():
-            return None, f"device '{request}' requested but only {torch.cuda.device_count()} CUDA device(s)"
-        return request, "requested"
     if request == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            return None, "device 'mps' requested but Apple MPS is not available"
-        return "mps", "requested"
-    return None, f"unknown device '{request}' (expected auto, cpu, cuda, cuda:N or mps)"
+        return (
+            ("mps", "requested") if mps else (None, "device 'mps' requested but Apple MPS is not available")
+        )
+    if request != "cuda" and not request.startswith("cuda:"):
+        return None, UNKNOWN_DEVICE.format(request)
+    if not torch.cuda.is_available():
+        why = (
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but no CUDA device or driver is visible"
+            if torch.version.cuda
+            else f"torch {torch.__version__} is a CPU-only build (install a CUDA build, see docs/windows.md)"
+        )
+        return None, f"device '{request}' requested but CUDA is not available: {why}"
+    index = request[5:] if ":" in request else "0"
+    if not index.isdigit():
+        return None, UNKNOWN_DEVICE.format(request)
+    if int(index) >= torch.cuda.device_count():
+        return None, f"device '{request}' requested but only {torch.cuda.device_count()} CUDA device(s)"
+    return request, "requested"
 
 
 def resolve_device(request: str, local_rank: int = 0) -> Any:
@@ -61,20 +57,17 @@ def resolve_device(request: str, local_rank: int = 0) -> Any:
     device, why = device_choice(request)
     if device is None:
         raise UserError(f"params.yaml: train.device: {why}")
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    resolved = torch.device(device)
+    resolved = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     return resolved
 
 
 def dtype_name(forward_dtype: str, device: Any) -> str:
-    """`arch.forward_dtype`: auto = bfloat16 on CUDA (tensor cores), float32 elsewhere (bf16 matmuls are
-    20-50x slower on CPUs); otherwise the name itself, checked."""
+    """`arch.forward_dtype`: auto = bfloat16 on CUDA (tensor cores), float32 elsewhere (CPU bf16 matmuls are
+    20-50x slower); otherwise the name itself, checked."""
     if forward_dtype == "auto":
-        device_type = str(device).split(":", 1)[0] if device is not None else "cpu"
-        return "bfloat16" if device_type == "cuda" else "float32"
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
     if forward_dtype not in DTYPE_NAMES:
         raise UserError(
             f"params.yaml: arch.forward_dtype must be auto, {', '.join(DTYPE_NAMES)}; got {forward_dtype!r}"
@@ -83,8 +76,7 @@ def dtype_name(forward_dtype: str, device: Any) -> str:
 
 
 def set_cpu_threads(threads: int) -> None:
-    """Intra-op CPU threads; 0 keeps PyTorch's default. Small models on a busy CPU run many times faster on
-    one thread than on several (the OpenMP threads wait for each other on every small op)."""
+    """Intra-op CPU threads (0: PyTorch's default); small models on a busy CPU run faster on one."""
     import torch
 
     if threads > 0:
@@ -102,20 +94,6 @@ def set_determinism(enabled: bool, device: Any) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
-def determinism_state() -> tuple[bool, bool]:
-    """What `set_determinism` changes, to restore it afterwards (doctor's checks)."""
-    import torch
-
-    return torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-
-
-def restore_determinism(state: tuple[bool, bool]) -> None:
-    import torch
-
-    torch.use_deterministic_algorithms(state[0])
-    torch.backends.cudnn.benchmark = state[1]
-
-
 def seed_everything(seed: int) -> None:
     """The global generators (Python, NumPy, torch CPU and CUDA); the model's own draws use their own."""
     import numpy as np
@@ -127,8 +105,7 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """Every global generator of this process (what `seed_everything` seeds), in types that
-    ``torch.load(weights_only=True)`` accepts: a checkpoint holds them so a resumed run draws on exactly."""
+    """Every global generator's state, in types `torch.load(weights_only=True)` accepts (for checkpoints)."""
     import numpy as np
     import torch
 
@@ -156,37 +133,17 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
-    numpy_state = states["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy_state["bit_generator"],
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
+    numpy_state = dict(states["numpy"])
+    key, pos = numpy_state.pop("key").numpy().astype(np.uint32), numpy_state.pop("pos")
+    np.random.set_state(numpy_state | {"state": {"key": key, "pos": pos}})
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
-    """What shows an NVIDIA GPU is handed to this machine or container (a device node, the driver's /proc
-    entry), or None. Lets a CPU-only torch say that it cannot use the GPU it was given (`docker run --gpus`)."""
-    nodes = sorted(dev.glob("nvidia[0-9]*"))
-    if nodes:
-        return nodes[0].as_posix()
-    if (proc / "version").exists():
-        return (proc / "version").as_posix()
-    return None
-
-
 def compile_tiny_function(device: str) -> float:
-    """torch.compile a small function, run it on `device` and compare with eager; the seconds it took.
-
-    This is the whole tool chain the trainer's `torch.compile` uses: Dynamo, Inductor and the code it builds
-    (Triton kernels and their C launcher on CUDA, C++ on the CPU), so a missing compiler or Python.h fails here.
-    """
+    """Seconds to torch.compile a small function, run it on `device` and check it against eager: the trainer's
+    whole tool chain (Dynamo, Inductor, Triton or C++ and their compiler), so a missing compiler fails here."""
     import torch
 
     def tiny(x: Any) -> Any:
@@ -198,35 +155,3 @@ def compile_tiny_function(device: str) -> float:
     if not torch.allclose(got, tiny(x), rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"the compiled function gave {got[:3].tolist()}, eager {tiny(x)[:3].tolist()}")
     return time.perf_counter() - started
-
-
-def native_bf16(device: str) -> bool:
-    """bf16 in hardware (compute capability 8.0+); `is_bf16_supported()` alone also counts emulation."""
-    import torch
-
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # a torch without the keyword (it came in 2.4): the same rule, by hand
-        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
-
-
-def bf16_matmul_slowdown() -> float:
-    """Time of a bf16 matmul over the same in fp32 on the CPU: one SwiGLU-sized product (64 tokens x hidden
-    512 -> 1536), best of 2 after a warm-up (small sizes are dominated by call overhead and hide the gap)."""
-    import math
-
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    tokens, weight = torch.randn(64, 512, generator=generator), torch.randn(512, 1536, generator=generator)
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x, w = tokens.to(dtype), weight.to(dtype)
-        x @ w  # warm-up
-        best = math.inf
-        for _ in range(2):
-            start = time.perf_counter()
-            x @ w
-            best = min(best, time.perf_counter() - start)
-        timings[str(dtype).removeprefix("torch.")] = best
-    return timings["bfloat16"] / max(timings["float32"], 1e-12)

@@ -1,5 +1,5 @@
-"""Scaled dot-product attention on this machine: which kernels run, and how far each is from a float64 plain
-attention on the same (rounded) inputs, forward and backward. Measured here; `hrm doctor` judges the figures."""
+"""Which SDPA kernels run here and how far each is from float64 plain attention on the same (rounded) inputs,
+forward and backward: measured here, judged by `hrm doctor`."""
 
 from __future__ import annotations
 
@@ -10,43 +10,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SdpaRuns:
-    """What `measure` saw for one dtype, head size and sequence length."""
+    """What `measure` saw; per kernel None where it does not run here."""
 
-    dtype: str
-    head_dim: int
-    seq: int
-    runs: dict[str, float | None]  # kernel -> max abs diff of the output; None: it does not run here
+    runs: dict[str, float | None]  # kernel -> max abs diff of the output
     grad_runs: dict[str, float | None]  # kernel -> max abs diff of dq, dk, dv relative to the largest one
     errors: dict[str, str]  # kernel -> why it did not run (first line)
     default_pick: str | None  # the kernel SDPA picks by itself (None: unknown)
     default_diff: float  # max abs diff of SDPA as the model calls it
     enabled: dict[str, bool]  # torch.backends.cuda.<kernel>_sdp_enabled() on CUDA; empty elsewhere
-
-    @property
-    def available(self) -> list[str]:
-        return [name for name, diff in self.runs.items() if diff is not None]
-
-    @property
-    def worst(self) -> float:
-        return max([self.default_diff] + [d for d in self.runs.values() if d is not None])
-
-    @property
-    def worst_grad(self) -> float | None:
-        return max([d for d in self.grad_runs.values() if d is not None], default=None)
-
-    def out_of_tolerance(self, tolerance: float, grad_tolerance: float) -> list[str]:
-        """The kernels (and their backward, and SDPA's own pick) further from float64 than allowed."""
-        bad = [n for n, d in self.runs.items() if d is not None and d > tolerance]
-        bad += [f"{n} backward" for n, d in self.grad_runs.items() if d is not None and d > grad_tolerance]
-        return bad + (["default"] if self.default_diff > tolerance else [])
-
-    def diffs(self) -> str:
-        """'flash 1.2e-07 (grad 3.4e-07), math ...' for the kernels that ran."""
-        return ", ".join(
-            f"{n} {d:.1e}" + (f" (grad {self.grad_runs[n]:.1e})" if self.grad_runs.get(n) is not None else "")
-            for n, d in self.runs.items()
-            if d is not None
-        )
 
 
 def backend_names() -> dict[str, Any]:
@@ -58,14 +29,6 @@ def backend_names() -> dict[str, Any]:
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "math": SDPBackend.MATH,
     }
-
-
-def plain_attention(query: Any, key: Any, value: Any) -> Any:
-    """softmax(Q K^T / sqrt(d)) V, non-causal, no mask: HRM's attention, written out."""
-    import torch
-
-    scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
-    return torch.softmax(scores, dim=-1) @ value
 
 
 def default_pick(device: str, dtype_name: str, heads: int, head_dim: int) -> str | None:
@@ -122,8 +85,11 @@ def measure(device: str, dtype_name: str, heads: int, head_dim: int, seq: int) -
     dtype, shape = getattr(torch, dtype_name), (2, heads, seq, head_dim)
     query, key, value = _inputs(device, dtype, shape, 1234)
     grad_out = _inputs(device, dtype, shape, 99)[0]
-    exact = [t.detach().double().cpu().requires_grad_(True) for t in (query, key, value)]
-    reference = plain_attention(*exact)
+    exact_q, exact_k, exact_v = exact = [
+        t.detach().double().cpu().requires_grad_(True) for t in (query, key, value)
+    ]
+    # HRM's attention written out: softmax(Q K^T / sqrt(d)) V, non-causal, no mask
+    reference = torch.softmax(exact_q @ exact_k.transpose(-2, -1) / math.sqrt(head_dim), dim=-1) @ exact_v
     reference_grads = torch.autograd.grad(reference, exact, grad_out.double().cpu())
     reference = reference.detach()
     runs, grad_runs, errors = {}, {}, {}
@@ -135,17 +101,8 @@ def measure(device: str, dtype_name: str, heads: int, head_dim: int, seq: int) -
             errors[name] = error
     with torch.no_grad():
         default_out = F.scaled_dot_product_attention(query, key, value)
-    enabled = {}
-    if device.startswith("cuda"):
-        enabled = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in runs}
-    return SdpaRuns(
-        dtype=dtype_name,
-        head_dim=head_dim,
-        seq=seq,
-        runs=runs,
-        grad_runs=grad_runs,
-        errors=errors,
-        default_pick=default_pick(device, dtype_name, heads, head_dim),
-        default_diff=float((default_out.double().cpu() - reference).abs().max()),
-        enabled=enabled,
-    )
+    cuda = device.startswith("cuda")
+    enabled = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in runs} if cuda else {}
+    default_diff = float((default_out.double().cpu() - reference).abs().max())
+    pick = default_pick(device, dtype_name, heads, head_dim)
+    return SdpaRuns(runs, grad_runs, errors, pick, default_diff, enabled)

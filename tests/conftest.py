@@ -97,11 +97,11 @@ def tiny_run_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_checkout(root: Path, exclude: tuple[str, ...] = ("dvc.lock",)) -> Path:
     """A git copy of this checkout's files (`copy_checkout`) with the tiny profile applied and committed."""
-    from hrm.config import apply_profile
+    from hrm.config import run_params
 
     copy_checkout(root, exclude=exclude)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    tiny = apply_profile(params, "tiny")
+    tiny = run_params(params, "tiny")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False), encoding="utf-8")
     run(["git", "init", "-q"], root)
     run([*GIT, "add", "-A"], root)

@@ -12,7 +12,7 @@ import yaml
 from conftest import repo_params
 from train_helpers import metric_files
 
-from hrm.config import apply_profile
+from hrm.config import run_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +30,7 @@ def tiny_profile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hrm.data.generation import generate
 
     root = tmp_path_factory.mktemp("tiny-profile")
-    params = apply_profile(repo_params(), "tiny")
+    params = run_params(repo_params(), "tiny")
     params["paths"].update(raw=str(root / "raw"), hrm=str(root / "hrm"))
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -41,7 +41,7 @@ def tiny_profile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_profile_params(data: Path, out: Path, dtype: str) -> dict:
     """The tiny profile (stablemax, params.yaml's default loss) run for TINY_STEPS steps on the CPU."""
-    params = apply_profile(repo_params(), "tiny")
+    params = run_params(repo_params(), "tiny")
     assert params["arch"]["loss"] == "stablemax_cross_entropy"
     params["arch"]["forward_dtype"] = dtype
     params["train"].update(seed=SEEDS[dtype], epochs=TINY_STEPS, device="cpu", threads=1)

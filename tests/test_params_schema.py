@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hrm import config
-from hrm.config import ConfigError, apply_profile, check_params, load_params
+from hrm.config import ConfigError, check_params, load_params, run_params
 from tests.conftest import REPO, repo_params
 
 STAGES = ("generate", "convert", "validate", "train", "evaluate")
@@ -64,7 +64,7 @@ def test_params_yaml_and_every_profile_validate():
     params = load_params(REPO / "params.yaml")
     assert {"quick", "tiny"} <= set(params["profiles"])
     for name in params["profiles"]:
-        applied = apply_profile(params, name, "params.yaml")
+        applied = run_params(params, name, (), "params.yaml")
         check_params(applied)  # the merged run's params are a full, valid set
         assert applied != params
 
@@ -150,7 +150,7 @@ def test_unknown_profile_names_the_known_ones():
         ConfigError,
         match=r"profiles.quik is missing: unknown profile \(known: quick, tiny.*did you mean quick",
     ):
-        apply_profile(repo_params(), "quik")
+        run_params(repo_params(), "quik")
 
 
 def test_per_arch_overrides_apply_on_top_of_the_profile():
@@ -160,9 +160,9 @@ def test_per_arch_overrides_apply_on_top_of_the_profile():
         "transformer": {"train": {"lr": 0.25}},
     }
     check_params(params)
-    assert apply_profile(params, "tiny")["train"]["lr"] == 0.5
+    assert run_params(params, "tiny")["train"]["lr"] == 0.5
     params["arch"]["name"] = "transformer"
-    assert apply_profile(params, "tiny")["train"]["lr"] == 0.25
+    assert run_params(params, "tiny")["train"]["lr"] == 0.25
 
 
 @pytest.mark.parametrize("stage", STAGES)
