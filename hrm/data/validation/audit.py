@@ -33,7 +33,7 @@ BLANK_IDENTIFIER = "<blank>"
 
 def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
     """A check that could not run: listed with its reason, scored 0, failed."""
-    return Check.of(
+    return Check(
         name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
     )
 

@@ -1,17 +1,12 @@
-"""The compliance score of a routing dataset: every sub-check measured, weighted as in the seed report.
+"""The compliance score of a routing dataset: every sub-check measured, weighted by category (`validate.weights`).
 
-Categories and weights come from params (`validate.weights`): methodology (counts, base separation, 4
-variants per base), tokens (encoding, one start and one goal, no unexpected values, label = input + route),
-route optimality (every route valid, optimal and unique, re-checked by scipy's Dijkstra, not by the
-generator's A*) and augmentation quality (one base map per base, distinct vehicles, route diversity).
-A check marked critical fails the dataset whatever the score: the score measures how close a dataset is to
-the methodology, but a wrong label or a leaked test map is never acceptable.
+A critical check fails the dataset whatever the score: a wrong label or a leaked test map is never acceptable.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,53 +21,25 @@ MAX_FAILURES_LISTED = 5
 
 @dataclass
 class Check:
-    """One sub-check: what it measures, the value found, its score in [0, 1] and the first failures."""
+    """One sub-check: the value found, its score in [0, 1] and the first MAX_FAILURES_LISTED failures."""
 
     name: str
     category: str  # one of CATEGORIES, or "consistency" (critical only, not scored)
     description: str
     value: float
-    expected: str
     score: float
-    passed: bool
-    critical: bool
-    failures: list[str] = field(default_factory=list)
-    failure_count: int = 0
+    failures: list[str]
+    expected: str = "= 1.0"
+    critical: bool = True
+    failure_count: int | None = None  # default: one per failure message
+    passed: bool | None = None  # default: no failure
     not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
-    @classmethod
-    def of(
-        cls,
-        name: str,
-        category: str,
-        description: str,
-        value: float,
-        score: float,
-        failures: list[str],
-        expected: str = "= 1.0",
-        critical: bool = True,
-        count: int | None = None,
-        passed: bool | None = None,
-        not_run: str = "",
-    ) -> Check:
-        """From every failure message: the first MAX_FAILURES_LISTED are kept, failure_count is `count` (default
-        one per message), passed means no failure unless `passed` says otherwise; score rounded to 6 places."""
-        passed = not failures if passed is None else passed
-        count = len(failures) if count is None else count
-        kept = failures[:MAX_FAILURES_LISTED]
-        return cls(
-            name,
-            category,
-            description,
-            value,
-            expected,
-            round(score, 6),
-            passed,
-            critical,
-            kept,
-            count,
-            not_run,
-        )
+    def __post_init__(self) -> None:
+        self.passed = not self.failures if self.passed is None else self.passed
+        self.failure_count = len(self.failures) if self.failure_count is None else self.failure_count
+        self.failures = self.failures[:MAX_FAILURES_LISTED]
+        self.score = round(self.score, 6)
 
 
 def share_check(
@@ -84,13 +51,12 @@ def share_check(
     critical: bool = True,
     failure_count: int | None = None,
 ) -> Check:
-    """A check passed by every item: value = score = share of items without a failure (at least 0: a
-    problem not tied to one item, such as a count, may come on top of the items' own failures).
-    `failure_count`: items failed when a message covers several (the audit's findings); default one each."""
+    """value = score = share of `total` items without a failure (at least 0); `failure_count`: items failed
+    when a message covers several (the audit's findings)."""
     bad = len(failures) if failure_count is None else failure_count
-    share = max(0.0, 1.0 - bad / total) if total else 0.0
-    share = round(share, 6)
-    return Check.of(
+    share = round(max(0.0, 1.0 - bad / total), 6) if total else 0.0
+    passed = not failures and total > 0
+    return Check(
         name,
         category,
         description,
@@ -98,8 +64,8 @@ def share_check(
         share,
         failures,
         critical=critical,
-        count=bad,
-        passed=not failures and total > 0,
+        failure_count=bad,
+        passed=passed,
     )
 
 
@@ -107,7 +73,7 @@ def count_check(name: str, category: str, description: str, found: int, expected
     """Found must equal expected; the score shrinks with the ratio of the two."""
     score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
     failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
-    return Check.of(name, category, description, found, score, failures, expected=f"= {expected}")
+    return Check(name, category, description, found, score, failures, expected=f"= {expected}")
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -240,7 +206,7 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
     description = (
         "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)"
     )
-    encoding = Check.of("encoding", "tokens", description, found, found, encoding_problems)
+    encoding = Check("encoding", "tokens", description, found, found, encoding_problems)
     return [
         encoding,
         share_check(
@@ -550,13 +516,13 @@ def leakage_checks(
     test_bases = len(set(test.base_scenario_ids))
     score = 1 - len(overlap) / test_bases if test_bases else 0.0
     description = "no base scenario id in both splits"
-    overlap_check = Check.of("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
+    overlap_check = Check("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
     test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
     description = "no input grid of the test split also in the train split" + (
         f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""
     )
     score = 1 - len(identical) / test_maps if test_maps else 0.0
-    identical_check = Check.of(
+    identical_check = Check(
         "identical_grids_across_splits", "methodology", description, len(identical), score, identical, "= 0"
     )
 
@@ -677,7 +643,7 @@ def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> 
 def _rule_check(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
     """A `generate.difficulty` share: scored by how close it comes, not critical."""
     score = 1.0 if required == 0 else min(1.0, found / required)
-    return Check.of(
+    return Check(
         name, "augmentation_quality", description, found, score, failures, f">= {required:g}", critical=False
     )
 
