@@ -1,10 +1,8 @@
 """Per-example route facts and difficulty figures, below everything that checks or transforms routes.
 
-`example_facts`: for every example of a split, what its label's route is (valid for the vehicle by
-`routing.check_route`, its cost, the optimum by the independent `routing.dijkstra_optimum`, whether that optimum
-is unique, detour and turns), computed once from the grids and a cost table: compliance, consistency, augment
-(every transformed route) and the audit of broken files all read them. `detour_figures`: the difficulty figures
-of a set of routes, the one computation behind generate's summary and validate's report.
+`example_facts`: each label's route (valid for its vehicle, cost, the independent Dijkstra optimum, unique,
+detour, turns), once per split, for compliance, consistency, augment and the audit. `detour_figures`: the one
+computation of difficulty figures, for generate's summary and validate's report.
 """
 
 from __future__ import annotations

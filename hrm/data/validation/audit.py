@@ -1,12 +1,7 @@
 """Audit of any 18-file set, ours or anyone's: findings with counts and examples from whatever can be read.
 
-The strict layers (JSON Schema per file, cross-file invariants) decide whether a file set can be scored by
-every compliance check. When a layer fails, its problems become findings here and every check that can
-still run on the parsed documents runs: counts against params and against the summary's own claims,
-inputs that carry different labels for the same puzzle identifier, identical and near-identical maps,
-vehicles whose labels are the same in every base, blank identifiers, the vocabulary and seq_len HRM will
-be told, labels that hide cells behind the ignore label. Checks that cannot run are listed with the reason
-and score 0. These checks also run on our own files, next to the full ones (`hrm.data.validation.compliance`).
+When a strict layer fails, every check that can still run on the parsed documents runs; the rest are listed as
+not run and score 0. The generic checks also run on our own files, beside compliance's full ones.
 """
 
 from __future__ import annotations
@@ -131,12 +126,10 @@ def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
                 continue
             compared += 1
             if claim != held[key]:
-                findings.append(
-                    (
-                        f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}",
-                        1,
-                    )
+                message = (
+                    f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}"
                 )
+                findings.append((message, 1))
     if not compared:
         return not_run(
             "summary_claims",
@@ -164,23 +157,17 @@ def identifier_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
                 i for i, v in enumerate(values) if v is None or not str(v).strip() or v == BLANK_IDENTIFIER
             ]
             if blank:
-                findings.append(
-                    (
-                        f"{view.where(kind)}: {len(blank)} blank or missing entries, e.g. indices {_examples(blank)}",
-                        len(blank),
-                    )
-                )
+                message = f"{view.where(kind)}: {len(blank)} blank or missing entries, e.g. indices {_examples(blank)}"
+                findings.append((message, len(blank)))
         if view.example_identifier is not None:
             total += view.example_identifier.size
             blank = np.flatnonzero(view.example_identifier == 0).tolist()
             if blank:
-                findings.append(
-                    (
-                        f"{view.where('puzzle_identifiers')}: {len(blank)} examples have puzzle identifier 0 (blank): "
-                        f"the model is never told the vehicle, e.g. examples {_examples(blank)}",
-                        len(blank),
-                    )
+                message = (
+                    f"{view.where('puzzle_identifiers')}: {len(blank)} examples have puzzle identifier 0 (blank): "
+                    f"the model is never told the vehicle, e.g. examples {_examples(blank)}"
                 )
+                findings.append((message, len(blank)))
     if isinstance(identifiers, list):
         total += len(identifiers)
         blank = [
@@ -226,12 +213,8 @@ def conflicting_labels_check(views: dict[str, RawSplit]) -> Check:
     findings = []
     for (_, identifier), labels in conflicts[:MAX_FAILURES_LISTED]:
         places = [f"{usable[s].where('inputs', i)} ({usable[s].about(i)})" for s, i in labels.values()]
-        findings.append(
-            (
-                f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}",
-                len(labels),
-            )
-        )
+        message = f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}"
+        findings.append((message, len(labels)))
     extra = sum(len(labels) for _, labels in conflicts[MAX_FAILURES_LISTED:])
     check = finding_check(
         "conflicting_labels", "tokens", description, findings, sum(v.num_examples for v in usable.values())
@@ -286,22 +269,16 @@ def map_checks(
                 f"{usable[b].where('inputs', idx_b[j])} ({usable[b].about(idx_b[j])})"
                 for i, j in identical[:3]
             ]
-            findings.append(
-                (
-                    f"{len(identical)} pairs of base maps identical {where}, e.g. {'; '.join(examples)}",
-                    min(maps_involved, total),
-                )
-            )
+            message = f"{len(identical)} pairs of base maps identical {where}, e.g. {'; '.join(examples)}"
+            findings.append((message, min(maps_involved, total)))
         if len(near):
             i, j = near[0]
-            near_findings.append(
-                (
-                    f"{len(near)} pairs of base maps near-identical {where} (> {near_share:g} of cells equal), e.g. "
-                    f"{usable[a].where('inputs', idx_a[i])} and {usable[b].where('inputs', idx_b[j])}: "
-                    f"{share[i, j]:.3f} equal",
-                    len(near),
-                )
+            message = (
+                f"{len(near)} pairs of base maps near-identical {where} (> {near_share:g} of cells equal), e.g. "
+                f"{usable[a].where('inputs', idx_a[i])} and {usable[b].where('inputs', idx_b[j])}: "
+                f"{share[i, j]:.3f} equal"
             )
+            near_findings.append((message, len(near)))
     checks = [
         finding_check("identical_maps", "augmentation_quality", description, findings, max(total, 1)),
         finding_check(
@@ -371,12 +348,8 @@ def hrm_metadata_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
         if isinstance(rows, int) and isinstance(cols, int) and "seq_len" in facts:
             compared += 1
             if rows * cols != facts["seq_len"]:
-                findings.append(
-                    (
-                        f"{view.files['dataset']}: rows x cols = {rows} x {cols} but the grids hold {facts['seq_len']} cells",
-                        1,
-                    )
-                )
+                message = f"{view.files['dataset']}: rows x cols = {rows} x {cols} but the grids hold {facts['seq_len']} cells"
+                findings.append((message, 1))
     return finding_check("hrm_metadata", "tokens", description, findings, max(compared, 1))
 
 
@@ -394,13 +367,11 @@ def ignore_label_check(views: dict[str, RawSplit]) -> Check:
         rows = np.flatnonzero((view.labels == ignore).any(axis=1)).tolist()
         if rows:
             cells = int((view.labels == ignore).sum())
-            findings.append(
-                (
-                    f"{view.where('labels')}: {len(rows)} labels hold {cells} cells of the ignore label {ignore}, "
-                    f"e.g. examples {_examples(rows)}",
-                    len(rows),
-                )
+            message = (
+                f"{view.where('labels')}: {len(rows)} labels hold {cells} cells of the ignore label {ignore}, "
+                f"e.g. examples {_examples(rows)}"
             )
+            findings.append((message, len(rows)))
     if not total:
         return not_run("labels_cover_every_cell", "tokens", description, "no readable labels")
     return finding_check("labels_cover_every_cell", "tokens", description, findings, total)

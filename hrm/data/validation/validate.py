@@ -1,11 +1,7 @@
-"""The validate stage: schemas, cross-file invariants, Pandera, compliance score, leakage, report and PNG.
+"""The validate stage: schemas, cross-file invariants, compliance score, leakage, reports and PNG.
 
-Order: read and schema-check the 18 files, then their cross-file invariants; then every compliance check,
-scored with params' weights. Files that fail either strict layer (anyone's 18 files: the original tool's,
-a hand-edited set) are audited instead (`hrm.data.validation.audit`): the layer's problems become findings, every check
-that can still run on what the files hold runs, the rest are listed as not run and score 0. Reports are
-written (each file atomically) whatever the outcome, so a failing dataset leaves a readable explanation; the
-stage then exits non-zero below the threshold or on any critical failure.
+Files that fail a strict layer are audited instead (`audit`). Reports are written (each atomically) whatever the
+outcome; the stage then exits non-zero below the threshold or on any critical failure.
 """
 
 from __future__ import annotations
