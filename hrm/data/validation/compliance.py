@@ -178,14 +178,45 @@ def _example_label(split: RawSplit, i: int, kind: str = "labels") -> str:
     return f"{split.where(kind, i)} (base {split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
 
 
-def _per_example(dataset, facts, predicate, describe) -> list[str]:
-    failures = []
+def _example_failures(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> dict[str, list[str]]:
+    """Failures of the per-example token and route checks, by check name, in example order."""
+    found: dict[str, list[str]] = defaultdict(list)
     for name, split in dataset.splits.items():
         f = facts[name]
         for i in range(split.num_examples):
-            if not predicate(f, i):
-                failures.append(describe(split, f, i))
-    return failures
+            label = _example_label(split, i)
+            if not f.n_start_input[i] == f.n_goal_input[i] == f.n_start_label[i] == f.n_goal_label[i] == 1:
+                found["one_start_one_goal"].append(
+                    f"{_example_label(split, i, 'inputs')}: {f.n_start_input[i]} start / {f.n_goal_input[i]} "
+                    f"goal cells in the input, {f.n_start_label[i]} / {f.n_goal_label[i]} in the label"
+                )
+            if f.unexpected_input[i] != 0 or f.unexpected_label[i] != 0:
+                found["no_unexpected_values"].append(_unexpected_message(split, i))
+            if f.bad_label_changes[i] != 0:
+                found["labels_are_input_plus_route"].append(
+                    _label_change_message(split, i, int(f.bad_label_changes[i]))
+                )
+            valid, reachable = f.route_valid[i], np.isfinite(f.optimal_cost[i])
+            optimal = valid and f.route_cost[i] == f.optimal_cost[i]
+            if not valid:
+                found["route_valid"].append(f"{label}: invalid route: {f.route_reason[i]}")
+            if not optimal:
+                why = (
+                    f"route costs {f.route_cost[i]:.0f} but the optimum is {f.optimal_cost[i]:.0f}"
+                    if valid and reachable
+                    else "the labelled route is invalid (see route_valid)"
+                    if reachable
+                    else "the goal is unreachable for this vehicle"
+                )
+                found["route_optimal"].append(f"{label}: {why}")
+            if not f.route_unique[i]:
+                why = (
+                    "another route has the same optimal cost (tie)"
+                    if optimal
+                    else "the labelled route is not an optimal one (see route_optimal)"
+                )
+                found["route_unique"].append(f"{label}: {why}")
+    return found
 
 
 def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
@@ -207,23 +238,14 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
         "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)"
     )
     encoding = Check("encoding", "tokens", description, found, found, encoding_problems)
+    failures = _example_failures(dataset, facts)
     return [
         encoding,
         share_check(
             "one_start_one_goal",
             "tokens",
             "exactly one start and one goal in every input and label",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: (
-                    f.n_start_input[i] == f.n_goal_input[i] == f.n_start_label[i] == f.n_goal_label[i] == 1
-                ),
-                lambda s, f, i: (
-                    f"{_example_label(s, i, 'inputs')}: {f.n_start_input[i]} start / {f.n_goal_input[i]} "
-                    f"goal cells in the input, {f.n_start_label[i]} / {f.n_goal_label[i]} in the label"
-                ),
-            ),
+            failures["one_start_one_goal"],
             total,
         ),
         share_check(
@@ -231,24 +253,14 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
             "tokens",
             f"inputs hold only tokens {spec.INPUT_TOKENS[0]}..{spec.INPUT_TOKENS[-1]}, labels only "
             f"{spec.LABEL_TOKENS[0]}..{spec.LABEL_TOKENS[-1]} (no PAD, no route token in inputs)",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.unexpected_input[i] == 0 and f.unexpected_label[i] == 0,
-                lambda s, f, i: _unexpected_message(s, i),
-            ),
+            failures["no_unexpected_values"],
             total,
         ),
         share_check(
             "labels_are_input_plus_route",
             "tokens",
             "each label equals its input except the route cells marked with the route token",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.bad_label_changes[i] == 0,
-                lambda s, f, i: _label_change_message(s, i, int(f.bad_label_changes[i])),
-            ),
+            failures["labels_are_input_plus_route"],
             total,
         ),
     ]
@@ -278,60 +290,13 @@ def _label_change_message(split: RawSplit, i: int, count: int) -> str:
 
 def route_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
     total = sum(split.num_examples for split in dataset.splits.values())
-    return [
-        share_check(
-            "route_valid",
-            "route_optimality",
-            "every label's route connects start to goal as one simple path over cells the vehicle may enter",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_valid[i],
-                lambda s, f, i: f"{_example_label(s, i)}: invalid route: {f.route_reason[i]}",
-            ),
-            total,
-        ),
-        share_check(
-            "route_optimal",
-            "route_optimality",
-            "every route's cost equals the optimum found by scipy's Dijkstra with the summary's cost table",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i],
-                lambda s, f, i: (
-                    f"{_example_label(s, i)}: "
-                    + (
-                        f"route costs {f.route_cost[i]:.0f} but the optimum is {f.optimal_cost[i]:.0f}"
-                        if f.route_valid[i] and np.isfinite(f.optimal_cost[i])
-                        else "the labelled route is invalid (see route_valid)"
-                        if np.isfinite(f.optimal_cost[i])
-                        else "the goal is unreachable for this vehicle"
-                    )
-                ),
-            ),
-            total,
-        ),
-        share_check(
-            "route_unique",
-            "route_optimality",
-            "every optimum is unique (no other route of the same cost)",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_unique[i],
-                lambda s, f, i: (
-                    f"{_example_label(s, i)}: "
-                    + (
-                        "another route has the same optimal cost (tie)"
-                        if f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i]
-                        else "the labelled route is not an optimal one (see route_optimal)"
-                    )
-                ),
-            ),
-            total,
-        ),
-    ]
+    failures = _example_failures(dataset, facts)
+    descriptions = {
+        "route_valid": "every label's route connects start to goal as one simple path over cells the vehicle may enter",
+        "route_optimal": "every route's cost equals the optimum found by scipy's Dijkstra with the summary's cost table",
+        "route_unique": "every optimum is unique (no other route of the same cost)",
+    }
+    return [share_check(n, "route_optimality", d, failures[n], total) for n, d in descriptions.items()]
 
 
 def _group_rows(split: RawSplit) -> list[np.ndarray]:
