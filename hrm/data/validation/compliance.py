@@ -614,18 +614,12 @@ def _rule_check(name: str, description: str, found: float, required: float, fail
 
 
 def difficulty_checks(
-    dataset: RawDataset,
-    facts: dict[str, ExampleFacts],
-    min_detour: int,
-    min_detour_share: float,
-    min_distinct_routes: int,
-    min_distinct_share: float,
+    dataset: RawDataset, facts: dict[str, ExampleFacts], rules: Any
 ) -> tuple[list[Check], dict[str, Any]]:
-    """The `generate.difficulty` rules re-measured on the labels (not read from the summary): per split, the
-    share of examples whose route has a detour >= min_detour cells, and of bases with >= min_distinct_routes
-    distinct routes; plus the detour histogram, monotone share and turns, overall and per vehicle.
-    Not critical: they measure how much search the data needs, not whether a label is right. An invalid
-    route counts as no detour (route_valid reports it)."""
+    """`generate.difficulty` (`rules`: generate.DifficultyParams) re-measured on the labels, with detour and
+    turn figures per split and per vehicle. Not critical; an invalid route counts as no detour."""
+    min_detour, min_detour_share = rules.min_detour, rules.min_detour_share
+    min_distinct_routes, min_distinct_share = rules.min_distinct_routes, rules.min_distinct_share
     cols = dataset.cols
     figures: dict[str, Any] = {
         "rules": {"min_detour": min_detour, "min_distinct_routes": min_distinct_routes}
