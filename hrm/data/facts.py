@@ -56,10 +56,9 @@ def _token_counts(grids: np.ndarray) -> np.ndarray:
 def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
     inputs, labels = split.inputs, split.labels
     count_in, count_label = _token_counts(inputs), _token_counts(labels)
-    allowed_in = np.zeros(256, dtype=bool)
-    allowed_in[list(spec.INPUT_TOKENS)] = True
-    allowed_label = np.zeros(256, dtype=bool)
-    allowed_label[list(spec.LABEL_TOKENS)] = True
+    allowed_in, allowed_label = (
+        np.isin(np.arange(256), tokens) for tokens in (spec.INPUT_TOKENS, spec.LABEL_TOKENS)
+    )
     endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
     route_mark = (labels == spec.ROUTE) & ~endpoint
     n = split.num_examples

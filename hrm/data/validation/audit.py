@@ -56,43 +56,40 @@ def _examples(items: list[Any], limit: int = 3) -> str:
 # ---- the checks ------------------------------------------------------------------------------------------
 
 
+def _held(view: RawSplit) -> dict[str, int | None]:
+    """Examples and distinct base ids a split holds; None where its file is unreadable."""
+    bases = view.base_scenario_ids
+    return {
+        "examples": None if view.inputs is None else view.num_examples,
+        "bases": None if bases is None else len({str(b) for b in bases}),
+    }
+
+
 def count_checks(views: dict[str, RawSplit], expected_bases: dict[str, int], n_vehicles: int) -> list[Check]:
     """Examples and distinct base ids per split, against params (the same checks as on our own files)."""
     checks = []
     for split, view in views.items():
-        expected = expected_bases[split]
-        if "inputs" in view.unreadable:
-            reason = f"{view.files['inputs']}: {view.unreadable['inputs']}"
-            checks.append(
-                not_run(f"{split}_examples", "methodology", f"{split} examples vs params.yaml", reason)
-            )
-        else:
-            checks.append(
-                count_check(
-                    f"{split}_examples",
-                    "methodology",
-                    f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                    view.num_examples,
-                    expected * n_vehicles,
-                )
-            )
-        if view.base_scenario_ids is None:
-            reason = (
-                f"{view.files['base_scenario_ids']}: {view.unreadable.get('base_scenario_ids', 'unreadable')}"
-            )
-            checks.append(
-                not_run(f"{split}_bases", "methodology", f"{split} base scenarios vs params.yaml", reason)
-            )
-        else:
-            checks.append(
-                count_check(
-                    f"{split}_bases",
-                    "methodology",
-                    f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                    len({str(b) for b in view.base_scenario_ids}),
-                    expected,
-                )
-            )
+        expected, held = expected_bases[split], _held(view)
+        wanted = {  # key -> (expected count, description, the file it needs, description when not run)
+            "examples": (
+                expected * n_vehicles,
+                f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
+                "inputs",
+                f"{split} examples vs params.yaml",
+            ),
+            "bases": (
+                expected,
+                f"{split} base scenarios (params.yaml generate.{split}_bases)",
+                "base_scenario_ids",
+                f"{split} base scenarios vs params.yaml",
+            ),
+        }
+        for key, (count, description, kind, not_run_description) in wanted.items():
+            if held[key] is None:
+                reason = f"{view.files[kind]}: {view.unreadable.get(kind, 'unreadable')}"
+                checks.append(not_run(f"{split}_{key}", "methodology", not_run_description, reason))
+            else:
+                checks.append(count_check(f"{split}_{key}", "methodology", description, held[key], count))
     return checks
 
 
@@ -117,10 +114,7 @@ def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
     findings: list[tuple[str, int]] = []
     compared = 0
     for split, view in views.items():
-        held = {"examples": view.num_examples if view.inputs is not None else None}
-        held["bases"] = (
-            len({str(b) for b in view.base_scenario_ids}) if view.base_scenario_ids is not None else None
-        )
+        held = _held(view)
         for key, claim in _claims(summary, split).items():
             if held[key] is None:
                 continue
@@ -131,12 +125,8 @@ def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
                 )
                 findings.append((message, 1))
     if not compared:
-        return not_run(
-            "summary_claims",
-            "methodology",
-            description,
-            f"{spec.RAW_SUMMARY_FILE} states no per-split counts",
-        )
+        reason = f"{spec.RAW_SUMMARY_FILE} states no per-split counts"
+        return not_run("summary_claims", "methodology", description, reason)
     return finding_check("summary_claims", "methodology", description, findings, compared)
 
 
