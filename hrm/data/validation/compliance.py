@@ -6,6 +6,7 @@ A critical check fails the dataset whatever the score: a wrong label or a leaked
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -405,6 +406,14 @@ def group_checks(
     return checks, figures
 
 
+def first_index(keys: Iterable[Any]) -> dict[Any, int]:
+    """Each key -> the index of its first occurrence, in order of first occurrence."""
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
+
+
 def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list[int]]:
     """One input grid per group (its first example) and that example's index; `per_base` (the audit, where
     groups may be unreadable): per base id, or per example when base ids are unreadable too."""
@@ -416,10 +425,7 @@ def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list
             if split.base_scenario_ids is None
             else map(str, split.base_scenario_ids)
         )
-    first: dict[Any, int] = {}
-    for i, key in enumerate(keys):
-        first.setdefault(key, i)
-    firsts = sorted(first.values())
+    firsts = sorted(first_index(keys).values())
     return split.inputs[firsts], firsts
 
 
@@ -450,39 +456,33 @@ def leakage_checks(
     from hrm.data.conversion.augment import TRANSFORMS, transform_grids
 
     train, test = dataset.splits["train"], dataset.splits["test"]
-    first_index = {}
-    for i, base in enumerate(train.base_scenario_ids):
-        first_index.setdefault(base, i)
-    overlap = []
-    seen = set()
-    for j, base in enumerate(test.base_scenario_ids):
-        if base in first_index and base not in seen:
-            seen.add(base)
-            overlap.append(
-                f"base {base} is in both {train.where('base_scenario_ids', first_index[base])} and "
-                f"{test.where('base_scenario_ids', j)}"
-            )
+    train_first = first_index(train.base_scenario_ids)
+    overlap = [
+        f"base {base} is in both {train.where('base_scenario_ids', train_first[base])} and "
+        f"{test.where('base_scenario_ids', j)}"
+        for base, j in first_index(test.base_scenario_ids).items()
+        if base in train_first
+    ]
     train_grids: dict[bytes, tuple[int, int]] = {}
     for t in transforms:
         grids = train.inputs if t == 0 else transform_grids(train.inputs, dataset.rows, dataset.cols, t)
         for i in range(train.num_examples):
             train_grids.setdefault(grids[i].tobytes(), (i, t))
-    identical, test_seen = [], set()
-    for j in range(test.num_examples):
-        key = test.inputs[j].tobytes()
-        if key in train_grids and key not in test_seen:
-            test_seen.add(key)
+    test_grids = first_index(grid.tobytes() for grid in test.inputs)
+    identical = []
+    for key, j in test_grids.items():
+        if key in train_grids:
             i, t = train_grids[key]
             identical.append(
-                f"{test.where('inputs', j)} (base {test.base_scenario_ids[j]}) is identical to {train.where('inputs', i)} "
-                f"(base {train.base_scenario_ids[i]})"
+                f"{test.where('inputs', j)} (base {test.base_scenario_ids[j]}) is identical to "
+                f"{train.where('inputs', i)} (base {train.base_scenario_ids[i]})"
                 + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_scenario_ids))
     score = 1 - len(overlap) / test_bases if test_bases else 0.0
     description = "no base scenario id in both splits"
     overlap_check = Check("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
-    test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
+    test_maps = len(test_grids)
     description = "no input grid of the test split also in the train split" + (
         f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""
     )

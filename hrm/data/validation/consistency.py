@@ -15,7 +15,7 @@ import numpy as np
 from hrm.data import spec
 from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts
-from hrm.data.validation.compliance import Check, share_check
+from hrm.data.validation.compliance import Check, first_index, share_check
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,
@@ -147,9 +147,7 @@ def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
     if records is None:
         return []
     split = dataset.splits[split_name]
-    first_example = {}
-    for i, base in enumerate(split.base_scenario_ids):
-        first_example.setdefault(base, i)
+    first_example = first_index(split.base_scenario_ids)
     problems = []
     for k, record in enumerate(records):
         i = first_example.get(record["base_scenario_id"])
