@@ -438,11 +438,11 @@ def route_checks(views: dict[str, RawSplit], summary: Any) -> list[Check]:
             "checked against a vehicle's access rules or for optimality"
         )
     shape = _grid_shape(views, summary)
-    usable = {
-        n: v
-        for n, v in views.items()
+    usable = [
+        v
+        for v in views.values()
         if v.inputs is not None and v.labels is not None and v.example_identifier is not None
-    }
+    ]
     if not reason and shape is None:
         reason = "rows x cols unknown or not the grids' length"
     if not reason and not usable:
@@ -453,29 +453,26 @@ def route_checks(views: dict[str, RawSplit], summary: Any) -> list[Check]:
             not_run("route_optimal", "route_optimality", optimal_description, reason),
         ]
     rows, cols = shape
-    invalid: list[tuple[str, int]] = []
-    dearer: list[tuple[str, int]] = []
-    for view in usable.values():
+    invalid, dearer = [], []
+    for view in usable:
         facts = example_facts(view, table, rows, cols)
         for i in range(view.num_examples):
             where = f"{view.where('labels', i)} ({view.about(i)})"
             identifier = int(view.example_identifier[i])
             if not 0 < identifier < table.shape[0]:
-                invalid.append(
-                    (f"{where}: puzzle identifier {identifier} has no vehicle in the cost table", 1)
-                )
+                invalid.append(f"{where}: puzzle identifier {identifier} has no vehicle in the cost table")
             elif not facts.route_valid[i]:
-                invalid.append((f"{where}: invalid route: {facts.route_reason[i]}", 1))
+                invalid.append(f"{where}: invalid route: {facts.route_reason[i]}")
             else:
                 cost = routing.route_cost(
                     routing.cell_costs(view.inputs[i], table[identifier]), facts.paths[i]
                 )
                 if np.isfinite(facts.optimal_cost[i]) and cost != facts.optimal_cost[i]:
                     dearer.append(
-                        (f"{where}: route costs {cost} but the optimum is {int(facts.optimal_cost[i])}", 1)
+                        f"{where}: route costs {cost} but the optimum is {int(facts.optimal_cost[i])}"
                     )
-    total = sum(view.num_examples for view in usable.values())
+    total = sum(view.num_examples for view in usable)
     return [
-        finding_check("route_valid", "route_optimality", valid_description, invalid, total),
-        finding_check("route_optimal", "route_optimality", optimal_description, dearer, total),
+        share_check("route_valid", "route_optimality", valid_description, invalid, total),
+        share_check("route_optimal", "route_optimality", optimal_description, dearer, total),
     ]
