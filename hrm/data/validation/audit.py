@@ -200,24 +200,17 @@ def conflicting_labels_check(views: dict[str, RawSplit]) -> Check:
         for i in range(view.num_examples):
             seen[(view.inputs[i].tobytes(), int(ids[i]))].setdefault(view.labels[i].tobytes(), (name, i))
     conflicts = [(key, labels) for key, labels in seen.items() if len(labels) > 1]
-    findings = []
+    failures = []
     for (_, identifier), labels in conflicts[:MAX_FAILURES_LISTED]:
         places = [f"{usable[s].where('inputs', i)} ({usable[s].about(i)})" for s, i in labels.values()]
-        message = f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}"
-        findings.append((message, len(labels)))
-    extra = sum(len(labels) for _, labels in conflicts[MAX_FAILURES_LISTED:])
-    check = finding_check(
-        "conflicting_labels", "tokens", description, findings, sum(v.num_examples for v in usable.values())
-    )
-    check.failure_count += extra
-    if conflicts:
-        check.failures.insert(
-            0,
-            f"{len(conflicts)} inputs carry conflicting labels" + (f" ({'; '.join(notes)})" if notes else ""),
+        failures.append(
+            f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}"
         )
-        check.score = check.value = round(
-            max(0.0, 1 - check.failure_count / sum(v.num_examples for v in usable.values())), 6
-        )
+    total, bad = sum(v.num_examples for v in usable.values()), sum(len(labels) for _, labels in conflicts)
+    check = share_check("conflicting_labels", "tokens", description, failures, total, failure_count=bad)
+    if conflicts:  # a header above the (at most MAX_FAILURES_LISTED) conflicts listed
+        notes_text = f" ({'; '.join(notes)})" if notes else ""
+        check.failures.insert(0, f"{len(conflicts)} inputs carry conflicting labels{notes_text}")
     return check
 
 
