@@ -1,10 +1,8 @@
 """Per-example route facts and difficulty figures, below everything that checks or transforms routes.
 
-`example_facts`: for every example of a split, what its label's route is (valid for the vehicle by
-`routing.check_route`, its cost, the optimum by the independent `routing.dijkstra_optimum`, whether that optimum
-is unique, detour and turns), computed once from the grids and a cost table: compliance, consistency, augment
-(every transformed route) and the audit of broken files all read them. `detour_figures`: the difficulty figures
-of a set of routes, the one computation behind generate's summary and validate's report.
+`example_facts`: each label's route (valid for its vehicle, cost, the independent Dijkstra optimum, unique,
+detour, turns), once per split, for compliance, consistency, augment and the audit. `detour_figures`: the one
+computation of difficulty figures, for generate's summary and validate's report.
 """
 
 from __future__ import annotations
@@ -58,10 +56,9 @@ def _token_counts(grids: np.ndarray) -> np.ndarray:
 def example_facts(split: RawSplit, cost_table: np.ndarray, rows: int, cols: int) -> ExampleFacts:
     inputs, labels = split.inputs, split.labels
     count_in, count_label = _token_counts(inputs), _token_counts(labels)
-    allowed_in = np.zeros(256, dtype=bool)
-    allowed_in[list(spec.INPUT_TOKENS)] = True
-    allowed_label = np.zeros(256, dtype=bool)
-    allowed_label[list(spec.LABEL_TOKENS)] = True
+    allowed_in, allowed_label = (
+        np.isin(np.arange(256), tokens) for tokens in (spec.INPUT_TOKENS, spec.LABEL_TOKENS)
+    )
     endpoint = (inputs == spec.START) | (inputs == spec.GOAL)
     route_mark = (labels == spec.ROUTE) & ~endpoint
     n = split.num_examples

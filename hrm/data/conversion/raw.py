@@ -1,19 +1,9 @@
-"""Reading the 18 raw JSON files into typed arrays, with structural checks (shared by convert and validate).
+"""The 18 raw JSON files as typed arrays: `RawSplit` and `RawDataset`, the one in-memory form convert and validate use.
 
-`RawSplit` and `RawDataset` are the one in-memory form of the 18 files: convert builds them here (`read_raw`),
-validate after its own collected cross-file checks (`hrm.data.validation.invariants.build_dataset`), both through
-`read_split`; files that fail validate's strict layers are read by `lenient_split` into the same `RawSplit`
-(a field None where its file cannot be used), so that the audit's checks run over the one form too.
-
-Two producers write these 18 names: our generator (`hrm.data.generation.generate`, 24-token vocabulary, a summary with
-the cost model) and the original browser tool (10-token vocabulary, 30x30 grids, metadata that may claim a
-wrong seq_len). `read_raw` tells them apart by the summary's `generator` entry.
-
-Fatal problems (a file missing or unreadable, wrong types, lengths that disagree, tokens outside the
-vocabulary, indices that do not start at 0, rise and end at the counts) raise `UserError` naming the file,
-the field and the index. Problems that still leave well-formed arrays (metadata that contradicts the arrays
-in the original tool's files, every puzzle identifier blank, ...) are collected in `RawDataset.issues`:
-convert refuses them in strict mode and otherwise converts with the values the arrays really have.
+Two producers write these names: our generator (24-token vocabulary, a summary with the cost model: every
+disagreement is fatal) and the original browser tool (10 tokens, 30x30 grids, metadata that may claim a wrong
+seq_len: fatal only what cannot be converted, the rest collected in `RawDataset.issues`). A UserError names file,
+field and index.
 """
 
 from __future__ import annotations
@@ -34,30 +24,15 @@ from hrm.io import UserError
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
-# The original browser tool's vocabulary (tests/test_convert.py and tests/test_audit.py build sets of its files).
-ORIGINAL_TOKENS = (
-    "pad",
-    "obstacle",
-    "small_road",
-    "large_road",
-    "diagonal",
-    "traffic_jam",
-    "road_closure",
-    "start",
-    "end",
-    "route",
-)
-ORIGINAL_VOCAB_SIZE = len(ORIGINAL_TOKENS)
+# the original tool's tokens: pad obstacle small_road large_road diagonal traffic_jam road_closure start end route
+ORIGINAL_VOCAB_SIZE = 10
 ORIGINAL_VEHICLES = {"easy": "bike", "normal": "car", "hard": "van", "expert": "truck"}
-METADATA_FIELDS = spec.HRM_METADATA_FIELDS
 
 
 @dataclass(frozen=True)
 class RawSplit:
-    """One split's 8 files as arrays: the one in-memory form every reader and check uses. N examples, P puzzles,
-    G groups; example i belongs to puzzle `example_puzzle[i]` and group `example_group[i]`. Read strictly
-    (`read_split`) every field is set; read leniently from broken files (`lenient_split`, the audit) a field is
-    None where its file is missing or not the right shape, and `unreadable` says why."""
+    """One split's 8 files as arrays: N examples, P puzzles, G groups. Read leniently from broken files (the
+    audit), a field is None where its file cannot be used, and `unreadable` says why."""
 
     name: str  # "train" or "test": its files are spec.raw_split_files(name)
     metadata: dict[str, Any] | None
@@ -88,7 +63,6 @@ class RawSplit:
         return spec.raw_split_files(self.name)
 
     def where(self, kind: str, index: int | None = None) -> str:
-        """'file[index]' for messages."""
         return self.files[kind] + (f"[{index}]" if index is not None else "")
 
     def about(self, i: int) -> str:
@@ -99,12 +73,10 @@ class RawSplit:
 
     @cached_property
     def example_puzzle(self) -> np.ndarray:
-        """[N] the puzzle of each example."""
         return np.repeat(np.arange(self.num_puzzles), np.diff(self.puzzle_indices))
 
     @cached_property
     def example_group(self) -> np.ndarray:
-        """[N] the group of each example."""
         puzzle_group = np.repeat(np.arange(self.num_groups), np.diff(self.group_indices))
         return puzzle_group[self.example_puzzle]
 
@@ -134,27 +106,23 @@ class RawDataset:
     vocab_size: int
     rows: int | None
     cols: int | None
-    # None for the original tool (it never wrote one) and in validate, which re-checks the labels with the
-    # summary's own cost table (consistency.summary_cost_table) so as to report every problem of the summary
+    # None for the original tool and in validate, which re-checks the labels with the summary's own cost table
     cost_model: spec.CostModel | None
     issues: list[str] = field(default_factory=list)
 
 
-# ---- low-level readers: every failure names file, field and index ----
 @dataclass(frozen=True)
 class RawFiles:
-    """The 18 files as read: each parsed document by name (those that parse), its text (lets big token files
-    skip a per-token type scan) and the problems (missing, unreadable, not UTF-8, truncated, not JSON)."""
+    """The 18 files as read: parsed documents and texts by name (those that parse) and every problem."""
 
     folder: Path
     documents: dict[str, Any]
-    texts: dict[str, str]
+    texts: dict[str, str]  # lets big token files skip a per-token type scan
     problems: list[str]
 
 
 def read_files(folder: str | Path) -> RawFiles:
-    """The one reader of the 18 files, for convert (`read_raw`) and validate (`schemas.read_raw_documents`):
-    every file is tried, every problem collected."""
+    """The one reader of the 18 files (convert and validate): every file tried, every problem collected."""
     folder = Path(folder)
     if not folder.is_dir():
         return RawFiles(
@@ -172,8 +140,7 @@ def read_files(folder: str | Path) -> RawFiles:
 
 
 def read_json_text(path: Path) -> tuple[Any, str]:
-    """The one reader of a raw JSON file (convert and validate): document and text, or a UserError naming
-    the file and saying whether it is missing, unreadable, not UTF-8, truncated or otherwise not JSON."""
+    """Document and text of a JSON file, or a UserError: missing, unreadable, not UTF-8, truncated, not JSON."""
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -198,10 +165,7 @@ def _type_name(value: Any) -> str:
 
 
 def _first_non_int(values: list[Any]) -> int | None:
-    for index, value in enumerate(values):
-        if type(value) is not int:
-            return index
-    return None
+    return next((index for index, value in enumerate(values) if type(value) is not int), None)
 
 
 def int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
@@ -222,13 +186,9 @@ def int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
 def int_matrix(
     path: Path, field_name: str, data: Any, text: str | None = None, coerce: bool = False
 ) -> np.ndarray:
-    """A JSON list of equally long integer lists as an int64 matrix.
-
-    Fast path: given the file's text without true/false/null in it, numpy's own dtype tells whether every
-    token is an int (a float, string or huge number changes it); otherwise every token is looked at.
-    `coerce` (the audit of broken files, which scores what they hold rather than refusing them): any token
-    numpy reads as an integer (a bool, a float, a numeric string) is taken as that integer.
-    """
+    """A JSON list of equally long integer lists as an int64 matrix. Given the file's text without
+    true/false/null, numpy's dtype tells fast whether every token is an int. `coerce` (the audit scores what
+    broken files hold): any token numpy reads as an integer (bool, float, numeric string) is taken."""
     if not isinstance(data, list) or not data:
         raise UserError(
             f"{path}: field '{field_name}' must be a non-empty list of token lists, got {_type_name(data) if not isinstance(data, list) else 'an empty list'}"
@@ -251,8 +211,7 @@ def int_matrix(
             raise UserError(f"{path}: field '{field_name}': a token is not an integer") from err
     if width == 0:
         raise UserError(f"{path}: field '{field_name}': rows are empty")
-    literals = text is None or "true" in text or "false" in text or "null" in text
-    if not literals:
+    if text is not None and "true" not in text and "false" not in text and "null" not in text:
         with suppress(ValueError, OverflowError):
             matrix = np.array(data)
             if matrix.dtype.kind == "i":
@@ -284,13 +243,13 @@ def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> lis
 
 
 def index_breaks(indices: np.ndarray | list[int]) -> np.ndarray:
-    """Positions i where an HRM index array does not rise above entry i - 1 (they rise strictly: no empty
-    puzzle or group). The one test of that rule: convert stops at the first, validate lists them all."""
+    """Positions i where an HRM index array does not rise above entry i - 1 (no empty puzzle or group):
+    convert stops at the first, validate lists them all."""
     return np.flatnonzero(np.diff(np.asarray(indices, dtype=np.int64)) <= 0) + 1
 
 
 def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, end_name: str) -> None:
-    """HRM index arrays: start at 0, rise strictly (no empty puzzle or group), end at the count they index."""
+    """HRM index arrays: start at 0, rise strictly, end at the count they index."""
     if indices.size < 2:
         raise UserError(
             f"{path}: field '{field_name}' needs at least 2 entries (0 and the end), has {indices.size}"
@@ -320,16 +279,16 @@ def _check_tokens(path: Path, field_name: str, grid: np.ndarray, allowed: tuple[
         )
 
 
-# ---- the split and the dataset ----
 def _read_metadata(path: Path, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a JSON object of HRM metadata, got {_type_name(data)}")
-    for name, kind in METADATA_FIELDS.items():
+    for name, kind in spec.HRM_METADATA_FIELDS.items():
         if name not in data:
-            raise UserError(f"{path}: field '{name}' missing (HRM metadata needs {sorted(METADATA_FIELDS)})")
-        value = data[name]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise UserError(f"{path}: field '{name}' has the wrong type {_type_name(value)}")
+            raise UserError(
+                f"{path}: field '{name}' missing (HRM metadata needs {sorted(spec.HRM_METADATA_FIELDS)})"
+            )
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise UserError(f"{path}: field '{name}' has the wrong type {_type_name(data[name])}")
     return data
 
 
@@ -340,61 +299,52 @@ def read_split(
     folder: Path = Path(),
     source: str = SOURCE_GENERATOR,
 ) -> RawSplit:
-    """The one conversion of a split's 8 parsed documents (by file name) into a `RawSplit`, with its
-    structural checks: a UserError names the first problem's file (under `folder`), field and index.
-    `texts` (by file name, as `read_files` gives them) let big grid files skip a per-token type scan."""
+    """A split's 8 parsed documents (by file name) as a checked `RawSplit`: a UserError names the first
+    problem's file (under `folder`), field and index."""
     names = spec.raw_split_files(split)
-    paths = {kind: folder / name for kind, name in names.items()}
+    path = {kind: folder / name for kind, name in names.items()}
     doc = {kind: documents[name] for kind, name in names.items()}
-    text = {kind: (texts or {}).get(names[kind]) for kind in ("inputs", "labels")}
-    metadata = _read_metadata(paths["dataset"], doc["dataset"])
-    inputs = int_matrix(paths["inputs"], "inputs", doc["inputs"], text["inputs"])
-    labels = int_matrix(paths["labels"], "labels", doc["labels"], text["labels"])
-    puzzle_identifiers = int_vector(
-        paths["puzzle_identifiers"], "puzzle_identifiers", doc["puzzle_identifiers"]
+    metadata = _read_metadata(path["dataset"], doc["dataset"])
+    inputs, labels = (
+        int_matrix(path[k], k, doc[k], (texts or {}).get(names[k])) for k in ("inputs", "labels")
     )
-    puzzle_indices = int_vector(paths["puzzle_indices"], "puzzle_indices", doc["puzzle_indices"])
-    group_indices = int_vector(paths["group_indices"], "group_indices", doc["group_indices"])
-    original = source == SOURCE_ORIGINAL
+    puzzle_identifiers, puzzle_indices, group_indices = (
+        int_vector(path[k], k, doc[k]) for k in ("puzzle_identifiers", "puzzle_indices", "group_indices")
+    )
     base_ids = _string_list(
-        paths["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], original
+        path["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], source == SOURCE_ORIGINAL
     )
-    vehicles = _string_list(paths["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
-
+    vehicles = _string_list(path["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
     examples = inputs.shape[0]
     if labels.shape != inputs.shape:
         raise UserError(
-            f"{paths['labels']}: field 'labels' has shape {list(labels.shape)} but {names['inputs']} has "
+            f"{path['labels']}: field 'labels' has shape {list(labels.shape)} but {names['inputs']} has "
             f"{list(inputs.shape)} (examples x seq_len must agree)"
         )
-    for path, field_name, values in (
-        (paths["base_scenario_ids"], "base_scenario_ids", base_ids),
-        (paths["vehicle_types"], "vehicle_types", vehicles),
-    ):
+    for kind, values in (("base_scenario_ids", base_ids), ("vehicle_types", vehicles)):
         if len(values) != examples:
             raise UserError(
-                f"{path}: field '{field_name}' has {len(values)} entries but there are {examples} examples"
+                f"{path[kind]}: field '{kind}' has {len(values)} entries but there are {examples} examples"
             )
     _check_indices(
-        paths["puzzle_indices"], "puzzle_indices", puzzle_indices, examples, "the number of examples"
+        path["puzzle_indices"], "puzzle_indices", puzzle_indices, examples, "the number of examples"
     )
     puzzles = puzzle_indices.size - 1
     if puzzle_identifiers.size != puzzles:
         raise UserError(
-            f"{paths['puzzle_identifiers']}: field 'puzzle_identifiers' has {puzzle_identifiers.size} entries but "
+            f"{path['puzzle_identifiers']}: field 'puzzle_identifiers' has {puzzle_identifiers.size} entries but "
             f"puzzle_indices describes {puzzles} puzzles"
         )
-    _check_indices(paths["group_indices"], "group_indices", group_indices, puzzles, "the number of puzzles")
+    _check_indices(path["group_indices"], "group_indices", group_indices, puzzles, "the number of puzzles")
     return RawSplit(
         split, metadata, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, base_ids, vehicles
     )
 
 
 def lenient_split(split: str, documents: dict[str, Any], texts: dict[str, str] | None = None) -> RawSplit:
-    """The split as far as its documents (by file name, as `read_files` gives them) allow, for the audit of
-    files that fail the strict layers: grids through `int_matrix` with tokens coerced (a stray bool or float
-    in one grid must not hide the whole file; the schema check reports it), integer lists through
-    `int_vector`; a field is None where that converter refuses it, with the reason in `unreadable`."""
+    """The split as far as its documents allow, for the audit of broken files: grid tokens coerced (a stray
+    bool in one grid must not hide the whole file; the schema check reports it); a field is None where its
+    converter refuses it, with the reason in `unreadable`."""
     names = spec.raw_split_files(split)
     docs = {kind: documents.get(name) for kind, name in names.items()}
     unreadable: dict[str, str] = {}
@@ -416,32 +366,22 @@ def lenient_split(split: str, documents: dict[str, Any], texts: dict[str, str] |
             return int_vector(Path(names[kind]), kind, docs[kind])
         return None
 
-    inputs, labels = grid("inputs"), grid("labels")
-    if labels is not None and inputs is not None and labels.shape != inputs.shape:
-        unreadable["labels"], labels = "a different shape from the inputs", None
-    n = 0 if inputs is None else inputs.shape[0]
-
     def per_example(kind: str) -> list[Any] | None:
         if isinstance(docs[kind], list) and len(docs[kind]) == n:
             return docs[kind]
         unreadable[kind] = f"not a list of {n} entries, one per example"
         return None
 
+    inputs, labels = grid("inputs"), grid("labels")
+    if labels is not None and inputs is not None and labels.shape != inputs.shape:
+        unreadable["labels"], labels = "a different shape from the inputs", None
+    n = 0 if inputs is None else inputs.shape[0]
     metadata = docs["dataset"] if isinstance(docs["dataset"], dict) else None
     if metadata is None:
         unreadable["dataset"] = "not a JSON object"
-    view = RawSplit(
-        split,
-        metadata,
-        inputs,
-        labels,
-        vector("puzzle_identifiers"),
-        vector("puzzle_indices"),
-        None,
-        per_example("base_scenario_ids"),
-        per_example("vehicle_types"),
-        unreadable,
-    )
+    ids, indices = vector("puzzle_identifiers"), vector("puzzle_indices")
+    bases, vehicles = per_example("base_scenario_ids"), per_example("vehicle_types")
+    view = RawSplit(split, metadata, inputs, labels, ids, indices, None, bases, vehicles, unreadable)
     if view.example_identifier is None:
         unreadable["puzzle_identifiers"] = "puzzle identifiers or indices do not map onto the examples"
     return view
@@ -456,7 +396,7 @@ def detect_source(summary: Any) -> str:
 
 
 def read_raw(folder: str | Path) -> RawDataset:
-    """Read (`read_files`, the reader validate uses too) and structurally check the 18 files in `folder`."""
+    """Read (`read_files`) and structurally check the 18 files in `folder` (convert)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: raw data folder not found (run the generate stage first)")
@@ -465,8 +405,7 @@ def read_raw(folder: str | Path) -> RawDataset:
         raise UserError(f"{folder}: {len(missing)} of the 18 raw files missing: {', '.join(missing)}")
     files = read_files(folder)
     if files.problems:
-        raise UserError(files.problems[0] if len(files.problems) == 1 else "\n".join(files.problems))
-    summary_path = folder / spec.RAW_SUMMARY_FILE
+        raise UserError("\n".join(files.problems))
     summary = files.documents[spec.RAW_SUMMARY_FILE]
     source = detect_source(summary)
     splits = {split: read_split(split, files.documents, files.texts, folder, source) for split in spec.SPLITS}
@@ -474,161 +413,126 @@ def read_raw(folder: str | Path) -> RawDataset:
     identifiers = _string_list(
         identifiers_path, "identifiers", files.documents[spec.RAW_IDENTIFIERS_FILE], False
     )
-    if source == SOURCE_GENERATOR:
-        return _finish_generator(folder, summary_path, summary, identifiers_path, identifiers, splits)
-    return _finish_original(folder, summary, identifiers_path, identifiers, splits)
+    return _finish(folder, source, summary, identifiers_path, identifiers, splits)
 
 
-def _same_across_splits(splits: dict[str, RawSplit], folder: Path) -> int:
+def _summary_model(path: Path, summary: dict[str, Any]) -> tuple[spec.CostModel, int, int]:
+    try:
+        cost_model = spec.CostModel.from_dict(summary["cost_model"], source=f"{path}: field 'cost_model'")
+        return cost_model, int(summary["grid"]["rows"]), int(summary["grid"]["cols"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: fields 'cost_model' and 'grid' (rows, cols) unreadable: {err}") from err
+
+
+def _finish(
+    folder: Path,
+    source: str,
+    summary: Any,
+    identifiers_path: Path,
+    identifiers: list[str],
+    splits: dict[str, RawSplit],
+) -> RawDataset:
+    """Cross-file checks. Our own files: every disagreement is an error, there is no excuse for one. The
+    original tool's: fatal only what cannot be converted; every claim the arrays contradict is an issue."""
+    ours = source == SOURCE_GENERATOR
+    summary_path = folder / spec.RAW_SUMMARY_FILE
+    cost_model, rows, cols = _summary_model(summary_path, summary) if ours else (None, None, None)
     widths = {split: s.inputs.shape[1] for split, s in splits.items()}
     if len(set(widths.values())) != 1:
         detail = ", ".join(f"{spec.raw_split_files(k)['inputs']}: {v}" for k, v in widths.items())
         raise UserError(f"{folder}: splits disagree on the sequence length ({detail})")
-    return next(iter(widths.values()))
-
-
-def _check_identifiers(path: Path, identifiers: list[str], splits: dict[str, RawSplit], folder: Path) -> None:
+    seq_len = next(iter(widths.values()))
+    if not ours:
+        side = math.isqrt(seq_len)
+        rows = cols = side if side * side == seq_len else None
+    elif rows * cols != seq_len:
+        raise UserError(
+            f"{summary_path}: field 'grid': rows x cols = {rows * cols} but the grids hold {seq_len} tokens"
+        )
+    elif identifiers != cost_model.identifiers():
+        raise UserError(
+            f"{identifiers_path}: {identifiers} but the summary's cost model gives {cost_model.identifiers()}"
+        )
     if not identifiers:
-        raise UserError(f"{path}: field 'identifiers' is empty (id 0 must be '<blank>')")
+        raise UserError(f"{identifiers_path}: field 'identifiers' is empty (id 0 must be '<blank>')")
     for split, data in splits.items():
         bad = np.flatnonzero((data.puzzle_identifiers < 0) | (data.puzzle_identifiers >= len(identifiers)))
         if bad.size:
             index = int(bad[0])
             raise UserError(
                 f"{folder / spec.raw_split_files(split)['puzzle_identifiers']}: field 'puzzle_identifiers' index "
-                f"{index}: {data.puzzle_identifiers[index]} is not an id of {path.name} (0..{len(identifiers) - 1})"
+                f"{index}: {data.puzzle_identifiers[index]} is not an id of {identifiers_path.name} "
+                f"(0..{len(identifiers) - 1})"
             )
-
-
-def _finish_generator(
-    folder: Path,
-    summary_path: Path,
-    summary: dict[str, Any],
-    identifiers_path: Path,
-    identifiers: list[str],
-    splits: dict[str, RawSplit],
-) -> RawDataset:
-    """Our own files: every disagreement is an error, there is no excuse for one."""
-    try:
-        cost_model = spec.CostModel.from_dict(
-            summary["cost_model"], source=f"{summary_path}: field 'cost_model'"
-        )
-        rows, cols = int(summary["grid"]["rows"]), int(summary["grid"]["cols"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(
-            f"{summary_path}: fields 'cost_model' and 'grid' (rows, cols) unreadable: {err}"
-        ) from err
-    seq_len = _same_across_splits(splits, folder)
-    if rows * cols != seq_len:
-        raise UserError(
-            f"{summary_path}: field 'grid': rows x cols = {rows * cols} but the grids hold {seq_len} tokens"
-        )
-    if identifiers != cost_model.identifiers():
-        raise UserError(
-            f"{identifiers_path}: {identifiers} but the summary's cost model gives {cost_model.identifiers()}"
-        )
-    _check_identifiers(identifiers_path, identifiers, splits, folder)
+    vocab_size = spec.VOCAB_SIZE if ours else ORIGINAL_VOCAB_SIZE
+    issues = [] if ours else _original_issues(folder, splits, seq_len, len(identifiers))
     for split, data in splits.items():
-        names = spec.raw_split_files(split)
-        meta_path = folder / names["dataset"]
-        expected = {
-            "seq_len": seq_len,
-            "rows": rows,
-            "cols": cols,
-            "vocab_size": spec.VOCAB_SIZE,
-            "pad_id": spec.PAD,
-            "ignore_label_id": spec.PAD,
-            "blank_identifier_id": 0,
-            "num_puzzle_identifiers": len(identifiers),
-            "total_groups": data.num_groups,
-        }
-        for key, value in expected.items():
-            if data.metadata.get(key) != value:
+        path = {kind: folder / name for kind, name in spec.raw_split_files(split).items()}
+        if ours:
+            _check_own_metadata(path["dataset"], data, seq_len, rows, cols, len(identifiers))
+        for kind, allowed in (("inputs", spec.INPUT_TOKENS), ("labels", spec.LABEL_TOKENS)):
+            _check_tokens(path[kind], kind, getattr(data, kind), allowed if ours else range(vocab_size))
+        for index, vehicle in enumerate(data.vehicle_types if ours else ()):
+            if vehicle not in identifiers[1:]:
                 raise UserError(
-                    f"{meta_path}: field '{key}' is {data.metadata.get(key)!r}, the files say {value}"
+                    f"{path['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {vehicle!r}"
                 )
-        if not math.isclose(
-            float(data.metadata["mean_puzzle_examples"]), data.num_examples / data.num_puzzles
-        ):
-            raise UserError(
-                f"{meta_path}: field 'mean_puzzle_examples' is {data.metadata['mean_puzzle_examples']}, the files say "
-                f"{data.num_examples / data.num_puzzles}"
-            )
-        _check_tokens(folder / names["inputs"], "inputs", data.inputs, spec.INPUT_TOKENS)
-        _check_tokens(folder / names["labels"], "labels", data.labels, spec.LABEL_TOKENS)
-        known = set(cost_model.identifiers()[1:])
-        for index, vehicle in enumerate(data.vehicle_types):
-            if vehicle not in known:
-                raise UserError(
-                    f"{folder / names['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {vehicle!r}"
-                )
+    summary = summary if isinstance(summary, dict) else {"summary": summary}
     return RawDataset(
-        folder,
-        SOURCE_GENERATOR,
-        splits,
-        identifiers,
-        summary,
-        seq_len,
-        spec.VOCAB_SIZE,
-        rows,
-        cols,
-        cost_model,
-        [],
+        folder, source, splits, identifiers, summary, seq_len, vocab_size, rows, cols, cost_model, issues
     )
 
 
-def _finish_original(
-    folder: Path,
-    summary: Any,
-    identifiers_path: Path,
-    identifiers: list[str],
-    splits: dict[str, RawSplit],
-) -> RawDataset:
-    """The original tool's files: fatal only what cannot be converted; note every claim the arrays contradict."""
-    issues: list[str] = []
-    seq_len = _same_across_splits(splits, folder)
-    side = math.isqrt(seq_len)
-    rows = cols = side if side * side == seq_len else None
-    _check_identifiers(identifiers_path, identifiers, splits, folder)
+def _check_own_metadata(
+    path: Path, data: RawSplit, seq_len: int, rows: int, cols: int, identifiers: int
+) -> None:
+    expected = {
+        "seq_len": seq_len,
+        "rows": rows,
+        "cols": cols,
+        "vocab_size": spec.VOCAB_SIZE,
+        "pad_id": spec.PAD,
+        "ignore_label_id": spec.PAD,
+        "blank_identifier_id": 0,
+        "num_puzzle_identifiers": identifiers,
+        "total_groups": data.num_groups,
+    }
+    for key, value in expected.items():
+        if data.metadata.get(key) != value:
+            raise UserError(f"{path}: field '{key}' is {data.metadata.get(key)!r}, the files say {value}")
+    mean = data.num_examples / data.num_puzzles
+    if not math.isclose(float(data.metadata["mean_puzzle_examples"]), mean):
+        raise UserError(
+            f"{path}: field 'mean_puzzle_examples' is {data.metadata['mean_puzzle_examples']}, the files say {mean}"
+        )
+
+
+def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, identifiers: int) -> list[str]:
+    """What the original tool's metadata claims against what its arrays hold, and its known flaws."""
+    issues = []
     for split, data in splits.items():
-        names = spec.raw_split_files(split)
-        meta_path = folder / names["dataset"]
-        _check_tokens(folder / names["inputs"], "inputs", data.inputs, range(ORIGINAL_VOCAB_SIZE))
-        _check_tokens(folder / names["labels"], "labels", data.labels, range(ORIGINAL_VOCAB_SIZE))
+        path = {kind: folder / name for kind, name in spec.raw_split_files(split).items()}
         claims = {
             "seq_len": seq_len,
             "vocab_size": ORIGINAL_VOCAB_SIZE,
-            "num_puzzle_identifiers": len(identifiers),
+            "num_puzzle_identifiers": identifiers,
             "total_groups": data.num_groups,
         }
         for key, real in claims.items():
             if data.metadata.get(key) != real:
                 issues.append(
-                    f"{meta_path}: field '{key}' claims {data.metadata.get(key)!r} but the files hold {real}"
+                    f"{path['dataset']}: field '{key}' claims {data.metadata.get(key)!r} but the files hold {real}"
                 )
         if (data.puzzle_identifiers == 0).all():
             issues.append(
-                f"{folder / names['puzzle_identifiers']}: every puzzle identifier is 0 (blank): the model is never told the vehicle"
+                f"{path['puzzle_identifiers']}: every puzzle identifier is 0 (blank): the model is never told the vehicle"
             )
         if (data.labels == 0).any():
-            rows_with_pad = int((data.labels == 0).any(axis=1).sum())
             issues.append(
-                f"{folder / names['labels']}: {rows_with_pad} labels hold 0, the ignore label: those cells drop out of the loss"
+                f"{path['labels']}: {int((data.labels == 0).any(axis=1).sum())} labels hold 0, the ignore label: "
+                "those cells drop out of the loss"
             )
         unknown = sorted(set(data.vehicle_types) - set(ORIGINAL_VEHICLES) - set(ORIGINAL_VEHICLES.values()))
         if unknown:
-            issues.append(f"{folder / names['vehicle_types']}: unknown vehicle types {unknown}")
-    issues.append(f"{folder}: written by the original tool: no cost model, routes cannot be re-checked")
-    return RawDataset(
-        folder,
-        SOURCE_ORIGINAL,
-        splits,
-        identifiers,
-        summary if isinstance(summary, dict) else {"summary": summary},
-        seq_len,
-        ORIGINAL_VOCAB_SIZE,
-        rows,
-        cols,
-        None,
-        issues,
-    )
+            issues.append(f"{path['vehicle_types']}: unknown vehicle types {unknown}")
+    return [*issues, f"{folder}: written by the original tool: no cost model, routes cannot be re-checked"]

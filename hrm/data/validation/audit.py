@@ -1,12 +1,7 @@
 """Audit of any 18-file set, ours or anyone's: findings with counts and examples from whatever can be read.
 
-The strict layers (JSON Schema per file, cross-file invariants) decide whether a file set can be scored by
-every compliance check. When a layer fails, its problems become findings here and every check that can
-still run on the parsed documents runs: counts against params and against the summary's own claims,
-inputs that carry different labels for the same puzzle identifier, identical and near-identical maps,
-vehicles whose labels are the same in every base, blank identifiers, the vocabulary and seq_len HRM will
-be told, labels that hide cells behind the ignore label. Checks that cannot run are listed with the reason
-and score 0. These checks also run on our own files, next to the full ones (`hrm.data.validation.compliance`).
+When a strict layer fails, every check that can still run on the parsed documents runs; the rest are listed as
+not run and score 0. The generic checks also run on our own files, beside compliance's full ones.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ BLANK_IDENTIFIER = "<blank>"
 
 def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
     """A check that could not run: listed with its reason, scored 0, failed."""
-    return Check.of(
+    return Check(
         name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
     )
 
@@ -61,43 +56,40 @@ def _examples(items: list[Any], limit: int = 3) -> str:
 # ---- the checks ------------------------------------------------------------------------------------------
 
 
+def _held(view: RawSplit) -> dict[str, int | None]:
+    """Examples and distinct base ids a split holds; None where its file is unreadable."""
+    bases = view.base_scenario_ids
+    return {
+        "examples": None if view.inputs is None else view.num_examples,
+        "bases": None if bases is None else len({str(b) for b in bases}),
+    }
+
+
 def count_checks(views: dict[str, RawSplit], expected_bases: dict[str, int], n_vehicles: int) -> list[Check]:
     """Examples and distinct base ids per split, against params (the same checks as on our own files)."""
     checks = []
     for split, view in views.items():
-        expected = expected_bases[split]
-        if "inputs" in view.unreadable:
-            reason = f"{view.files['inputs']}: {view.unreadable['inputs']}"
-            checks.append(
-                not_run(f"{split}_examples", "methodology", f"{split} examples vs params.yaml", reason)
-            )
-        else:
-            checks.append(
-                count_check(
-                    f"{split}_examples",
-                    "methodology",
-                    f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
-                    view.num_examples,
-                    expected * n_vehicles,
-                )
-            )
-        if view.base_scenario_ids is None:
-            reason = (
-                f"{view.files['base_scenario_ids']}: {view.unreadable.get('base_scenario_ids', 'unreadable')}"
-            )
-            checks.append(
-                not_run(f"{split}_bases", "methodology", f"{split} base scenarios vs params.yaml", reason)
-            )
-        else:
-            checks.append(
-                count_check(
-                    f"{split}_bases",
-                    "methodology",
-                    f"{split} base scenarios (params.yaml generate.{split}_bases)",
-                    len({str(b) for b in view.base_scenario_ids}),
-                    expected,
-                )
-            )
+        expected, held = expected_bases[split], _held(view)
+        wanted = {  # key -> (expected count, description, the file it needs, description when not run)
+            "examples": (
+                expected * n_vehicles,
+                f"{split} examples ({expected} bases x {n_vehicles} vehicles, params.yaml)",
+                "inputs",
+                f"{split} examples vs params.yaml",
+            ),
+            "bases": (
+                expected,
+                f"{split} base scenarios (params.yaml generate.{split}_bases)",
+                "base_scenario_ids",
+                f"{split} base scenarios vs params.yaml",
+            ),
+        }
+        for key, (count, description, kind, not_run_description) in wanted.items():
+            if held[key] is None:
+                reason = f"{view.files[kind]}: {view.unreadable.get(kind, 'unreadable')}"
+                checks.append(not_run(f"{split}_{key}", "methodology", not_run_description, reason))
+            else:
+                checks.append(count_check(f"{split}_{key}", "methodology", description, held[key], count))
     return checks
 
 
@@ -122,28 +114,19 @@ def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
     findings: list[tuple[str, int]] = []
     compared = 0
     for split, view in views.items():
-        held = {"examples": view.num_examples if view.inputs is not None else None}
-        held["bases"] = (
-            len({str(b) for b in view.base_scenario_ids}) if view.base_scenario_ids is not None else None
-        )
+        held = _held(view)
         for key, claim in _claims(summary, split).items():
             if held[key] is None:
                 continue
             compared += 1
             if claim != held[key]:
-                findings.append(
-                    (
-                        f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}",
-                        1,
-                    )
+                message = (
+                    f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}"
                 )
+                findings.append((message, 1))
     if not compared:
-        return not_run(
-            "summary_claims",
-            "methodology",
-            description,
-            f"{spec.RAW_SUMMARY_FILE} states no per-split counts",
-        )
+        reason = f"{spec.RAW_SUMMARY_FILE} states no per-split counts"
+        return not_run("summary_claims", "methodology", description, reason)
     return finding_check("summary_claims", "methodology", description, findings, compared)
 
 
@@ -164,23 +147,17 @@ def identifier_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
                 i for i, v in enumerate(values) if v is None or not str(v).strip() or v == BLANK_IDENTIFIER
             ]
             if blank:
-                findings.append(
-                    (
-                        f"{view.where(kind)}: {len(blank)} blank or missing entries, e.g. indices {_examples(blank)}",
-                        len(blank),
-                    )
-                )
+                message = f"{view.where(kind)}: {len(blank)} blank or missing entries, e.g. indices {_examples(blank)}"
+                findings.append((message, len(blank)))
         if view.example_identifier is not None:
             total += view.example_identifier.size
             blank = np.flatnonzero(view.example_identifier == 0).tolist()
             if blank:
-                findings.append(
-                    (
-                        f"{view.where('puzzle_identifiers')}: {len(blank)} examples have puzzle identifier 0 (blank): "
-                        f"the model is never told the vehicle, e.g. examples {_examples(blank)}",
-                        len(blank),
-                    )
+                message = (
+                    f"{view.where('puzzle_identifiers')}: {len(blank)} examples have puzzle identifier 0 (blank): "
+                    f"the model is never told the vehicle, e.g. examples {_examples(blank)}"
                 )
+                findings.append((message, len(blank)))
     if isinstance(identifiers, list):
         total += len(identifiers)
         blank = [
@@ -223,28 +200,17 @@ def conflicting_labels_check(views: dict[str, RawSplit]) -> Check:
         for i in range(view.num_examples):
             seen[(view.inputs[i].tobytes(), int(ids[i]))].setdefault(view.labels[i].tobytes(), (name, i))
     conflicts = [(key, labels) for key, labels in seen.items() if len(labels) > 1]
-    findings = []
+    failures = []
     for (_, identifier), labels in conflicts[:MAX_FAILURES_LISTED]:
         places = [f"{usable[s].where('inputs', i)} ({usable[s].about(i)})" for s, i in labels.values()]
-        findings.append(
-            (
-                f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}",
-                len(labels),
-            )
+        failures.append(
+            f"one input with puzzle identifier {identifier} carries {len(labels)} different labels: {_examples(places)}"
         )
-    extra = sum(len(labels) for _, labels in conflicts[MAX_FAILURES_LISTED:])
-    check = finding_check(
-        "conflicting_labels", "tokens", description, findings, sum(v.num_examples for v in usable.values())
-    )
-    check.failure_count += extra
-    if conflicts:
-        check.failures.insert(
-            0,
-            f"{len(conflicts)} inputs carry conflicting labels" + (f" ({'; '.join(notes)})" if notes else ""),
-        )
-        check.score = check.value = round(
-            max(0.0, 1 - check.failure_count / sum(v.num_examples for v in usable.values())), 6
-        )
+    total, bad = sum(v.num_examples for v in usable.values()), sum(len(labels) for _, labels in conflicts)
+    check = share_check("conflicting_labels", "tokens", description, failures, total, failure_count=bad)
+    if conflicts:  # a header above the (at most MAX_FAILURES_LISTED) conflicts listed
+        notes_text = f" ({'; '.join(notes)})" if notes else ""
+        check.failures.insert(0, f"{len(conflicts)} inputs carry conflicting labels{notes_text}")
     return check
 
 
@@ -286,22 +252,16 @@ def map_checks(
                 f"{usable[b].where('inputs', idx_b[j])} ({usable[b].about(idx_b[j])})"
                 for i, j in identical[:3]
             ]
-            findings.append(
-                (
-                    f"{len(identical)} pairs of base maps identical {where}, e.g. {'; '.join(examples)}",
-                    min(maps_involved, total),
-                )
-            )
+            message = f"{len(identical)} pairs of base maps identical {where}, e.g. {'; '.join(examples)}"
+            findings.append((message, min(maps_involved, total)))
         if len(near):
             i, j = near[0]
-            near_findings.append(
-                (
-                    f"{len(near)} pairs of base maps near-identical {where} (> {near_share:g} of cells equal), e.g. "
-                    f"{usable[a].where('inputs', idx_a[i])} and {usable[b].where('inputs', idx_b[j])}: "
-                    f"{share[i, j]:.3f} equal",
-                    len(near),
-                )
+            message = (
+                f"{len(near)} pairs of base maps near-identical {where} (> {near_share:g} of cells equal), e.g. "
+                f"{usable[a].where('inputs', idx_a[i])} and {usable[b].where('inputs', idx_b[j])}: "
+                f"{share[i, j]:.3f} equal"
             )
+            near_findings.append((message, len(near)))
     checks = [
         finding_check("identical_maps", "augmentation_quality", description, findings, max(total, 1)),
         finding_check(
@@ -371,12 +331,8 @@ def hrm_metadata_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
         if isinstance(rows, int) and isinstance(cols, int) and "seq_len" in facts:
             compared += 1
             if rows * cols != facts["seq_len"]:
-                findings.append(
-                    (
-                        f"{view.files['dataset']}: rows x cols = {rows} x {cols} but the grids hold {facts['seq_len']} cells",
-                        1,
-                    )
-                )
+                message = f"{view.files['dataset']}: rows x cols = {rows} x {cols} but the grids hold {facts['seq_len']} cells"
+                findings.append((message, 1))
     return finding_check("hrm_metadata", "tokens", description, findings, max(compared, 1))
 
 
@@ -394,13 +350,11 @@ def ignore_label_check(views: dict[str, RawSplit]) -> Check:
         rows = np.flatnonzero((view.labels == ignore).any(axis=1)).tolist()
         if rows:
             cells = int((view.labels == ignore).sum())
-            findings.append(
-                (
-                    f"{view.where('labels')}: {len(rows)} labels hold {cells} cells of the ignore label {ignore}, "
-                    f"e.g. examples {_examples(rows)}",
-                    len(rows),
-                )
+            message = (
+                f"{view.where('labels')}: {len(rows)} labels hold {cells} cells of the ignore label {ignore}, "
+                f"e.g. examples {_examples(rows)}"
             )
+            findings.append((message, len(rows)))
     if not total:
         return not_run("labels_cover_every_cell", "tokens", description, "no readable labels")
     return finding_check("labels_cover_every_cell", "tokens", description, findings, total)
@@ -477,11 +431,11 @@ def route_checks(views: dict[str, RawSplit], summary: Any) -> list[Check]:
             "checked against a vehicle's access rules or for optimality"
         )
     shape = _grid_shape(views, summary)
-    usable = {
-        n: v
-        for n, v in views.items()
+    usable = [
+        v
+        for v in views.values()
         if v.inputs is not None and v.labels is not None and v.example_identifier is not None
-    }
+    ]
     if not reason and shape is None:
         reason = "rows x cols unknown or not the grids' length"
     if not reason and not usable:
@@ -492,29 +446,26 @@ def route_checks(views: dict[str, RawSplit], summary: Any) -> list[Check]:
             not_run("route_optimal", "route_optimality", optimal_description, reason),
         ]
     rows, cols = shape
-    invalid: list[tuple[str, int]] = []
-    dearer: list[tuple[str, int]] = []
-    for view in usable.values():
+    invalid, dearer = [], []
+    for view in usable:
         facts = example_facts(view, table, rows, cols)
         for i in range(view.num_examples):
             where = f"{view.where('labels', i)} ({view.about(i)})"
             identifier = int(view.example_identifier[i])
             if not 0 < identifier < table.shape[0]:
-                invalid.append(
-                    (f"{where}: puzzle identifier {identifier} has no vehicle in the cost table", 1)
-                )
+                invalid.append(f"{where}: puzzle identifier {identifier} has no vehicle in the cost table")
             elif not facts.route_valid[i]:
-                invalid.append((f"{where}: invalid route: {facts.route_reason[i]}", 1))
+                invalid.append(f"{where}: invalid route: {facts.route_reason[i]}")
             else:
                 cost = routing.route_cost(
                     routing.cell_costs(view.inputs[i], table[identifier]), facts.paths[i]
                 )
                 if np.isfinite(facts.optimal_cost[i]) and cost != facts.optimal_cost[i]:
                     dearer.append(
-                        (f"{where}: route costs {cost} but the optimum is {int(facts.optimal_cost[i])}", 1)
+                        f"{where}: route costs {cost} but the optimum is {int(facts.optimal_cost[i])}"
                     )
-    total = sum(view.num_examples for view in usable.values())
+    total = sum(view.num_examples for view in usable)
     return [
-        finding_check("route_valid", "route_optimality", valid_description, invalid, total),
-        finding_check("route_optimal", "route_optimality", optimal_description, dearer, total),
+        share_check("route_valid", "route_optimality", valid_description, invalid, total),
+        share_check("route_optimal", "route_optimality", optimal_description, dearer, total),
     ]

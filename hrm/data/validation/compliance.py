@@ -1,17 +1,13 @@
-"""The compliance score of a routing dataset: every sub-check measured, weighted as in the seed report.
+"""The compliance score of a routing dataset: every sub-check measured, weighted by category (`validate.weights`).
 
-Categories and weights come from params (`validate.weights`): methodology (counts, base separation, 4
-variants per base), tokens (encoding, one start and one goal, no unexpected values, label = input + route),
-route optimality (every route valid, optimal and unique, re-checked by scipy's Dijkstra, not by the
-generator's A*) and augmentation quality (one base map per base, distinct vehicles, route diversity).
-A check marked critical fails the dataset whatever the score: the score measures how close a dataset is to
-the methodology, but a wrong label or a leaked test map is never acceptable.
+A critical check fails the dataset whatever the score: a wrong label or a leaked test map is never acceptable.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,53 +22,25 @@ MAX_FAILURES_LISTED = 5
 
 @dataclass
 class Check:
-    """One sub-check: what it measures, the value found, its score in [0, 1] and the first failures."""
+    """One sub-check: the value found, its score in [0, 1] and the first MAX_FAILURES_LISTED failures."""
 
     name: str
     category: str  # one of CATEGORIES, or "consistency" (critical only, not scored)
     description: str
     value: float
-    expected: str
     score: float
-    passed: bool
-    critical: bool
-    failures: list[str] = field(default_factory=list)
-    failure_count: int = 0
+    failures: list[str]
+    expected: str = "= 1.0"
+    critical: bool = True
+    failure_count: int | None = None  # default: one per failure message
+    passed: bool | None = None  # default: no failure
     not_run: str = ""  # why the check could not run (it then scores 0 and fails)
 
-    @classmethod
-    def of(
-        cls,
-        name: str,
-        category: str,
-        description: str,
-        value: float,
-        score: float,
-        failures: list[str],
-        expected: str = "= 1.0",
-        critical: bool = True,
-        count: int | None = None,
-        passed: bool | None = None,
-        not_run: str = "",
-    ) -> Check:
-        """From every failure message: the first MAX_FAILURES_LISTED are kept, failure_count is `count` (default
-        one per message), passed means no failure unless `passed` says otherwise; score rounded to 6 places."""
-        passed = not failures if passed is None else passed
-        count = len(failures) if count is None else count
-        kept = failures[:MAX_FAILURES_LISTED]
-        return cls(
-            name,
-            category,
-            description,
-            value,
-            expected,
-            round(score, 6),
-            passed,
-            critical,
-            kept,
-            count,
-            not_run,
-        )
+    def __post_init__(self) -> None:
+        self.passed = not self.failures if self.passed is None else self.passed
+        self.failure_count = len(self.failures) if self.failure_count is None else self.failure_count
+        self.failures = self.failures[:MAX_FAILURES_LISTED]
+        self.score = round(self.score, 6)
 
 
 def share_check(
@@ -84,13 +52,12 @@ def share_check(
     critical: bool = True,
     failure_count: int | None = None,
 ) -> Check:
-    """A check passed by every item: value = score = share of items without a failure (at least 0: a
-    problem not tied to one item, such as a count, may come on top of the items' own failures).
-    `failure_count`: items failed when a message covers several (the audit's findings); default one each."""
+    """value = score = share of `total` items without a failure (at least 0); `failure_count`: items failed
+    when a message covers several (the audit's findings)."""
     bad = len(failures) if failure_count is None else failure_count
-    share = max(0.0, 1.0 - bad / total) if total else 0.0
-    share = round(share, 6)
-    return Check.of(
+    share = round(max(0.0, 1.0 - bad / total), 6) if total else 0.0
+    passed = not failures and total > 0
+    return Check(
         name,
         category,
         description,
@@ -98,8 +65,8 @@ def share_check(
         share,
         failures,
         critical=critical,
-        count=bad,
-        passed=not failures and total > 0,
+        failure_count=bad,
+        passed=passed,
     )
 
 
@@ -107,7 +74,7 @@ def count_check(name: str, category: str, description: str, found: int, expected
     """Found must equal expected; the score shrinks with the ratio of the two."""
     score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
     failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
-    return Check.of(name, category, description, found, score, failures, expected=f"= {expected}")
+    return Check(name, category, description, found, score, failures, expected=f"= {expected}")
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -212,14 +179,45 @@ def _example_label(split: RawSplit, i: int, kind: str = "labels") -> str:
     return f"{split.where(kind, i)} (base {split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
 
 
-def _per_example(dataset, facts, predicate, describe) -> list[str]:
-    failures = []
+def _example_failures(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> dict[str, list[str]]:
+    """Failures of the per-example token and route checks, by check name, in example order."""
+    found: dict[str, list[str]] = defaultdict(list)
     for name, split in dataset.splits.items():
         f = facts[name]
         for i in range(split.num_examples):
-            if not predicate(f, i):
-                failures.append(describe(split, f, i))
-    return failures
+            label = _example_label(split, i)
+            if not f.n_start_input[i] == f.n_goal_input[i] == f.n_start_label[i] == f.n_goal_label[i] == 1:
+                found["one_start_one_goal"].append(
+                    f"{_example_label(split, i, 'inputs')}: {f.n_start_input[i]} start / {f.n_goal_input[i]} "
+                    f"goal cells in the input, {f.n_start_label[i]} / {f.n_goal_label[i]} in the label"
+                )
+            if f.unexpected_input[i] != 0 or f.unexpected_label[i] != 0:
+                found["no_unexpected_values"].append(_unexpected_message(split, i))
+            if f.bad_label_changes[i] != 0:
+                found["labels_are_input_plus_route"].append(
+                    _label_change_message(split, i, int(f.bad_label_changes[i]))
+                )
+            valid, reachable = f.route_valid[i], np.isfinite(f.optimal_cost[i])
+            optimal = valid and f.route_cost[i] == f.optimal_cost[i]
+            if not valid:
+                found["route_valid"].append(f"{label}: invalid route: {f.route_reason[i]}")
+            if not optimal:
+                why = (
+                    f"route costs {f.route_cost[i]:.0f} but the optimum is {f.optimal_cost[i]:.0f}"
+                    if valid and reachable
+                    else "the labelled route is invalid (see route_valid)"
+                    if reachable
+                    else "the goal is unreachable for this vehicle"
+                )
+                found["route_optimal"].append(f"{label}: {why}")
+            if not f.route_unique[i]:
+                why = (
+                    "another route has the same optimal cost (tie)"
+                    if optimal
+                    else "the labelled route is not an optimal one (see route_optimal)"
+                )
+                found["route_unique"].append(f"{label}: {why}")
+    return found
 
 
 def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
@@ -240,24 +238,15 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
     description = (
         "vocabulary and token table as specified (road token = class and congestion, vocab 24, PAD 0)"
     )
-    encoding = Check.of("encoding", "tokens", description, found, found, encoding_problems)
+    encoding = Check("encoding", "tokens", description, found, found, encoding_problems)
+    failures = _example_failures(dataset, facts)
     return [
         encoding,
         share_check(
             "one_start_one_goal",
             "tokens",
             "exactly one start and one goal in every input and label",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: (
-                    f.n_start_input[i] == f.n_goal_input[i] == f.n_start_label[i] == f.n_goal_label[i] == 1
-                ),
-                lambda s, f, i: (
-                    f"{_example_label(s, i, 'inputs')}: {f.n_start_input[i]} start / {f.n_goal_input[i]} "
-                    f"goal cells in the input, {f.n_start_label[i]} / {f.n_goal_label[i]} in the label"
-                ),
-            ),
+            failures["one_start_one_goal"],
             total,
         ),
         share_check(
@@ -265,24 +254,14 @@ def token_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Ch
             "tokens",
             f"inputs hold only tokens {spec.INPUT_TOKENS[0]}..{spec.INPUT_TOKENS[-1]}, labels only "
             f"{spec.LABEL_TOKENS[0]}..{spec.LABEL_TOKENS[-1]} (no PAD, no route token in inputs)",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.unexpected_input[i] == 0 and f.unexpected_label[i] == 0,
-                lambda s, f, i: _unexpected_message(s, i),
-            ),
+            failures["no_unexpected_values"],
             total,
         ),
         share_check(
             "labels_are_input_plus_route",
             "tokens",
             "each label equals its input except the route cells marked with the route token",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.bad_label_changes[i] == 0,
-                lambda s, f, i: _label_change_message(s, i, int(f.bad_label_changes[i])),
-            ),
+            failures["labels_are_input_plus_route"],
             total,
         ),
     ]
@@ -312,60 +291,13 @@ def _label_change_message(split: RawSplit, i: int, count: int) -> str:
 
 def route_checks(dataset: RawDataset, facts: dict[str, ExampleFacts]) -> list[Check]:
     total = sum(split.num_examples for split in dataset.splits.values())
-    return [
-        share_check(
-            "route_valid",
-            "route_optimality",
-            "every label's route connects start to goal as one simple path over cells the vehicle may enter",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_valid[i],
-                lambda s, f, i: f"{_example_label(s, i)}: invalid route: {f.route_reason[i]}",
-            ),
-            total,
-        ),
-        share_check(
-            "route_optimal",
-            "route_optimality",
-            "every route's cost equals the optimum found by scipy's Dijkstra with the summary's cost table",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i],
-                lambda s, f, i: (
-                    f"{_example_label(s, i)}: "
-                    + (
-                        f"route costs {f.route_cost[i]:.0f} but the optimum is {f.optimal_cost[i]:.0f}"
-                        if f.route_valid[i] and np.isfinite(f.optimal_cost[i])
-                        else "the labelled route is invalid (see route_valid)"
-                        if np.isfinite(f.optimal_cost[i])
-                        else "the goal is unreachable for this vehicle"
-                    )
-                ),
-            ),
-            total,
-        ),
-        share_check(
-            "route_unique",
-            "route_optimality",
-            "every optimum is unique (no other route of the same cost)",
-            _per_example(
-                dataset,
-                facts,
-                lambda f, i: f.route_unique[i],
-                lambda s, f, i: (
-                    f"{_example_label(s, i)}: "
-                    + (
-                        "another route has the same optimal cost (tie)"
-                        if f.route_valid[i] and f.route_cost[i] == f.optimal_cost[i]
-                        else "the labelled route is not an optimal one (see route_optimal)"
-                    )
-                ),
-            ),
-            total,
-        ),
-    ]
+    failures = _example_failures(dataset, facts)
+    descriptions = {
+        "route_valid": "every label's route connects start to goal as one simple path over cells the vehicle may enter",
+        "route_optimal": "every route's cost equals the optimum found by scipy's Dijkstra with the summary's cost table",
+        "route_unique": "every optimum is unique (no other route of the same cost)",
+    }
+    return [share_check(n, "route_optimality", d, failures[n], total) for n, d in descriptions.items()]
 
 
 def _group_rows(split: RawSplit) -> list[np.ndarray]:
@@ -474,6 +406,14 @@ def group_checks(
     return checks, figures
 
 
+def first_index(keys: Iterable[Any]) -> dict[Any, int]:
+    """Each key -> the index of its first occurrence, in order of first occurrence."""
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
+
+
 def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list[int]]:
     """One input grid per group (its first example) and that example's index; `per_base` (the audit, where
     groups may be unreadable): per base id, or per example when base ids are unreadable too."""
@@ -485,10 +425,7 @@ def base_maps(split: RawSplit, per_base: bool = False) -> tuple[np.ndarray, list
             if split.base_scenario_ids is None
             else map(str, split.base_scenario_ids)
         )
-    first: dict[Any, int] = {}
-    for i, key in enumerate(keys):
-        first.setdefault(key, i)
-    firsts = sorted(first.values())
+    firsts = sorted(first_index(keys).values())
     return split.inputs[firsts], firsts
 
 
@@ -519,44 +456,38 @@ def leakage_checks(
     from hrm.data.conversion.augment import TRANSFORMS, transform_grids
 
     train, test = dataset.splits["train"], dataset.splits["test"]
-    first_index = {}
-    for i, base in enumerate(train.base_scenario_ids):
-        first_index.setdefault(base, i)
-    overlap = []
-    seen = set()
-    for j, base in enumerate(test.base_scenario_ids):
-        if base in first_index and base not in seen:
-            seen.add(base)
-            overlap.append(
-                f"base {base} is in both {train.where('base_scenario_ids', first_index[base])} and "
-                f"{test.where('base_scenario_ids', j)}"
-            )
+    train_first = first_index(train.base_scenario_ids)
+    overlap = [
+        f"base {base} is in both {train.where('base_scenario_ids', train_first[base])} and "
+        f"{test.where('base_scenario_ids', j)}"
+        for base, j in first_index(test.base_scenario_ids).items()
+        if base in train_first
+    ]
     train_grids: dict[bytes, tuple[int, int]] = {}
     for t in transforms:
         grids = train.inputs if t == 0 else transform_grids(train.inputs, dataset.rows, dataset.cols, t)
         for i in range(train.num_examples):
             train_grids.setdefault(grids[i].tobytes(), (i, t))
-    identical, test_seen = [], set()
-    for j in range(test.num_examples):
-        key = test.inputs[j].tobytes()
-        if key in train_grids and key not in test_seen:
-            test_seen.add(key)
+    test_grids = first_index(grid.tobytes() for grid in test.inputs)
+    identical = []
+    for key, j in test_grids.items():
+        if key in train_grids:
             i, t = train_grids[key]
             identical.append(
-                f"{test.where('inputs', j)} (base {test.base_scenario_ids[j]}) is identical to {train.where('inputs', i)} "
-                f"(base {train.base_scenario_ids[i]})"
+                f"{test.where('inputs', j)} (base {test.base_scenario_ids[j]}) is identical to "
+                f"{train.where('inputs', i)} (base {train.base_scenario_ids[i]})"
                 + (f" under {TRANSFORMS[t]} (convert.augment)" if t else "")
             )
     test_bases = len(set(test.base_scenario_ids))
     score = 1 - len(overlap) / test_bases if test_bases else 0.0
     description = "no base scenario id in both splits"
-    overlap_check = Check.of("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
-    test_maps = len({test.inputs[j].tobytes() for j in range(test.num_examples)})
+    overlap_check = Check("base_overlap", "methodology", description, len(overlap), score, overlap, "= 0")
+    test_maps = len(test_grids)
     description = "no input grid of the test split also in the train split" + (
         f" under any of its {len(transforms)} trained symmetries" if len(transforms) > 1 else ""
     )
     score = 1 - len(identical) / test_maps if test_maps else 0.0
-    identical_check = Check.of(
+    identical_check = Check(
         "identical_grids_across_splits", "methodology", description, len(identical), score, identical, "= 0"
     )
 
@@ -677,24 +608,18 @@ def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> 
 def _rule_check(name: str, description: str, found: float, required: float, failures: list[str]) -> Check:
     """A `generate.difficulty` share: scored by how close it comes, not critical."""
     score = 1.0 if required == 0 else min(1.0, found / required)
-    return Check.of(
+    return Check(
         name, "augmentation_quality", description, found, score, failures, f">= {required:g}", critical=False
     )
 
 
 def difficulty_checks(
-    dataset: RawDataset,
-    facts: dict[str, ExampleFacts],
-    min_detour: int,
-    min_detour_share: float,
-    min_distinct_routes: int,
-    min_distinct_share: float,
+    dataset: RawDataset, facts: dict[str, ExampleFacts], rules: Any
 ) -> tuple[list[Check], dict[str, Any]]:
-    """The `generate.difficulty` rules re-measured on the labels (not read from the summary): per split, the
-    share of examples whose route has a detour >= min_detour cells, and of bases with >= min_distinct_routes
-    distinct routes; plus the detour histogram, monotone share and turns, overall and per vehicle.
-    Not critical: they measure how much search the data needs, not whether a label is right. An invalid
-    route counts as no detour (route_valid reports it)."""
+    """`generate.difficulty` (`rules`: generate.DifficultyParams) re-measured on the labels, with detour and
+    turn figures per split and per vehicle. Not critical; an invalid route counts as no detour."""
+    min_detour, min_detour_share = rules.min_detour, rules.min_detour_share
+    min_distinct_routes, min_distinct_share = rules.min_distinct_routes, rules.min_distinct_share
     cols = dataset.cols
     figures: dict[str, Any] = {
         "rules": {"min_detour": min_detour, "min_distinct_routes": min_distinct_routes}

@@ -1,7 +1,7 @@
 """Do the summary file and the HRM layout (`paths.hrm`) agree with the raw files and with params?
 
-Both are critical, unscored checks: a summary whose costs differ from the labels cannot be used to re-check
-them, and an HRM layout that differs from the raw files trains a model on data nobody validated.
+Critical, unscored checks: a summary whose costs differ cannot re-check the labels, and a layout that differs
+trains a model on data nobody validated.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from hrm.data import spec
 from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts
-from hrm.data.validation.compliance import Check, share_check
+from hrm.data.validation.compliance import Check, first_index, share_check
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,
@@ -147,9 +147,7 @@ def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
     if records is None:
         return []
     split = dataset.splits[split_name]
-    first_example = {}
-    for i, base in enumerate(split.base_scenario_ids):
-        first_example.setdefault(base, i)
+    first_example = first_index(split.base_scenario_ids)
     problems = []
     for k, record in enumerate(records):
         i = first_example.get(record["base_scenario_id"])
@@ -167,19 +165,10 @@ def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
     return problems
 
 
-def _load_json(path: Path, problems: list[str]) -> Any:
+def _load(path: Path, problems: list[str], npy: bool = False) -> Any:
+    """The document or array at `path`, or None with the problem noted."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"{path}: missing (run the convert stage)")
-    except (OSError, ValueError) as err:
-        problems.append(f"{path}: unreadable ({err})")
-    return None
-
-
-def _load_npy(path: Path, problems: list[str]) -> np.ndarray | None:
-    try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False) if npy else json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         problems.append(f"{path}: missing (run the convert stage)")
     except (OSError, ValueError) as err:
@@ -195,7 +184,7 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
 def _layout_split_problems(split: RawSplit, folder: Path, problems: list[str]) -> int:
     """One split folder of the HRM layout against the raw split: metadata, each array's dtype, shape and
     values, the base numbering; appends to `problems`, returns the number of items compared."""
-    metadata = _load_json(folder / "dataset.json", problems)
+    metadata = _load(folder / "dataset.json", problems)
     if metadata is not None:
         for key in HRM_METADATA_FIELDS:
             if metadata.get(key) != split.metadata[key]:
@@ -213,7 +202,7 @@ def _layout_split_problems(split: RawSplit, folder: Path, problems: list[str]) -
     }
     for array_name, expected in expected_arrays.items():
         path = folder / f"all__{array_name}.npy"
-        array = _load_npy(path, problems)
+        array = _load(path, problems, npy=True)
         if array is None:
             continue
         dtype = HRM_ARRAYS.get(array_name, HRM_EXTRA_DTYPE)
@@ -227,7 +216,7 @@ def _layout_split_problems(split: RawSplit, folder: Path, problems: list[str]) -
                 f"{split.files.get(array_name, split.files['puzzle_identifiers'])}"
             )
     path = folder / "all__base_scenario_ids.npy"
-    bases = _load_npy(path, problems)
+    bases = _load(path, problems, npy=True)
     if bases is not None:
         if bases.dtype != HRM_EXTRA_DTYPE or bases.shape != (split.num_examples,):
             problems.append(
@@ -253,12 +242,12 @@ def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
         problems.append(f"{hrm_dir}: HRM layout folder not found (run the convert stage)")
     else:
         items += 2
-        identifiers = _load_json(hrm_dir / "identifiers.json", problems)
+        identifiers = _load(hrm_dir / "identifiers.json", problems)
         if identifiers is not None and identifiers != dataset.identifiers:
             problems.append(
                 f"{hrm_dir / 'identifiers.json'}: {identifiers} differs from {spec.RAW_IDENTIFIERS_FILE}"
             )
-        routing_doc = _load_json(hrm_dir / spec.HRM_ROUTING_FILE, problems)
+        routing_doc = _load(hrm_dir / spec.HRM_ROUTING_FILE, problems)
         if routing_doc is not None:
             expected = dict(dataset.summary["cost_model"], rows=dataset.rows, cols=dataset.cols)
             if routing_doc != expected:

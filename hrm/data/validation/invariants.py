@@ -1,9 +1,5 @@
-"""Cross-file invariants of the 18 raw files, checked by validate before it builds their arrays.
-
-A file set that breaks one of these cannot be read as a dataset at all (lengths disagree, indices point
-outside the arrays, a token the metadata's vocabulary lacks), so every break is collected and raised as one
-UserError naming file, field and index; validate then audits the files (`hrm.data.validation.audit`), each break a finding.
-Files that keep them become the one in-memory form of the 18 files, `raw.RawDataset` (via `raw.read_split`).
+"""Cross-file invariants of the 18 raw files (every break collected, one UserError), checked before validate
+builds `raw.RawDataset`; `read_checked` reads any file set once, with every problem of every layer.
 """
 
 from __future__ import annotations
@@ -162,16 +158,16 @@ def build_dataset(files: raw.RawFiles) -> RawDataset:
         raise UserError(f"{len(problems)} cross-file problem(s):\n  " + "\n  ".join(problems))
     meta = split_docs[first]["dataset"]
     return RawDataset(
-        folder=files.folder,
-        source=source,
-        splits=splits,
-        identifiers=list(identifiers),
-        summary=summary,
-        seq_len=meta["seq_len"],
-        vocab_size=meta["vocab_size"],
-        rows=meta["rows"],
-        cols=meta["cols"],
-        cost_model=None,
+        files.folder,
+        source,
+        splits,
+        list(identifiers),
+        summary,
+        meta["seq_len"],
+        meta["vocab_size"],
+        meta["rows"],
+        meta["cols"],
+        None,
     )
 
 

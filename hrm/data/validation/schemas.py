@@ -1,8 +1,7 @@
-"""Reading the 18 raw files and checking each against its JSON Schema (draft 2020-12) in `schemas/`.
+"""Each of the 18 raw files against its JSON Schema (draft 2020-12) in `schemas/`.
 
-The schemas are the authority on each file's shape. Grid files hold ~1.5 million integers, which jsonschema
-checks at ~60k items/s (25 s per file); so grid files first go through an exact, fast equivalent of their
-schema (`grid_list_conforms`), and only a file that fails it is run through jsonschema, to report where.
+jsonschema checks ~60k items/s (25 s per grid file), so grid files first go through an exact, fast
+equivalent (`grid_list_conforms`); only one that fails it goes through jsonschema, to report where.
 """
 
 from __future__ import annotations
@@ -20,32 +19,19 @@ from hrm.io import UserError
 
 MAX_ERRORS_PER_FILE = 5
 
+GRID_KINDS = ("inputs", "labels")
 # file kind -> schema file; the kinds of `spec.raw_split_files` plus the two global files
 SCHEMA_FILES = {
-    "dataset": "dataset.schema.json",
-    "inputs": "grids.schema.json",
-    "labels": "grids.schema.json",
-    "puzzle_identifiers": "puzzle_identifiers.schema.json",
-    "puzzle_indices": "puzzle_indices.schema.json",
-    "group_indices": "group_indices.schema.json",
-    "base_scenario_ids": "base_scenario_ids.schema.json",
-    "vehicle_types": "vehicle_types.schema.json",
-    "identifiers": "identifiers.schema.json",
-    "summary": "summary.schema.json",
+    kind: ("grids" if kind in GRID_KINDS else kind) + ".schema.json"
+    for kind in (*spec.raw_split_files(spec.SPLITS[0]), "identifiers", "summary")
 }
-GRID_KINDS = ("inputs", "labels")
 GRID_TOKEN_MAX = 255  # grids.schema.json's bound (uint8 arrays in HRM's layout)
 
 
 def raw_file_kinds() -> dict[str, str]:
     """The 18 file names, each mapped to its kind (a key of SCHEMA_FILES)."""
-    kinds = {}
-    for split in spec.SPLITS:
-        for kind, name in spec.raw_split_files(split).items():
-            kinds[name] = kind
-    kinds[spec.RAW_IDENTIFIERS_FILE] = "identifiers"
-    kinds[spec.RAW_SUMMARY_FILE] = "summary"
-    return kinds
+    kinds = {name: kind for split in spec.SPLITS for kind, name in spec.raw_split_files(split).items()}
+    return kinds | {spec.RAW_IDENTIFIERS_FILE: "identifiers", spec.RAW_SUMMARY_FILE: "summary"}
 
 
 @cache

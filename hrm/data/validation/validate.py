@@ -1,11 +1,7 @@
-"""The validate stage: schemas, cross-file invariants, Pandera, compliance score, leakage, report and PNG.
+"""The validate stage: schemas, cross-file invariants, compliance score, leakage, reports and PNG.
 
-Order: read and schema-check the 18 files, then their cross-file invariants; then every compliance check,
-scored with params' weights. Files that fail either strict layer (anyone's 18 files: the original tool's,
-a hand-edited set) are audited instead (`hrm.data.validation.audit`): the layer's problems become findings, every check
-that can still run on what the files hold runs, the rest are listed as not run and score 0. Reports are
-written (each file atomically) whatever the outcome, so a failing dataset leaves a readable explanation; the
-stage then exits non-zero below the threshold or on any critical failure.
+Files that fail a strict layer are audited instead (`audit`). Reports are written (each atomically) whatever the
+outcome; the stage then exits non-zero below the threshold or on any critical failure.
 """
 
 from __future__ import annotations
@@ -146,14 +142,8 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
     if settings.hrm_dir is not None:
         checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
         checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
-    rules = settings.generate.difficulty
     difficulty, difficulty_figures = compliance.difficulty_checks(
-        dataset,
-        facts,
-        rules.min_detour,
-        rules.min_detour_share,
-        rules.min_distinct_routes,
-        rules.min_distinct_share,
+        dataset, facts, settings.generate.difficulty
     )
     checks.extend(difficulty)
     figures = {
@@ -196,22 +186,14 @@ def _audit(settings: ValidateSettings, reading: Reading, began: float) -> Valida
         )
     ]
     if file_problems:
-        checks.append(
-            audit.not_run(
-                "structure",
-                "methodology",
-                "cross-file invariants hold",
-                "the files fail their schemas (file_schemas)",
-            )
-        )
+        reason = "the files fail their schemas (file_schemas)"
+        checks.append(audit.not_run("structure", "methodology", "cross-file invariants hold", reason))
     else:
+        description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
+        findings = [(problem, 1) for problem in structure_problems]
         checks.append(
             audit.finding_check(
-                "structure",
-                "methodology",
-                "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)",
-                [(problem, 1) for problem in structure_problems],
-                max(len(structure_problems), 1),
+                "structure", "methodology", description, findings, max(len(structure_problems), 1)
             )
         )
     checks += audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
@@ -514,9 +496,7 @@ def write_reports(validation: Validation, settings: ValidateSettings) -> list[Pa
         if data is not None:
             io.atomic_write_bytes(settings.reports_dir / name, data)
             written.append(settings.reports_dir / name)
-    if (
-        validation.dataset is None
-    ):  # an audited file set: a figure of another data set must not stay beside it
+    if validation.dataset is None:  # audited files: a figure of another data set must not stay beside them
         (settings.reports_dir / REPORT_PNG).unlink(missing_ok=True)
     return written
 
