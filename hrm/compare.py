@@ -149,22 +149,18 @@ def plan(
 
     runs = []
     for variant in variants:
+        tag, items = _variant_tag(variant), tuple(sorted(variant.items()))
         for arch in archs:
             merged = {**flatten(profile_overrides(params, profile, arch)), **variant}
             first_seed = int(merged.get("train.seed", params.get("train", {}).get("seed", 0)))
             first_data = int(merged.get("generate.seed", params.get("generate", {}).get("seed", 0)))
             for i in range(seeds):
-                seed = first_seed + i
+                seed, data_seed = first_seed + i, first_data + i if data_seeds else None
                 overrides = {**merged, "arch.name": arch, "train.seed": seed}
                 if data_seeds:
-                    overrides["generate.seed"] = first_data + i
-                run_name = (
-                    f"{prefix}-{arch}-s{seed}" + (f"-d{i}" if data_seeds else "") + _variant_tag(variant)
-                )
-                data_seed = overrides.get("generate.seed") if data_seeds else None
-                runs.append(
-                    Planned(run_name, arch, seed, data_seed, tuple(sorted(variant.items())), overrides)
-                )
+                    overrides["generate.seed"] = data_seed
+                run_name = f"{prefix}-{arch}-s{seed}" + (f"-d{i}" if data_seeds else "") + tag
+                runs.append(Planned(run_name, arch, seed, data_seed, items, overrides))
     return runs
 
 
@@ -408,10 +404,7 @@ def group_stats(
     out = []
     for (variant, arch), members in groups.items():
         ok = [r for r in members if r["state"] == "success"]
-        stats = {
-            **_describe_each([r["metrics"] for r in ok], METRICS),
-            **_describe_each([r["timing"] for r in ok], TIMING),
-        }
+        stats = _describe_each([{**r["metrics"], **r["timing"]} for r in ok], [*METRICS, *TIMING])
         per_vehicle = {v: _describe_each([r["vehicles"].get(v, {}) for r in ok], METRICS) for v in vehicles}
         monotone = (monotone_baseline or {}).get("route_optimal_rate", {}).get("mean")
         out.append(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm.data.colours import TOKEN_LEGEND
+from hrm.evaluation.plots import segment_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1180px;color:#222;
@@ -115,22 +116,15 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
 
 
 def segments_table(results: dict[str, dict[str, Any]]) -> str:
-    counts = sorted({int(k) for m in results.values() for k in m["segments"]})
-    header = ["segments"]
-    for split, metrics in results.items():
-        header.append(f"{split} exact")
-        if "route_optimal_rate" in metrics:
-            header.append(f"{split} route optimal")
-    rows = []
-    for k in counts:
-        cells = [str(k)]
-        for metrics in results.values():
-            values = metrics["segments"].get(str(k), {})
-            cells.append(fmt(values.get("exact_accuracy")))
-            if "route_optimal_rate" in metrics:
-                cells.append(fmt(values.get("route_optimal_rate")))
-        rows.append((cells, False))
-    return table(header, rows)
+    """plots.segment_rows as a table: exact (and route optimal where scored) per split and segment count."""
+    names = {"exact_accuracy": "exact", "route_optimal_rate": "route optimal"}
+    columns = [(s, n) for s, m in results.items() for n in names if n == "exact_accuracy" or n in m]
+    header = ["segments"] + [f"{split} {names[name]}" for split, name in columns]
+    rows = segment_rows(results)
+    return table(
+        header,
+        [([str(row["segments"])] + [fmt(row.get(f"{s}_{n}")) for s, n in columns], False) for row in rows],
+    )
 
 
 def render_report(
