@@ -45,7 +45,7 @@ def segment_flops_of(flat_params: dict[str, Any]) -> float:
 
 
 def run_curve(
-    read: Callable[[str], str | None], train_log: str, global_batch: int, flops_per_segment: float
+    read: Callable[[str], str | None], train_log: str, global_batch_size: int, flops_per_segment: float
 ) -> list[dict[str, Any]]:
     """The eval points of one run with their compute. `read(path)` gives a dvclive file's text or None."""
     from hrm.evaluation.plots import tsv_points
@@ -60,8 +60,10 @@ def run_curve(
     points = []
     for step in sorted(set().union(*(m.keys() for m in metrics.values()))):
         # rows that halted at step s start new examples at step s + 1
-        started = None if counts is None else global_batch + sum(v for s, v in counts.items() if s < step)
-        point = {"step": step, "samples": started, "segments": step * global_batch}
+        started = (
+            None if counts is None else global_batch_size + sum(v for s, v in counts.items() if s < step)
+        )
+        point = {"step": step, "samples": started, "segments": step * global_batch_size}
         point["flops"] = point["segments"] * flops_per_segment
         point.update({key: metrics.get(key, {}).get(step) for key, _ in CURVE_METRICS})
         points.append(point)

@@ -1,11 +1,7 @@
-"""`hrm compare`: every arch x seed (x `--set` variant) as a DVC experiment on DVC's own queue, then mean, sd,
-min and max per arch, each number traceable to the experiments (name and git rev) it came from.
-
-One run is not an answer: the quick profile moves by several points with the seed or the machine. Each run is
-queued as `dvc exp run --queue -n <name> -S ...`, `dvc queue start --jobs N` runs them, and everything is read
-back from `dvc exp show --json` (metrics) and the experiments' git commits (learning curves). DVC is the state:
-a second call reuses finished experiments, waits for queued or running ones (a Ctrl-C'ed call) and queues only
-what is missing or failed.
+"""`hrm compare`: every arch x seed (x `--set` variant) as a DVC experiment on DVC's own queue, then mean, sd, min
+and max per arch, each number traceable to its experiments (name and git rev): one run is not an answer, the quick
+profile moves by several points with the seed or the machine. DVC is the state: a second call reuses finished
+experiments, waits for queued or running ones (a Ctrl-C'ed call) and queues only what is missing or failed.
 """
 
 from __future__ import annotations
@@ -674,13 +670,7 @@ def collect(
         record = run_record(run, experiment, paths, vehicles, reused=run.name in reused)
         record["curve"] = []
         if curves and record["state"] == "success":
-            compute = record["compute"]
-            record["curve"] = run_curve(
-                git_reader(record["rev"]),
-                paths["train_log"],
-                compute["global_batch_size"],
-                compute["flops_per_segment"],
-            )
+            record["curve"] = run_curve(git_reader(record["rev"]), paths["train_log"], **record["compute"])
         records.append(record)
     return records
 

@@ -123,6 +123,7 @@ class SplitResult:
     final: M.ExampleScores
     optimum: np.ndarray | None
     vehicles: list[str]  # the per-vehicle metric keys (none for a single identifier)
+    run: SegmentRun
 
 
 def metric_key(name: str, identifier: int) -> str:
@@ -182,7 +183,7 @@ def evaluate_split(
         if BLIND_VEHICLE in names:
             blind = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
             result["vehicle_blind"] = rates(score(blind))
-    return SplitResult(result, final, optimum, vehicles)
+    return SplitResult(result, final, optimum, vehicles, run)
 
 
 def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size: int, device: Any) -> Any:
@@ -242,11 +243,10 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
     halt_max_steps = int(head.model.eval_segments)  # the transformer baseline predicts in one segment
     segments = list(settings["segments"])
-    runs = {
-        name: run_segments(head, data, batch_size, halt_max_steps, segments, device, progress=progress)
-        for name, data in splits.items()
-    }
-    results = {name: evaluate_split(data, runs[name], names, task) for name, data in splits.items()}
+    results = {}
+    for name, data in splits.items():
+        run = run_segments(head, data, batch_size, halt_max_steps, segments, device, progress=progress)
+        results[name] = evaluate_split(data, run, names, task)
     context = {
         "checkpoint": str(paths["model"]),
         "data": str(data_root),
@@ -256,14 +256,13 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
         "examples": ", ".join(f"{n} {len(d)}" for n, d in splits.items()),
         "device": str(device),
     }
-    write_reports(paths, splits, runs, results, names, task, int(settings["route_map_examples"]), context)
+    write_reports(paths, splits, results, names, task, int(settings["route_map_examples"]), context)
     return {name: result.metrics for name, result in results.items()}
 
 
 def write_reports(
     paths: dict[str, Any],
     splits: dict[str, SplitData],
-    runs: dict[str, SegmentRun],
     results: dict[str, SplitResult],
     names: list[str],
     task: M.RouteTask | None,
@@ -276,14 +275,14 @@ def write_reports(
 
     metrics = {name: result.metrics for name, result in results.items()}
     vehicles = {name: result.vehicles for name, result in results.items()}
-    halt_max_steps = runs["test"].halt_max_steps
+    halt_max_steps = results["test"].run.halt_max_steps
     with staged_directory(Path(paths["eval_reports"])) as staging:
         atomic_write_json(staging / "metrics.json", metrics, indent=2)
         plot_dir, figure_dir = staging / "plots", staging / "figures"
         plot_dir.mkdir()
         figure_dir.mkdir()
         segment_rows = plots.segment_rows(metrics)
-        step_rows = plots.act_step_rows({n: r.halt_steps for n, r in runs.items()}, halt_max_steps)
+        step_rows = plots.act_step_rows({n: r.run.halt_steps for n, r in results.items()}, halt_max_steps)
         vehicle_rows = {n: plots.vehicle_rows(metrics[n], vehicles[n]) for n in splits}
         atomic_write_json(plot_dir / "segments.json", segment_rows, indent=1)
         atomic_write_json(plot_dir / "vehicles.json", vehicle_rows["test"], indent=1)
@@ -300,9 +299,7 @@ def write_reports(
             figures["training"] = figure_dir / "training_curves.png"
         route_maps = []
         if task is not None and n_maps > 0 and len(splits["test"]):
-            route_maps = _route_maps(
-                splits["test"], results["test"], runs["test"], names, task, n_maps, figure_dir
-            )
+            route_maps = _route_maps(splits["test"], results["test"], names, task, n_maps, figure_dir)
         page = report.render_report(
             results=metrics,
             vehicles=vehicles,
@@ -316,13 +313,7 @@ def write_reports(
 
 
 def _route_maps(
-    data: SplitData,
-    result: SplitResult,
-    run: SegmentRun,
-    names: list[str],
-    task: M.RouteTask,
-    count: int,
-    folder: Path,
+    data: SplitData, result: SplitResult, names: list[str], task: M.RouteTask, count: int, folder: Path
 ) -> list[tuple[Path, str]]:
     """`count` examples (half of them, rounded up, not optimal) drawn as route maps: (PNG, caption)."""
     from hrm.evaluation import plots
@@ -339,7 +330,7 @@ def _route_maps(
         base = f", base {int(data.base_ids[index])}" if data.base_ids is not None else ""
         where = f"test example {index}{base}, {names[int(data.identifiers[index])]}"
         path = folder / f"route_map_{rank:02d}.png"
-        grids = (data.inputs[index], data.labels[index], run.final_preds[index])
+        grids = (data.inputs[index], data.labels[index], result.run.final_preds[index])
         captions = (f"cost {optimum:.0f}" if np.isfinite(optimum) else "no route", textwrap.fill(verdict, 55))
         plots.plot_route_map(path, where, grids, captions, task.rows, task.cols)
         maps.append((path, f"{where}: {verdict}"))
