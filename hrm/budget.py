@@ -1,19 +1,15 @@
 """Budget curves: what a run scored on the test split against the training compute it had spent to get there.
 
-With a constant learning rate after warmup (`train.lr_min_ratio: 1.0`, the paper's) one long run that
-evaluates often gives the whole curve: its eval at step t is a run of budget t. Three compute axes, each
-exact for the run that happened:
-- samples: examples started, the global batch at step 1 plus every row that halted before (train/count):
-  HRM and TRM spend several ACT segments on one example, the transformer one;
-- segments: row-segments run, step x global batch (each step runs one segment of every row);
-- FLOPs: segments x `hrm.models.flops.segment_flops` of the architecture that ran (formula there).
+With a constant learning rate after warmup (`train.lr_min_ratio: 1.0`, the paper's) one long run that evaluates
+often gives the whole curve: its eval at step t is a run of budget t. Three compute axes, each exact for the run:
+samples (examples started: the global batch at step 1 plus every row that halted before, train/count; HRM and TRM
+spend several ACT segments on one example, the transformer one), segments (step x global batch: each step runs one
+segment of every row) and FLOPs (segments x `hrm.models.flops.segment_flops` of the architecture that ran).
 Baselines (best monotone path, vehicle-blind, copy the input) are the runs' own evaluate-stage metrics.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,51 +40,31 @@ def segment_flops_of(flat_params: dict[str, Any]) -> float:
     arch["forward_dtype"] = "float32"  # the count does not depend on it; "auto" would ask for a device
     generate = {k: flat_params[f"generate.{k}"] for k in ("rows", "cols", "vehicles", "train_bases")}
     metadata = metadata_for_settings(generate)
-    config = ModelConfig.from_arch(
-        arch,
-        seq_len=metadata["seq_len"],
-        vocab_size=metadata["vocab_size"],
-        num_puzzle_identifiers=metadata["num_puzzle_identifiers"],
-        batch_size=1,
-    )
-    return segment_flops(config).total
-
-
-def parse_tsv(text: str, column: str) -> dict[int, float]:
-    """A dvclive TSV (step, value, ...) -> {step: value}; rows that do not parse are skipped."""
-    points = {}
-    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-        try:
-            points[int(row["step"])] = float(row[column])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return points
+    sizes = {k: metadata[k] for k in ("seq_len", "vocab_size", "num_puzzle_identifiers")}
+    return segment_flops(ModelConfig.from_arch(arch, batch_size=1, **sizes)).total
 
 
 def run_curve(
-    read: Callable[[str], str | None], train_log: str, global_batch: int, flops_per_segment: float
+    read: Callable[[str], str | None], train_log: str, global_batch_size: int, flops_per_segment: float
 ) -> list[dict[str, Any]]:
     """The eval points of one run with their compute. `read(path)` gives a dvclive file's text or None."""
-    metrics = {}
-    for key, _ in CURVE_METRICS:
-        text = read(f"{train_log}/plots/metrics/eval/{key}.tsv")
-        if text:
-            metrics[key] = parse_tsv(text, key)
-    steps = sorted(set().union(*(m.keys() for m in metrics.values()))) if metrics else []
-    counts_text = read(f"{train_log}/plots/metrics/train/count.tsv")
-    counts = parse_tsv(counts_text, "count") if counts_text else None
+    from hrm.evaluation.plots import tsv_points
+
+    def tsv(name: str, column: str) -> dict[int, float] | None:
+        text = read(f"{train_log}/plots/metrics/{name}.tsv")
+        return dict(tsv_points(text, column)) if text else None
+
+    metrics = {key: tsv(f"eval/{key}", key) for key, _ in CURVE_METRICS}
+    metrics = {key: points for key, points in metrics.items() if points is not None}
+    counts = tsv("train/count", "count")
     points = []
-    for step in steps:
-        started = None
-        if counts is not None:  # rows that halted at step s start new examples at step s + 1
-            started = global_batch + sum(v for s, v in counts.items() if s < step)
-        segments = step * global_batch
-        point = {
-            "step": step,
-            "samples": started,
-            "segments": segments,
-            "flops": segments * flops_per_segment,
-        }
+    for step in sorted(set().union(*(m.keys() for m in metrics.values()))):
+        # rows that halted at step s start new examples at step s + 1
+        started = (
+            None if counts is None else global_batch_size + sum(v for s, v in counts.items() if s < step)
+        )
+        point = {"step": step, "samples": started, "segments": step * global_batch_size}
+        point["flops"] = point["segments"] * flops_per_segment
         point.update({key: metrics.get(key, {}).get(step) for key, _ in CURVE_METRICS})
         points.append(point)
     return points
@@ -162,17 +138,11 @@ def group_budget(curves: Sequence[Sequence[dict[str, Any]]], monotone: float | N
 def baseline_lines(lines: dict[str, dict[str, Any]], metric: str) -> dict[float, str]:
     """The dashed lines of one panel, value -> label (baselines of equal value share a line): every baseline on
     route optimal, copy-the-input on token accuracy, none on exact."""
+    wanted = "route_optimal_rate" if metric == "route_optimal_rate" else "accuracy"
     shown: dict[float, list[str]] = {}
     for key, entry in lines.items():
-        wanted = "route_optimal_rate" if metric == "route_optimal_rate" else "accuracy"
-        if (
-            metric == "exact_accuracy"
-            or wanted not in entry
-            or (metric == "accuracy" and key != "copy_input")
-        ):
-            continue
-        value = entry[wanted]["mean"]
-        shown.setdefault(value, []).append(entry["label"])
+        if metric != "exact_accuracy" and wanted in entry and (metric != "accuracy" or key == "copy_input"):
+            shown.setdefault(entry[wanted]["mean"], []).append(entry["label"])
     return {value: " = ".join(labels) + f" {100 * value:.1f}%" for value, labels in shown.items()}
 
 
@@ -196,13 +166,8 @@ def plot_budget(results: dict[str, Any], path: Path) -> bool:
                 sds = [p[f"{metric}_sd"] or 0.0 for p in curve]
                 (line,) = ax.plot(xs, ys, label=f"{group['arch']} (n={group['n']})")
                 drawn = drawn or bool(xs)
-                ax.fill_between(
-                    xs,
-                    [y - s for y, s in zip(ys, sds, strict=True)],
-                    [y + s for y, s in zip(ys, sds, strict=True)],
-                    color=line.get_color(),
-                    alpha=0.2,
-                )
+                low, high = ([y + sign * s for y, s in zip(ys, sds, strict=True)] for sign in (-1, 1))
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
             for value, label in baseline_lines(lines, metric).items():
                 ax.axhline(value, linestyle="--", linewidth=0.8, color="grey")
                 ax.annotate(label, (0.01, value), fontsize=6, xycoords=("axes fraction", "data"), va="bottom")

@@ -1,15 +1,12 @@
-"""`hrm compare`: every arch x seed (x `--set` variant) as a DVC experiment on DVC's own queue, then mean, sd,
-min and max per arch, each number traceable to the experiments (name and git rev) it came from.
-
-One run is not an answer: the same quick profile moves by several points with the seed or the machine. So a
-comparison queues `dvc exp run --queue -n <name> -S ...` for each run, lets `dvc queue start --jobs N` run
-them, waits, and reads everything back from `dvc exp show --json` (metrics) and the experiments' git commits
-(learning curves). DVC is the state: a second call finds finished experiments and reuses them, finds queued or
-running ones (a Ctrl-C'ed call) and waits for them, and queues only what is missing or failed.
+"""`hrm compare`: every arch x seed (x `--set` variant) as a DVC experiment on DVC's own queue, then mean, sd, min
+and max per arch, each number traceable to its experiments (name and git rev): one run is not an answer, the quick
+profile moves by several points with the seed or the machine. DVC is the state: a second call reuses finished
+experiments, waits for queued or running ones (a Ctrl-C'ed call) and queues only what is missing or failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import itertools
@@ -21,15 +18,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hrm.budget import baselines, group_budget, plot_budget, run_baselines, run_curve, segment_flops_of
-from hrm.config import load_params, parse_override
+from hrm.config import load_params, parse_override, profile_overrides
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
-from hrm.quickstart import flatten, profile_overrides, set_param_args
+from hrm.quickstart import flatten, set_param_args
 
 # (metric key under test.*, label); ACT steps = mean segment where the Q-head would halt.
 METRICS = (
@@ -73,7 +71,6 @@ class Experiment:
     params: dict[str, Any]  # flat params.yaml
     metrics: dict[str, dict[str, Any]]  # metrics file -> its data
     error: str | None = None
-    log: str | None = None
 
 
 # ---------------------------------------------------------------- the plan (all checks before any queueing)
@@ -92,9 +89,8 @@ def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, A
     known = flatten({k: v for k, v in params.items() if k != "profiles"})
     axes: dict[str, list[Any]] = {}
     for item in items:
-        key, sep, _ = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        key = item.partition("=")[0].strip()
+        if "=" not in item or not key:
             raise UserError(f"--set {item!r}: expected key=value, e.g. train.lr=0.001")
         if key in OWNED_KEYS:
             raise UserError(f"--set {key}: hrm compare sets {key} per run; use --archs / --seeds instead")
@@ -102,7 +98,7 @@ def parse_sets(items: Sequence[str], params: dict[str, Any]) -> list[dict[str, A
             close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise UserError(f"--set {key}: params.yaml has no key {key}{hint}")
-        _, value = parse_override(item)
+        value = parse_override(item)[1]
         if value not in axes.setdefault(key, []):
             axes[key].append(value)
     keys = sorted(axes)
@@ -149,30 +145,18 @@ def plan(
 
     runs = []
     for variant in variants:
+        tag, items = _variant_tag(variant), tuple(sorted(variant.items()))
         for arch in archs:
-            base = flatten(profile_overrides(params, profile, arch))
-            merged = {**base, **variant}
+            merged = {**flatten(profile_overrides(params, profile, arch)), **variant}
             first_seed = int(merged.get("train.seed", params.get("train", {}).get("seed", 0)))
             first_data = int(merged.get("generate.seed", params.get("generate", {}).get("seed", 0)))
             for i in range(seeds):
-                seed = first_seed + i
+                seed, data_seed = first_seed + i, first_data + i if data_seeds else None
                 overrides = {**merged, "arch.name": arch, "train.seed": seed}
-                data_seed = None
-                run_name = f"{prefix}-{arch}-s{seed}"
                 if data_seeds:
-                    data_seed = first_data + i
                     overrides["generate.seed"] = data_seed
-                    run_name += f"-d{i}"
-                runs.append(
-                    Planned(
-                        name=run_name + _variant_tag(variant),
-                        arch=arch,
-                        seed=seed,
-                        data_seed=data_seed,
-                        variant=tuple(sorted(variant.items())),
-                        overrides=overrides,
-                    )
-                )
+                run_name = f"{prefix}-{arch}-s{seed}" + (f"-d{i}" if data_seeds else "") + tag
+                runs.append(Planned(run_name, arch, seed, data_seed, items, overrides))
     return runs
 
 
@@ -195,10 +179,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def params_match(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """Keys whose values differ (empty: the experiment is this run)."""
-    keys = set(expected) | set(actual)
-    return sorted(k for k in keys if not _same(expected.get(k), actual.get(k)))
+def params_differ(params: dict[str, Any], run: Planned, experiment: Experiment) -> list[str]:
+    """The keys whose values in `experiment` are not what `run` plans (empty: the experiment is this run)."""
+    expected, actual = expected_params(params, run.overrides), experiment.params
+    return sorted(k for k in set(expected) | set(actual) if not _same(expected.get(k), actual.get(k)))
 
 
 # ---------------------------------------------------------------- DVC and git
@@ -254,13 +238,10 @@ def params_at(rev: str) -> dict[str, Any]:
 
 
 def _state(entry: dict[str, Any], rev: dict[str, Any]) -> str:
-    executor = entry.get("executor") or {}
-    state = executor.get("state")
+    state = (entry.get("executor") or {}).get("state")
     if rev.get("error") or state == "failed":
         return "failed"
-    if state in ("queued", "running"):
-        return state
-    return "success"
+    return state if state in ("queued", "running") else "success"
 
 
 def _failure_text(log_path: str | None, fallback: str) -> str:
@@ -276,36 +257,23 @@ def _failure_text(log_path: str | None, fallback: str) -> str:
 def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list[Experiment]]:
     """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first."""
     found: dict[str, list[Experiment]] = {}
-    for commit in shown:
-        if commit.get("rev") != baseline:
-            continue
+    for commit in (c for c in shown if c.get("rev") == baseline):
         for entry in commit.get("experiments") or []:
-            revs = entry.get("revs") or []
-            if not revs:
+            if not entry.get("revs"):
                 continue
-            rev = revs[0]
+            rev = entry["revs"][0]
             name = entry.get("name") or rev.get("name") or rev.get("rev", "")[:7]
             data = rev.get("data") or {}
             state = _state(entry, rev)
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
-            log = ((entry.get("executor") or {}).get("local") or {}).get("log")
             error = None
             if state == "failed":
-                fallback = (rev.get("error") or {}).get("msg") or "experiment failed"
-                error = _failure_text(log, fallback)
+                log = ((entry.get("executor") or {}).get("local") or {}).get("log")
+                error = _failure_text(log, (rev.get("error") or {}).get("msg") or "experiment failed")
                 metrics = {}  # a failed run's commit holds the baseline's files, not its own
-            found.setdefault(name, []).append(
-                Experiment(
-                    name=name,
-                    state=state,
-                    rev=rev.get("rev", ""),
-                    params=flatten(params),
-                    metrics=metrics,
-                    error=error,
-                    log=log,
-                )
-            )
+            experiment = Experiment(name, state, rev.get("rev", ""), flatten(params), metrics, error)
+            found.setdefault(name, []).append(experiment)
     for entries in found.values():
         entries.sort(key=lambda e: STATE_RANK.get(e.state, 9))
     return found
@@ -372,6 +340,15 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def _numbers(values: dict[str, Any], keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    return {k: values[k] for k, _ in keys if isinstance(values.get(k), int | float)}
+
+
+def _describe_each(rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """`describe` of each key over the rows that have it."""
+    return {k: describe([row[k] for row in rows if k in row]) for k, _ in keys}
+
+
 def run_record(
     run: Planned, experiment: Experiment | None, paths: dict[str, Any], vehicles: Sequence[str], reused: bool
 ) -> dict[str, Any]:
@@ -399,15 +376,9 @@ def run_record(
         record["state"] = "failed"
         record["error"] = f"the experiment has no {eval_file} test metrics"
         return record
-    record["metrics"] = {k: test[k] for k, _ in METRICS if isinstance(test.get(k), int | float)}
-    for vehicle in vehicles:
-        values = test.get(vehicle)
-        if isinstance(values, dict):
-            record["vehicles"][vehicle] = {
-                k: values[k] for k, _ in METRICS if isinstance(values.get(k), int | float)
-            }
-    timing = experiment.metrics.get(str(paths.get("train_timing", "")), {})
-    record["timing"] = {k: timing[k] for k, _ in TIMING if isinstance(timing.get(k), int | float)}
+    record["metrics"] = _numbers(test, METRICS)
+    record["vehicles"] = {v: _numbers(test[v], METRICS) for v in vehicles if isinstance(test.get(v), dict)}
+    record["timing"] = _numbers(experiment.metrics.get(str(paths.get("train_timing", "")), {}), TIMING)
     record["baselines"] = run_baselines(test)
     record["compute"] = {
         "global_batch_size": int(experiment.params["train.global_batch_size"]),
@@ -429,15 +400,8 @@ def group_stats(
     out = []
     for (variant, arch), members in groups.items():
         ok = [r for r in members if r["state"] == "success"]
-        stats = {k: describe([r["metrics"][k] for r in ok if k in r["metrics"]]) for k, _ in METRICS}
-        stats.update({k: describe([r["timing"][k] for r in ok if k in r["timing"]]) for k, _ in TIMING})
-        per_vehicle = {
-            v: {
-                k: describe([r["vehicles"][v][k] for r in ok if k in r["vehicles"].get(v, {})])
-                for k, _ in METRICS
-            }
-            for v in vehicles
-        }
+        stats = _describe_each([{**r["metrics"], **r["timing"]} for r in ok], [*METRICS, *TIMING])
+        per_vehicle = {v: _describe_each([r["vehicles"].get(v, {}) for r in ok], METRICS) for v in vehicles}
         monotone = (monotone_baseline or {}).get("route_optimal_rate", {}).get("mean")
         out.append(
             {
@@ -472,19 +436,18 @@ def _fmt(value: Any, key: str) -> str:
         return "-"
     if key in RATES:
         return f"{100 * value:.1f}%"
-    if key == "steps_per_s":
-        return f"{value:.2f}"
-    if key == "wall_s":
-        return f"{value:.0f}"
-    return f"{value:.2f}"
+    return f"{value:.0f}" if key == "wall_s" else f"{value:.2f}"
 
 
-def _mean_sd(stat: dict[str, Any], key: str) -> str:
+def _mean_sd(stat: dict[str, Any], key: str, spread: bool = False) -> str:
+    """mean ± sd, and with `spread` [min, max] where there is more than one value."""
     if not stat["n"]:
         return "-"
     text = _fmt(stat["mean"], key)
     if stat["sd"] is not None:
         text += " ± " + _fmt(stat["sd"], key).rstrip("%") + ("%" if key in RATES else "")
+    if spread and stat["n"] > 1:
+        text += f" [{_fmt(stat['min'], key)}, {_fmt(stat['max'], key)}]"
     return text
 
 
@@ -508,14 +471,8 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         sd = last.get("route_optimal_rate_sd")
         end_rate = _fmt(last["route_optimal_rate"], "route_optimal_rate")
         end_rate += "" if sd is None else f" ± {100 * sd:.1f}%"
-        cells = [
-            group["variant"],
-            group["arch"],
-            str(group["n"]),
-            str(len(budget["curve"])),
-            _compute(last),
-            end_rate,
-        ]
+        cells = [group["variant"], group["arch"], str(group["n"]), str(len(budget["curve"])), _compute(last)]
+        cells.append(end_rate)
         for name in levels:
             reach = budget["reach"][name]
             seeds = ", ".join("-" if p is None else f"{p['step']:,}" for p in reach["seeds"])
@@ -527,82 +484,59 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
     """The report as blocks, ("h1"|"h2"|"p", text) or ("table", (header, rows)): results.md and index.html are
     two renderings of this one list."""
-    keys = [*METRICS, *TIMING]
+    keys, route = [*METRICS, *TIMING], "route_optimal_rate"
+    seeds = (
+        f"{results['seeds']} seed(s) per arch{' (data seeds varied too)' if results['data_seeds'] else ''}"
+    )
     blocks: list[tuple[str, Any]] = [
         ("h1", f"hrm compare: {results['name']}"),
         ("p", f"Command: `{results['command']}`"),
-        (
-            "p",
-            f"Baseline commit: `{results['baseline']}`; profile `{results['profile']}`; {results['seeds']} seed(s) "
-            f"per arch{' (data seeds varied too)' if results['data_seeds'] else ''}.",
-        ),
+        ("p", f"Baseline commit: `{results['baseline']}`; profile `{results['profile']}`; {seeds}."),
     ]
     machine = results.get("machine")
     if machine:
-        blocks.append(
-            (
-                "p",
-                f"Machine (collected here; DVC's local queue ran the runs here): CPU {machine['cpu']}, torch "
-                f"{machine['torch']} CPU kernels `{machine['cpu_capability']}`, {machine['cores']} cores.",
-            )
+        text = (
+            f"Machine (collected here; DVC's local queue ran the runs here): CPU {machine['cpu']}, torch "
+            f"{machine['torch']} CPU kernels `{machine['cpu_capability']}`, {machine['cores']} cores."
         )
+        blocks.append(("p", text))
     blocks.append(("p", "Test split, mean ± sd over seeds (sample sd), [min, max]:"))
-    rows = []
-    for group in results["groups"]:
-        cells = [group["variant"], group["arch"], str(group["n"]), str(len(group["failed"]))]
-        for key, _ in keys:
-            stat = group["stats"][key]
-            spread = f" [{_fmt(stat['min'], key)}, {_fmt(stat['max'], key)}]" if stat["n"] > 1 else ""
-            cells.append(_mean_sd(stat, key) + spread)
-        rows.append(cells)
+    rows = [
+        [g["variant"], g["arch"], str(g["n"]), str(len(g["failed"]))]
+        + [_mean_sd(g["stats"][key], key, spread=True) for key, _ in keys]
+        for g in results["groups"]
+    ]
     blocks.append(("table", (["variant", "arch", "n", "failed", *(label for _, label in keys)], rows)))
     if results["vehicles"]:
         blocks.append(("p", "Per vehicle, test route optimal (mean ± sd):"))
         rows = [
             [g["variant"], g["arch"]]
-            + [
-                _mean_sd(g["vehicles"][v]["route_optimal_rate"], "route_optimal_rate")
-                for v in results["vehicles"]
-            ]
+            + [_mean_sd(g["vehicles"][v][route], route) for v in results["vehicles"]]
             for g in results["groups"]
         ]
         blocks.append(("table", (["variant", "arch", *results["vehicles"]], rows)))
     lines = results.get("baselines") or {}
     if lines:
         text = "; ".join(
-            f"{entry['label']} {_fmt(entry['route_optimal_rate']['mean'], 'route_optimal_rate')}"
+            f"{entry['label']} {_fmt(entry[route]['mean'], route)}"
             + (f" (token acc. {_fmt(entry['accuracy']['mean'], 'accuracy')})" if "accuracy" in entry else "")
             for entry in lines.values()
-            if "route_optimal_rate" in entry
+            if route in entry
         )
         blocks.append(("p", f"Baselines, test route optimal (the runs' own evaluate metrics): {text}."))
     header, rows = budget_table(results)
     if rows:
+        formula = results["groups"][0]["budget"]["formula"]
         blocks.append(("h2", "Budget: test route optimal against training compute (the train stage's evals)"))
         blocks.append(("table", (header, rows)))
-        blocks.append(
-            (
-                "p",
-                f"FLOPs per row-segment (hrm/models/flops.py): {results['groups'][0]['budget']['formula']}.",
-            )
-        )
+        blocks.append(("p", f"FLOPs per row-segment (hrm/models/flops.py): {formula}."))
     blocks.append(("p", "Experiments (`dvc exp show`, `dvc metrics diff HEAD <name>`):"))
     rows = []
     for run in results["runs"]:
         data_seed = "-" if run["data_seed"] is None else str(run["data_seed"])
-        rows.append(
-            [
-                run["name"],
-                (run["rev"] or "")[:10],
-                run["arch"],
-                str(run["seed"]),
-                data_seed,
-                run["state"],
-                "yes" if run["reused"] else "no",
-                _fmt(run["metrics"].get("route_optimal_rate"), "route_optimal_rate"),
-                run["error"] or "",
-            ]
-        )
+        cells = [run["name"], (run["rev"] or "")[:10], run["arch"], str(run["seed"]), data_seed, run["state"]]
+        optimal = _fmt(run["metrics"].get(route), route)
+        rows.append([*cells, "yes" if run["reused"] else "no", optimal, run["error"] or ""])
     header = ["name", "rev", "arch", "seed", "data seed", "state", "reused", "route optimal", "error"]
     blocks.append(("table", (header, rows)))
     return blocks
@@ -636,15 +570,13 @@ def plot_bars(results: dict[str, Any], path: Path) -> None:
         sds = [group["stats"][k]["sd"] or 0.0 for k in keys]
         label = group["arch"] if group["variant"] == "(profile)" else f"{group['arch']} {group['variant']}"
         ax.bar(xs, means, width, yerr=sds, capsize=3, label=f"{label} (n={group['n']})")
+        members = [
+            r["metrics"]
+            for r in results["runs"]
+            if r["state"] == "success" and (r["arch"], r["variant"]) == (group["arch"], group["variant"])
+        ]
         for x, key in zip(xs, keys, strict=True):
-            values = [
-                r["metrics"][key]
-                for r in results["runs"]
-                if r["state"] == "success"
-                and r["arch"] == group["arch"]
-                and r["variant"] == group["variant"]
-                and key in r["metrics"]
-            ]
+            values = [m[key] for m in members if key in m]
             ax.plot([x] * len(values), values, "k.", markersize=3)
     ax.set_xticks(range(len(keys)), [dict(METRICS)[k] for k in keys])
     ax.set_ylabel("test rate (mean ± sd)")
@@ -656,33 +588,21 @@ def plot_bars(results: dict[str, Any], path: Path) -> None:
 
 def render_html(results: dict[str, Any], figures: dict[str, Path]) -> str:
     """One self-contained page of the same blocks as results.md, figures inlined as base64."""
-    from hrm.evaluation.report import STYLE, image
+    from hrm.evaluation.report import STYLE, image, table
 
     body = []
     for kind, content in report_blocks(results):
         if kind == "table":
             header, rows = content
-            body.append(
-                "<table><tr>"
-                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                + "</tr>\n"
-                + "\n".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-                )
-                + "</table>"
-            )
+            body.append(table(header, [([html.escape(c) for c in row], False) for row in rows]))
         else:
             text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(content))
             body.append(f"<{kind}>{text}</{kind}>")
-    for key, caption in (
-        ("bars", "Test rates per arch, mean ± sd (dots: seeds)"),
-        (
-            "budget",
-            "Budget curves: test metrics against compute, band = mean ± sd over seeds, baselines dashed",
-        ),
-    ):
-        if key in figures:
-            body.append(f"<h2>{html.escape(caption)}</h2>" + image(figures[key], caption))
+    captions = {
+        "bars": "Test rates per arch, mean ± sd (dots: seeds)",
+        "budget": "Budget curves: test metrics against compute, band = mean ± sd over seeds, baselines dashed",
+    }
+    body += [f"<h2>{html.escape(c)}</h2>" + image(figures[k], c) for k, c in captions.items() if k in figures]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>hrm compare</title>'
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
@@ -713,17 +633,11 @@ def machine() -> dict[str, Any]:
 
     import torch
 
-    model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        model = names[0] if names else model
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
     return {
-        "cpu": model,
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "cores": os.cpu_count(),
@@ -742,34 +656,21 @@ def collect(
     reused: set[str],
     curves: bool = True,
 ) -> list[dict[str, Any]]:
-    paths = params.get("paths", {})
-    vehicles = vehicle_names(params)
+    """One record per run (`run_record`), with its eval curve; a finished experiment whose params are not the
+    plan's counts as failed."""
+    paths, vehicles = params.get("paths", {}), vehicle_names(params)
     records = []
     for run in runs:
-        candidates = found.get(run.name) or []
-        experiment = candidates[0] if candidates else None
-        expected = expected_params(params, run.overrides)
+        experiment = (found.get(run.name) or [None])[0]
         if experiment is not None and experiment.state == "success":
-            differ = params_match(expected, experiment.params)
+            differ = params_differ(params, run, experiment)
             if differ:
-                experiment = Experiment(
-                    name=experiment.name,
-                    state="failed",
-                    rev=experiment.rev,
-                    params=experiment.params,
-                    metrics={},
-                    error=f"params differ from the plan: {', '.join(differ[:5])}",
-                )
+                error = f"params differ from the plan: {', '.join(differ[:5])}"
+                experiment = dataclasses.replace(experiment, state="failed", metrics={}, error=error)
         record = run_record(run, experiment, paths, vehicles, reused=run.name in reused)
         record["curve"] = []
         if curves and record["state"] == "success":
-            compute = record["compute"]
-            record["curve"] = run_curve(
-                git_reader(record["rev"]),
-                paths["train_log"],
-                compute["global_batch_size"],
-                compute["flops_per_segment"],
-            )
+            record["curve"] = run_curve(git_reader(record["rev"]), paths["train_log"], **record["compute"])
         records.append(record)
     return records
 
@@ -810,7 +711,7 @@ def compare(
     for run in runs:
         current = (found.get(run.name) or [None])[0]
         if current is not None and current.state == "success":
-            differ = params_match(expected_params(params, run.overrides), current.params)
+            differ = params_differ(params, run, current)
             if differ:
                 raise UserError(
                     f"experiment {run.name} exists with other params ({', '.join(differ[:5])}): choose another "
@@ -825,39 +726,7 @@ def compare(
         flush=True,
     )
     started = time.perf_counter()
-    try:
-        for run in to_queue:
-            result = _cmd(
-                ["dvc", "exp", "run", "--queue", "-n", run.name, *set_param_args(run.overrides)], check=False
-            )
-            if result.returncode != 0:
-                tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-                raise UserError(
-                    f"dvc refused to queue {run.name}:\n{tail}\nIf it names uncommitted or untracked files: commit "
-                    "them (git add -A && git commit) or stash them (git stash -u) and run the same command again."
-                )
-            print(f"queued {run.name}", flush=True)
-        names = {run.name for run in runs}
-        statuses, workers = queue_status()
-        if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
-            # `dvc queue start --jobs N` tops up to N workers, counting them as `dvc queue status` does: a busy
-            # worker may not answer, so while any entry runs the count is not trusted (two comparisons at once
-            # would otherwise start a second set of workers and run 2N runs on N cores); `wait_for` restarts
-            # workers if none turns out to be alive.
-            running = any("Running" in ss for ss in statuses.values())
-            if workers < jobs and not running:
-                start_workers(jobs)
-                print(f"dvc queue start --jobs {jobs}", flush=True)
-            wait_for(names, poll_s, jobs)
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: queued experiments stay in DVC's queue and running ones keep running "
-            "(`dvc queue status`; stop them with `dvc queue kill <name>`). Run the same hrm compare again to "
-            "wait for them and collect; finished ones are reused.",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise
+    run_queue(to_queue, {run.name for run in runs}, jobs, poll_s)
     if len(reused) < len(runs):  # something ran since the first look
         found = show_experiments(baseline)
     records = collect(runs, found, params, reused)
@@ -886,6 +755,41 @@ def compare(
     return results
 
 
+def run_queue(to_queue: Sequence[Planned], names: set[str], jobs: int, poll_s: float) -> None:
+    """Queue `to_queue`, start workers if none is, wait until none of `names` is queued or running."""
+    try:
+        for run in to_queue:
+            result = _cmd(
+                ["dvc", "exp", "run", "--queue", "-n", run.name, *set_param_args(run.overrides)], check=False
+            )
+            if result.returncode != 0:
+                tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+                raise UserError(
+                    f"dvc refused to queue {run.name}:\n{tail}\nIf it names uncommitted or untracked files: commit "
+                    "them (git add -A && git commit) or stash them (git stash -u) and run the same command again."
+                )
+            print(f"queued {run.name}", flush=True)
+        statuses, workers = queue_status()
+        if any(s in ("Queued", "Running") for n, ss in statuses.items() if n in names for s in ss):
+            # `dvc queue start --jobs N` tops up to N workers, counting them as `dvc queue status` does: a busy
+            # worker may not answer, so while any entry runs the count is not trusted (two comparisons at once
+            # would otherwise start a second set of workers and run 2N runs on N cores); `wait_for` restarts
+            # workers if none turns out to be alive.
+            if workers < jobs and not any("Running" in ss for ss in statuses.values()):
+                start_workers(jobs)
+                print(f"dvc queue start --jobs {jobs}", flush=True)
+            wait_for(names, poll_s, jobs)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: queued experiments stay in DVC's queue and running ones keep running "
+            "(`dvc queue status`; stop them with `dvc queue kill <name>`). Run the same hrm compare again to "
+            "wait for them and collect; finished ones are reused.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+
+
 def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 60.0) -> None:
     """Until none of `names` is Queued or Running in DVC's queue; prints progress when it changes.
 
@@ -896,18 +800,14 @@ def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 
     idle_since: float | None = None
     while True:
         statuses, workers = queue_status()
-        statuses = {n: ss for n, ss in statuses.items() if n in names}
-        counts: dict[str, int] = {}
-        for ss in statuses.values():
-            for s in ss:
-                counts[s] = counts.get(s, 0) + 1
+        counts = Counter(s for n, ss in statuses.items() if n in names for s in ss)
         summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
         if summary != last:
             print(f"[{time.strftime('%H:%M:%S')}] queue: {summary}", flush=True)
             last = summary
-        if counts.get("Queued", 0) + counts.get("Running", 0) == 0:
+        if counts["Queued"] + counts["Running"] == 0:
             return
-        if workers == 0 and counts.get("Running", 0) == 0:
+        if workers == 0 and counts["Running"] == 0:
             idle_since = idle_since if idle_since is not None else time.monotonic()
             if time.monotonic() - idle_since >= idle_restart_s:
                 print("no DVC queue worker is running: starting them again", flush=True)

@@ -352,9 +352,12 @@ def test_queue_status_and_failure_log_parsing(tmp_path):
     )
     text = cmp._failure_text(str(log), "fallback")
     assert "train.device must be" in text and text.count("failed to reproduce") == 1
-    from hrm.budget import parse_tsv
+    from hrm.evaluation.plots import tsv_points
 
-    assert parse_tsv("step\texact_accuracy\n2\t0.5\n4\t0.75\n5\t", "exact_accuracy") == {2: 0.5, 4: 0.75}
+    assert dict(tsv_points("step\texact_accuracy\n2\t0.5\n4\t0.75\n5\t", "exact_accuracy")) == {
+        2: 0.5,
+        4: 0.75,
+    }
 
 
 def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):

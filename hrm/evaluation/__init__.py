@@ -1,4 +1,2 @@
-"""Route-aware evaluation of an HRM checkpoint: metrics, DVC plot data, figures and an offline HTML report.
-
-Entry point: `run_evaluation(params)` in `hrm.evaluation.runner` (the `evaluate` DVC stage).
-"""
+"""Route-aware evaluation of an HRM checkpoint (the `evaluate` stage: `runner.run_evaluation(params)`): metrics,
+DVC plot data, figures and an offline HTML report."""

@@ -25,7 +25,7 @@ class SplitData:
 
     name: str
     dataset: Any  # hrm.training.data.PuzzleDataset: checked arrays, metadata, HRM's eval batches
-    inputs: np.ndarray  # [N, seq_len], token_dtype(vocab)
+    inputs: np.ndarray  # [N, seq_len], uint8 (int32 for a vocabulary over 256)
     labels: np.ndarray  # [N, seq_len]
     identifiers: np.ndarray  # [N] int64
     base_ids: np.ndarray | None  # [N] int64 base scenario index, when the data carries it
@@ -47,11 +47,6 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
-def token_dtype(vocab_size: int) -> type:
-    """Narrowest dtype for grids: predictions of a whole split stay small in memory."""
-    return np.uint8 if vocab_size <= 256 else np.int32
-
-
 def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
     """The split through the trainer's checked reader, held in memory (evaluation reads every row many times).
 
@@ -62,7 +57,7 @@ def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
     dataset = PuzzleDataset(root, split)
     count = dataset.num_examples if limit <= 0 else min(limit, dataset.num_examples)
     rows = np.arange(count)
-    dtype = token_dtype(dataset.metadata.vocab_size)
+    dtype = np.uint8 if dataset.metadata.vocab_size <= 256 else np.int32  # a split's predictions stay small
     base_ids = None
     base_path = dataset.file(spec.HRM_EXTRA_ARRAYS[0])
     if base_path.exists():

@@ -1,10 +1,8 @@
-"""Per-example scores and their aggregates: HRM's grid metrics plus route metrics.
+"""Per-example scores and their aggregates: HRM's grid metrics plus route metrics (numpy only, cheap to test).
 
-Exact match under-counts routing skill whenever a scenario has several optimal routes, so route metrics judge
-the predicted route itself: it must be one connected path from start to goal over cells the vehicle may enter
-(`hrm.data.routing.check_route`, the same rule the data was generated with), and it is optimal when its cost
-equals the shortest-path cost, computed independently of the label by `routing.dijkstra_optimum` (scipy's Dijkstra).
-Everything here is numpy (scipy only inside the optimum), so it is cheap to import and to test.
+Exact match under-counts routing skill where a scenario has several optimal routes, so a predicted route is
+judged itself: one connected path from start to goal over cells the vehicle may enter (`routing.check_route`,
+the generator's rule), optimal when it costs what `routing.dijkstra_optimum` finds, independently of the label.
 """
 
 from __future__ import annotations
@@ -53,20 +51,18 @@ def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | No
     return ExampleScores(token_accuracy=token_accuracy.astype(np.float64), exact=exact)
 
 
-def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int) -> int | None:
-    """Cheapest start-to-goal cost over enterable cells (4-neighbour moves), or None if the goal is unreachable.
+def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
+    starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
+    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
 
-    Independent of the label and of the generator's A*: a second opinion on what "optimal" means.
-    """
+
+def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int) -> int | None:
+    """Cheapest start-to-goal cost over enterable cells (4-neighbour moves), None if the goal is unreachable."""
     grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
-    starts = np.flatnonzero(grid == spec.START)
-    goals = np.flatnonzero(grid == spec.GOAL)
-    if len(starts) != 1 or len(goals) != 1:
+    ends = _endpoints(grid)
+    if ends is None:
         return None
-    cost, _ = routing.dijkstra_optimum(
-        routing.cell_costs(grid, cost_row), int(starts[0]), int(goals[0]), rows, cols
-    )
-    return cost
+    return routing.dijkstra_optimum(routing.cell_costs(grid, cost_row), *ends, rows, cols)[0]
 
 
 def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) -> np.ndarray:
@@ -79,38 +75,6 @@ def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) 
     return out
 
 
-def route_scores(
-    inputs: np.ndarray,
-    preds: np.ndarray,
-    identifiers: np.ndarray,
-    optimum: np.ndarray,
-    task: RouteTask,
-    scores: ExampleScores,
-) -> ExampleScores:
-    """Add route validity, optimality and cost to `scores` (in place, and returned)."""
-    from hrm.data.routing import check_route
-
-    n = len(inputs)
-    valid = np.zeros(n, dtype=bool)
-    cost = np.full(n, np.nan)
-    reasons: list[str] = []
-    cells = task.rows * task.cols
-    for i in range(n):
-        row = task.cost_table[int(identifiers[i])]
-        check = check_route(
-            np.asarray(inputs[i][:cells]), np.asarray(preds[i][:cells]), row, task.rows, task.cols
-        )
-        valid[i] = bool(check.valid)
-        reasons.append("" if check.valid else str(check.reason))
-        if check.valid:
-            cost[i] = float(check.cost)
-    scores.route_valid = valid
-    scores.route_cost = cost
-    scores.route_optimal = valid & np.isfinite(optimum) & (cost == optimum)
-    scores.route_reason = reasons
-    return scores
-
-
 def score_predictions(
     inputs: np.ndarray,
     preds: np.ndarray,
@@ -120,10 +84,25 @@ def score_predictions(
     task: RouteTask | None,
     optimum: np.ndarray | None,
 ) -> ExampleScores:
-    """Grid scores always; route scores when the data carries a cost model (`task` and `optimum` given)."""
+    """Grid scores always; route validity, cost and optimality when the data carries a cost model."""
     scores = grid_scores(preds, labels, ignore_label_id)
-    if task is not None and optimum is not None:
-        route_scores(inputs, preds, identifiers, optimum, task, scores)
+    if task is None or optimum is None:
+        return scores
+    cells = task.rows * task.cols
+    checks = [
+        routing.check_route(
+            np.asarray(grid[:cells]),
+            np.asarray(pred[:cells]),
+            task.cost_table[int(ident)],
+            task.rows,
+            task.cols,
+        )
+        for grid, pred, ident in zip(inputs, preds, identifiers, strict=True)
+    ]
+    scores.route_valid = np.array([bool(c.valid) for c in checks], dtype=bool)
+    scores.route_cost = np.array([float(c.cost) if c.valid else np.nan for c in checks], dtype=np.float64)
+    scores.route_optimal = scores.route_valid & np.isfinite(optimum) & (scores.route_cost == optimum)
+    scores.route_reason = ["" if c.valid else str(c.reason) for c in checks]
     return scores
 
 
@@ -135,11 +114,8 @@ def _mean(values: np.ndarray) -> float | None:
 def aggregate(
     scores: ExampleScores, optimum: np.ndarray | None, mask: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Rates over the examples in `mask`: exact_accuracy, accuracy (token), and route rates when scored.
-
-    route_cost_gap is the mean relative excess cost (cost / optimum - 1) over valid routes only, so it reads
-    "how much worse are the routes that do reach the goal"; it is None when no route is valid.
-    """
+    """Rates over the examples in `mask`: exact, token and (when scored) route rates. route_cost_gap: mean
+    cost / optimum - 1 over valid routes only ("how much worse are the routes that arrive"), None if none."""
     if mask is None:
         mask = np.ones(len(scores.exact), dtype=bool)
     out: dict[str, Any] = {
@@ -153,63 +129,44 @@ def aggregate(
         out["route_optimal_rate"] = _mean(scores.route_optimal[mask])
         with np.errstate(divide="ignore", invalid="ignore"):
             gaps = scores.route_cost[valid] / optimum[valid] - 1.0
-        gaps = gaps[np.isfinite(gaps)]
-        out["route_cost_gap"] = _mean(gaps)
+        out["route_cost_gap"] = _mean(gaps[np.isfinite(gaps)])
     return out
 
 
 # ---- baselines that show how much search the data needs ---------------------------------------------------
 
 
-def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
-    starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
-    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
-
-
-def monotone_baseline(
-    inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best monotone path per example (`routing.best_monotone`, the vehicle's own costs) as predictions,
-    and its cost (nan where every monotone route is blocked; the prediction is then the input unchanged).
-
-    Its route-optimal rate is the share of examples that need no search: walking towards the goal over
-    the cheapest cells already finds an optimum."""
-    from hrm.data import routing
-
+def _routes_as_preds(inputs: np.ndarray, cost_rows: Any, task: RouteTask, find: Any) -> tuple[Any, Any]:
+    """Each example's route by `find(costs, start, goal, rows, cols)` (.cost, .path) marked on its input, and
+    its cost; the input unchanged (cost nan) where `find` has none."""
     cells = task.rows * task.cols
     preds = np.array(inputs, copy=True)
     cost = np.full(len(inputs), np.nan)
-    for i, (grid, ident) in enumerate(zip(inputs, identifiers, strict=True)):
+    for i, (grid, cost_row) in enumerate(zip(inputs, cost_rows, strict=True)):
         grid = np.asarray(grid[:cells], dtype=np.int64)
         ends = _endpoints(grid)
-        if ends is None:
-            continue
-        costs = routing.cell_costs(grid, task.cost_table[int(ident)])
-        route = routing.best_monotone(costs, ends[0], ends[1], task.rows, task.cols)
-        if route.cost is not None:
+        route = (
+            None if ends is None else find(routing.cell_costs(grid, cost_row), *ends, task.rows, task.cols)
+        )
+        if route is not None and route.cost is not None:
             cost[i] = route.cost
             preds[i, :cells] = routing.mark_route(grid, route.path)
     return preds, cost
 
 
-def vehicle_blind_baseline(inputs: np.ndarray, task: RouteTask, identifier: int) -> np.ndarray:
-    """Every example predicted with the optimal route of one vehicle (`identifier`, the car) whatever its own
-    vehicle: what a model that ignores the vehicle identifier could at best do. The input unchanged where
-    that vehicle has no route."""
-    from hrm.data import routing
+def monotone_baseline(
+    inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best monotone path per example (`routing.best_monotone`, the vehicle's costs) as predictions, and its
+    cost (nan where every monotone route is blocked): its route-optimal rate is the share needing no search."""
+    rows = [task.cost_table[int(ident)] for ident in identifiers]
+    return _routes_as_preds(inputs, rows, task, routing.best_monotone)
 
-    cells = task.rows * task.cols
-    preds = np.array(inputs, copy=True)
-    for i, grid in enumerate(inputs):
-        grid = np.asarray(grid[:cells], dtype=np.int64)
-        ends = _endpoints(grid)
-        if ends is None:
-            continue
-        costs = routing.cell_costs(grid, task.cost_table[identifier])
-        solution = routing.solve(costs, ends[0], ends[1], task.rows, task.cols)
-        if solution.cost is not None:
-            preds[i, :cells] = routing.mark_route(grid, solution.path)
-    return preds
+
+def vehicle_blind_baseline(inputs: np.ndarray, task: RouteTask, identifier: int) -> np.ndarray:
+    """Every example predicted with the optimal route of one vehicle (`identifier`, the car): the best a model
+    that ignores the vehicle identifier could do."""
+    return _routes_as_preds(inputs, [task.cost_table[identifier]] * len(inputs), task, routing.solve)[0]
 
 
 def needs_detour(optimum: np.ndarray, monotone_cost: np.ndarray) -> np.ndarray:

@@ -1,14 +1,12 @@
-"""DVC plot data and PNG figures: accuracy vs segments, per-vehicle bars, ACT steps, training curves, route maps.
-
-Plot data is written as JSON lists of flat rows (DVC `plots:` reads them and `dvc plots diff` compares runs);
-the PNGs show the same numbers for the offline report. matplotlib runs on the Agg backend (no display) and
-PNGs carry no version metadata, so the same numbers give the same bytes.
+"""DVC plot data (JSON lists of flat rows: `dvc plots diff` compares runs) and the PNGs of the same numbers for
+the offline report: accuracy vs segments, per vehicle, ACT steps, training curves, route maps. matplotlib on Agg,
+PNGs without version metadata: the same numbers give the same bytes. hrm compare draws with these helpers too.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import io
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +20,30 @@ CURVE_ORDER = ("lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "step
 
 def segment_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per segment count, columns `<split>_<metric>`: DVC draws one line per column."""
-    counts = sorted({int(k) for metrics in results.values() for k in metrics["segments"]})
     rows = []
-    for k in counts:
+    for k in sorted({int(k) for metrics in results.values() for k in metrics["segments"]}):
         row: dict[str, Any] = {"segments": k}
         for split, metrics in results.items():
             values = metrics["segments"].get(str(k), {})
-            for name in ("exact_accuracy", "route_optimal_rate"):
-                if values.get(name) is not None:
-                    row[f"{split}_{name}"] = values[name]
+            names = ("exact_accuracy", "route_optimal_rate")
+            row.update({f"{split}_{n}": values[n] for n in names if values.get(n) is not None})
         rows.append(row)
     return rows
 
 
 def vehicle_rows(metrics: dict[str, Any], vehicles: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for key in vehicles:
-        values = metrics[key]
-        row = {"vehicle": key}
-        for name in ("exact_accuracy", "accuracy", "route_valid_rate", "route_optimal_rate"):
-            if values.get(name) is not None:
-                row[name] = values[name]
-        rows.append(row)
-    return rows
+    names = ("exact_accuracy", "accuracy", "route_valid_rate", "route_optimal_rate")
+    return [
+        {"vehicle": v, **{n: metrics[v][n] for n in names if metrics[v].get(n) is not None}} for v in vehicles
+    ]
 
 
 def act_step_rows(halt_steps: dict[str, np.ndarray], halt_max_steps: int) -> list[dict[str, Any]]:
     """Histogram of the segment where the Q-head halts, one row per step count, one column per split."""
-    rows = []
-    for step in range(1, halt_max_steps + 1):
-        row: dict[str, Any] = {"steps": step}
-        for split, steps in halt_steps.items():
-            row[split] = int((steps == step).sum())
-        rows.append(row)
-    return rows
+    return [
+        {"steps": step, **{split: int((steps == step).sum()) for split, steps in halt_steps.items()}}
+        for step in range(1, halt_max_steps + 1)
+    ]
 
 
 def new_figure(width: float, height: float):
@@ -99,16 +87,20 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     save_figure(plt, fig, path)
 
 
+def _bars(ax: Any, positions: np.ndarray, series: list[tuple[str, list[float]]], ticks: list[str]) -> None:
+    """Grouped bars, one colour per series, the ticks under the middle of each group."""
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series):
+        ax.bar(positions + i * width, values, width, label=label)
+    ax.set_xticks(positions + width * (len(series) - 1) / 2, ticks)
+
+
 def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
     plt, fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
     names = ["exact_accuracy", "route_valid_rate", "route_optimal_rate"]
-    names = [n for n in names if any(n in row for row in rows)]
-    width = 0.8 / max(len(names), 1)
-    positions = np.arange(len(rows))
-    for i, name in enumerate(names):
-        ax.bar(positions + i * width, [row.get(name, 0.0) for row in rows], width, label=name)
-    ax.set_xticks(positions + width * (len(names) - 1) / 2, [row["vehicle"] for row in rows])
+    series = [(n, [row.get(n, 0.0) for row in rows]) for n in names if any(n in row for row in rows)]
+    _bars(ax, np.arange(len(rows)), series, [row["vehicle"] for row in rows])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("rate")
     ax.set_title(f"Per vehicle ({split})")
@@ -120,18 +112,29 @@ def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
 def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
     plt, fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
-    splits = [key for key in rows[0] if key != "steps"]
     steps = np.array([row["steps"] for row in rows])
-    width = 0.8 / max(len(splits), 1)
-    for i, split in enumerate(splits):
-        counts = np.array([row[split] for row in rows], dtype=float)
-        ax.bar(steps + i * width, counts / max(counts.sum(), 1), width, label=split)
-    ax.set_xticks(steps + width * (len(splits) - 1) / 2, [str(s) for s in steps])
+    counts = {
+        split: np.array([row[split] for row in rows], dtype=float) for split in rows[0] if split != "steps"
+    }
+    series = [(split, c / max(c.sum(), 1)) for split, c in counts.items()]
+    _bars(ax, steps, series, [str(s) for s in steps])
     ax.set_xlabel("first segment where the Q-head says halt (halt_max_steps if never)")
     ax.set_ylabel("fraction of examples")
     ax.set_title("ACT steps chosen by the Q-head")
     ax.legend(fontsize=7)
     save_figure(plt, fig, path)
+
+
+def tsv_points(text: str, column: str, step: type = int) -> list[tuple[Any, float]]:
+    """A dvclive TSV (step, value, ...) -> [(step, value)]; rows that do not parse (a partial last line of a
+    run still being written) are skipped."""
+    points = []
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+        try:
+            points.append((step(row["step"]), float(row[column])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return points
 
 
 def read_dvclive_curves(log_dir: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -140,19 +143,10 @@ def read_dvclive_curves(log_dir: Path) -> dict[str, dict[str, tuple[list[float],
     root = log_dir / "plots" / "metrics"
     for path in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
         group = path.parent.relative_to(root).as_posix()
-        group = "" if group == "." else group
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            column = path.stem
-            steps, values = [], []
-            for row in reader:
-                try:
-                    steps.append(float(row["step"]))
-                    values.append(float(row[column]))
-                except (KeyError, TypeError, ValueError):
-                    continue  # a partial last line of a run still being written
-        if steps:
-            curves.setdefault(path.stem, {})[group] = (steps, values)
+        points = tsv_points(path.read_text(encoding="utf-8"), path.stem, float)
+        if points:
+            steps, values = (list(x) for x in zip(*points, strict=True))
+            curves.setdefault(path.stem, {})["" if group == "." else group] = (steps, values)
     return curves
 
 
@@ -181,60 +175,41 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
     return True
 
 
-# ---- route maps ----
-
-# Token colours: hrm.data.colours, shared with validate's scenarios.png (TOKEN_LEGEND is shown by report.py).
-TOKEN_LEGEND = colours.TOKEN_LEGEND
-
-
-@dataclass
-class RouteMapExample:
-    title: str
-    input_grid: np.ndarray  # flat [rows*cols]
-    label_grid: np.ndarray
-    pred_grid: np.ndarray
-    caption_label: str
-    caption_pred: str
-
-
-def plot_route_map(example: RouteMapExample, rows: int, cols: int, path: Path) -> None:
-    """Three panels: the map, the label's optimal route, the predicted route (wrong cells ringed)."""
+def plot_route_map(
+    path: Path, title: str, grids: tuple, captions: tuple[str, str], rows: int, cols: int
+) -> None:
+    """Three panels of flat grids (input, label, prediction): the map, the label's optimal route, the predicted
+    route (cells that differ from the label ringed); `captions`: the label's and the prediction's."""
     palette = colours.token_colours()
     plt, fig = new_figure(11.0, 4.1)
     cells = rows * cols
-    panels = (
-        ("input map", example.input_grid, ""),
-        ("optimal route (label)", example.label_grid, example.caption_label),
-        ("predicted", example.pred_grid, example.caption_pred),
-    )
-    for index, (name, grid, caption) in enumerate(panels):
+    inputs, labels, preds = (np.asarray(grid[:cells]) for grid in grids)
+    names = ("input map", "optimal route (label)", "predicted")
+    for index, (name, grid, caption) in enumerate(
+        zip(names, (inputs, labels, preds), ("", *captions), strict=True)
+    ):
         ax = fig.add_subplot(1, 3, index + 1)
-        tokens = np.clip(np.asarray(grid[:cells], dtype=np.int64), 0, spec.VOCAB_SIZE - 1)
+        tokens = np.clip(np.asarray(grid, dtype=np.int64), 0, spec.VOCAB_SIZE - 1)
         ax.imshow(palette[tokens].reshape(rows, cols, 3), interpolation="nearest")
         # Start and goal are single cells: ring them (about 2 cells wide) so they stand out on any map size.
         ring = (400.0 / max(rows, cols)) ** 2
         for token in (spec.START, spec.GOAL):
-            where = np.flatnonzero(np.asarray(example.input_grid[:cells]) == token)
+            where = np.flatnonzero(inputs == token)
             ax.scatter(where % cols, where // cols, s=ring, facecolors="none", edgecolors="black", lw=1.5)
-        if index == 2:
-            wrong = np.flatnonzero(
-                np.asarray(example.pred_grid[:cells]) != np.asarray(example.label_grid[:cells])
-            )
-            if wrong.size:
-                ax.scatter(wrong % cols, wrong // cols, s=18, facecolors="none", edgecolors="#ff2a00", lw=0.8)
+        wrong = np.flatnonzero(preds != labels) if index == 2 else []
+        if len(wrong):
+            ax.scatter(wrong % cols, wrong // cols, s=18, facecolors="none", edgecolors="#ff2a00", lw=0.8)
         ax.set_title(f"{name}\n{caption}" if caption else name, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(example.title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     save_figure(plt, fig, path, top=0.93)
 
 
-def choose_route_examples(optimal: np.ndarray, count: int, seed: int = 0) -> list[int]:
-    """A fixed sample that shows failures: half (rounded up) from the non-optimal predictions, rest optimal.
-
-    Seeded so reruns on the same predictions pick the same scenarios; a short pool is topped up from the other.
-    """
-    rng = np.random.default_rng(seed)
+def choose_route_examples(optimal: np.ndarray, count: int) -> list[int]:
+    """A fixed sample that shows failures: half (rounded up) from the non-optimal predictions, rest optimal;
+    seeded, so reruns on the same predictions pick the same scenarios; a short pool is topped up from the other."""
+    rng = np.random.default_rng(0)
     failures = np.flatnonzero(~optimal)
     successes = np.flatnonzero(optimal)
     want_fail = min(len(failures), (count + 1) // 2)

@@ -1,16 +1,17 @@
-"""The offline HTML report: one self-contained file, images inlined as base64, plain tables, no scripts.
-
-It must open from a USB stick on a machine with no network, so it references nothing outside itself.
+"""The offline HTML report: one self-contained file (images inlined as base64, plain tables, no scripts) that
+opens from a USB stick on a machine with no network. `table` and `image` serve hrm compare's page too.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hrm.evaluation.plots import TOKEN_LEGEND
+from hrm.data.colours import TOKEN_LEGEND
+from hrm.evaluation.plots import segment_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1180px;color:#222;
@@ -35,6 +36,31 @@ COLUMNS = (
     ("q_halt_accuracy", "q_halt acc."),
     ("steps", "ACT steps (Q-head)"),
 )
+NOTE = (
+    '<p class="note"><b>exact</b>: the whole grid is right. <b>token acc.</b>: share of cells right; copying '
+    "the input already scores high because most cells are the map. <b>route valid</b>: the predicted route "
+    "cells form one simple path from start to goal over cells the vehicle may enter, with the rest of the map "
+    "unchanged. <b>route optimal</b>: valid and as cheap as the shortest path (any optimal route counts, not "
+    "only the label's). <b>cost gap</b>: mean (cost / optimum &minus; 1) over valid routes. <b>q_halt acc.</b>: "
+    "after the last segment, does q_halt &ge; 0 agree with the grid being exactly right. <b>ACT steps</b>: "
+    "mean segment where the Q-head would halt (HRM: first q_halt &gt; q_continue; TRM: q_halt &gt; 0). Italic rows are references: "
+    "copying the map is what a model that has learned nothing about routing gets; the labels row checks "
+    "the data (it must read 100%). <b>needs a detour</b>: examples where no optimal route is monotone (every "
+    "route of Manhattan length costs more or is blocked): they need search; <b>monotone optimum</b>: the rest. "
+    "<b>best monotone path</b>: the cheapest route that only moves towards the goal, by dynamic programming; "
+    "its route-optimal rate is the share of examples that need no search. <b>the car's route for every "
+    "vehicle</b>: what ignoring the vehicle identifier would score.</p>"
+)
+
+
+# The summary's rows beside the model's own: the model on part of a split, and the reference rows (italic).
+PARTS = (("detour", "model, needs a detour"), ("monotone", "model, monotone optimum"))
+REFERENCES = (
+    ("copy_input", "copy the input (baseline)"),
+    ("monotone_path", "best monotone path (baseline)"),
+    ("vehicle_blind", "the car's route for every vehicle (baseline)"),
+    ("labels", "the labels (data check)"),
+)
 
 
 def fmt(value: Any, name: str = "") -> str:
@@ -49,15 +75,12 @@ def fmt(value: Any, name: str = "") -> str:
     return html.escape(str(value))
 
 
-def table(header: list[str], rows: list[tuple[str, list[str], bool]]) -> str:
-    """rows: (first cell, other cells already formatted, is a reference row)."""
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    for first, cells, reference in rows:
-        css = ' class="ref"' if reference else ""
-        out.append(
-            f"<tr{css}><td>{html.escape(first)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-        )
-    return "\n".join(out) + "</table>"
+def table(header: Sequence[str], rows: Sequence[tuple[Sequence[str], bool]]) -> str:
+    """rows: (cells already HTML, is a reference row: shown in italics)."""
+    head = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>\n"
+    css = {False: "", True: ' class="ref"'}
+    body = (f"<tr{css[ref]}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells, ref in rows)
+    return head + "\n".join(body) + "</table>"
 
 
 def image(path: Path, alt: str) -> str:
@@ -65,88 +88,43 @@ def image(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _metric_table(first: str, rows: list[tuple[str, dict[str, Any], Any, bool]], present: list[dict]) -> str:
+    """rows: (label, metrics, example count, is a reference row); the COLUMNS that some of `present` has."""
+    columns = [c for c in COLUMNS if any(c[0] in m for m in present)]
+    header = [first, "examples"] + [label for _, label in columns]
+    cells = [
+        ([html.escape(label), fmt(count, "count")] + [fmt(values.get(k), k) for k, _ in columns], ref)
+        for label, values, count, ref in rows
+    ]
+    return table(header, cells)
+
+
 def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> str:
-    columns = [c for c in COLUMNS if any(c[0] in m for m in results.values())]
-    header = ["split / row", "examples"] + [label for _, label in columns]
     rows = []
     for split, metrics in results.items():
-        n = fmt(metrics["count"], "count")
-        fixed = {**metrics, "steps": float(halt_max_steps)}  # HRM's eval: every row runs them all
-        rows.append(
-            (
-                f"{split}: model, {halt_max_steps} segments",
-                [n] + [fmt(fixed.get(k), k) for k, _ in columns],
-                False,
-            )
-        )
-        q_halt = dict(metrics["q_halt"])
-        q_halt["steps"] = metrics["steps"]
-        rows.append(
-            (f"{split}: model, Q-head halting", [n] + [fmt(q_halt.get(k), k) for k, _ in columns], False)
-        )
-        for part, label in (("detour", "needs a detour"), ("monotone", "monotone optimum")):
-            if part in metrics:
-                values = {**metrics[part], "steps": float(halt_max_steps)}
-                rows.append(
-                    (
-                        f"{split}: model, {label}",
-                        [fmt(values["count"], "count")] + [fmt(values.get(k), k) for k, _ in columns],
-                        False,
-                    )
-                )
-        rows.append(
-            (
-                f"{split}: copy the input (baseline)",
-                [n] + [fmt(metrics["copy_input"].get(k), k) for k, _ in columns],
-                True,
-            )
-        )
-        for key, label in (
-            ("monotone_path", "best monotone path (baseline)"),
-            ("vehicle_blind", "the car's route for every vehicle (baseline)"),
-        ):
-            if key in metrics:
-                rows.append(
-                    (f"{split}: {label}", [n] + [fmt(metrics[key].get(k), k) for k, _ in columns], True)
-                )
-        if "labels" in metrics:
-            rows.append(
-                (
-                    f"{split}: the labels (data check)",
-                    [n] + [fmt(metrics["labels"].get(k), k) for k, _ in columns],
-                    True,
-                )
-            )
-    return table(header, rows)
-
-
-def vehicle_table(metrics: dict[str, Any], vehicles: list[str]) -> str:
-    columns = [c for c in COLUMNS if c[0] in metrics]
-    header = ["vehicle", "examples"] + [label for _, label in columns]
-    rows = [
-        (v, [fmt(metrics[v]["count"], "count")] + [fmt(metrics[v].get(k), k) for k, _ in columns], False)
-        for v in vehicles
-    ]
-    return table(header, rows)
+        n, fixed = metrics["count"], float(halt_max_steps)  # HRM's eval: every row runs them all
+        rows.append((f"{split}: model, {halt_max_steps} segments", {**metrics, "steps": fixed}, n, False))
+        q_halt = {**metrics["q_halt"], "steps": metrics["steps"]}
+        rows.append((f"{split}: model, Q-head halting", q_halt, n, False))
+        rows += [
+            (f"{split}: {label}", {**metrics[key], "steps": fixed}, metrics[key]["count"], False)
+            for key, label in PARTS
+            if key in metrics
+        ]
+        rows += [(f"{split}: {label}", metrics[key], n, True) for key, label in REFERENCES if key in metrics]
+    return _metric_table("split / row", rows, list(results.values()))
 
 
 def segments_table(results: dict[str, dict[str, Any]]) -> str:
-    counts = sorted({int(k) for m in results.values() for k in m["segments"]})
-    header = ["segments"]
-    for split, metrics in results.items():
-        header.append(f"{split} exact")
-        if "route_optimal_rate" in metrics:
-            header.append(f"{split} route optimal")
-    rows = []
-    for k in counts:
-        cells = []
-        for metrics in results.values():
-            values = metrics["segments"].get(str(k), {})
-            cells.append(fmt(values.get("exact_accuracy")))
-            if "route_optimal_rate" in metrics:
-                cells.append(fmt(values.get("route_optimal_rate")))
-        rows.append((str(k), cells, False))
-    return table(header, rows)
+    """plots.segment_rows as a table: exact (and route optimal where scored) per split and segment count."""
+    names = {"exact_accuracy": "exact", "route_optimal_rate": "route optimal"}
+    columns = [(s, n) for s, m in results.items() for n in names if n == "exact_accuracy" or n in m]
+    header = ["segments"] + [f"{split} {names[name]}" for split, name in columns]
+    rows = segment_rows(results)
+    return table(
+        header,
+        [([str(row["segments"])] + [fmt(row.get(f"{s}_{n}")) for s, n in columns], False) for row in rows],
+    )
 
 
 def render_report(
@@ -165,38 +143,28 @@ def render_report(
         '<html lang="en"><head><meta charset="utf-8"><title>HRM city routing: evaluation</title>',
         f"<style>{STYLE}</style></head><body>",
         "<h1>HRM city routing: evaluation report</h1>",
-        table(["setting", "value"], [(k, [html.escape(v)], False) for k, v in context.items()]),
+        table(["setting", "value"], [([html.escape(k), html.escape(v)], False) for k, v in context.items()]),
         "<h2>Summary</h2>",
         summary_table(results, halt_max_steps),
-        '<p class="note"><b>exact</b>: the whole grid is right. <b>token acc.</b>: share of cells right; copying '
-        "the input already scores high because most cells are the map. <b>route valid</b>: the predicted route "
-        "cells form one simple path from start to goal over cells the vehicle may enter, with the rest of the map "
-        "unchanged. <b>route optimal</b>: valid and as cheap as the shortest path (any optimal route counts, not "
-        "only the label's). <b>cost gap</b>: mean (cost / optimum &minus; 1) over valid routes. <b>q_halt acc.</b>: "
-        "after the last segment, does q_halt &ge; 0 agree with the grid being exactly right. <b>ACT steps</b>: "
-        "mean segment where the Q-head would halt (HRM: first q_halt &gt; q_continue; TRM: q_halt &gt; 0). Italic rows are references: "
-        "copying the map is what a model that has learned nothing about routing gets; the labels row checks "
-        "the data (it must read 100%). <b>needs a detour</b>: examples where no optimal route is monotone (every "
-        "route of Manhattan length costs more or is blocked): they need search; <b>monotone optimum</b>: the rest. "
-        "<b>best monotone path</b>: the cheapest route that only moves towards the goal, by dynamic programming; "
-        "its route-optimal rate is the share of examples that need no search. <b>the car's route for every "
-        "vehicle</b>: what ignoring the vehicle identifier would score.</p>",
+        NOTE,
     ]
     if not has_routes:
         parts.append(
             '<p class="note">This data carries no route cost model (routing.json): route metrics skipped.</p>'
         )
-    parts.append("<h2>Accuracy vs ACT segments</h2>")
-    parts.append(segments_table(results))
+    parts += ["<h2>Accuracy vs ACT segments</h2>", segments_table(results)]
     if "segments" in figures:
         parts.append(image(figures["segments"], "accuracy vs segments"))
     if "act_steps" in figures:
-        parts.append("<h2>ACT steps chosen by the Q-head</h2>")
-        parts.append(image(figures["act_steps"], "ACT steps histogram"))
+        parts += [
+            "<h2>ACT steps chosen by the Q-head</h2>",
+            image(figures["act_steps"], "ACT steps histogram"),
+        ]
     for split, names in vehicles.items():
         if names:
             parts.append(f"<h2>Per vehicle: {html.escape(split)}</h2>")
-            parts.append(vehicle_table(results[split], names))
+            rows = [(v, results[split][v], results[split][v]["count"], False) for v in names]
+            parts.append(_metric_table("vehicle", rows, [results[split]]))
             if f"vehicles_{split}" in figures:
                 parts.append(image(figures[f"vehicles_{split}"], f"per vehicle {split}"))
     parts.append("<h2>Training curves</h2>")
@@ -212,7 +180,6 @@ def render_report(
         )
         parts.append(f'<p class="note">{legend}. Red rings: predicted cells that differ from the label.</p>')
         for path, caption in route_maps:
-            parts.append(f"<h3>{html.escape(caption)}</h3>")
-            parts.append(image(path, caption))
+            parts += [f"<h3>{html.escape(caption)}</h3>", image(path, caption)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -1,15 +1,16 @@
 """Running a checkpoint over a split segment by segment, and turning its predictions into metrics.
 
-HRM evaluates with a fixed number of ACT segments (`halt_max_steps`): in eval mode the Q-head never stops a
-row early. We keep the predictions after selected segments (accuracy vs segments, the ARC Prize analysis'
-question) and also replay what the Q-head would have done: a row halts at the first segment where the model's
-training rule says so (HRM: q_halt > q_continue; TRM: q_halt > 0), so "steps used vs accuracy" needs no second pass.
+HRM evaluates with a fixed number of ACT segments (`halt_max_steps`): in eval mode the Q-head never stops a row
+early. We keep the predictions after selected segments (accuracy vs segments) and replay what the Q-head would
+have done: a row halts at the first segment where the model's training rule says so (HRM: q_halt > q_continue;
+TRM: q_halt > 0), so "steps used vs accuracy" needs no second pass.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,10 @@ from hrm.io import UserError
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
-RESERVED_KEYS = {
-    "segments",
-    "q_halt",
-    "copy_input",
-    "labels",
-    "count",
-    "steps",
-    "detour",
-    "monotone",
-    "monotone_path",
-    "vehicle_blind",
-}
+RESERVED_KEYS = set(
+    "segments q_halt copy_input labels count steps detour monotone monotone_path vehicle_blind exact_accuracy "
+    "accuracy q_halt_accuracy route_valid_rate route_optimal_rate route_cost_gap".split()
+)
 # The vehicle whose optimal route the vehicle-blind baseline gives every example.
 BLIND_VEHICLE = "car"
 
@@ -45,18 +38,11 @@ class SegmentRun:
     preds_at: dict[int, np.ndarray]  # segment count -> predictions [N, seq_len]
     halt_steps: np.ndarray  # [N] first segment where the Q-head says halt (halt_max_steps if never)
     halt_preds: np.ndarray  # [N, seq_len] predictions at that segment
-    final_q_halt: np.ndarray  # [N] q_halt logit after the last segment
-    final_q_continue: np.ndarray  # [N]
+    final_q_halt: np.ndarray  # [N] q_halt logit after the last segment (nan without a Q-head)
 
     @property
     def final_preds(self) -> np.ndarray:
         return self.preds_at[self.halt_max_steps]
-
-
-def segments_to_keep(requested: list[int], halt_max_steps: int) -> list[int]:
-    """`evaluate.segments` capped at halt_max_steps, always ending with halt_max_steps (HRM's own figure)."""
-    kept = {int(k) for k in requested if 1 <= int(k) <= halt_max_steps}
-    return sorted(kept | {halt_max_steps})
 
 
 def run_segments(
@@ -68,17 +54,17 @@ def run_segments(
     device: Any,
     progress: bool = False,
 ) -> SegmentRun:
-    """Run every batch for exactly `halt_max_steps` segments (eval mode, no grad), recording predictions."""
+    """Run every batch for exactly `halt_max_steps` segments (eval mode, no grad), keeping the predictions after
+    the `keep` segment counts that are <= halt_max_steps, and always after halt_max_steps (HRM's own figure)."""
     import torch
 
     n, seq_len = data.inputs.shape
-    keep = segments_to_keep(keep, halt_max_steps)
+    keep = sorted({int(k) for k in keep if 1 <= int(k) <= halt_max_steps} | {halt_max_steps})
     dtype = data.inputs.dtype
     preds_at = {k: np.zeros((n, seq_len), dtype=dtype) for k in keep}
     halt_steps = np.full(n, halt_max_steps, dtype=np.int64)
     halt_preds = np.zeros((n, seq_len), dtype=dtype)
-    final_q_halt = np.zeros(n)
-    final_q_continue = np.zeros(n)
+    final_q_halt = np.full(n, np.nan)  # a model without a Q-head (fixed segments) never halts early
     starts = range(0, n, batch_size)
     if progress:
         from tqdm import tqdm
@@ -91,8 +77,9 @@ def run_segments(
             examples = np.arange(start, min(start + batch_size, n))
             real = len(examples)
             rows = slice(start, start + real)
-            puzzles = data.dataset.puzzles_of_examples(examples)
-            cpu_batch = data.dataset.collate(examples, puzzles, pad_to=batch_size)
+            cpu_batch = data.dataset.collate(
+                examples, data.dataset.puzzles_of_examples(examples), pad_to=batch_size
+            )
             batch = {key: value.to(device) for key, value in cpu_batch.items()}
             carry = head.initial_carry(batch)
             decided = np.zeros(real, dtype=bool)
@@ -106,28 +93,20 @@ def run_segments(
                         f"{halt_max_steps}; in eval mode HRM halts exactly at halt_max_steps"
                     )
                 preds = outputs["preds"][:real].cpu().numpy().astype(dtype)
-                if "q_halt_logits" in outputs:
-                    q_halt = outputs["q_halt_logits"][:real].float().cpu().numpy()
-                    q_continue = outputs["q_continue_logits"][:real].float().cpu().numpy()
-                else:  # a model without a Q-head (fixed segments) never halts early
-                    q_halt = np.full(real, np.nan)
-                    q_continue = np.full(real, np.nan)
                 if step in preds_at:
                     preds_at[step][rows] = preds
                 halting = ~decided & (q_says_halt(head, outputs, real) | (step == halt_max_steps))
                 halt_steps[rows][halting] = step
-                block = halt_preds[rows]
-                block[halting] = preds[halting]
+                halt_preds[rows][halting] = preds[halting]
                 decided |= halting
-            final_q_halt[rows] = q_halt
-            final_q_continue[rows] = q_continue
-    return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt, final_q_continue)
+            if "q_halt_logits" in outputs:
+                final_q_halt[rows] = outputs["q_halt_logits"][:real].float().cpu().numpy()
+    return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt)
 
 
 def q_says_halt(head: Any, outputs: dict[str, Any], real: int) -> np.ndarray:
     """Rows whose Q-head says halt, by the model's own training rule (HRM: q_halt > q_continue; TRM with
-    no_ACT_continue: q_halt > 0); all False for a model without a Q-head. A head whose model does not
-    state a rule gets HRM's."""
+    no_ACT_continue: q_halt > 0; HRM's where the model states none); all False without a Q-head."""
     if "q_halt_logits" not in outputs:
         return np.zeros(real, dtype=bool)
     q_halt, q_continue = outputs["q_halt_logits"], outputs["q_continue_logits"]
@@ -140,101 +119,71 @@ def q_says_halt(head: Any, outputs: dict[str, Any], real: int) -> np.ndarray:
 class SplitResult:
     """Metrics of one split plus what the plots and the report draw from."""
 
-    name: str
     metrics: dict[str, Any]
     final: M.ExampleScores
     optimum: np.ndarray | None
-    halt_steps: np.ndarray
-    identifier_names: list[str]
-    per_vehicle: dict[str, dict[str, Any]] = field(default_factory=dict)
-    needs_detour: np.ndarray | None = None  # bool [N]: no optimal route is monotone
+    vehicles: list[str]  # the per-vehicle metric keys (none for a single identifier)
+    run: SegmentRun
 
 
 def metric_key(name: str, identifier: int) -> str:
     """A vehicle name as a metric key: letters, digits, _ and - only (DVC splits keys on dots), never a
     split-level key; '<blank>' becomes 'blank'."""
     key = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or f"id{identifier}"
-    return f"id_{key}" if key in RESERVED_KEYS or key in _SPLIT_METRICS else key
-
-
-_SPLIT_METRICS = {
-    "exact_accuracy",
-    "accuracy",
-    "q_halt_accuracy",
-    "route_valid_rate",
-    "route_optimal_rate",
-    "route_cost_gap",
-}
+    return f"id_{key}" if key in RESERVED_KEYS else key
 
 
 def evaluate_split(
-    data: SplitData,
-    run: SegmentRun,
-    names: list[str],
-    task: M.RouteTask | None,
+    data: SplitData, run: SegmentRun, names: list[str], task: M.RouteTask | None
 ) -> SplitResult:
-    """Every number of one split: overall, per vehicle, per segment count, Q-halting, and two reference rows."""
-    ignore = data.metadata.ignore_label_id
+    """Every number of one split: overall, per vehicle, per segment count, Q-halting, and the reference rows."""
     optimum = M.optimal_costs(data.inputs, data.identifiers, task) if task is not None else None
 
     def score(preds: np.ndarray) -> M.ExampleScores:
+        ignore = data.metadata.ignore_label_id
         return M.score_predictions(data.inputs, preds, data.labels, data.identifiers, ignore, task, optimum)
 
-    final = score(run.final_preds)
-    halted_correct = final.exact
-    q_halt_right = (run.final_q_halt >= 0) == halted_correct
+    def rates(scores: M.ExampleScores) -> dict[str, Any]:
+        values = M.aggregate(scores, optimum)
+        values.pop("count")
+        return values
 
+    final = score(run.final_preds)
+    q_halt_right = (run.final_q_halt >= 0) == final.exact
     has_q_head = bool(np.isfinite(run.final_q_halt).all())
 
-    def with_act(values: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    def with_act(mask: np.ndarray) -> dict[str, Any]:
+        values = M.aggregate(final, optimum, mask)
         values["q_halt_accuracy"] = float(q_halt_right[mask].mean()) if mask.any() and has_q_head else None
         values["steps"] = float(run.halt_steps[mask].mean()) if mask.any() else None
         return values
 
-    everyone = np.ones(len(data), dtype=bool)
-    result = with_act(M.aggregate(final, optimum), everyone)
-
-    per_vehicle: dict[str, dict[str, Any]] = {}
+    result = with_act(np.ones(len(data), dtype=bool))
+    vehicles: list[str] = []
     present = [int(i) for i in np.unique(data.identifiers)]
     if 1 < len(present) <= M.MAX_BREAKDOWN_NAMES:  # one identifier (Maze) would repeat the overall row
         for ident in present:
-            mask = data.identifiers == ident
-            per_vehicle[metric_key(names[ident], ident)] = with_act(M.aggregate(final, optimum, mask), mask)
-    result.update(per_vehicle)
-
-    result["segments"] = {}
-    for k, preds in run.preds_at.items():
-        scores = final if k == run.halt_max_steps else score(preds)
-        values = M.aggregate(scores, optimum)
-        values.pop("count")
-        result["segments"][str(k)] = values
-    q_halt = M.aggregate(score(run.halt_preds), optimum)
-    q_halt.pop("count")
-    q_halt["steps"] = float(run.halt_steps.mean())
-    result["q_halt"] = q_halt
-    copy = M.aggregate(score(data.inputs), optimum)
-    copy.pop("count")
-    result["copy_input"] = copy
-    detour = None
+            vehicles.append(metric_key(names[ident], ident))
+            result[vehicles[-1]] = with_act(data.identifiers == ident)
+    result["segments"] = {
+        str(k): rates(final if k == run.halt_max_steps else score(preds)) for k, preds in run.preds_at.items()
+    }
+    result["q_halt"] = {**rates(score(run.halt_preds)), "steps": float(run.halt_steps.mean())}
+    result["copy_input"] = rates(score(data.inputs))
     if task is not None:
         # The labels scored as predictions: 1.0 unless the data's own routes are broken or not optimal.
-        oracle = M.aggregate(score(data.labels), optimum)
+        oracle = rates(score(data.labels))
         result["labels"] = {k: oracle[k] for k in ("route_valid_rate", "route_optimal_rate")}
         # How much search the split needs, and the model's figures on each part.
         monotone_preds, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
         detour = M.needs_detour(optimum, monotone_cost)
-        monotone = np.isfinite(optimum) & ~detour
-        result["detour"] = with_act(M.aggregate(final, optimum, detour), detour)
-        result["monotone"] = with_act(M.aggregate(final, optimum, monotone), monotone)
-        baseline = M.aggregate(score(monotone_preds), optimum)
-        baseline.pop("count")
-        result["monotone_path"] = baseline
+        result["detour"] = with_act(detour)
+        result["monotone"] = with_act(np.isfinite(optimum) & ~detour)
+        result["monotone_path"] = rates(score(monotone_preds))
         if BLIND_VEHICLE in names:
-            blind_preds = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
-            baseline = M.aggregate(score(blind_preds), optimum)
-            baseline.pop("count")
-            result["vehicle_blind"] = baseline
-    return SplitResult(data.name, result, final, optimum, run.halt_steps, names, per_vehicle, detour)
+            blind = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
+            result["vehicle_blind"] = rates(score(blind))
+    return SplitResult(result, final, optimum, vehicles, run)
 
 
 def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size: int, device: Any) -> Any:
@@ -265,6 +214,7 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     from hrm.config import section
     from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
     from hrm.io import check_writable
+    from hrm.runtime import resolve_device, set_cpu_threads
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
     # the reports are built beside paths.eval_reports and swapped in: its parent must take files, checked now
@@ -272,13 +222,10 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
         Path(paths["eval_reports"]).parent, f"params.yaml: paths.eval_reports {paths['eval_reports']}"
     )
     # types and ranges: schemas/params.schema.json, applied by hrm.config.load_params
-    batch_size, segments = int(settings["batch_size"]), list(settings["segments"])
-    n_maps, train_examples = int(settings["route_map_examples"]), int(settings["train_examples"])
-    halt_max_steps = int(arch["halt_max_steps"])
+    batch_size = int(settings["batch_size"])
     data_root = Path(paths["hrm"])
-
     splits = {
-        "train": load_split(data_root, "train", limit=train_examples),
+        "train": load_split(data_root, "train", limit=int(settings["train_examples"])),
         "test": load_split(data_root, "test"),
     }
     metadata = splits["train"].metadata
@@ -291,19 +238,15 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
             )
     names = load_identifier_names(data_root, metadata.num_puzzle_identifiers)
     task = load_route_task(data_root, metadata)
-    from hrm.runtime import resolve_device, set_cpu_threads
-
     device = resolve_device(str(params.get("train", {}).get("device", "auto")))
     set_cpu_threads(int(params.get("train", {}).get("threads", 0)))
     head = load_head(arch, metadata, Path(paths["model"]), batch_size, device)
     halt_max_steps = int(head.model.eval_segments)  # the transformer baseline predicts in one segment
-
-    runs: dict[str, SegmentRun] = {}
-    results: dict[str, SplitResult] = {}
+    segments = list(settings["segments"])
+    results = {}
     for name, data in splits.items():
-        runs[name] = run_segments(head, data, batch_size, halt_max_steps, segments, device, progress=progress)
-        results[name] = evaluate_split(data, runs[name], names, task)
-
+        run = run_segments(head, data, batch_size, halt_max_steps, segments, device, progress=progress)
+        results[name] = evaluate_split(data, run, names, task)
     context = {
         "checkpoint": str(paths["model"]),
         "data": str(data_root),
@@ -313,109 +256,50 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
         "examples": ", ".join(f"{n} {len(d)}" for n, d in splits.items()),
         "device": str(device),
     }
-    write_reports(
-        Path(paths["eval_reports"]),
-        Path(paths["train_log"]),
-        splits,
-        runs,
-        results,
-        task,
-        n_maps,
-        context,
-    )
+    write_reports(paths, splits, results, names, task, int(settings["route_map_examples"]), context)
     return {name: result.metrics for name, result in results.items()}
 
 
-def _route_caption(result: SplitResult, index: int) -> str:
-    final = result.final
-    if final.route_valid is None or result.optimum is None:
-        return ""
-    if not final.route_valid[index]:
-        return f"invalid: {final.route_reason[index]}"
-    cost, optimum = final.route_cost[index], result.optimum[index]
-    verdict = (
-        "optimal" if final.route_optimal[index] else f"valid, {cost / optimum - 1:+.1%} over the optimum"
-    )
-    return f"{verdict}, cost {cost:.0f}"
-
-
-def _wrap(text: str, width: int = 60) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width)) or text
-
-
 def write_reports(
-    out_dir: Path,
-    train_log: Path,
+    paths: dict[str, Any],
     splits: dict[str, SplitData],
-    runs: dict[str, SegmentRun],
     results: dict[str, SplitResult],
+    names: list[str],
     task: M.RouteTask | None,
     n_maps: int,
     context: dict[str, str],
 ) -> None:
-    """Everything under `out_dir`, built in a staging folder and swapped in whole (never half-written)."""
+    """Everything under paths.eval_reports, built in a staging folder and swapped in whole (never half-written)."""
     from hrm.evaluation import plots, report
     from hrm.io import atomic_write_json, atomic_write_text, staged_directory
 
     metrics = {name: result.metrics for name, result in results.items()}
-    halt_max_steps = next(iter(runs.values())).halt_max_steps
-    vehicles = {name: list(result.per_vehicle) for name, result in results.items()}
-    with staged_directory(out_dir) as staging:
+    vehicles = {name: result.vehicles for name, result in results.items()}
+    halt_max_steps = results["test"].run.halt_max_steps
+    with staged_directory(Path(paths["eval_reports"])) as staging:
         atomic_write_json(staging / "metrics.json", metrics, indent=2)
         plot_dir, figure_dir = staging / "plots", staging / "figures"
         plot_dir.mkdir()
         figure_dir.mkdir()
         segment_rows = plots.segment_rows(metrics)
+        step_rows = plots.act_step_rows({n: r.run.halt_steps for n, r in results.items()}, halt_max_steps)
+        vehicle_rows = {n: plots.vehicle_rows(metrics[n], vehicles[n]) for n in splits}
         atomic_write_json(plot_dir / "segments.json", segment_rows, indent=1)
-        atomic_write_json(
-            plot_dir / "vehicles.json", plots.vehicle_rows(metrics["test"], vehicles["test"]), indent=1
-        )
-        step_rows = plots.act_step_rows({n: r.halt_steps for n, r in results.items()}, halt_max_steps)
+        atomic_write_json(plot_dir / "vehicles.json", vehicle_rows["test"], indent=1)
         atomic_write_json(plot_dir / "act_steps.json", step_rows, indent=1)
 
-        figures: dict[str, Path] = {}
+        figures = {"segments": figure_dir / "segments.png", "act_steps": figure_dir / "act_steps.png"}
         q_halt = {n: {**m["q_halt"], "steps": m["steps"]} for n, m in metrics.items()}
-        figures["segments"] = figure_dir / "segments.png"
         plots.plot_segments(segment_rows, q_halt, figures["segments"])
-        figures["act_steps"] = figure_dir / "act_steps.png"
         plots.plot_act_steps(step_rows, figures["act_steps"])
-        for name in splits:
-            if vehicles[name]:
-                figures[f"vehicles_{name}"] = figure_dir / f"vehicles_{name}.png"
-                plots.plot_vehicles(
-                    plots.vehicle_rows(metrics[name], vehicles[name]), name, figures[f"vehicles_{name}"]
-                )
-        if plots.plot_training_curves(train_log, figure_dir / "training_curves.png"):
+        for name in [n for n in splits if vehicles[n]]:
+            figures[f"vehicles_{name}"] = figure_dir / f"vehicles_{name}.png"
+            plots.plot_vehicles(vehicle_rows[name], name, figures[f"vehicles_{name}"])
+        if plots.plot_training_curves(Path(paths["train_log"]), figure_dir / "training_curves.png"):
             figures["training"] = figure_dir / "training_curves.png"
-
-        route_maps: list[tuple[Path, str]] = []
-        test, test_result = splits["test"], results["test"]
-        if task is not None and n_maps > 0 and len(test):
-            chosen = plots.choose_route_examples(test_result.final.route_optimal, n_maps)
-            for rank, index in enumerate(chosen):
-                vehicle = _vehicle_name(test_result, test.identifiers[index])
-                base = f", base {int(test.base_ids[index])}" if test.base_ids is not None else ""
-                where = f"test example {index}{base}, {vehicle}"
-                caption = f"{where}: {_route_caption(test_result, index)}"
-                optimum = test_result.optimum[index]
-                path = figure_dir / f"route_map_{rank:02d}.png"
-                plots.plot_route_map(
-                    plots.RouteMapExample(
-                        title=where,
-                        input_grid=test.inputs[index],
-                        label_grid=test.labels[index],
-                        pred_grid=runs["test"].final_preds[index],
-                        caption_label=f"cost {optimum:.0f}" if np.isfinite(optimum) else "no route",
-                        caption_pred=_wrap(_route_caption(test_result, index), 55),
-                    ),
-                    task.rows,
-                    task.cols,
-                    path,
-                )
-                route_maps.append((path, caption))
-
+        route_maps = []
+        if task is not None and n_maps > 0 and len(splits["test"]):
+            route_maps = _route_maps(splits["test"], results["test"], names, task, n_maps, figure_dir)
         page = report.render_report(
             results=metrics,
             vehicles=vehicles,
@@ -428,8 +312,29 @@ def write_reports(
         atomic_write_text(staging / "index.html", page)
 
 
-def _vehicle_name(result: SplitResult, identifier: int) -> str:
-    return result.identifier_names[int(identifier)]
+def _route_maps(
+    data: SplitData, result: SplitResult, names: list[str], task: M.RouteTask, count: int, folder: Path
+) -> list[tuple[Path, str]]:
+    """`count` examples (half of them, rounded up, not optimal) drawn as route maps: (PNG, caption)."""
+    from hrm.evaluation import plots
+
+    final, maps = result.final, []
+    for rank, index in enumerate(plots.choose_route_examples(final.route_optimal, count)):
+        cost, optimum = final.route_cost[index], result.optimum[index]
+        if not final.route_valid[index]:
+            verdict = f"invalid: {final.route_reason[index]}"
+        elif final.route_optimal[index]:
+            verdict = f"optimal, cost {cost:.0f}"
+        else:
+            verdict = f"valid, {cost / optimum - 1:+.1%} over the optimum, cost {cost:.0f}"
+        base = f", base {int(data.base_ids[index])}" if data.base_ids is not None else ""
+        where = f"test example {index}{base}, {names[int(data.identifiers[index])]}"
+        path = folder / f"route_map_{rank:02d}.png"
+        grids = (data.inputs[index], data.labels[index], result.run.final_preds[index])
+        captions = (f"cost {optimum:.0f}" if np.isfinite(optimum) else "no route", textwrap.fill(verdict, 55))
+        plots.plot_route_map(path, where, grids, captions, task.rows, task.cols)
+        maps.append((path, f"{where}: {verdict}"))
+    return maps
 
 
 def _rate(value: float | None) -> str:
