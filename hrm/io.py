@@ -17,6 +17,17 @@ class UserError(Exception):
     """Bad input or settings. Stages print the message (file, field, index) and exit 1, no traceback."""
 
 
+def read_json(path: str | Path, missing: str) -> Any:
+    """A JSON document, or a UserError naming the file; `missing` says what to run when it is absent."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: file not found ({missing})") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ data (Maze, ARC, the original tool's files) is accepted or refused by the same c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 
 from hrm.data import spec
 from hrm.evaluation.metrics import RouteTask
-from hrm.io import UserError
+from hrm.io import UserError, read_json
 
 
 @dataclass
@@ -36,15 +35,6 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.inputs)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: file not found (run the convert stage first?)") from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
 def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
@@ -83,7 +73,7 @@ def load_identifier_names(root: str | Path, count: int) -> list[str]:
     path = Path(root) / "identifiers.json"
     names: list[str] = []
     if path.exists():
-        names = read_json(path)
+        names = read_json(path, "run the convert stage first?")
         if not isinstance(names, list):
             raise UserError(f"{path}: must be a JSON list of names")
         names = [str(name) for name in names]
@@ -95,7 +85,7 @@ def load_route_task(root: str | Path, metadata: Any) -> RouteTask | None:
     path = Path(root) / spec.HRM_ROUTING_FILE
     if not path.exists():
         return None
-    data = read_json(path)
+    data = read_json(path, "run the convert stage first?")
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a JSON object")
     for name in ("rows", "cols", "cost_table", "tokens"):

@@ -4,7 +4,6 @@ comes from a seeded generator whose state can be saved and restored (HRM's uses 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.io import UserError
+from hrm.io import UserError, read_json
 
 IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
 
@@ -35,15 +34,7 @@ class DatasetMetadata:
 
     @classmethod
     def from_file(cls, path: str | Path) -> DatasetMetadata:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise UserError(
-                f"{path}: file not found (is the HRM data folder built? run `dvc repro convert`)"
-            ) from err
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err})") from err
+        raw = read_json(path, "is the HRM data folder built? run `dvc repro convert`")
         if not isinstance(raw, dict):
             raise UserError(f"{path}: top level must be an object")
         values: dict[str, Any] = {}
