@@ -1,11 +1,6 @@
-"""Estimates of a run before it runs: the step memory traced on PyTorch's meta device, and GPU plans.
-
-What `hrm doctor` estimates rather than checks lives here, beside the formulas it uses: the bytes a training
-step holds (counted from what autograd saves, on "meta", which computes shapes and nothing else), the
-trainer's memory plan (`hrm.training.memory.plan`) applied to GPUs of 8 to 141 GiB, and the hours of a run
-at an assumed MFU from `hrm.models.flops`. On CUDA the trainer measures its step instead (memory.py).
-The model, its batch and its step are the trainer's: `build_model`, `ModelConfig` and
-`hrm.training.step.forward_backward`, at the shapes of a `Workload`.
+"""What `hrm doctor` estimates rather than measures: the trainer's step memory traced on PyTorch's "meta" device
+(shapes, no compute), the trainer's memory plan per GPU size, and run hours at an assumed MFU (hrm.models.flops).
+Model, batch and step are the trainer's (`build_model`, `ModelConfig`, `forward_backward`) at a `Workload`'s shapes.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ ASSUMED_MFU = 0.30  # model FLOPs utilisation assumed for the estimate (to be me
 
 @dataclass(frozen=True)
 class Workload:
-    """A model at a shape: an `arch` section and the dataset's sizes (`scaled_down`: doctor's --quick copy)."""
+    """An `arch` section at the dataset's sizes (`scaled_down`: doctor's --quick copy)."""
 
     arch: dict[str, Any]
     metadata: DatasetMetadata
@@ -52,8 +47,8 @@ class Workload:
         return dataclasses.replace(self, metadata=dataclasses.replace(self.metadata, seq_len=seq_len))
 
 
-def model_config(work: Workload, dtype_name: str, rows: int = 1, device: str = "meta") -> Any:
-    """The `ModelConfig` the trainer would build: every arch default lives there."""
+def model_config(work: Workload, dtype_name: str) -> Any:
+    """The `ModelConfig` (one row, on meta) the trainer would build: every arch default lives there."""
     from hrm.models import ModelConfig
 
     meta = work.metadata
@@ -62,13 +57,13 @@ def model_config(work: Workload, dtype_name: str, rows: int = 1, device: str = "
         seq_len=meta.seq_len,
         vocab_size=meta.vocab_size,
         num_puzzle_identifiers=meta.num_puzzle_identifiers,
-        batch_size=rows,
-        device=device,
+        batch_size=1,
+        device="meta",
     )
 
 
 def build(work: Workload, rows: int, device: str, dtype_name: str, seed: int) -> Any:
-    """The trainer's model (`hrm.models.build_model`) at the workload's shapes and dtype."""
+    """The trainer's model (`build_model`) at the workload's shapes and dtype."""
     from hrm.models import build_model
 
     return build_model(dict(work.arch, forward_dtype=dtype_name), work.metadata, rows, device, seed)
@@ -87,8 +82,8 @@ def random_batch(work: Workload, rows: int, device: str, seed: int) -> dict[str,
 
 
 def segment_forward_backward(head: Any, batch: dict[str, Any], seed: int) -> Any:
-    """The trainer's forward and backward of one ACT segment (`hrm.training.step.forward_backward`): training
-    mode, target-Q pass included, halting draws from a seeded CPU generator as the trainer's. The loss."""
+    """The loss of the trainer's forward and backward of one ACT segment (training mode, target-Q pass, halting
+    draws from a seeded CPU generator)."""
     import torch
 
     from hrm.training.step import forward_backward
@@ -110,16 +105,9 @@ def saved_step_bytes(
     fused_attention: bool,
     checkpointing: bool = False,
 ) -> tuple[int, int]:
-    """(bytes a training step holds at its peak, parameter bytes), counted from what autograd saves.
-
-    Held = parameters + buffers + gradients (one per parameter) + every tensor autograd saves for backward,
-    each storage once (views share it), parameters not twice. On "meta" nothing is computed (seconds at the
-    paper's shapes) and SDPA runs its math decomposition, which saves the heads x seq x seq attention matrix;
-    with `fused_attention` (the kernel the real device picks is flash / mem-efficient / cuDNN) that matrix is
-    counted as the fused kernel's output and logsumexp instead. On the CPU the meta count per example is
-    within ~15% of the same count on a real step (tests/test_doctor.py). Transient workspace is not counted;
-    MEMORY_HEADROOM leaves room for it.
-    """
+    """(peak bytes of a training step, parameter bytes): parameters, buffers, gradients and each storage autograd
+    saves, once. On meta SDPA saves the seq x seq attention matrix of its math path; `fused_attention` counts the
+    fused kernel's output and logsumexp instead. Transient workspace is not counted (MEMORY_HEADROOM)."""
     import torch
 
     from hrm.training.state import set_activation_checkpointing
@@ -161,20 +149,15 @@ def saved_step_bytes(
 
 
 def traced_memory(work: Workload, train: Any, dtype_name: str, device: str) -> StepMemory:
-    """The trainer's step memory traced on the meta device at 1 and 2 rows (linear in the rows), attention as
-    `device`'s SDPA pick ("gpu": a fused kernel, as every recent GPU picks), + AdamATan2's state (and the EMA
-    copy under train.ema) + the ACT carry per row. `train`: the run's TrainConfig."""
+    """The step traced on meta at 1 and 2 rows, attention as `device`'s SDPA pick ("gpu": fused, as recent GPUs
+    pick), + AdamATan2's state, the EMA copy under train.ema and the ACT carry per row."""
     from hrm.sdpa import default_pick
     from hrm.training.memory import carry_bytes_per_row
 
     model = model_config(work, dtype_name)
-    if device == "gpu":
-        pick, where = "flash", "a GPU"
-    else:
-        pick, where = (
-            default_pick(device, dtype_name, model.num_heads, model.hidden_size // model.num_heads),
-            device,
-        )
+    heads, head_dim = model.num_heads, model.hidden_size // model.num_heads
+    where = "a GPU" if device == "gpu" else device
+    pick = "flash" if device == "gpu" else default_pick(device, dtype_name, heads, head_dim)
     fused, seed = pick not in (None, "math"), train.seed
     (first, params_bytes), (second, _) = [
         saved_step_bytes(work, "meta", dtype_name, rows, seed, fused, train.activation_checkpointing)
@@ -193,9 +176,8 @@ def traced_memory(work: Workload, train: Any, dtype_name: str, device: str) -> S
 
 
 def measured_plan(work: Workload, train: Any, world_size: int, device: str, micro: int | None) -> Any:
-    """The trainer's own memory plan on CUDA (`hrm.training.memory.plan_micro_batch`: its state, EMA included,
-    its step at 1 and 2 rows) on a two-row stand-in split of the workload's shapes, written by the one writer
-    of the layout. UserError when the plan refuses the batch."""
+    """The trainer's CUDA plan (`plan_micro_batch`: its state, its step at 1 and 2 rows) on a two-row stand-in
+    split of the workload's shapes, written by convert's writer. UserError when the plan refuses the batch."""
     import tempfile
     from pathlib import Path
 
@@ -207,13 +189,10 @@ def measured_plan(work: Workload, train: Any, world_size: int, device: str, micr
     from hrm.training.memory import plan_micro_batch
 
     meta = work.metadata
-    rows = np.random.default_rng(train.seed).integers(1, meta.vocab_size, (2, meta.seq_len))
-    arrays = {
-        "inputs": rows,
-        "labels": rows,
-        "puzzle_identifiers": np.array([1, min(2, meta.num_puzzle_identifiers - 1)]),
-    }
-    arrays |= {"puzzle_indices": np.arange(3), "group_indices": np.array([0, 2])}
+    tokens = np.random.default_rng(train.seed).integers(1, meta.vocab_size, (2, meta.seq_len))
+    ids = np.array([1, min(2, meta.num_puzzle_identifiers - 1)])
+    arrays = {"inputs": tokens, "labels": tokens, "puzzle_identifiers": ids, "puzzle_indices": np.arange(3)}
+    arrays["group_indices"] = np.array([0, 2])
     with tempfile.TemporaryDirectory() as tmp:
         write_hrm_split(
             Path(tmp) / "train", arrays, hrm_metadata(arrays, meta.vocab_size, meta.num_puzzle_identifiers)
@@ -227,8 +206,8 @@ def measured_plan(work: Workload, train: Any, world_size: int, device: str, micr
 def gpu_plans(
     memory: StepMemory, global_batch: int, world_size: int, run_flops: float
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per GPU_TIERS card: the trainer's plan (auto micro-batch) with `memory`, and the hours of `run_flops`
-    spread over `world_size` such cards at ASSUMED_MFU. (rows for --json, lines for the table)."""
+    """(rows for --json, table lines): per GPU_TIERS card the trainer's plan (auto micro-batch) with `memory`, and
+    the hours of `run_flops` over `world_size` such cards at ASSUMED_MFU."""
     from hrm.training.memory import gib, plan
 
     share = global_batch // world_size
@@ -266,7 +245,6 @@ def device_memory(device: str) -> tuple[int | None, int | None, str]:
         memory = psutil.virtual_memory()
         return memory.available, memory.total, "available RAM (psutil)"
     except ImportError:
-        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
-        size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
-        free = pages * size if pages and size else None
+        sysconf = getattr(os, "sysconf", lambda name: None)  # none on Windows
+        free = (sysconf("SC_AVPHYS_PAGES") or 0) * (sysconf("SC_PAGE_SIZE") or 0) or None
         return free, free, "available RAM (sysconf)"
