@@ -28,10 +28,6 @@ def _sets(help: str) -> Any:
     return typer.Option("--set", "-S", help=help)
 
 
-def _name(help: str) -> Any:
-    return typer.Option("--name", help=help)
-
-
 # Options quickstart and compare share: both run params.yaml's profiles as DVC experiments.
 ProfileParams = Annotated[Path, typer.Option("--params", help="params.yaml holding profiles.NAME")]
 ProfileName = Annotated[str, typer.Option("--profile", help="params.yaml profiles.NAME (quick, tiny, ...)")]
@@ -78,7 +74,15 @@ def doctor(
     from hrm.doctor import main
 
     with _user_errors():
-        code = main(params, device, json_output, quick, overrides or (), profile, world_size)
+        code = main(
+            params_path=params,
+            device=device,
+            as_json=json_output,
+            quick=quick,
+            overrides=overrides or (),
+            profile=profile,
+            world_size=world_size,
+        )
     raise typer.Exit(code)
 
 
@@ -89,7 +93,9 @@ def quickstart(
     overrides: Annotated[
         list[str] | None, _sets("one more override after the profile's, e.g. arch.name=transformer")
     ] = None,
-    name: Annotated[str | None, _name("experiment name (default: the profile's)")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="experiment name (default: the profile's)")
+    ] = None,
 ) -> None:
     """Run the CPU quick profile end to end as a DVC experiment; the workspace keeps the paper params."""
     from hrm.quickstart import quickstart as run_profile
@@ -115,7 +121,9 @@ def compare(
     overrides: Annotated[
         list[str] | None, _sets("key=value for every run; the same key twice = two variants")
     ] = None,
-    name: Annotated[str | None, _name("experiment name prefix (default: cmp-<profile>)")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="experiment name prefix (default: cmp-<profile>)")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("reports/compare"),
     rev: Annotated[
         str | None,
