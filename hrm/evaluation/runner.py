@@ -74,12 +74,9 @@ def run_segments(
     with torch.no_grad():
         for start in starts:
             # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
-            examples = np.arange(start, min(start + batch_size, n))
-            real = len(examples)
-            rows = slice(start, start + real)
-            cpu_batch = data.dataset.collate(
-                examples, data.dataset.puzzles_of_examples(examples), pad_to=batch_size
-            )
+            stop = min(start + batch_size, n)
+            real, rows = stop - start, slice(start, stop)
+            cpu_batch = data.dataset.rows(start, stop, pad_to=batch_size)
             batch = {key: value.to(device) for key, value in cpu_batch.items()}
             carry = head.initial_carry(batch)
             decided = np.zeros(real, dtype=bool)
