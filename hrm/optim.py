@@ -1,10 +1,6 @@
-"""HRM's optimizers and learning-rate schedule.
-
-`AdamATan2` (dense parameters) is our own implementation of the reference update (the official `adam-atan2`
-package needs a CUDA build). `adam_atan2_pytorch.AdamAtan2` (v0.4.1) is NOT the same update: it computes
-`atan2(m/bc1, sqrt(v/bc2))` scaled by a=1.27 where the reference has `lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`
-(step 1, beta1 0.9: ~1.0*lr against 10*atan(0.1)*lr ~ 0.997*lr); tests/test_optim.py shows the difference.
-"""
+"""HRM's optimizers and learning-rate schedule. `AdamATan2` is our own copy of the reference update (the
+official `adam-atan2` needs a CUDA build; `adam_atan2_pytorch.AdamAtan2` v0.4.1 computes `a * atan2(m/bc1,
+sqrt(v/bc2))`, a different update: tests/test_optim.py shows it)."""
 
 from __future__ import annotations
 
@@ -17,11 +13,8 @@ from torch.optim.optimizer import Optimizer
 
 
 class AdamATan2(Optimizer):
-    """Adam with atan2 in place of division (no epsilon), decoupled weight decay, as HRM's reference kernel.
-
-    Per step t: `p *= 1 - lr*wd`; `m = lerp(m, g, 1-b1)`; `v = lerp(v, min(g^2, float max), 1-b2)`;
-    `p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`.
-    """
+    """HRM's reference Adam-atan2 (no epsilon, decoupled decay): `p *= 1 - lr*wd`; `m = lerp(m, g, 1-b1)`;
+    `v = lerp(v, min(g^2, float max), 1-b2)`; `p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`."""
 
     def __init__(
         self,
@@ -46,8 +39,7 @@ class AdamATan2(Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                grad = param.grad
-                state = self.state[param]
+                grad, state = param.grad, self.state[param]
                 if not state:
                     # step as a CPU tensor: saved/loaded with the state, exact integer for t < 2^24.
                     state["step"] = torch.tensor(0.0)
@@ -62,19 +54,13 @@ class AdamATan2(Optimizer):
                 # A finite |g| > sqrt(max) squares to inf, and the next lerp of v = inf is inf - inf = NaN:
                 # cap the square at the largest float (a no-op wherever it is finite).
                 exp_avg_sq.lerp_(grad.square().clamp_(max=torch.finfo(grad.dtype).max), 1.0 - beta2)
-                bias_correction1 = 1.0 - beta1**step
-                bias_correction2 = 1.0 - beta2**step
-                denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2))
-                param.add_(torch.atan2(exp_avg, denom), alpha=-lr / bias_correction1)
+                denom = exp_avg_sq.sqrt().div_(math.sqrt(1.0 - beta2**step))
+                param.add_(torch.atan2(exp_avg, denom), alpha=-lr / (1.0 - beta1**step))
 
 
 class SparseSignSGD(Optimizer):
-    """Sign-SGD with decoupled weight decay for `PuzzleEmbedding`, touching only the rows of the batch.
-
-    For each id used in the batch (all ranks' batches under torch.distributed): `g` = sum of the gradients
-    of that id's copies; `w[id] = w[id] * (1 - lr*wd) - lr * sign(g)`. Rows not in the batch are untouched,
-    weight decay included. Built from the module (not its tensors) so that moving the model keeps it valid.
-    """
+    """Sign-SGD for `PuzzleEmbedding` on the batch's ids only (every rank's): `w[id] = w[id] * (1 - lr*wd) -
+    lr * sign(sum of id's gradients)`; built from the module, not its tensors, so moving the model is safe."""
 
     def __init__(self, embedding: torch.nn.Module, lr: float = 1e-2, weight_decay: float = 0.1) -> None:
         if lr < 0 or weight_decay < 0:
@@ -85,8 +71,7 @@ class SparseSignSGD(Optimizer):
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
 
     def collect_micro_batch(self) -> None:
-        """Set aside the gradient rows and ids of the micro-batch just back-propagated: the next micro-batch
-        overwrites the local copy, so `step` sums all collected rows per id, exactly as for one big batch."""
+        """Set this micro-batch's gradient rows and ids aside (the next one overwrites the local copy)."""
         local = self.embedding.local_weights
         if local.grad is not None:
             # the grad is dropped below (the next backward makes a new one); the ids buffer is overwritten in place
@@ -104,7 +89,7 @@ class SparseSignSGD(Optimizer):
 
     @torch.no_grad()
     def step(self) -> None:  # type: ignore[override]
-        """Sum this step's gradient rows per id (collected micro-batches, then the local copy; every rank's)."""
+        """Sum this step's gradient rows per id: collected micro-batches, the local copy, every rank's."""
         parts = list(self.pending)
         local = self.embedding.local_weights
         if local.grad is not None:

@@ -1,11 +1,7 @@
-"""Full-state checkpoints: written atomically, found again by themselves, refused when they do not fit.
-
-A checkpoint is a folder ``<root>/<fingerprint>/step_<n>/``: ``common.pt`` (model, optimizers, step, sampler,
-dvclive history) and one ``rank<r>.pt`` per process (ACT carry, RNG states), built under a temp name and
-renamed once every rank has written, so a crash leaves the old checkpoint or the new one. The fingerprint (a
-hash of the settings and data that decide the trajectory) keys the folder, so `dvc exp run -S train.lr=...`
-starts its own line instead of resuming someone else's.
-"""
+"""Full-state checkpoints ``<root>/<fingerprint>/step_<n>/``: ``common.pt`` (model, optimizers, step, sampler,
+dvclive history) and ``rank<r>.pt`` per process (ACT carry, RNG states), renamed into place once every rank
+wrote (a crash leaves the old or the new one). The fingerprint of the settings and data keys the folder, so
+`dvc exp run -S train.lr=...` starts its own line instead of resuming someone else's."""
 
 from __future__ import annotations
 
@@ -49,8 +45,7 @@ class CheckpointStore:
         self.rank, self.world_size = rank, world_size
 
     def check_shared(self) -> None:
-        """Collective: every rank must see the marker rank 0 writes in its checkpoint folder (multi-node: a shared
-        file system), or every rank stops before training with a message naming the blind ones."""
+        """Collective: all ranks stop unless each sees rank 0's marker file (multi-node: a shared disk)."""
         if self.world_size == 1:
             return
         import secrets

@@ -190,14 +190,17 @@ def check_batch_split(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
-class TrainSampler:
-    """HRM's training order with an explicit, restorable state.
+SAMPLER_SETTINGS = (
+    "seed",
+    "global_batch_size",
+    "epochs_per_iteration",
+)  # a checkpoint's must equal the run's
 
-    An iteration covers ``epochs_per_iteration`` epochs (HRM: ``eval_interval``), each a fresh permutation of
-    the groups; each group gives one random puzzle and from it up to the batch's remaining room of examples;
-    an iteration's last partial batch is dropped. Iteration ``i`` draws from a generator seeded ``(seed, i)``,
-    whose state plus the cursor is all the state there is (``load_state_dict`` continues bit-identically).
-    """
+
+class TrainSampler:
+    """HRM's training order, restorable: iteration i (``eval_interval`` epochs, last partial batch dropped)
+    draws from a generator seeded ``(seed, i)``; each epoch permutes the groups, each group gives a random
+    puzzle and from it up to the batch's remaining room of examples. Generator state + cursor: the state."""
 
     def __init__(
         self,
@@ -267,28 +270,20 @@ class TrainSampler:
         """Plain values and a tensor only, so checkpoints load with ``torch.load(weights_only=True)``."""
         import torch
 
-        return {
-            "seed": self.seed,
-            "global_batch_size": self.global_batch_size,
-            "epochs_per_iteration": self.epochs_per_iteration,
-            "iteration": self.iteration,
-            "epoch": self.epoch,
-            "cursor": self.cursor,
-            "exhausted": self.exhausted,
+        names = (*SAMPLER_SETTINGS, "iteration", "epoch", "cursor", "exhausted")
+        return {name: getattr(self, name) for name in names} | {
             "order": torch.from_numpy(self.order.astype(np.int64)),
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("seed", "global_batch_size", "epochs_per_iteration"):
+        for name in SAMPLER_SETTINGS:
             if state[name] != getattr(self, name):
                 raise UserError(
                     f"checkpoint sampler has {name}={state[name]}, these params give {getattr(self, name)}"
                 )
         self.iteration, self.epoch, self.cursor = (
-            int(state["iteration"]),
-            int(state["epoch"]),
-            int(state["cursor"]),
+            int(state[name]) for name in ("iteration", "epoch", "cursor")
         )
         self.exhausted = bool(state["exhausted"])
         self.order = state["order"].numpy().astype(np.int64)

@@ -91,8 +91,7 @@ def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
 
 
 def check_output_paths(paths: dict[str, Any], rank: int) -> None:
-    """Every folder this process writes to must take a file now, not after the last step: checkpoints on every
-    rank, the weights, dvclive folder and timing file on rank 0."""
+    """Probe now, not after the last step, every folder this rank writes (rank 0: weights, dvclive, timing)."""
     from hrm.io import check_writable
 
     folders = {"checkpoints": Path(paths["checkpoints"])}
@@ -106,12 +105,10 @@ def check_output_paths(paths: dict[str, Any], rank: int) -> None:
 
 def make_lr_for(config: TrainConfig, total_steps: int) -> Callable[[int, float], float]:
     """`lr_for(step, base_lr)`: HRM's schedule (hrm.optim.lr_at) with this run's warmup, length and floor."""
-    from functools import partial
-
     from hrm.optim import lr_at
 
-    return partial(
-        lr_at, warmup_steps=config.lr_warmup_steps, total_steps=total_steps, min_ratio=config.lr_min_ratio
+    return lambda step, base_lr: lr_at(
+        step, base_lr, config.lr_warmup_steps, total_steps, config.lr_min_ratio
     )
 
 
@@ -151,7 +148,7 @@ class Run:
         self.state.sampler = TrainSampler(
             train_set, config.global_batch_size, config.eval_interval, config.seed, dist.rank, dist.world_size
         )
-        self.store, self.saved, history = resume(self.state, params, dist, device)
+        history = self.resume(params)
         if dist.rank == 0 and isinstance(self.paths.get("train_timing"), str):
             Path(self.paths["train_timing"]).unlink(missing_ok=True)  # a stale one would time another run
         log_dir, step = self.paths["train_log"], self.state.step
@@ -201,6 +198,28 @@ class Run:
         self.saved = self.state.save(self.store, total_steps=self.total_steps, history=self.logger.history())
         return self.saved
 
+    def resume(self, params: dict[str, Any]) -> Any:
+        """Open the run's checkpoint store and load its newest checkpoint into the state, if any; that
+        checkpoint's dvclive history on rank 0 (None: starting from scratch, or another rank)."""
+        from hrm.training.checkpoint import CheckpointStore, fingerprint
+
+        root, rank = Path(self.paths["hrm"]), self.dist.rank
+        data_texts = {
+            split: (root / split / "dataset.json").read_text(encoding="utf-8") for split in ("train", "test")
+        }
+        run_fingerprint = fingerprint(section(params, "arch"), section(params, "train"), data_texts)
+        self.store = CheckpointStore(self.paths["checkpoints"], run_fingerprint, rank, self.dist.world_size)
+        self.store.check_shared()  # multi-node: every rank must see rank 0's checkpoints
+        self.saved = self.store.latest()
+        if self.saved is None:
+            if rank == 0:
+                print(f"no checkpoint in {self.store.folder}: starting from scratch", flush=True)
+            return None
+        history = self.state.restore(self.store, self.saved, self.device)["history"]
+        if rank == 0:
+            print(f"resuming from {self.saved} (step {self.state.step})", flush=True)
+        return history if rank == 0 else None
+
 
 @contextmanager
 def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
@@ -227,29 +246,3 @@ def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
     finally:
         if dist_info.world_size > 1:
             dist.destroy_process_group()
-
-
-def resume(
-    state: Any, params: dict[str, Any], dist: Distributed, device: Any
-) -> tuple[Any, Path | None, Any]:
-    """The run's checkpoint store, its newest checkpoint (loaded into `state`) and that checkpoint's dvclive
-    history on rank 0 (None: starting from scratch, or another rank)."""
-    from hrm.training.checkpoint import CheckpointStore, fingerprint
-
-    paths, rank = section(params, "paths"), dist.rank
-    root = Path(paths["hrm"])
-    data_texts = {
-        split: (root / split / "dataset.json").read_text(encoding="utf-8") for split in ("train", "test")
-    }
-    run_fingerprint = fingerprint(section(params, "arch"), section(params, "train"), data_texts)
-    store = CheckpointStore(paths["checkpoints"], run_fingerprint, rank, dist.world_size)
-    store.check_shared()  # multi-node: every rank must see rank 0's checkpoints
-    latest = store.latest()
-    if latest is None:
-        if rank == 0:
-            print(f"no checkpoint in {store.folder}: starting from scratch", flush=True)
-        return store, None, None
-    history = state.restore(store, latest, device)["history"]
-    if rank == 0:
-        print(f"resuming from {latest} (step {state.step})", flush=True)
-    return store, latest, history if rank == 0 else None

@@ -94,7 +94,7 @@ def new_state(
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor, src=0)
     # Halt exploration's draws: a CPU generator (portable state, CUDA draws as CPU), the same seed on every rank
-    # (each takes its rows of the global batch's draws: step.step_draws; HRM seeds seed + rank instead).
+    # (each takes its rows of the global batch's draws: step.train_step; HRM seeds seed + rank instead).
     generator = torch.Generator()
     generator.manual_seed(config.seed)
     optimizers, base_lrs = build_optimizers(module, config)

@@ -46,8 +46,8 @@ def forward_backward(
     generator: Any = None,
     draws: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """One ACT segment on a (micro-)batch and its backward of loss / global batch (gradients accumulate into
-    `.grad`); (new carry, detached loss sum, metric sums). `hrm doctor` sizes and times this call."""
+    """One ACT segment and the backward of loss / global batch; (new carry, loss sum, metric sums). hrm doctor
+    sizes and times this call."""
     carry, loss, metrics, _, _ = head(
         carry=carry, batch=batch, return_keys=[], generator=generator, draws=draws
     )
@@ -55,20 +55,8 @@ def forward_backward(
     return carry, loss.detach(), metrics
 
 
-def step_draws(state: TrainState, global_batch_size: int, start: int, stop: int) -> dict[str, Any]:
-    """This process's rows [start, stop) of the draws for the whole global batch, the same on every process,
-    so a row's numbers do not depend on the number of processes or micro-batches."""
-    if not state.module.training:
-        return {}
-    return {
-        k: v[start:stop]
-        for k, v in state.module.draw_row_randomness(global_batch_size, state.generator).items()
-    }
-
-
 def first_nonfinite(state: TrainState, loss: Any) -> str:
-    """The first non-finite tensor on this rank (the loss, else a gradient by parameter name) with its first bad
-    values; "another rank" when this one's are all finite."""
+    """This rank's first non-finite tensor (the loss, else a gradient by name) with its first bad values."""
     import torch
 
     if not torch.isfinite(loss).all():
@@ -109,7 +97,10 @@ def train_step(
         raise UserError(f"micro-batch {micro} does not divide this process's batch of {local} rows")
     if state.carry is None:
         state.carry = state.module.initial_carry(batch)
-    draws = step_draws(state, global_batch_size, rank * local, (rank + 1) * local)
+    draws = {}  # this rank's rows of the whole global batch's draws: a row's numbers ignore the split
+    if state.module.training:
+        all_draws = state.module.draw_row_randomness(global_batch_size, state.generator)
+        draws = {k: v[rank * local : (rank + 1) * local] for k, v in all_draws.items()}
     loss, metrics = accumulate(state, batch, micro, draws, global_batch_size)
     names = [k for k in METRIC_KEYS if k in metrics]
     diverged, stop, loss_sum, *sums = reduce_step(state, loss, metrics, names, stop_requested, world_size)
@@ -179,8 +170,8 @@ def reduce_step(
     stop_requested: bool,
     world_size: int,
 ) -> list[float]:
-    """All-reduce the dense gradients (the sparse optimizer gathers its own rows), then one collective and one
-    device sync for [any non-finite, stop requested, loss sum, *metric sums `names`]: every rank learns all."""
+    """All-reduce the dense gradients (sign-SGD gathers its own), then in one collective and one sync [any
+    non-finite, stop requested, loss sum, *metric sums `names`]."""
     import torch
     import torch.distributed as dist
 
@@ -207,8 +198,7 @@ def reduce_step(
 
 
 def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
-    """(valid, optimal) route counts of this batch's labelled rows, by the evaluate stage's rule
-    (`hrm.evaluation.metrics`: a connected, allowed path whose cost equals the Dijkstra optimum)."""
+    """(valid, optimal) route counts of the batch's labelled rows, by evaluate's hrm.evaluation.metrics."""
     import numpy as np
 
     from hrm.evaluation import metrics as M
@@ -233,9 +223,8 @@ def evaluate(
     world_size: int = 1,
     route_task: Any = None,
 ) -> dict[str, float]:
-    """Every test batch run until all rows halted; the last segment's metric sums, summed, divided by count.
-    With `route_task` (routing.json) its predictions are scored as routes too (`ROUTE_KEYS`, the evaluate
-    stage's metrics), so the eval curve is the task's own measure (hrm compare's budget curves)."""
+    """Every test batch run until all rows halted; the last segment's metric sums over count. With
+    `route_task` (routing.json) predictions are scored as routes too (`ROUTE_KEYS`: hrm compare's curves)."""
     import torch
 
     module = state.module
