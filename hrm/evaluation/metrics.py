@@ -41,14 +41,11 @@ class ExampleScores:
 
 def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | None) -> ExampleScores:
     """HRM's token and exact accuracy per example; cells whose label is `ignore_label_id` do not count."""
-    preds = np.asarray(preds)
-    labels = np.asarray(labels)
+    preds, labels = np.asarray(preds), np.asarray(labels)
     counted = np.ones(labels.shape, dtype=bool) if ignore_label_id is None else labels != ignore_label_id
-    correct = (preds == labels) & counted
-    n_counted = counted.sum(axis=1)
-    token_accuracy = correct.sum(axis=1) / np.maximum(n_counted, 1)
-    exact = correct.sum(axis=1) == n_counted
-    return ExampleScores(token_accuracy=token_accuracy.astype(np.float64), exact=exact)
+    n_right, n_counted = ((preds == labels) & counted).sum(axis=1), counted.sum(axis=1)
+    token_accuracy = (n_right / np.maximum(n_counted, 1)).astype(np.float64)
+    return ExampleScores(token_accuracy=token_accuracy, exact=n_right == n_counted)
 
 
 def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
@@ -67,12 +64,11 @@ def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, 
 
 def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) -> np.ndarray:
     """Optimum per example (nan where no route exists); computed once per split, reused for every prediction."""
-    out = np.full(len(inputs), np.nan)
-    for i, (grid, ident) in enumerate(zip(inputs, identifiers, strict=True)):
-        cost = optimal_route_cost(grid, task.cost_table[int(ident)], task.rows, task.cols)
-        if cost is not None:
-            out[i] = cost
-    return out
+    costs = [
+        optimal_route_cost(grid, task.cost_table[int(ident)], task.rows, task.cols)
+        for grid, ident in zip(inputs, identifiers, strict=True)
+    ]
+    return np.array([np.nan if cost is None else cost for cost in costs], dtype=np.float64)
 
 
 def score_predictions(
@@ -90,13 +86,7 @@ def score_predictions(
         return scores
     cells = task.rows * task.cols
     checks = [
-        routing.check_route(
-            np.asarray(grid[:cells]),
-            np.asarray(pred[:cells]),
-            task.cost_table[int(ident)],
-            task.rows,
-            task.cols,
-        )
+        routing.check_route(grid[:cells], pred[:cells], task.cost_table[int(ident)], task.rows, task.cols)
         for grid, pred, ident in zip(inputs, preds, identifiers, strict=True)
     ]
     scores.route_valid = np.array([bool(c.valid) for c in checks], dtype=bool)
@@ -106,7 +96,7 @@ def score_predictions(
     return scores
 
 
-def _mean(values: np.ndarray) -> float | None:
+def mean_or_none(values: np.ndarray) -> float | None:
     """Mean as a plain float, None for an empty set (JSON has no NaN; DVC shows None as missing)."""
     return None if len(values) == 0 else float(np.mean(values))
 
@@ -120,16 +110,16 @@ def aggregate(
         mask = np.ones(len(scores.exact), dtype=bool)
     out: dict[str, Any] = {
         "count": int(mask.sum()),
-        "exact_accuracy": _mean(scores.exact[mask]),
-        "accuracy": _mean(scores.token_accuracy[mask]),
+        "exact_accuracy": mean_or_none(scores.exact[mask]),
+        "accuracy": mean_or_none(scores.token_accuracy[mask]),
     }
     if scores.route_valid is not None and optimum is not None:
         valid = scores.route_valid & mask
-        out["route_valid_rate"] = _mean(scores.route_valid[mask])
-        out["route_optimal_rate"] = _mean(scores.route_optimal[mask])
+        out["route_valid_rate"] = mean_or_none(scores.route_valid[mask])
+        out["route_optimal_rate"] = mean_or_none(scores.route_optimal[mask])
         with np.errstate(divide="ignore", invalid="ignore"):
             gaps = scores.route_cost[valid] / optimum[valid] - 1.0
-        out["route_cost_gap"] = _mean(gaps[np.isfinite(gaps)])
+        out["route_cost_gap"] = mean_or_none(gaps[np.isfinite(gaps)])
     return out
 
 
@@ -145,9 +135,7 @@ def _routes_as_preds(inputs: np.ndarray, cost_rows: Any, task: RouteTask, find: 
     for i, (grid, cost_row) in enumerate(zip(inputs, cost_rows, strict=True)):
         grid = np.asarray(grid[:cells], dtype=np.int64)
         ends = _endpoints(grid)
-        route = (
-            None if ends is None else find(routing.cell_costs(grid, cost_row), *ends, task.rows, task.cols)
-        )
+        route = find(routing.cell_costs(grid, cost_row), *ends, task.rows, task.cols) if ends else None
         if route is not None and route.cost is not None:
             cost[i] = route.cost
             preds[i, :cells] = routing.mark_route(grid, route.path)
