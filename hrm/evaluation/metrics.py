@@ -48,18 +48,19 @@ def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | No
     return ExampleScores(token_accuracy=token_accuracy, exact=n_right == n_counted)
 
 
-def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
+def _route_on(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int, find: Any) -> Any:
+    """`find(costs, start, goal, rows, cols)` on the map's cells; None unless there is one start and one goal."""
+    grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
     starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
-    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
+    if len(starts) != 1 or len(goals) != 1:
+        return None
+    return find(routing.cell_costs(grid, cost_row), int(starts[0]), int(goals[0]), rows, cols)
 
 
 def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int) -> int | None:
     """Cheapest start-to-goal cost over enterable cells (4-neighbour moves), None if the goal is unreachable."""
-    grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
-    ends = _endpoints(grid)
-    if ends is None:
-        return None
-    return routing.dijkstra_optimum(routing.cell_costs(grid, cost_row), *ends, rows, cols)[0]
+    found = _route_on(input_grid, cost_row, rows, cols, routing.dijkstra_optimum)
+    return None if found is None else found[0]
 
 
 def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) -> np.ndarray:
@@ -133,12 +134,10 @@ def _routes_as_preds(inputs: np.ndarray, cost_rows: Any, task: RouteTask, find: 
     preds = np.array(inputs, copy=True)
     cost = np.full(len(inputs), np.nan)
     for i, (grid, cost_row) in enumerate(zip(inputs, cost_rows, strict=True)):
-        grid = np.asarray(grid[:cells], dtype=np.int64)
-        ends = _endpoints(grid)
-        route = find(routing.cell_costs(grid, cost_row), *ends, task.rows, task.cols) if ends else None
+        route = _route_on(grid, cost_row, task.rows, task.cols, find)
         if route is not None and route.cost is not None:
             cost[i] = route.cost
-            preds[i, :cells] = routing.mark_route(grid, route.path)
+            preds[i, :cells] = routing.mark_route(grid[:cells], route.path)
     return preds, cost
 
 

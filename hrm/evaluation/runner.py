@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from hrm.evaluation import metrics as M
-from hrm.evaluation.data import SplitData
-from hrm.io import UserError
+from hrm.evaluation import plots, report
+from hrm.evaluation.data import SplitData, load_identifier_names, load_route_task, load_split
+from hrm.io import UserError, atomic_write_json, atomic_write_text, check_writable, staged_directory
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
@@ -205,8 +206,6 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
     from hrm.config import section
-    from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
-    from hrm.io import check_writable
     from hrm.runtime import resolve_device, set_cpu_threads
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
@@ -263,9 +262,6 @@ def write_reports(
     context: dict[str, str],
 ) -> None:
     """Everything under paths.eval_reports, built in a staging folder and swapped in whole (never half-written)."""
-    from hrm.evaluation import plots, report
-    from hrm.io import atomic_write_json, atomic_write_text, staged_directory
-
     metrics = {name: result.metrics for name, result in results.items()}
     vehicles = {name: result.vehicles for name, result in results.items()}
     halt_max_steps = results["test"].run.halt_max_steps
@@ -307,8 +303,6 @@ def _route_maps(
     data: SplitData, result: SplitResult, names: list[str], task: M.RouteTask, count: int, folder: Path
 ) -> list[tuple[Path, str]]:
     """`count` examples (half of them, rounded up, not optimal) drawn as route maps: (PNG, caption)."""
-    from hrm.evaluation import plots
-
     final, maps = result.final, []
     for rank, index in enumerate(plots.choose_route_examples(final.route_optimal, count)):
         cost, optimum = final.route_cost[index], result.optimum[index]
