@@ -1,8 +1,6 @@
-"""Reading a split of any dataset in HRM's on-disk layout, plus the optional route cost model beside it.
-
-Evaluation needs every example in file order with its puzzle identifier (the vehicle), as HRM's test batches
-hold them. The arrays come through the trainer's reader (`hrm.training.data.PuzzleDataset`), so any HRM-layout
-data (Maze, ARC, the original tool's files) is accepted or refused by the same checks as in training.
+"""A split of any HRM-layout dataset in file order, each example with its puzzle identifier (the vehicle), and
+the optional route cost model beside it. The arrays come through the trainer's reader
+(`hrm.training.data.PuzzleDataset`): Maze, ARC or the original tool's files pass the same checks as in training.
 """
 
 from __future__ import annotations
@@ -38,10 +36,8 @@ class SplitData:
 
 
 def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
-    """The split through the trainer's checked reader, held in memory (evaluation reads every row many times).
-
-    `limit` > 0 keeps only the first `limit` examples (whole bases first: a base's 4 vehicles are adjacent).
-    """
+    """The split held in memory (evaluation reads every row many times); `limit` > 0 keeps the first `limit`
+    examples (whole bases first: a base's 4 vehicles are adjacent)."""
     from hrm.training.data import PuzzleDataset
 
     dataset = PuzzleDataset(root, split)

@@ -41,38 +41,35 @@ class ExampleScores:
 
 def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | None) -> ExampleScores:
     """HRM's token and exact accuracy per example; cells whose label is `ignore_label_id` do not count."""
-    preds = np.asarray(preds)
-    labels = np.asarray(labels)
+    preds, labels = np.asarray(preds), np.asarray(labels)
     counted = np.ones(labels.shape, dtype=bool) if ignore_label_id is None else labels != ignore_label_id
-    correct = (preds == labels) & counted
-    n_counted = counted.sum(axis=1)
-    token_accuracy = correct.sum(axis=1) / np.maximum(n_counted, 1)
-    exact = correct.sum(axis=1) == n_counted
-    return ExampleScores(token_accuracy=token_accuracy.astype(np.float64), exact=exact)
+    n_right, n_counted = ((preds == labels) & counted).sum(axis=1), counted.sum(axis=1)
+    token_accuracy = (n_right / np.maximum(n_counted, 1)).astype(np.float64)
+    return ExampleScores(token_accuracy=token_accuracy, exact=n_right == n_counted)
 
 
-def _endpoints(grid: np.ndarray) -> tuple[int, int] | None:
+def _route_on(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int, find: Any) -> Any:
+    """`find(costs, start, goal, rows, cols)` on the map's cells; None unless there is one start and one goal."""
+    grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
     starts, goals = np.flatnonzero(grid == spec.START), np.flatnonzero(grid == spec.GOAL)
-    return (int(starts[0]), int(goals[0])) if len(starts) == 1 and len(goals) == 1 else None
+    if len(starts) != 1 or len(goals) != 1:
+        return None
+    return find(routing.cell_costs(grid, cost_row), int(starts[0]), int(goals[0]), rows, cols)
 
 
 def optimal_route_cost(input_grid: np.ndarray, cost_row: np.ndarray, rows: int, cols: int) -> int | None:
     """Cheapest start-to-goal cost over enterable cells (4-neighbour moves), None if the goal is unreachable."""
-    grid = np.asarray(input_grid[: rows * cols], dtype=np.int64)
-    ends = _endpoints(grid)
-    if ends is None:
-        return None
-    return routing.dijkstra_optimum(routing.cell_costs(grid, cost_row), *ends, rows, cols)[0]
+    found = _route_on(input_grid, cost_row, rows, cols, routing.dijkstra_optimum)
+    return None if found is None else found[0]
 
 
 def optimal_costs(inputs: np.ndarray, identifiers: np.ndarray, task: RouteTask) -> np.ndarray:
     """Optimum per example (nan where no route exists); computed once per split, reused for every prediction."""
-    out = np.full(len(inputs), np.nan)
-    for i, (grid, ident) in enumerate(zip(inputs, identifiers, strict=True)):
-        cost = optimal_route_cost(grid, task.cost_table[int(ident)], task.rows, task.cols)
-        if cost is not None:
-            out[i] = cost
-    return out
+    costs = [
+        optimal_route_cost(grid, task.cost_table[int(ident)], task.rows, task.cols)
+        for grid, ident in zip(inputs, identifiers, strict=True)
+    ]
+    return np.array([np.nan if cost is None else cost for cost in costs], dtype=np.float64)
 
 
 def score_predictions(
@@ -90,13 +87,7 @@ def score_predictions(
         return scores
     cells = task.rows * task.cols
     checks = [
-        routing.check_route(
-            np.asarray(grid[:cells]),
-            np.asarray(pred[:cells]),
-            task.cost_table[int(ident)],
-            task.rows,
-            task.cols,
-        )
+        routing.check_route(grid[:cells], pred[:cells], task.cost_table[int(ident)], task.rows, task.cols)
         for grid, pred, ident in zip(inputs, preds, identifiers, strict=True)
     ]
     scores.route_valid = np.array([bool(c.valid) for c in checks], dtype=bool)
@@ -106,7 +97,7 @@ def score_predictions(
     return scores
 
 
-def _mean(values: np.ndarray) -> float | None:
+def mean_or_none(values: np.ndarray) -> float | None:
     """Mean as a plain float, None for an empty set (JSON has no NaN; DVC shows None as missing)."""
     return None if len(values) == 0 else float(np.mean(values))
 
@@ -120,16 +111,16 @@ def aggregate(
         mask = np.ones(len(scores.exact), dtype=bool)
     out: dict[str, Any] = {
         "count": int(mask.sum()),
-        "exact_accuracy": _mean(scores.exact[mask]),
-        "accuracy": _mean(scores.token_accuracy[mask]),
+        "exact_accuracy": mean_or_none(scores.exact[mask]),
+        "accuracy": mean_or_none(scores.token_accuracy[mask]),
     }
     if scores.route_valid is not None and optimum is not None:
         valid = scores.route_valid & mask
-        out["route_valid_rate"] = _mean(scores.route_valid[mask])
-        out["route_optimal_rate"] = _mean(scores.route_optimal[mask])
+        out["route_valid_rate"] = mean_or_none(scores.route_valid[mask])
+        out["route_optimal_rate"] = mean_or_none(scores.route_optimal[mask])
         with np.errstate(divide="ignore", invalid="ignore"):
             gaps = scores.route_cost[valid] / optimum[valid] - 1.0
-        out["route_cost_gap"] = _mean(gaps[np.isfinite(gaps)])
+        out["route_cost_gap"] = mean_or_none(gaps[np.isfinite(gaps)])
     return out
 
 
@@ -143,14 +134,10 @@ def _routes_as_preds(inputs: np.ndarray, cost_rows: Any, task: RouteTask, find: 
     preds = np.array(inputs, copy=True)
     cost = np.full(len(inputs), np.nan)
     for i, (grid, cost_row) in enumerate(zip(inputs, cost_rows, strict=True)):
-        grid = np.asarray(grid[:cells], dtype=np.int64)
-        ends = _endpoints(grid)
-        route = (
-            None if ends is None else find(routing.cell_costs(grid, cost_row), *ends, task.rows, task.cols)
-        )
+        route = _route_on(grid, cost_row, task.rows, task.cols, find)
         if route is not None and route.cost is not None:
             cost[i] = route.cost
-            preds[i, :cells] = routing.mark_route(grid, route.path)
+            preds[i, :cells] = routing.mark_route(grid[:cells], route.path)
     return preds, cost
 
 

@@ -65,9 +65,8 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     plt, fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     x = [row["segments"] for row in rows]
-    styles = {"exact_accuracy": "-", "route_optimal_rate": "--"}
     for split, marker in (("test", "o"), ("train", "s")):
-        for name, style in styles.items():
+        for name, style in (("exact_accuracy", "-"), ("route_optimal_rate", "--")):
             column = f"{split}_{name}"
             if any(column in row for row in rows):
                 ax.plot(x, [row.get(column) for row in rows], style, marker=marker, label=f"{split} {name}")
@@ -87,41 +86,37 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     save_figure(plt, fig, path)
 
 
-def _bars(ax: Any, positions: np.ndarray, series: list[tuple[str, list[float]]], ticks: list[str]) -> None:
-    """Grouped bars, one colour per series, the ticks under the middle of each group."""
+def _bars(positions: np.ndarray, series: list[tuple[str, Any]], ticks: list[str], title: str, ylabel: str):
+    """A figure of grouped bars, one colour per series, the ticks under the middle of each group."""
+    plt, fig = new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
     width = 0.8 / max(len(series), 1)
     for i, (label, values) in enumerate(series):
         ax.bar(positions + i * width, values, width, label=label)
     ax.set_xticks(positions + width * (len(series) - 1) / 2, ticks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return plt, fig, ax
 
 
 def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
-    plt, fig = new_figure(6.4, 3.6)
-    ax = fig.add_subplot()
     names = ["exact_accuracy", "route_valid_rate", "route_optimal_rate"]
     series = [(n, [row.get(n, 0.0) for row in rows]) for n in names if any(n in row for row in rows)]
-    _bars(ax, np.arange(len(rows)), series, [row["vehicle"] for row in rows])
+    ticks = [row["vehicle"] for row in rows]
+    plt, fig, ax = _bars(np.arange(len(rows)), series, ticks, f"Per vehicle ({split})", "rate")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate")
-    ax.set_title(f"Per vehicle ({split})")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
     save_figure(plt, fig, path)
 
 
 def plot_act_steps(rows: list[dict[str, Any]], path: Path) -> None:
-    plt, fig = new_figure(6.4, 3.6)
-    ax = fig.add_subplot()
     steps = np.array([row["steps"] for row in rows])
-    counts = {
-        split: np.array([row[split] for row in rows], dtype=float) for split in rows[0] if split != "steps"
-    }
+    counts = {key: np.array([row[key] for row in rows], dtype=float) for key in rows[0] if key != "steps"}
     series = [(split, c / max(c.sum(), 1)) for split, c in counts.items()]
-    _bars(ax, steps, series, [str(s) for s in steps])
+    title = "ACT steps chosen by the Q-head"
+    plt, fig, ax = _bars(steps, series, [str(s) for s in steps], title, "fraction of examples")
     ax.set_xlabel("first segment where the Q-head says halt (halt_max_steps if never)")
-    ax.set_ylabel("fraction of examples")
-    ax.set_title("ACT steps chosen by the Q-head")
-    ax.legend(fontsize=7)
     save_figure(plt, fig, path)
 
 

@@ -131,13 +131,14 @@ def render_report(
     *,
     results: dict[str, dict[str, Any]],
     vehicles: dict[str, list[str]],
-    figures: dict[str, Path],
+    figure_dir: Path,
+    training: bool,
     route_maps: list[tuple[Path, str]],
     context: dict[str, str],
     halt_max_steps: int,
     has_routes: bool,
 ) -> str:
-    """The whole page as one string. `figures` maps a section name to a PNG; missing ones are left out."""
+    """The whole page as one string, the PNGs read from `figure_dir`; `training`: training_curves.png exists."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>HRM city routing: evaluation</title>',
@@ -152,24 +153,24 @@ def render_report(
         parts.append(
             '<p class="note">This data carries no route cost model (routing.json): route metrics skipped.</p>'
         )
-    parts += ["<h2>Accuracy vs ACT segments</h2>", segments_table(results)]
-    if "segments" in figures:
-        parts.append(image(figures["segments"], "accuracy vs segments"))
-    if "act_steps" in figures:
-        parts += [
-            "<h2>ACT steps chosen by the Q-head</h2>",
-            image(figures["act_steps"], "ACT steps histogram"),
-        ]
+    parts += [
+        "<h2>Accuracy vs ACT segments</h2>",
+        segments_table(results),
+        image(figure_dir / "segments.png", "accuracy vs segments"),
+        "<h2>ACT steps chosen by the Q-head</h2>",
+        image(figure_dir / "act_steps.png", "ACT steps histogram"),
+    ]
     for split, names in vehicles.items():
         if names:
-            parts.append(f"<h2>Per vehicle: {html.escape(split)}</h2>")
             rows = [(v, results[split][v], results[split][v]["count"], False) for v in names]
-            parts.append(_metric_table("vehicle", rows, [results[split]]))
-            if f"vehicles_{split}" in figures:
-                parts.append(image(figures[f"vehicles_{split}"], f"per vehicle {split}"))
+            parts += [
+                f"<h2>Per vehicle: {html.escape(split)}</h2>",
+                _metric_table("vehicle", rows, [results[split]]),
+                image(figure_dir / f"vehicles_{split}.png", f"per vehicle {split}"),
+            ]
     parts.append("<h2>Training curves</h2>")
-    if "training" in figures:
-        parts.append(image(figures["training"], "training curves"))
+    if training:
+        parts.append(image(figure_dir / "training_curves.png", "training curves"))
     else:
         parts.append('<p class="note">No dvclive logs found: training curves left out.</p>')
     if route_maps:

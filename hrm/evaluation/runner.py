@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from hrm.evaluation import metrics as M
-from hrm.evaluation.data import SplitData
-from hrm.io import UserError
+from hrm.evaluation import plots, report
+from hrm.evaluation.data import SplitData, load_identifier_names, load_route_task, load_split
+from hrm.io import UserError, atomic_write_json, atomic_write_text, check_writable, staged_directory
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
@@ -58,12 +59,11 @@ def run_segments(
     the `keep` segment counts that are <= halt_max_steps, and always after halt_max_steps (HRM's own figure)."""
     import torch
 
-    n, seq_len = data.inputs.shape
+    n, dtype = len(data), data.inputs.dtype
     keep = sorted({int(k) for k in keep if 1 <= int(k) <= halt_max_steps} | {halt_max_steps})
-    dtype = data.inputs.dtype
-    preds_at = {k: np.zeros((n, seq_len), dtype=dtype) for k in keep}
+    preds_at = {k: np.zeros_like(data.inputs) for k in keep}
     halt_steps = np.full(n, halt_max_steps, dtype=np.int64)
-    halt_preds = np.zeros((n, seq_len), dtype=dtype)
+    halt_preds = np.zeros_like(data.inputs)
     final_q_halt = np.full(n, np.nan)  # a model without a Q-head (fixed segments) never halts early
     starts = range(0, n, batch_size)
     if progress:
@@ -76,8 +76,7 @@ def run_segments(
             # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
             stop = min(start + batch_size, n)
             real, rows = stop - start, slice(start, stop)
-            cpu_batch = data.dataset.rows(start, stop, pad_to=batch_size)
-            batch = {key: value.to(device) for key, value in cpu_batch.items()}
+            batch = {k: v.to(device) for k, v in data.dataset.rows(start, stop, pad_to=batch_size).items()}
             carry = head.initial_carry(batch)
             decided = np.zeros(real, dtype=bool)
             for step in range(1, halt_max_steps + 1):
@@ -141,9 +140,7 @@ def evaluate_split(
         return M.score_predictions(data.inputs, preds, data.labels, data.identifiers, ignore, task, optimum)
 
     def rates(scores: M.ExampleScores) -> dict[str, Any]:
-        values = M.aggregate(scores, optimum)
-        values.pop("count")
-        return values
+        return {k: v for k, v in M.aggregate(scores, optimum).items() if k != "count"}
 
     final = score(run.final_preds)
     q_halt_right = (run.final_q_halt >= 0) == final.exact
@@ -151,8 +148,8 @@ def evaluate_split(
 
     def with_act(mask: np.ndarray) -> dict[str, Any]:
         values = M.aggregate(final, optimum, mask)
-        values["q_halt_accuracy"] = float(q_halt_right[mask].mean()) if mask.any() and has_q_head else None
-        values["steps"] = float(run.halt_steps[mask].mean()) if mask.any() else None
+        values["q_halt_accuracy"] = M.mean_or_none(q_halt_right[mask]) if has_q_head else None
+        values["steps"] = M.mean_or_none(run.halt_steps[mask])
         return values
 
     result = with_act(np.ones(len(data), dtype=bool))
@@ -209,8 +206,6 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
     from hrm.config import section
-    from hrm.evaluation.data import load_identifier_names, load_route_task, load_split
-    from hrm.io import check_writable
     from hrm.runtime import resolve_device, set_cpu_threads
 
     paths, arch, settings = section(params, "paths"), section(params, "arch"), section(params, "evaluate")
@@ -267,9 +262,6 @@ def write_reports(
     context: dict[str, str],
 ) -> None:
     """Everything under paths.eval_reports, built in a staging folder and swapped in whole (never half-written)."""
-    from hrm.evaluation import plots, report
-    from hrm.io import atomic_write_json, atomic_write_text, staged_directory
-
     metrics = {name: result.metrics for name, result in results.items()}
     vehicles = {name: result.vehicles for name, result in results.items()}
     halt_max_steps = results["test"].run.halt_max_steps
@@ -285,22 +277,20 @@ def write_reports(
         atomic_write_json(plot_dir / "vehicles.json", vehicle_rows["test"], indent=1)
         atomic_write_json(plot_dir / "act_steps.json", step_rows, indent=1)
 
-        figures = {"segments": figure_dir / "segments.png", "act_steps": figure_dir / "act_steps.png"}
         q_halt = {n: {**m["q_halt"], "steps": m["steps"]} for n, m in metrics.items()}
-        plots.plot_segments(segment_rows, q_halt, figures["segments"])
-        plots.plot_act_steps(step_rows, figures["act_steps"])
+        plots.plot_segments(segment_rows, q_halt, figure_dir / "segments.png")
+        plots.plot_act_steps(step_rows, figure_dir / "act_steps.png")
         for name in [n for n in splits if vehicles[n]]:
-            figures[f"vehicles_{name}"] = figure_dir / f"vehicles_{name}.png"
-            plots.plot_vehicles(vehicle_rows[name], name, figures[f"vehicles_{name}"])
-        if plots.plot_training_curves(Path(paths["train_log"]), figure_dir / "training_curves.png"):
-            figures["training"] = figure_dir / "training_curves.png"
+            plots.plot_vehicles(vehicle_rows[name], name, figure_dir / f"vehicles_{name}.png")
+        training = plots.plot_training_curves(Path(paths["train_log"]), figure_dir / "training_curves.png")
         route_maps = []
         if task is not None and n_maps > 0 and len(splits["test"]):
             route_maps = _route_maps(splits["test"], results["test"], names, task, n_maps, figure_dir)
         page = report.render_report(
             results=metrics,
             vehicles=vehicles,
-            figures=figures,
+            figure_dir=figure_dir,
+            training=training,
             route_maps=route_maps,
             context=context,
             halt_max_steps=halt_max_steps,
@@ -313,8 +303,6 @@ def _route_maps(
     data: SplitData, result: SplitResult, names: list[str], task: M.RouteTask, count: int, folder: Path
 ) -> list[tuple[Path, str]]:
     """`count` examples (half of them, rounded up, not optimal) drawn as route maps: (PNG, caption)."""
-    from hrm.evaluation import plots
-
     final, maps = result.final, []
     for rank, index in enumerate(plots.choose_route_examples(final.route_optimal, count)):
         cost, optimum = final.route_cost[index], result.optimum[index]
@@ -343,21 +331,16 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     lines = []
     for split, values in metrics.items():
         parts = [f"exact {values['exact_accuracy']:.3f}", f"token {values['accuracy']:.3f}"]
-        if "route_optimal_rate" in values:
+        if "route_optimal_rate" in values:  # route metrics come with the copy-input and monotone rows
             parts += [
                 f"route valid {values['route_valid_rate']:.3f}",
                 f"route optimal {values['route_optimal_rate']:.3f}",
+                f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})",
+                f"needs a detour {values['detour']['count']}/{values['count']}: route optimal "
+                f"{_rate(values['detour']['route_optimal_rate'])} there, "
+                f"{_rate(values['monotone']['route_optimal_rate'])} on monotone ones "
+                f"(best-monotone-path baseline {values['monotone_path']['route_optimal_rate']:.3f})",
             ]
-            parts.append(
-                f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})"
-            )
-            if "monotone_path" in values:
-                parts.append(
-                    f"needs a detour {values['detour']['count']}/{values['count']}: route optimal "
-                    f"{_rate(values['detour'].get('route_optimal_rate'))} there, "
-                    f"{_rate(values['monotone'].get('route_optimal_rate'))} on monotone ones "
-                    f"(best-monotone-path baseline {values['monotone_path']['route_optimal_rate']:.3f})"
-                )
         parts.append(f"Q-halt steps {values['steps']:.2f}")
         lines.append(f"{split}: " + ", ".join(parts))
     return lines
