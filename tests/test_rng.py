@@ -27,10 +27,6 @@ def test_uniform_range_and_top_bits():
     rng = StableRng(1, (9,))
     values = [rng.uniform(2.0, 3.0) for _ in range(2000)]
     assert min(values) >= 2.0 and max(values) < 3.0
-    array = StableRng(1, (9,)).uniform_array((40, 50))
-    assert array.shape == (40, 50) and array.dtype == np.float64
-    assert 0.0 <= array.min() and array.max() < 1.0
-    assert abs(array.mean() - 0.5) < 0.02
 
 
 def test_integer_is_uniform_and_in_range():
@@ -42,16 +38,12 @@ def test_integer_is_uniform_and_in_range():
         rng.integer(4, 4)
 
 
-def test_shuffle_sample_choice_weighted():
+def test_sample_and_choice():
     rng = StableRng(3)
     items = list(range(20))
-    shuffled = rng.shuffle(items)
-    assert sorted(shuffled) == items and shuffled != items and items == list(range(20))
     picked = rng.sample(items, 5)
     assert len(set(picked)) == 5 and set(picked) <= set(items)
     assert rng.choice("abc") in "abc"
-    counts = Counter(rng.weighted_index([1.0, 0.0, 3.0]) for _ in range(4000))
-    assert counts[1] == 0 and 2700 < counts[2] < 3300
 
 
 def test_integer_array_range_and_spread():

@@ -59,27 +59,6 @@ class StableRng:
             raise ValueError("choice from an empty sequence")
         return items[self.integer(0, len(items))]
 
-    def weighted_index(self, weights: Sequence[float]) -> int:
-        """Index i with probability weights[i] / sum(weights)."""
-        total = float(sum(weights))
-        if total <= 0:
-            raise ValueError("weights must have a positive sum")
-        point = self.uniform(0.0, total)
-        running = 0.0
-        for index, weight in enumerate(weights):
-            running += weight
-            if point < running:
-                return index
-        return len(weights) - 1
-
-    def shuffle(self, items: list[T]) -> list[T]:
-        """A shuffled copy (Fisher-Yates with `integer`)."""
-        result = list(items)
-        for index in range(len(result) - 1, 0, -1):
-            other = self.integer(0, index + 1)
-            result[index], result[other] = result[other], result[index]
-        return result
-
     def sample(self, items: Sequence[T], count: int) -> list[T]:
         """`count` distinct items, in draw order."""
         if count > len(items):
@@ -89,12 +68,6 @@ class StableRng:
             other = self.integer(index, len(pool))
             pool[index], pool[other] = pool[other], pool[index]
         return pool[:count]
-
-    def uniform_array(self, shape: int | tuple[int, ...]) -> np.ndarray:
-        """Floats in [0, 1), float64, from the top 53 bits of each word (exact in float64: no rounding)."""
-        size = int(np.prod(shape))
-        words = self.raw(size) >> np.uint64(11)
-        return (words.astype(np.float64) * _FLOAT_SCALE).reshape(shape)
 
     def integer_array(self, low: int, high: int, shape: int | tuple[int, ...]) -> np.ndarray:
         """Integers in [low, high), int64, exactly uniform (as `integer`, word for word)."""
