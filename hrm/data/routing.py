@@ -36,11 +36,12 @@ def cell_costs(grid: np.ndarray, cost_row: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RouteSolution:
-    """Result of `solve`. `optimal_routes` is capped at the `count_cap` asked for (2 is enough to see a tie)."""
+    """Result of `solve` and `best_monotone`. `optimal_routes` is capped at `solve`'s `count_cap` (2 is enough
+    to see a tie); `best_monotone` does not count them and leaves 0."""
 
     cost: int | None  # None: the goal cannot be reached
     path: tuple[int, ...]  # flat cell indices, start first, goal last; empty when unreachable
-    optimal_routes: int  # number of distinct minimum-cost routes, min(true count, count_cap)
+    optimal_routes: int = 0  # number of distinct minimum-cost routes, min(true count, count_cap)
 
 
 def _heuristic(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> list[int]:
@@ -110,7 +111,7 @@ def solve(
                 count[v] = min(count[v] + count_u, count_cap)
 
     if not settled[goal]:
-        return RouteSolution(None, (), 0)
+        return RouteSolution(None, ())
     path = [goal]
     while path[-1] != start:
         path.append(parent[path[-1]])
@@ -122,11 +123,6 @@ def route_cost(costs: np.ndarray, path: tuple[int, ...] | list[int]) -> int:
     """Cost of a route given as flat cells (start first): entering costs of the cells between start and goal."""
     costs = np.asarray(costs, dtype=np.int64).reshape(-1)
     return int(costs[list(path[1:-1])].sum()) if len(path) > 2 else 0
-
-
-def extract_route(label_grid: np.ndarray) -> np.ndarray:
-    """Flat indices (ascending) of the cells a label or prediction marks as route."""
-    return np.flatnonzero(np.asarray(label_grid).reshape(-1) == spec.ROUTE)
 
 
 @dataclass(frozen=True)
@@ -236,15 +232,7 @@ def turns(path: tuple[int, ...] | list[int]) -> int:
     return int((steps[1:] != steps[:-1]).sum()) if steps.size > 1 else 0
 
 
-@dataclass(frozen=True)
-class MonotoneRoute:
-    """Result of `best_monotone`: cost None and path () when every monotone route is blocked."""
-
-    cost: int | None
-    path: tuple[int, ...]  # flat cells, start first, goal last
-
-
-def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> MonotoneRoute:
+def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int) -> RouteSolution:
     """Cheapest route of Manhattan length (every move towards the goal), evaluate's "monotone path" baseline.
 
     It stays in the start-goal rectangle and enters each cell by the row or the column step, so one dynamic
@@ -278,13 +266,13 @@ def best_monotone(costs: np.ndarray, start: int, goal: int, rows: int, cols: int
             came_from_row[i][j] = from_row <= from_col
             best[i][j] = min(from_row, from_col) + step
     if best[height - 1][width - 1] == UNREACHED:
-        return MonotoneRoute(None, ())
+        return RouteSolution(None, ())
     i, j = height - 1, width - 1
     path = [goal]
     while i or j:
         i, j = (i - 1, j) if came_from_row[i][j] else (i, j - 1)
         path.append(cell_at(i, j))
-    return MonotoneRoute(int(best[height - 1][width - 1]), tuple(reversed(path)))
+    return RouteSolution(int(best[height - 1][width - 1]), tuple(reversed(path)))
 
 
 def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
@@ -297,27 +285,10 @@ def mark_route(grid: np.ndarray, path: tuple[int, ...]) -> np.ndarray:
 
 @cache
 def _grid_edges(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices, sorted by source."""
-    index = np.arange(rows * cols).reshape(rows, cols)
-    pairs = [
-        (index[:, :-1], index[:, 1:]),  # right
-        (index[:, 1:], index[:, :-1]),  # left
-        (index[:-1, :], index[1:, :]),  # down
-        (index[1:, :], index[:-1, :]),  # up
-    ]
-    sources = np.concatenate([a.reshape(-1) for a, _ in pairs])
-    targets = np.concatenate([b.reshape(-1) for _, b in pairs])
-    order = np.lexsort((targets, sources))
-    return sources[order], targets[order]
-
-
-def _csr(rows_of_edges: np.ndarray, columns: np.ndarray, weights: np.ndarray, size: int):
-    """CSR matrix from edges already sorted by row (cheaper than scipy's COO conversion)."""
-    from scipy.sparse import csr_matrix
-
-    indptr = np.zeros(size + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows_of_edges, minlength=size), out=indptr[1:])
-    return csr_matrix((weights, columns, indptr), shape=(size, size))
+    """All directed 4-neighbour moves (source, target) of a rows x cols grid, flat indices (`neighbours`)."""
+    adjacent = neighbours(rows, cols)
+    sources = np.repeat(np.arange(rows * cols), [len(cells) for cells in adjacent])
+    return sources, np.array([cell for cells in adjacent for cell in cells], dtype=np.int64)
 
 
 def dijkstra_optimum(
@@ -330,6 +301,7 @@ def dijkstra_optimum(
     the goal weighs 1 (subtracted again). v is on an optimal route iff dist(start, v) + dist(v, goal) is the
     optimum; inner cells cost >= 1, so the optimum is unique iff this mask is exactly one route's cells.
     """
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
 
     size = rows * cols
@@ -338,12 +310,9 @@ def dijkstra_optimum(
     usable = (cost[sources] >= 0) & (cost[targets] >= 0) & (targets != start) & (sources != goal)
     sources, targets = sources[usable], targets[usable]
     weights = cost[targets].astype(np.float64) + (targets == goal)
-    from_start = dijkstra(_csr(sources, targets, weights, size), directed=True, indices=start)
-    # the reversed graph: same edges read target -> source; sort them by their new row (the target)
-    order = np.argsort(targets, kind="stable")
-    to_goal = dijkstra(
-        _csr(targets[order], sources[order], weights[order], size), directed=True, indices=goal
-    )
+    graph = csr_matrix((weights, (sources, targets)), shape=(size, size))
+    from_start = dijkstra(graph, directed=True, indices=start)
+    to_goal = dijkstra(graph.T.tocsr(), directed=True, indices=goal)  # the reversed graph
     best = from_start[goal]
     if not np.isfinite(best):
         return None, np.zeros(size, dtype=bool)
