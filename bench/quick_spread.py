@@ -187,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--archs", default="hrm_v1,trm,transformer")
+    parser.add_argument("--archs", default="hrm_v1,transformer,trm")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
         "--kernels", default=",".join(KERNEL_SETS), help="kernel sets to try (those torch accepts)"
@@ -215,7 +215,7 @@ def main() -> None:
     params = run_params(load_params(REPO / "params.yaml"), "quick")
     args.out.mkdir(parents=True, exist_ok=True)
     data_paths = prepare_data(args.out, params)
-    jobs = [(k, a, s) for k in usable for a in archs for s in range(args.seeds)]
+    jobs = [(k, a, s) for a in archs for k in usable for s in range(args.seeds)]  # the first arch everywhere first
 
     def task(job: tuple[str, str, int]) -> dict[str, Any]:
         record = run_one(args.out, *job, data_paths)
