@@ -215,7 +215,11 @@ def main() -> None:
     params = run_params(load_params(REPO / "params.yaml"), "quick")
     args.out.mkdir(parents=True, exist_ok=True)
     data_paths = prepare_data(args.out, params)
-    jobs = [(k, a, s) for a in archs for k in usable for s in range(args.seeds)]  # the first arch everywhere first
+    # Every arch under the first kernel set, then the first arch under the others, then the rest: a short session
+    # gets the table a user needs first.
+    order = [(usable[0], a) for a in archs] + [(k, archs[0]) for k in usable[1:]]
+    order += [(k, a) for a in archs[1:] for k in usable[1:]]
+    jobs = [(k, a, s) for k, a in order for s in range(args.seeds)]
 
     def task(job: tuple[str, str, int]) -> dict[str, Any]:
         record = run_one(args.out, *job, data_paths)
