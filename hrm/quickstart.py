@@ -1,9 +1,16 @@
-"""`hrm quickstart`: a params.yaml profile (with its `per_arch` part for the chosen arch) end to end as one
-`dvc exp run --temp` experiment, so the workspace keeps the paper params and outputs; its report is copied out."""
+"""`hrm quickstart`: a params.yaml profile (with its `per_arch` part for the chosen arch) end to end as one DVC
+experiment, run in a git worktree of HEAD under `.dvc/tmp/quickstart/<name>` so that the workspace keeps the
+paper params and outputs, and so that Ctrl-C then the same command resumes from the trainer's last checkpoint
+(the worktree and its `persist: true` checkpoints stay until the run succeeds). It ends with a verdict: the
+result beside the range measured for these settings (`docs/results/quick-spread.json`, bench/quick_spread.py)
+and beside the no-model baselines, and the commands to run next."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -11,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from hrm.config import chosen_arch, load_params, profile_overrides, run_params
-from hrm.io import UserError
+from hrm.evaluation.runner import HEADLINE_FILE
+from hrm.io import UserError, staged_directory
+
+# The runs that give the expected range, measured by bench/quick_spread.py (committed with the README's table).
+REFERENCE = Path("docs/results/quick-spread.json")
+RUNS = Path(".dvc/tmp/quickstart")  # git- and DVC-ignored (.dvc/.gitignore)
+ARCH_TITLES = {"hrm_v1": "HRM", "trm": "TRM", "transformer": "the same-size transformer"}
 
 
 def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -31,11 +44,81 @@ def set_param_args(overrides: dict[str, Any]) -> list[str]:
     return [f"-S{key}={json.dumps(value)}" for key, value in flatten(overrides).items()]
 
 
-def _run(command: list[str]) -> None:
-    print("+ " + " ".join(command), flush=True)
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise UserError(f"command failed with exit code {result.returncode}: {' '.join(command)}")
+def settings_fingerprint(params: dict[str, Any]) -> str:
+    """What makes two runs the same experiment up to the seed: every setting but the seed, the output paths and
+    the profiles (which no stage reads). The reference runs and a quickstart are compared on it."""
+    kept = {k: v for k, v in params.items() if k not in ("paths", "profiles")}
+    kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def _check_checkout(root: Path) -> str:
+    """HEAD's commit; a UserError when there is none or the workspace differs from it (the run is HEAD's)."""
+    head = _git("rev-parse", "HEAD", cwd=root)
+    if head.returncode != 0:
+        raise UserError("quickstart needs a git checkout with at least one commit (a clone of this repo)")
+    changed = [line[3:] for line in _git("status", "--porcelain", cwd=root).stdout.splitlines() if line]
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise UserError(
+            f"quickstart runs the committed code and params (the experiment is filed under commit "
+            f"{head.stdout.strip()[:7]}), but the workspace has uncommitted changes: {shown}. "
+            "Commit them (git add -A && git commit) or stash them (git stash -u), then run it again"
+        )
+    return head.stdout.strip()
+
+
+def _worktree(root: Path, name: str, head: str) -> tuple[Path, bool]:
+    """The run's git worktree of HEAD (sharing the workspace's DVC cache); whether an earlier run is resumed."""
+    folder = root / RUNS / name
+    if folder.exists():
+        if _git("rev-parse", "HEAD", cwd=folder).stdout.strip() == head:
+            return folder, True
+        _remove_worktree(root, folder)  # an earlier commit's run: its checkpoints belong to other code
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    added = _git("worktree", "add", "--detach", "--quiet", str(folder), head, cwd=root)
+    if added.returncode != 0:
+        raise UserError(f"git worktree add {folder} failed: {added.stderr.strip()}")
+    cache = subprocess.run(["dvc", "cache", "dir"], cwd=root, capture_output=True, text=True, check=False)
+    if cache.returncode == 0 and cache.stdout.strip():
+        local = folder / ".dvc" / "config.local"
+        local.write_text(f"[cache]\n    dir = {Path(cache.stdout.strip()).resolve()}\n", encoding="utf-8")
+    return folder, False
+
+
+def _remove_worktree(root: Path, folder: Path) -> None:
+    _git("worktree", "remove", "--force", str(folder), cwd=root)
+    shutil.rmtree(folder, ignore_errors=True)
+    _git("worktree", "prune", cwd=root)
+
+
+def _run_experiment(command: list[str], folder: Path) -> None:
+    """Run DVC in the worktree. Ctrl-C reaches DVC and the trainer too: the trainer writes a checkpoint and
+    exits, so we wait for them (a second Ctrl-C stops at once) and say how to resume."""
+    print(f"+ cd {shlex.quote(str(folder))} && {shlex.join(command)}", flush=True)
+    process = subprocess.Popen(command, cwd=folder)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            process.kill()
+        print(
+            f"\ninterrupted: the run and its checkpoints are kept in {folder}; "
+            "the same command resumes from the last checkpoint",
+            flush=True,
+        )
+        raise
+    if code != 0:
+        raise UserError(
+            f"the experiment failed (exit {code}; its output is above). The same command resumes it "
+            f"from {folder}"
+        )
 
 
 def quickstart(
@@ -47,32 +130,151 @@ def quickstart(
     """Run `profile` plus `extra` overrides as experiment `name` (default: the profile's); its report folder."""
     params = load_params(params_path)
     # per-arch overrides follow --set arch.name=...
-    overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)
-    run_params(params, profile, extra, params_path)  # checked here: a typo stops before DVC starts a stage
+    arch = chosen_arch(params, profile, extra)
+    overrides = profile_overrides(params, profile, arch, params_path)
+    settings = run_params(params, profile, extra, params_path)  # checked here: a typo stops before DVC starts
+    name = name or profile
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise UserError(f"--name {name!r}: use letters, digits, '-' and '_' (it names a git ref)")
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
-    if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:
-        raise UserError("quickstart needs a git checkout with at least one commit (a clone of this repo)")
+    root = Path.cwd()
+    head = _check_checkout(root)
 
-    name = name or profile
     started = time.perf_counter()
+    folder, resumed = _worktree(root, name, head)
+    if resumed:
+        print(f"resuming the run in {folder} (from its last checkpoint)", flush=True)
     set_args = set_param_args(overrides) + [f"-S{item}" for item in extra]
-    _run(["dvc", "exp", "run", "--temp", "--force", "-n", name, *set_args])
-    eval_reports = str(flatten(params.get("paths", {})).get("eval_reports", "reports/eval"))
-    target = Path("reports") / "experiments" / name
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    _run(["dvc", "get", ".", eval_reports, "--rev", name, "-o", str(staging)])
-    shutil.rmtree(target, ignore_errors=True)
-    staging.replace(target)
+    _run_experiment(["dvc", "exp", "run", "--force", "-n", name, *set_args], folder)
+
+    eval_reports = Path(settings["paths"]["eval_reports"])
+    target = root / "reports" / "experiments" / name
+    with staged_directory(target) as staging:
+        shutil.copytree(folder / eval_reports, staging, dirs_exist_ok=True)
+    metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
+    weights = folder / settings["paths"]["model"]
+    weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else ""
+    _remove_worktree(root, folder)
     elapsed = time.perf_counter() - started
 
-    metrics_file = target / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        shown = {k: v for k, v in flatten(metrics).items() if k.startswith("test.") and k.count(".") == 1}
-        for key, value in sorted(shown.items()):
-            print(f"  {key:<40} {value}")
-    print(f"quick profile finished in {elapsed / 60:.1f} min; report: {target / 'index.html'}")
-    print(f"compare: dvc exp show   |   dvc metrics diff HEAD {name}")
+    print(f"\n{profile} profile finished in {elapsed / 60:.1f} min; report: {target / 'index.html'}")
+    reference = _reference(root)
+    for line in verdict(metrics["test"], settings, arch, reference, weights_sha):
+        print(line)
+    print("next:")
+    for command, why in next_commands(profile, name, arch, eval_reports, extra):
+        print(f"  {command}    # {why}")
     return target
+
+
+def _reference(root: Path) -> dict[str, Any] | None:
+    path = root / REFERENCE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def verdict(
+    test: dict[str, Any],
+    settings: dict[str, Any],
+    arch: str,
+    reference: dict[str, Any] | None,
+    weights_sha: str = "",
+) -> list[str]:
+    """The result in words: beside the reference runs of the same settings (when they exist) and the baselines."""
+    title = ARCH_TITLES.get(arch, arch)
+    optimal = test["route_optimal_rate"]
+    lines = [
+        f"result: {title} ({arch}) test route optimal {_pct(optimal)} (route valid {_pct(test['route_valid_rate'])}, "
+        f"token accuracy {_pct(test['accuracy'])})"
+    ]
+    runs = []
+    if reference and reference.get("settings", {}).get(arch) == settings_fingerprint(settings):
+        runs = [r for r in reference.get("runs", []) if r["arch"] == arch]
+    if runs:
+        values = [r["route_optimal_rate"] for r in runs]
+        low, high = min(values), max(values)
+        kernels = sorted({r["kernels"] for r in runs})
+        seeds = sorted({r["seed"] for r in runs})
+        where = "inside" if low <= optimal <= high else "OUTSIDE"
+        lines.append(
+            f"  expected {_pct(low)} to {_pct(high)} ({len(runs)} reference runs: seeds {seeds[0]}-{seeds[-1]} "
+            f"x {len(kernels)} CPU kernel sets, docs/results.md): {where} the expected range"
+        )
+        same = [r for r in runs if weights_sha and r.get("weights_sha256") == weights_sha]
+        seed = settings["train"]["seed"]
+        if same:
+            lines.append(
+                f"  bit-identical to the reference run of seed {seed} under kernel set '{same[0]['kernels']}' "
+                f"({reference.get('machine', {}).get('cpu', 'its CPU')})"
+            )
+        else:
+            mine = ", ".join(
+                f"{r['kernels']} {_pct(r['route_optimal_rate'])}" for r in runs if r["seed"] == seed
+            )
+            if mine:
+                lines.append(
+                    f"  not bit-identical to a reference run of seed {seed} ({mine}): this CPU sums in "
+                    "another order (another kernel set or CPU), which is another draw of the same experiment"
+                )
+        if where == "OUTSIDE":
+            lines.append("  a result outside every reference run: check `hrm doctor` and docs/results.md")
+    else:
+        lines.append("  no reference runs for these settings (bench/quick_spread.py measures them)")
+    monotone = test.get("monotone_path", {}).get("route_optimal_rate")
+    copy = test.get("copy_input", {}).get("accuracy")
+    if monotone is not None:
+        lines.append(
+            f"  baselines (no model): best monotone path {_pct(monotone)} route optimal, copy-the-input "
+            f"{_pct(copy)} token accuracy"
+        )
+        if optimal < monotone:
+            lines.append(
+                "  below the best-monotone-path baseline: at this budget the model has not learned to route. "
+                "This run checks the pipeline end to end, not HRM's claim (that takes the paper data on a GPU: "
+                "README, 'One GPU')."
+            )
+        else:
+            lines.append(
+                "  at or above the best-monotone-path baseline: the model routes better than no search."
+            )
+    return lines
+
+
+def next_commands(
+    profile: str, name: str, arch: str, eval_reports: Path, extra: tuple[str, ...] = ()
+) -> list[tuple[str, str]]:
+    """Pasteable commands to run next: the same run with the transformer (or HRM), then the two side by side."""
+    other = "transformer" if arch != "transformer" else "hrm_v1"
+    other_name = f"{name}-{other.replace('_', '-')}"
+    headline = (eval_reports / HEADLINE_FILE).as_posix()
+    sets = [arg for item in extra if not item.startswith("arch.name=") for arg in ("--set", item)]
+    return [
+        (
+            shlex.join(
+                [
+                    "hrm",
+                    "quickstart",
+                    "--profile",
+                    profile,
+                    *sets,
+                    "--set",
+                    f"arch.name={other}",
+                    "--name",
+                    other_name,
+                ]
+            ),
+            f"the same run with {ARCH_TITLES.get(other, other)}",
+        ),
+        (
+            shlex.join(["dvc", "metrics", "diff", name, other_name, "--targets", headline]),
+            "the two side by side",
+        ),
+        (shlex.join(["dvc", "exp", "show", "--only-changed"]), "every experiment, route metrics first"),
+    ]

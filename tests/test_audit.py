@@ -272,7 +272,7 @@ def test_stage_exits_1_with_the_findings_and_replaces_reports_whole(clean_docs, 
     result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "vehicles 'easy' and 'normal' have identical labels" in result.output
-    assert sorted(p.name for p in reports.iterdir()) == ["compliance.json", "compliance.md"]
+    assert sorted(p.name for p in reports.iterdir()) == ["compliance.json", "compliance.md", "score.json"]
 
 
 def test_a_stray_non_integer_token_does_not_hide_its_grids_from_the_audit(clean_docs, tmp_path):

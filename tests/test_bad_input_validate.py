@@ -315,7 +315,7 @@ def test_unreadable_data_is_audited_and_the_reports_replaced_whole(valid_set, tm
     with pytest.raises(UserError, match="truncated JSON"):
         validate.run(params)
     after = _report_bytes(tmp_path)
-    assert sorted(after) == ["compliance.json", "compliance.md"] and after != before
+    assert sorted(after) == ["compliance.json", "compliance.md", "score.json"] and after != before
     metrics = json.loads(after["compliance.json"])
     assert metrics["passed"] is False and metrics["checks"]["methodology.file_schemas"] < 1
     assert "methodology.structure" in metrics["not_run"] and b"truncated JSON" in after["compliance.md"]
@@ -329,7 +329,7 @@ def test_failing_data_replaces_reports_whole(valid_set, tmp_path):
     with pytest.raises(UserError, match="base_overlap"):
         validate.run(params)
     after = _report_bytes(tmp_path)
-    assert sorted(after) == ["compliance.json", "compliance.md", "scenarios.png"]
+    assert sorted(after) == ["compliance.json", "compliance.md", "scenarios.png", "score.json"]
     metrics = json.loads(after["compliance.json"])
     assert metrics["passed"] is False and metrics["checks"]["methodology.base_overlap"] == 1
     assert b"**FAIL**" in after["compliance.md"] and b"base train-0001 is in both" in after["compliance.md"]

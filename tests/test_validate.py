@@ -62,7 +62,12 @@ def test_valid_small_set_scores_one_and_writes_reports(dataset_copy):
     markdown = (reports / "compliance.md").read_text()
     assert "**PASS**" in markdown and "route_unique" in markdown
     assert (reports / "scenarios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in reports.iterdir()) == ["compliance.json", "compliance.md", "scenarios.png"]
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "compliance.json",
+        "compliance.md",
+        "scenarios.png",
+        "score.json",
+    ]
 
 
 def test_reports_are_deterministic(dataset_copy):

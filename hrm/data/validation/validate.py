@@ -26,6 +26,10 @@ from hrm.data.validation import audit, compliance, consistency
 from hrm.data.validation.invariants import Reading, read_checked
 
 REPORT_JSON = "compliance.json"
+# The DVC metric: the score and its parts only, so that `dvc exp show` is not led by 120 per-check columns
+# (every check stays in compliance.json, a plain output).
+SCORE_JSON = "score.json"
+SCORE_KEYS = ("score", "passed", "threshold", "critical_failures", "categories")
 REPORT_MD = "compliance.md"
 REPORT_PNG = "scenarios.png"
 
@@ -482,14 +486,16 @@ def plot_scenarios(validation: Validation, count: int) -> bytes:
 
 
 def write_reports(validation: Validation, settings: ValidateSettings) -> list[Path]:
-    """Render all three reports in memory first, then replace each file atomically."""
+    """Render every report in memory first, then replace each file atomically."""
     report = validation.report
+    full = report_json(report)
     rendered = {
         REPORT_PNG: plot_scenarios(validation, settings.plot_examples)
         if settings.plot_examples and validation.dataset is not None
         else None,
         REPORT_MD: report_markdown(report, settings.raw_dir, settings.hrm_dir).encode("utf-8"),
-        REPORT_JSON: io.dumps_json(report_json(report), indent=2).encode("utf-8"),
+        REPORT_JSON: io.dumps_json(full, indent=2).encode("utf-8"),
+        SCORE_JSON: io.dumps_json({k: full[k] for k in SCORE_KEYS if k in full}, indent=2).encode("utf-8"),
     }
     written = []
     for name, data in rendered.items():
