@@ -13,7 +13,8 @@ import importlib.util
 import os
 import platform
 import timeit
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,21 @@ from typing import Any
 from hrm import planning, runtime
 from hrm.config import load_params, run_params
 from hrm.io import UserError
-from hrm.planning import ASSUMED_MFU, Workload, build, gpu_plans, model_config, random_batch, traced_memory
+from hrm.planning import (
+    ASSUMED_MFU,
+    Workload,
+    build,
+    format_duration,
+    gpu_plans,
+    model_config,
+    random_batch,
+    traced_memory,
+)
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function
+from hrm.sdpa import nan_max
 from hrm.training.data import DatasetMetadata, planned_steps
-from hrm.training.memory import MEMORY_HEADROOM
+from hrm.training.memory import MEMORY_HEADROOM, RAM_FIX, MemoryPlan, available_memory
+from hrm.training.memory import plan as memory_plan
 from hrm.training.setup import TrainConfig, fixed_micro_batch
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -35,6 +47,7 @@ SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 # Gradients (dq, dk, dv) against the float64 ones: max abs difference relative to the largest gradient.
 SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 CPU_DETERMINISM_SEQ_LEN = 256
+SLOW_RUN_S = 86400  # a run longer than a day off CUDA: the time check warns and points at the GPU table
 DETERMINISM_BATCH = 2
 QUICK_ARCH = dict(hidden_size=64, num_heads=2, expansion=2.0, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1)
 QUICK_SEQ_LEN = 16
@@ -246,12 +259,17 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     )
     diffs = {n: d for n, d in got.runs.items() if d is not None}
     grads = {n: d for n, d in got.grad_runs.items() if d is not None}
-    bad = [n for n, d in diffs.items() if d > tolerance] + [
-        f"{n} backward" for n, d in grads.items() if d > grad_tolerance
+    # `not d <= tolerance`: a NaN difference is out of tolerance (every comparison with NaN is false)
+    bad = [n for n, d in diffs.items() if not d <= tolerance] + [
+        f"{n} backward" for n, d in grads.items() if not d <= grad_tolerance
     ]
-    bad += ["default"] if got.default_diff > tolerance else []
-    worst, worst_grad = max([got.default_diff, *diffs.values()]), max(grads.values(), default=None)
-    grad_summary = f"; gradients rel. {worst_grad:.1e} (tolerance {grad_tolerance:.0e})" if worst_grad else ""
+    bad += ["default"] if not got.default_diff <= tolerance else []
+    worst, worst_grad = nan_max([got.default_diff, *diffs.values()]), nan_max(grads.values())
+    grad_summary = (
+        f"; gradients rel. {worst_grad:.1e} (tolerance {grad_tolerance:.0e})"
+        if worst_grad is not None
+        else ""
+    )
     per_kernel = ", ".join(
         f"{n} {d:.1e}" + (f" (grad {grads[n]:.1e})" if n in grads else "") for n, d in diffs.items()
     )
@@ -353,6 +371,23 @@ def non_finite_gradients(grads: dict[str, Any]) -> list[str]:
     ]
 
 
+@contextmanager
+def trainer_settings(config: RunConfig, device: str) -> Iterator[None]:
+    """The trainer's determinism and CPU thread settings (hrm.runtime, as train sets them), restored after."""
+    import torch
+
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    threads = torch.get_num_threads()
+    runtime.set_determinism(config.deterministic, device)
+    runtime.set_cpu_threads(config.train.threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+        torch.set_num_threads(threads)
+
+
 def check_determinism(
     config: RunConfig, device: str, quick: bool, step: Callable[[int], dict[str, Any]] | None = None
 ) -> Check:
@@ -365,16 +400,12 @@ def check_determinism(
     # algorithm with the length); GPUs run the configured shapes.
     work = workload(config, quick, max_seq_len=None if device.startswith("cuda") else CPU_DETERMINISM_SEQ_LEN)
     step = step or (lambda seed: seeded_gradients(work, device, dtype_name, seed))
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    runtime.set_determinism(config.deterministic, device)  # the trainer's settings, restored below
     try:
-        first, second = step(config.train.seed), step(config.train.seed)
+        with trainer_settings(config, device):
+            first, second = step(config.train.seed), step(config.train.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
         failed = f"a training step failed: {type(err).__name__}: {err}"
         return Check("determinism", FAIL, failed, {"error": repr(err)})
-    finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:
         shape += f" (sequence capped at {work.seq_len} off the GPU)"
@@ -411,11 +442,10 @@ def check_determinism(
 # --------------------------------------------------------------------------------------------- memory
 
 
-def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
-    """Training memory for the per-device batch and the largest batch that fits here; the trainer's plan decides
-    whether it fits (measured on CUDA, traced elsewhere: hrm.planning)."""
-    from hrm.training.memory import largest_fitting, plan
-
+def check_memory(config: RunConfig, device: str, quick: bool) -> tuple[Check, MemoryPlan | None]:
+    """The trainer's memory plan here (hrm.training.memory.plan_micro_batch, the very function train calls: its
+    step measured at 1 and 2 rows, or traced where nothing can be measured) and the plan itself (None: refused);
+    --quick plans with the meta trace instead of running the step (an estimate)."""
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     batch, global_batch, world = config.per_device_batch, config.train.global_batch_size, config.world_size
     micro, seq_len, source = config.micro_batch_size, config.seq_len, config.seq_len_source
@@ -426,56 +456,77 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> Check:
         batch=batch, global_batch_size=global_batch, world_size=world, dtype=dtype_name
     )
     data |= dict(seq_len=seq_len, seq_len_source=source, headroom=MEMORY_HEADROOM)
-    work, on_cuda = workload(config, quick=False), device.startswith("cuda") and not quick
+    work = workload(config, quick=False)
     try:
-        measured = planning.measured_plan(work, config.train, world, device, micro) if on_cuda else None
-        memory = measured.memory if measured else traced_memory(work, config.train, dtype_name, device)
+        if quick:
+            traced = traced_memory(work, config.train, dtype_name, device)
+            available = available_memory(device)
+            fix = "use more GPUs" if device.startswith("cuda") else RAM_FIX
+            plan = memory_plan(global_batch, world, micro, traced, *dataclasses.astuple(available), fix)
+        else:
+            plan = planning.trainer_plan(work, config.train, world, device, micro)
     except UserError as err:  # the trainer's plan refuses the batch at its start: it would here too
-        return Check("memory", FAIL, f"DOES NOT FIT: {shape}: {err}", data)
+        data["summary"] = str(err)
+        return Check("memory", FAIL, f"DOES NOT FIT: {shape}: {err}", data), None
     except Exception as err:  # the model itself failed: report it
         failed = f"could not size a training step: {type(err).__name__}: {err}"
-        return Check("memory", FAIL, failed, {"error": repr(err)})
-    free, total, memory_source = planning.device_memory(device)
-    needed, method = memory.fixed + memory.per_example * batch, memory.method
-    data |= dict(
-        method=method, fixed_bytes=memory.fixed, per_example_bytes=memory.per_example, needed_bytes=needed
-    )
-    data |= dict(free_bytes=free, total_bytes=total, memory_source=memory_source)
-    if memory.per_example <= 0:
-        detail = f"{shape}: memory did not grow with the batch ({method}); cannot extrapolate"
-        return Check("memory", WARN, detail, data)
-    if free is None:
-        return Check("memory", WARN, f"{shape}: needs ~{_gib(needed)}; free memory unknown ({method})", data)
-    budget = int(free * MEMORY_HEADROOM)
-    largest = int((budget - memory.fixed) // memory.per_example) if budget > memory.fixed else 0
-    largest_micro = largest_fitting(batch, memory, budget)
-    data |= dict(
-        largest_batch=largest, largest_micro_batch=largest_micro, carry_bytes_per_row=memory.carry_per_row
-    )
-    detail = (
-        f"{shape}: needs ~{_gib(needed)} in one batch ({_gib(memory.fixed)} fixed + {_gib(memory.per_example)} "
-        f"per example); {_gib(free)} free ({memory_source}); largest batch that fits ~{largest} per device"
-    )
+        return Check("memory", FAIL, failed, {"error": repr(err)}), None
+    data |= plan_figures(plan)
+    whose = "ESTIMATE (--quick: traced, not the trainer's measured step)" if quick else "the trainer's plan"
+    return Check("memory", OK, f"{shape}: {whose}: {plan.describe()}", data), plan
+
+
+def plan_figures(plan: MemoryPlan) -> dict[str, Any]:
+    """The plan's numbers for --json."""
+    figures: dict[str, Any] = dict(micro_batch=plan.micro_batch, accumulation=plan.accumulation)
+    figures |= dict(peak_bytes=plan.peak_bytes, free_bytes=plan.free_bytes, total_bytes=plan.total_bytes)
+    figures |= dict(budget_bytes=plan.budget_bytes, memory_source=plan.memory_source, plan=plan.describe())
+    if plan.memory is not None:
+        step = plan.memory
+        figures |= dict(method=step.method, fixed_bytes=step.fixed, per_example_bytes=step.per_example)
+        figures |= dict(carry_bytes_per_row=step.carry_per_row, probe_step_seconds=list(step.step_seconds))
+    return figures
+
+
+# ------------------------------------------------------------------------------------------- time here
+
+
+def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, quick: bool) -> Check:
+    """How long the configured run takes on this machine: planned steps x accumulation x the seconds of one
+    micro-batch, timed with the trainer's step at the run's shapes (hrm.planning.time_micro_batch); --quick
+    divides the FLOPs by this machine's matmul rate instead (a lower bound, no step run)."""
+    from hrm.models.flops import segment_flops
+
+    if plan is None:
+        return Check("time_here", SKIP, "no memory plan: the run cannot start here")
+    steps, steps_source = planned_step_count(config)
+    work, dtype_name = workload(config, quick=False), runtime.dtype_name(config.forward_dtype, device)
+    micro, accumulation = plan.micro_batch, plan.accumulation
     try:
-        data["micro_batch"] = (measured or plan(global_batch, world, micro, memory, free, total)).micro_batch
-    except UserError:  # the plan's refusal, in the doctor's words and figures
-        if largest_micro == 0:
-            hint = f"; lower train.global_batch_size to <= {largest * world} or use more devices"
-            detail = f"DOES NOT FIT even in micro-batches of 1: {detail}. Method: {method}{hint}"
-            return Check("memory", FAIL, detail, data)
-        above = f"train.micro_batch_size {micro} is above the largest that fits, {largest_micro}"
-        return Check("memory", FAIL, f"DOES NOT FIT: {above}: {detail}. Method: {method}", data)
-    if needed > budget:
-        micro = data["micro_batch"]
-        detail += (
-            f"; runs as micro-batches of {micro} x {batch // micro} accumulation "
-            f"(~{_gib(memory.peak(batch, micro))} with the ACT carry of {batch} rows)"
+        if quick:
+            row_flops = segment_flops(model_config(work, dtype_name)).total
+            rate = planning.matmul_rate(device, dtype_name, model_config(work, dtype_name).hidden_size)
+            seconds = row_flops * micro / rate
+            how = f"ESTIMATE (--quick, no step run): FLOPs at this machine's matmul rate {rate:.3g} FLOP/s, a lower bound"
+            about = "at least"
+        else:
+            timing = planning.time_micro_batch(work, config.train, device, plan)
+            seconds, how, about = timing.seconds, f"measured: {timing.how}", "about"
+    except Exception as err:  # the model itself failed: report it
+        return Check(
+            "time_here", FAIL, f"could not time a step: {type(err).__name__}: {err}", {"error": repr(err)}
         )
-    return Check("memory", OK, f"{detail}. Method: {method}", data)
-
-
-def _gib(value: float) -> str:
-    return f"{value / 2**30:.2f} GiB" if value >= 2**27 else f"{value / 2**20:.1f} MiB"
+    total = steps * accumulation * seconds
+    data = dict(seconds_per_micro_batch=seconds, steps=steps, accumulation=accumulation, total_seconds=total)
+    data["summary"] = f"{about} {format_duration(total)} here"
+    slow = total > SLOW_RUN_S and not device.startswith("cuda")
+    detail = (
+        f"{about} {format_duration(total)} here ({seconds:.3g} s per micro-batch of {micro} x {accumulation} "
+        f"accumulation x {steps:,} planned steps, {steps_source}; {how})"
+    )
+    return Check(
+        "time_here", WARN if slow else OK, detail + ("; use a GPU: see the table" if slow else ""), data
+    )
 
 
 # ------------------------------------------------------------------------------------------- GPU plans
@@ -518,7 +569,16 @@ def check_gpu_plans(config: RunConfig) -> Check:
 
 # ------------------------------------------------------------------------------------------------- main
 
-CHECK_NAMES = ("compile", "sdpa_backends", "sdpa_numerics", "bf16", "determinism", "memory", "gpu_plans")
+CHECK_NAMES = (
+    "compile",
+    "sdpa_backends",
+    "sdpa_numerics",
+    "bf16",
+    "determinism",
+    "memory",
+    "time_here",
+    "gpu_plans",
+)
 
 
 def run_doctor(config: RunConfig, quick: bool = False) -> Report:
@@ -531,7 +591,10 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     if device is None:
         return Report(checks + [Check(name, SKIP, "no usable device") for name in CHECK_NAMES])
     checks += [check_compile(config, device), *check_sdpa(config, device, quick), check_bf16(config, device)]
-    checks += [check_determinism(config, device, quick), check_memory(config, device, quick)]
+    checks.append(check_determinism(config, device, quick))
+    with trainer_settings(config, device):  # the plan and the timed step run as train runs them
+        memory, plan = check_memory(config, device, quick)
+        checks += [memory, check_time_here(config, device, plan, quick)]
     return Report([*checks, check_gpu_plans(config)])
 
 
@@ -551,9 +614,21 @@ def print_report(report: Report, config: RunConfig) -> None:
         style = STATUS_STYLE.get(check.status, "")
         table.add_row(check.name, f"[{style}]{check.status.upper()}[/]", check.detail)
     console.print(table)
-    failed = ", ".join(c.name for c in report.checks if c.status == FAIL)
-    ready = "[green]READY[/]: this machine can run the configured training."
-    console.print(f"[bold red]NOT READY[/]: {failed} failed; see the details above." if failed else ready)
+    console.print(verdict(report))
+
+
+def verdict(report: Report) -> str:
+    """The last line: READY with the time here, or NOT READY with each failed check's reason."""
+    failed = [c for c in report.checks if c.status == FAIL]
+    if failed:
+        reasons = "; ".join(
+            f"{c.name}: {c.data['summary']}" if "summary" in c.data else c.name for c in failed
+        )
+        return f"[bold red]NOT READY[/]: {reasons}; see the details above."
+    time_here = next((c.data["summary"] for c in report.checks if "summary" in c.data), None)
+    return "[green]READY[/]: this machine can run the configured training" + (
+        f" ({time_here}; see time_here)." if time_here else "."
+    )
 
 
 def main(

@@ -4,6 +4,7 @@ forward and backward: measured here, judged by `hrm doctor`."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,14 @@ class SdpaRuns:
     default_pick: str | None  # the kernel SDPA picks by itself (None: unknown)
     default_diff: float  # max abs diff of SDPA as the model calls it
     enabled: dict[str, bool]  # torch.backends.cuda.<kernel>_sdp_enabled() on CUDA; empty elsewhere
+
+
+def nan_max(values: Iterable[float]) -> float | None:
+    """The largest value, NaN if any is NaN (Python's max keeps or drops a NaN by its position); None if empty."""
+    values = list(values)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, default=None)
 
 
 def backend_names() -> dict[str, Any]:
@@ -74,7 +83,7 @@ def _run_kernel(
         float((g.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30))
         for g, r in zip(grads, reference_grads, strict=True)
     ]
-    return diff, max(relative), None
+    return diff, nan_max(relative), None
 
 
 def measure(device: str, dtype_name: str, heads: int, head_dim: int, seq: int) -> SdpaRuns:

@@ -169,7 +169,7 @@ def test_plan_picks_the_largest_dividing_micro_batch_that_fits():
     assert chosen.micro_batch == 128 and chosen.accumulation == 6  # 256 rows would need ~138 GiB
     assert chosen.peak_bytes <= 80 * gib
     assert chosen.describe().startswith(
-        "global 768 = 1 process x 6 accumulation x 128, est. peak 72 GiB of 89 GiB"
+        "global 768 = 1 process x 6 accumulation x 128, est. peak 72 GiB of 80 GiB usable (90% of 89 GiB"
     )
 
 

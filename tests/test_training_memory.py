@@ -126,3 +126,98 @@ def test_out_of_memory_while_planning_is_a_clear_error(tiny_run_data, tmp_path, 
     with pytest.raises(UserError, match=r"micro-batch 8; try train.micro_batch_size=4.*none yet"):
         loop.train(params)
     assert not Path(params["paths"]["model"]).exists()
+
+
+# ------------------------------------------------------------------------------------- the CPU (RAM) plan
+
+
+class FakeResidentSet:
+    """The resident set the CPU probe reads, as known numbers: the warm-up step, then 1 and 2 rows (the
+    trainer's real steps still run; only the counter is replaced)."""
+
+    def __init__(self, fixed: int = 30_000_000, per_row: int = 10_000_000):
+        self.fixed, self.per_row, self.reads = fixed, per_row, 0
+
+    def counter(self) -> memory.PeakCounter:
+        def peak() -> int:
+            self.reads += 1
+            rows = (1, 1, 2)[(self.reads - 1) % 3]
+            return self.fixed + self.per_row * rows + (WORKSPACE if self.reads % 3 == 1 else 0)
+
+        return memory.PeakCounter(lambda: 0, peak, lambda: None, "fake resident set")
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(memory, "rss_counter", self.counter)
+
+
+def mock_mem_available(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, available: int) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       99999999 kB\nMemAvailable:   {available // 1024} kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+
+
+def ram_for_micro_batch(rows: int, fake: FakeResidentSet, carry_bytes: int = 1_000_000) -> int:
+    """MemAvailable whose budget fits `rows` but not twice as many (the carry below 1 MB a row)."""
+    return int((fake.fixed + fake.per_row * (rows + 0.5) + 8 * carry_bytes) / memory.MEMORY_HEADROOM)
+
+
+def test_cpu_plan_cuts_a_batch_that_does_not_fit_the_ram_into_micro_batches(
+    tiny_run_data, tmp_path, monkeypatch
+):
+    """Off CUDA the trainer measured nothing and ran the whole share at once: a batch beyond the RAM was
+    killed by the kernel (exit -9, no message). Now the CPU plans like CUDA, against MemAvailable."""
+    from hrm.training.data import PuzzleDataset
+    from hrm.training.setup import TrainConfig
+
+    fake = FakeResidentSet()
+    fake.install(monkeypatch)
+    mock_mem_available(monkeypatch, tmp_path, ram_for_micro_batch(2, fake))
+    params = tiny_params(tiny_run_data, tmp_path, global_batch_size=8)
+    config, dataset = TrainConfig.from_params(params["train"]), PuzzleDataset(tiny_run_data, "train")
+    chosen = memory.plan_micro_batch(
+        params["arch"], dataset.metadata, config, 1, torch.device("cpu"), None, dataset
+    )
+    assert (chosen.micro_batch, chosen.accumulation) == (2, 4)
+    assert chosen.memory.fixed == fake.fixed and chosen.memory.per_example == fake.per_row
+    assert len(chosen.memory.step_seconds) == 2 and "MemAvailable" in chosen.describe()
+    mock_mem_available(monkeypatch, tmp_path, 10**12)
+    roomy = memory.plan_micro_batch(
+        params["arch"], dataset.metadata, config, 1, torch.device("cpu"), None, dataset
+    )
+    assert (roomy.micro_batch, roomy.accumulation) == (8, 1)  # fits: the whole share at once, as before
+
+
+def test_cpu_run_that_cannot_fit_refuses_before_training(tiny_run_data, tmp_path, monkeypatch, one_thread):
+    from hrm.training import loop
+
+    FakeResidentSet().install(monkeypatch)
+    mock_mem_available(monkeypatch, tmp_path, 20_000_000)
+    params = tiny_params(tiny_run_data, tmp_path, global_batch_size=8)
+    with pytest.raises(
+        UserError, match=r"not even a micro-batch of 1 fits: a step needs ~.* MiB.*usable"
+    ) as err:
+        loop.train(params)
+    assert "MemAvailable" in str(err.value) and "activation_checkpointing=true" in str(err.value)
+    assert not Path(params["paths"]["model"]).exists()
+
+
+def test_mem_available_is_read_from_meminfo(tmp_path, monkeypatch):
+    mock_mem_available(monkeypatch, tmp_path, 3 * 2**30)
+    assert memory.meminfo_available() == 3 * 2**30
+    available = memory.available_memory("cpu")
+    assert available.free == 3 * 2**30 and "MemAvailable" in available.source
+    (tmp_path / "meminfo").write_text("MemTotal: 1 kB\n")
+    assert memory.meminfo_available() is None
+    assert memory.meminfo_available(tmp_path / "missing") is None
+
+
+def test_rss_counter_resets_the_peak_and_reads_it(tmp_path):
+    status = "Name:\tpython\nVmHWM:\t  900 kB\nVmRSS:\t  300 kB\n"
+    (tmp_path / "status").write_text(status)
+    (tmp_path / "clear_refs").write_text("")
+    counter = memory.rss_counter(tmp_path)
+    assert counter is not None and (tmp_path / "clear_refs").read_text() == "5"
+    (tmp_path / "clear_refs").write_text("")
+    assert counter.start() == 300 * 1024 and (tmp_path / "clear_refs").read_text() == "5"
+    assert counter.peak() == 900 * 1024
+    assert memory.rss_counter(tmp_path / "not-linux") is None  # no /proc: the plan falls back to the trace
