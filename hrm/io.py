@@ -46,27 +46,32 @@ def read_json(path: str | Path, missing: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
-def write_failure(err: OSError, path: str | Path) -> UserError | None:
-    """A machine failure while writing under `path` (full disk, read-only, no permission) as one line naming
-    the path and what to do; None for any other error, or a permission error about a file outside `path`
-    (a read, not a write)."""
+def write_failure(err: OSError, path: str | Path, within: str | Path | None = None) -> UserError | None:
+    """A machine failure while writing `path` (full disk, read-only, no permission) as one line naming the file
+    (or `path`) and what to do; None for any other error, or for a permission error about a file outside
+    `within` (default `path`): a read elsewhere, not a write."""
     hint = _WRITE_FAILURES.get(err.errno or 0)
     if hint is None:
         return None
-    where = Path(err.filename) if isinstance(err.filename, str) else Path(path)
-    if err.errno not in _ONLY_WRITES_FAIL and not _is_under(where, Path(path)):
+    named = Path(err.filename) if isinstance(err.filename, str) else None
+    if (
+        err.errno not in _ONLY_WRITES_FAIL
+        and named is not None
+        and not _is_under(named, Path(within or path))
+    ):
         return None
     reason = err.strerror or os.strerror(err.errno or 0)
-    return UserError(f"cannot write {where}: {reason}; {hint} (outputs written before are kept)")
+    return UserError(f"cannot write {named or path}: {reason}; {hint} (outputs written before are kept)")
 
 
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Writes under `path` in this block: a machine failure becomes `write_failure`'s UserError."""
+def writing(path: str | Path, within: str | Path | None = None) -> Iterator[None]:
+    """Writes to `path` in this block (files under `within`, default `path`): a machine failure becomes
+    `write_failure`'s UserError."""
     try:
         yield
     except OSError as err:
-        failure = write_failure(err, path)
+        failure = write_failure(err, path, within)
         if failure is None:
             raise
         raise failure from err
@@ -162,15 +167,16 @@ def check_replaceable(target: str | Path, owned: Iterable[str] = ()) -> None:
 
 
 @contextmanager
-def staged_directory(target: str | Path, manifest: bool = False) -> Iterator[Path]:
-    """Yield a fresh folder beside `target`; on success it replaces `target` (after `check_replaceable`), on
-    error it is removed and `target` is untouched. `manifest`: record the files written (MANIFEST), so a later
-    run that writes fewer still recognises them. A symlinked `target` keeps its link; the folder it points to
-    is replaced."""
+def staged_directory(target: str | Path, manifest: bool = False, owned: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a fresh folder beside `target`; on success it replaces `target` (after `check_replaceable`: the
+    entries written now, `owned` ones this stage writes only sometimes, or the old manifest's), on error it is
+    removed and `target` is untouched. `manifest`: record the files written (MANIFEST), so a later run that
+    writes fewer still recognises them. A symlinked `target` keeps its link; the folder it points to is
+    replaced."""
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
-    with writing(target.parent):  # the staging folder is beside the target
+    with writing(target, within=target.parent):  # the staging folder is beside the target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
         try:
@@ -179,9 +185,16 @@ def staged_directory(target: str | Path, manifest: bool = False) -> Iterator[Pat
             if manifest:
                 written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
                 atomic_write_json(staging / MANIFEST, {"files": written}, indent=1)
-            check_replaceable(target, owned=os.listdir(staging))
-        except BaseException:
+            check_replaceable(target, owned=[*os.listdir(staging), *owned])
+        except BaseException as err:
             shutil.rmtree(staging, ignore_errors=True)
+            failure = write_failure(err, target, target.parent) if isinstance(err, OSError) else err
+            if isinstance(failure, UserError) and str(staging) in str(
+                failure
+            ):  # name the output, not its temp
+                raise UserError(str(failure).replace(str(staging), str(target))) from err
+            if failure is not None and failure is not err:
+                raise failure from err
             raise
         backup = target.with_name(f".{target.name}.old")
         _remove(backup)

@@ -8,9 +8,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,6 +256,45 @@ def test_the_lock_is_held_during_the_run_and_released_on_every_exit(
     assert seen == [os.getpid()] and not lock.exists()
 
 
+def test_sigterm_releases_the_lock(tiny_run_data, tmp_path, monkeypatch):
+    params = tiny_params(tiny_run_data, tmp_path)
+
+    def signalled(state, batch, **kwargs):
+        if state.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return REAL_STEP(state, batch, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", signalled)
+    with pytest.raises(loop.TrainingInterrupted):
+        loop.train(params)
+    assert not (Path(params["paths"]["checkpoints"]) / checkpoint.LOCK_FILE).exists()
+
+
+def test_two_train_stages_on_one_folder_the_second_is_refused(tiny_run_data, tmp_path):
+    """Real processes: the second stage exits 1 naming the first; the first finishes undisturbed."""
+    import yaml
+
+    params = tiny_params(tiny_run_data, tmp_path)
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(params), encoding="utf-8")
+    lock = Path(params["paths"]["checkpoints"]) / checkpoint.LOCK_FILE
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stages.train", "--params", str(config)]
+    first = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
+    assert second.returncode == 1
+    assert f"error: another run (pid {first.pid}, host {socket.gethostname()}, since " in second.stderr
+    assert "Traceback" not in second.stderr and not lock.exists()
+
+
 def test_only_rank_0_takes_the_lock(tmp_path):
     with checkpoint.checkpoints_lock(tmp_path / "ckpt", rank=1):
         assert not (tmp_path / "ckpt").exists()
@@ -351,9 +392,16 @@ def test_a_full_disk_while_building_reports_keeps_the_old_ones(tmp_path):
     with staged_directory(target, manifest=True) as staging:
         atomic_write_text(staging / "index.html", "old")
     for failure in (errno.ENOSPC, errno.EROFS, errno.EACCES):
-        with pytest.raises(UserError, match=rf"^cannot write .*: {os.strerror(failure)}; "):
+        message = rf"^cannot write {target / 'figures' / 'a.png'}: {os.strerror(failure)}; "
+        with pytest.raises(UserError, match=message):  # the output's name, not its staging folder's
             with staged_directory(target, manifest=True) as staging:
                 raise OSError(failure, os.strerror(failure), str(staging / "figures" / "a.png"))
+    with pytest.raises(
+        UserError, match=rf"^cannot write {target / 'metrics.json'}: No space left on device; "
+    ):
+        with staged_directory(target, manifest=True) as staging, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "fsync", enospc)
+            atomic_write_json(staging / "metrics.json", {"v": 1})
     assert (target / "index.html").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
 

@@ -6,7 +6,7 @@ import io
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,13 @@ def _train_locked(params: dict[str, Any]) -> dict[str, Any]:
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {run.saved}")
+            with suppress(
+                UserError
+            ):  # a full disk fails the logger's last write too: the first error is news
+                logger.close()
             raise
         finally:
-            logger.close()
+            logger.close()  # idempotent: a no-op after the close above
         return finish(run, time.perf_counter() - started, first_step)
 
 
