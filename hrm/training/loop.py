@@ -73,9 +73,7 @@ def _train_locked(params: dict[str, Any]) -> dict[str, Any]:
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {run.saved}")
-            with suppress(
-                UserError
-            ):  # a full disk fails the logger's last write too: the first error is news
+            with suppress(UserError):  # a full disk fails the logger's last write too; report the first
                 logger.close()
             raise
         finally:
