@@ -611,8 +611,9 @@ def render_html(results: dict[str, Any], figures: dict[str, Path]) -> str:
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
     """The report folder, replaced whole. It ignores itself in git (a `.gitignore` of `*`): a report under any
-    `--out` must not make the workspace dirty, or the next `hrm compare` would refuse to queue."""
-    with staged_directory(out_dir) as staging:
+    `--out` must not make the workspace dirty, or the next `hrm compare` would refuse to queue. A folder holding
+    files compare did not write is refused, not replaced (hrm.io.staged_directory)."""
+    with staged_directory(out_dir, manifest=True, owned=("budget.png",)) as staging:  # budget: not always
         atomic_write_text(staging / ".gitignore", "# written by hrm compare: a report, not source\n*\n")
         figures = {"bars": staging / "bars.png"}
         plot_bars(results, figures["bars"])

@@ -1,16 +1,34 @@
-"""The user-facing error type, and atomic writes: a file goes to a temp file beside it and is renamed over the
-target, a folder is built beside its target and swapped in, so nothing already written is half-overwritten."""
+"""The user-facing error type, and the one way outputs are written. Writes are atomic (a file goes to a temp
+file beside it and is renamed over the target; a folder is built beside its target and swapped in), land only
+under a declared output (`output_path`), follow the user's umask, never replace a folder holding files some
+other program put there (`check_replaceable`), and a full, read-only or forbidden disk is one `UserError`
+naming the path (`writing`). docs/threat-model.md says which inputs these rules defend against."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# The manifest a stage writes into a folder it replaces whole: the files it wrote, so the next run knows them.
+MANIFEST = ".hrm-outputs.json"
+_FOREIGN_SHOWN = 5  # entries named in a refusal
+# errno -> what the user can do; anything else is a bug or a crash, not a machine failure, and is raised as is.
+_EDQUOT = getattr(errno, "EDQUOT", errno.ENOSPC)  # no quotas on Windows: the same as a full disk
+_WRITE_FAILURES = {
+    _EDQUOT: "free space within your quota (or point the output elsewhere) and run again",
+    errno.ENOSPC: "free space on that disk (or point the output elsewhere) and run again",
+    errno.EROFS: "the file system is read-only: point the output at a writable place",
+    errno.EACCES: "give this user write permission there, or point the output elsewhere",
+    errno.EPERM: "give this user write permission there, or point the output elsewhere",
+}
+_ONLY_WRITES_FAIL = (errno.ENOSPC, _EDQUOT, errno.EROFS)  # a read never reports these
 
 
 class UserError(Exception):
@@ -28,19 +46,75 @@ def read_json(path: str | Path, missing: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
+def write_failure(err: OSError, path: str | Path, within: str | Path | None = None) -> UserError | None:
+    """A machine failure while writing `path` (full disk, read-only, no permission) as one line naming the file
+    (or `path`) and what to do; None for any other error, or for a permission error about a file outside
+    `within` (default `path`): a read elsewhere, not a write."""
+    hint = _WRITE_FAILURES.get(err.errno or 0)
+    if hint is None:
+        return None
+    named = Path(err.filename) if isinstance(err.filename, str) else None
+    if (
+        err.errno not in _ONLY_WRITES_FAIL
+        and named is not None
+        and not _is_under(named, Path(within or path))
+    ):
+        return None
+    reason = err.strerror or os.strerror(err.errno or 0)
+    return UserError(f"cannot write {named or path}: {reason}; {hint} (outputs written before are kept)")
+
+
+@contextmanager
+def writing(path: str | Path, within: str | Path | None = None) -> Iterator[None]:
+    """Writes to `path` in this block (files under `within`, default `path`): a machine failure becomes
+    `write_failure`'s UserError."""
+    try:
+        yield
+    except OSError as err:
+        failure = write_failure(err, path, within)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def output_path(root: str | Path, relative: str, source: str) -> Path:
+    """`root / relative`, refused (UserError naming `source`) unless it resolves inside `root`: a name read
+    from data or a checkpoint cannot point a write elsewhere (absolute, `..`, or through a symlink)."""
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if Path(relative).is_absolute() or target == base or not target.is_relative_to(base):
+        raise UserError(f"{source}: path {relative!r} leaves the output folder {root}; refused")
+    return target
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get what open()/mkdir() would give."""
+    path = Path(path)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            follow_umask(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -57,23 +131,92 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
     atomic_write_text(path, dumps_json(obj, indent=indent))
 
 
-@contextmanager
-def staged_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh folder beside `target`; on success it replaces `target`, on error it is removed."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+def manifest_entries(folder: Path) -> set[str]:
+    """Top-level names the folder's manifest says its stage wrote (empty: no manifest, or not a readable one)."""
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    backup = target.with_name(f".{target.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
-    if target.exists():
-        os.replace(target, backup)
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return {Path(name).parts[0] for name in files if isinstance(name, str) and name}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return set()
+
+
+def check_replaceable(target: str | Path, owned: Iterable[str] = ()) -> None:
+    """Refuse (UserError naming the first few entries) to replace `target` unless it is absent, empty, or holds
+    only top-level entries its stage writes: `owned` (what this run writes) or what the folder's manifest lists
+    (what it wrote last time). A folder pointed at `reports` or a source folder is never deleted."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise UserError(
+            f"{target} is a file, not an output folder; move it away or choose another output path"
+        )
+    known = {*owned, *manifest_entries(target), MANIFEST}
+    foreign = []
+    for entry in sorted(os.listdir(target)):
+        if entry not in known:
+            foreign.append(entry)
+            if len(foreign) > _FOREIGN_SHOWN:
+                break
+    if foreign:
+        shown = ", ".join(foreign[:_FOREIGN_SHOWN]) + (", ..." if len(foreign) > _FOREIGN_SHOWN else "")
+        raise UserError(
+            f"{target} holds files this stage did not write ({shown}); it replaces that folder whole: "
+            "choose an empty or new folder, or move those files away"
+        )
+
+
+@contextmanager
+def staged_directory(target: str | Path, manifest: bool = False, owned: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a fresh folder beside `target`; on success it replaces `target` (after `check_replaceable`: the
+    entries written now, `owned` ones this stage writes only sometimes, or the old manifest's), on error it is
+    removed and `target` is untouched. `manifest`: record the files written (MANIFEST), so a later run that
+    writes fewer still recognises them. A symlinked `target` keeps its link; the folder it points to is
+    replaced."""
+    target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()
+    with writing(target, within=target.parent):  # the staging folder is beside the target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        try:
+            follow_umask(staging)
+            yield staging
+            if manifest:
+                written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+                atomic_write_json(staging / MANIFEST, {"files": written}, indent=1)
+            check_replaceable(target, owned=[*os.listdir(staging), *owned])
+        except BaseException as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            failure = write_failure(err, target, target.parent) if isinstance(err, OSError) else err
+            if isinstance(failure, UserError) and str(staging) in str(
+                failure
+            ):  # name the output, not its temp
+                raise UserError(str(failure).replace(str(staging), str(target))) from err
+            if failure is not None and failure is not err:
+                raise failure from err
+            raise
+        backup = target.with_name(f".{target.name}.old")
+        _remove(backup)
+        if target.exists():
+            os.replace(target, backup)
+        os.replace(staging, target)
+        _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder if present (rmtree refuses a link to a folder: unlink it)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
 
 
 def check_writable(folder: str | Path, what: str) -> None:

@@ -19,7 +19,14 @@ import numpy as np
 from hrm.evaluation import metrics as M
 from hrm.evaluation import plots, report
 from hrm.evaluation.data import SplitData, load_identifier_names, load_route_task, load_split
-from hrm.io import UserError, atomic_write_json, atomic_write_text, check_writable, staged_directory
+from hrm.io import (
+    UserError,
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable,
+    check_writable,
+    staged_directory,
+)
 
 PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
@@ -204,6 +211,9 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 
 # ---- the stage ----
 
+# What write_reports puts in paths.eval_reports: a folder holding anything else is not replaced.
+EVAL_OUTPUTS = ("metrics.json", "plots", "figures", "index.html")
+
 
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """The evaluate stage: every split through the checkpoint, then metrics, plots, figures and the report."""
@@ -215,6 +225,7 @@ def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, A
     check_writable(
         Path(paths["eval_reports"]).parent, f"params.yaml: paths.eval_reports {paths['eval_reports']}"
     )
+    check_replaceable(paths["eval_reports"], EVAL_OUTPUTS)  # refused now, not after evaluating
     # types and ranges: schemas/params.schema.json, applied by hrm.config.load_params
     batch_size = int(settings["batch_size"])
     data_root = Path(paths["hrm"])
@@ -281,7 +292,7 @@ def write_reports(
     metrics = {name: result.metrics for name, result in results.items()}
     vehicles = {name: result.vehicles for name, result in results.items()}
     halt_max_steps = results["test"].run.halt_max_steps
-    with staged_directory(Path(paths["eval_reports"])) as staging:
+    with staged_directory(Path(paths["eval_reports"]), manifest=True) as staging:
         atomic_write_json(staging / "metrics.json", metrics, indent=2)
         atomic_write_json(staging / HEADLINE_FILE, headline(metrics["test"]), indent=2)
         plot_dir, figure_dir = staging / "plots", staging / "figures"

@@ -6,7 +6,7 @@ import io
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,20 @@ class TrainingInterrupted(Exception):
 
 
 def train(params: dict[str, Any]) -> dict[str, Any]:
-    """Train as params.yaml says; return a summary (steps done, last eval metrics, checkpoint, model path)."""
+    """Train as params.yaml says; return a summary (steps done, last eval metrics, checkpoint, model path).
+    The checkpoints folder is locked (checkpoint.checkpoints_lock) before anything is read from or written to
+    it, and released on every way out, signals included."""
+    from hrm.config import section
+    from hrm.training.checkpoint import checkpoints_lock
+    from hrm.training.setup import check_output_paths, distributed_from_env
+
+    paths, rank = section(params, "paths"), distributed_from_env().rank
+    check_output_paths(paths, rank)  # an unwritable folder is named as the setting it comes from
+    with checkpoints_lock(paths["checkpoints"], rank):
+        return _train_locked(params)
+
+
+def _train_locked(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from hrm.training import step as steps
@@ -60,9 +73,11 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         except BaseException as err:
             if not isinstance(err, TrainingInterrupted):
                 logger.write(f"run ended abnormally; last good checkpoint: {run.saved}")
+            with suppress(UserError):  # a full disk fails the logger's last write too; report the first
+                logger.close()
             raise
         finally:
-            logger.close()
+            logger.close()  # idempotent: a no-op after the close above
         return finish(run, time.perf_counter() - started, first_step)
 
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from hrm.config import ConfigError
 
+# What `restore` reads: the entries `save` writes, plus the logger's `history` that the run passes to `save`.
+COMMON_KEYS = ("model", "optimizers", "sampler", "step", "last_eval_step", "history")
+RANK_KEYS = ("carry", "generator", "rng")
+
 
 @dataclass
 class TrainState:
@@ -50,22 +54,38 @@ class TrainState:
         return store.save(self.step, shared, own)
 
     def restore(self, store: Any, path: Path, device: Any) -> dict[str, Any]:
-        """Load checkpoint folder `path` (written by `save`) into this state; returns its common part."""
+        """Load checkpoint folder `path` (written by `save`) into this state; returns its common part, its
+        dvclive history checked against the logger's own file names. A checkpoint of an older layout (a key
+        missing, a part that does not load) is one `older_version` error, not a traceback."""
         from hrm.models import ACTCarry
         from hrm.runtime import set_rng_states
+        from hrm.training.checkpoint import older_version, require_keys
+        from hrm.training.logging import check_history
 
         common, own = store.load(path)
-        self.module.load_state_dict(common["model"])
-        for optimizer, saved in zip(self.optimizers, common["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
-        self.sampler.load_state_dict(common["sampler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(common.get("ema", {}), source=str(path / "common.pt"))
-        self.step = int(common["step"])
-        self.last_eval_step = int(common["last_eval_step"])
-        self.carry = None if own["carry"] is None else ACTCarry.from_state(own["carry"], device=device)
-        self.generator.set_state(own["generator"])
-        set_rng_states(own["rng"])
+        common_file, own_file = path / "common.pt", path / f"rank{store.rank}.pt"
+        require_keys(common, COMMON_KEYS, common_file, store.folder)
+        require_keys(own, RANK_KEYS, own_file, store.folder)
+        check_history(common["history"], str(common_file))  # before anything is written from it
+        file = common_file
+        try:
+            self.module.load_state_dict(common["model"])
+            for optimizer, saved in zip(self.optimizers, common["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            self.sampler.load_state_dict(common["sampler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(common.get("ema", {}), source=str(common_file))
+            self.step = int(common["step"])
+            self.last_eval_step = int(common["last_eval_step"])
+            file = own_file
+            self.carry = None if own["carry"] is None else ACTCarry.from_state(own["carry"], device=device)
+            self.generator.set_state(own["generator"])
+            set_rng_states(own["rng"])
+        except KeyError as err:  # a nested entry (optimizer, sampler, carry) of an older layout
+            raise older_version(file, store.folder, f"missing {err.args[0]!r}") from None
+        except (ValueError, RuntimeError, TypeError, IndexError, AttributeError) as err:
+            what = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise older_version(file, store.folder, what[:300]) from None
         return common
 
 
