@@ -273,7 +273,7 @@ def next_commands(
             f"the same run with {ARCH_TITLES.get(other, other)}",
         ),
         (
-            shlex.join(["dvc", "metrics", "diff", name, other_name, "--targets", headline]),
+            shlex.join(["dvc", "metrics", "diff", name, other_name, "--all", "--targets", headline]),
             "the two side by side",
         ),
         (shlex.join(["dvc", "exp", "show", "--only-changed"]), "every experiment, route metrics first"),

@@ -57,7 +57,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkout(tmp_path_factory.mktemp("quickstart"))
 
 
-def test_ctrl_c_then_the_same_command_resumes_and_matches_an_uninterrupted_run(checkout: Path) -> None:
+def test_ctrl_c_resumes_then_the_verdict_and_every_printed_command_work(checkout: Path) -> None:
     args = ["quickstart", "--profile", "tiny", *LONGER, "--name", "stopped"]
     stopped = _interrupt_mid_training(args, checkout, "stopped")
     assert stopped.returncode == 130, stopped.stdout[-3000:]
@@ -71,6 +71,32 @@ def test_ctrl_c_then_the_same_command_resumes_and_matches_an_uninterrupted_run(c
     resumed_at = [line for line in (resumed.stdout + resumed.stderr).splitlines() if "resuming from" in line]
     assert resumed_at and "(step 0)" not in resumed_at[0], resumed_at
 
+    # the verdict: the result, the baselines, and what the result means
+    out = resumed.stdout
+    assert "result: HRM (hrm_v1) test route optimal" in out
+    assert "baselines (no model): best monotone path" in out
+    assert "not HRM's claim" in out  # a tiny run learns nothing: the verdict must say so
+    hints = out.split("\nnext:\n", 1)[1].splitlines()
+    commands = [line.split("    # ", 1)[0].strip() for line in hints if line.startswith("  ")]
+    assert len(commands) == 3 and commands[0].startswith(
+        "hrm quickstart --profile tiny --set train.epochs=100"
+    )
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[0] == "hrm":
+            result = _hrm(argv[1:], checkout)
+        else:
+            result = subprocess.run(argv, cwd=checkout, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{command}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert "failed to load" not in result.stdout + result.stderr, command
+        if argv[:3] == ["dvc", "metrics", "diff"]:
+            assert "test_route_optimal_rate" in result.stdout and "stopped-transformer" in result.stdout
+
+    # `dvc exp show` leads with the answer: the route metrics within its first 20 columns
+    header = run(["dvc", "exp", "show", "--csv"], checkout).splitlines()[0].split(",")
+    assert "test_route_optimal_rate" in header[:20] and "baseline_monotone_route_optimal_rate" in header[:20]
+
+    # bit for bit what an uninterrupted run gives
     straight = _hrm(["quickstart", "--profile", "tiny", *LONGER, "--name", "straight"], checkout)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
     reports = checkout / "reports" / "experiments"
@@ -83,33 +109,8 @@ def test_ctrl_c_then_the_same_command_resumes_and_matches_an_uninterrupted_run(c
     assert run(["git", "worktree", "list", "--porcelain"], checkout).count("worktree ") == 1
     shown = json.loads(run(["dvc", "exp", "show", "--json"], checkout))
     names = [e["name"] for row in shown for e in (row.get("experiments") or [])]
-    assert sorted(names) == ["stopped", "straight"]
+    assert sorted(names) == ["stopped", "stopped-transformer", "straight"]
     assert "Running" not in run(["dvc", "exp", "show", "--no-pager"], checkout)
-
-
-def test_the_verdict_and_every_printed_command_work(checkout: Path) -> None:
-    first = _hrm(["quickstart", "--profile", "tiny", "--name", "first"], checkout)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    out = first.stdout
-    assert "result: HRM (hrm_v1) test route optimal" in out
-    assert "baselines (no model): best monotone path" in out
-    assert "not HRM's claim" in out  # a tiny run learns nothing: the verdict must say so
-    hints = out.split("\nnext:\n", 1)[1].splitlines()
-    commands = [line.split("    # ", 1)[0].strip() for line in hints if line.startswith("  ")]
-    assert len(commands) == 3 and commands[0].startswith("hrm quickstart --profile tiny")
-    for command in commands:
-        argv = shlex.split(command)
-        result = _hrm(argv[1:], checkout) if argv[0] == "hrm" else None
-        if result is None:
-            result = subprocess.run(argv, cwd=checkout, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"{command}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        assert "failed to load" not in result.stdout + result.stderr, command
-    diff = subprocess.run(shlex.split(commands[1]), cwd=checkout, capture_output=True, text=True).stdout
-    assert "test_route_optimal_rate" in diff
-
-    # `dvc exp show` leads with the answer: the route metrics within its first 20 columns
-    header = run(["dvc", "exp", "show", "--csv"], checkout).splitlines()[0].split(",")
-    assert "test_route_optimal_rate" in header[:20] and "baseline_monotone_route_optimal_rate" in header[:20]
 
 
 def test_uncommitted_changes_are_refused_before_any_work(checkout: Path) -> None:

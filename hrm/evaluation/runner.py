@@ -212,7 +212,7 @@ def load_head(arch: dict[str, Any], metadata: Any, checkpoint: Path, batch_size:
 # ---- the stage ----
 
 # What write_reports puts in paths.eval_reports: a folder holding anything else is not replaced.
-EVAL_OUTPUTS = ("metrics.json", "plots", "figures", "index.html")
+EVAL_OUTPUTS = ("metrics.json", HEADLINE_FILE, "plots", "figures", "index.html")
 
 
 def run_evaluation(params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
