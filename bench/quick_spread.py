@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hrm.config import load_params, run_params  # noqa: E402
+from hrm.quickstart import settings_fingerprint  # noqa: E402
 
 # The kernel sets: name -> environment read when torch loads. "native" sets nothing: what torch picks on this CPU.
 # ATen's vectorised kernels, MKL's BLAS (its ISA cap and its conditional-reproducibility mode) and oneDNN's ISA cap;
@@ -150,10 +151,12 @@ def run_one(out: Path, kernels: str, arch: str, seed: int, data_paths: dict[str,
             "eval_reports": str(folder / "eval"),
         }
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        (folder / "commit.txt").write_text(_commit() + "\n", encoding="utf-8")
         env = {**os.environ, **KERNEL_SETS[kernels]}
         for stage in ("train", "evaluate"):
             command = [sys.executable, "-m", f"stages.{stage}", "--params", str(folder / "params.yaml")]
             _run(command + (["--quiet"] if stage == "evaluate" else []), env, folder / "log.txt")
+    commit_file = folder / "commit.txt"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     weights = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()[:16]
     test = metrics["test"]
@@ -165,12 +168,56 @@ def run_one(out: Path, kernels: str, arch: str, seed: int, data_paths: dict[str,
         "route_valid_rate": test["route_valid_rate"],
         "accuracy": test["accuracy"],
         "weights_sha256": weights,
+        "commit": commit_file.read_text().strip() if commit_file.is_file() else "unknown",
         "baselines": {
             "monotone_path": test.get("monotone_path", {}).get("route_optimal_rate"),
             "vehicle_blind": test.get("vehicle_blind", {}).get("route_optimal_rate"),
             "copy_input_accuracy": test.get("copy_input", {}).get("accuracy"),
         },
     }
+
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The tables of docs/results.md ("The range to expect"): every run by arch, kernel set and seed, then the
+    pooled range per arch (what `hrm quickstart` compares a result with)."""
+    runs, seeds = result["runs"], sorted({r["seed"] for r in result["runs"]})
+    lines = [
+        "| arch | kernel set | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+        "|---|---|" + "---|" * len(seeds) + "---|",
+    ]
+    for arch in result["archs"]:
+        for kernels in result["kernels_run"]:
+            mine = {
+                r["seed"]: r["route_optimal_rate"]
+                for r in runs
+                if r["arch"] == arch and r["kernels"] == kernels
+            }
+            if not mine:
+                continue
+            cells = [_pct(mine[s]) if s in mine else "" for s in seeds]
+            stat = spread(list(mine.values()))
+            aten = result["kernel_sets"][kernels].get("aten", "")
+            lines.append(
+                f"| {arch} | {kernels} (ATen {aten}) | "
+                + " | ".join(cells)
+                + f" | {_pct(stat['mean'])} ± {_pct(stat['sd'])} |"
+            )
+    lines += ["", "| arch | runs | expected range (min to max) | mean ± sd |", "|---|---|---|---|"]
+    for arch, stat in result["summary"]["pooled"].items():
+        lines.append(
+            f"| {arch} | {stat['n']} | {_pct(stat['min'])} to {_pct(stat['max'])} | {_pct(stat['mean'])} ± {_pct(stat['sd'])} |"
+        )
+    return "\n".join(lines)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -195,6 +242,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/quick-spread"))
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
+    parser.add_argument("--collect", action="store_true", help="run nothing: summarise the finished runs")
     args = parser.parse_args()
 
     archs = [a for a in args.archs.split(",") if a]
@@ -215,11 +263,14 @@ def main() -> None:
     params = run_params(load_params(REPO / "params.yaml"), "quick")
     args.out.mkdir(parents=True, exist_ok=True)
     data_paths = prepare_data(args.out, params)
-    # Every arch under the first kernel set, then the first arch under the others, then the rest: a short session
-    # gets the table a user needs first.
-    order = [(usable[0], a) for a in archs] + [(k, archs[0]) for k in usable[1:]]
+    # The first arch (the quickstart's) under every kernel set, then the others under the first set, then the
+    # rest: a short session gets the table a user needs first.
+    order = [(k, archs[0]) for k in usable] + [(usable[0], a) for a in archs[1:]]
     order += [(k, a) for a in archs[1:] for k in usable[1:]]
     jobs = [(k, a, s) for k, a in order for s in range(args.seeds)]
+
+    if args.collect:
+        jobs = [j for j in jobs if (args.out / j[0] / f"{j[1]}-s{j[2]}" / "eval" / "metrics.json").is_file()]
 
     def task(job: tuple[str, str, int]) -> dict[str, Any]:
         record = run_one(args.out, *job, data_paths)
@@ -233,6 +284,8 @@ def main() -> None:
         runs = list(pool.map(task, jobs))
 
     summary: dict[str, Any] = {"per_kernels": {}, "pooled": {}}
+    archs = [a for a in archs if any(r["arch"] == a for r in runs)]
+    usable = [k for k in usable if any(r["kernels"] == k for r in runs)]
     for arch in archs:
         mine = [r for r in runs if r["arch"] == arch]
         summary["pooled"][arch] = spread([r["route_optimal_rate"] for r in mine])
@@ -243,11 +296,13 @@ def main() -> None:
 
     result = {
         "command": "PYTHONPATH=$PWD python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-        ).stdout.strip(),
+        "commit": _commit(),
         "machine": {"cpu": cpu_model(), "torch": torch.__version__, "cores": os.cpu_count()},
         "kernel_sets": probes,
+        "archs": archs,
+        "kernels_run": usable,
+        # what a quickstart must match to be compared with these runs (hrm.quickstart.settings_fingerprint)
+        "settings": {a: settings_fingerprint(run_params(params, "quick", [f"arch.name={a}"])) for a in archs},
         "runs": runs,
         "summary": summary,
     }
@@ -255,6 +310,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n", encoding="utf-8")
+    print(markdown(result))
     for arch, s in summary["pooled"].items():
         print(
             f"{arch:>12}: route optimal {100 * s['mean']:.1f}% ± {100 * s['sd']:.1f} [{100 * s['min']:.2f}, {100 * s['max']:.2f}] over {s['n']} runs"
