@@ -212,12 +212,69 @@ def markdown(result: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {_pct(stat['mean'])} ± {_pct(stat['sd'])} |"
             )
-    lines += ["", "| arch | runs | expected range (min to max) | mean ± sd |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| arch | this CPU: runs, min to max, mean ± sd | expected range (`hrm quickstart`'s verdict) |",
+    ]
+    lines.append("|---|---|---|")
     for arch, stat in result["summary"]["pooled"].items():
+        wide = result["expected"][arch]
         lines.append(
-            f"| {arch} | {stat['n']} | {_pct(stat['min'])} to {_pct(stat['max'])} | {_pct(stat['mean'])} ± {_pct(stat['sd'])} |"
+            f"| {arch} | {stat['n']}: {_pct(stat['min'])} to {_pct(stat['max'])}, {_pct(stat['mean'])} ± "
+            f"{_pct(stat['sd'])} | {_pct(wide['min'])} to {_pct(wide['max'])} ({'; '.join(wide['sources'])}) |"
         )
     return "\n".join(lines)
+
+
+def readme_table(result: dict[str, Any]) -> str:
+    """The README's table: per arch, seed 0 on each measured CPU and the expected range (the verdict's)."""
+    cpu = result["machine"]["cpu"]
+    lines = [
+        "| arch | seed 0, native kernels | expected range (seeds 0-4) |",
+        "|---|---|---|",
+    ]
+    titles = {
+        "hrm_v1": "HRM (`hrm_v1`, what `hrm quickstart` runs)",
+        "transformer": "same-size transformer",
+        "trm": "TRM",
+    }
+    for arch in result["archs"]:
+        seeds = [
+            r for r in result["runs"] if r["arch"] == arch and r["seed"] == 0 and r["kernels"] == "native"
+        ]
+        zero = (
+            [f"{_pct(seeds[0]['route_optimal_rate'])} ({cpu}, {result['kernel_sets']['native']['aten']})"]
+            if seeds
+            else []
+        )
+        other = result.get("earlier", {}).get("ranges", {}).get(arch, {})
+        if "seed_0" in other:
+            machine = result["earlier"]["machine"]
+            zero.append(f"{_pct(other['seed_0'])} ({machine['cpu']}, {machine['aten']})")
+        wide = result["expected"][arch]
+        lines.append(
+            f"| {titles.get(arch, arch)} | {'; '.join(zero) or 'not measured'} | {_pct(wide['min'])} to "
+            f"{_pct(wide['max'])} ({wide['n']} runs) |"
+        )
+    return "\n".join(lines)
+
+
+def expected_ranges(result: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """Per arch: the range a quickstart is compared with, every run here and the earlier CPUs' [min, max]."""
+    expected = {}
+    for arch, stat in result["summary"]["pooled"].items():
+        kernels = sorted({r["kernels"] for r in result["runs"] if r["arch"] == arch})
+        low, high, n = stat["min"], stat["max"], stat["n"]
+        sources = [f"{n} runs on {result['machine']['cpu']} ({len(kernels)} kernel sets)"]
+        other = (earlier or {}).get("ranges", {}).get(arch)
+        if other:
+            low, high, n = min(low, other["min"]), max(high, other["max"]), n + other["n"]
+            machine = earlier["machine"]
+            sources.append(f"{other['n']} runs on {machine['cpu']} ({machine['aten']})")
+        expected[arch] = {"min": low, "max": high, "n": n, "sources": sources}
+    if earlier:
+        result["earlier"] = earlier
+    return expected
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -243,6 +300,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/quick-spread"))
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--collect", action="store_true", help="run nothing: summarise the finished runs")
+    parser.add_argument(
+        "--earlier", type=Path, default=None, help="runs measured on other CPUs (JSON), pooled into the range"
+    )
     args = parser.parse_args()
 
     archs = [a for a in args.archs.split(",") if a]
@@ -306,6 +366,9 @@ def main() -> None:
         "runs": runs,
         "summary": summary,
     }
+    result["expected"] = expected_ranges(
+        result, json.loads(args.earlier.read_text()) if args.earlier else None
+    )
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from hrm.config import chosen_arch, load_params, profile_overrides, run_params
 from hrm.evaluation.runner import HEADLINE_FILE
 from hrm.io import UserError, staged_directory
 
-# The runs that give the expected range, measured by bench/quick_spread.py (committed with the README's table).
+# The runs that give the expected range, measured by bench/quick_spread.py (committed with docs/results.md).
 REFERENCE = Path("docs/results/quick-spread.json")
 RUNS = Path(".dvc/tmp/quickstart")  # git- and DVC-ignored (.dvc/.gitignore)
 ARCH_TITLES = {"hrm_v1": "HRM", "trm": "TRM", "transformer": "the same-size transformer"}
@@ -194,25 +194,24 @@ def verdict(
         f"result: {title} ({arch}) test route optimal {_pct(optimal)} (route valid {_pct(test['route_valid_rate'])}, "
         f"token accuracy {_pct(test['accuracy'])})"
     ]
-    runs = []
+    runs: list[dict[str, Any]] = []
+    expected = None
     if reference and reference.get("settings", {}).get(arch) == settings_fingerprint(settings):
         runs = [r for r in reference.get("runs", []) if r["arch"] == arch]
-    if runs:
-        values = [r["route_optimal_rate"] for r in runs]
-        low, high = min(values), max(values)
-        kernels = sorted({r["kernels"] for r in runs})
-        seeds = sorted({r["seed"] for r in runs})
+        expected = reference.get("expected", {}).get(arch)
+    if expected:
+        low, high = expected["min"], expected["max"]
         where = "inside" if low <= optimal <= high else "OUTSIDE"
         lines.append(
-            f"  expected {_pct(low)} to {_pct(high)} ({len(runs)} reference runs: seeds {seeds[0]}-{seeds[-1]} "
-            f"x {len(kernels)} CPU kernel sets, docs/results.md): {where} the expected range"
+            f"  expected {_pct(low)} to {_pct(high)} (reference runs of seeds 0-4: {'; '.join(expected['sources'])}; "
+            f"docs/results.md): {where} the expected range"
         )
-        same = [r for r in runs if weights_sha and r.get("weights_sha256") == weights_sha]
         seed = settings["train"]["seed"]
+        same = [r for r in runs if weights_sha and r.get("weights_sha256") == weights_sha]
         if same:
             lines.append(
                 f"  bit-identical to the reference run of seed {seed} under kernel set '{same[0]['kernels']}' "
-                f"({reference.get('machine', {}).get('cpu', 'its CPU')})"
+                f"on {reference.get('machine', {}).get('cpu', 'its CPU')}"
             )
         else:
             mine = ", ".join(
@@ -220,8 +219,8 @@ def verdict(
             )
             if mine:
                 lines.append(
-                    f"  not bit-identical to a reference run of seed {seed} ({mine}): this CPU sums in "
-                    "another order (another kernel set or CPU), which is another draw of the same experiment"
+                    f"  not bit-identical to a reference run of seed {seed} ({mine}): this CPU sums in another "
+                    "order (another kernel set or CPU), which is another draw of the same experiment"
                 )
         if where == "OUTSIDE":
             lines.append("  a result outside every reference run: check `hrm doctor` and docs/results.md")
