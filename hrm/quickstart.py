@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import chosen_arch, load_params, profile_overrides, run_params
+from hrm.config import check_rules, chosen_arch, load_params, parse_override, profile_overrides, run_params
 from hrm.io import UserError
 
 
@@ -32,10 +33,10 @@ def set_param_args(overrides: dict[str, Any]) -> list[str]:
 
 
 def _run(command: list[str]) -> None:
-    print("+ " + " ".join(command), flush=True)
+    print("+ " + shlex.join(command), flush=True)
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
-        raise UserError(f"command failed with exit code {result.returncode}: {' '.join(command)}")
+        raise UserError(f"command failed with exit code {result.returncode}: {shlex.join(command)}")
 
 
 def quickstart(
@@ -48,7 +49,8 @@ def quickstart(
     params = load_params(params_path)
     # per-arch overrides follow --set arch.name=...
     overrides = profile_overrides(params, profile, chosen_arch(params, profile, extra), params_path)
-    run_params(params, profile, extra, params_path)  # checked here: a typo stops before DVC starts a stage
+    # checked here, schema and rules between keys: a typo or an impossible run stops before DVC starts a stage
+    check_rules(run_params(params, profile, extra, params_path), params_path)
     if shutil.which("dvc") is None:
         raise UserError("dvc is not on PATH: install the project first (see README)")
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True).returncode != 0:
@@ -56,7 +58,8 @@ def quickstart(
 
     name = name or profile
     started = time.perf_counter()
-    set_args = set_param_args(overrides) + [f"-S{item}" for item in extra]
+    # each --set value as JSON, as this checked it (DVC reads -S values as YAML 1.2: `yes` would stay text)
+    set_args = set_param_args(overrides) + set_param_args(dict(parse_override(item) for item in extra))
     _run(["dvc", "exp", "run", "--temp", "--force", "-n", name, *set_args])
     eval_reports = str(flatten(params.get("paths", {})).get("eval_reports", "reports/eval"))
     target = Path("reports") / "experiments" / name
