@@ -100,7 +100,7 @@ def test_every_key_of_params_yaml_is_in_the_schema():
         ),
         (
             lambda p: p["train"].update(global_batch_size=0),
-            "train.global_batch_size must be an integer in [1, 65536], got 0",
+            "train.global_batch_size must be an integer in [1, 1048576], got 0",
         ),
         (
             lambda p: p["validate"].update(threshold=1.5),
