@@ -297,7 +297,7 @@ YAMLISH = st.text(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     raw=st.one_of(YAMLISH, st.text(max_size=40)),
     key=st.sampled_from(
@@ -316,7 +316,7 @@ def test_any_set_value_loads_or_gives_a_config_error(raw, key):
     _loads_or_config_error(lambda: check_rules(run_params(params, "tiny", [f"{key}={raw}"]), "params.yaml"))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.one_of(st.binary(max_size=60), YAMLISH.map(lambda t: t.encode("utf-8"))))
 def test_any_file_bytes_load_or_give_a_config_error(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("p") / "params.yaml"
