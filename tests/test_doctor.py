@@ -118,7 +118,9 @@ def test_batch_that_does_not_fit_fails(tiny_params):
     assert memory.status == "fail"
     assert "DOES NOT FIT" in memory.detail and memory.data["largest_batch"] < 1_048_576
     # the same figures as a passing run of these maps: only the batch changed
-    passing = doctor.check_memory(doctor.load_run_config(tiny_params, overrides=largest_maps), "cpu", quick=True)
+    passing = doctor.check_memory(
+        doctor.load_run_config(tiny_params, overrides=largest_maps), "cpu", quick=True
+    )
     assert passing.status == "ok", passing.detail
     passing = passing.data
     assert memory.data["per_example_bytes"] == passing["per_example_bytes"]
