@@ -82,6 +82,9 @@ class Experiment:
     params: dict[str, Any]  # flat params.yaml
     metrics: dict[str, dict[str, Any]]  # metrics file -> its data
     error: str | None = None
+    timestamp: str = (
+        ""  # ISO time of the experiment's commit ("" unknown): the newest of a name's entries first
+    )
 
 
 # ---------------------------------------------------------------- the plan (all checks before any queueing)
@@ -296,7 +299,8 @@ def _failure_text(log_path: str | None, fallback: str) -> str:
 
 
 def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list[Experiment]]:
-    """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first."""
+    """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first, the
+    newest first among equals (a retried run that failed again shows its own error, not the earlier one's)."""
     found: dict[str, list[Experiment]] = {}
     for commit in (c for c in shown if c.get("rev") == baseline):
         for entry in commit.get("experiments") or []:
@@ -313,9 +317,13 @@ def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list
                 log = ((entry.get("executor") or {}).get("local") or {}).get("log")
                 error = _failure_text(log, (rev.get("error") or {}).get("msg") or "experiment failed")
                 metrics = {}  # a failed run's commit holds the baseline's files, not its own
-            experiment = Experiment(name, state, rev.get("rev", ""), flatten(params), metrics, error)
+            timestamp = str(data.get("timestamp") or "")
+            experiment = Experiment(
+                name, state, rev.get("rev", ""), flatten(params), metrics, error, timestamp
+            )
             found.setdefault(name, []).append(experiment)
     for entries in found.values():
+        entries.sort(key=lambda e: e.timestamp, reverse=True)
         entries.sort(key=lambda e: STATE_RANK.get(e.state, 9))
     return found
 

@@ -188,3 +188,21 @@ def test_a_refused_queue_shows_the_pasteable_command(monkeypatch):
         cmp.run_queue([run], {"x"}, jobs=1, poll_s=0.0)
     shown = str(caught.value).split("(", 1)[1].split("):", 1)[0]
     assert shlex.split(shown)[-1] == "-Sgenerate.city.avenue_spacing=[3, 5]"
+
+
+def test_a_retried_run_that_failed_again_shows_its_own_error():
+    def failed(error: str, when: str) -> dict:
+        data = {"timestamp": when, "params": {}, "metrics": {}}
+        return {
+            "executor": {"state": "failed", "local": {"log": None}},
+            "name": "x",
+            "revs": [{"rev": when, "name": "x", "error": {"msg": error}, "data": data}],
+        }
+
+    shown = [
+        {
+            "rev": "b" * 40,
+            "experiments": [failed("old", "2026-01-01T00:00:00"), failed("new", "2026-02-01T00:00:00")],
+        }
+    ]
+    assert [e.error for e in cmp.parse_exp_show(shown, "b" * 40)["x"]] == ["new", "old"]
