@@ -1,6 +1,7 @@
 """`params.yaml`, the one home of every setting, checked against `schemas/params.schema.json` (the one definition
 of keys, types, ranges and choices, profiles included) before any work starts; profiles and `--set` overrides.
-Checks a schema cannot express (weights summing to 1, eval_interval dividing epochs) stay with their code.
+`read_params` is the one reader of params text (files and `--set` values); `check_rules` applies every rule between
+keys that a schema cannot express (eval_interval dividing epochs, weights summing to 1, ...).
 """
 
 from __future__ import annotations
