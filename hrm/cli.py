@@ -117,7 +117,9 @@ def compare(
     data_seeds: Annotated[
         bool, typer.Option("--data-seeds", help="also vary generate.seed per run (model + data variance)")
     ] = False,
-    jobs: Annotated[int, typer.Option("--jobs", help="DVC queue workers running at once")] = 1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", help="DVC queue workers running at once, 1 to the CPU core count")
+    ] = 1,
     overrides: Annotated[
         list[str] | None, _sets("key=value for every run; the same key twice = two variants")
     ] = None,
@@ -136,10 +138,11 @@ def compare(
     import shlex
     import sys
 
+    from hrm.compare import check_all_succeeded
     from hrm.compare import compare as run_compare
 
     with _user_errors():
-        run_compare(
+        results = run_compare(
             params_path=params,
             profile=profile,
             archs=[a.strip() for a in archs.split(",") if a.strip()],
@@ -150,8 +153,9 @@ def compare(
             name=name,
             out_dir=out,
             rev=rev,
-            command="hrm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=shlex.join(["hrm", *sys.argv[1:]]),
         )
+        check_all_succeeded(results, out)  # exit 1 naming each failed run, after the report is written
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,9 @@ import html
 import itertools
 import json
 import math
+import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -25,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from hrm.budget import baselines, group_budget, plot_budget, run_baselines, run_curve, segment_flops_of
-from hrm.config import load_params, parse_override, profile_overrides
+from hrm.config import (
+    DEFAULT_PARAMS,
+    check_params,
+    check_rules,
+    closest_name,
+    load_params,
+    parse_override,
+    profile_overrides,
+    set_value,
+)
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, set_param_args
 
@@ -58,7 +69,7 @@ class Planned:
 
     @property
     def variant_label(self) -> str:
-        return " ".join(f"{k}={json.dumps(v)}" for k, v in self.variant) or "(profile)"
+        return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in self.variant) or "(profile)"
 
 
 @dataclass
@@ -71,6 +82,9 @@ class Experiment:
     params: dict[str, Any]  # flat params.yaml
     metrics: dict[str, dict[str, Any]]  # metrics file -> its data
     error: str | None = None
+    timestamp: str = (
+        ""  # ISO time of the experiment's commit ("" unknown): the newest of a name's entries first
+    )
 
 
 # ---------------------------------------------------------------- the plan (all checks before any queueing)
@@ -133,7 +147,9 @@ def plan(
         raise UserError("--archs: give at least one arch")
     unknown = [a for a in archs if a not in available]
     if unknown:
-        raise UserError(f"--archs: unknown arch {', '.join(unknown)} (known: {', '.join(available)})")
+        guesses = [guess for guess in (closest_name(a, available) for a in unknown) if guess]
+        hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+        raise UserError(f"--archs: unknown arch {', '.join(unknown)} (known: {', '.join(available)}){hint}")
     if len(set(archs)) != len(archs):
         raise UserError(f"--archs: an arch is listed twice: {','.join(archs)}")
     prefix = name or f"cmp-{profile}"
@@ -157,7 +173,31 @@ def plan(
                     overrides["generate.seed"] = data_seed
                 run_name = f"{prefix}-{arch}-s{seed}" + (f"-d{i}" if data_seeds else "") + tag
                 runs.append(Planned(run_name, arch, seed, data_seed, items, overrides))
+    for run in runs:
+        check_run(params, run, profile)
     return runs
+
+
+def params_of(params: dict[str, Any], run: Planned) -> dict[str, Any]:
+    """The params.yaml a run sees, nested: HEAD's params with the run's -S values written in (as DVC does)."""
+    merged = {key: value for key, value in params.items() if key != "profiles"}
+    merged = json.loads(json.dumps(merged))  # a copy, in the types DVC writes back (JSON values)
+    for key, value in run.overrides.items():
+        set_value(merged, key, value, f"run {run.name}: -S {key}")
+    return merged
+
+
+def check_run(params: dict[str, Any], run: Planned, profile: str) -> None:
+    """One planned run checked as its stages will check it (schema, then every rule between keys: eval_interval
+    divides epochs, the micro-batch divides the batch, the model's and the generator's rules), before anything
+    is queued: a UserError naming the run, its variant and the broken rule."""
+    where = f"run {run.name} (profile {profile}, arch {run.arch}, {run.variant_label})"
+    try:
+        full = params_of(params, run)
+        check_params(full, DEFAULT_PARAMS)
+        check_rules(full, DEFAULT_PARAMS)
+    except UserError as err:
+        raise UserError(f"{where}: {err}; nothing was queued") from None
 
 
 def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -192,9 +232,7 @@ def _cmd(command: list[str], *, check: bool = True) -> subprocess.CompletedProce
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-8:]
-        raise UserError(
-            f"`{' '.join(command[:4])} ...` failed (exit {result.returncode}):\n" + "\n".join(tail)
-        )
+        raise UserError(f"`{shlex.join(command)}` failed (exit {result.returncode}):\n" + "\n".join(tail))
     return result
 
 
@@ -230,11 +268,17 @@ def params_at(rev: str) -> dict[str, Any]:
     """params.yaml as it was at `rev`, checked like the workspace's."""
     import tempfile
 
-    text = _cmd(["git", "show", f"{resolve_rev(rev)}:params.yaml"]).stdout
+    sha = resolve_rev(rev)
+    shown = subprocess.run(["git", "show", f"{sha}:params.yaml"], capture_output=True, check=False)
+    if shown.returncode != 0:
+        raise UserError(f"--rev {rev}: commit {sha[:10]} has no params.yaml")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
-        path.write_text(text, encoding="utf-8")
-        return load_params(path)
+        path.write_bytes(shown.stdout)  # as committed: the reader names a non-UTF-8 byte
+        try:
+            return load_params(path)
+        except UserError as err:
+            raise UserError(f"--rev {rev}: params.yaml of commit {sha[:10]}: {err}") from None
 
 
 def _state(entry: dict[str, Any], rev: dict[str, Any]) -> str:
@@ -255,7 +299,8 @@ def _failure_text(log_path: str | None, fallback: str) -> str:
 
 
 def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list[Experiment]]:
-    """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first."""
+    """name -> the experiments of `baseline` with that name (a re-queued failure leaves two), best first, the
+    newest first among equals (a retried run that failed again shows its own error, not the earlier one's)."""
     found: dict[str, list[Experiment]] = {}
     for commit in (c for c in shown if c.get("rev") == baseline):
         for entry in commit.get("experiments") or []:
@@ -272,9 +317,13 @@ def parse_exp_show(shown: list[dict[str, Any]], baseline: str) -> dict[str, list
                 log = ((entry.get("executor") or {}).get("local") or {}).get("log")
                 error = _failure_text(log, (rev.get("error") or {}).get("msg") or "experiment failed")
                 metrics = {}  # a failed run's commit holds the baseline's files, not its own
-            experiment = Experiment(name, state, rev.get("rev", ""), flatten(params), metrics, error)
+            timestamp = str(data.get("timestamp") or "")
+            experiment = Experiment(
+                name, state, rev.get("rev", ""), flatten(params), metrics, error, timestamp
+            )
             found.setdefault(name, []).append(experiment)
     for entries in found.values():
+        entries.sort(key=lambda e: e.timestamp, reverse=True)
         entries.sort(key=lambda e: STATE_RANK.get(e.state, 9))
     return found
 
@@ -696,9 +745,8 @@ def compare(
     `rev`: report the experiments that were queued from that commit, with its params.yaml, and queue nothing
     (a comparison that ran before later commits; DVC files experiments under the commit they ran from).
     """
+    check_jobs(jobs)
     params = load_params(params_path) if rev is None else params_at(rev)
-    if jobs < 1:
-        raise UserError(f"--jobs {jobs}: need at least 1 worker")
     runs = plan(
         params, profile=profile, archs=archs, seeds=seeds, data_seeds=data_seeds, sets=sets, name=name
     )
@@ -708,10 +756,12 @@ def compare(
 
     # Reuse a finished experiment of this name (its params must be the plan's: a clash is an error before
     # anything is queued); wait for queued/running ones; queue the rest (missing or failed).
-    to_queue, reused = [], set()
+    to_queue, reused, waiting = [], set(), []
     for run in runs:
         current = (found.get(run.name) or [None])[0]
-        if current is not None and current.state == "success":
+        if current is not None and current.state in ("queued", "running"):
+            waiting.append(run)
+        elif current is not None and current.state == "success":
             differ = params_differ(params, run, current)
             if differ:
                 raise UserError(
@@ -721,11 +771,26 @@ def compare(
             reused.add(run.name)
         elif rev is None and (current is None or current.state == "failed"):
             to_queue.append(run)
-    print(
-        f"{len(runs)} runs: {len(reused)} finished (reused), {len(runs) - len(reused) - len(to_queue)} already "
-        f"queued or running, {len(to_queue)} to queue",
-        flush=True,
-    )
+    if rev is None:
+        print(
+            f"{len(runs)} runs: {len(reused)} finished (reused), {len(waiting)} already queued or running, "
+            f"{len(to_queue)} to queue",
+            flush=True,
+        )
+    else:
+        failed = sum(found[run.name][0].state == "failed" for run in runs if found.get(run.name))
+        missing = sum(not found.get(run.name) for run in runs)
+        if missing == len(runs):
+            raise UserError(
+                f"--rev {rev}: none of the {len(runs)} planned experiments ({runs[0].name}, ...) was run from "
+                f"commit {baseline[:10]}; `dvc exp show --rev {baseline[:10]}` lists the ones that were (check "
+                "--profile, --archs, --seeds, --set and --name)"
+            )
+        print(
+            f"{len(runs)} runs at commit {baseline[:10]}: {len(reused)} finished, {len(waiting)} queued or running, "
+            f"{failed} failed, {missing} not found; queueing nothing (--rev)",
+            flush=True,
+        )
     started = time.perf_counter()
     run_queue(to_queue, {run.name for run in runs}, jobs, poll_s)
     if len(reused) < len(runs):  # something ran since the first look
@@ -756,17 +821,41 @@ def compare(
     return results
 
 
+def check_jobs(jobs: int) -> None:
+    """`--jobs` in [1, cores]: DVC starts one worker process per job, each a whole training run."""
+    cores = os.cpu_count() or 1
+    if not 1 <= jobs <= cores:
+        raise UserError(
+            f"--jobs {jobs}: must be in [1, {cores}] (this machine's {cores} CPU cores; DVC starts one worker "
+            "process per job, each running a whole experiment)"
+        )
+
+
+def check_all_succeeded(results: dict[str, Any], out_dir: str | Path) -> None:
+    """UserError (exit 1) naming every run of `results` that did not succeed, with its error line: a comparison
+    with a failed run is not the comparison that was asked for."""
+    bad = [r for r in results["runs"] if r["state"] != "success"]
+    if bad:
+        lines = "\n  ".join(f"{r['name']}: {r['state']}: {r['error'] or 'no error recorded'}" for r in bad)
+        raise UserError(
+            f"{len(bad)} of {len(results['runs'])} runs did not succeed (report: {Path(out_dir) / 'index.html'}):"
+            f"\n  {lines}"
+        )
+
+
 def run_queue(to_queue: Sequence[Planned], names: set[str], jobs: int, poll_s: float) -> None:
-    """Queue `to_queue`, start workers if none is, wait until none of `names` is queued or running."""
+    """Queue `to_queue`, start workers if none is, wait until none of `names` is queued or running. Progress
+    counts this call's queue entries only: entries of these names that had finished before it (an earlier
+    call's failures, another commit's runs of the same name) are left out."""
     try:
+        earlier = finished_entries(queue_status()[0], names)
         for run in to_queue:
-            result = _cmd(
-                ["dvc", "exp", "run", "--queue", "-n", run.name, *set_param_args(run.overrides)], check=False
-            )
+            command = ["dvc", "exp", "run", "--queue", "-n", run.name, *set_param_args(run.overrides)]
+            result = _cmd(command, check=False)
             if result.returncode != 0:
                 tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
                 raise UserError(
-                    f"dvc refused to queue {run.name}:\n{tail}\nIf it names uncommitted or untracked files: commit "
+                    f"dvc refused to queue {run.name} ({shlex.join(command)}):\n{tail}\nIf it names uncommitted or untracked files: commit "
                     "them (git add -A && git commit) or stash them (git stash -u) and run the same command again."
                 )
             print(f"queued {run.name}", flush=True)
@@ -779,7 +868,7 @@ def run_queue(to_queue: Sequence[Planned], names: set[str], jobs: int, poll_s: f
             if workers < jobs and not any("Running" in ss for ss in statuses.values()):
                 start_workers(jobs)
                 print(f"dvc queue start --jobs {jobs}", flush=True)
-            wait_for(names, poll_s, jobs)
+            wait_for(names, poll_s, jobs, earlier=earlier)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: queued experiments stay in DVC's queue and running ones keep running "
@@ -791,7 +880,21 @@ def run_queue(to_queue: Sequence[Planned], names: set[str], jobs: int, poll_s: f
         raise
 
 
-def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 60.0) -> None:
+def finished_entries(statuses: dict[str, list[str]], names: set[str]) -> Counter[tuple[str, str]]:
+    """(name, status) of the finished queue entries of `names`: a finished entry never changes, so what a later
+    `dvc queue status` lists beyond these is the work of this call (or one it waits for)."""
+    return Counter(
+        (n, s) for n, ss in statuses.items() if n in names for s in ss if s not in ("Queued", "Running")
+    )
+
+
+def wait_for(
+    names: set[str],
+    poll_s: float,
+    jobs: int,
+    idle_restart_s: float = 60.0,
+    earlier: Counter[tuple[str, str]] | None = None,
+) -> None:
     """Until none of `names` is Queued or Running in DVC's queue; prints progress when it changes.
 
     `dvc queue status` counts workers by asking them, and a busy worker may not answer: a worker count of 0 is
@@ -801,7 +904,10 @@ def wait_for(names: set[str], poll_s: float, jobs: int, idle_restart_s: float = 
     idle_since: float | None = None
     while True:
         statuses, workers = queue_status()
-        counts = Counter(s for n, ss in statuses.items() if n in names for s in ss)
+        entries = Counter((n, s) for n, ss in statuses.items() if n in names for s in ss) - (
+            earlier or Counter()
+        )
+        counts = Counter(s for (_, s), k in entries.items() for _ in range(k))
         summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
         if summary != last:
             print(f"[{time.strftime('%H:%M:%S')}] queue: {summary}", flush=True)

@@ -1,6 +1,7 @@
 """`params.yaml`, the one home of every setting, checked against `schemas/params.schema.json` (the one definition
 of keys, types, ranges and choices, profiles included) before any work starts; profiles and `--set` overrides.
-Checks a schema cannot express (weights summing to 1, eval_interval dividing epochs) stay with their code.
+`read_params` is the one reader of params text (files and `--set` values); `check_rules` applies every rule between
+keys that a schema cannot express (eval_interval dividing epochs, weights summing to 1, ...).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -41,16 +44,16 @@ class ConfigError(UserError, ValueError):
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """params.yaml as plain dicts, checked against the schema; ConfigError naming the file and every bad key."""
+    """params.yaml as plain dicts, read by `read_params` and checked against the schema; ConfigError naming the
+    file and every bad key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: file not found") from err
-    try:
-        params = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
+    params = read_params(data, path)
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     check_params(params, path)
@@ -63,6 +66,97 @@ def section(params: dict[str, Any], name: str, source: str | Path = DEFAULT_PARA
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: section '{name}' is missing or not a mapping")
     return value
+
+
+# ---- the one reader of params text (params files and every `--set` value) -----------------------------------
+
+MAX_DEPTH = (
+    32  # params.yaml nests 4 levels; a deeper document is a mistake (or an attack on the parser's stack)
+)
+# YAML 1.2 floats with an exponent (1e-3, 5E-4, 1.0e3): YAML 1.1 (PyYAML) needs a dot and a signed exponent and
+# reads these as text, while DVC (ruamel, YAML 1.2) reads them as numbers; `.5` and `1.0e-3` are floats in both.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$")
+FLOAT_TAG = "tag:yaml.org,2002:float"
+PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
+
+
+class _Refused(yaml.YAMLError):
+    """A document the params reader will not compose: where (a YAML mark) and why."""
+
+    def __init__(self, mark: Any, why: str):
+        super().__init__(why)
+        self.mark, self.why = mark, why
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """safe_load's rules plus YAML 1.2 exponent floats; no anchors or aliases (a few lines of nested aliases
+    expand to billions of values: the "billion laughs"), at most MAX_DEPTH levels of nesting."""
+
+    yaml_implicit_resolvers = {
+        first: ([(FLOAT_TAG, EXPONENT_FLOAT)] if first in "-+0123456789." else []) + list(resolvers)
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(
+                event.start_mark,
+                "YAML anchors (&name) and aliases (*name) are not allowed in params (nested aliases can expand "
+                "to billions of values); write each value out",
+            )
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
+
+
+def read_params(data: str | bytes, source: str | Path, key: str = "") -> Any:
+    """The one reader of params text, for params files and every `--set` value: YAML as `yaml.safe_load` reads
+    it, except that exponent numbers (1e-3) are floats as in YAML 1.2 (DVC's reading); refused with a
+    ConfigError naming `source`: text that is not UTF-8 (with the byte offset), anchors and aliases, nesting
+    deeper than MAX_DEPTH, and any value that is not plain data or not finite (naming its key under `key`)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        value = yaml.load(data, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _Refused as err:
+        raise ConfigError(f"{source}: line {err.mark.line + 1}: {err.why}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    except (ValueError, OverflowError) as err:  # e.g. a date 2025-13-01, an integer of more than 4300 digits
+        raise ConfigError(f"{source}: not a readable value ({err})") from None
+    _check_plain(value, key, source)
+    return value
+
+
+def _check_plain(value: Any, key: str, source: str | Path) -> None:
+    """ConfigError naming the key of the first value that is not plain data (text keys; text, numbers,
+    true/false, null, lists, mappings) or is NaN or infinite, which pass every range check (a comparison with
+    NaN is false)."""
+    where = key or "(top level)"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {where} must be a finite number, got {value!r}")
+    if not isinstance(value, PLAIN_TYPES):
+        raise ConfigError(
+            f"{source}: {where}: YAML reads {value} as a {type(value).__name__}; a setting is text, a number, "
+            "true/false, null, a list or a mapping (quote it to keep it text)"
+        )
+    if isinstance(value, dict):
+        for name, child in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{source}: {where}: key {name!r} must be text")
+            _check_plain(child, f"{key}.{name}" if key else name, source)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _check_plain(child, f"{where}[{index}]", source)
 
 
 # ---- the schema ------------------------------------------------------------------------------------------
@@ -131,6 +225,26 @@ def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def closest_name(value: str, choices: Iterable[str]) -> str | None:
+    """The choice a user most likely meant by `value`: the same name in other case, else the one that `value`
+    begins or is the beginning of ('hrm' -> 'hrm_v1'), else one containing it (3+ characters), else the
+    closest spelling; None when nothing is close."""
+    choices = [str(choice) for choice in choices]
+    wanted = str(value).strip().lower()
+    if not wanted:
+        return None
+    for matches in (
+        lambda c: c == wanted,
+        lambda c: c.startswith(wanted) or wanted.startswith(c),
+        lambda c: len(wanted) >= 3 and wanted in c,
+    ):
+        found = [choice for choice in choices if matches(choice.lower())]
+        if found:
+            return min(found, key=lambda choice: abs(len(choice) - len(wanted)))
+    close = difflib.get_close_matches(wanted, [c.lower() for c in choices], n=1, cutoff=0.6)
+    return next((c for c in choices if c.lower() == close[0]), None) if close else None
+
+
 def closest_key(key: str, candidates: list[str]) -> str | None:
     """The known key a typo most likely meant: a close spelling among `candidates` (the keys of the same
     mapping), else the same last name anywhere in the schema (a key put in the wrong section)."""
@@ -166,11 +280,14 @@ def _describe(error: Any) -> Iterator[str]:
     elif kind == "enum" and "propertyNames" in error.relative_schema_path:
         yield f"{key}.{value}: unknown name, must be one of {', '.join(map(str, error.validator_value))}"
     elif kind == "enum":
-        guess = difflib.get_close_matches(str(value), [str(v) for v in error.validator_value], n=1)
-        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        guess = closest_name(str(value), error.validator_value)
+        hint = f"; did you mean {guess!r}?" if guess is not None and guess != value else ""
         yield f"{key} must be one of {', '.join(map(str, error.validator_value))}, got {value!r}{hint}"
     elif kind == "type":
         yield f"{key} must be {_expected(error.schema)}, got {_kind(value)} {value!r}{_yaml_hint(value)}"
+    elif kind == "maximum" and "at most" in error.schema.get("description", ""):
+        why = error.schema["description"]
+        yield f"{key} must be {_expected(error.schema)}, got {value!r} ({why[why.index('at most') :]})"
     elif kind in BOUNDS:
         yield f"{key} must be {_expected(error.schema)}, got {value!r}"
     elif kind == "anyOf":
@@ -185,13 +302,13 @@ def _kind(value: Any) -> str:
 
 
 def _yaml_hint(value: Any) -> str:
-    """YAML 1.1 (PyYAML) reads 1e-4 as text: the fix is 1.0e-4."""
+    """Why text that reads like a number is text: a quoted number, or NaN/infinity (never a setting)."""
     if isinstance(value, str):
         try:
-            float(value)
-            return " (YAML reads numbers like 1e-4 as text: write 1.0e-4)"
+            number = float(value)
         except ValueError:
-            pass
+            return ""
+        return " (write the number without quotes)" if math.isfinite(number) else " (not a finite number)"
     return ""
 
 
@@ -221,9 +338,11 @@ def _expected(node: dict[str, Any]) -> str:
         bounds.append(f"in [{node['minimum']}, {node['maximum']}]")
     elif "minimum" in node:
         bounds.append(f">= {node['minimum']}")
-    if "exclusiveMinimum" in node:
+    if "exclusiveMinimum" in node and "maximum" in node:
+        bounds.append(f"in ({node['exclusiveMinimum']}, {node['maximum']}]")
+    elif "exclusiveMinimum" in node:
         bounds.append(f"> {node['exclusiveMinimum']}")
-    if "maximum" in node and "minimum" not in node:
+    elif "maximum" in node and "minimum" not in node:
         bounds.append(f"<= {node['maximum']}")
     if "exclusiveMaximum" in node:
         bounds.append(f"< {node['exclusiveMaximum']}")
@@ -240,6 +359,45 @@ def _expected(node: dict[str, Any]) -> str:
     return " ".join([words, *bounds]) if bounds else words
 
 
+# ---- rules between keys ----------------------------------------------------------------------------------
+
+
+def check_rules(params: dict[str, Any], source: str | Path = DEFAULT_PARAMS, world_size: int = 1) -> None:
+    """Every rule between keys that a schema cannot state, for a full schema-checked params set: the one check
+    the trainer, quickstart, compare and doctor make before any work (a rule found later costs a whole run).
+    The trainer's rules live here; the generator's, converter's, validator's and model's stay with the code
+    that reads those settings and are applied from here. ConfigError/UserError naming `source` and the keys."""
+    from hrm.data import spec
+    from hrm.data.conversion.augment import transforms_for
+    from hrm.data.validation.validate import ValidateSettings
+    from hrm.models.config import ModelConfig
+    from hrm.training.data import check_batch_split
+
+    train = section(params, "train", source)
+    epochs, interval = int(train["epochs"]), int(train["eval_interval"])
+    if epochs % interval:
+        raise ConfigError(f"{source}: train.eval_interval {interval} must divide train.epochs {epochs}")
+    global_batch = int(train["global_batch_size"])
+    local = check_batch_split(global_batch, world_size)
+    micro = train.get("micro_batch_size", "auto")
+    if micro != "auto" and local % int(micro):
+        raise ConfigError(
+            f"{source}: train.micro_batch_size {micro} does not divide the {local} rows per process "
+            f"(train.global_batch_size {global_batch} / {world_size} processes); use a divisor of {local} or auto"
+        )
+    # generate (city pairs and thresholds, difficulty), validate (weights sum to 1), convert.augment's name
+    settings = ValidateSettings.from_params(params, source)
+    rows, cols = settings.generate.rows, settings.generate.cols
+    transforms_for(settings.augment, rows, cols)  # dihedral needs square maps
+    ModelConfig.from_arch(  # heads divide hidden_size into even head dims, the puzzle-embedding prefix fits
+        section(params, "arch", source),
+        seq_len=rows * cols,
+        vocab_size=spec.VOCAB_SIZE,
+        num_puzzle_identifiers=1 + len(settings.generate.cost_model.vehicles),
+        batch_size=1,
+    )
+
+
 # ---- profiles --------------------------------------------------------------------------------------------
 
 
@@ -253,8 +411,8 @@ def profile_overrides(
     profiles = params.get("profiles") or {}
     overrides = profiles.get(profile)
     if not isinstance(overrides, dict):
-        guess = difflib.get_close_matches(profile, list(profiles), n=1)
-        hint = f"; did you mean {guess[0]}?" if guess else ""
+        guess = closest_name(profile, profiles)
+        hint = f"; did you mean {guess}?" if guess else ""
         known = ", ".join(profiles) or "none"
         raise ConfigError(f"{source}: profiles.{profile} is missing: unknown profile (known: {known}){hint}")
     own = {key: value for key, value in overrides.items() if key != "per_arch"}
@@ -265,16 +423,13 @@ def profile_overrides(
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """One `--set key.sub=value` (the `dvc exp run -S` syntax) -> (key, value parsed as YAML); ConfigError
-    naming the item otherwise. The one parser of these strings (quickstart, doctor, compare)."""
+    """One `--set key.sub=value` (the `dvc exp run -S` syntax) -> (key, value read by `read_params`);
+    ConfigError naming the item otherwise. The one parser of these strings (quickstart, doctor, compare)."""
     key, sep, raw_value = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=384")
-    try:
-        return key, yaml.safe_load(raw_value)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    return key, read_params(raw_value, f"--set {item}", key)
 
 
 def chosen_arch(params: dict[str, Any], profile: str | None = None, extra: Iterable[str] = ()) -> str:
@@ -321,17 +476,23 @@ def run_params(
 def apply_overrides(
     params: dict[str, Any], overrides: Iterable[str], source: str | Path = DEFAULT_PARAMS
 ) -> None:
-    """`key.sub=value` strings (the `dvc exp run -S` syntax; value parsed as YAML) written into params in
-    place. Unchecked: call `check_params` on the result (a typo'd key is reported there, with a guess)."""
+    """`key.sub=value` strings (the `dvc exp run -S` syntax; value read by `parse_override`) written into params
+    in place. Unchecked: call `check_params` on the result (a typo'd key is reported there, with a guess)."""
     for item in overrides:
         key, value = parse_override(item)
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"--set {item!r}: {source} has no section {part!r} under which to set {key!r}"
-                )
-            node = child
-        node[parts[-1]] = value
+        set_value(params, key, value, f"--set {item!r}", source)
+
+
+def set_value(
+    params: dict[str, Any], key: str, value: Any, what: str, source: str | Path = DEFAULT_PARAMS
+) -> None:
+    """`params[a][b][c] = value` for `key` 'a.b.c' (as `dvc exp run -S a.b.c=value` writes it), creating missing
+    mappings; ConfigError naming `what` where a section on the way is not a mapping."""
+    node = params
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {source} has no section {part!r} under which to set {key!r}")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)

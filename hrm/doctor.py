@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm import planning, runtime
-from hrm.config import load_params, run_params
+from hrm.config import check_rules, load_params, run_params
 from hrm.io import UserError
 from hrm.planning import (
     ASSUMED_MFU,
@@ -133,9 +133,11 @@ def load_run_config(
         raise UserError(f"--world-size must be >= 1, got {world_size}")
     on_disk = load_params(params_path)
     params = run_params(on_disk, profile, list(overrides), params_path.as_posix())
+    # the trainer's own checks (hrm.config.check_rules): the global batch splits over the processes, the
+    # micro-batch divides a share, eval_interval divides epochs, the model's and the generator's rules
+    check_rules(params, params_path.as_posix(), world_size)
     train = TrainConfig.from_params(params["train"])
-    # the trainer's own checks: the global batch splits over the processes, the micro-batch divides a share
-    micro = fixed_micro_batch(train, world_size)
+    micro = fixed_micro_batch(train)
     # The converted data on disk is this run's only if made from the same data settings (a profile or --set
     # that changes them makes it another run's): else what convert would write for the generate settings.
     data_is_current = all(on_disk.get(key) == params.get(key) for key in ("generate", "convert", "paths"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hrm.config import chosen_arch, load_params, profile_overrides, run_params
+from hrm.config import check_rules, chosen_arch, load_params, parse_override, profile_overrides, run_params
 from hrm.evaluation.runner import HEADLINE_FILE
 from hrm.io import UserError, staged_directory
 
@@ -132,7 +132,9 @@ def quickstart(
     # per-arch overrides follow --set arch.name=...
     arch = chosen_arch(params, profile, extra)
     overrides = profile_overrides(params, profile, arch, params_path)
-    settings = run_params(params, profile, extra, params_path)  # checked here: a typo stops before DVC starts
+    # checked here, schema and rules between keys: a typo or an impossible run stops before DVC starts a stage
+    settings = run_params(params, profile, extra, params_path)
+    check_rules(settings, params_path)
     name = name or profile
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise UserError(f"--name {name!r}: use letters, digits, '-' and '_' (it names a git ref)")
@@ -145,7 +147,8 @@ def quickstart(
     folder, resumed = _worktree(root, name, head)
     if resumed:
         print(f"resuming the run in {folder} (from its last checkpoint)", flush=True)
-    set_args = set_param_args(overrides) + [f"-S{item}" for item in extra]
+    # each --set value as JSON, as it was checked (DVC reads -S values as YAML 1.2: `yes` would stay text)
+    set_args = set_param_args(overrides) + set_param_args(dict(parse_override(item) for item in extra))
     _run_experiment(["dvc", "exp", "run", "--force", "-n", name, *set_args], folder)
 
     eval_reports = Path(settings["paths"]["eval_reports"])

@@ -35,7 +35,7 @@ runner = CliRunner()
 def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repo's params.yaml with a small grid and model, so every check runs in seconds on the CPU."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["generate"].update(rows=6, cols=6)
+    params["generate"].update(rows=6, cols=6, min_route_length=6)  # a run generate could make (check_rules)
     params["arch"].update(
         hidden_size=64, num_heads=2, H_layers=1, L_layers=1, puzzle_emb_ndim=64, halt_max_steps=2
     )
@@ -115,7 +115,12 @@ def test_cuda_requested_without_cuda_fails_clearly(tiny_params):
 
 
 def test_batch_that_does_not_fit_fails(tiny_params, passing_report):
-    config = doctor.load_run_config(tiny_params, overrides=["train.global_batch_size=100000000"])
+    largest = [
+        "generate.rows=64",
+        "generate.cols=64",
+        "train.global_batch_size=1048576",
+    ]  # the schema's bounds
+    config = doctor.load_run_config(tiny_params, overrides=largest)
     memory, plan = doctor.check_memory(config, "cpu", quick=True)
     assert memory.status == "fail" and plan is None
     assert (

@@ -224,7 +224,7 @@ def _more_distinct_routes_than_vehicles(params):
 # The user's path: a params file read by the stage entry point. Types, ranges, list lengths, missing and
 # unknown keys are the schema's (schemas/params.schema.json); the rules between values are the generator's.
 BAD_SETTINGS = [
-    (_set("generate", rows="many"), "generate.rows must be an integer >= 4, got text 'many'"),
+    (_set("generate", rows="many"), "generate.rows must be an integer in [4, 64], got text 'many'"),
     (
         _set("city", traffic_by_hour=[1, 2]),
         "generate.city.traffic_by_hour must be a list of exactly 24 items, got [1, 2]",
@@ -237,8 +237,14 @@ BAD_SETTINGS = [
         _set("city", highway_probability=1.5),
         "generate.city.highway_probability must be a number in [0, 1], got 1.5",
     ),
-    (_set("city", avenue_spacing=[2, 5]), "generate.city.avenue_spacing[0] must be an integer >= 3, got 2"),
-    (_set("city", hotspot_radius=[0, 4]), "generate.city.hotspot_radius[0] must be an integer >= 1, got 0"),
+    (
+        _set("city", avenue_spacing=[2, 5]),
+        "generate.city.avenue_spacing[0] must be an integer in [3, 64], got 2",
+    ),
+    (
+        _set("city", hotspot_radius=[0, 4]),
+        "generate.city.hotspot_radius[0] must be an integer in [1, 64], got 0",
+    ),
     (_set("city", block_size=[1]), "generate.city.block_size must be a list of exactly 2 items, got [1]"),
     (_set("city", congestion_jitter=-1), "generate.city.congestion_jitter must be an integer >= 0, got -1"),
     (
@@ -273,12 +279,15 @@ BAD_SETTINGS = [
     ),
     (
         _set("difficulty", min_detour="far"),
-        "generate.difficulty.min_detour must be an integer >= 2, got text 'far'",
+        "generate.difficulty.min_detour must be an integer in [2, 4096], got text 'far'",
     ),
-    (_set("difficulty", min_detour=0), "generate.difficulty.min_detour must be an integer >= 2, got 0"),
+    (
+        _set("difficulty", min_detour=0),
+        "generate.difficulty.min_detour must be an integer in [2, 4096], got 0",
+    ),
     (
         _set("difficulty", min_distinct_routes=0),
-        "generate.difficulty.min_distinct_routes must be an integer >= 1, got 0",
+        "generate.difficulty.min_distinct_routes must be an integer in [1, 64], got 0",
     ),
     (_set("difficulty", extra=1), "generate.difficulty.extra: unknown key"),
     (_set("generate", difficulty=None), "generate.difficulty must be a mapping, got null None"),

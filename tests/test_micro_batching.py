@@ -99,7 +99,9 @@ def test_micro_batch_must_be_auto_or_positive_integer(bad):
 
     params = repo_params()
     params["train"]["micro_batch_size"] = bad
-    with pytest.raises(ConfigError, match='train.micro_batch_size must be "auto" or an integer >= 1'):
+    with pytest.raises(
+        ConfigError, match='train.micro_batch_size must be "auto" or an integer in \\[1, 1048576\\]'
+    ):
         check_params(params)  # what load_params applies at the start of every stage
 
 

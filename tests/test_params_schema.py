@@ -91,8 +91,8 @@ def test_every_key_of_params_yaml_is_in_the_schema():
         ),
         (lambda p: p.update(trian={}), "trian: unknown key; did you mean train?"),
         (
-            lambda p: p["train"].update(lr="1e-4"),
-            "train.lr must be a number > 0, got text '1e-4' (YAML reads",
+            lambda p: p["train"].update(lr="0.0001"),  # safe_dump quotes it: text
+            "train.lr must be a number > 0, got text '0.0001' (write the number without quotes)",
         ),
         (
             lambda p: p["train"].update(device="gpu"),
@@ -100,7 +100,7 @@ def test_every_key_of_params_yaml_is_in_the_schema():
         ),
         (
             lambda p: p["train"].update(global_batch_size=0),
-            "train.global_batch_size must be an integer >= 1, got 0",
+            "train.global_batch_size must be an integer in [1, 1048576], got 0",
         ),
         (
             lambda p: p["validate"].update(threshold=1.5),
@@ -109,7 +109,7 @@ def test_every_key_of_params_yaml_is_in_the_schema():
         (lambda p: p["train"].pop("epochs"), "train.epochs: missing (required in a full params file)"),
         (
             lambda p: p["generate"]["vehicles"][2]["class_cost"].update(avenue=0),
-            "generate.vehicles[2].class_cost.avenue must be integer or null >= 1, got 0",
+            "generate.vehicles[2].class_cost.avenue must be integer or null in [1, 1000000], got 0",
         ),
         (
             lambda p: p["profiles"]["quick"]["train"].update(epoch=3),
@@ -117,7 +117,7 @@ def test_every_key_of_params_yaml_is_in_the_schema():
         ),
         (
             lambda p: p["profiles"]["tiny"]["arch"].update(hidden_size=-1),
-            "profiles.tiny.arch.hidden_size must be an integer >= 1",
+            "profiles.tiny.arch.hidden_size must be an integer in [1, 8192]",
         ),
         (
             lambda p: p["profiles"]["tiny"].update(per_arch={"trn": {}}),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrm.config import ConfigError, section
+from hrm.config import DEFAULT_PARAMS, check_rules, section
 from hrm.io import UserError
 
 
@@ -42,17 +42,13 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
-        """Types and ranges are checked by schemas/params.schema.json; this adds what a schema cannot say."""
+        """Types and ranges are checked by schemas/params.schema.json, rules between keys by
+        `hrm.config.check_rules` (`prepared_run` applies both before this)."""
         values = {
             name: float(train[name]) if kind == "float" else train[name]
             for name, kind in cls.__annotations__.items()
         }
-        config = cls(**values)
-        if config.epochs % config.eval_interval:
-            raise ConfigError(
-                f"params.yaml: train.eval_interval {config.eval_interval} must divide train.epochs {config.epochs}"
-            )
-        return config
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -73,21 +69,10 @@ def distributed_from_env() -> Distributed:
         raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({err})") from err
 
 
-def fixed_micro_batch(config: TrainConfig, world_size: int) -> int | None:
-    """The configured micro-batch if it is a number (checked to divide each process's rows), None for auto."""
-    from hrm.training.data import check_batch_split
-
-    local = check_batch_split(config.global_batch_size, world_size)
-    if config.micro_batch_size == "auto":
-        return None
-    micro = int(config.micro_batch_size)
-    if local % micro:
-        raise ConfigError(
-            f"params.yaml: train.micro_batch_size {micro} does not divide the {local} rows per process "
-            f"(train.global_batch_size {config.global_batch_size} / {world_size} processes); "
-            f"use a divisor of {local} or auto"
-        )
-    return micro
+def fixed_micro_batch(config: TrainConfig) -> int | None:
+    """The configured micro-batch if it is a number (`hrm.config.check_rules` checked that it divides each
+    process's rows), None for auto."""
+    return None if config.micro_batch_size == "auto" else int(config.micro_batch_size)
 
 
 def check_output_paths(paths: dict[str, Any], rank: int) -> None:
@@ -227,10 +212,11 @@ def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
     gloo) for the block and in it the `Run`: data, plan, state, resume."""
     from hrm.runtime import resolve_device, set_cpu_threads, set_determinism
 
+    dist_info = distributed_from_env()
+    check_rules(params, DEFAULT_PARAMS, dist_info.world_size)  # eval_interval | epochs, the batch split, ...
     config = TrainConfig.from_params(section(params, "train"))
     paths = section(params, "paths")
-    dist_info = distributed_from_env()
-    configured_micro = fixed_micro_batch(config, dist_info.world_size)  # a bad split fails here
+    configured_micro = fixed_micro_batch(config)
     check_output_paths(paths, dist_info.rank)
     device = resolve_device(config.device, dist_info.local_rank)
     set_cpu_threads(config.threads)
