@@ -10,6 +10,7 @@ import re
 import shlex
 from pathlib import Path
 
+from hrm import compare
 from hrm.config import load_params, run_params
 from hrm.quickstart import REFERENCE, next_commands, verdict
 
@@ -54,8 +55,18 @@ def test_the_cpu_commands_are_the_quickstarts_own_hints() -> None:
     commands = _commands(block)
     hints = [c for c, _ in next_commands("quick", "quick", "hrm_v1", Path("reports/eval"))]
     assert commands[0] == "hrm quickstart" and commands[1:4] == hints
-    compare = shlex.split(commands[4])
-    assert compare[:2] == ["hrm", "compare"]
+    # the compare line plans (every run checked as its stages will check it) without queueing anything
+    argv = shlex.split(commands[4])
+    assert argv[:2] == ["hrm", "compare"]
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    runs = compare.plan(
+        load_params(REPO / "params.yaml"),
+        profile=options["--profile"],
+        archs=options["--archs"].split(","),
+        seeds=int(options["--seeds"]),
+    )
+    assert len(runs) == int(options["--seeds"]) * len(options["--archs"].split(","))
+    assert int(options["--jobs"]) <= 2  # fits the two cores this README is measured on
 
 
 def test_the_numbers_are_the_reference_runs() -> None:
