@@ -48,6 +48,7 @@ SDPA_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 SDPA_GRAD_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 CPU_DETERMINISM_SEQ_LEN = 256
 SLOW_RUN_S = 86400  # a run longer than a day off CUDA: the time check warns and points at the GPU table
+IMPRACTICAL_RUN_S = 365.25 * 86400  # a year or more here: NOT READY (exit 1), whatever fits in memory
 DETERMINISM_BATCH = 2
 QUICK_ARCH = dict(hidden_size=64, num_heads=2, expansion=2.0, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1)
 QUICK_SEQ_LEN = 16
@@ -526,9 +527,8 @@ def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, qui
         f"{about} {format_duration(total)} here ({seconds:.3g} s per micro-batch of {micro} x {accumulation} "
         f"accumulation x {steps:,} planned steps, {steps_source}; {how})"
     )
-    return Check(
-        "time_here", WARN if slow else OK, detail + ("; use a GPU: see the table" if slow else ""), data
-    )
+    status = (FAIL if total >= IMPRACTICAL_RUN_S else WARN) if slow else OK
+    return Check("time_here", status, detail + ("; use a GPU: see the table" if slow else ""), data)
 
 
 # ------------------------------------------------------------------------------------------- GPU plans

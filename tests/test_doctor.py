@@ -514,10 +514,15 @@ def test_time_here_is_in_years_for_a_huge_run_and_minutes_for_a_tiny_one(tiny_pa
     huge = doctor.load_run_config(tiny_params, overrides=["train.epochs=100000", "train.eval_interval=10000"])
     check = doctor.check_time_here(huge, "cpu", plan, quick=False)
     assert (
-        check.status == "warn"
+        check.status == "fail"  # a year or more here: NOT READY, exit 1
         and " years here (12.1 s per micro-batch of 2 x 384 accumulation" in check.detail
     )
     assert check.detail.startswith("about ") and check.detail.endswith("use a GPU: see the table")
+    line = doctor.verdict(doctor.Report([check]))
+    assert line.startswith("[bold red]NOT READY[/]: time_here: about ") and " years here" in line
+    days = doctor.load_run_config(tiny_params, overrides=["train.epochs=100", "train.eval_interval=100"])
+    slow = doctor.check_time_here(days, "cpu", plan, quick=False)
+    assert slow.status == "warn" and " days here" in slow.detail, slow.detail  # days: slow, not refused
     tiny = memory_module.MemoryPlan(8, 1, 8, 8, None, None)
     monkeypatch.setattr(planning, "time_micro_batch", lambda *args: planning.StepTime(0.5, "test timing"))
     small = doctor.load_run_config(tiny_params, overrides=["train.epochs=4", "train.eval_interval=2"])

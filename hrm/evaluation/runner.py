@@ -269,8 +269,8 @@ def headline(test: dict[str, Any]) -> dict[str, float]:
     """The answer in a few numbers: the test split's route metrics beside the no-model baselines. A DVC metric of
     its own, declared first in dvc.yaml, so `dvc exp show` and `dvc metrics diff` lead with it."""
     return {
-        "test_route_optimal_rate": test["route_optimal_rate"],
-        "test_route_valid_rate": test["route_valid_rate"],
+        "test_route_optimal_rate": test.get("route_optimal_rate"),  # None without a cost model
+        "test_route_valid_rate": test.get("route_valid_rate"),
         "test_accuracy": test["accuracy"],
         "test_exact_accuracy": test["exact_accuracy"],
         "baseline_monotone_route_optimal_rate": test.get("monotone_path", {}).get("route_optimal_rate"),
