@@ -2,19 +2,29 @@
 file beside it and is renamed over the target; a folder is built beside its target and swapped in), land only
 under a declared output (`output_path`), follow the user's umask, never replace a folder holding files some
 other program put there (`check_replaceable`), and a full, read-only or forbidden disk is one `UserError`
-naming the path (`writing`). docs/threat-model.md says which inputs these rules defend against."""
+naming the path (`writing`). Data files are read here too, as untrusted (`read_json`, `parse_json`,
+`read_npy`), and a value from data is shown shortened (`shown`). docs/threat-model.md says which inputs these
+rules defend against."""
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import re
+import reprlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The manifest a stage writes into a folder it replaces whole: the files it wrote, so the next run knows them.
 MANIFEST = ".hrm-outputs.json"
@@ -36,14 +46,157 @@ class UserError(Exception):
 
 
 def read_json(path: str | Path, missing: str) -> Any:
-    """A JSON document, or a UserError naming the file; `missing` says what to run when it is absent."""
+    """A JSON document (`parse_json`'s rules), or a UserError naming the file; `missing` says what to run when
+    it is absent."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError as err:
         raise UserError(f"{path}: file not found ({missing})") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from err
+
+
+# Data files nest a few levels (the raw summary, the deepest, 5). Recursive consumers (json's parser,
+# jsonschema: several frames a level) must stay far below Python's recursion limit of 1000.
+MAX_JSON_DEPTH = 32
+_JSON_ESCAPED = b'"\\/bfnrtu'  # a backslash in JSON is followed by one of these
+_JSON_DROPPED = bytes(sorted(set(range(256)) - set(b"[]{}" + _JSON_ESCAPED)))
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(text: str) -> int:
+    """How deep a JSON text's arrays and objects nest, from its brackets outside strings, without parsing
+    (a twentieth of json.loads's time): every other byte is dropped but the escapes, so strings stay whole."""
+    kept = text.encode("utf-8", "surrogatepass").translate(None, _JSON_DROPPED)
+    if b'"' in kept:
+        kept = _JSON_STRING.sub(b"", kept)
+    kept = kept.translate(None, _JSON_ESCAPED)
+    return max(accumulate(_BRACKET_STEP[byte] for byte in kept), default=0)
+
+
+class _NonFinite:
+    """Stands in for NaN, Infinity or an overflowing number while parsing, so its place can be named."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+
+def _first_non_finite(value: Any, where: str = "$") -> tuple[str, str] | None:
+    """(JSON path, token) of the first `_NonFinite` in document order."""
+    if isinstance(value, _NonFinite):
+        return where, value.token
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, child in children:
+        found = _first_non_finite(
+            child, f"{where}.{shorten(key)}" if isinstance(key, str) else f"{where}[{key}]"
+        )
+        if found:
+            return found
+    return None
+
+
+def parse_json(text: str, source: str | Path) -> Any:
+    """The rules every untrusted JSON file is read by (`read_json`, and the raw files' reader): nesting at
+    most MAX_JSON_DEPTH, numbers finite (Python's json takes NaN and Infinity, and 1e400 as inf, none of which
+    is JSON, and each poisons every sum after it), integers under Python's digit limit. A UserError names
+    `source` and where; a syntax error is left to the caller (json.JSONDecodeError), which words it."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise UserError(
+            f"{source}: JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} are read (data files nest a few)"
+        )
+    seen: list[_NonFinite] = []
+
+    def non_finite(token: str) -> _NonFinite:
+        seen.append(_NonFinite(token))
+        return seen[-1]
+
+    def number(token: str) -> float | _NonFinite:
+        value = float(token)
+        return value if math.isfinite(value) else non_finite(token)
+
+    try:
+        document = json.loads(text, parse_constant=non_finite, parse_float=number)
+    except json.JSONDecodeError:
+        raise  # the caller words syntax errors
+    except ValueError as err:  # the one other ValueError of parsing: an integer beyond the digit limit
+        raise UserError(
+            f"{source}: an integer has more than {sys.get_int_max_str_digits()} digits; not a number data holds"
+        ) from err
+    if seen:
+        where, token = _first_non_finite(document) or ("$", seen[0].token)
+        raise UserError(
+            f"{source}: {where} is {shorten(token)}, not a finite number (NaN, Infinity and numbers beyond "
+            "a float's range are refused)"
+        )
+    return document
+
+
+def read_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """A .npy array from data: its header checked against the file's size before anything is allocated (a
+    header may claim 10^12 entries), no pickled objects (`allow_pickle=False`); `mmap` maps it read-only.
+    A UserError names the file, the claimed shape and the size."""
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            version = npy_format.read_magic(handle)
+            read_header = (
+                npy_format.read_array_header_2_0 if version[0] >= 2 else npy_format.read_array_header_1_0
+            )
+            shape, _, dtype = read_header(handle)
+            data_bytes = path.stat().st_size - handle.tell()
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: file not found") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from err
+    except ValueError as err:
+        raise UserError(f"{path}: not a readable .npy array ({shorten(str(err))})") from err
+    if dtype.hasobject:
+        raise UserError(f"{path}: dtype {dtype} holds Python objects (pickled); refused")
+    if any(size < 0 for size in shape):
+        raise UserError(f"{path}: header claims shape {shape}; sizes must not be negative")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != data_bytes:
+        raise UserError(
+            f"{path}: header claims shape {shape} of {dtype} ({claimed} bytes) but the file holds "
+            f"{data_bytes} bytes of data"
+        )
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({shorten(str(err))})") from err
+
+
+SHOWN_CHARS = 80  # of a value from data in a message or a report
+_BOUNDED_REPR = reprlib.Repr()
+_BOUNDED_REPR.maxlevel = 3
+_BOUNDED_REPR.maxstring = _BOUNDED_REPR.maxother = _BOUNDED_REPR.maxlong = SHOWN_CHARS
+_BOUNDED_REPR.maxlist = _BOUNDED_REPR.maxtuple = _BOUNDED_REPR.maxdict = _BOUNDED_REPR.maxset = 8
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters + '... (N chars)': a message must stay one readable line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A value read from data as a message or report shows it: its repr, shortened (a field may hold a 50 MB
+    string or a million-entry list; only its start, and a string's length, are shown)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+    text = _BOUNDED_REPR.repr(value)  # containers: a few entries, a few levels
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def write_failure(err: OSError, path: str | Path, within: str | Path | None = None) -> UserError | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from hrm.data import spec
 from hrm.evaluation.metrics import RouteTask
-from hrm.io import UserError, read_json
+from hrm.io import UserError, read_json, read_npy, shown
 
 
 @dataclass
@@ -47,10 +47,7 @@ def load_split(root: str | Path, split: str, limit: int = 0) -> SplitData:
     base_ids = None
     base_path = dataset.file(spec.HRM_EXTRA_ARRAYS[0])
     if base_path.exists():
-        try:
-            base_ids = np.load(base_path, allow_pickle=False).astype(np.int64).reshape(-1)
-        except ValueError as err:
-            raise UserError(f"{base_path}: not a readable .npy array ({err})") from err
+        base_ids = read_npy(base_path).astype(np.int64).reshape(-1)
         if len(base_ids) != dataset.num_examples:
             raise UserError(f"{base_path}: {len(base_ids)} entries but {dataset.num_examples} examples")
         base_ids = base_ids[:count]
@@ -97,6 +94,7 @@ def load_route_task(root: str | Path, metadata: Any) -> RouteTask | None:
         raise UserError(f"{path}: fields 'rows' and 'cols' must be positive integers")
     if rows * cols > metadata.seq_len:
         raise UserError(f"{path}: rows*cols = {rows * cols} exceeds seq_len {metadata.seq_len}")
+    _check_costs(path, data["cost_table"], rows * cols)
     try:
         table = np.asarray(data["cost_table"], dtype=np.int64)
     except (TypeError, ValueError) as err:
@@ -108,3 +106,19 @@ def load_route_task(root: str | Path, metadata: Any) -> RouteTask | None:
             f"[num_puzzle_identifiers={expected[0]}, vocab={expected[1]}]"
         )
     return RouteTask(rows=rows, cols=cols, cost_table=table)
+
+
+def _check_costs(path: Path, table: Any, cells: int) -> None:
+    """Each number in routing.json's cost table is an integer cost: BLOCKED (-1), or 0 up to 2^53 / cells, so a
+    route's summed cost (at most every cell once) stays exact in scipy's float64 Dijkstra and in int64. A
+    float (1.5 would be truncated), NaN or 1e30 is refused naming its row and column."""
+    limit = 2**53 // cells
+    for i, row in enumerate(table if isinstance(table, list) else ()):
+        for j, cost in enumerate(row if isinstance(row, list) else ()):
+            if isinstance(cost, int | float) and not (
+                type(cost) is int and (cost == spec.BLOCKED or 0 <= cost <= limit)
+            ):
+                raise UserError(
+                    f"{path}: field 'cost_table' index [{i}][{j}]: {shown(cost)} is not a cost (an integer, "
+                    f"{spec.BLOCKED} for barred or 0..{limit}: 2^53 / the {cells} cells, so route sums stay exact)"
+                )

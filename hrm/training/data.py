@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.io import UserError, read_json
+from hrm.io import UserError, read_json, read_npy
 
 IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
 
@@ -78,12 +78,7 @@ class PuzzleDataset:
 
     def _load(self, name: str) -> np.ndarray:
         path = self.file(name)
-        try:
-            array = np.load(path, mmap_mode="r" if name in ("inputs", "labels") else None, allow_pickle=False)
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: file not found") from err
-        except ValueError as err:
-            raise UserError(f"{path}: not a readable .npy array ({err})") from err
+        array = read_npy(path, mmap=name in ("inputs", "labels"))
         if not np.issubdtype(array.dtype, np.integer):
             raise UserError(f"{path}: dtype {array.dtype} is not an integer type")
         return array
@@ -100,6 +95,8 @@ class PuzzleDataset:
             raise UserError(
                 f"{self.file('labels')}: {self.labels.shape[0]} rows but inputs has {self.inputs.shape[0]}"
             )
+        if self.inputs.shape[0] == 0:  # nothing to train on, or every eval metric a mean of nothing (NaN)
+            raise UserError(f"{self.folder / 'dataset.json'}: the {self.split} split holds no examples")
         num_puzzles = self.puzzle_identifiers.shape[0]
         self._check_offsets("puzzle_indices", self.puzzle_indices, num_puzzles + 1, self.inputs.shape[0])
         self._check_offsets("group_indices", self.group_indices, None, num_puzzles)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hrm.data import spec
-from hrm.io import UserError
+from hrm.io import UserError, parse_json, shorten, shown
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
@@ -69,7 +69,7 @@ class RawSplit:
         """'base b, vehicle v' of example i, as far as known (the audit's messages)."""
         base = self.base_scenario_ids[i] if i < len(self.base_scenario_ids or ()) else "?"
         vehicle = self.vehicle_types[i] if i < len(self.vehicle_types or ()) else "?"
-        return f"base {base!r}, {vehicle!r}"
+        return f"base {shown(base)}, {shown(vehicle)}"
 
     @cached_property
     def example_puzzle(self) -> np.ndarray:
@@ -140,7 +140,8 @@ def read_files(folder: str | Path) -> RawFiles:
 
 
 def read_json_text(path: Path) -> tuple[Any, str]:
-    """Document and text of a JSON file, or a UserError: missing, unreadable, not UTF-8, truncated, not JSON."""
+    """Document and text of a JSON file, or a UserError: missing, unreadable, not UTF-8, truncated, not JSON,
+    or against `hrm.io.parse_json`'s rules (nesting depth, finite numbers)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -152,7 +153,7 @@ def read_json_text(path: Path) -> tuple[Any, str]:
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
-        return json.loads(text), text
+        return parse_json(text, path), text
     except json.JSONDecodeError as err:
         where = f"line {err.lineno}, column {err.colno}"
         if err.pos >= len(text.rstrip()):
@@ -175,7 +176,7 @@ def int_vector(path: Path, field_name: str, data: Any) -> np.ndarray:
     bad = _first_non_int(data)
     if bad is not None:
         raise UserError(
-            f"{path}: field '{field_name}' index {bad}: expected an integer, got {_type_name(data[bad])} {data[bad]!r}"
+            f"{path}: field '{field_name}' index {bad}: expected an integer, got {_type_name(data[bad])} {shown(data[bad])}"
         )
     try:
         return np.array(data, dtype=np.int64)
@@ -211,7 +212,7 @@ def int_matrix(
             raise UserError(f"{path}: field '{field_name}': a token is not an integer") from err
     if width == 0:
         raise UserError(f"{path}: field '{field_name}': rows are empty")
-    if text is not None and "true" not in text and "false" not in text and "null" not in text:
+    if text is not None and not any(word in text for word in ('"', "true", "false", "null")):
         with suppress(ValueError, OverflowError):
             matrix = np.array(data)
             if matrix.dtype.kind == "i":
@@ -222,7 +223,7 @@ def int_matrix(
             if bad is not None:
                 raise UserError(
                     f"{path}: field '{field_name}' index {index}, position {bad}: expected an integer token, "
-                    f"got {_type_name(row[bad])} {row[bad]!r}"
+                    f"got {_type_name(row[bad])} {shown(row[bad])}"
                 )
     try:
         return np.array(data, dtype=np.int64)
@@ -237,7 +238,7 @@ def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> lis
     for index, value in enumerate(data):
         if not isinstance(value, allowed) or isinstance(value, bool):
             raise UserError(
-                f"{path}: field '{field_name}' index {index}: expected a string, got {_type_name(value)} {value!r}"
+                f"{path}: field '{field_name}' index {index}: expected a string, got {_type_name(value)} {shown(value)}"
             )
     return [str(value) for value in data]
 
@@ -421,7 +422,9 @@ def _summary_model(path: Path, summary: dict[str, Any]) -> tuple[spec.CostModel,
         cost_model = spec.CostModel.from_dict(summary["cost_model"], source=f"{path}: field 'cost_model'")
         return cost_model, int(summary["grid"]["rows"]), int(summary["grid"]["cols"])
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: fields 'cost_model' and 'grid' (rows, cols) unreadable: {err}") from err
+        raise UserError(
+            f"{path}: fields 'cost_model' and 'grid' (rows, cols) unreadable: {shorten(str(err))}"
+        ) from err
 
 
 def _finish(
@@ -451,7 +454,7 @@ def _finish(
         )
     elif identifiers != cost_model.identifiers():
         raise UserError(
-            f"{identifiers_path}: {identifiers} but the summary's cost model gives {cost_model.identifiers()}"
+            f"{identifiers_path}: {shown(identifiers)} but the summary's cost model gives {shown(cost_model.identifiers())}"
         )
     if not identifiers:
         raise UserError(f"{identifiers_path}: field 'identifiers' is empty (id 0 must be '<blank>')")
@@ -475,7 +478,7 @@ def _finish(
         for index, vehicle in enumerate(data.vehicle_types if ours else ()):
             if vehicle not in identifiers[1:]:
                 raise UserError(
-                    f"{path['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {vehicle!r}"
+                    f"{path['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {shown(vehicle)}"
                 )
     summary = summary if isinstance(summary, dict) else {"summary": summary}
     return RawDataset(
@@ -499,7 +502,9 @@ def _check_own_metadata(
     }
     for key, value in expected.items():
         if data.metadata.get(key) != value:
-            raise UserError(f"{path}: field '{key}' is {data.metadata.get(key)!r}, the files say {value}")
+            raise UserError(
+                f"{path}: field '{key}' is {shown(data.metadata.get(key))}, the files say {value}"
+            )
     mean = data.num_examples / data.num_puzzles
     if not math.isclose(float(data.metadata["mean_puzzle_examples"]), mean):
         raise UserError(
@@ -521,7 +526,7 @@ def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, id
         for key, real in claims.items():
             if data.metadata.get(key) != real:
                 issues.append(
-                    f"{path['dataset']}: field '{key}' claims {data.metadata.get(key)!r} but the files hold {real}"
+                    f"{path['dataset']}: field '{key}' claims {shown(data.metadata.get(key))} but the files hold {real}"
                 )
         if (data.puzzle_identifiers == 0).all():
             issues.append(
@@ -534,5 +539,5 @@ def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, id
             )
         unknown = sorted(set(data.vehicle_types) - set(ORIGINAL_VEHICLES) - set(ORIGINAL_VEHICLES.values()))
         if unknown:
-            issues.append(f"{path['vehicle_types']}: unknown vehicle types {unknown}")
+            issues.append(f"{path['vehicle_types']}: unknown vehicle types {shown(unknown)}")
     return [*issues, f"{folder}: written by the original tool: no cost model, routes cannot be re-checked"]

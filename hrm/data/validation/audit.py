@@ -22,6 +22,7 @@ from hrm.data.validation.compliance import (
     equal_share_matrix,
     share_check,
 )
+from hrm.io import shown
 
 BLANK_IDENTIFIER = "<blank>"
 
@@ -120,9 +121,7 @@ def summary_claims_check(views: dict[str, RawSplit], summary: Any) -> Check:
                 continue
             compared += 1
             if claim != held[key]:
-                message = (
-                    f"{spec.RAW_SUMMARY_FILE}: claims {claim!r} {split} {key}, the files hold {held[key]}"
-                )
+                message = f"{spec.RAW_SUMMARY_FILE}: claims {shown(claim)} {split} {key}, the files hold {held[key]}"
                 findings.append((message, 1))
     if not compared:
         reason = f"{spec.RAW_SUMMARY_FILE} states no per-split counts"
@@ -170,7 +169,7 @@ def identifier_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
                 (f"{spec.RAW_IDENTIFIERS_FILE}: ids {_examples(blank)} have a blank name", len(blank))
             )
         if len(identifiers) < 2:
-            findings.append((f"{spec.RAW_IDENTIFIERS_FILE}: {identifiers!r} names no vehicle", 1))
+            findings.append((f"{spec.RAW_IDENTIFIERS_FILE}: {shown(identifiers)} names no vehicle", 1))
             total += 1
     return finding_check(
         "identifiers_present",
@@ -297,7 +296,10 @@ def vehicle_labels_check(views: dict[str, RawSplit]) -> Check:
         same = [base for base in shared if per_vehicle[a][base] == per_vehicle[b][base]]
         if shared and len(same) == len(shared):
             findings.append(
-                (f"vehicles {a!r} and {b!r} have identical labels in all {len(shared)} bases they share", 1)
+                (
+                    f"vehicles {shown(a)} and {shown(b)} have identical labels in all {len(shared)} bases they share",
+                    1,
+                )
             )
     return finding_check("vehicle_labels_distinct", "augmentation_quality", description, findings, len(pairs))
 
@@ -326,7 +328,7 @@ def hrm_metadata_check(views: dict[str, RawSplit], identifiers: Any) -> Check:
             wrong = claim != held if key != "vocab_size" else not isinstance(claim, int) or claim < held
             if wrong:
                 what = "the largest token + 1" if key == "vocab_size" else "the files"
-                findings.append((f"{view.files['dataset']}: {key} = {claim!r}, {what}: {held}", 1))
+                findings.append((f"{view.files['dataset']}: {key} = {shown(claim)}, {what}: {held}", 1))
         rows, cols = meta.get("rows"), meta.get("cols")
         if isinstance(rows, int) and isinstance(cols, int) and "seq_len" in facts:
             compared += 1

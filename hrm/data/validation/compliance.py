@@ -15,9 +15,13 @@ import numpy as np
 from hrm.data import spec
 from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts, detour_figures
+from hrm.io import shorten, shown
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
 MAX_FAILURES_LISTED = 5
+# A failure names file, field, index and a value shortened by `shown`; a message longer than this carries data
+# some site failed to shorten, and is cut so the report and the error stay readable.
+MAX_FAILURE_CHARS = 500
 
 
 @dataclass
@@ -39,7 +43,9 @@ class Check:
     def __post_init__(self) -> None:
         self.passed = not self.failures if self.passed is None else self.passed
         self.failure_count = len(self.failures) if self.failure_count is None else self.failure_count
-        self.failures = self.failures[:MAX_FAILURES_LISTED]
+        self.failures = [
+            shorten(failure, MAX_FAILURE_CHARS) for failure in self.failures[:MAX_FAILURES_LISTED]
+        ]
         self.score = round(self.score, 6)
 
 
@@ -157,10 +163,10 @@ def table_check(dataset: RawDataset, table, min_route_length: int) -> Check:
                 message = (
                     f"{split.where('vehicle_types', int(record['example']))}: duplicated example, another row "
                     f"has the same (split, base_scenario_id, vehicle) = ({record['split']}, "
-                    f"{record['base_scenario_id']}, {record['vehicle']})"
+                    f"{shorten(str(record['base_scenario_id']))}, {shorten(str(record['vehicle']))})"
                 )
             else:
-                message = f"{where}: per-example table column {case.column} = {case.failure_case!r} fails {case.check}"
+                message = f"{where}: per-example table column {case.column} = {shown(case.failure_case)} fails {case.check}"
             failures.setdefault(int(row), message)
     ordered = [failures[key] for key in sorted(failures)]
     return share_check(

@@ -6,7 +6,6 @@ trains a model on data nobody validated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hrm.data import spec
 from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.facts import ExampleFacts
 from hrm.data.validation.compliance import Check, first_index, share_check
+from hrm.io import UserError, read_json, read_npy, shorten, shown
 
 HRM_ARRAYS = {  # name -> dtype of convert's output (docs/design.md, Data contract: HRM layout)
     "inputs": np.uint8,
@@ -49,13 +49,15 @@ def summary_check(
         dataset.cols,
         dataset.rows * dataset.cols,
     ):
-        problems.append(f"{name}: grid = {grid}, the split files have {dataset.rows} x {dataset.cols}")
+        problems.append(
+            f"{name}: grid = {shorten(str(grid))}, the split files have {dataset.rows} x {dataset.cols}"
+        )
     token_table = [(entry["id"], entry["name"]) for entry in summary["tokens"]]
     if token_table != list(enumerate(spec.token_names())):
         problems.append(f"{name}: tokens differ from the token table of hrm/data/spec.py")
     if summary["identifiers"] != dataset.identifiers:
         problems.append(
-            f"{name}: identifiers = {summary['identifiers']} but {spec.RAW_IDENTIFIERS_FILE} has {dataset.identifiers}"
+            f"{name}: identifiers = {shorten(str(summary['identifiers']))} but {spec.RAW_IDENTIFIERS_FILE} has {shorten(str(dataset.identifiers))}"
         )
     model = summary["cost_model"]
     table = summary_cost_table(summary)
@@ -79,12 +81,12 @@ def summary_check(
     summary_names = [vehicle["name"] for vehicle in model["vehicles"]]
     if ["<blank>", *summary_names] != dataset.identifiers:
         problems.append(
-            f"{name}: cost_model.vehicles {summary_names} do not match {spec.RAW_IDENTIFIERS_FILE}"
+            f"{name}: cost_model.vehicles {shorten(str(summary_names))} do not match {spec.RAW_IDENTIFIERS_FILE}"
         )
     min_length = summary.get("params", {}).get("min_route_length")
     if expected_min_route_length is not None and min_length != expected_min_route_length:
         problems.append(
-            f"{name}: params.min_route_length = {min_length}, params.yaml has {expected_min_route_length}"
+            f"{name}: params.min_route_length = {shorten(str(min_length))}, params.yaml has {expected_min_route_length}"
         )
 
     checked_items = len(problems) + 1
@@ -111,7 +113,9 @@ def _summary_split_problems(
     found = {"bases": split.num_groups, "examples": split.num_examples}
     for key, value in found.items():
         if counts.get(key) != value:
-            problems.append(f"{name}: counts.{split_name}.{key} = {counts.get(key)}, the files hold {value}")
+            problems.append(
+                f"{name}: counts.{split_name}.{key} = {shorten(str(counts.get(key)))}, the files hold {value}"
+            )
     records = summary["examples"][split_name]
     if len(records) != split.num_examples:
         problems.append(
@@ -125,17 +129,17 @@ def _summary_split_problems(
             or record["vehicle"] != split.vehicle_types[i]
         ):
             problems.append(
-                f"{where} is ({record['base_scenario_id']}, {record['vehicle']}) but "
-                f"{split.where('base_scenario_ids', i)} / vehicle_types say ({split.base_scenario_ids[i]}, {split.vehicle_types[i]})"
+                f"{where} is ({shorten(str(record['base_scenario_id']))}, {shorten(str(record['vehicle']))}) but "
+                f"{split.where('base_scenario_ids', i)} / vehicle_types say ({shorten(str(split.base_scenario_ids[i]))}, {shorten(str(split.vehicle_types[i]))})"
             )
         elif record["route_length"] != int(f.route_length[i]):
             problems.append(
-                f"{where}.route_length = {record['route_length']} but {split.where('labels', i)} marks "
+                f"{where}.route_length = {shorten(str(record['route_length']))} but {split.where('labels', i)} marks "
                 f"{int(f.route_length[i])} cells"
             )
         elif f.route_valid[i] and record["route_cost"] != f.route_cost[i]:
             problems.append(
-                f"{where}.route_cost = {record['route_cost']} but {split.where('labels', i)}'s route costs "
+                f"{where}.route_cost = {shorten(str(record['route_cost']))} but {split.where('labels', i)}'s route costs "
                 f"{f.route_cost[i]:.0f}"
             )
     problems.extend(_base_endpoint_problems(dataset, split_name))
@@ -153,26 +157,29 @@ def _base_endpoint_problems(dataset: RawDataset, split_name: str) -> list[str]:
         i = first_example.get(record["base_scenario_id"])
         where = f"{spec.RAW_SUMMARY_FILE}: bases.{split_name}[{k}]"
         if i is None:
-            problems.append(f"{where}: base {record['base_scenario_id']} has no example in the split files")
+            problems.append(
+                f"{where}: base {shorten(str(record['base_scenario_id']))} has no example in the split files"
+            )
             continue
         grid = split.inputs[i]
         for key, token in (("start", spec.START), ("goal", spec.GOAL)):
             cell = record[key]
             if not (0 <= cell < grid.size and grid[cell] == token):
                 problems.append(
-                    f"{where}.{key} = {cell} but that cell of {split.where('inputs', i)} is not the {key}"
+                    f"{where}.{key} = {shorten(str(cell))} but that cell of {split.where('inputs', i)} is not the {key}"
                 )
     return problems
 
 
 def _load(path: Path, problems: list[str], npy: bool = False) -> Any:
     """The document or array at `path`, or None with the problem noted."""
-    try:
-        return np.load(path, allow_pickle=False) if npy else json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
         problems.append(f"{path}: missing (run the convert stage)")
-    except (OSError, ValueError) as err:
-        problems.append(f"{path}: unreadable ({err})")
+        return None
+    try:
+        return read_npy(path) if npy else read_json(path, "run the convert stage")
+    except UserError as err:
+        problems.append(f"{path}: unreadable ({str(err).removeprefix(f'{path}: ')})")
     return None
 
 
@@ -189,8 +196,8 @@ def _layout_split_problems(split: RawSplit, folder: Path, problems: list[str]) -
         for key in HRM_METADATA_FIELDS:
             if metadata.get(key) != split.metadata[key]:
                 problems.append(
-                    f"{folder / 'dataset.json'}: {key} = {metadata.get(key)!r} but "
-                    f"{split.files['dataset']} has {split.metadata[key]!r}"
+                    f"{folder / 'dataset.json'}: {key} = {shown(metadata.get(key))} but "
+                    f"{split.files['dataset']} has {shown(split.metadata[key])}"
                 )
     expected_arrays = {
         "inputs": split.inputs,
@@ -245,7 +252,7 @@ def hrm_layout_check(dataset: RawDataset, hrm_dir: str | Path) -> Check:
         identifiers = _load(hrm_dir / "identifiers.json", problems)
         if identifiers is not None and identifiers != dataset.identifiers:
             problems.append(
-                f"{hrm_dir / 'identifiers.json'}: {identifiers} differs from {spec.RAW_IDENTIFIERS_FILE}"
+                f"{hrm_dir / 'identifiers.json'}: {shorten(str(identifiers))} differs from {spec.RAW_IDENTIFIERS_FILE}"
             )
         routing_doc = _load(hrm_dir / spec.HRM_ROUTING_FILE, problems)
         if routing_doc is not None:

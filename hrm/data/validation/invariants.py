@@ -16,7 +16,7 @@ from hrm.data.conversion import raw
 from hrm.data.conversion.raw import RawDataset, RawSplit
 from hrm.data.validation import consistency
 from hrm.data.validation.schemas import read_raw_documents
-from hrm.io import UserError
+from hrm.io import UserError, shown
 
 MAX_LISTED = 5  # offending indices quoted per problem
 
@@ -117,8 +117,8 @@ def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[str]:
         return []
     i = bad[0]
     return [
-        f"{split.where('vehicle_types', i)} = {split.vehicle_types[i]!r} but its puzzle "
-        f"{int(split.example_puzzle[i])} has identifier {int(split.example_identifier[i])} = {names[i]!r} "
+        f"{split.where('vehicle_types', i)} = {shown(split.vehicle_types[i])} but its puzzle "
+        f"{int(split.example_puzzle[i])} has identifier {int(split.example_identifier[i])} = {shown(names[i])} "
         f"in {split.files['puzzle_identifiers']} (offending examples: {_listed(bad)})"
     ]
 

@@ -15,7 +15,7 @@ from typing import Any
 from hrm.config import SCHEMA_DIR
 from hrm.data import spec
 from hrm.data.conversion import raw
-from hrm.io import UserError
+from hrm.io import SHOWN_CHARS, UserError, shorten, shown
 
 MAX_ERRORS_PER_FILE = 5
 
@@ -73,11 +73,17 @@ def schema_errors(document: Any, kind: str, file_name: str, limit: int = MAX_ERR
     errors = sorted(
         islice(validator(kind).iter_errors(document), limit), key=lambda error: list(error.absolute_path)
     )
-    return [f"{file_name}: {error.json_path}: {_short(error.message)}" for error in errors]
+    return [f"{file_name}: {error.json_path}: {_message(error)}" for error in errors]
 
 
-def _short(message: str, limit: int = 160) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+def _message(error: Any, limit: int = 160) -> str:
+    """jsonschema's message with the offending value shortened (`shown`: it may be a 50 MB string), the rest
+    kept whole unless it too is long (a long key, a schema's list of choices)."""
+    value = repr(error.instance)
+    message = error.message
+    if len(value) > SHOWN_CHARS and value in message:
+        message = message.replace(value, shown(error.instance))
+    return shorten(message, limit)
 
 
 def read_raw_documents(raw_dir: str | Path) -> tuple[raw.RawFiles, list[str]]:
