@@ -107,3 +107,10 @@ def test_every_link_in_the_readme_and_docs_resolves() -> None:
                     for h in re.findall(r"^#+ (.*)$", linked.read_text(encoding="utf-8"), flags=re.M)
                 }
                 assert anchor in slugs, f"{page.name}: {target}"
+
+
+def test_the_quick_profile_pins_its_thread_count() -> None:
+    """The quickstart's number depends on the CPU's kernels, not on its core count: one torch thread, always."""
+    for arch in ("hrm_v1", "trm", "transformer"):
+        settings = run_params(load_params(REPO / "params.yaml"), "quick", [f"arch.name={arch}"])
+        assert settings["train"]["threads"] == 1
