@@ -355,24 +355,18 @@ def part_determinism(report: dict[str, Any], settings: Settings) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_dataset(Path(tmp) / "data", 64, grid_side(params))
         for run in ("a", "b"):
-            one_run = {
-                "arch": dict(params["arch"]),
-                "train": dict(
-                    params["train"],
-                    global_batch_size=8 if settings.smoke else 32,
-                    epochs=10,
-                    eval_interval=10,
-                    max_steps=4 if settings.smoke else 20,
-                    deterministic=True,
-                    compile=False,
-                ),
-                "paths": {
-                    "hrm": str(Path(tmp) / "data"),
-                    "checkpoints": str(Path(tmp) / run / "checkpoints"),
-                    "model": str(Path(tmp) / run / "hrm.pt"),
-                    "train_log": str(Path(tmp) / run / "log"),
-                },
-            }
+            # the whole params (the trainer checks every section's rules), its outputs under tmp/run
+            one_run = copy.deepcopy(params)
+            one_run["train"].update(
+                global_batch_size=8 if settings.smoke else 32,
+                epochs=10,
+                eval_interval=10,
+                max_steps=4 if settings.smoke else 20,
+                deterministic=True,
+                compile=False,
+            )
+            one_run["paths"] = {k: str(Path(tmp) / run / Path(v)) for k, v in params["paths"].items()}
+            one_run["paths"]["hrm"] = str(Path(tmp) / "data")
             summary = train(copy.deepcopy(one_run))
             weights.append(torch.load(one_run["paths"]["model"], weights_only=True))
     differing = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]

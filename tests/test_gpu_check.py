@@ -230,3 +230,27 @@ def test_device_command_installs_the_carried_wheels_and_writes_under_out():
     assert command.startswith("set -o pipefail;")  # tee must not hide gpu_check's exit code
     ignored = subprocess.run(["git", "check-ignore", "-q", ".device-wheels/x.whl"], cwd=REPO)
     assert ignored.returncode == 0, "the wheel folder must be git-ignored"
+
+
+def test_rehearsal_fails_on_a_version_clash_or_a_shadowed_image_package_and_names_it(tmp_path):
+    """bench/device_rehearsal.py's verdict on pip check's output (the device installs with --no-deps)."""
+    rehearsal = load_bench("device_rehearsal")
+    carried = {"dvc": "3.67.1", "jsonschema": "4.26.0", "pydantic": "2.13.4", "tqdm": "4.0.0"}
+    image = {"pydantic": "2.14.4", "tqdm": "4.67.1", "numpy": "2.5.2"}
+    check = (
+        "dvc 3.67.1 requires celery, which is not installed.\n"
+        "jsonschema 4.26.0 has requirement attrs>=22.2.0, but you have attrs 21.4.0.\n"
+        "torchvision 0.26.0 requires pillow, which is not installed.\n"  # the image's own: not ours
+    )
+    problems, notes = rehearsal.clashes(check, carried, image)
+    assert problems == [
+        "jsonschema 4.26.0 has requirement attrs>=22.2.0, but you have attrs 21.4.0.",
+        "carried tqdm 4.0.0 shadows the image's tqdm 4.67.1",  # tqdm is on the device's list; pydantic is not
+    ]
+    assert notes == ["dvc 3.67.1 requires celery, which is not installed."]
+    assert rehearsal.clashes("No broken requirements found.\n", carried, {}) == ([], [])
+    log = "ModuleNotFoundError: No module named 'jsonschema'\n... No module named 'dvclive.live'"
+    assert rehearsal.missing_modules(log) == ["dvclive.live", "jsonschema"]
+    (tmp_path / "ruamel_yaml-0.19.1-py3-none-any.whl").write_bytes(b"")
+    assert rehearsal.wheel_distributions(tmp_path) == {"ruamel-yaml": "0.19.1"}
+    assert rehearsal.DEVICE_VERSIONS["torch"] == "2.11.0" and rehearsal.DEVICE_VERSIONS["numpy"] == "2.5.2"
