@@ -14,6 +14,7 @@ ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_SOURCE=index
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_WHEEL=
 ARG USER_UID=1000
@@ -49,17 +50,22 @@ RUN apt-get update \
 # secret `pip_cert` (`--secret id=pip_cert,src=<bundle>`); it is mounted for one RUN at a time, never stored.
 # Without the secret pip uses the system's CA certificates.
 
-# 1) torch, pinned (largest layer, changes least): the CUDA 12.8 build from the PyTorch index, or, when
-# TORCH_WHEEL names a wheel in the build context's wheels/ folder, that wheel (the CPU image: no CUDA index
-# needed). Named, not picked up: a CPU wheel left in wheels/ must not slip into the CUDA image. The folder is
-# bind-mounted for this RUN only, so the wheel takes no room in the image's layers; the version check below
-# pins what the wheel file brings (DL3013 cannot see that).
+# 1) torch, pinned (largest layer, changes least): the CUDA 12.8 build from the PyTorch index
+# (TORCH_SOURCE=index, TORCH_INDEX_URL), or with TORCH_SOURCE=pypi from pip's own index (PyPI, or the mirror
+# pip is set up with), whose Linux wheel is a CUDA build too (2.13.0: CUDA 13.0, driver R580+), for hosts
+# that reach PyPI but not the PyTorch index; or, when TORCH_WHEEL names a wheel in the build context's
+# wheels/ folder, that wheel (the CPU image: no CUDA index needed). Named, not picked up: a CPU wheel left in
+# wheels/ must not slip into the CUDA image. The folder is bind-mounted for this RUN only, so the wheel takes
+# no room in the image's layers; the version check below pins what the wheel file brings (DL3013 cannot see
+# that).
 # hadolint ignore=DL3013
 RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
     --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && if [ -n "$TORCH_WHEEL" ]; then pip install "/tmp/wheels/${TORCH_WHEEL}"; \
-    else pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; fi \
+    elif [ "$TORCH_SOURCE" = pypi ]; then pip install "torch==${TORCH_VERSION}"; \
+    elif [ "$TORCH_SOURCE" = index ]; then pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
+    else echo "TORCH_SOURCE must be index or pypi, got '${TORCH_SOURCE}'" >&2; exit 1; fi \
     && python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else 'torch ' + v + ' installed, TORCH_VERSION is ${TORCH_VERSION}')"
 
 # 2) the project's dependencies, read from pyproject.toml (torch is already satisfied). README.md (pyproject's

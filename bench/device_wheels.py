@@ -159,14 +159,36 @@ def wheel_version(folder: Path, dist: str) -> str:
     return wheel.name.split("-")[1]
 
 
-def device_command(folder: str) -> str:
-    """The one command line for the device tool's `run` (carry: [folder]); the JSON and log land in $OUT."""
+DEVICE_SITE = (
+    "/tmp/site"  # where the device command installs the carried wheels (on PYTHONPATH after the checkout)
+)
+
+
+def install_prefix(folder: str, site: str = DEVICE_SITE) -> str:
+    """The start of every device command: the carried wheels into `site` (exit 3 if that fails), on PYTHONPATH."""
     return (
         "set -o pipefail; "
-        f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site {folder}/*.whl"
-        " || exit 3; export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1; "
-        "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/nvidia-smi.csv; "
-        "python3 bench/gpu_check.py --out $OUT/gpu_check.json 2>&1 | tee $OUT/gpu_check.log"
+        f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target {site} {folder}/*.whl"
+        f" || exit 3; export PYTHONPATH=$PWD:{site} PYTHONUNBUFFERED=1; "
+    )
+
+
+def device_command(folder: str, site: str = DEVICE_SITE, check_args: str = "") -> str:
+    """The one command line for the device tool's `run` (carry: [folder]); the JSON and log land in $OUT.
+    `site` and `check_args` (`--smoke`) let bench/device_rehearsal.py run this very line on the CPU."""
+    check = f"python3 bench/gpu_check.py {check_args} --out $OUT/gpu_check.json".replace("  ", " ")
+    return (
+        install_prefix(folder, site)
+        + "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/nvidia-smi.csv; "
+        + f"{check} 2>&1 | tee $OUT/gpu_check.log"
+    )
+
+
+def budget_command(folder: str, site: str = DEVICE_SITE) -> str:
+    """The budget study's own call (bench/gpu_budget.py): its reports under $OUT/gpu-budget, its log beside."""
+    return (
+        install_prefix(folder, site)
+        + "python3 bench/gpu_budget.py --out $OUT/gpu-budget 2>&1 | tee $OUT/gpu-budget.log"
     )
 
 
@@ -201,6 +223,9 @@ def main() -> int:
         else args.dir
     )
     print(f'\ndevice run (carry: ["{folder}"], timeout_s: 540):\n{device_command(str(folder))}')
+    print(
+        f'\nbudget study, a call of its own (carry: ["{folder}"], timeout_s: 600):\n{budget_command(str(folder))}'
+    )
     return 0
 
 

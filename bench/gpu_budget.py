@@ -7,10 +7,17 @@ quick profile's data once, then for each arch `hrm.training.loop.train` and `hrm
 `per_arch`) with only these changed: `train.global_batch_size` (default 256), `train.epochs`,
 `train.eval_interval`; the lr is the quick profile's (not rescaled for the batch: say so with the results).
 
-Sized for the device's 15 minutes: the default 1,200 epochs x 960 groups / 256 = 4,500 steps per arch
-(1.15M examples drawn, 50x the quick budget; 6x the CPU budget curves), 24 evals. Not yet run on a GPU.
+Sized for one device call (10 minutes a command): the default 1,200 epochs x 960 groups / 256 = 4,500 steps
+per arch (1.15M examples drawn, 50x the quick budget; 6x the CPU budget curves), 24 evals, but each arch's
+training is stopped (SIGTERM to itself: the trainer checkpoints, then resumes at that step only to evaluate
+and write its weights) when its share of `--deadline-s` is spent: the time left over the archs left, less
+EVAL_RESERVE_S for its evaluation. An arch stopped so has fewer evals and says `stopped_by_time`. Not yet run
+on a GPU.
 
-    python bench/gpu_budget.py --out "$OUT/gpu-budget"               # on the device (see docs/device-check.md)
+Only the reports go to `--out` (results.json, results.md, budget.png: the device tool brings back at most 8
+files, 2 folders down); the data, checkpoints and logs go to `--work` (a temporary folder by default).
+
+    python3 bench/gpu_budget.py --out "$OUT/gpu-budget"      # on the device (docs/gpu_check.md has the call)
     PYTHONPATH=$PWD python bench/gpu_budget.py --device cpu --epochs 4 --eval-interval 2 --batch 8 --out /tmp/b
 """
 
@@ -18,16 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
 ARCHS = ("hrm_v1", "trm", "transformer")
+DEFAULT_DEADLINE_S = 480.0  # the whole study, data included; the device command's limit is 600 s
+EVAL_RESERVE_S = 30.0  # kept from each arch's share for its evaluation and weights
 
 
 def run_params(out: Path, arch: str, args: argparse.Namespace) -> dict:
-    """params.yaml + profiles.quick (+ per_arch) + this study's batch, epochs, device and paths under `out`."""
+    """params.yaml + profiles.quick (+ per_arch) + this study's batch, epochs, device and paths under `out`
+    (the work folder)."""
     from hrm.config import load_params
     from hrm.config import run_params as resolve
 
@@ -63,15 +78,36 @@ def make_data(params: dict, out: Path) -> None:
     convert.run(path)
 
 
-def study_arch(params: dict) -> dict:
-    """Train one arch, evaluate it (baselines), and read its curve with its compute."""
+def train_within(params: dict, limit_s: float) -> int | None:
+    """Train; past `limit_s` the process sends itself SIGTERM, the trainer stops after the step with a
+    checkpoint, and a second run with train.max_steps at that step (neutral to the checkpoint) evaluates and
+    writes the weights. The step it stopped at, or None if it finished."""
+    from hrm.training.loop import TrainingInterrupted, train
+
+    # outside the trainer's own handler (set-up, the last step's return) a late SIGTERM must not kill us
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    timer = threading.Timer(limit_s, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        train(params)
+        return None
+    except TrainingInterrupted as stopped:
+        step = int(re.search(r"stopped at step (\d+)", str(stopped)).group(1))
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    train({**params, "train": {**params["train"], "max_steps": step}})
+    return step
+
+
+def study_arch(params: dict, limit_s: float) -> dict:
+    """Train one arch (stopped at `limit_s`), evaluate it (baselines), and read its curve with its compute."""
     from hrm.budget import run_baselines, run_curve, segment_flops_of
     from hrm.evaluation.runner import run_evaluation
     from hrm.quickstart import flatten
-    from hrm.training.loop import train
 
     started = time.perf_counter()
-    train(params)
+    stopped_at = train_within(params, limit_s)
     train_s = time.perf_counter() - started
     test = run_evaluation(params, progress=False)["test"]
     paths = params["paths"]
@@ -86,6 +122,8 @@ def study_arch(params: dict) -> dict:
         "curve": curve,
         "baselines": run_baselines(test),
         "train_s": round(train_s, 1),
+        "train_limit_s": round(limit_s, 1),
+        "stopped_by_time": stopped_at,
         "flops_per_segment": flops,
     }
 
@@ -100,19 +138,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1200)
     parser.add_argument("--eval-interval", type=int, default=50)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--deadline-s", type=float, default=DEFAULT_DEADLINE_S, help="the whole study")
+    parser.add_argument("--work", type=Path, default=None, help="data and runs (default: a temporary folder)")
     args = parser.parse_args()
 
     from hrm.budget import baselines, group_budget, plot_budget
     from hrm.compare import budget_table, machine
 
+    started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for arch in args.archs.split(","):
-        params = run_params(args.out, arch, args)
-        make_data(params, args.out)
-        result = study_arch(params)
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-budget-"))
+    archs = args.archs.split(",")
+    runs, seconds = [], {}
+    for index, arch in enumerate(archs):
+        params = run_params(work, arch, args)
+        make_data(params, work)
+        seconds.setdefault("data", round(time.perf_counter() - started, 1))
+        left = args.deadline_s - (time.perf_counter() - started)
+        limit = max(left / (len(archs) - index) - EVAL_RESERVE_S, 1.0)
+        result = study_arch(params, limit)
         runs.append({"arch": arch, "state": "success", **result})
-        print(f"{arch}: {len(result['curve'])} evals, train {result['train_s']} s", flush=True)
+        stopped = (
+            f", stopped by time at step {result['stopped_by_time']}" if result["stopped_by_time"] else ""
+        )
+        print(
+            f"{arch}: {len(result['curve'])} evals, train {result['train_s']} s of {limit:.0f}{stopped}",
+            flush=True,
+        )
     lines = baselines(runs)
     monotone = lines.get("monotone_path", {}).get("route_optimal_rate", {}).get("mean")
     groups = [
@@ -125,6 +177,7 @@ def main() -> None:
         for r in runs
     ]
     results = {"machine": machine(), "batch": args.batch, "epochs": args.epochs}
+    results.update({"deadline_s": args.deadline_s, "seconds": seconds, "work": str(work)})
     results.update({"baselines": lines, "groups": groups, "runs": runs})
     (args.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     plot_budget(results, args.out / "budget.png")
@@ -132,7 +185,9 @@ def main() -> None:
     lines_md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines_md += ["| " + " | ".join(row) + " |" for row in rows]
     (args.out / "results.md").write_text("\n".join(lines_md) + "\n", encoding="utf-8")
-    print(f"report: {args.out / 'results.md'}", flush=True)
+    results["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"report: {args.out / 'results.md'} ({results['seconds']['total']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

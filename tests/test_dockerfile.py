@@ -369,3 +369,44 @@ def test_image_has_what_torch_compile_builds_with():
     assert result.returncode == 0, result.stderr  # as written, on this machine (which has the headers)
     (smoke,) = [run for run in of("RUN") if "compile_tiny_function" in run]
     assert "compile_tiny_function('cpu')" in smoke and "rm -rf /tmp/inductor-smoke" in smoke
+
+
+@pytest.mark.parametrize(
+    ("source", "wheel", "expected"),
+    [
+        ("index", "", "install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0"),
+        ("pypi", "", "install torch==2.13.0"),  # pip's own index: PyPI's Linux wheel is a CUDA build
+        ("pypi", "torch-2.13.0+cpu.whl", "install /tmp/wheels/torch-2.13.0+cpu.whl"),  # a named wheel wins
+    ],
+)
+def test_torch_step_takes_torch_from_the_source_named(tmp_path, source, wheel, expected):
+    """The torch RUN step's script with TORCH_SOURCE / TORCH_WHEEL set, a stand-in pip recording its arguments."""
+    (torch_run,) = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pip").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "pip.log"}\n', encoding="utf-8")
+    (bindir / "python").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    for tool in ("pip", "python"):
+        (bindir / tool).chmod(0o755)
+    defaults = arg_defaults()
+    env = {
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "TORCH_VERSION": defaults["TORCH_VERSION"],
+        "TORCH_INDEX_URL": defaults["TORCH_INDEX_URL"],
+        "TORCH_SOURCE": source,
+        "TORCH_WHEEL": wheel,
+    }
+    assert defaults["TORCH_SOURCE"] == "index" and defaults["TORCH_VERSION"] == "2.13.0"
+    done = subprocess.run(["bash", "-c", run_script(torch_run)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pip.log").read_text(encoding="utf-8").split("\n")[0] == expected
+
+
+def test_torch_step_refuses_an_unknown_torch_source(tmp_path):
+    (torch_run,) = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
+    env = dict(os.environ, TORCH_SOURCE="conda", TORCH_WHEEL="", TORCH_VERSION="2.13.0", TORCH_INDEX_URL="x")
+    env["PATH"] = f"{tmp_path}{os.pathsep}{env['PATH']}"
+    (tmp_path / "pip").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (tmp_path / "pip").chmod(0o755)
+    done = subprocess.run(["bash", "-c", run_script(torch_run)], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "TORCH_SOURCE must be index or pypi, got 'conda'" in done.stderr

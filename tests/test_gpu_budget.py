@@ -33,3 +33,45 @@ def test_gpu_budget_runs_on_cpu_and_reports_the_compute_of_every_eval(tmp_path):
     assert (out / "budget.png").read_bytes()[:4] == b"\x89PNG" and "first >= 20%" in (
         out / "results.md"
     ).read_text()
+    # only the reports under --out (the device tool brings back at most 8 files, 2 folders down)
+    assert sorted(p.name for p in out.rglob("*")) == ["budget.png", "results.json", "results.md"]
+    assert run["stopped_by_time"] is None and results["seconds"]["total"] > 0
+
+
+def load_gpu_budget():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_budget", REPO / "bench" / "gpu_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_arch_past_its_time_is_stopped_then_finished_at_that_step(monkeypatch):
+    """The study fits its call: past the limit the trainer gets SIGTERM (it checkpoints and stops), then one
+    more run with train.max_steps at that step writes the weights; a run inside the limit is left alone."""
+    import time
+
+    from hrm.training import loop
+
+    calls = []
+
+    def fake_train(params):
+        calls.append(params["train"].get("max_steps"))
+        if len(calls) > 1:
+            return {}
+        with loop.stop_signals() as received:
+            for _ in range(500):
+                if received["signum"] is not None:
+                    raise loop.TrainingInterrupted("stopped at step 7; checkpoint x.", received["signum"])
+                time.sleep(0.01)
+        raise AssertionError("no SIGTERM within 5 s")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    budget = load_gpu_budget()
+    assert budget.train_within({"train": {"max_steps": 0}}, 0.2) == 7
+    assert calls == [0, 7]
+    calls.clear()
+    monkeypatch.setattr(loop, "train", lambda params: calls.append("done") or {})
+    assert budget.train_within({"train": {}}, 0.05) is None and calls == ["done"]
+    time.sleep(0.2)  # the timer was cancelled: no late SIGTERM (pytest would die of it)

@@ -105,7 +105,7 @@ def test_a_compile_that_outlasts_its_limit_is_killed_and_the_eager_figures_stay(
     assert set(report["errors"]) == {"step_compiled"}
     assert "did not finish in 1 s: killed" in report["errors"]["step_compiled"]
     eager = report["step_speed"]["eager"]
-    assert eager["step_s"] > 0 and eager["samples_per_s"] == pytest.approx(4 / eager["step_s"])
+    assert eager["step_s"] > 0 and eager["row_segments_per_s"] == pytest.approx(4 / eager["step_s"])
     assert "compiled" not in report["step_speed"] and report["seconds"]["step_compiled"] < 30
     assert json.loads(out.read_text(encoding="utf-8"))["step_speed"]["eager"] == eager
 
@@ -180,6 +180,31 @@ def test_plan_against_measured_passes_within_the_tolerance_only():
     assert gpu_check.plan_against_measured(plan(8, 1, None, None, None, None), None)["ok"] is None
     with pytest.raises(AssertionError, match="counters did not move"):
         gpu_check.plan_against_measured(planned, 0)
+    # the allocator's reservations must fit the plan's budget (90% of the free 10,000 bytes) as well
+    assert planned.budget_bytes == 9000
+    fits = gpu_check.plan_against_measured(planned, 1600, reserved=9000)
+    assert fits["ok"] is True and fits["reserved_within_budget"] is True
+    over = gpu_check.plan_against_measured(planned, 1600, reserved=9001)
+    assert over["ok"] is False and over["reserved_within_budget"] is False
+    assert over["measured_peak_reserved_bytes"] == 9001 and over["relative_error"] == 0.125
+
+
+def test_memory_probe_is_checked_at_more_rows_on_the_cpu(tmp_path):
+    """The plan's line through 1 and 2 rows, checked at PROBE_MORE_ROWS too (the resident-set counter here;
+    on CUDA the same points carry max_memory_reserved)."""
+    from hrm.training.memory import StepMemory
+    from hrm.training.setup import TrainConfig
+
+    gpu_check = load_gpu_check()
+    settings = gpu_check.Settings(**SMOKE)
+    params = gpu_check.run_params(settings)
+    dataset = gpu_check.synthetic_dataset(tmp_path, 3, gpu_check.grid_side(params))
+    config = TrainConfig.from_params(params["train"])
+    line = StepMemory(fixed=1000, per_example=100, carry_per_row=10, method="test")
+    points = gpu_check.probe_more_rows(params["arch"], dataset, config, torch.device("cpu"), line)
+    assert [p["rows"] for p in points] == [1, 2, 4, 8]
+    assert [p["predicted_bytes"] for p in points] == [1100, 1200, 1400, 1800]
+    assert all(p["reserved_bytes"] is None and p["seconds"] > 0 for p in points)
 
 
 @pytest.mark.slow
@@ -196,10 +221,12 @@ def test_smoke_run_of_every_part_on_the_cpu(tmp_path):
     )
     report = json.loads(out.read_text(encoding="utf-8"))
     assert done.returncode == 0 and report["errors"] == {}, report["errors"]
-    names = ["memory_plan", "doctor", "step_eager", "step_compiled", "determinism", "end_to_end"]
+    names = ["memory_plan", "doctor", "step_eager", "determinism", "end_to_end", "step_compiled"]
     assert list(report["seconds"]) == names
     assert report["doctor"]["ok"] and report["determinism"]["identical"]
     assert report["step_speed"]["eager"]["step_s"] > 0 and report["step_speed"]["compiled"]["step_s"] > 0
+    assert "first step done" in report["step_speed"]["compile_progress"]
+    assert report["memory_plan"]["runtime"]["deterministic"] is True
     assert list(report["end_to_end"]["stage_s"]) == list(load_gpu_check().END_TO_END_STAGES)
 
 
@@ -230,3 +257,161 @@ def test_device_command_installs_the_carried_wheels_and_writes_under_out():
     assert command.startswith("set -o pipefail;")  # tee must not hide gpu_check's exit code
     ignored = subprocess.run(["git", "check-ignore", "-q", ".device-wheels/x.whl"], cwd=REPO)
     assert ignored.returncode == 0, "the wheel folder must be git-ignored"
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_timed_steps_run_under_the_trainers_determinism_setting(monkeypatch, deterministic):
+    """The timings use params.yaml's train.deterministic, set by the trainer's own helper, and say so."""
+    gpu_check = load_gpu_check()
+    settings = gpu_check.Settings(**SMOKE)
+    params = gpu_check.run_params(settings)
+    params["train"]["deterministic"] = deterministic
+    monkeypatch.setattr(gpu_check, "run_params", lambda s: params)
+    seen = []
+    from hrm.training import step
+
+    real_step = step.train_step
+
+    def recording_step(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(step, "train_step", recording_step)
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(not deterministic)
+    try:
+        figures = gpu_check.time_steps(settings, compiled=False)
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+    assert seen and set(seen) == {deterministic}
+    assert figures["runtime"]["deterministic"] is deterministic
+    assert figures["runtime"]["cudnn_benchmark"] is (not deterministic)
+
+
+def test_peak_table_matches_exact_gpu_names_only():
+    """MFU is reported against a data-sheet peak only for a GPU named exactly; against the measured matmul
+    ceiling always; examples/s counts halted rows, row_segments/s every row of every step."""
+    gpu_check = load_gpu_check()
+    table = gpu_check.PEAK_BF16_TFLOPS
+    assert table["NVIDIA H100 80GB HBM3"] == 989.0 and table["NVIDIA H100 PCIe"] == 756.0
+    assert table["NVIDIA H100 NVL"] == 835.0 and table["NVIDIA H200"] == 989.0
+    assert "NVIDIA H200 NVL" not in table  # a substring match would have taken the SXM figure
+    speed = {"flops_per_step": 2e12, "peak_bf16_tflops": 1000.0, "matmul_ceiling": {"tflops": 800.0}}
+    figures = gpu_check.with_mfu({"step_s": 0.01}, speed)
+    assert figures["tflops"] == pytest.approx(200.0)
+    assert figures["mfu"] == pytest.approx(0.2) and figures["mfu_vs_matmul"] == pytest.approx(0.25)
+    unknown = gpu_check.with_mfu({"step_s": 0.01}, dict(speed, peak_bf16_tflops="unknown"))
+    assert unknown["mfu"] == "unknown" and unknown["mfu_vs_matmul"] == pytest.approx(0.25)
+
+
+def test_step_speed_measures_the_matmul_ceiling_and_counts_finished_examples(monkeypatch):
+    gpu_check = load_gpu_check()
+    settings = gpu_check.Settings(**SMOKE)
+    speed = gpu_check.step_speed_figures({}, settings)
+    ceiling = speed["matmul_ceiling"]
+    assert ceiling["side"] == gpu_check.MATMUL_SMOKE_SIDE and ceiling["tflops"] > 0
+    assert speed["peak_bf16_tflops"] == "unknown"  # "cpu (smoke run)" is no GPU of the table
+    from hrm.training import step
+
+    real_step = step.train_step
+    counts = iter([1.0, 0.0, 3.0, 2.0])  # warm-up (2 steps), then the 2 timed ones
+
+    def step_with_count(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        result.metrics["count"] = next(counts)
+        return result
+
+    monkeypatch.setattr(step, "train_step", step_with_count)
+    figures = gpu_check.time_steps(settings, compiled=False)
+    assert figures["examples_finished"] == 5.0
+    timed_s = figures["step_s"] * settings.steps
+    assert figures["examples_per_s"] == pytest.approx(5.0 / timed_s)
+    assert figures["row_segments_per_s"] == pytest.approx(settings.batch / figures["step_s"])
+
+
+def test_the_compiled_part_runs_last_and_fills_the_time_left(tmp_path):
+    """The compile's limit is sized to fit: whatever the parts before it left before the deadline."""
+    gpu_check = load_gpu_check()
+    assert [p.name for p in gpu_check.parts(gpu_check.Settings(**SMOKE))][-1] == "step_compiled"
+    now, limits = [0.0], []
+
+    def run(takes: float):
+        def part(report: dict, limit: float) -> None:
+            limits.append(limit)
+            now[0] += takes
+
+        return part
+
+    todo = [
+        gpu_check.Part("first", run(30), 40),
+        gpu_check.Part("compiled", run(5), 60, fill=True),
+    ]
+    gpu_check.run_parts(todo, {}, tmp_path / "r.json", deadline_s=100, clock=lambda: now[0])
+    assert limits == [40, 70]
+    report: dict = {}
+    todo = [gpu_check.Part("first", run(50), 60), gpu_check.Part("compiled", run(5), 60, fill=True)]
+    gpu_check.run_parts(todo, report, tmp_path / "r.json", deadline_s=100, clock=lambda: now[0])
+    assert "not run: 50 s left" in report["errors"]["compiled"]
+
+
+def test_a_killed_compile_records_how_far_it_got(monkeypatch, tmp_path):
+    gpu_check = load_gpu_check()
+    seen = {}
+
+    def killed(command, limit_s, env=None):
+        seen["limit"] = limit_s
+        stamps = Path(command[command.index("--progress") + 1])
+        stamps.write_text(json.dumps({"started": 0.5, "state built, first (compiling) step started": 3.0}))
+        raise TimeoutError(f"did not finish in {limit_s:.0f} s: killed")
+
+    monkeypatch.setattr(gpu_check, "bounded_run", killed)
+    report: dict = {"step_speed": {}}
+    capped = gpu_check.Settings(**dict(SMOKE, compile_limit_s=50.0))
+    with pytest.raises(TimeoutError):
+        gpu_check.part_step_compiled(report, capped, 200.0)
+    assert seen["limit"] == 50.0 and report["step_speed"]["compile_limit_s"] == 50.0
+    assert report["step_speed"]["compile_progress"]["state built, first (compiling) step started"] == 3.0
+    uncapped = gpu_check.Settings(**dict(SMOKE, compile_limit_s=None))
+    with pytest.raises(TimeoutError):
+        gpu_check.part_step_compiled(report, uncapped, 200.0)
+    assert seen["limit"] == 200.0
+    assert gpu_check.read_progress(tmp_path / "absent.json") == {}
+
+
+def test_the_documented_device_commands_are_the_scripts_own():
+    """docs/gpu_check.md gives the device calls verbatim as device_wheels makes them (one source), each within
+    the tool's 2,000 characters and with pipefail so that tee keeps the script's exit code."""
+    wheels = load_bench("device_wheels")
+    docs = (REPO / "docs" / "gpu_check.md").read_text(encoding="utf-8")
+    for command in (wheels.device_command(".device-wheels"), wheels.budget_command(".device-wheels")):
+        assert command in docs and len(command) <= 2000 and command.startswith("set -o pipefail;")
+    assert "--out $OUT/gpu-budget 2>&1 | tee $OUT/gpu-budget.log" in wheels.budget_command(".w")
+    rehearsed = wheels.device_command(".device-wheels", site="/scratch/site", check_args="--smoke")
+    assert rehearsed == wheels.device_command(".device-wheels").replace("/tmp/site", "/scratch/site").replace(
+        "gpu_check.py --out", "gpu_check.py --smoke --out"
+    )
+
+
+def test_rehearsal_fails_on_a_version_clash_or_a_shadowed_image_package_and_names_it(tmp_path):
+    """bench/device_rehearsal.py's verdict on pip check's output (the device installs with --no-deps)."""
+    rehearsal = load_bench("device_rehearsal")
+    carried = {"dvc": "3.67.1", "jsonschema": "4.26.0", "pydantic": "2.13.4", "tqdm": "4.0.0"}
+    image = {"pydantic": "2.14.4", "tqdm": "4.67.1", "numpy": "2.5.2"}
+    check = (
+        "dvc 3.67.1 requires celery, which is not installed.\n"
+        "jsonschema 4.26.0 has requirement attrs>=22.2.0, but you have attrs 21.4.0.\n"
+        "torchvision 0.26.0 requires pillow, which is not installed.\n"  # the image's own: not ours
+    )
+    problems, notes = rehearsal.clashes(check, carried, image)
+    assert problems == [
+        "jsonschema 4.26.0 has requirement attrs>=22.2.0, but you have attrs 21.4.0.",
+        "carried tqdm 4.0.0 shadows the image's tqdm 4.67.1",  # tqdm is on the device's list; pydantic is not
+    ]
+    assert notes == ["dvc 3.67.1 requires celery, which is not installed."]
+    assert rehearsal.clashes("No broken requirements found.\n", carried, {}) == ([], [])
+    log = "ModuleNotFoundError: No module named 'jsonschema'\n... No module named 'dvclive.live'"
+    assert rehearsal.missing_modules(log) == ["dvclive.live", "jsonschema"]
+    (tmp_path / "ruamel_yaml-0.19.1-py3-none-any.whl").write_bytes(b"")
+    assert rehearsal.wheel_distributions(tmp_path) == {"ruamel-yaml": "0.19.1"}
+    assert rehearsal.DEVICE_VERSIONS["torch"] == "2.11.0" and rehearsal.DEVICE_VERSIONS["numpy"] == "2.5.2"

@@ -185,3 +185,42 @@ def test_rank_that_cannot_see_the_checkpoint_folder_stops(tiny_run_data, tmp_pat
     # the worker's own message, as a user error (torchrun's launcher adds its ChildFailedError report below)
     assert any(f"error: {message}" in result.stderr for result in results)
     assert not Path(params[0]["paths"]["model"]).exists()
+
+
+def test_dense_gradients_are_all_reduced_in_flat_buckets(monkeypatch):
+    """One collective per bucket (one dtype, at most the cap; a larger tensor alone), each gradient summed in
+    place: here a fake all_reduce doubles what it gets, as a sum over two equal ranks would."""
+    import torch.distributed as dist
+
+    from hrm.training.step import all_reduce_buckets, gradient_buckets
+
+    grads = [
+        torch.arange(6.0).reshape(2, 3),
+        torch.ones(4),
+        torch.ones(2, dtype=torch.float64),
+        torch.ones(20),
+    ]
+    assert [len(b) for b in gradient_buckets(grads, bucket_bytes=48)] == [
+        2,
+        1,
+        1,
+    ]  # 24 + 16 B, then dtype, then 80 B
+    collectives = []
+    monkeypatch.setattr(
+        dist, "all_reduce", lambda tensor: collectives.append(tensor.numel()) or tensor.mul_(2)
+    )
+    expected = [g * 2 for g in grads]
+    all_reduce_buckets(grads, bucket_bytes=48)
+    assert collectives == [10, 2, 20]
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    assert grads[0].shape == (2, 3)
+
+
+def test_halting_draws_stay_as_drawn_off_cuda():
+    """On the CPU the draws reach the forward untouched (the same tensors: CPU runs stay bit-identical); on
+    CUDA draws_on copies them once per step from pinned memory (not testable here)."""
+    from hrm.training.step import draws_on
+
+    draws = {"explore": torch.rand(4), "explore_min_steps": torch.randint(2, 5, (4,), dtype=torch.int32)}
+    same = draws_on(torch.device("cpu"), draws)
+    assert all(same[k] is draws[k] for k in draws)

@@ -226,7 +226,10 @@ def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
     if dist_info.world_size > 1 and device.type == "mps":
         raise UserError("torchrun on Apple GPUs is not supported (no collective backend); use one process")
     if dist_info.world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # bound to this rank's GPU at once: NCCL sets up its communicator eagerly
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     try:
         yield Run(params, config, dist_info, device, configured_micro)
     finally:

@@ -14,6 +14,9 @@ LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: tr
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
 ROUTE_KEYS = ("route_valid_rate", "route_optimal_rate")  # eval only, with a route task: sums / count
 MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
+GRAD_BUCKET_BYTES = (
+    25 * 2**20
+)  # dense gradients all-reduced in flat buckets of up to this (DDP's default cap)
 
 
 class TrainingDiverged(UserError):
@@ -100,7 +103,9 @@ def train_step(
     draws = {}  # this rank's rows of the whole global batch's draws: a row's numbers ignore the split
     if state.module.training:
         all_draws = state.module.draw_row_randomness(global_batch_size, state.generator)
-        draws = {k: v[rank * local : (rank + 1) * local] for k, v in all_draws.items()}
+        draws = draws_on(
+            batch["inputs"].device, {k: v[rank * local : (rank + 1) * local] for k, v in all_draws.items()}
+        )
     loss, metrics = accumulate(state, batch, micro, draws, global_batch_size)
     names = [k for k in METRIC_KEYS if k in metrics]
     diverged, stop, loss_sum, *sums = reduce_step(state, loss, metrics, names, stop_requested, world_size)
@@ -128,6 +133,16 @@ def train_step(
     out["loss"] = loss_sum / global_batch_size
     out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
     return StepResult(metrics=out, stop_requested=stop > 0)
+
+
+def draws_on(device: Any, draws: dict[str, Any]) -> dict[str, Any]:
+    """This rank's halting draws where the forward uses them. They are drawn from the run's CPU generator
+    (the same numbers on every device, and its state is what checkpoints keep); on CUDA they are copied once
+    per step, from pinned memory and without blocking, instead of from pageable memory inside the forward,
+    where each copy waits for the GPU. Elsewhere they stay as they are."""
+    if device.type != "cuda":
+        return draws
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in draws.items()}
 
 
 def accumulate(
@@ -177,8 +192,7 @@ def reduce_step(
 
     dense_grads = [p.grad for p in state.module.parameters() if p.requires_grad and p.grad is not None]
     if world_size > 1:
-        for grad in dense_grads:
-            dist.all_reduce(grad)
+        all_reduce_buckets(dense_grads)
     device = loss.device
     dtype = reduce_dtype(device)
     nonfinite = (~torch.isfinite(loss)).any()
@@ -195,6 +209,39 @@ def reduce_step(
     if world_size > 1:
         dist.all_reduce(packed)
     return packed.cpu().tolist()
+
+
+def gradient_buckets(grads: list[Any], bucket_bytes: int = GRAD_BUCKET_BYTES) -> list[list[Any]]:
+    """`grads` in order, cut into runs of one dtype and at most `bucket_bytes` each (a larger tensor alone)."""
+    buckets: list[list[Any]] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if not buckets or buckets[-1][0].dtype != grad.dtype or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += nbytes
+    return buckets
+
+
+def all_reduce_buckets(grads: list[Any], bucket_bytes: int = GRAD_BUCKET_BYTES) -> None:
+    """Sum `grads` over the ranks in place, one collective per flat bucket instead of one per tensor (a
+    launch and a round trip each: hundreds of small ones under NCCL). Each element is summed over the same
+    ranks as before; only its position in the buffer the collective cuts into chunks changes."""
+    import torch
+    import torch.distributed as dist
+
+    for bucket in gradient_buckets(grads, bucket_bytes):
+        if len(bucket) == 1:
+            dist.all_reduce(bucket[0])
+            continue
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        dist.all_reduce(flat)
+        offset = 0
+        for grad in bucket:
+            grad.copy_(flat[offset : offset + grad.numel()].view(grad.shape))
+            offset += grad.numel()
 
 
 def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
