@@ -125,9 +125,9 @@ def run_case(name: str, threads: int, steps: int = 0) -> dict:
 
 def traced_bytes_per_example(checkpointing: bool) -> float:
     """Autograd-saved bytes per example of the trainer's forward/backward at the paper shape (meta device),
-    attention counted as the fused kernel CPU and GPU pick (hrm.planning.saved_step_bytes)."""
-    from hrm.planning import Workload, saved_step_bytes
+    attention counted as the fused kernel CPU and GPU pick (hrm.trace.saved_step_bytes)."""
     from hrm.training.data import DatasetMetadata
+    from hrm.training.trace import Workload, saved_step_bytes
 
     sizes = dict(
         vocab_size=24, seq_len=1600, num_puzzle_identifiers=5, total_groups=1, mean_puzzle_examples=1.0

@@ -30,7 +30,6 @@ from hrm.budget import baselines, group_budget, plot_budget, run_baselines, run_
 from hrm.config import (
     DEFAULT_PARAMS,
     check_params,
-    check_rules,
     closest_name,
     load_params,
     parse_override,
@@ -39,6 +38,7 @@ from hrm.config import (
 )
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, set_param_args
+from hrm.rules import check_rules
 
 # (metric key under test.*, label); ACT steps = mean segment where the Q-head would halt.
 METRICS = (

@@ -1,6 +1,6 @@
 """`params.yaml`, the one home of every setting, checked against `schemas/params.schema.json` (the one definition
 of keys, types, ranges and choices, profiles included) before any work starts; profiles and `--set` overrides.
-`read_params` is the one reader of params text (files and `--set` values); `check_rules` applies every rule between
+`read_params` is the one reader of params text (files and `--set` values); `hrm.rules.check_rules` applies every rule between
 keys that a schema cannot express (eval_interval dividing epochs, weights summing to 1, ...).
 """
 
@@ -360,42 +360,6 @@ def _expected(node: dict[str, Any]) -> str:
 
 
 # ---- rules between keys ----------------------------------------------------------------------------------
-
-
-def check_rules(params: dict[str, Any], source: str | Path = DEFAULT_PARAMS, world_size: int = 1) -> None:
-    """Every rule between keys that a schema cannot state, for a full schema-checked params set: the one check
-    the trainer, quickstart, compare and doctor make before any work (a rule found later costs a whole run).
-    The trainer's rules live here; the generator's, converter's, validator's and model's stay with the code
-    that reads those settings and are applied from here. ConfigError/UserError naming `source` and the keys."""
-    from hrm.data import spec
-    from hrm.data.conversion.augment import transforms_for
-    from hrm.data.validation.validate import ValidateSettings
-    from hrm.models.config import ModelConfig
-    from hrm.training.data import check_batch_split
-
-    train = section(params, "train", source)
-    epochs, interval = int(train["epochs"]), int(train["eval_interval"])
-    if epochs % interval:
-        raise ConfigError(f"{source}: train.eval_interval {interval} must divide train.epochs {epochs}")
-    global_batch = int(train["global_batch_size"])
-    local = check_batch_split(global_batch, world_size)
-    micro = train.get("micro_batch_size", "auto")
-    if micro != "auto" and local % int(micro):
-        raise ConfigError(
-            f"{source}: train.micro_batch_size {micro} does not divide the {local} rows per process "
-            f"(train.global_batch_size {global_batch} / {world_size} processes); use a divisor of {local} or auto"
-        )
-    # generate (city pairs and thresholds, difficulty), validate (weights sum to 1), convert.augment's name
-    settings = ValidateSettings.from_params(params, source)
-    rows, cols = settings.generate.rows, settings.generate.cols
-    transforms_for(settings.augment, rows, cols)  # dihedral needs square maps
-    ModelConfig.from_arch(  # heads divide hidden_size into even head dims, the puzzle-embedding prefix fits
-        section(params, "arch", source),
-        seq_len=rows * cols,
-        vocab_size=spec.VOCAB_SIZE,
-        num_puzzle_identifiers=1 + len(settings.generate.cost_model.vehicles),
-        batch_size=1,
-    )
 
 
 # ---- profiles --------------------------------------------------------------------------------------------

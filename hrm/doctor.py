@@ -20,24 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from hrm import planning, runtime
-from hrm.config import check_rules, load_params, run_params
+from hrm.config import load_params, run_params
 from hrm.io import UserError
-from hrm.planning import (
-    ASSUMED_MFU,
-    Workload,
-    build,
-    format_duration,
-    gpu_plans,
-    model_config,
-    random_batch,
-    traced_memory,
-)
+from hrm.planning import ASSUMED_MFU, format_duration, gpu_plans
+from hrm.rules import check_rules
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function
 from hrm.sdpa import nan_max
 from hrm.training.data import DatasetMetadata, planned_steps
 from hrm.training.memory import MEMORY_HEADROOM, RAM_FIX, MemoryPlan, available_memory
 from hrm.training.memory import plan as memory_plan
 from hrm.training.setup import TrainConfig, fixed_micro_batch
+from hrm.training.trace import (
+    Workload,
+    build,
+    model_config,
+    random_batch,
+    segment_forward_backward,
+    traced_memory,
+)
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -134,7 +134,7 @@ def load_run_config(
         raise UserError(f"--world-size must be >= 1, got {world_size}")
     on_disk = load_params(params_path)
     params = run_params(on_disk, profile, list(overrides), params_path.as_posix())
-    # the trainer's own checks (hrm.config.check_rules): the global batch splits over the processes, the
+    # the trainer's own checks (hrm.rules.check_rules): the global batch splits over the processes, the
     # micro-batch divides a share, eval_interval divides epochs, the model's and the generator's rules
     check_rules(params, params_path.as_posix(), world_size)
     train = TrainConfig.from_params(params["train"])
@@ -355,7 +355,7 @@ def seeded_gradients(work: Workload, device: str, dtype_name: str, seed: int) ->
     if device.startswith("cuda"):
         torch.cuda.manual_seed_all(seed)
     head = build(work, DETERMINISM_BATCH, device, dtype_name, seed)
-    planning.segment_forward_backward(head, random_batch(work, DETERMINISM_BATCH, device, seed), seed)
+    segment_forward_backward(head, random_batch(work, DETERMINISM_BATCH, device, seed), seed)
     tensors = [*head.named_parameters(), *head.named_buffers()]
     return {
         n: t.grad.detach().float().cpu().clone() for n, t in tensors if getattr(t, "grad", None) is not None

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import hrm.training.memory as memory_module
 from hrm import doctor, planning
 from hrm.cli import app
+from hrm.training import trace
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_NAMES = [
@@ -191,8 +192,8 @@ def test_traced_memory_is_close_to_a_real_cpu_step(tiny_params):
     work = doctor.workload(config, quick=False)
     per_example = {}
     for device in ("cpu", "meta"):
-        one, _ = planning.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
-        two, _ = planning.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
+        one, _ = trace.saved_step_bytes(work, device, "float32", 1, 0, fused_attention=True)
+        two, _ = trace.saved_step_bytes(work, device, "float32", 2, 0, fused_attention=True)
         per_example[device] = two - one
     assert per_example["cpu"] > 0
     assert abs(per_example["meta"] - per_example["cpu"]) <= 0.25 * per_example["cpu"], per_example

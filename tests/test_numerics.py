@@ -109,9 +109,21 @@ def paper_shape_gradients(dtype: str) -> tuple[torch.Tensor, dict[str, torch.Ten
     return loss, grads
 
 
+def _native_bf16() -> bool:
+    """A CPU with bf16 instructions: without them (e.g. AMD EPYC with AVX2) bf16 matmuls are emulated, 20-50x slower."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @pytest.mark.parametrize(
     "dtype",
-    [pytest.param("float32", marks=pytest.mark.slow), "bfloat16"],  # ~13 s and ~6 s on a loaded core
+    [
+        pytest.param("float32", marks=pytest.mark.slow),  # ~13 s on a loaded core
+        # ~6 s with bf16 instructions, ~200 s without (AVX2): slow there, so the default run stays < 15 min; the
+        # paper's numerics (stablemax in bf16) stay in the default run through the tiny profile's 300 steps
+        pytest.param("bfloat16", marks=() if _native_bf16() else pytest.mark.slow),
+    ],
 )
 def test_paper_shape_forward_backward_is_finite(dtype):
     arch = repo_params()["arch"]

@@ -1,5 +1,5 @@
 """The one params reader (hrm.config.read_params, for params.yaml files and every `--set` value), the schema's
-upper bounds and the rules between keys (hrm.config.check_rules): whatever a user writes either loads or stops
+upper bounds and the rules between keys (hrm.rules.check_rules): whatever a user writes either loads or stops
 with one ConfigError naming the file and key, before any work."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hrm import config
-from hrm.config import ConfigError, check_rules, load_params, parse_override, read_params, run_params
+from hrm.config import ConfigError, load_params, parse_override, read_params, run_params
 from hrm.io import UserError
+from hrm.rules import check_rules
 from tests.conftest import REPO, repo_params
 
 

@@ -343,8 +343,8 @@ def step_memory(arch: dict[str, Any], metadata: Any, config: Any, device: Any, d
         cuda_counter(device) if device.type == "cuda" else rss_counter() if device.type == "cpu" else None
     )
     if counter is None:
-        from hrm.planning import Workload, traced_memory
         from hrm.runtime import dtype_name
+        from hrm.training.trace import Workload, traced_memory
 
         dtype = dtype_name(str(arch.get("forward_dtype", "auto")), device)
         traced = traced_memory(Workload(dict(arch), metadata), config, dtype, device.type)

@@ -10,8 +10,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrm.config import DEFAULT_PARAMS, check_rules, section
+from hrm.config import DEFAULT_PARAMS, ConfigError, section
 from hrm.io import UserError
+
+
+def train_rules(params: dict[str, Any], source: str | Path = DEFAULT_PARAMS, world_size: int = 1) -> None:
+    """The trainer's rules between keys, before any work: eval_interval divides epochs, the global batch splits
+    over the processes, a fixed micro-batch divides each process's rows (the model's own rules are checked when
+    the trainer builds it from the data; `hrm.rules.check_rules` applies all of them for the tools)."""
+    from hrm.training.data import check_batch_split
+
+    train = section(params, "train", source)
+    epochs, interval = int(train["epochs"]), int(train["eval_interval"])
+    if epochs % interval:
+        raise ConfigError(f"{source}: train.eval_interval {interval} must divide train.epochs {epochs}")
+    global_batch = int(train["global_batch_size"])
+    local = check_batch_split(global_batch, world_size)
+    micro = train.get("micro_batch_size", "auto")
+    if micro != "auto" and local % int(micro):
+        raise ConfigError(
+            f"{source}: train.micro_batch_size {micro} does not divide the {local} rows per process "
+            f"(train.global_batch_size {global_batch} / {world_size} processes); use a divisor of {local} or auto"
+        )
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,7 @@ class TrainConfig:
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> TrainConfig:
         """Types and ranges are checked by schemas/params.schema.json, rules between keys by
-        `hrm.config.check_rules` (`prepared_run` applies both before this)."""
+        `train_rules` (`prepared_run` applies both before this)."""
         values = {
             name: float(train[name]) if kind == "float" else train[name]
             for name, kind in cls.__annotations__.items()
@@ -70,7 +90,7 @@ def distributed_from_env() -> Distributed:
 
 
 def fixed_micro_batch(config: TrainConfig) -> int | None:
-    """The configured micro-batch if it is a number (`hrm.config.check_rules` checked that it divides each
+    """The configured micro-batch if it is a number (`train_rules` checked that it divides each
     process's rows), None for auto."""
     return None if config.micro_batch_size == "auto" else int(config.micro_batch_size)
 
@@ -213,7 +233,7 @@ def prepared_run(params: dict[str, Any]) -> Iterator[Run]:
     from hrm.runtime import resolve_device, set_cpu_threads, set_determinism
 
     dist_info = distributed_from_env()
-    check_rules(params, DEFAULT_PARAMS, dist_info.world_size)  # eval_interval | epochs, the batch split, ...
+    train_rules(params, DEFAULT_PARAMS, dist_info.world_size)  # eval_interval | epochs, the batch split, ...
     config = TrainConfig.from_params(section(params, "train"))
     paths = section(params, "paths")
     configured_micro = fixed_micro_batch(config)
