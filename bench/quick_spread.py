@@ -217,11 +217,15 @@ def markdown(result: dict[str, Any]) -> str:
         "| arch | this CPU: runs, min to max, mean ± sd | expected range (`hrm quickstart`'s verdict) |",
     ]
     lines.append("|---|---|---|")
-    for arch, stat in result["summary"]["pooled"].items():
-        wide = result["expected"][arch]
+    for arch, wide in sorted(
+        result["expected"].items(), key=lambda kv: (kv[0] not in result["archs"], kv[0])
+    ):
+        stat = result["summary"]["pooled"].get(arch)
+        here = "not measured"
+        if stat:
+            here = f"{stat['n']}: {_pct(stat['min'])} to {_pct(stat['max'])}, {_pct(stat['mean'])} ± {_pct(stat['sd'])}"
         lines.append(
-            f"| {arch} | {stat['n']}: {_pct(stat['min'])} to {_pct(stat['max'])}, {_pct(stat['mean'])} ± "
-            f"{_pct(stat['sd'])} | {_pct(wide['min'])} to {_pct(wide['max'])} ({'; '.join(wide['sources'])}) |"
+            f"| {arch} | {here} | {_pct(wide['min'])} to {_pct(wide['max'])} ({'; '.join(wide['sources'])}) |"
         )
     return "\n".join(lines)
 
@@ -230,7 +234,7 @@ def readme_table(result: dict[str, Any]) -> str:
     """The README's table: per arch, seed 0 on each measured CPU and the expected range (the verdict's)."""
     cpu = result["machine"]["cpu"]
     lines = [
-        "| arch | seed 0, native kernels | expected range (seeds 0-4) |",
+        "| arch | seed 0, native kernels | expected range (every reference run) |",
         "|---|---|---|",
     ]
     titles = {
@@ -238,7 +242,7 @@ def readme_table(result: dict[str, Any]) -> str:
         "transformer": "same-size transformer",
         "trm": "TRM",
     }
-    for arch in result["archs"]:
+    for arch in sorted(result["expected"], key=lambda a: (a not in result["archs"], a)):
         seeds = [
             r for r in result["runs"] if r["arch"] == arch and r["seed"] == 0 and r["kernels"] == "native"
         ]
@@ -262,6 +266,17 @@ def readme_table(result: dict[str, Any]) -> str:
 def expected_ranges(result: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
     """Per arch: the range a quickstart is compared with, every run here and the earlier CPUs' [min, max]."""
     expected = {}
+    for arch in (earlier or {}).get("ranges", {}):
+        if (
+            arch in result["settings"] and arch not in result["summary"]["pooled"]
+        ):  # measured on the earlier CPU only
+            other, machine = earlier["ranges"][arch], earlier["machine"]
+            expected[arch] = {
+                "min": other["min"],
+                "max": other["max"],
+                "n": other["n"],
+                "sources": [f"{other['n']} runs on {machine['cpu']} ({machine['aten']}); none on this CPU"],
+            }
     for arch, stat in result["summary"]["pooled"].items():
         kernels = sorted({r["kernels"] for r in result["runs"] if r["arch"] == arch})
         low, high, n = stat["min"], stat["max"], stat["n"]
@@ -344,7 +359,7 @@ def main() -> None:
         runs = list(pool.map(task, jobs))
 
     summary: dict[str, Any] = {"per_kernels": {}, "pooled": {}}
-    archs = [a for a in archs if any(r["arch"] == a for r in runs)]
+    requested, archs = archs, [a for a in archs if any(r["arch"] == a for r in runs)]
     usable = [k for k in usable if any(r["kernels"] == k for r in runs)]
     for arch in archs:
         mine = [r for r in runs if r["arch"] == arch]
@@ -362,7 +377,9 @@ def main() -> None:
         "archs": archs,
         "kernels_run": usable,
         # what a quickstart must match to be compared with these runs (hrm.quickstart.settings_fingerprint)
-        "settings": {a: settings_fingerprint(run_params(params, "quick", [f"arch.name={a}"])) for a in archs},
+        "settings": {
+            a: settings_fingerprint(run_params(params, "quick", [f"arch.name={a}"])) for a in requested
+        },
         "runs": runs,
         "summary": summary,
     }

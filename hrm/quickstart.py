@@ -207,7 +207,7 @@ def verdict(
         low, high = expected["min"], expected["max"]
         where = "inside" if low <= optimal <= high else "OUTSIDE"
         lines.append(
-            f"  expected {_pct(low)} to {_pct(high)} (reference runs of seeds 0-4: {'; '.join(expected['sources'])}; "
+            f"  expected {_pct(low)} to {_pct(high)} (reference runs, seeds from 0: {'; '.join(expected['sources'])}; "
             f"docs/results.md): {where} the expected range"
         )
         seed = settings["train"]["seed"]
