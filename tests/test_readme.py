@@ -114,3 +114,35 @@ def test_the_quick_profile_pins_its_thread_count() -> None:
     for arch in ("hrm_v1", "trm", "transformer"):
         settings = run_params(load_params(REPO / "params.yaml"), "quick", [f"arch.name={arch}"])
         assert settings["train"]["threads"] == 1
+
+
+def test_every_compare_example_in_the_docs_plans_without_error() -> None:
+    """Each `hrm compare` line of the README and docs (a line continued with a backslash joined to the next)
+    is planned as the command plans it: every run checked against the schema and the rules between keys, so an
+    example that would queue runs that fail (`--set train.lr=1e-3` read as text, epochs that eval_interval does
+    not divide) fails here."""
+    params = load_params(REPO / "params.yaml")
+    found = 0
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8").replace("\\\n", " ")
+        for line in text.splitlines():
+            if not line.startswith("hrm compare ") or "..." in line:
+                continue
+            argv = shlex.split(line.split("  #", 1)[0])[2:]
+            options: dict[str, list[str]] = {}
+            while argv:
+                flag = argv.pop(0)
+                takes_value = flag not in ("--data-seeds",)
+                options.setdefault(flag, []).append(argv.pop(0) if takes_value else "")
+            runs = compare.plan(
+                params,
+                profile=options.get("--profile", ["quick"])[0],
+                archs=options.get("--archs", ["hrm_v1,transformer"])[0].split(","),
+                seeds=int(options.get("--seeds", ["3"])[0]),
+                data_seeds="--data-seeds" in options,
+                sets=options.get("--set", []),
+                name=options.get("--name", [None])[0],
+            )
+            assert runs, line
+            found += 1
+    assert found >= 8
