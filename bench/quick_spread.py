@@ -366,7 +366,8 @@ def main() -> None:
         summary["pooled"][arch] = spread([r["route_optimal_rate"] for r in mine])
         for kernels in usable:
             values = [r["route_optimal_rate"] for r in mine if r["kernels"] == kernels]
-            summary["per_kernels"].setdefault(kernels, {})[arch] = spread(values)
+            if values:  # not every arch runs under every set
+                summary["per_kernels"].setdefault(kernels, {})[arch] = spread(values)
     import torch
 
     result = {
