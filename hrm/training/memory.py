@@ -22,27 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from hrm.io import UserError
+from hrm.training.trace import StepMemory, carry_bytes_per_row
 
 MEMORY_HEADROOM = 0.90  # fraction of available memory a run may plan to use (allocator fragmentation)
 PROBE_ROWS = (1, 2)
 MEMINFO = Path("/proc/meminfo")  # Linux: MemAvailable, what the kernel can hand out without swapping
 PROC_SELF = Path("/proc/self")
 RAM_FIX = "set train.activation_checkpointing=true, or run on a GPU (hrm doctor lists the plan per GPU size)"  # Linux: status (VmRSS, VmHWM) and clear_refs (resets VmHWM)
-
-
-@dataclass(frozen=True)
-class StepMemory:
-    """Peak bytes of one training step as `fixed + per_example * micro + carry_per_row * (share - micro)`."""
-
-    fixed: int
-    per_example: int
-    carry_per_row: int
-    method: str
-    max_micro: int | None = None  # the most rows a probe ran before CUDA ran out (None: no limit seen)
-    step_seconds: tuple[float, ...] = ()  # wall time of the probe's steps at PROBE_ROWS (after the warm-up)
-
-    def peak(self, share: int, micro: int) -> int:
-        return self.fixed + self.per_example * micro + self.carry_per_row * (share - micro)
 
 
 @dataclass(frozen=True)
@@ -150,14 +136,6 @@ def available_memory(device: Any) -> AvailableMemory:
         except (ValueError, OSError):
             free = None
         return AvailableMemory(free, total, "available RAM (sysconf)")
-
-
-def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
-    """Bytes of one row of the ACT carry (state, step count, halted flag, the row's example)."""
-    import torch
-
-    carry = head.initial_carry({k: v[:1] for k, v in batch.items()})
-    return sum(t.numel() * t.element_size() for t in carry.to_state().values() if isinstance(t, torch.Tensor))
 
 
 class ProbeFailed(UserError):

@@ -11,9 +11,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from hrm.training.data import DatasetMetadata
-from hrm.training.memory import StepMemory
 
 ADAM_STATE_COPIES = 2  # AdamATan2 keeps exp_avg and exp_avg_sq, fp32, one each per parameter
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak bytes of one training step as `fixed + per_example * micro + carry_per_row * (share - micro)`."""
+
+    fixed: int
+    per_example: int
+    carry_per_row: int
+    method: str
+    max_micro: int | None = None  # the most rows a probe ran before CUDA ran out (None: no limit seen)
+    step_seconds: tuple[float, ...] = ()  # wall time of the probe's steps at PROBE_ROWS (after the warm-up)
+
+    def peak(self, share: int, micro: int) -> int:
+        return self.fixed + self.per_example * micro + self.carry_per_row * (share - micro)
+
+
+def carry_bytes_per_row(head: Any, batch: dict[str, Any]) -> int:
+    """Bytes of one row of the ACT carry (state, step count, halted flag, the row's example)."""
+    import torch
+
+    carry = head.initial_carry({k: v[:1] for k, v in batch.items()})
+    return sum(t.numel() * t.element_size() for t in carry.to_state().values() if isinstance(t, torch.Tensor))
 
 
 @dataclass(frozen=True)
@@ -137,7 +159,6 @@ def traced_memory(work: Workload, train: Any, dtype_name: str, device: str) -> S
     """The step traced on meta at 1 and 2 rows, attention as `device`'s SDPA pick ("gpu": fused, as recent GPUs
     pick), + AdamATan2's state, the EMA copy under train.ema and the ACT carry per row."""
     from hrm.sdpa import default_pick
-    from hrm.training.memory import carry_bytes_per_row
 
     model = model_config(work, dtype_name)
     heads, head_dim = model.num_heads, model.hidden_size // model.num_heads
