@@ -1,6 +1,7 @@
 """Fingerprints of the tiny profile's training, for refactors that must not change numerics: generate and
 convert the tiny data once, then train and evaluate every architecture with each loss (1 thread), through the
-stage scripts. Prints (and with --json writes) sha256 of each run's model file and of its metrics.json; two
+stage scripts. Prints (and with --json writes) sha256 of each run's model file, its dvclive folder (the trainer's evals) and
+evaluate's metrics.json; two
 commits give the same table exactly when training and evaluation are bit-identical on this CPU.
 
     PYTHONPATH=$PWD python bench/tiny_weights.py --out /tmp/tiny-weights [--json before.json]
@@ -44,7 +45,11 @@ def write_params(folder: Path, params: dict) -> Path:
 
 
 def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """sha256 of a file, or of a folder's files (relative paths and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in [path, *path.rglob("*")] if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
