@@ -1,8 +1,8 @@
 """Fingerprints of the tiny profile's training, for refactors that must not change numerics: generate and
 convert the tiny data once, then train and evaluate every architecture with each loss (1 thread), through the
-stage scripts. Prints (and with --json writes) sha256 of each run's model file, its dvclive folder (the trainer's evals) and
-evaluate's metrics.json; two
-commits give the same table exactly when training and evaluation are bit-identical on this CPU.
+stage scripts. Prints (and with --json writes) sha256 of each run's model file, its dvclive folder (the trainer's
+evals) and evaluate's metrics.json; two commits give the same table exactly when training and evaluation are
+bit-identical on this CPU.
 
     PYTHONPATH=$PWD python bench/tiny_weights.py --out /tmp/tiny-weights [--json before.json]
 """
