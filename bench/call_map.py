@@ -9,6 +9,9 @@ functions of hrm/ and stages/ that Python enters.
     PYTHONPATH=$PWD python bench/call_map.py validate --params PARAMS [--list]
     PYTHONPATH=$PWD python bench/call_map.py train --params PARAMS [--list]
 
+Each also prints the path's own figure: train without hrm/models/ (the model's forward), validate without the
+modules every stage reads (SHARED below: settings, I/O rules, the data contract, generate's settings).
+
 PARAMS is a full params file whose data paths exist (bench/tiny_weights.py leaves one per run under its --out);
 every output path is redirected to a scratch folder, so nothing of the run's is touched.
 """
@@ -26,6 +29,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = (str(REPO / "hrm") + "/", str(REPO / "stages") + "/")
+# What every stage reads (settings, I/O rules, the data contract, generate's settings): a path's own files are the rest.
+SHARED = (
+    "hrm/config.py",
+    "hrm/io.py",
+    "hrm/data/spec.py",
+    "hrm/data/rng.py",
+    "hrm/data/routing.py",
+    "hrm/data/colours.py",
+    "hrm/data/facts.py",
+    "hrm/data/generation/",
+)
 OUTPUTS = ("checkpoints", "model", "train_log", "train_timing", "eval_reports", "data_reports")
 
 
