@@ -147,12 +147,11 @@ def main() -> None:
         by_file[path].add(function)
     functions = sum(len(names) for names in by_file.values())
     print(f"{args.path}: {len(by_file)} files, {functions} functions")
-    if (
-        args.path == "train"
-    ):  # the model's forward is the model file's business: the step's own path without it
-        outside = {path: names for path, names in by_file.items() if not path.startswith("hrm/models/")}
-        count = sum(len(names) for names in outside.values())
-        print(f"{args.path} outside hrm/models/: {len(outside)} files, {count} functions")
+    # the model's forward is the model file's business; the data contract and settings are every stage's
+    skip, what = (("hrm/models/",), "hrm/models/") if args.path == "train" else (SHARED, "the shared modules")
+    outside = {path: names for path, names in by_file.items() if not path.startswith(skip)}
+    count = sum(len(names) for names in outside.values())
+    print(f"{args.path} outside {what}: {len(outside)} files, {count} functions")
     for path in sorted(by_file):
         print(
             f"  {path}: {len(by_file[path])}" + (f"  {', '.join(sorted(by_file[path]))}" if args.list else "")
