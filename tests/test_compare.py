@@ -81,7 +81,9 @@ def test_data_seeds_and_set_grid(params):
         ({"profile": "nope"}, "profiles.nope is missing: unknown profile"),
         ({"archs": ["hrm_v1", "gpt"]}, "unknown arch gpt"),
         ({"seeds": 0}, "at least 1 seed"),
+        ({"profile": "quik"}, "did you mean quick"),
         ({"sets": ["train.learning_rate=1"]}, "params.yaml has no key train.learning_rate"),
+        ({"sets": ["train.lrr=1"]}, "no key train.lrr; did you mean train.lr"),  # config.closest_key's guess
         ({"sets": ["train.lr"]}, "expected KEY=VALUE"),
         ({"sets": ["train.seed=3"]}, "hrm compare sets train.seed"),
         ({"name": "has space"}, "--name"),
