@@ -143,7 +143,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from hrm.budget import baselines, group_budget, plot_budget
-    from hrm.compare import budget_table, machine
+    from hrm.compare.command import machine
+    from hrm.compare.report import budget_table
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

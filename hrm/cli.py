@@ -138,8 +138,8 @@ def compare(
     import shlex
     import sys
 
-    from hrm.compare import check_all_succeeded
-    from hrm.compare import compare as run_compare
+    from hrm.compare.command import check_all_succeeded
+    from hrm.compare.command import compare as run_compare
 
     with _user_errors():
         results = run_compare(

@@ -8,7 +8,6 @@ trainer instead of copying it: TrainConfig, DatasetMetadata, build_model, its st
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import platform
@@ -27,8 +26,7 @@ from hrm.rules import check_rules
 from hrm.runtime import CUBLAS_DETERMINISTIC_WORKSPACE, compile_tiny_function
 from hrm.sdpa import nan_max
 from hrm.training.data import DatasetMetadata, planned_steps
-from hrm.training.memory import MEMORY_HEADROOM, RAM_FIX, MemoryPlan, available_memory
-from hrm.training.memory import plan as memory_plan
+from hrm.training.memory import MEMORY_HEADROOM, MemoryPlan, gib, plan_here, traced_step_memory
 from hrm.training.setup import TrainConfig, fixed_micro_batch
 from hrm.training.trace import (
     Workload,
@@ -36,7 +34,6 @@ from hrm.training.trace import (
     model_config,
     random_batch,
     segment_forward_backward,
-    traced_memory,
 )
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -59,8 +56,8 @@ COMPILER_HINT = (
 
 
 @dataclass
-class Check:
-    """One line of the report; `data` carries the figures for `--json`."""
+class Finding:
+    """What one check found: one line of the report; `data` carries the figures for `--json`."""
 
     name: str
     status: str
@@ -104,7 +101,7 @@ class RunConfig:
 
 @dataclass
 class Report:
-    checks: list[Check]
+    checks: list[Finding]
 
     @property
     def ok(self) -> bool:
@@ -155,7 +152,7 @@ def load_run_config(
 # ----------------------------------------------------------------------------------------------- device
 
 
-def check_environment(device: str | None) -> Check:
+def check_environment(device: str | None) -> Finding:
     import torch
 
     data: dict[str, Any] = {
@@ -172,10 +169,10 @@ def check_environment(device: str | None) -> Check:
         props = torch.cuda.get_device_properties(torch.device(device))
         data.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
         data.update(gpu_memory_bytes=props.total_memory, cuda_runtime=torch.version.cuda)
-        detail += f"; {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.1f} GiB)"
+        detail += f"; {props.name} (sm_{props.major}{props.minor}, {gib(props.total_memory)})"
     else:
         detail += f"; CPU {data['cpu_capability']}, {data['threads']} threads"
-    return Check("environment", OK, detail + f"; Python {data['python']}", data)
+    return Finding("environment", OK, detail + f"; Python {data['python']}", data)
 
 
 def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> str | None:
@@ -187,7 +184,7 @@ def visible_nvidia_gpu(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver
     return (proc / "version").as_posix() if (proc / "version").exists() else None
 
 
-def check_device(config: RunConfig) -> tuple[Check, str | None]:
+def check_device(config: RunConfig) -> tuple[Finding, str | None]:
     import torch
 
     device, why = runtime.device_choice(config.device_request)
@@ -199,39 +196,41 @@ def check_device(config: RunConfig) -> tuple[Check, str | None]:
         else ""
     )
     if device is None:
-        return Check("device", FAIL, why + unusable, {"requested": config.device_request}), None
+        return Finding("device", FAIL, why + unusable, {"requested": config.device_request}), None
     detail = f"{device} ({why})"
     auto_cpu = device == "cpu" and config.device_request == "auto"
     if auto_cpu:
         detail += "; the paper profile needs a GPU, the CPU suits the quick profile"
     data = {"requested": config.device_request, "device": device}
-    return Check("device", WARN if auto_cpu or gpu else OK, detail + unusable, data), device
+    return Finding("device", WARN if auto_cpu or gpu else OK, detail + unusable, data), device
 
 
-def check_compile(config: RunConfig, device: str) -> Check:
+def check_compile(config: RunConfig, device: str) -> Finding:
     """With train.compile: true, compile and run a tiny function here: importing Triton is not enough."""
     if not config.train.compile:
-        return Check(
+        return Finding(
             "compile", OK, "train.compile is false: eager mode, no Triton needed", {"compile": False}
         )
     data = {"compile": True, "triton": importlib.util.find_spec("triton") is not None}
     if device.startswith("cuda") and not data["triton"]:
         detail = "train.compile is true but Triton is not installed (on Windows: set train.compile: false)"
-        return Check("compile", FAIL, detail, data)
+        return Finding("compile", FAIL, detail, data)
     try:
         seconds = compile_tiny_function(device)
     except Exception as err:  # any failure of the tool chain: the trainer's compile would fail the same way
         error = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
         detail = f"train.compile is true but torch.compile failed on {device}: {error}. {COMPILER_HINT}"
-        return Check("compile", FAIL, detail, data | {"error": error})
+        return Finding("compile", FAIL, detail, data | {"error": error})
     detail = f"train.compile is true: a compiled function ran on {device} in {seconds:.1f} s"
-    return Check("compile", OK, f"{detail} (Triton installed: {data['triton']})", data | {"seconds": seconds})
+    return Finding(
+        "compile", OK, f"{detail} (Triton installed: {data['triton']})", data | {"seconds": seconds}
+    )
 
 
 # ------------------------------------------------------------------------------------------------- SDPA
 
 
-def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
+def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Finding]:
     """Which SDPA kernels run here for the configured dtype and head size, and are their outputs right?"""
     from hrm import sdpa
 
@@ -253,7 +252,7 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
         detail = f"{device}: " + ", ".join(shown) + f"; default pick: {got.default_pick or 'unknown'}"
     data = {"enabled_flags": got.enabled, "runs": ran, "default": got.default_pick, "errors": got.errors}
     data |= {"dtype": dtype_name, "head_dim": head_dim}
-    backends = Check(
+    backends = Finding(
         "sdpa_backends", OK if available else FAIL, f"{detail} [{dtype_name}, head_dim {head_dim}]", data
     )
     tolerance, grad_tolerance = (
@@ -284,7 +283,7 @@ def check_sdpa(config: RunConfig, device: str, quick: bool) -> list[Check]:
     data |= dict(grad_max_rel_diff=worst_grad, grad_per_backend=got.grad_runs, grad_tolerance=grad_tolerance)
     return [
         backends,
-        Check("sdpa_numerics", FAIL if bad else OK, detail, data | dict(seq_len=seq, dtype=dtype_name)),
+        Finding("sdpa_numerics", FAIL if bad else OK, detail, data | dict(seq_len=seq, dtype=dtype_name)),
     ]
 
 
@@ -305,7 +304,7 @@ def bf16_matmul_slowdown() -> float:
     return best_time(torch.bfloat16) / max(fp32, 1e-12)
 
 
-def check_bf16(config: RunConfig, device: str) -> Check:
+def check_bf16(config: RunConfig, device: str) -> Finding:
     """bf16 works on Ampere+ GPUs; on the CPU it runs but is usually slower than fp32: measure it."""
     import torch
 
@@ -321,8 +320,8 @@ def check_bf16(config: RunConfig, device: str) -> Check:
                 "arch.forward_dtype is bfloat16 (auto picks it on CUDA) but this GPU has no bf16 in hardware "
                 "(compute capability below 8.0; torch would emulate it, slowly): set arch.forward_dtype: float32"
             )
-            return Check("bf16", FAIL, detail, data)
-        return Check("bf16", OK, f"bf16 in hardware: {supported}; forward dtype {dtype_name}", data)
+            return Finding("bf16", FAIL, detail, data)
+        return Finding("bf16", OK, f"bf16 in hardware: {supported}; forward dtype {dtype_name}", data)
     ratio = bf16_matmul_slowdown()
     detail = f"{device}: bf16 runs, matmul {ratio:.1f}x the time of fp32 here; forward dtype {dtype_name}"
     if dtype_name == "bfloat16":
@@ -330,7 +329,7 @@ def check_bf16(config: RunConfig, device: str) -> Check:
     else:
         detail += " (fp32, recommended off CUDA)"
     figures = {"supported": True, "bf16_over_fp32_time": ratio, "forward_dtype": dtype_name}
-    return Check("bf16", WARN if dtype_name == "bfloat16" else OK, detail, figures)
+    return Finding("bf16", WARN if dtype_name == "bfloat16" else OK, detail, figures)
 
 
 # ----------------------------------------------------------------------------------------- model steps
@@ -393,7 +392,7 @@ def trainer_settings(config: RunConfig, device: str) -> Iterator[None]:
 
 def check_determinism(
     config: RunConfig, device: str, quick: bool, step: Callable[[int], dict[str, Any]] | None = None
-) -> Check:
+) -> Finding:
     """Two seeded forward+backward steps from scratch must give finite, bit-identical gradients. `step(seed) ->
     {name: grad}` defaults to the configured model; tests pass their own to prove the check can fail."""
     import torch
@@ -408,7 +407,7 @@ def check_determinism(
             first, second = step(config.train.seed), step(config.train.seed)
     except Exception as err:  # the model itself failed: report it, do not hide it behind a traceback
         failed = f"a training step failed: {type(err).__name__}: {err}"
-        return Check("determinism", FAIL, failed, {"error": repr(err)})
+        return Finding("determinism", FAIL, failed, {"error": repr(err)})
     shape = "scaled-down copy of arch (--quick)" if work.scaled_down else "configured arch"
     if work.seq_len < config.seq_len and not work.scaled_down:
         shape += f" (sequence capped at {work.seq_len} off the GPU)"
@@ -423,7 +422,7 @@ def check_determinism(
             f"the training step gives non-finite gradients in {len(non_finite)} tensors "
             f"({'; '.join(non_finite[:3])}): the run would diverge at its first step ({where})"
         )
-        return Check("determinism", FAIL, detail, data | {"finite": False, "non_finite": non_finite[:10]})
+        return Finding("determinism", FAIL, detail, data | {"finite": False, "non_finite": non_finite[:10]})
     if first.keys() != second.keys():
         worst, differing = None, sorted(set(first) ^ set(second))
     else:
@@ -432,23 +431,24 @@ def check_determinism(
     data |= {"finite": True, "identical": not differing, "max_abs_diff": worst, "differing": differing[:10]}
     data["scaled_down"] = work.scaled_down
     if not first:
-        return Check("determinism", FAIL, f"the step produced no gradients ({where})", data)
+        return Finding("determinism", FAIL, f"the step produced no gradients ({where})", data)
     if not differing:
-        return Check("determinism", OK, f"two seeded steps give bit-identical gradients ({where})", data)
+        return Finding("determinism", OK, f"two seeded steps give bit-identical gradients ({where})", data)
     how_much = f"max |diff| {worst:.2e}" if worst is not None else "different gradient tensors"
     message = f"gradients differ between two seeded steps ({how_much}, in {len(differing)} tensors)"
     if config.deterministic:
-        return Check("determinism", FAIL, f"{message} although train.deterministic is true ({where})", data)
-    return Check("determinism", WARN, f"{message}; train.deterministic is false ({where})", data)
+        return Finding("determinism", FAIL, f"{message} although train.deterministic is true ({where})", data)
+    return Finding("determinism", WARN, f"{message}; train.deterministic is false ({where})", data)
 
 
 # --------------------------------------------------------------------------------------------- memory
 
 
-def check_memory(config: RunConfig, device: str, quick: bool) -> tuple[Check, MemoryPlan | None]:
+def check_memory(config: RunConfig, device: str, quick: bool) -> tuple[Finding, MemoryPlan | None]:
     """The trainer's memory plan here (hrm.training.memory.plan_micro_batch, the very function train calls: its
     step measured at 1 and 2 rows, or traced where nothing can be measured) and the plan itself (None: refused);
-    --quick plans with the meta trace instead of running the step (an estimate)."""
+    --quick gives the same planner (`plan_here`) the step traced on meta instead of running it (an estimate).
+    The fit, the micro-batch and the refusal's words are the plan's; the doctor only shows them."""
     dtype_name = runtime.dtype_name(config.forward_dtype, device)
     batch, global_batch, world = config.per_device_batch, config.train.global_batch_size, config.world_size
     micro, seq_len, source = config.micro_batch_size, config.seq_len, config.seq_len_source
@@ -462,21 +462,19 @@ def check_memory(config: RunConfig, device: str, quick: bool) -> tuple[Check, Me
     work = workload(config, quick=False)
     try:
         if quick:
-            traced = traced_memory(work, config.train, dtype_name, device)
-            available = available_memory(device)
-            fix = "use more GPUs" if device.startswith("cuda") else RAM_FIX
-            plan = memory_plan(global_batch, world, micro, traced, *dataclasses.astuple(available), fix)
+            traced = traced_step_memory(work, config.train, dtype_name, device)
+            plan = plan_here(traced, global_batch, world, micro, device)
         else:
             plan = planning.trainer_plan(work, config.train, world, device, micro)
     except UserError as err:  # the trainer's plan refuses the batch at its start: it would here too
         data["summary"] = str(err)
-        return Check("memory", FAIL, f"DOES NOT FIT: {shape}: {err}", data), None
+        return Finding("memory", FAIL, f"DOES NOT FIT: {shape}: {err}", data), None
     except Exception as err:  # the model itself failed: report it
         failed = f"could not size a training step: {type(err).__name__}: {err}"
-        return Check("memory", FAIL, failed, {"error": repr(err)}), None
+        return Finding("memory", FAIL, failed, {"error": repr(err)}), None
     data |= plan_figures(plan)
     whose = "ESTIMATE (--quick: traced, not the trainer's measured step)" if quick else "the trainer's plan"
-    return Check("memory", OK, f"{shape}: {whose}: {plan.describe()}", data), plan
+    return Finding("memory", OK, f"{shape}: {whose}: {plan.describe()}", data), plan
 
 
 def plan_figures(plan: MemoryPlan) -> dict[str, Any]:
@@ -494,14 +492,14 @@ def plan_figures(plan: MemoryPlan) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- time here
 
 
-def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, quick: bool) -> Check:
+def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, quick: bool) -> Finding:
     """How long the configured run takes on this machine: planned steps x accumulation x the seconds of one
     micro-batch, timed with the trainer's step at the run's shapes (hrm.planning.time_micro_batch); --quick
     divides the FLOPs by this machine's matmul rate instead (a lower bound, no step run)."""
     from hrm.models.flops import segment_flops
 
     if plan is None:
-        return Check("time_here", SKIP, "no memory plan: the run cannot start here")
+        return Finding("time_here", SKIP, "no memory plan: the run cannot start here")
     steps, steps_source = planned_step_count(config)
     work, dtype_name = workload(config, quick=False), runtime.dtype_name(config.forward_dtype, device)
     micro, accumulation = plan.micro_batch, plan.accumulation
@@ -516,7 +514,7 @@ def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, qui
             timing = planning.time_micro_batch(work, config.train, device, plan)
             seconds, how, about = timing.seconds, f"measured: {timing.how}", "about"
     except Exception as err:  # the model itself failed: report it
-        return Check(
+        return Finding(
             "time_here", FAIL, f"could not time a step: {type(err).__name__}: {err}", {"error": repr(err)}
         )
     total = steps * accumulation * seconds
@@ -528,7 +526,7 @@ def check_time_here(config: RunConfig, device: str, plan: MemoryPlan | None, qui
         f"accumulation x {steps:,} planned steps, {steps_source}; {how})"
     )
     status = (FAIL if total >= IMPRACTICAL_RUN_S else WARN) if slow else OK
-    return Check("time_here", status, detail + ("; use a GPU: see the table" if slow else ""), data)
+    return Finding("time_here", status, detail + ("; use a GPU: see the table" if slow else ""), data)
 
 
 # ------------------------------------------------------------------------------------------- GPU plans
@@ -540,7 +538,7 @@ def planned_step_count(config: RunConfig) -> tuple[int, str]:
     return steps, f"epochs {config.train.epochs} x {config.metadata.total_groups} groups"
 
 
-def check_gpu_plans(config: RunConfig) -> Check:
+def check_gpu_plans(config: RunConfig) -> Finding:
     """The memory plan and estimated duration of the configured run on GPUs of 8 to 141 GiB (planning.gpu_plans:
     the trainer's plan per card, FLOPs from hrm.models.flops for the chosen arch)."""
     from hrm.models.flops import FORMULA, segment_flops
@@ -548,12 +546,11 @@ def check_gpu_plans(config: RunConfig) -> Check:
     gpu_dtype = runtime.dtype_name(config.forward_dtype, "cuda")
     work = workload(config, quick=False)
     try:
-        memory = traced_memory(work, config.train, gpu_dtype, "gpu")
+        memory = traced_step_memory(work, config.train, gpu_dtype, "gpu")
         row_flops = segment_flops(model_config(work, gpu_dtype)).total
     except Exception as err:  # the model itself failed: report it
         failed = f"could not size a step: {type(err).__name__}: {err}"
-        return Check("gpu_plans", FAIL, failed, {"error": repr(err)})
-    memory = dataclasses.replace(memory, per_example=max(memory.per_example, 1), method="meta trace")
+        return Finding("gpu_plans", FAIL, failed, {"error": repr(err)})
     steps, steps_source = planned_step_count(config)
     global_batch, share = config.train.global_batch_size, config.per_device_batch
     flops = row_flops * global_batch
@@ -566,7 +563,7 @@ def check_gpu_plans(config: RunConfig) -> Check:
         + "\n".join(lines)
     )
     data = {"rows": rows, "flops_per_step": flops, "formula": FORMULA, "mfu": ASSUMED_MFU, "steps": steps}
-    return Check("gpu_plans", OK, detail, data)
+    return Finding("gpu_plans", OK, detail, data)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -591,7 +588,7 @@ def run_doctor(config: RunConfig, quick: bool = False) -> Report:
     device_check, device = check_device(config)
     checks = [check_environment(device), device_check]
     if device is None:
-        return Report(checks + [Check(name, SKIP, "no usable device") for name in CHECK_NAMES])
+        return Report(checks + [Finding(name, SKIP, "no usable device") for name in CHECK_NAMES])
     checks += [check_compile(config, device), *check_sdpa(config, device, quick), check_bf16(config, device)]
     checks.append(check_determinism(config, device, quick))
     with trainer_settings(config, device):  # the plan and the timed step run as train runs them

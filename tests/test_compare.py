@@ -12,9 +12,12 @@ import pytest
 import yaml
 from conftest import GIT
 
-from hrm import compare as cmp
+from hrm.budget import baselines
+from hrm.compare import command, dvc, report
+from hrm.compare.plan import expected_params, known_archs, plan
+from hrm.compare.stats import collect, group_stats
 from hrm.io import UserError
-from hrm.quickstart import profile_overrides
+from hrm.quickstart import flatten, profile_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ["hrm_v1", "transformer"]
@@ -28,29 +31,29 @@ def params() -> dict:
 def test_known_archs_are_build_models(params):
     from hrm.models import ARCHITECTURES
 
-    assert cmp.known_archs() == list(ARCHITECTURES)
+    assert known_archs() == list(ARCHITECTURES)
 
 
 def test_plan_is_every_arch_times_seed_with_the_profile_applied(params):
-    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
+    runs = plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
     assert [r.name for r in runs] == [
         "cmp-tiny-hrm_v1-s0",
         "cmp-tiny-hrm_v1-s1",
         "cmp-tiny-transformer-s0",
         "cmp-tiny-transformer-s1",
     ]
-    tiny = cmp.flatten(params["profiles"]["tiny"])
+    tiny = flatten(params["profiles"]["tiny"])
     for run in runs:
         assert run.overrides["arch.name"] == run.arch and run.overrides["train.seed"] == run.seed
         assert {k: run.overrides[k] for k in tiny} == tiny
         assert "generate.seed" not in run.overrides
-    expected = cmp.expected_params(params, runs[0].overrides)
+    expected = expected_params(params, runs[0].overrides)
     assert expected["generate.rows"] == 8 and expected["arch.name"] == "hrm_v1"
     assert expected["train.lr"] == params["train"]["lr"]  # untouched keys keep HEAD's value
 
 
 def test_data_seeds_and_set_grid(params):
-    runs = cmp.plan(
+    runs = plan(
         params,
         profile="tiny",
         archs=["transformer"],
@@ -75,11 +78,13 @@ def test_data_seeds_and_set_grid(params):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"profile": "nope"}, "no profiles.nope"),
+        ({"profile": "nope"}, "profiles.nope is missing: unknown profile"),
         ({"archs": ["hrm_v1", "gpt"]}, "unknown arch gpt"),
         ({"seeds": 0}, "at least 1 seed"),
+        ({"profile": "quik"}, "did you mean quick"),
         ({"sets": ["train.learning_rate=1"]}, "params.yaml has no key train.learning_rate"),
-        ({"sets": ["train.lr"]}, "expected key=value"),
+        ({"sets": ["train.lrr=1"]}, "no key train.lrr; did you mean train.lr"),  # config.closest_key's guess
+        ({"sets": ["train.lr"]}, "expected KEY=VALUE"),
         ({"sets": ["train.seed=3"]}, "hrm compare sets train.seed"),
         ({"name": "has space"}, "--name"),
         ({"data_seeds": True, "sets": ["generate.seed=1"]}, "--data-seeds"),
@@ -88,7 +93,7 @@ def test_data_seeds_and_set_grid(params):
 def test_plan_refuses_bad_input(params, kwargs, message):
     args = {"profile": "tiny", "archs": ARCHS, "seeds": 2, "available_archs": ARCHS, **kwargs}
     with pytest.raises(UserError, match=message.replace(".", r"\.").replace("-", r"\-")):
-        cmp.plan(params, **args)
+        plan(params, **args)
 
 
 def test_profile_overrides_merge_per_arch_sets():
@@ -120,7 +125,7 @@ def test_cli_bad_input_exits_1_before_anything_is_queued(tmp_path, monkeypatch):
     runner = CliRunner()
     for args, message in [
         (["--archs", "hrm_v1,nope"], "unknown arch nope"),
-        (["--profile", "huge"], "no profiles.huge"),
+        (["--profile", "huge"], "profiles.huge is missing"),
         (["--seeds", "0"], "at least 1 seed"),
         (["--set", "train.nope=1"], "no key train.nope"),
     ]:
@@ -142,14 +147,14 @@ def committed_repo(tmp_path, monkeypatch) -> Path:
 
 
 def test_dirty_workspace_says_what_to_commit_or_stash(committed_repo):
-    assert len(cmp.check_repository(Path("reports/compare"))) == 40
+    assert len(dvc.check_repository(Path("reports/compare"))) == 40
     Path("reports/compare").mkdir(parents=True)
     Path("reports/compare/results.md").write_text("x", encoding="utf-8")  # our own output does not count
-    assert cmp.check_repository(Path("reports/compare"))
+    assert dvc.check_repository(Path("reports/compare"))
     Path("a.txt").write_text("2", encoding="utf-8")
     Path("new.py").write_text("", encoding="utf-8")
     with pytest.raises(UserError) as err:
-        cmp.check_repository(Path("reports/compare"))
+        dvc.check_repository(Path("reports/compare"))
     text = str(err.value)
     assert "a.txt" in text and "new.py" in text and "git stash -u" in text and "git commit" in text
     assert "results.md" not in text
@@ -167,19 +172,19 @@ def test_rev_reports_an_earlier_commits_experiments_with_its_params(committed_re
     params["train"]["lr"] = 0.5  # a later commit changes params.yaml
     Path("params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     subprocess.run([*GIT, "commit", "-qam", "later"], check=True)
-    assert cmp.params_at(old[:8])["train"]["lr"] == 1.0e-4
+    assert dvc.params_at(old[:8])["train"]["lr"] == 1.0e-4
     with pytest.raises(UserError, match="--rev nope: not a commit"):
-        cmp.resolve_rev("nope")
+        dvc.resolve_rev("nope")
 
-    runs = cmp.plan(cmp.params_at(old), profile="tiny", archs=["hrm_v1"], seeds=2, available_archs=ARCHS)
+    runs = plan(dvc.params_at(old), profile="tiny", archs=["hrm_v1"], seeds=2, available_archs=ARCHS)
     shown = fake_exp_show(old, runs[:1], {runs[0].name: {"route_optimal_rate": 0.25}})
-    monkeypatch.setattr(cmp, "known_archs", lambda: ARCHS)
-    monkeypatch.setattr(cmp, "show_experiments", lambda baseline: cmp.parse_exp_show(shown, baseline))
-    monkeypatch.setattr(cmp, "git_reader", lambda rev: lambda path: None)
+    monkeypatch.setattr("hrm.compare.plan.known_archs", lambda: ARCHS)
+    monkeypatch.setattr(dvc, "show_experiments", lambda baseline: dvc.parse_exp_show(shown, baseline))
+    monkeypatch.setattr(dvc, "git_reader", lambda rev: lambda path: None)
     queued = []
-    monkeypatch.setattr(cmp, "start_workers", queued.append)
-    monkeypatch.setattr(cmp, "queue_status", lambda: ({}, 0))
-    results = cmp.compare(profile="tiny", archs=["hrm_v1"], seeds=2, rev=old, out_dir=Path("out"))
+    monkeypatch.setattr(dvc, "start_workers", queued.append)
+    monkeypatch.setattr(dvc, "queue_status", lambda: ({}, 0))
+    results = command.compare(profile="tiny", archs=["hrm_v1"], seeds=2, rev=old, out_dir=Path("out"))
     assert results["baseline"] == old and not queued
     assert [r["state"] for r in results["runs"]] == ["success", "missing"]
     assert results["runs"][0]["metrics"]["route_optimal_rate"] == 0.25
@@ -193,8 +198,8 @@ def test_experiments_are_asked_of_the_baseline_commit(monkeypatch):
         asked.append(command)
         return subprocess.CompletedProcess(command, 0, stdout="[]", stderr="")
 
-    monkeypatch.setattr(cmp, "_cmd", fake_cmd)
-    assert cmp.show_experiments("e" * 40) == {}
+    monkeypatch.setattr(dvc, "_cmd", fake_cmd)
+    assert dvc.show_experiments("e" * 40) == {}
     assert asked == [["dvc", "exp", "show", "--json", "--rev", "e" * 40]]
 
 
@@ -202,11 +207,11 @@ def test_a_report_under_another_out_folder_leaves_the_workspace_clean(committed_
     """`--out reports/compare-ema` then `--out reports/compare-aug`: the first report must not block the second."""
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
     results.update({"data_seeds": False, "vehicles": [], "groups": [], "runs": []})
-    cmp.write_outputs(results, Path("reports/compare-ema"))
+    report.write_outputs(results, Path("reports/compare-ema"))
     assert (Path("reports/compare-ema") / "results.json").is_file()
-    assert len(cmp.check_repository(Path("reports/compare-aug"))) == 40
+    assert len(dvc.check_repository(Path("reports/compare-aug"))) == 40
     Path("reports/compare-ema/stray.txt").write_text("x", encoding="utf-8")  # the whole folder is ignored
-    assert cmp.check_repository(Path("reports/compare-aug"))
+    assert dvc.check_repository(Path("reports/compare-aug"))
 
 
 # ------------------------------------------------------------- reading DVC's answer and the statistics
@@ -217,7 +222,7 @@ def fake_exp_show(baseline: str, runs, metrics_by_name, failed=(), eval_file="re
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     experiments = []
     for run in runs:
-        full = cmp.expected_params(params, run.overrides)
+        full = expected_params(params, run.overrides)
         nested: dict = {}
         for key, value in full.items():
             node = nested
@@ -264,7 +269,7 @@ def fake_exp_show(baseline: str, runs, metrics_by_name, failed=(), eval_file="re
 
 
 def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, tmp_path):
-    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=3, available_archs=ARCHS)
+    runs = plan(params, profile="tiny", archs=ARCHS, seeds=3, available_archs=ARCHS)
     metrics = {}
     for i, run in enumerate(runs):
         rate = 0.1 * (i + 1)
@@ -278,15 +283,15 @@ def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, 
         }
     failed_name = "cmp-tiny-transformer-s2"
     shown = fake_exp_show("b" * 40, runs, metrics, failed={failed_name})
-    found = cmp.parse_exp_show(shown, "b" * 40)
+    found = dvc.parse_exp_show(shown, "b" * 40)
     assert found[failed_name][0].state == "failed" and found[failed_name][0].metrics == {}
-    records = cmp.collect(runs, found, params, reused={"cmp-tiny-hrm_v1-s0"}, curves=False)
+    records = collect(runs, found, params, reused={"cmp-tiny-hrm_v1-s0"}, curves=False)
     by_name = {r["name"]: r for r in records}
     assert by_name[failed_name]["state"] == "failed"
     assert by_name[failed_name]["error"] == "Experiment run failed"
     assert by_name["cmp-tiny-hrm_v1-s0"]["reused"] and not by_name["cmp-tiny-hrm_v1-s1"]["reused"]
 
-    groups = {g["arch"]: g for g in cmp.group_stats(records, ["bike", "car", "van", "truck"])}
+    groups = {g["arch"]: g for g in group_stats(records, ["bike", "car", "van", "truck"])}
     hrm = [metrics[r.name]["route_optimal_rate"] for r in runs if r.arch == "hrm_v1"]
     stats = groups["hrm_v1"]["stats"]["route_optimal_rate"]
     assert stats["n"] == 3
@@ -313,7 +318,7 @@ def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, 
         "groups": list(groups.values()),
         "runs": records,
     }
-    cmp.write_outputs(results, tmp_path / "out")
+    report.write_outputs(results, tmp_path / "out")
     written = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     assert written["groups"][0]["stats"]["route_optimal_rate"]["n"] == 3
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
@@ -324,11 +329,11 @@ def test_collect_stats_match_each_experiments_metrics_and_failures_show(params, 
 
 
 def test_a_finished_experiment_with_other_params_is_not_counted(params):
-    runs = cmp.plan(params, profile="tiny", archs=["hrm_v1"], seeds=1, available_archs=ARCHS)
+    runs = plan(params, profile="tiny", archs=["hrm_v1"], seeds=1, available_archs=ARCHS)
     metrics = {runs[0].name: {"route_optimal_rate": 0.5}}
     shown = fake_exp_show("c" * 40, runs, metrics)
     shown[1]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] = 9.0
-    records = cmp.collect(runs, cmp.parse_exp_show(shown, "c" * 40), params, reused=set(), curves=False)
+    records = collect(runs, dvc.parse_exp_show(shown, "c" * 40), params, reused=set(), curves=False)
     assert records[0]["state"] == "failed" and "train.lr" in records[0]["error"]
 
 
@@ -340,7 +345,7 @@ def test_queue_status_and_failure_log_parsing(tmp_path):
         "4d895b3  cmp-tiny-hrm_v1-s0       10:28 AM   Success\n"
         "\nWorker status: 1 active, 0 idle\n"
     )
-    statuses, workers = cmp.parse_queue_status(text)
+    statuses, workers = dvc.parse_queue_status(text)
     assert statuses == {"cmp-tiny-transformer-s1": ["Failed", "Running"], "cmp-tiny-hrm_v1-s0": ["Success"]}
     assert workers == 1
     log = tmp_path / "run.out"
@@ -350,7 +355,7 @@ def test_queue_status_and_failure_log_parsing(tmp_path):
         "ERROR: failed to reproduce 'train': exited with 1\nERROR: failed to reproduce 'train': exited with 1\n",
         encoding="utf-8",
     )
-    text = cmp._failure_text(str(log), "fallback")
+    text = dvc._failure_text(str(log), "fallback")
     assert "train.device must be" in text and text.count("failed to reproduce") == 1
     from hrm.evaluation.plots import tsv_points
 
@@ -373,12 +378,12 @@ def test_waiting_trusts_no_worker_count_while_a_run_runs(monkeypatch):
         ]
     )
     started = []
-    monkeypatch.setattr(cmp, "queue_status", lambda: next(answers))
-    monkeypatch.setattr(cmp, "start_workers", lambda jobs: started.append(jobs))
+    monkeypatch.setattr(dvc, "queue_status", lambda: next(answers))
+    monkeypatch.setattr(dvc, "start_workers", lambda jobs: started.append(jobs))
     clock = iter([0.0, 0.0, 70.0])  # idle from the 2nd answer; 70 s later at the 3rd
-    monkeypatch.setattr(cmp.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(cmp.time, "sleep", lambda s: None)
-    cmp.wait_for({"a", "b"}, poll_s=0.0, jobs=2, idle_restart_s=60.0)
+    monkeypatch.setattr(dvc.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(dvc.time, "sleep", lambda s: None)
+    dvc.wait_for({"a", "b"}, poll_s=0.0, jobs=2, idle_restart_s=60.0)
     assert started == [2]
 
 
@@ -388,7 +393,7 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
     from hrm.models.config import ModelConfig
     from hrm.models.flops import segment_flops
 
-    runs = cmp.plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
+    runs = plan(params, profile="tiny", archs=ARCHS, seeds=2, available_archs=ARCHS)
     metrics, files = {}, {}
     for i, run in enumerate(runs):
         metrics[run.name] = {
@@ -406,7 +411,7 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
             "train/count": "step\tcount\n" + "".join(f"{k}\t{k % 3}\n" for k in range(1, 7)),
         }
     shown = fake_exp_show("d" * 40, runs, metrics)
-    found = cmp.parse_exp_show(shown, "d" * 40)
+    found = dvc.parse_exp_show(shown, "d" * 40)
     rev_to_name = {found[run.name][0].rev: run.name for run in runs}
 
     def reader(rev):
@@ -416,8 +421,8 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
 
         return read
 
-    monkeypatch.setattr(cmp, "git_reader", reader)
-    records = cmp.collect(runs, found, params, reused=set())
+    monkeypatch.setattr(dvc, "git_reader", reader)
+    records = collect(runs, found, params, reused=set())
     batch = params["profiles"]["tiny"]["train"]["global_batch_size"]
     for record, run in zip(records, runs, strict=True):
         arch = {
@@ -441,7 +446,7 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
         )
         assert record["curve"][0]["accuracy"] is None  # no token-accuracy TSV: no value, not 0
 
-    lines = cmp.baselines(records)
+    lines = baselines(records)
     assert lines["monotone_path"]["route_optimal_rate"]["mean"] == 0.6
     blind = [metrics[r.name]["vehicle_blind"]["route_optimal_rate"] for r in runs]
     assert lines["vehicle_blind"]["route_optimal_rate"] == {
@@ -449,7 +454,7 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
         "min": min(blind),
         "max": max(blind),
     }
-    groups = {g["arch"]: g for g in cmp.group_stats(records, [], lines["monotone_path"])}
+    groups = {g["arch"]: g for g in group_stats(records, [], lines["monotone_path"])}
     reach = groups["hrm_v1"]["budget"]["reach"]
     # mean curve of the two seeds: 0.1, 0.30, 0.60 -> >= 20% at step 4, >= 50% and >= monotone (0.6) at step 6
     assert reach["20%"]["mean"]["step"] == 4 and reach["50%"]["mean"]["step"] == 6
@@ -468,9 +473,9 @@ def test_budget_curves_count_compute_and_draw_the_runs_own_baselines(params, tmp
         "baselines": lines,
         "groups": list(groups.values()),
         "runs": records,
-        "machine": cmp.machine(),
+        "machine": command.machine(),
     }
-    cmp.write_outputs(results, tmp_path / "out")
+    report.write_outputs(results, tmp_path / "out")
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2 and "Budget" in page
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")

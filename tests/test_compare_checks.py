@@ -12,10 +12,12 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from hrm import compare as cmp
 from hrm.cli import app
+from hrm.compare import command, dvc
+from hrm.compare.plan import Planned, plan
 from hrm.config import load_params
 from hrm.io import UserError
+from hrm.quickstart import set_param_args
 from tests.conftest import REPO
 
 ARCHS = ["hrm_v1", "transformer"]
@@ -33,13 +35,13 @@ def faked_dvc(tmp_path, monkeypatch) -> list[list[str]]:
         commands.append(list(command))
         return subprocess.CompletedProcess(command, 0, stdout="[]", stderr="")
 
-    monkeypatch.setattr(cmp, "_cmd", fake_cmd)
+    monkeypatch.setattr(dvc, "_cmd", fake_cmd)
     monkeypatch.setattr(
-        cmp, "check_repository", lambda out_dir: commands.append(["git", "status"]) or "a" * 40
+        dvc, "check_repository", lambda out_dir: commands.append(["git", "status"]) or "a" * 40
     )
-    monkeypatch.setattr(cmp, "start_workers", lambda jobs: commands.append(["dvc", "queue", "start"]))
-    monkeypatch.setattr(cmp, "queue_status", lambda: ({}, 0))
-    monkeypatch.setattr(cmp, "known_archs", lambda: ["hrm_v1", "transformer", "trm"])
+    monkeypatch.setattr(dvc, "start_workers", lambda jobs: commands.append(["dvc", "queue", "start"]))
+    monkeypatch.setattr(dvc, "queue_status", lambda: ({}, 0))
+    monkeypatch.setattr("hrm.compare.plan.known_archs", lambda: ["hrm_v1", "transformer", "trm"])
     return commands
 
 
@@ -79,7 +81,7 @@ def test_every_variant_is_checked_not_only_the_first(faked_dvc):
 
 def test_the_readmes_example_queues_floats(faked_dvc):
     params = load_params("params.yaml")
-    runs = cmp.plan(
+    runs = plan(
         params,
         profile="quick",
         archs=ARCHS,
@@ -88,20 +90,20 @@ def test_the_readmes_example_queues_floats(faked_dvc):
         available_archs=ARCHS,
     )
     assert len(runs) == 12 and {r.overrides["train.lr"] for r in runs} == {1e-3, 5e-4}
-    args = cmp.set_param_args(runs[0].overrides)
+    args = set_param_args(runs[0].overrides)
     assert "-Strain.lr=0.001" in args or "-Strain.lr=0.0005" in args
 
 
 def test_an_arch_typo_suggests_the_arch_meant():
     with pytest.raises(UserError, match="unknown arch hrm .*did you mean hrm_v1"):
-        cmp.plan(
+        plan(
             load_params(REPO / "params.yaml"), profile="quick", archs=["hrm"], seeds=1, available_archs=ARCHS
         )
 
 
 @pytest.mark.parametrize("jobs", ["0", "99"])
 def test_jobs_is_bounded_by_the_cores(faked_dvc, monkeypatch, jobs):
-    monkeypatch.setattr(cmp.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(command.os, "cpu_count", lambda: 2)
     result = CliRunner().invoke(app, ["compare", "--profile", "quick", "--jobs", jobs])
     assert result.exit_code == 1
     assert f"--jobs {jobs}: must be in [1, 2] (this machine's 2 CPU cores" in result.output
@@ -109,8 +111,8 @@ def test_jobs_is_bounded_by_the_cores(faked_dvc, monkeypatch, jobs):
 
 
 def test_rev_with_nothing_found_says_so(faked_dvc, monkeypatch):
-    monkeypatch.setattr(cmp, "resolve_rev", lambda rev: "b" * 40)
-    monkeypatch.setattr(cmp, "params_at", lambda rev: load_params("params.yaml"))
+    monkeypatch.setattr(dvc, "resolve_rev", lambda rev: "b" * 40)
+    monkeypatch.setattr(dvc, "params_at", lambda rev: load_params("params.yaml"))
     result = CliRunner().invoke(app, ["compare", "--profile", "quick", "--seeds", "1", "--rev", "old"])
     assert result.exit_code == 1
     assert (
@@ -130,13 +132,13 @@ def fake_results(states: dict[str, str]) -> dict:
 
 def test_a_failed_run_makes_the_command_fail_naming_it(faked_dvc, monkeypatch):
     results = fake_results({"cmp-quick-hrm_v1-s0": "success", "cmp-quick-hrm_v1-s1": "failed"})
-    monkeypatch.setattr(cmp, "compare", lambda **kwargs: results)
+    monkeypatch.setattr(command, "compare", lambda **kwargs: results)
     result = CliRunner().invoke(app, ["compare", "--profile", "quick"])
     assert result.exit_code == 1
     assert "1 of 2 runs did not succeed (report: reports/compare/index.html)" in result.output
     assert "cmp-quick-hrm_v1-s1: failed: error: cmp-quick-hrm_v1-s1 broke" in result.output
     assert "cmp-quick-hrm_v1-s0:" not in result.output
-    cmp.check_all_succeeded(fake_results({"a": "success"}), "out")  # all succeeded: no error
+    command.check_all_succeeded(fake_results({"a": "success"}), "out")  # all succeeded: no error
 
 
 def test_progress_counts_only_this_calls_queue_entries(monkeypatch, capsys):
@@ -149,18 +151,18 @@ def test_progress_counts_only_this_calls_queue_entries(monkeypatch, capsys):
             ({"a": ["Failed", "Success"], "b": ["Success"]}, 1),
         ]
     )
-    monkeypatch.setattr(cmp, "queue_status", lambda: next(answers))
-    monkeypatch.setattr(cmp, "start_workers", lambda jobs: None)
+    monkeypatch.setattr(dvc, "queue_status", lambda: next(answers))
+    monkeypatch.setattr(dvc, "start_workers", lambda jobs: None)
     monkeypatch.setattr(
-        cmp, "_cmd", lambda command, check=True: subprocess.CompletedProcess(command, 0, "", "")
+        dvc, "_cmd", lambda command, check=True: subprocess.CompletedProcess(command, 0, "", "")
     )
-    monkeypatch.setattr(cmp.time, "sleep", lambda s: None)
-    run = cmp.Planned("a", "hrm_v1", 0, None, (), {"train.seed": 0})
-    cmp.run_queue([run], {"a", "b"}, jobs=1, poll_s=0.0)
+    monkeypatch.setattr(dvc.time, "sleep", lambda s: None)
+    run = Planned("a", "hrm_v1", 0, None, (), {"train.seed": 0})
+    dvc.run_queue([run], {"a", "b"}, jobs=1, poll_s=0.0)
     out = capsys.readouterr().out
     assert "queue: 1 running" in out and "queue: 1 success" in out
     assert "failed" not in out and "2 success" not in out
-    assert cmp.finished_entries({"a": ["Failed", "Running"], "c": ["Success"]}, {"a"}) == Counter(
+    assert dvc.finished_entries({"a": ["Failed", "Running"], "c": ["Success"]}, {"a"}) == Counter(
         {("a", "Failed"): 1}
     )
 
@@ -168,24 +170,24 @@ def test_progress_counts_only_this_calls_queue_entries(monkeypatch, capsys):
 def test_commands_compare_shows_paste_into_a_shell(monkeypatch):
     command = ["dvc", "exp", "run", "--queue", "-n", "x", "-Sgenerate.city.avenue_spacing=[3, 5]"]
     monkeypatch.setattr(
-        cmp.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(command, 1, "", "ERROR: no")
+        dvc.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(command, 1, "", "ERROR: no")
     )
     with pytest.raises(UserError) as caught:
-        cmp._cmd(command)
+        dvc._cmd(command)
     shown = str(caught.value).split("`")[1]
     assert shlex.split(shown) == command
-    run = cmp.Planned("x", "hrm_v1", 0, None, (("generate.city.avenue_spacing", [3, 5]),), {})
+    run = Planned("x", "hrm_v1", 0, None, (("generate.city.avenue_spacing", [3, 5]),), {})
     assert shlex.split(run.variant_label) == ["generate.city.avenue_spacing=[3, 5]"]
 
 
 def test_a_refused_queue_shows_the_pasteable_command(monkeypatch):
     monkeypatch.setattr(
-        cmp, "_cmd", lambda command, check=True: subprocess.CompletedProcess(command, 1, "", "ERROR: refused")
+        dvc, "_cmd", lambda command, check=True: subprocess.CompletedProcess(command, 1, "", "ERROR: refused")
     )
-    monkeypatch.setattr(cmp, "queue_status", lambda: ({}, 0))
-    run = cmp.Planned("x", "hrm_v1", 0, None, (), {"generate.city.avenue_spacing": [3, 5]})
+    monkeypatch.setattr(dvc, "queue_status", lambda: ({}, 0))
+    run = Planned("x", "hrm_v1", 0, None, (), {"generate.city.avenue_spacing": [3, 5]})
     with pytest.raises(UserError) as caught:
-        cmp.run_queue([run], {"x"}, jobs=1, poll_s=0.0)
+        dvc.run_queue([run], {"x"}, jobs=1, poll_s=0.0)
     shown = str(caught.value).split("(", 1)[1].split("):", 1)[0]
     assert shlex.split(shown)[-1] == "-Sgenerate.city.avenue_spacing=[3, 5]"
 
@@ -205,4 +207,4 @@ def test_a_retried_run_that_failed_again_shows_its_own_error():
             "experiments": [failed("old", "2026-01-01T00:00:00"), failed("new", "2026-02-01T00:00:00")],
         }
     ]
-    assert [e.error for e in cmp.parse_exp_show(shown, "b" * 40)["x"]] == ["new", "old"]
+    assert [e.error for e in dvc.parse_exp_show(shown, "b" * 40)["x"]] == ["new", "old"]

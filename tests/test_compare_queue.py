@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import GIT, copy_checkout, run
 
-from hrm import compare as cmp
+from hrm.compare import command
 from hrm.quickstart import profile_overrides, set_param_args
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compare_here(repo: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.chdir(repo)
     monkeypatch.setenv("PYTHONPATH", str(repo))
-    return cmp.compare(profile="tiny", archs=ARCHS, seeds=2, jobs=2, poll_s=2.0, command="test")
+    return command.compare(profile="tiny", archs=ARCHS, seeds=2, jobs=2, poll_s=2.0, command="test")
 
 
 def test_compare_reuses_and_shows_failures(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -504,7 +504,7 @@ def test_no_micro_batch_fits_is_not_ready_with_the_memory_needed(tiny_params, tm
         memory["status"] == "fail" and "a step needs ~" in memory["detail"] and "usable" in memory["detail"]
     )
     assert checks["time_here"]["status"] == "skip"
-    line = doctor.verdict(doctor.Report([doctor.Check(**c) for c in report["checks"]]))
+    line = doctor.verdict(doctor.Report([doctor.Finding(**c) for c in report["checks"]]))
     assert line.startswith("[bold red]NOT READY[/]: memory: not even a micro-batch of 1 fits: a step needs ~")
 
 

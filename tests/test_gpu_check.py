@@ -84,7 +84,7 @@ def test_doctor_part_fails_when_the_doctor_says_not_ready(monkeypatch):
 
     gpu_check = load_gpu_check()
     failing = doctor.Report(
-        [doctor.Check("memory", doctor.FAIL, "DOES NOT FIT"), doctor.Check("bf16", "ok", "")]
+        [doctor.Finding("memory", doctor.FAIL, "DOES NOT FIT"), doctor.Finding("bf16", "ok", "")]
     )
     monkeypatch.setattr(doctor, "load_run_config", lambda *args, **kwargs: None)
     monkeypatch.setattr(doctor, "run_doctor", lambda config, quick=False: failing)

@@ -10,7 +10,7 @@ import re
 import shlex
 from pathlib import Path
 
-from hrm import compare
+from hrm.compare.plan import plan
 from hrm.config import load_params, run_params
 from hrm.quickstart import REFERENCE, next_commands, verdict
 
@@ -59,7 +59,7 @@ def test_the_cpu_commands_are_the_quickstarts_own_hints() -> None:
     argv = shlex.split(commands[4])
     assert argv[:2] == ["hrm", "compare"]
     options = dict(zip(argv[2::2], argv[3::2], strict=True))
-    runs = compare.plan(
+    runs = plan(
         load_params(REPO / "params.yaml"),
         profile=options["--profile"],
         archs=options["--archs"].split(","),
@@ -134,7 +134,7 @@ def test_every_compare_example_in_the_docs_plans_without_error() -> None:
                 flag = argv.pop(0)
                 takes_value = flag not in ("--data-seeds",)
                 options.setdefault(flag, []).append(argv.pop(0) if takes_value else "")
-            runs = compare.plan(
+            runs = plan(
                 params,
                 profile=options.get("--profile", ["quick"])[0],
                 archs=options.get("--archs", ["hrm_v1,transformer"])[0].split(","),

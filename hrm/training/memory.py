@@ -12,6 +12,7 @@ shows this plan (the same function), it never re-decides it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm.io import UserError
-from hrm.training.trace import StepMemory, carry_bytes_per_row
+from hrm.training.trace import StepMemory, Workload, carry_bytes_per_row, traced_memory
 
 MEMORY_HEADROOM = 0.90  # fraction of available memory a run may plan to use (allocator fragmentation)
 PROBE_ROWS = (1, 2)
@@ -310,6 +311,13 @@ def plan(
     return MemoryPlan(global_batch, world_size, share, micro, memory, total_bytes, free_bytes, memory_source)
 
 
+def traced_step_memory(work: Workload, train: Any, dtype: str, device: str) -> StepMemory:
+    """The step traced on meta (`traced_memory`) as a plan takes it where nothing is measured: at least one byte
+    per row, so that the peak grows with the micro-batch."""
+    traced = traced_memory(work, train, dtype, device)
+    return dataclasses.replace(traced, per_example=max(traced.per_example, 1))
+
+
 def first_batch(dataset: Any, rows: int) -> dict[str, Any]:
     """The dataset's first rows as a training batch (shapes for measuring a step)."""
     return dataset.rows(0, min(rows, dataset.num_examples), pad_to=rows)
@@ -322,11 +330,9 @@ def step_memory(arch: dict[str, Any], metadata: Any, config: Any, device: Any, d
     )
     if counter is None:
         from hrm.runtime import dtype_name
-        from hrm.training.trace import Workload, traced_memory
 
         dtype = dtype_name(str(arch.get("forward_dtype", "auto")), device)
-        traced = traced_memory(Workload(dict(arch), metadata), config, dtype, device.type)
-        return StepMemory(traced.fixed, max(traced.per_example, 1), traced.carry_per_row, traced.method)
+        return traced_step_memory(Workload(dict(arch), metadata), config, dtype, device.type)
     from hrm.training.state import new_state
 
     def make_state(rows: int) -> Any:
@@ -346,12 +352,22 @@ def plan_micro_batch(
     dataset: Any,
 ) -> MemoryPlan:
     """The trainer's plan on every device (`hrm doctor` shows this one): the step's memory (`step_memory`)
-    against the memory available after it (`available_memory`)."""
+    against the memory available after it (`plan_here`)."""
     memory = step_memory(arch, metadata, config, device, dataset)
+    return plan_here(memory, config.global_batch_size, world_size, configured_micro, device)
+
+
+def plan_here(
+    memory: StepMemory, global_batch: int, world_size: int, configured_micro: int | None, device: Any
+) -> MemoryPlan:
+    """`plan` of a step's `memory` against the memory `device` has available now (`available_memory`); a refusal
+    ends with the fix for that device (more GPUs, else RAM_FIX)."""
+    import torch
+
     available = available_memory(device)
-    fix = "use more GPUs" if device.type == "cuda" else RAM_FIX
+    fix = "use more GPUs" if torch.device(device).type == "cuda" else RAM_FIX
     return plan(
-        config.global_batch_size,
+        global_batch,
         world_size,
         configured_micro,
         memory,
