@@ -36,20 +36,17 @@ from hrm.config import (
     profile_overrides,
     set_value,
 )
+from hrm.evaluation import metrics as M
 from hrm.io import UserError, atomic_write_json, atomic_write_text, staged_directory
 from hrm.quickstart import flatten, set_param_args
 from hrm.rules import check_rules
 
 # (metric key under test.*, label); ACT steps = mean segment where the Q-head would halt.
-METRICS = (
-    ("route_optimal_rate", "route optimal"),
-    ("route_valid_rate", "route valid"),
-    ("exact_accuracy", "exact"),
-    ("accuracy", "token acc."),
-    ("steps", "ACT steps"),
+METRICS = tuple(
+    (name, M.METRICS[name].label) for name in (M.ROUTE_OPTIMAL, M.ROUTE_VALID, M.EXACT, M.TOKEN, M.STEPS)
 )
 TIMING = (("wall_s", "train wall s"), ("steps_per_s", "train steps/s"))
-RATES = {"route_optimal_rate", "route_valid_rate", "exact_accuracy", "accuracy"}
+RATES = {M.ROUTE_OPTIMAL, M.ROUTE_VALID, M.EXACT, M.TOKEN}
 # compare sets these itself: one per run
 OWNED_KEYS = ("arch.name", "train.seed")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
@@ -451,7 +448,7 @@ def group_stats(
         ok = [r for r in members if r["state"] == "success"]
         stats = _describe_each([{**r["metrics"], **r["timing"]} for r in ok], [*METRICS, *TIMING])
         per_vehicle = {v: _describe_each([r["vehicles"].get(v, {}) for r in ok], METRICS) for v in vehicles}
-        monotone = (monotone_baseline or {}).get("route_optimal_rate", {}).get("mean")
+        monotone = (monotone_baseline or {}).get(M.ROUTE_OPTIMAL, {}).get("mean")
         out.append(
             {
                 "variant": variant,
@@ -517,8 +514,8 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for group in groups:
         budget = group["budget"]
         last = budget["last"]
-        sd = last.get("route_optimal_rate_sd")
-        end_rate = _fmt(last["route_optimal_rate"], "route_optimal_rate")
+        sd = last.get(f"{M.ROUTE_OPTIMAL}_sd")
+        end_rate = _fmt(last[M.ROUTE_OPTIMAL], M.ROUTE_OPTIMAL)
         end_rate += "" if sd is None else f" ± {100 * sd:.1f}%"
         cells = [group["variant"], group["arch"], str(group["n"]), str(len(budget["curve"])), _compute(last)]
         cells.append(end_rate)
@@ -533,7 +530,7 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
     """The report as blocks, ("h1"|"h2"|"p", text) or ("table", (header, rows)): results.md and index.html are
     two renderings of this one list."""
-    keys, route = [*METRICS, *TIMING], "route_optimal_rate"
+    keys, route = [*METRICS, *TIMING], M.ROUTE_OPTIMAL
     seeds = (
         f"{results['seeds']} seed(s) per arch{' (data seeds varied too)' if results['data_seeds'] else ''}"
     )
@@ -568,7 +565,7 @@ def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
     if lines:
         text = "; ".join(
             f"{entry['label']} {_fmt(entry[route]['mean'], route)}"
-            + (f" (token acc. {_fmt(entry['accuracy']['mean'], 'accuracy')})" if "accuracy" in entry else "")
+            + (f" (token acc. {_fmt(entry[M.TOKEN]['mean'], M.TOKEN)})" if M.TOKEN in entry else "")
             for entry in lines.values()
             if route in entry
         )

@@ -83,10 +83,6 @@ ROUTE_METRICS = (ROUTE_VALID, ROUTE_OPTIMAL, ROUTE_COST_GAP)
 SUMMED_ROUTE_METRICS = tuple(n for n in ROUTE_METRICS if not METRICS[n].over_finite)
 
 
-def label(name: str) -> str:
-    return METRICS[name].label
-
-
 def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | None) -> ExampleScores:
     """HRM's token and exact accuracy per example; cells whose label is `ignore_label_id` do not count."""
     preds, labels = np.asarray(preds), np.asarray(labels)
