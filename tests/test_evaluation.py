@@ -113,6 +113,39 @@ def test_cost_gap_is_none_when_no_route_is_valid():
     assert M.aggregate(scores)["route_cost_gap"] is None
 
 
+def test_a_row_is_count_and_the_registrys_metrics_in_its_order():
+    """aggregate reads the registry: a fully scored row holds every metric, a grid-only row the grid ones;
+    a run without a Q-head leaves q_halt_accuracy None, not out; the report's columns are the registry."""
+    from dataclasses import replace
+
+    from hrm.evaluation.report import COLUMNS
+
+    scores, _ = score_one(OPEN, OPEN_LABEL, OPEN_LABEL)
+    acted = replace(scores, q_halt_right=np.array([1.0]), halt_steps=np.array([3]))
+    assert list(M.aggregate(acted)) == ["count", *M.METRICS]
+    assert M.aggregate(acted)[M.STEPS] == 3.0 and M.aggregate(acted)[M.Q_HALT] == 1.0
+    assert M.aggregate(replace(acted, q_halt_right=np.array([np.nan])))[M.Q_HALT] is None
+    grid_only = M.grid_scores(OPEN_LABEL.reshape(1, -1), OPEN_LABEL.reshape(1, -1), 0)
+    assert list(M.aggregate(grid_only)) == ["count", M.EXACT, M.TOKEN]
+    assert [name for name, _ in COLUMNS] == list(M.METRICS)
+
+
+def test_dvc_yaml_plot_columns_are_the_registrys_names():
+    """dvc.yaml cannot import the registry: its plot columns must name what plots.segment_rows and
+    plots.vehicle_rows write."""
+    import yaml
+
+    from hrm.evaluation import plots
+
+    entries = {
+        next(iter(e)).rsplit("/", 1)[-1]: next(iter(e.values()))
+        for e in yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
+    }
+    segment_columns = {f"{split}_{name}" for split in ("test", "train") for name in plots.SEGMENT_METRICS}
+    assert set(entries["segments.json"]["y"]) == segment_columns
+    assert entries["vehicles.json"]["x"] in plots.VEHICLE_METRICS
+
+
 def test_dijkstra_optimum_agrees_with_the_generators_astar():
     rng = np.random.default_rng(5)
     table = paper_cost_model().cost_table()
