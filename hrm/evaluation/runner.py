@@ -145,16 +145,13 @@ def evaluate_split(
     q_halt_right = np.where(np.isfinite(run.final_q_halt), (run.final_q_halt >= 0) == final.exact, np.nan)
     acted = replace(final, q_halt_right=q_halt_right, halt_steps=run.halt_steps)
 
-    def with_act(mask: np.ndarray) -> dict[str, Any]:
-        return M.aggregate(acted, mask)
-
-    result = with_act(np.ones(len(data), dtype=bool))
+    result = M.aggregate(acted)
     vehicles: list[str] = []
     present = [int(i) for i in np.unique(data.identifiers)]
     if 1 < len(present) <= M.MAX_BREAKDOWN_NAMES:  # one identifier (Maze) would repeat the overall row
         for ident in present:
             vehicles.append(metric_key(names[ident], ident))
-            result[vehicles[-1]] = with_act(data.identifiers == ident)
+            result[vehicles[-1]] = M.aggregate(acted, data.identifiers == ident)
     result["segments"] = {
         str(k): rates(final if k == run.halt_max_steps else score(preds)) for k, preds in run.preds_at.items()
     }
@@ -167,8 +164,8 @@ def evaluate_split(
         # How much search the split needs, and the model's figures on each part.
         monotone_preds, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
         detour = M.needs_detour(optimum, monotone_cost)
-        result["detour"] = with_act(detour)
-        result["monotone"] = with_act(np.isfinite(optimum) & ~detour)
+        result["detour"] = M.aggregate(acted, detour)
+        result["monotone"] = M.aggregate(acted, np.isfinite(optimum) & ~detour)
         result["monotone_path"] = rates(score(monotone_preds))
         if BLIND_VEHICLE in names:
             blind = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
