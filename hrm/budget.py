@@ -15,11 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-CURVE_METRICS = (
-    ("route_optimal_rate", "route optimal"),
-    ("exact_accuracy", "exact"),
-    ("accuracy", "token acc."),
-)
+from hrm.evaluation.metrics import EXACT, METRICS, ROUTE_OPTIMAL, TOKEN
+
+CURVE_METRICS = tuple((name, METRICS[name].label) for name in (ROUTE_OPTIMAL, EXACT, TOKEN))
 AXES = (("samples", "examples started"), ("segments", "row-segments run"), ("flops", "training FLOPs"))
 BASELINES = (
     ("monotone_path", "best monotone path"),
@@ -88,7 +86,7 @@ def mean_curve(curves: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any
     return out
 
 
-def first_reach(curve: Sequence[dict[str, Any]], level: float, metric: str = "route_optimal_rate"):
+def first_reach(curve: Sequence[dict[str, Any]], level: float, metric: str = ROUTE_OPTIMAL):
     """The first point at which `metric` >= `level`, or None within the curve."""
     return next((p for p in curve if p.get(metric) is not None and p[metric] >= level), None)
 
@@ -96,7 +94,7 @@ def first_reach(curve: Sequence[dict[str, Any]], level: float, metric: str = "ro
 def run_baselines(test: dict[str, Any]) -> dict[str, dict[str, float]]:
     """One run's baseline rates from its evaluate-stage test metrics (metrics.json's `test`)."""
     return {
-        key: {k: test[key][k] for k in ("route_optimal_rate", "accuracy") if k in test[key]}
+        key: {k: test[key][k] for k in (ROUTE_OPTIMAL, TOKEN) if k in test[key]}
         for key, _ in BASELINES
         if isinstance(test.get(key), dict)
     }
@@ -106,7 +104,7 @@ def baselines(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each baseline's test rates over the successful runs' own metrics (mean, and min/max: equal on one data)."""
     out = {}
     for key, label in BASELINES:
-        for metric in ("route_optimal_rate", "accuracy"):
+        for metric in (ROUTE_OPTIMAL, TOKEN):
             values = [
                 r["baselines"][key][metric] for r in runs if metric in r.get("baselines", {}).get(key, {})
             ]
@@ -138,10 +136,10 @@ def group_budget(curves: Sequence[Sequence[dict[str, Any]]], monotone: float | N
 def baseline_lines(lines: dict[str, dict[str, Any]], metric: str) -> dict[float, str]:
     """The dashed lines of one panel, value -> label (baselines of equal value share a line): every baseline on
     route optimal, copy-the-input on token accuracy, none on exact."""
-    wanted = "route_optimal_rate" if metric == "route_optimal_rate" else "accuracy"
+    wanted = ROUTE_OPTIMAL if metric == ROUTE_OPTIMAL else TOKEN
     shown: dict[float, list[str]] = {}
     for key, entry in lines.items():
-        if metric != "exact_accuracy" and wanted in entry and (metric != "accuracy" or key == "copy_input"):
+        if metric != EXACT and wanted in entry and (metric != TOKEN or key == "copy_input"):
             shown.setdefault(entry[wanted]["mean"], []).append(entry["label"])
     return {value: " = ".join(labels) + f" {100 * value:.1f}%" for value, labels in shown.items()}
 

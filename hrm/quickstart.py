@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hrm.config import chosen_arch, load_params, parse_override, profile_overrides, run_params
+from hrm.evaluation.metrics import ROUTE_OPTIMAL, ROUTE_VALID, TOKEN
 from hrm.evaluation.runner import HEADLINE_FILE
 from hrm.io import UserError, staged_directory
 from hrm.rules import check_rules
@@ -193,10 +194,10 @@ def verdict(
 ) -> list[str]:
     """The result in words: beside the reference runs of the same settings (when they exist) and the baselines."""
     title = ARCH_TITLES.get(arch, arch)
-    optimal = test["route_optimal_rate"]
+    optimal = test[ROUTE_OPTIMAL]
     lines = [
-        f"result: {title} ({arch}) test route optimal {_pct(optimal)} (route valid {_pct(test['route_valid_rate'])}, "
-        f"token accuracy {_pct(test['accuracy'])})"
+        f"result: {title} ({arch}) test route optimal {_pct(optimal)} (route valid {_pct(test[ROUTE_VALID])}, "
+        f"token accuracy {_pct(test[TOKEN])})"
     ]
     runs: list[dict[str, Any]] = []
     expected = None
@@ -218,9 +219,7 @@ def verdict(
                 f"on {reference.get('machine', {}).get('cpu', 'its CPU')}"
             )
         else:
-            mine = ", ".join(
-                f"{r['kernels']} {_pct(r['route_optimal_rate'])}" for r in runs if r["seed"] == seed
-            )
+            mine = ", ".join(f"{r['kernels']} {_pct(r[ROUTE_OPTIMAL])}" for r in runs if r["seed"] == seed)
             if mine:
                 lines.append(
                     f"  not bit-identical to a reference run of seed {seed} ({mine}): this CPU sums in another "
@@ -230,8 +229,8 @@ def verdict(
             lines.append("  a result outside every reference run: check `hrm doctor` and docs/results.md")
     else:
         lines.append("  no reference runs for these settings (bench/quick_spread.py measures them)")
-    monotone = test.get("monotone_path", {}).get("route_optimal_rate")
-    copy = test.get("copy_input", {}).get("accuracy")
+    monotone = test.get("monotone_path", {}).get(ROUTE_OPTIMAL)
+    copy = test.get("copy_input", {}).get(TOKEN)
     if monotone is not None:
         lines.append(
             f"  baselines (no model): best monotone path {_pct(monotone)} route optimal, copy-the-input "

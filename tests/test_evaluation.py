@@ -13,6 +13,7 @@ from hrm.data import routing, spec
 from hrm.evaluation import metrics as M
 from hrm.evaluation import runner
 from hrm.evaluation.data import load_route_task, load_split
+from hrm.evaluation.loop import PREDICTION_KEYS
 from hrm.io import UserError
 from tests.conftest import arch
 from tests.routing_layout import REPO, paper_cost_model, write_routing_dataset
@@ -65,7 +66,7 @@ def test_another_route_of_equal_cost_counts_as_optimal_but_not_exact():
     scores, _ = score_one(OPEN, OPEN_LABEL, other)
     assert not scores.exact[0]
     assert scores.route_valid[0] and scores.route_optimal[0] and scores.route_cost[0] == 16
-    values = M.aggregate(scores, np.array([16.0]))
+    values = M.aggregate(scores)
     assert values["exact_accuracy"] == 0.0 and values["route_optimal_rate"] == 1.0
     assert values["route_cost_gap"] == 0.0
 
@@ -102,14 +103,47 @@ def test_valid_longer_route_has_a_positive_cost_gap():
     scores, optimum = score_one(grid, label, detour)
     assert optimum[0] == 12
     assert scores.route_valid[0] and not scores.route_optimal[0] and scores.route_cost[0] == 20
-    values = M.aggregate(scores, optimum)
+    values = M.aggregate(scores)
     assert values["route_valid_rate"] == 1.0 and values["route_optimal_rate"] == 0.0
     assert values["route_cost_gap"] == pytest.approx(20 / 12 - 1)
 
 
 def test_cost_gap_is_none_when_no_route_is_valid():
     scores, optimum = score_one(OPEN, OPEN_LABEL, OPEN)
-    assert M.aggregate(scores, optimum)["route_cost_gap"] is None
+    assert M.aggregate(scores)["route_cost_gap"] is None
+
+
+def test_a_row_is_count_and_the_registrys_metrics_in_its_order():
+    """aggregate reads the registry: a fully scored row holds every metric, a grid-only row the grid ones;
+    a run without a Q-head leaves q_halt_accuracy None, not out; the report's columns are the registry."""
+    from dataclasses import replace
+
+    from hrm.evaluation.report import COLUMNS
+
+    scores, _ = score_one(OPEN, OPEN_LABEL, OPEN_LABEL)
+    acted = replace(scores, q_halt_right=np.array([1.0]), halt_steps=np.array([3]))
+    assert list(M.aggregate(acted)) == ["count", *M.METRICS]
+    assert M.aggregate(acted)[M.STEPS] == 3.0 and M.aggregate(acted)[M.Q_HALT] == 1.0
+    assert M.aggregate(replace(acted, q_halt_right=np.array([np.nan])))[M.Q_HALT] is None
+    grid_only = M.grid_scores(OPEN_LABEL.reshape(1, -1), OPEN_LABEL.reshape(1, -1), 0)
+    assert list(M.aggregate(grid_only)) == ["count", M.EXACT, M.TOKEN]
+    assert [name for name, _ in COLUMNS] == list(M.METRICS)
+
+
+def test_dvc_yaml_plot_columns_are_the_registrys_names():
+    """dvc.yaml cannot import the registry: its plot columns must name what plots.segment_rows and
+    plots.vehicle_rows write."""
+    import yaml
+
+    from hrm.evaluation import plots
+
+    entries = {
+        next(iter(e)).rsplit("/", 1)[-1]: next(iter(e.values()))
+        for e in yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
+    }
+    segment_columns = {f"{split}_{name}" for split in ("test", "train") for name in plots.SEGMENT_METRICS}
+    assert set(entries["segments.json"]["y"]) == segment_columns
+    assert entries["vehicles.json"]["x"] in plots.VEHICLE_METRICS
 
 
 def test_dijkstra_optimum_agrees_with_the_generators_astar():
@@ -371,7 +405,7 @@ def test_real_model_segments_match_a_manual_loop_and_the_heads_own_metrics(routi
     with torch.no_grad():
         first = next(iter(eval_batches(data.dataset, batch_size)))
         _, _, _, out, _ = head.eval()(
-            carry=head.initial_carry(first), batch=first, return_keys=runner.PREDICTION_KEYS
+            carry=head.initial_carry(first), batch=first, return_keys=PREDICTION_KEYS
         )
         margin = (out["q_halt_logits"] - out["q_continue_logits"]).median()
         head.state_dict()["model.inner.q_head.bias"][0] -= margin
@@ -389,7 +423,7 @@ def test_real_model_segments_match_a_manual_loop_and_the_heads_own_metrics(routi
             halt = torch.full((real,), max_steps)
             for step in range(1, max_steps + 1):
                 carry, _, step_metrics, outputs, _ = head(
-                    carry=carry, batch=batch, return_keys=runner.PREDICTION_KEYS
+                    carry=carry, batch=batch, return_keys=PREDICTION_KEYS
                 )
                 wants = (outputs["q_halt_logits"] > outputs["q_continue_logits"])[:real] & (halt == max_steps)
                 halt[wants & (step < max_steps)] = step

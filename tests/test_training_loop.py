@@ -246,9 +246,8 @@ def test_route_sums_count_label_routes_and_skip_padding():
     from routing_layout import paper_cost_model
 
     from hrm.data import routing, spec
-    from hrm.evaluation.metrics import RouteTask
+    from hrm.evaluation.metrics import RouteTask, route_sums
     from hrm.training.data import IGNORE_LABEL
-    from hrm.training.step import route_sums
 
     side = 6
     grid = np.full(side * side, spec.ROAD_BASE + 4, dtype=np.int64)  # streets, free
@@ -265,7 +264,7 @@ def test_route_sums_count_label_routes_and_skip_padding():
         "puzzle_identifiers": torch.tensor([1, 1, 0], dtype=torch.int32),
     }
     task = RouteTask(rows=side, cols=side, cost_table=table)
-    assert route_sums(batch, preds, task) == (1.0, 1.0)
+    assert route_sums(batch, preds, task) == {"route_valid_rate": 1.0, "route_optimal_rate": 1.0}
 
 
 def test_build_model_from_the_datasets_metadata_is_the_one_from_its_sizes(tiny_run_data):

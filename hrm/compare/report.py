@@ -10,6 +10,7 @@ from typing import Any
 
 from hrm.budget import plot_budget
 from hrm.compare.stats import METRICS, RATES, TIMING
+from hrm.evaluation import metrics as M
 from hrm.io import atomic_write_json, atomic_write_text, staged_directory
 
 
@@ -50,8 +51,8 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for group in groups:
         budget = group["budget"]
         last = budget["last"]
-        sd = last.get("route_optimal_rate_sd")
-        end_rate = _fmt(last["route_optimal_rate"], "route_optimal_rate")
+        sd = last.get(f"{M.ROUTE_OPTIMAL}_sd")
+        end_rate = _fmt(last[M.ROUTE_OPTIMAL], M.ROUTE_OPTIMAL)
         end_rate += "" if sd is None else f" ± {100 * sd:.1f}%"
         cells = [group["variant"], group["arch"], str(group["n"]), str(len(budget["curve"])), _compute(last)]
         cells.append(end_rate)
@@ -66,7 +67,7 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
     """The report as blocks, ("h1"|"h2"|"p", text) or ("table", (header, rows)): results.md and index.html are
     two renderings of this one list."""
-    keys, route = [*METRICS, *TIMING], "route_optimal_rate"
+    keys, route = [*METRICS, *TIMING], M.ROUTE_OPTIMAL
     seeds = (
         f"{results['seeds']} seed(s) per arch{' (data seeds varied too)' if results['data_seeds'] else ''}"
     )
@@ -101,7 +102,7 @@ def report_blocks(results: dict[str, Any]) -> list[tuple[str, Any]]:
     if lines:
         text = "; ".join(
             f"{entry['label']} {_fmt(entry[route]['mean'], route)}"
-            + (f" (token acc. {_fmt(entry['accuracy']['mean'], 'accuracy')})" if "accuracy" in entry else "")
+            + (f" (token acc. {_fmt(entry[M.TOKEN]['mean'], M.TOKEN)})" if M.TOKEN in entry else "")
             for entry in lines.values()
             if route in entry
         )

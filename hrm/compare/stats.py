@@ -12,21 +12,14 @@ from hrm.budget import group_budget, run_baselines, run_curve, segment_flops_of
 from hrm.compare import dvc
 from hrm.compare.dvc import Experiment
 from hrm.compare.plan import Planned
+from hrm.evaluation import metrics as M
 
 # (metric key under test.*, label); ACT steps = mean segment where the Q-head would halt.
-METRICS = (
-    ("route_optimal_rate", "route optimal"),
-    ("route_valid_rate", "route valid"),
-    ("exact_accuracy", "exact"),
-    ("accuracy", "token acc."),
-    ("steps", "ACT steps"),
+METRICS = tuple(
+    (name, M.METRICS[name].label) for name in (M.ROUTE_OPTIMAL, M.ROUTE_VALID, M.EXACT, M.TOKEN, M.STEPS)
 )
-
-
 TIMING = (("wall_s", "train wall s"), ("steps_per_s", "train steps/s"))
-
-
-RATES = {"route_optimal_rate", "route_valid_rate", "exact_accuracy", "accuracy"}
+RATES = {M.ROUTE_OPTIMAL, M.ROUTE_VALID, M.EXACT, M.TOKEN}
 
 
 def describe(values: Sequence[float]) -> dict[str, Any]:
@@ -138,7 +131,7 @@ def group_stats(
         ok = [r for r in members if r["state"] == "success"]
         stats = _describe_each([{**r["metrics"], **r["timing"]} for r in ok], [*METRICS, *TIMING])
         per_vehicle = {v: _describe_each([r["vehicles"].get(v, {}) for r in ok], METRICS) for v in vehicles}
-        monotone = (monotone_baseline or {}).get("route_optimal_rate", {}).get("mean")
+        monotone = (monotone_baseline or {}).get(M.ROUTE_OPTIMAL, {}).get("mean")
         out.append(
             {
                 "variant": variant,

@@ -7,6 +7,7 @@ the generator's rule), optimal when it costs what `routing.dijkstra_optimum` fin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,50 @@ class ExampleScores:
     route_valid: np.ndarray | None = None  # bool [N]
     route_optimal: np.ndarray | None = None  # bool [N]
     route_cost: np.ndarray | None = None  # float64 [N], nan where invalid
+    route_gap: np.ndarray | None = None  # float64 [N], cost / optimum - 1, nan where invalid
     route_reason: list[str] = field(default_factory=list)  # why a route is invalid ("" when valid)
+    q_halt_right: np.ndarray | None = None  # float64 [N], q_halt >= 0 agrees with exact; nan: no Q-head
+    halt_steps: np.ndarray | None = None  # int [N], the segment where the Q-head halts
+
+
+# ---- the metric registry: every metric's name (its key in metrics.json, dvclive, hrm compare), label and rule --
+
+EXACT = "exact_accuracy"
+TOKEN = "accuracy"
+ROUTE_VALID = "route_valid_rate"
+ROUTE_OPTIMAL = "route_optimal_rate"
+ROUTE_COST_GAP = "route_cost_gap"
+Q_HALT = "q_halt_accuracy"
+STEPS = "steps"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Per-example values (None where not scored: no cost model, no run) and their reduction over a set of
+    examples: the mean over all of them (a sum / count, which the trainer all-reduces), or over those with a
+    finite value only."""
+
+    label: str  # column label in the report, hrm compare and the budget curves
+    values: Callable[[ExampleScores], np.ndarray | None]
+    over_finite: bool = False
+
+    def reduce(self, values: np.ndarray) -> float | None:
+        return mean_or_none(values[np.isfinite(values)] if self.over_finite else values)
+
+
+# In metrics.json's order. route_cost_gap: "how much worse are the routes that arrive" (valid ones only).
+METRICS = {
+    EXACT: Metric("exact", lambda s: s.exact),
+    TOKEN: Metric("token acc.", lambda s: s.token_accuracy),
+    ROUTE_VALID: Metric("route valid", lambda s: s.route_valid),
+    ROUTE_OPTIMAL: Metric("route optimal", lambda s: s.route_optimal),
+    ROUTE_COST_GAP: Metric("cost gap (valid)", lambda s: s.route_gap, over_finite=True),
+    Q_HALT: Metric("q_halt acc.", lambda s: s.q_halt_right, over_finite=True),  # None without a Q-head
+    STEPS: Metric("ACT steps", lambda s: s.halt_steps),
+}
+ROUTE_METRICS = (ROUTE_VALID, ROUTE_OPTIMAL, ROUTE_COST_GAP)
+# The route metrics that are means over every example: the trainer's evals sum them per batch (dvclive).
+SUMMED_ROUTE_METRICS = tuple(n for n in ROUTE_METRICS if not METRICS[n].over_finite)
 
 
 def grid_scores(preds: np.ndarray, labels: np.ndarray, ignore_label_id: int | None) -> ExampleScores:
@@ -93,6 +137,8 @@ def score_predictions(
     scores.route_valid = np.array([bool(c.valid) for c in checks], dtype=bool)
     scores.route_cost = np.array([float(c.cost) if c.valid else np.nan for c in checks], dtype=np.float64)
     scores.route_optimal = scores.route_valid & np.isfinite(optimum) & (scores.route_cost == optimum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores.route_gap = scores.route_cost / optimum - 1.0
     scores.route_reason = ["" if c.valid else str(c.reason) for c in checks]
     return scores
 
@@ -102,26 +148,32 @@ def mean_or_none(values: np.ndarray) -> float | None:
     return None if len(values) == 0 else float(np.mean(values))
 
 
-def aggregate(
-    scores: ExampleScores, optimum: np.ndarray | None, mask: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Rates over the examples in `mask`: exact, token and (when scored) route rates. route_cost_gap: mean
-    cost / optimum - 1 over valid routes only ("how much worse are the routes that arrive"), None if none."""
+def aggregate(scores: ExampleScores, mask: np.ndarray | None = None) -> dict[str, Any]:
+    """`count` and every scored metric of the registry over the examples in `mask` (all by default)."""
     if mask is None:
         mask = np.ones(len(scores.exact), dtype=bool)
-    out: dict[str, Any] = {
-        "count": int(mask.sum()),
-        "exact_accuracy": mean_or_none(scores.exact[mask]),
-        "accuracy": mean_or_none(scores.token_accuracy[mask]),
-    }
-    if scores.route_valid is not None and optimum is not None:
-        valid = scores.route_valid & mask
-        out["route_valid_rate"] = mean_or_none(scores.route_valid[mask])
-        out["route_optimal_rate"] = mean_or_none(scores.route_optimal[mask])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gaps = scores.route_cost[valid] / optimum[valid] - 1.0
-        out["route_cost_gap"] = mean_or_none(gaps[np.isfinite(gaps)])
+    out: dict[str, Any] = {"count": int(mask.sum())}
+    for name, metric in METRICS.items():
+        values = metric.values(scores)
+        if values is not None:
+            out[name] = metric.reduce(values[mask])
     return out
+
+
+def route_sums(batch: dict[str, Any], preds: Any, task: RouteTask) -> dict[str, float]:
+    """SUMMED_ROUTE_METRICS' sums over the batch's labelled rows (torch tensors; padding rows have no labels):
+    the trainer's evals add them up and divide by the count."""
+    from hrm.training.data import IGNORE_LABEL
+
+    labels = batch["labels"].cpu().numpy()
+    labelled = (labels != IGNORE_LABEL).any(-1)
+    inputs = batch["inputs"].cpu().numpy()[labelled]
+    identifiers = batch["puzzle_identifiers"].cpu().numpy()[labelled]
+    optimum = optimal_costs(inputs, identifiers, task)
+    scores = score_predictions(
+        inputs, preds.cpu().numpy()[labelled], labels[labelled], identifiers, IGNORE_LABEL, task, optimum
+    )
+    return {name: float(np.sum(METRICS[name].values(scores))) for name in SUMMED_ROUTE_METRICS}
 
 
 # ---- baselines that show how much search the data needs ---------------------------------------------------

@@ -13,9 +13,12 @@ from typing import Any
 import numpy as np
 
 from hrm.data import colours, spec
+from hrm.evaluation.metrics import EXACT, Q_HALT, ROUTE_OPTIMAL, ROUTE_VALID, STEPS, TOKEN
 
 PNG_METADATA = {"Software": None}
-CURVE_ORDER = ("lm_loss", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "q_halt_loss")
+CURVE_ORDER = ("lm_loss", TOKEN, EXACT, Q_HALT, STEPS, "q_halt_loss")  # the trainer's evals (dvclive)
+SEGMENT_METRICS = (EXACT, ROUTE_OPTIMAL)  # against the segments run
+VEHICLE_METRICS = (EXACT, TOKEN, ROUTE_VALID, ROUTE_OPTIMAL)  # per vehicle (the bars: all but token)
 
 
 def segment_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -25,16 +28,15 @@ def segment_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"segments": k}
         for split, metrics in results.items():
             values = metrics["segments"].get(str(k), {})
-            names = ("exact_accuracy", "route_optimal_rate")
-            row.update({f"{split}_{n}": values[n] for n in names if values.get(n) is not None})
+            row.update({f"{split}_{n}": values[n] for n in SEGMENT_METRICS if values.get(n) is not None})
         rows.append(row)
     return rows
 
 
 def vehicle_rows(metrics: dict[str, Any], vehicles: list[str]) -> list[dict[str, Any]]:
-    names = ("exact_accuracy", "accuracy", "route_valid_rate", "route_optimal_rate")
     return [
-        {"vehicle": v, **{n: metrics[v][n] for n in names if metrics[v].get(n) is not None}} for v in vehicles
+        {"vehicle": v, **{n: metrics[v][n] for n in VEHICLE_METRICS if metrics[v].get(n) is not None}}
+        for v in vehicles
     ]
 
 
@@ -66,15 +68,13 @@ def plot_segments(rows: list[dict[str, Any]], q_halt: dict[str, dict[str, Any]],
     ax = fig.add_subplot()
     x = [row["segments"] for row in rows]
     for split, marker in (("test", "o"), ("train", "s")):
-        for name, style in (("exact_accuracy", "-"), ("route_optimal_rate", "--")):
+        for name, style in zip(SEGMENT_METRICS, ("-", "--"), strict=True):
             column = f"{split}_{name}"
             if any(column in row for row in rows):
                 ax.plot(x, [row.get(column) for row in rows], style, marker=marker, label=f"{split} {name}")
         point = q_halt.get(split)
         if point:
-            ax.plot(
-                [point["steps"]], [point["exact_accuracy"]], "*", markersize=14, label=f"{split} Q-halt exact"
-            )
+            ax.plot([point[STEPS]], [point[EXACT]], "*", markersize=14, label=f"{split} Q-halt exact")
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [str(v) for v in x])
     ax.set_ylim(-0.02, 1.02)
@@ -101,7 +101,7 @@ def _bars(positions: np.ndarray, series: list[tuple[str, Any]], ticks: list[str]
 
 
 def plot_vehicles(rows: list[dict[str, Any]], split: str, path: Path) -> None:
-    names = ["exact_accuracy", "route_valid_rate", "route_optimal_rate"]
+    names = [n for n in VEHICLE_METRICS if n != TOKEN]
     series = [(n, [row.get(n, 0.0) for row in rows]) for n in names if any(n in row for row in rows)]
     ticks = [row["vehicle"] for row in rows]
     plt, fig, ax = _bars(np.arange(len(rows)), series, ticks, f"Per vehicle ({split})", "rate")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from hrm.data.colours import TOKEN_LEGEND
-from hrm.evaluation.plots import segment_rows
+from hrm.evaluation.metrics import EXACT, METRICS, STEPS
+from hrm.evaluation.plots import SEGMENT_METRICS, segment_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1180px;color:#222;
@@ -27,14 +28,9 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 code{background:#f5f5f5;padding:0 .2em}
 """
 
-COLUMNS = (
-    ("exact_accuracy", "exact"),
-    ("accuracy", "token acc."),
-    ("route_valid_rate", "route valid"),
-    ("route_optimal_rate", "route optimal"),
-    ("route_cost_gap", "cost gap (valid)"),
-    ("q_halt_accuracy", "q_halt acc."),
-    ("steps", "ACT steps (Q-head)"),
+# Every metric of the registry, in its order; the steps column says whose steps they are.
+COLUMNS = tuple(
+    (name, "ACT steps (Q-head)" if name == STEPS else metric.label) for name, metric in METRICS.items()
 )
 NOTE = (
     '<p class="note"><b>exact</b>: the whole grid is right. <b>token acc.</b>: share of cells right; copying '
@@ -66,7 +62,7 @@ REFERENCES = (
 def fmt(value: Any, name: str = "") -> str:
     if value is None:
         return "&ndash;"
-    if name == "steps":
+    if name == STEPS:
         return f"{value:.2f}"
     if name == "count":
         return str(value)
@@ -103,11 +99,11 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
     rows = []
     for split, metrics in results.items():
         n, fixed = metrics["count"], float(halt_max_steps)  # HRM's eval: every row runs them all
-        rows.append((f"{split}: model, {halt_max_steps} segments", {**metrics, "steps": fixed}, n, False))
-        q_halt = {**metrics["q_halt"], "steps": metrics["steps"]}
+        rows.append((f"{split}: model, {halt_max_steps} segments", {**metrics, STEPS: fixed}, n, False))
+        q_halt = {**metrics["q_halt"], STEPS: metrics[STEPS]}
         rows.append((f"{split}: model, Q-head halting", q_halt, n, False))
         rows += [
-            (f"{split}: {label}", {**metrics[key], "steps": fixed}, metrics[key]["count"], False)
+            (f"{split}: {label}", {**metrics[key], STEPS: fixed}, metrics[key]["count"], False)
             for key, label in PARTS
             if key in metrics
         ]
@@ -117,9 +113,8 @@ def summary_table(results: dict[str, dict[str, Any]], halt_max_steps: int) -> st
 
 def segments_table(results: dict[str, dict[str, Any]]) -> str:
     """plots.segment_rows as a table: exact (and route optimal where scored) per split and segment count."""
-    names = {"exact_accuracy": "exact", "route_optimal_rate": "route optimal"}
-    columns = [(s, n) for s, m in results.items() for n in names if n == "exact_accuracy" or n in m]
-    header = ["segments"] + [f"{split} {names[name]}" for split, name in columns]
+    columns = [(s, n) for s, m in results.items() for n in SEGMENT_METRICS if n == EXACT or n in m]
+    header = ["segments"] + [f"{split} {METRICS[name].label}" for split, name in columns]
     rows = segment_rows(results)
     return table(
         header,

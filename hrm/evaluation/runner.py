@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 from hrm.evaluation import metrics as M
 from hrm.evaluation import plots, report
 from hrm.evaluation.data import SplitData, load_identifier_names, load_route_task, load_split
+from hrm.evaluation.loop import run_batches
 from hrm.io import (
     UserError,
     atomic_write_json,
@@ -28,12 +29,11 @@ from hrm.io import (
     staged_directory,
 )
 
-PREDICTION_KEYS = ["preds", "q_halt_logits", "q_continue_logits"]
 # Metric keys a vehicle name may not take, or it would overwrite a split-level entry.
-RESERVED_KEYS = set(
-    "segments q_halt copy_input labels count steps detour monotone monotone_path vehicle_blind exact_accuracy "
-    "accuracy q_halt_accuracy route_valid_rate route_optimal_rate route_cost_gap".split()
-)
+RESERVED_KEYS = {
+    *"segments q_halt copy_input labels count detour monotone monotone_path vehicle_blind".split(),
+    *M.METRICS,
+}
 # The headline metrics file under paths.eval_reports (`headline`).
 HEADLINE_FILE = "headline.json"
 # The vehicle whose optimal route the vehicle-blind baseline gives every example.
@@ -64,48 +64,37 @@ def run_segments(
     device: Any,
     progress: bool = False,
 ) -> SegmentRun:
-    """Run every batch for exactly `halt_max_steps` segments (eval mode, no grad), keeping the predictions after
-    the `keep` segment counts that are <= halt_max_steps, and always after halt_max_steps (HRM's own figure)."""
-    import torch
-
+    """Every batch through `halt_max_steps` segments (`loop.run_batches`), keeping the predictions after the
+    `keep` segment counts that are <= halt_max_steps, and always after halt_max_steps (HRM's own figure)."""
     n, dtype = len(data), data.inputs.dtype
     keep = sorted({int(k) for k in keep if 1 <= int(k) <= halt_max_steps} | {halt_max_steps})
     preds_at = {k: np.zeros_like(data.inputs) for k in keep}
     halt_steps = np.full(n, halt_max_steps, dtype=np.int64)
     halt_preds = np.zeros_like(data.inputs)
     final_q_halt = np.full(n, np.nan)  # a model without a Q-head (fixed segments) never halts early
+    # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
     starts = range(0, n, batch_size)
+    batches = (data.dataset.rows(s, min(s + batch_size, n), pad_to=batch_size) for s in starts)
+    runs: Any = zip(starts, run_batches(head, batches, halt_max_steps, device), strict=True)
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"evaluate {data.name}", unit="batch", leave=False)
+        runs = tqdm(runs, total=len(starts), desc=f"evaluate {data.name}", unit="batch", leave=False)
     head.eval()
-    with torch.no_grad():
-        for start in starts:
-            # HRM's test batches: examples in order, the last chunk padded (blank id, ignored labels).
-            stop = min(start + batch_size, n)
-            real, rows = stop - start, slice(start, stop)
-            batch = {k: v.to(device) for k, v in data.dataset.rows(start, stop, pad_to=batch_size).items()}
-            carry = head.initial_carry(batch)
-            decided = np.zeros(real, dtype=bool)
-            for step in range(1, halt_max_steps + 1):
-                carry, _, _, outputs, all_halted = head(carry=carry, batch=batch, return_keys=PREDICTION_KEYS)
-                if "preds" not in outputs:
-                    raise RuntimeError("model outputs lack 'preds'; the ACT head must return them")
-                if bool(all_halted) != (step == halt_max_steps):
-                    raise RuntimeError(
-                        f"model reported all_halted={bool(all_halted)} after segment {step} of "
-                        f"{halt_max_steps}; in eval mode HRM halts exactly at halt_max_steps"
-                    )
-                preds = outputs["preds"][:real].cpu().numpy().astype(dtype)
-                if step in preds_at:
-                    preds_at[step][rows] = preds
-                halting = ~decided & (q_says_halt(head, outputs, real) | (step == halt_max_steps))
-                halt_steps[rows][halting] = step
-                halt_preds[rows][halting] = preds[halting]
-                decided |= halting
-            if "q_halt_logits" in outputs:
-                final_q_halt[rows] = outputs["q_halt_logits"][:real].float().cpu().numpy()
+    for start, (_, segments) in runs:
+        stop = min(start + batch_size, n)
+        real, rows = stop - start, slice(start, stop)
+        decided = np.zeros(real, dtype=bool)
+        for step, (_, outputs) in enumerate(segments, start=1):
+            preds = outputs["preds"][:real].cpu().numpy().astype(dtype)
+            if step in preds_at:
+                preds_at[step][rows] = preds
+            halting = ~decided & (q_says_halt(head, outputs, real) | (step == halt_max_steps))
+            halt_steps[rows][halting] = step
+            halt_preds[rows][halting] = preds[halting]
+            decided |= halting
+        if "q_halt_logits" in outputs:
+            final_q_halt[rows] = outputs["q_halt_logits"][:real].float().cpu().numpy()
     return SegmentRun(halt_max_steps, preds_at, halt_steps, halt_preds, final_q_halt)
 
 
@@ -149,39 +138,34 @@ def evaluate_split(
         return M.score_predictions(data.inputs, preds, data.labels, data.identifiers, ignore, task, optimum)
 
     def rates(scores: M.ExampleScores) -> dict[str, Any]:
-        return {k: v for k, v in M.aggregate(scores, optimum).items() if k != "count"}
+        return {k: v for k, v in M.aggregate(scores).items() if k != "count"}
 
     final = score(run.final_preds)
-    q_halt_right = (run.final_q_halt >= 0) == final.exact
-    has_q_head = bool(np.isfinite(run.final_q_halt).all())
+    # The final predictions with the Q-head's verdict (nan without a Q-head) and halting: the model's rows.
+    q_halt_right = np.where(np.isfinite(run.final_q_halt), (run.final_q_halt >= 0) == final.exact, np.nan)
+    acted = replace(final, q_halt_right=q_halt_right, halt_steps=run.halt_steps)
 
-    def with_act(mask: np.ndarray) -> dict[str, Any]:
-        values = M.aggregate(final, optimum, mask)
-        values["q_halt_accuracy"] = M.mean_or_none(q_halt_right[mask]) if has_q_head else None
-        values["steps"] = M.mean_or_none(run.halt_steps[mask])
-        return values
-
-    result = with_act(np.ones(len(data), dtype=bool))
+    result = M.aggregate(acted)
     vehicles: list[str] = []
     present = [int(i) for i in np.unique(data.identifiers)]
     if 1 < len(present) <= M.MAX_BREAKDOWN_NAMES:  # one identifier (Maze) would repeat the overall row
         for ident in present:
             vehicles.append(metric_key(names[ident], ident))
-            result[vehicles[-1]] = with_act(data.identifiers == ident)
+            result[vehicles[-1]] = M.aggregate(acted, data.identifiers == ident)
     result["segments"] = {
         str(k): rates(final if k == run.halt_max_steps else score(preds)) for k, preds in run.preds_at.items()
     }
-    result["q_halt"] = {**rates(score(run.halt_preds)), "steps": float(run.halt_steps.mean())}
+    result["q_halt"] = {**rates(score(run.halt_preds)), M.STEPS: float(run.halt_steps.mean())}
     result["copy_input"] = rates(score(data.inputs))
     if task is not None:
         # The labels scored as predictions: 1.0 unless the data's own routes are broken or not optimal.
         oracle = rates(score(data.labels))
-        result["labels"] = {k: oracle[k] for k in ("route_valid_rate", "route_optimal_rate")}
+        result["labels"] = {k: oracle[k] for k in (M.ROUTE_VALID, M.ROUTE_OPTIMAL)}
         # How much search the split needs, and the model's figures on each part.
         monotone_preds, monotone_cost = M.monotone_baseline(data.inputs, data.identifiers, task)
         detour = M.needs_detour(optimum, monotone_cost)
-        result["detour"] = with_act(detour)
-        result["monotone"] = with_act(np.isfinite(optimum) & ~detour)
+        result["detour"] = M.aggregate(acted, detour)
+        result["monotone"] = M.aggregate(acted, np.isfinite(optimum) & ~detour)
         result["monotone_path"] = rates(score(monotone_preds))
         if BLIND_VEHICLE in names:
             blind = M.vehicle_blind_baseline(data.inputs, task, names.index(BLIND_VEHICLE))
@@ -269,13 +253,13 @@ def headline(test: dict[str, Any]) -> dict[str, float]:
     """The answer in a few numbers: the test split's route metrics beside the no-model baselines. A DVC metric of
     its own, declared first in dvc.yaml, so `dvc exp show` and `dvc metrics diff` lead with it."""
     return {
-        "test_route_optimal_rate": test.get("route_optimal_rate"),  # None without a cost model
-        "test_route_valid_rate": test.get("route_valid_rate"),
-        "test_accuracy": test["accuracy"],
-        "test_exact_accuracy": test["exact_accuracy"],
-        "baseline_monotone_route_optimal_rate": test.get("monotone_path", {}).get("route_optimal_rate"),
-        "baseline_vehicle_blind_route_optimal_rate": test.get("vehicle_blind", {}).get("route_optimal_rate"),
-        "baseline_copy_input_accuracy": test.get("copy_input", {}).get("accuracy"),
+        f"test_{M.ROUTE_OPTIMAL}": test.get(M.ROUTE_OPTIMAL),  # None without a cost model
+        f"test_{M.ROUTE_VALID}": test.get(M.ROUTE_VALID),
+        f"test_{M.TOKEN}": test[M.TOKEN],
+        f"test_{M.EXACT}": test[M.EXACT],
+        f"baseline_monotone_{M.ROUTE_OPTIMAL}": test.get("monotone_path", {}).get(M.ROUTE_OPTIMAL),
+        f"baseline_vehicle_blind_{M.ROUTE_OPTIMAL}": test.get("vehicle_blind", {}).get(M.ROUTE_OPTIMAL),
+        f"baseline_copy_input_{M.TOKEN}": test.get("copy_input", {}).get(M.TOKEN),
     }
 
 
@@ -305,7 +289,7 @@ def write_reports(
         atomic_write_json(plot_dir / "vehicles.json", vehicle_rows["test"], indent=1)
         atomic_write_json(plot_dir / "act_steps.json", step_rows, indent=1)
 
-        q_halt = {n: {**m["q_halt"], "steps": m["steps"]} for n, m in metrics.items()}
+        q_halt = {n: {**m["q_halt"], M.STEPS: m[M.STEPS]} for n, m in metrics.items()}
         plots.plot_segments(segment_rows, q_halt, figure_dir / "segments.png")
         plots.plot_act_steps(step_rows, figure_dir / "act_steps.png")
         for name in [n for n in splits if vehicles[n]]:
@@ -358,17 +342,18 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """A few lines for the terminal; the full picture is in metrics.json and index.html."""
     lines = []
     for split, values in metrics.items():
-        parts = [f"exact {values['exact_accuracy']:.3f}", f"token {values['accuracy']:.3f}"]
-        if "route_optimal_rate" in values:  # route metrics come with the copy-input and monotone rows
+        optimal = M.ROUTE_OPTIMAL
+        parts = [f"exact {values[M.EXACT]:.3f}", f"token {values[M.TOKEN]:.3f}"]
+        if optimal in values:  # route metrics come with the copy-input and monotone rows
             parts += [
-                f"route valid {values['route_valid_rate']:.3f}",
-                f"route optimal {values['route_optimal_rate']:.3f}",
-                f"(copy-input baseline: route optimal {values['copy_input']['route_optimal_rate']:.3f})",
+                f"route valid {values[M.ROUTE_VALID]:.3f}",
+                f"route optimal {values[optimal]:.3f}",
+                f"(copy-input baseline: route optimal {values['copy_input'][optimal]:.3f})",
                 f"needs a detour {values['detour']['count']}/{values['count']}: route optimal "
-                f"{_rate(values['detour']['route_optimal_rate'])} there, "
-                f"{_rate(values['monotone']['route_optimal_rate'])} on monotone ones "
-                f"(best-monotone-path baseline {values['monotone_path']['route_optimal_rate']:.3f})",
+                f"{_rate(values['detour'][optimal])} there, "
+                f"{_rate(values['monotone'][optimal])} on monotone ones "
+                f"(best-monotone-path baseline {values['monotone_path'][optimal]:.3f})",
             ]
-        parts.append(f"Q-halt steps {values['steps']:.2f}")
+        parts.append(f"Q-halt steps {values[M.STEPS]:.2f}")
         lines.append(f"{split}: " + ", ".join(parts))
     return lines

@@ -12,8 +12,6 @@ from hrm.training.state import TrainState
 
 LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
-ROUTE_KEYS = ("route_valid_rate", "route_optimal_rate")  # eval only, with a route task: sums / count
-MAX_EVAL_SEGMENTS = 100_000  # a model whose eval never halts is a bug; fail instead of spinning
 GRAD_BUCKET_BYTES = (
     25 * 2**20
 )  # dense gradients all-reduced in flat buckets of up to this (DDP's default cap)
@@ -244,24 +242,6 @@ def all_reduce_buckets(grads: list[Any], bucket_bytes: int = GRAD_BUCKET_BYTES) 
             offset += grad.numel()
 
 
-def route_sums(batch: dict[str, Any], preds: Any, task: Any) -> tuple[float, float]:
-    """(valid, optimal) route counts of the batch's labelled rows, by evaluate's hrm.evaluation.metrics."""
-    import numpy as np
-
-    from hrm.evaluation import metrics as M
-    from hrm.training.data import IGNORE_LABEL
-
-    labels = batch["labels"].cpu().numpy()
-    labelled = (labels != IGNORE_LABEL).any(-1)  # padding rows have none
-    inputs = batch["inputs"].cpu().numpy()[labelled]
-    identifiers = batch["puzzle_identifiers"].cpu().numpy()[labelled]
-    optimum = M.optimal_costs(inputs, identifiers, task)
-    scores = M.score_predictions(
-        inputs, preds.cpu().numpy()[labelled], labels[labelled], identifiers, IGNORE_LABEL, task, optimum
-    )
-    return float(np.sum(scores.route_valid)), float(np.sum(scores.route_optimal))
-
-
 def evaluate(
     state: TrainState,
     batches: Iterable[dict[str, Any]],
@@ -270,9 +250,13 @@ def evaluate(
     world_size: int = 1,
     route_task: Any = None,
 ) -> dict[str, float]:
-    """Every test batch run until all rows halted; the last segment's metric sums over count. With
-    `route_task` (routing.json) predictions are scored as routes too (`ROUTE_KEYS`: hrm compare's curves)."""
+    """The evaluation loop over every test batch (EMA weights when kept); the last segment's metric sums over
+    count. With `route_task` (routing.json) predictions are scored as routes too (SUMMED_ROUTE_METRICS: hrm
+    compare's curves)."""
     import torch
+
+    from hrm.evaluation.loop import run_batches
+    from hrm.evaluation.metrics import SUMMED_ROUTE_METRICS, route_sums
 
     module = state.module
     was_training = module.training
@@ -280,25 +264,16 @@ def evaluate(
     totals: torch.Tensor | None = None
     names: list[str] = []
     try:
-        with state.ema.applied(module) if state.ema is not None else nullcontext(), torch.inference_mode():
-            for batch in batches:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                carry = module.initial_carry(batch)
-                keys = ["preds"] if route_task is not None else []
-                for _ in range(MAX_EVAL_SEGMENTS):
-                    carry, _, metrics, outputs, all_halted = state.head(
-                        carry=carry, batch=batch, return_keys=keys
-                    )
-                    if bool(all_halted):
-                        break
-                else:
-                    raise RuntimeError(f"evaluation did not halt within {MAX_EVAL_SEGMENTS} segments")
+        with state.ema.applied(module) if state.ema is not None else nullcontext():
+            for batch, segments in run_batches(state.head, batches, module.model.eval_segments, device):
+                metrics, outputs = segments[-1]
                 if route_task is not None:
-                    valid, optimal = route_sums(batch, outputs["preds"], route_task)
-                    sums = (torch.tensor(valid), torch.tensor(optimal))
-                    metrics = {**metrics, **dict(zip(ROUTE_KEYS, sums, strict=True))}
+                    sums = route_sums(batch, outputs["preds"], route_task)
+                    metrics = {**metrics, **{k: torch.tensor(v) for k, v in sums.items()}}
                 if totals is None:
-                    names = [k for k in (*METRIC_KEYS[:-1], *ROUTE_KEYS) if k in metrics]  # no q_continue
+                    names = [
+                        k for k in (*METRIC_KEYS[:-1], *SUMMED_ROUTE_METRICS) if k in metrics
+                    ]  # no q_continue
                     totals = torch.zeros(len(names), dtype=reduce_dtype(torch.device(device)), device=device)
                 totals += torch.stack([metrics[k].to(totals.dtype).to(device) for k in names])
     finally:
