@@ -4,13 +4,11 @@ in the same colour (the goal was blue in one and red in the other)."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import numpy as np
 
 from hrm.data import colours, spec
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def test_every_token_has_one_colour_and_the_markers_stand_out():

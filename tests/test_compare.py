@@ -18,8 +18,8 @@ from hrm.compare.plan import expected_params, known_archs, plan
 from hrm.compare.stats import collect, group_stats
 from hrm.io import UserError
 from hrm.quickstart import flatten, profile_overrides
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ["hrm_v1", "transformer"]
 
 

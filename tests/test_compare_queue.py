@@ -22,7 +22,6 @@ from hrm.quickstart import profile_overrides, set_param_args
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("hrm_v1", "transformer")
 PLANTED = "cmp-tiny-transformer-s1"
 

@@ -15,8 +15,8 @@ import hrm.training.memory as memory_module
 from hrm import doctor, planning
 from hrm.cli import app
 from hrm.training import trace
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CHECK_NAMES = [
     "environment",
     "device",

@@ -14,8 +14,6 @@ from conftest import GIT, run, tiny_checkout
 
 from hrm.data import spec
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:

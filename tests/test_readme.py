@@ -13,8 +13,8 @@ from pathlib import Path
 from hrm.compare.plan import plan
 from hrm.config import load_params, run_params
 from hrm.quickstart import REFERENCE, next_commands, verdict
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 

@@ -16,8 +16,8 @@ from train_helpers import tiny_params
 import hrm.training.step as step_module
 from hrm.io import UserError
 from hrm.training import loop
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 OUTPUT_KEYS = ("model", "checkpoints", "train_log", "train_timing")
 

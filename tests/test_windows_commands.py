@@ -4,12 +4,11 @@ torch.compile is off by default, and attention goes through SDPA only (no FlashA
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 # DVC fills `${...}` from params.yaml before any shell sees the command: that syntax is allowed.
 DVC_INTERPOLATION = re.compile(r"\$\{[A-Za-z0-9_.\[\]-]+\}")
