@@ -58,7 +58,7 @@ def measured_flops(section: dict) -> tuple[float, float, object]:
     }
     carry = head.initial_carry(batch)
     with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_counters()) as forward_counter:
-        _, loss, _, _, _ = head(carry=carry, batch=batch, generator=generator)
+        _, loss, _, _, _ = head(carry=carry, batch=batch, draws=head.draw_row_randomness(ROWS, generator))
     with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_counters()) as backward_counter:
         loss.backward()
     forward = forward_counter.get_total_flops()

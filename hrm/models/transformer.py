@@ -36,8 +36,12 @@ class TransformerBaseline(ACTModel):
     eval_segments = 1
 
     def forward(
-        self, carry: ACTCarry, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+        self,
+        carry: ACTCarry,
+        batch: Mapping[str, torch.Tensor],
+        draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
+        """One full prediction; `draws` is accepted as every model's and unused (this model draws nothing)."""
         data = self.take_new_examples(carry, batch)  # every row halted last call: the new batch
         logits = self.inner(data["inputs"], data["puzzle_identifiers"])
         size = logits.shape[0]
