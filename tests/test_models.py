@@ -631,3 +631,23 @@ def test_carry_from_incomplete_state_is_a_clear_error():
     del state["current_data.labels"]
     with pytest.raises(UserError, match="current_data.labels"):
         ACTCarry.from_state(state)
+
+
+# --------------------------------------------------------------------------------------- registry
+
+
+def test_schema_arch_choices_are_the_registered_architectures():
+    """params.schema.json names the architectures twice (arch.name, profiles' per_arch): both are the registry's."""
+    from hrm.config import schema
+    from hrm.models import ARCHITECTURES
+
+    definitions = schema()["$defs"]
+    assert sorted(definitions["arch"]["properties"]["name"]["enum"]) == sorted(ARCHITECTURES)
+    assert sorted(definitions["profile"]["properties"]["per_arch"]["propertyNames"]["enum"]) == sorted(
+        ARCHITECTURES
+    )
+
+
+def test_unknown_architecture_is_refused_with_the_registered_names():
+    with pytest.raises(UserError, match=r"arch\.name must be one of hrm_v1, trm, transformer; got 'gpt'"):
+        tiny(name="gpt")

@@ -4,6 +4,7 @@ no recurrence, no Q-head (so no q losses); every row halts after one segment. `a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,6 +12,16 @@ from torch import nn
 from hrm.models.act import ACTCarry, ACTModel
 from hrm.models.config import ModelConfig
 from hrm.models.layers import CastedLinear, InputEmbedding, post_norm_blocks
+
+
+@dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+    """The shared keys only: H_layers + L_layers blocks, no cycles, no Q-head (the halting keys are ignored)."""
+
+    def block_counts(self) -> tuple[int, int, int]:
+        """Every block once, all with a graph; no target-Q pass."""
+        blocks = self.H_layers + self.L_layers
+        return blocks, blocks, 0
 
 
 class TransformerInner(InputEmbedding, nn.Module):
