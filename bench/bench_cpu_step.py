@@ -110,8 +110,9 @@ def run_case(name: str, steps: int, profile: bool) -> dict:
     import torch
 
     from hrm.models import build_model
+    from hrm.optim import LrSchedule
     from hrm.training.data import PuzzleDataset, TrainSampler
-    from hrm.training.setup import TrainConfig, make_lr_for
+    from hrm.training.setup import TrainConfig
     from hrm.training.state import TrainState, build_optimizers
     from hrm.training.step import train_step
 
@@ -133,7 +134,7 @@ def run_case(name: str, steps: int, profile: bool) -> dict:
             base_lrs=base_lrs,
             generator=torch.Generator().manual_seed(0),
         )
-        lr_for = make_lr_for(config, total_steps=10_000)
+        schedule = LrSchedule(config.lr_warmup_steps, 10_000, config.lr_min_ratio)
         batches = [sampler.next_batch() for _ in range(steps + 1)]
         times, losses = [], []
         for index, batch_data in enumerate(batches):
@@ -142,12 +143,12 @@ def run_case(name: str, steps: int, profile: bool) -> dict:
                 from torch.profiler import profile as torch_profile
 
                 with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                    result = train_step(state, batch_data, global_batch_size=batch, lr_for=lr_for)
+                    result = train_step(state, batch_data, global_batch_size=batch, schedule=schedule)
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40), file=sys.stderr)
                 losses.append(result.metrics["loss"])
                 continue
             started = time.perf_counter()
-            result = train_step(state, batch_data, global_batch_size=batch, lr_for=lr_for)
+            result = train_step(state, batch_data, global_batch_size=batch, schedule=schedule)
             if index:
                 times.append(time.perf_counter() - started)
             losses.append(result.metrics["loss"])

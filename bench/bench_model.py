@@ -87,7 +87,8 @@ def run_case(case: dict) -> dict:
         saved.clear()
         start = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            carry, loss, _, _, _ = head(carry=carry, batch=batch, generator=generator)
+            draws = head.draw_row_randomness(batch_size, generator)
+            carry, loss, _, _, _ = head(carry=carry, batch=batch, draws=draws)
         forward_end = time.perf_counter()
         (loss / batch_size).backward()
         backward_end = time.perf_counter()

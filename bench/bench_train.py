@@ -74,8 +74,9 @@ def run_case(name: str, threads: int, steps: int = 0) -> dict:
     import torch
 
     from hrm.models import build_model
+    from hrm.optim import LrSchedule
     from hrm.training.data import PuzzleDataset, TrainSampler
-    from hrm.training.setup import TrainConfig, make_lr_for
+    from hrm.training.setup import TrainConfig
     from hrm.training.state import TrainState, build_optimizers, set_activation_checkpointing
     from hrm.training.step import train_step
 
@@ -97,14 +98,18 @@ def run_case(name: str, threads: int, steps: int = 0) -> dict:
         state = TrainState(
             head=module, module=module, optimizers=optimizers, base_lrs=base_lrs, generator=generator
         )
-        lr_for = make_lr_for(config, total_steps=10_000)
+        schedule = LrSchedule(config.lr_warmup_steps, 10_000, config.lr_min_ratio)
         params = sum(p.numel() for p in module.parameters()) + module.puzzle_emb.weights.numel()
         rss_before = _rss_bytes()
         times = []
         for index in range(case["steps"] + 1):
             started = time.perf_counter()
             train_step(
-                state, sampler.next_batch(), global_batch_size=batch, lr_for=lr_for, micro_batch_size=micro
+                state,
+                sampler.next_batch(),
+                global_batch_size=batch,
+                schedule=schedule,
+                micro_batch_size=micro,
             )
             if index:  # the first step allocates optimizer state and warms caches
                 times.append(time.perf_counter() - started)

@@ -250,6 +250,7 @@ def measured_step_peak(
 ) -> tuple[int | None, int | None]:
     """(max_memory_allocated, max_memory_reserved) growth of one trainer step over the share at the plan's
     micro-batch; (None, None) off CUDA (the step still runs, so the plumbing is checked)."""
+    from hrm.optim import LrSchedule
     from hrm.training.memory import first_batch
     from hrm.training.step import train_step
 
@@ -263,7 +264,7 @@ def measured_step_peak(
         state,
         rows,
         global_batch_size=plan.global_batch,
-        lr_for=lambda s, b: 1e-4,
+        schedule=LrSchedule(warmup_steps=0, total_steps=0, min_ratio=1.0),  # each optimizer's base lr
         micro_batch_size=plan.micro_batch,
     )
     if counter is None:
@@ -379,6 +380,7 @@ def time_steps(
 ) -> dict[str, Any]:
     """Warm-up and timed trainer steps at `settings.batch` rows (the compile happens in the warm-up), under
     the trainer's runtime settings (`trainer_runtime`)."""
+    from hrm.optim import LrSchedule
     from hrm.training.memory import first_batch
     from hrm.training.step import train_step
 
@@ -395,7 +397,12 @@ def time_steps(
             """(seconds, examples finished: rows that halted in these steps, the loss head's `count`)."""
             started, finished = time.perf_counter(), 0.0
             for _ in range(steps):
-                result = train_step(state, rows, global_batch_size=batch, lr_for=lambda s, b: 1e-4)
+                result = train_step(
+                    state,
+                    rows,
+                    schedule=LrSchedule(warmup_steps=0, total_steps=0, min_ratio=1.0),
+                    global_batch_size=batch,
+                )
                 finished += float(result.metrics["count"])
             synchronize(settings.device)
             return time.perf_counter() - started, finished

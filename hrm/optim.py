@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,6 +79,11 @@ class SparseSignSGD(Optimizer):
             self.pending.append((local.grad.detach(), self.embedding.local_ids.detach().clone()))
             local.grad = None
 
+    def gradients(self) -> list[torch.Tensor]:
+        """This step's gradient rows so far: the collected micro-batches', then the local copy's."""
+        local = self.embedding.local_weights.grad
+        return [grad for grad, _ in self.pending] + ([] if local is None else [local])
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.pending = []
         local = self.embedding.local_weights
@@ -122,11 +128,23 @@ def _gather_across_ranks(grad: torch.Tensor, ids: torch.Tensor) -> tuple[torch.T
     return torch.cat(grads), torch.cat(all_ids)
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """HRM's schedule: `base_lr * step / warmup` during warmup, then cosine from base_lr to base_lr*min_ratio
-    (constant with 1.0). `step` counts optimizer steps from 1, so the first update uses base_lr / warmup."""
-    if step < warmup_steps:
-        return base_lr * step / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return base_lr * (min_ratio + (1.0 - min_ratio) * cosine)
+@dataclass(frozen=True)
+class LrSchedule:
+    """HRM's schedule for one run: `base_lr * step / warmup_steps` during warmup, then cosine from base_lr to
+    base_lr * min_ratio at total_steps (constant with min_ratio 1.0)."""
+
+    warmup_steps: int
+    total_steps: int
+    min_ratio: float
+
+    def lr(self, step: int, base_lr: float) -> float:
+        """The lr of optimizer step `step` (counted from 1, so the first update uses base_lr / warmup_steps)."""
+        if step < self.warmup_steps:
+            return base_lr * step / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return base_lr * (self.min_ratio + (1.0 - self.min_ratio) * cosine)
+
+
+# Past its end from step 1 with a floor of 0: lr 0 at every step (the memory and timing probes' throwaway steps).
+ZERO_LR = LrSchedule(warmup_steps=0, total_steps=0, min_ratio=0.0)

@@ -93,6 +93,7 @@ def timed_steps(work: Workload, train: Any, device: str, rows: int, global_batch
 
     import torch
 
+    from hrm.optim import ZERO_LR
     from hrm.training.state import new_state
     from hrm.training.step import train_step
 
@@ -104,7 +105,7 @@ def timed_steps(work: Workload, train: Any, device: str, rows: int, global_batch
     for _ in range(repeats):
         sync(torch_device)
         started = time.perf_counter()
-        train_step(state, batch, global_batch_size=global_batch, lr_for=lambda step, base: 0.0)
+        train_step(state, batch, schedule=ZERO_LR, global_batch_size=global_batch)
         sync(torch_device)
         times.append(time.perf_counter() - started)
     return min(times)

@@ -321,7 +321,7 @@ def test_cuda_probe_runs_the_trainers_step(tiny_params, monkeypatch):
     def recording_step(state, batch, **kwargs):
         rows_seen.append(batch["inputs"].shape[0])
         result = real_step(state, batch, **kwargs)
-        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers)
+        assert all(o.state or o.__class__.__name__ == "SparseSignSGD" for o in state.optimizers.values())
         return result
 
     monkeypatch.setattr(step_module, "train_step", recording_step)

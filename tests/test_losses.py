@@ -53,7 +53,7 @@ class _FixedModel(nn.Module):
         self.outputs, self.carry = outputs, carry
         self.config = None
 
-    def forward(self, carry, batch, generator=None):
+    def forward(self, carry, batch, draws=None):
         return self.carry, dict(self.outputs)
 
 

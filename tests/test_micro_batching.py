@@ -127,7 +127,8 @@ def tiny_gradients(checkpointing: bool, name: str = "hrm_v1") -> dict[str, torch
     }
     carry = head.initial_carry(batch)
     for _ in range(2):  # the second segment starts from a carried (not reset) state
-        carry, _, _ = forward_backward(head, carry, batch, global_batch_size=3, generator=generator)
+        draws = head.draw_row_randomness(3, generator)
+        carry, _, _ = forward_backward(head, carry, batch, draws, global_batch_size=3)
     grads = {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
     grads["puzzle_emb.local"] = head.puzzle_emb.local_weights.grad.clone()
     return grads

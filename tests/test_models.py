@@ -304,7 +304,8 @@ def _run_until_all_halted(head, batch, generator=None, limit=50):
     halt_steps = torch.zeros(batch["inputs"].shape[0], dtype=torch.int32)
     first_halt_seen = torch.zeros_like(halt_steps, dtype=torch.bool)
     for _ in range(limit):
-        carry, _, _, _, all_halted = head(carry=carry, batch=batch, generator=generator)
+        draws = head.draw_row_randomness(batch["inputs"].shape[0], generator)
+        carry, _, _, _, all_halted = head(carry=carry, batch=batch, draws=draws)
         newly = carry.halted & ~first_halt_seen
         halt_steps[newly] = carry.steps[newly]
         first_halt_seen |= carry.halted
@@ -357,9 +358,8 @@ def test_exploration_probability_is_respected():
     head.train()
     set_q_bias(head, 3.0, -3.0)
     batch = make_batch(batch_size)
-    carry, _, _, _, _ = head(
-        carry=head.initial_carry(batch), batch=batch, generator=torch.Generator().manual_seed(0)
-    )
+    draws = head.draw_row_randomness(batch_size, torch.Generator().manual_seed(0))
+    carry, _, _, _, _ = head(carry=head.initial_carry(batch), batch=batch, draws=draws)
     # A row runs on after step 1 only if it explores (any min step count is >= 2): rate ~ 0.25.
     assert 0.18 < (~carry.halted).float().mean().item() < 0.32
 
@@ -431,7 +431,8 @@ def _train_run(seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     for step in range(4):
         batch = make_batch(seed=step)
         carry = carry or head.initial_carry(batch)
-        carry, loss, _, _, _ = head(carry=carry, batch=batch, generator=generator)
+        draws = head.draw_row_randomness(batch["inputs"].shape[0], generator)
+        carry, loss, _, _, _ = head(carry=carry, batch=batch, draws=draws)
         (loss / 4).backward()
         optimizer.step()
         sparse.step()
@@ -454,14 +455,14 @@ def test_carry_state_round_trip_continues_identically():
     head = tiny(halt_exploration_prob=0.5)
     head.train()
     batch = make_batch()
-    carry, _, _, _, _ = head(
-        carry=head.initial_carry(batch), batch=batch, generator=torch.Generator().manual_seed(0)
-    )
+    rows = batch["inputs"].shape[0]
+    draws = head.draw_row_randomness(rows, torch.Generator().manual_seed(0))
+    carry, _, _, _, _ = head(carry=head.initial_carry(batch), batch=batch, draws=draws)
     restored = ACTCarry.from_state(carry.to_state())
-    generator_a, generator_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    draws = head.draw_row_randomness(rows, torch.Generator().manual_seed(9))
     with torch.no_grad():
-        out_a = head(carry=carry, batch=make_batch(seed=5), generator=generator_a, return_keys=["logits"])
-        out_b = head(carry=restored, batch=make_batch(seed=5), generator=generator_b, return_keys=["logits"])
+        out_a = head(carry=carry, batch=make_batch(seed=5), draws=draws, return_keys=["logits"])
+        out_b = head(carry=restored, batch=make_batch(seed=5), draws=draws, return_keys=["logits"])
     assert torch.equal(out_a[1], out_b[1])
     assert torch.equal(out_a[3]["logits"], out_b[3]["logits"])
     assert torch.equal(out_a[0].halted, out_b[0].halted)
@@ -630,3 +631,23 @@ def test_carry_from_incomplete_state_is_a_clear_error():
     del state["current_data.labels"]
     with pytest.raises(UserError, match="current_data.labels"):
         ACTCarry.from_state(state)
+
+
+# --------------------------------------------------------------------------------------- registry
+
+
+def test_schema_arch_choices_are_the_registered_architectures():
+    """params.schema.json names the architectures twice (arch.name, profiles' per_arch): both are the registry's."""
+    from hrm.config import schema
+    from hrm.models import ARCHITECTURES
+
+    definitions = schema()["$defs"]
+    assert sorted(definitions["arch"]["properties"]["name"]["enum"]) == sorted(ARCHITECTURES)
+    assert sorted(definitions["profile"]["properties"]["per_arch"]["propertyNames"]["enum"]) == sorted(
+        ARCHITECTURES
+    )
+
+
+def test_unknown_architecture_is_refused_with_the_registered_names():
+    with pytest.raises(UserError, match=r"arch\.name must be one of hrm_v1, trm, transformer; got 'gpt'"):
+        tiny(name="gpt")

@@ -103,7 +103,8 @@ def paper_shape_gradients(dtype: str) -> tuple[torch.Tensor, dict[str, torch.Ten
         "puzzle_identifiers": torch.tensor([2], dtype=torch.int32),
     }
     carry = head.initial_carry(batch)
-    _, loss, _ = forward_backward(head, carry, batch, global_batch_size=1, generator=generator)
+    draws = head.draw_row_randomness(1, generator)
+    _, loss, _ = forward_backward(head, carry, batch, draws, global_batch_size=1)
     grads = {name: p.grad for name, p in head.named_parameters() if p.requires_grad}
     grads["puzzle_emb.local_weights"] = head.puzzle_emb.local_weights.grad  # the sparse optimizer's rows
     return loss, grads
@@ -208,9 +209,9 @@ def test_adam_atan2_huge_finite_gradient_keeps_params_and_state_finite(huge):
 def test_lr_schedule_is_finite_and_bounded_at_edge_settings(step, warmup, total, min_ratio):
     """No warmup, warmup as long as (or longer than) the run, steps past the end: the divisions stay finite
     and the lr between base * min_ratio and base (0 only during warmup's first step 0)."""
-    from hrm.optim import lr_at
+    from hrm.optim import LrSchedule
 
-    lr = lr_at(step, base_lr=1.0, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
+    lr = LrSchedule(warmup_steps=warmup, total_steps=total, min_ratio=min_ratio).lr(step, base_lr=1.0)
     assert math.isfinite(lr)
     assert (0.0 <= lr <= 1.0) if step < warmup else (min_ratio - 1e-12 <= lr <= 1.0 + 1e-12)
 
@@ -243,7 +244,7 @@ def test_loss_head_gradients_finite_at_extreme_outputs(loss, dtype):
     }
 
     class Fixed(torch.nn.Module):
-        def forward(self, carry, batch, generator=None):
+        def forward(self, carry, batch, draws=None):
             return carry, dict(outputs)
 
     _, total, metrics, _, _ = ACTLossHead(Fixed(), loss)(carry=carry, batch={})

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hrm.models.sparse_embedding import PuzzleEmbedding
-from hrm.optim import AdamATan2, SparseSignSGD, lr_at
+from hrm.optim import ZERO_LR, AdamATan2, LrSchedule, SparseSignSGD
 
 LR, BETA1, BETA2, WD = 0.1, 0.9, 0.95, 0.5
 GRADS = [[0.3, -2.0, 1e-3], [-0.1, -1.0, 5e-3]]
@@ -170,12 +170,14 @@ def test_sparse_sign_sgd_gathers_other_ranks(monkeypatch):
 
 
 def test_lr_schedule():
-    assert lr_at(0, 1e-4, 2000, 10000, 1.0) == 0.0
-    assert lr_at(1, 1e-4, 2000, 10000, 1.0) == pytest.approx(1e-4 / 2000)
-    assert lr_at(1000, 1e-4, 2000, 10000, 1.0) == pytest.approx(5e-5)
-    assert lr_at(2000, 1e-4, 2000, 10000, 1.0) == pytest.approx(1e-4)
-    assert {lr_at(s, 1e-4, 2000, 10000, 1.0) for s in (2000, 5000, 10000, 20000)} == {1e-4}
+    assert LrSchedule(2000, 10000, 1.0).lr(0, 1e-4) == 0.0
+    assert LrSchedule(2000, 10000, 1.0).lr(1, 1e-4) == pytest.approx(1e-4 / 2000)
+    assert LrSchedule(2000, 10000, 1.0).lr(1000, 1e-4) == pytest.approx(5e-5)
+    assert LrSchedule(2000, 10000, 1.0).lr(2000, 1e-4) == pytest.approx(1e-4)
+    assert {LrSchedule(2000, 10000, 1.0).lr(s, 1e-4) for s in (2000, 5000, 10000, 20000)} == {1e-4}
     # Cosine to min_ratio: half-way is the mean of the two ends, the end is base * min_ratio.
-    assert lr_at(6000, 1.0, 2000, 10000, 0.1) == pytest.approx(0.55)
-    assert lr_at(10000, 1.0, 2000, 10000, 0.1) == pytest.approx(0.1)
-    assert lr_at(3000, 1.0, 0, 10000, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    assert LrSchedule(2000, 10000, 0.1).lr(6000, 1.0) == pytest.approx(0.55)
+    assert LrSchedule(2000, 10000, 0.1).lr(10000, 1.0) == pytest.approx(0.1)
+    assert LrSchedule(0, 10000, 0.0).lr(3000, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    # The probes' schedule: past its end from the first step, lr 0 whatever the base.
+    assert {ZERO_LR.lr(s, 1e-2) for s in (1, 2, 10**6)} == {0.0}

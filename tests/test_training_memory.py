@@ -53,7 +53,7 @@ def make_state(rows: int):
     module = build_model(
         TINY_ARCH, seq_len=8, vocab_size=6, num_puzzle_identifiers=4, batch_size=rows, seed=0
     )
-    return TrainState(head=module, module=module, optimizers=[], base_lrs=[], generator=torch.Generator())
+    return TrainState(head=module, module=module, optimizers={}, base_lrs={}, generator=torch.Generator())
 
 
 BATCH = {

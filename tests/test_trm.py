@@ -302,7 +302,8 @@ def test_two_seeded_trm_runs_are_bit_identical():
         for step in range(3):
             batch = make_batch(seed=step)
             carry = carry or head.initial_carry(batch)
-            carry, loss, _, _, _ = head(carry=carry, batch=batch, generator=generator)
+            draws = head.draw_row_randomness(batch["inputs"].shape[0], generator)
+            carry, loss, _, _, _ = head(carry=carry, batch=batch, draws=draws)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -7,30 +7,42 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from hrm.io import UserError
-from hrm.models.act import ACTCarry, QHaltingACT
+from hrm.models.act import ACTCarry, ACTModel, QHaltingACT
 from hrm.models.checkpoint import load_official_checkpoint
 from hrm.models.config import ModelConfig
-from hrm.models.hrm import HRMInner
+from hrm.models.hrm import HRMConfig, HRMInner
 from hrm.models.losses import ACTLossHead, normalize_metrics
-from hrm.models.transformer import TransformerBaseline, TransformerInner
-from hrm.models.trm import TRMInner
+from hrm.models.transformer import TransformerBaseline, TransformerConfig, TransformerInner
+from hrm.models.trm import TRMConfig, TRMInner
 
-# arch.name -> (ACT loop, inner model of one segment)
+
+@dataclass(frozen=True)
+class Architecture:
+    """What `arch.name` builds: its config, its ACT loop and its inner model of one segment."""
+
+    config: type[ModelConfig]
+    act: type[ACTModel]
+    inner: type[torch.nn.Module]
+
+
+# arch.name -> its architecture: a new one is a model file (config and inner model) and a line here; the FLOP
+# count follows from its config, the schema's arch.name choices are tested against these keys.
 ARCHITECTURES = {
-    "hrm_v1": (QHaltingACT, HRMInner),
-    "trm": (QHaltingACT, TRMInner),
-    "transformer": (TransformerBaseline, TransformerInner),
+    "hrm_v1": Architecture(HRMConfig, QHaltingACT, HRMInner),
+    "trm": Architecture(TRMConfig, QHaltingACT, TRMInner),
+    "transformer": Architecture(TransformerConfig, TransformerBaseline, TransformerInner),
 }
 
 __all__ = [
     "ACTCarry",
     "ACTLossHead",
     "ARCHITECTURES",
+    "Architecture",
     "ModelConfig",
     "build_model",
     "load_official_checkpoint",
@@ -49,7 +61,7 @@ def build_model(
     vocab_size: int | None = None,
     num_puzzle_identifiers: int | None = None,
 ) -> ACTLossHead:
-    """The loss head around `arch["name"]`, on `device` (None = CPU; "meta" for shape checks).
+    """The loss head around the architecture `arch["name"]` names, on `device` (None = CPU; "meta" for shape checks).
 
     `metadata`: the dataset's sizes (anything with seq_len, vocab_size, num_puzzle_identifiers), else the three
     as keywords. `batch_size`: rows per process (the puzzle embedding's gradient buffer). `seed`: initialise
@@ -60,10 +72,7 @@ def build_model(
         num_puzzle_identifiers = metadata.num_puzzle_identifiers
     if batch_size is None or None in (seq_len, vocab_size, num_puzzle_identifiers):
         raise TypeError("build_model needs batch_size and the dataset's metadata (or its three sizes)")
-    name = arch.get("name", "hrm_v1")
-    if name not in ARCHITECTURES:
-        raise UserError(f"params.yaml: arch.name must be one of {', '.join(ARCHITECTURES)}; got {name!r}")
-    config = ModelConfig.from_arch(
+    config = ModelConfig.from_arch(  # arch.name checked here
         arch,
         seq_len=seq_len,
         vocab_size=vocab_size,
@@ -73,7 +82,8 @@ def build_model(
     )
     loss_type = str(arch.get("loss", "stablemax_cross_entropy"))
     target = torch.device(device) if device is not None else torch.device("cpu")
-    act, inner = ARCHITECTURES[name]
+    architecture = ARCHITECTURES[arch.get("name", "hrm_v1")]
+    act, inner = architecture.act, architecture.inner
     with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
         if seed is not None:
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG states stay untouched

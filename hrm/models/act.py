@@ -90,6 +90,12 @@ class ACTModel(nn.Module):
         """Segments an eval pass runs: always halt_max_steps (the Q-head never stops eval early)."""
         return self.config.halt_max_steps
 
+    def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The per-row draws of one training segment, on the CPU ({}: this model draws nothing). The trainer
+        draws them for the whole global batch and passes each forward its rows as `draws`, so a row's numbers
+        do not depend on how the batch is split."""
+        return {}
+
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> ACTCarry:
         """Every row starts halted, so the first call resets it and takes the batch's example."""
         size, device = batch["inputs"].shape[0], batch["inputs"].device
@@ -116,8 +122,7 @@ class QHaltingACT(ACTModel):
     """HRM's and TRM's ACT loop around a `layers.RecurrentInner` with fixed initial states and a Q-head."""
 
     def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """The per-row draws of one training segment (halt exploration), on the CPU; the trainer draws them for
-        the whole global batch, so a row's numbers do not depend on how the batch is split."""
+        """Halt exploration's draws: a uniform per row, and the minimum segments of an exploring row."""
         if self.config.halt_max_steps <= 1:
             return {}
         device = generator.device if generator is not None else torch.device("cpu")  # may drive a CUDA model
@@ -133,10 +138,10 @@ class QHaltingACT(ACTModel):
         self,
         carry: ACTCarry,
         batch: Mapping[str, torch.Tensor],
-        generator: torch.Generator | None = None,
         draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
-        """One segment. Training draws come from `draws` (this batch's rows) or, if None, from `generator`."""
+        """One segment. Training draws come from `draws` (this batch's rows of `draw_row_randomness`); without
+        them, from the global RNG."""
         config = self.config
         assert carry.z_H is not None and carry.z_L is not None
         # Halted rows: fresh state, new example, step count 0. Running rows: unchanged.
@@ -157,8 +162,8 @@ class QHaltingACT(ACTModel):
             if self.training and config.halt_max_steps > 1:
                 halted = halted | self.q_says_halt(q_halt, q_continue)
                 # Exploration: some rows must run a random minimum number of segments first.
-                if draws is None:
-                    draws = self.draw_row_randomness(q_halt.shape[0], generator)
+                if not draws:
+                    draws = self.draw_row_randomness(q_halt.shape[0], None)
                 explore = draws["explore"].to(q_halt.device) < config.halt_exploration_prob
                 min_steps = explore * draws["explore_min_steps"].to(steps.device)
                 halted = halted & (steps >= min_steps)

@@ -4,9 +4,22 @@ Parameter names and shapes equal the official checkpoint's (key set in tests/tes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from hrm.models.config import QHaltingConfig
 from hrm.models.layers import CosSin, ReasoningModule, RecurrentInner
+
+
+@dataclass(frozen=True)
+class HRMConfig(QHaltingConfig):
+    """HRM's keys are the shared ones (ModelConfig, QHaltingConfig); the paper's values are the defaults."""
+
+    def block_counts(self) -> tuple[int, int, int]:
+        """H_cycles x (L_cycles x L_layers + H_layers) blocks; the one-step gradient's L_layers + H_layers."""
+        forward = self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
+        return forward, self.L_layers + self.H_layers, self.target_q_blocks(forward)
 
 
 class HRMInner(RecurrentInner):

@@ -82,22 +82,18 @@ class ACTLossHead(nn.Module):
         return self.model.initial_carry(batch)
 
     def draw_row_randomness(self, rows: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Per-row random draws of one training segment ({} for a model that draws nothing)."""
-        draw = getattr(self.model, "draw_row_randomness", None)
-        return draw(rows, generator) if draw is not None else {}
+        return self.model.draw_row_randomness(rows, generator)
 
     def forward(
         self,
         carry: Any,
         batch: Mapping[str, torch.Tensor],
         return_keys: Sequence[str] = (),
-        generator: torch.Generator | None = None,
         draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[Any, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """(new carry, total loss (sum over rows), metric sums, requested outputs, all rows halted). `draws`: this
-        batch's rows of `draw_row_randomness`; None = draw here."""
-        extra = {"draws": draws} if draws else {}
-        carry, outputs = self.model(carry=carry, batch=batch, generator=generator, **extra)
+        batch's rows of `draw_row_randomness`, as the model takes them."""
+        carry, outputs = self.model(carry=carry, batch=batch, draws=draws)
         labels = carry.current_data["labels"]
         logits = outputs["logits"]
 

@@ -4,6 +4,7 @@ no recurrence, no Q-head (so no q losses); every row halts after one segment. `a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,6 +12,16 @@ from torch import nn
 from hrm.models.act import ACTCarry, ACTModel
 from hrm.models.config import ModelConfig
 from hrm.models.layers import CastedLinear, InputEmbedding, post_norm_blocks
+
+
+@dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+    """The shared keys only: H_layers + L_layers blocks, no cycles, no Q-head (the halting keys are ignored)."""
+
+    def block_counts(self) -> tuple[int, int, int]:
+        """Every block once, all with a graph; no target-Q pass."""
+        blocks = self.H_layers + self.L_layers
+        return blocks, blocks, 0
 
 
 class TransformerInner(InputEmbedding, nn.Module):
@@ -36,8 +47,12 @@ class TransformerBaseline(ACTModel):
     eval_segments = 1
 
     def forward(
-        self, carry: ACTCarry, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+        self,
+        carry: ACTCarry,
+        batch: Mapping[str, torch.Tensor],
+        draws: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
+        """One full prediction; `draws` is accepted as every model's and unused (this model draws nothing)."""
         data = self.take_new_examples(carry, batch)  # every row halted last call: the new batch
         logits = self.inner(data["inputs"], data["puzzle_identifiers"])
         size = logits.shape[0]

@@ -7,9 +7,27 @@ gradient, the last one is back-propagated whole. State_dict keys equal the offic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
+from hrm.models.config import QHaltingConfig
 from hrm.models.layers import CosSin, ReasoningModule, RecurrentInner
+
+
+@dataclass(frozen=True)
+class TRMConfig(QHaltingConfig):
+    """HRM's keys; TRM's recipe sets its own values in params.yaml (H_cycles 3, L_cycles 4, L_layers 2, ...)."""
+
+    min_H_layers: ClassVar[int] = (
+        0  # the single network is L_level; H_layers is unused (the official config: 0)
+    )
+
+    def block_counts(self) -> tuple[int, int, int]:
+        """H_cycles x (L_cycles + 1) x L_layers blocks; the last recursion's (L_cycles + 1) x L_layers."""
+        forward = self.H_cycles * (self.L_cycles + 1) * self.L_layers
+        return forward, (self.L_cycles + 1) * self.L_layers, self.target_q_blocks(forward)
 
 
 class TRMInner(RecurrentInner):

@@ -56,7 +56,16 @@ def _train_locked(params: dict[str, Any]) -> dict[str, Any]:
                         continue
                     batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
                     stop = received["signum"] is not None
-                    result = steps.train_step(state, batch, **run.step_settings, stop_requested=stop)
+                    result = steps.train_step(
+                        state,
+                        batch,
+                        schedule=run.schedule,
+                        global_batch_size=run.config.global_batch_size,
+                        world_size=run.dist.world_size,
+                        rank=run.dist.rank,
+                        micro_batch_size=run.plan.micro_batch,
+                        stop_requested=stop,
+                    )
                     logger.log_train(state.step, result.metrics)
                     if result.stop_requested:
                         message = f"stopped at step {state.step}; checkpoint {run.checkpoint()}."

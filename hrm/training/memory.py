@@ -213,6 +213,7 @@ def probe_step(
 ) -> tuple[int, int, float]:
     """(peak bytes above the memory in use before it, carry bytes per row, seconds) of a fresh state's step at
     `rows`, lr 0; `counter` defaults to CUDA's."""
+    from hrm.optim import ZERO_LR
     from hrm.training.step import train_step
 
     counter = counter or cuda_counter(device)
@@ -220,7 +221,7 @@ def probe_step(
     state = make_state(rows)
     part = {k: v[:rows].to(device) for k, v in batch.items()}
     started = time.perf_counter()
-    train_step(state, part, global_batch_size=global_batch_size, lr_for=lambda step, base: 0.0)
+    train_step(state, part, schedule=ZERO_LR, global_batch_size=global_batch_size)
     peak = counter.peak()  # synchronizes CUDA: the step's time is complete
     seconds = time.perf_counter() - started
     return peak - baseline, carry_bytes_per_row(state.module, part), seconds

@@ -4,7 +4,7 @@ state (hrm.training.state.new_state) and where a checkpoint says to resume. `pre
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,15 +108,6 @@ def check_output_paths(paths: dict[str, Any], rank: int) -> None:
         check_writable(folder, f"params.yaml: paths.{key} {paths[key]}")
 
 
-def make_lr_for(config: TrainConfig, total_steps: int) -> Callable[[int, float], float]:
-    """`lr_for(step, base_lr)`: HRM's schedule (hrm.optim.lr_at) with this run's warmup, length and floor."""
-    from hrm.optim import lr_at
-
-    return lambda step, base_lr: lr_at(
-        step, base_lr, config.lr_warmup_steps, total_steps, config.lr_min_ratio
-    )
-
-
 class Run:
     """A run ready for its first (or resumed) step: data, memory plan, state (sampler included), checkpoint
     store and logger; `saved` is the last good checkpoint, `eval_metrics` the last eval's."""
@@ -127,6 +118,7 @@ class Run:
         import torch
 
         from hrm.evaluation.data import load_route_task
+        from hrm.optim import LrSchedule
         from hrm.runtime import seed_everything
         from hrm.training.data import PuzzleDataset, TrainSampler, planned_steps
         from hrm.training.logging import RunLogger
@@ -160,13 +152,7 @@ class Run:
         self.logger = RunLogger(log_dir, dist.rank == 0, self.stop_at, initial_step=step, history=history)
         self.eval_metrics: dict[str, float] = {}
         self.iterations = config.epochs // config.eval_interval
-        self.step_settings = {  # hrm.training.step.train_step's keyword arguments
-            "global_batch_size": config.global_batch_size,
-            "lr_for": make_lr_for(config, self.total_steps),
-            "world_size": dist.world_size,
-            "rank": dist.rank,
-            "micro_batch_size": self.plan.micro_batch,
-        }
+        self.schedule = LrSchedule(config.lr_warmup_steps, self.total_steps, config.lr_min_ratio)
 
     def announce(self, meta: Any) -> None:
         """Refuse a batch no eval interval can fill; print the planned steps and where they run (rank 0)."""

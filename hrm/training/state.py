@@ -20,8 +20,8 @@ class TrainState:
 
     head: Any
     module: Any
-    optimizers: list[Any]
-    base_lrs: list[float]
+    optimizers: dict[str, Any]  # by name (`build_optimizers`): "puzzle_emb" (if the model has one), "dense"
+    base_lrs: dict[str, float]  # each optimizer's lr before the schedule (hrm.optim.LrSchedule) scales it
     generator: Any  # torch.Generator for the model's own draws (halt exploration)
     step: int = 0
     carry: Any = None
@@ -29,20 +29,13 @@ class TrainState:
     sampler: Any = None  # hrm.training.data.TrainSampler: its position is part of a checkpoint
     last_eval_step: int = -1
 
-    @property
-    def sparse_optimizers(self) -> list[Any]:
-        """The puzzle embedding's sign-SGD (it sets each micro-batch's rows aside; no rows, no optimizer)."""
-        from hrm.optim import SparseSignSGD
-
-        return [o for o in self.optimizers if isinstance(o, SparseSignSGD)]
-
     def save(self, store: Any, **common: Any) -> Path:
         """One checkpoint (collective): what the run needs to continue bit for bit, plus `common` entries."""
         from hrm.runtime import rng_states
 
         shared = {
             "model": self.module.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
+            "optimizers": [o.state_dict() for o in self.optimizers.values()],  # a list, in the dict's order
             "sampler": self.sampler.state_dict(),
             "last_eval_step": self.last_eval_step,
             **common,
@@ -70,7 +63,7 @@ class TrainState:
         file = common_file
         try:
             self.module.load_state_dict(common["model"])
-            for optimizer, saved in zip(self.optimizers, common["optimizers"], strict=True):
+            for optimizer, saved in zip(self.optimizers.values(), common["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
             self.sampler.load_state_dict(common["sampler"])
             if self.ema is not None:
@@ -124,8 +117,9 @@ def new_state(
     return TrainState(head, module, optimizers, base_lrs, generator, ema=ema)
 
 
-def build_optimizers(module: Any, config: Any) -> tuple[list[Any], list[float]]:
-    """HRM's pair: sign-SGD on the puzzle-embedding table, AdamATan2 on every parameter; base lrs in order."""
+def build_optimizers(module: Any, config: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """HRM's pair by name with their base lrs: "puzzle_emb", sign-SGD on the puzzle-embedding table (none without
+    one), then "dense", AdamATan2 on every parameter. That order is the checkpoint's and the steps'."""
     from hrm.optim import AdamATan2, SparseSignSGD
 
     # lr 0 until the schedule sets it before the first step (HRM does the same).
@@ -133,9 +127,9 @@ def build_optimizers(module: Any, config: Any) -> tuple[list[Any], list[float]]:
         module.parameters(), lr=0.0, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
     )
     if module.puzzle_emb is None:
-        return [dense], [config.lr]
+        return {"dense": dense}, {"dense": config.lr}
     sparse = SparseSignSGD(module.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay)
-    return [sparse, dense], [config.puzzle_emb_lr, config.lr]
+    return {"puzzle_emb": sparse, "dense": dense}, {"puzzle_emb": config.puzzle_emb_lr, "dense": config.lr}
 
 
 def set_activation_checkpointing(module: Any, enabled: bool) -> None:

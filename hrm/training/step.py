@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hrm.io import UserError
 from hrm.training.state import TrainState
+
+if TYPE_CHECKING:
+    from hrm.optim import LrSchedule
 
 LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
 METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
@@ -39,19 +42,11 @@ def reduce_dtype(device: Any) -> Any:
 
 
 def forward_backward(
-    head: Any,
-    carry: Any,
-    batch: dict[str, Any],
-    *,
-    global_batch_size: int,
-    generator: Any = None,
-    draws: dict[str, Any] | None = None,
+    head: Any, carry: Any, batch: dict[str, Any], draws: dict[str, Any], *, global_batch_size: int
 ) -> tuple[Any, Any, dict[str, Any]]:
     """One ACT segment and the backward of loss / global batch; (new carry, loss sum, metric sums). hrm doctor
     sizes and times this call."""
-    carry, loss, metrics, _, _ = head(
-        carry=carry, batch=batch, return_keys=[], generator=generator, draws=draws
-    )
+    carry, loss, metrics, _, _ = head(carry=carry, batch=batch, draws=draws)
     (loss / global_batch_size).backward()
     return carry, loss.detach(), metrics
 
@@ -62,10 +57,11 @@ def first_nonfinite(state: TrainState, loss: Any) -> str:
 
     if not torch.isfinite(loss).all():
         return f"the loss is {loss.item()}"
-    module_names = {id(m): n for n, m in state.module.named_modules()}
     grads = [(name, p.grad) for name, p in state.module.named_parameters() if p.grad is not None]
-    for optimizer in state.sparse_optimizers:
-        grads += [(f"{module_names[id(optimizer.embedding)]}.local_weights", g) for g, _ in optimizer.pending]
+    if "puzzle_emb" in state.optimizers:
+        embedding = state.optimizers["puzzle_emb"].embedding
+        where = next(name for name, m in state.module.named_modules() if m is embedding)
+        grads += [(f"{where}.local_weights", grad) for grad in sparse_gradients(state)]
     bad = next(((name, g) for name, g in grads if not torch.isfinite(g).all()), None)
     if bad is None:
         return "a loss or gradient on another rank"
@@ -79,16 +75,17 @@ def train_step(
     state: TrainState,
     batch: dict[str, Any],
     *,
+    schedule: LrSchedule,
     global_batch_size: int,
-    lr_for: Callable[[int, float], float],
     world_size: int = 1,
     rank: int = 0,
     micro_batch_size: int | None = None,
     stop_requested: bool = False,
 ) -> StepResult:
-    """One ACT segment on this rank's rows, as HRM's: forward, loss/B backward, all-reduce, lr, step, zero. With
-    `micro_batch_size` below the rank's rows, micro-batches (each on its rows of the carry) accumulate
-    gradients before the one optimizer step: one big batch's computation (up to float summation order)."""
+    """One ACT segment on this rank's rows, as HRM's train_batch: forward, loss/B backward, all-reduce, each
+    optimizer at its lr for this step, zero. With `micro_batch_size` below the rank's rows, micro-batches (each
+    on its rows of the carry) accumulate gradients before the one optimizer step: one big batch's computation
+    (up to float summation order)."""
     from hrm.models import normalize_metrics
 
     state.step += 1
@@ -98,29 +95,30 @@ def train_step(
         raise UserError(f"micro-batch {micro} does not divide this process's batch of {local} rows")
     if state.carry is None:
         state.carry = state.module.initial_carry(batch)
-    draws = {}  # this rank's rows of the whole global batch's draws: a row's numbers ignore the split
-    if state.module.training:
-        all_draws = state.module.draw_row_randomness(global_batch_size, state.generator)
-        draws = draws_on(
-            batch["inputs"].device, {k: v[rank * local : (rank + 1) * local] for k, v in all_draws.items()}
-        )
+    # The halting draws of the whole global batch, this rank's rows: a row's numbers ignore the split.
+    draws = (
+        state.module.draw_row_randomness(global_batch_size, state.generator) if state.module.training else {}
+    )
+    draws = draws_on(
+        batch["inputs"].device, {k: v[rank * local : (rank + 1) * local] for k, v in draws.items()}
+    )
     loss, metrics = accumulate(state, batch, micro, draws, global_batch_size)
     names = [k for k in METRIC_KEYS if k in metrics]
     diverged, stop, loss_sum, *sums = reduce_step(state, loss, metrics, names, stop_requested, world_size)
     if diverged > 0:
         culprit = first_nonfinite(state, loss)
-        for optimizer in state.optimizers:
+        for optimizer in state.optimizers.values():
             optimizer.zero_grad()
         raise TrainingDiverged(
             f"training diverged at step {state.step}: {culprit}. Nothing after the last checkpoint was saved; "
             "lower train.lr, check the data, or delete the checkpoint folder to start over.",
             culprit,
         )
-    lr_this_step = 0.0
-    for optimizer, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
-        lr_this_step = lr_for(state.step, base_lr)
+    lrs = {}
+    for name, optimizer in state.optimizers.items():
+        lrs[name] = schedule.lr(state.step, state.base_lrs[name])
         for group in optimizer.param_groups:
-            group["lr"] = lr_this_step
+            group["lr"] = lrs[name]
         optimizer.step()
         optimizer.zero_grad()
     if state.ema is not None:
@@ -129,7 +127,7 @@ def train_step(
     out = normalize_metrics(reduced, global_batch_size)
     out["count"] = reduced.get("count", 0.0)
     out["loss"] = loss_sum / global_batch_size
-    out["lr"] = lr_this_step  # HRM logs the lr of its last optimizer (the dense one)
+    out["lr"] = lrs["dense"]  # HRM logs the lr of its last optimizer, the dense one
     return StepResult(metrics=out, stop_requested=stop > 0)
 
 
@@ -146,8 +144,11 @@ def draws_on(device: Any, draws: dict[str, Any]) -> dict[str, Any]:
 def accumulate(
     state: TrainState, batch: dict[str, Any], micro: int, draws: dict[str, Any], global_batch_size: int
 ) -> tuple[Any, dict[str, Any]]:
-    """Forward and backward of each micro-batch in turn, each on its rows of the carry; (loss sum, metric sums)."""
+    """Forward and backward of each micro-batch in turn, each on its rows of the carry; (loss sum, metric sums).
+    The puzzle embedding's sign-SGD sets each micro-batch's gradient rows aside (the next backward overwrites
+    them)."""
     local = batch["inputs"].shape[0]
+    sparse = state.optimizers.get("puzzle_emb")
     loss: Any = 0.0
     metrics: dict[str, Any] = {}
     for start in range(0, local, micro):
@@ -157,19 +158,14 @@ def accumulate(
         carry = state.carry if whole else state.carry.rows(start, stop)
         part_draws = {k: v[start:stop] for k, v in draws.items()}
         new_carry, part_loss, part_metrics = forward_backward(
-            state.head,
-            carry,
-            part,
-            global_batch_size=global_batch_size,
-            generator=state.generator,
-            draws=part_draws,
+            state.head, carry, part, part_draws, global_batch_size=global_batch_size
         )
         if whole:
             state.carry = new_carry
         else:
             state.carry.put_rows(start, new_carry)
-        for optimizer in state.sparse_optimizers:
-            optimizer.collect_micro_batch()
+        if sparse is not None:
+            sparse.collect_micro_batch()
         loss = loss + part_loss
         metrics = {k: metrics.get(k, 0.0) + v for k, v in part_metrics.items()}
     return loss, metrics
@@ -194,7 +190,7 @@ def reduce_step(
     device = loss.device
     dtype = reduce_dtype(device)
     nonfinite = (~torch.isfinite(loss)).any()
-    for grad in dense_grads + [g for o in state.sparse_optimizers for g, _ in o.pending]:
+    for grad in dense_grads + sparse_gradients(state):
         nonfinite = nonfinite | (~torch.isfinite(grad)).any()
     packed = torch.stack(
         [
@@ -207,6 +203,12 @@ def reduce_step(
     if world_size > 1:
         dist.all_reduce(packed)
     return packed.cpu().tolist()
+
+
+def sparse_gradients(state: TrainState) -> list[Any]:
+    """The puzzle embedding's gradient rows of this step, as its sign-SGD holds them ([] without one)."""
+    sparse = state.optimizers.get("puzzle_emb")
+    return [] if sparse is None else sparse.gradients()
 
 
 def gradient_buckets(grads: list[Any], bucket_bytes: int = GRAD_BUCKET_BYTES) -> list[list[Any]]:

@@ -100,7 +100,7 @@ def segment_forward_backward(head: Any, batch: dict[str, Any], seed: int) -> Any
     rows = batch["inputs"].shape[0]
     draws = head.draw_row_randomness(rows, generator)
     carry = head.initial_carry(batch)
-    return forward_backward(head, carry, batch, global_batch_size=rows, generator=generator, draws=draws)[1]
+    return forward_backward(head, carry, batch, draws, global_batch_size=rows)[1]
 
 
 def saved_step_bytes(
