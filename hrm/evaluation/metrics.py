@@ -52,6 +52,9 @@ ROUTE_OPTIMAL = "route_optimal_rate"
 ROUTE_COST_GAP = "route_cost_gap"
 Q_HALT = "q_halt_accuracy"
 STEPS = "steps"
+# The loss head's sums (ACTLossHead, HRM's names), in the order the trainer reduces and logs them
+LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
+HEAD_METRICS = ("count", TOKEN, EXACT, Q_HALT, STEPS, *LOSS_KEYS)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hrm.evaluation.metrics import SUMMED_ROUTE_METRICS
+from hrm.evaluation.metrics import HEAD_METRICS, SUMMED_ROUTE_METRICS
 from hrm.io import UserError, atomic_write_text, output_path, writing
-from hrm.training.step import METRIC_KEYS
 
 # count: rows that halted this step, i.e. new examples started next step (budget curves' samples seen)
-TRAIN_METRICS = (*METRIC_KEYS, "lr")
+TRAIN_METRICS = (*HEAD_METRICS, "lr")
 EVAL_METRICS = (
-    *METRIC_KEYS[1:-1],
+    *HEAD_METRICS[1:-1],
     *SUMMED_ROUTE_METRICS,
 )  # no q_continue_loss in eval; routes with routing.json
 PREFIXED_METRICS = {"train": TRAIN_METRICS, "eval": EVAL_METRICS}

@@ -7,14 +7,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hrm.evaluation.metrics import HEAD_METRICS
 from hrm.io import UserError
 from hrm.training.state import TrainState
 
 if TYPE_CHECKING:
     from hrm.optim import LrSchedule
 
-LOSS_KEYS = ("lm_loss", "q_halt_loss", "q_continue_loss")  # q_continue_loss: training only (target-Q)
-METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", *LOSS_KEYS)  # ACTLossHead's
 GRAD_BUCKET_BYTES = (
     25 * 2**20
 )  # dense gradients all-reduced in flat buckets of up to this (DDP's default cap)
@@ -103,7 +102,7 @@ def train_step(
         batch["inputs"].device, {k: v[rank * local : (rank + 1) * local] for k, v in draws.items()}
     )
     loss, metrics = accumulate(state, batch, micro, draws, global_batch_size)
-    names = [k for k in METRIC_KEYS if k in metrics]
+    names = [k for k in HEAD_METRICS if k in metrics]
     diverged, stop, loss_sum, *sums = reduce_step(state, loss, metrics, names, stop_requested, world_size)
     if diverged > 0:
         culprit = first_nonfinite(state, loss)
@@ -274,7 +273,7 @@ def evaluate(
                     metrics = {**metrics, **{k: torch.tensor(v) for k, v in sums.items()}}
                 if totals is None:
                     names = [
-                        k for k in (*METRIC_KEYS[:-1], *SUMMED_ROUTE_METRICS) if k in metrics
+                        k for k in (*HEAD_METRICS[:-1], *SUMMED_ROUTE_METRICS) if k in metrics
                     ]  # no q_continue
                     totals = torch.zeros(len(names), dtype=reduce_dtype(torch.device(device)), device=device)
                 totals += torch.stack([metrics[k].to(totals.dtype).to(device) for k in names])
