@@ -300,7 +300,8 @@ def test_convert_and_validate_hold_the_files_in_one_form(valid_set):
     from hrm.data.validation.invariants import build_dataset
 
     converted = raw.read_raw(valid_set / "raw")
-    validated = build_dataset(raw.read_files(valid_set / "raw"))
+    validated, problems = build_dataset(raw.read_files(valid_set / "raw"))
+    assert problems == []
     assert type(validated) is type(converted) is RawDataset
     for name in (
         "folder",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import spec, structure
 from hrm.io import UserError, parse_json, shorten, shown
 
 SOURCE_GENERATOR = "hrm.data.generate"
@@ -243,43 +243,6 @@ def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> lis
     return [str(value) for value in data]
 
 
-def index_breaks(indices: np.ndarray | list[int]) -> np.ndarray:
-    """Positions i where an HRM index array does not rise above entry i - 1 (no empty puzzle or group):
-    convert stops at the first, validate lists them all."""
-    return np.flatnonzero(np.diff(np.asarray(indices, dtype=np.int64)) <= 0) + 1
-
-
-def _check_indices(path: Path, field_name: str, indices: np.ndarray, end: int, end_name: str) -> None:
-    """HRM index arrays: start at 0, rise strictly, end at the count they index."""
-    if indices.size < 2:
-        raise UserError(
-            f"{path}: field '{field_name}' needs at least 2 entries (0 and the end), has {indices.size}"
-        )
-    if indices[0] != 0:
-        raise UserError(f"{path}: field '{field_name}' index 0: must be 0, is {indices[0]}")
-    breaks = index_breaks(indices)
-    if breaks.size:
-        bad = int(breaks[0])
-        raise UserError(
-            f"{path}: field '{field_name}' index {bad}: {indices[bad]} after {indices[bad - 1]}, indices must rise "
-            "strictly (non-monotone, or an empty puzzle/group)"
-        )
-    if indices[-1] != end:
-        raise UserError(
-            f"{path}: field '{field_name}' index {indices.size - 1}: ends at {indices[-1]} but {end_name} is {end}"
-        )
-
-
-def _check_tokens(path: Path, field_name: str, grid: np.ndarray, allowed: tuple[int, ...] | range) -> None:
-    bad = ~np.isin(grid, np.array(list(allowed), dtype=np.int64))
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        raise UserError(
-            f"{path}: field '{field_name}' index {row}, position {col}: token {grid[row, col]} is not allowed here "
-            f"(allowed {min(allowed)}..{max(allowed)}; {int(bad.sum())} such tokens)"
-        )
-
-
 def _read_metadata(path: Path, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a JSON object of HRM metadata, got {_type_name(data)}")
@@ -316,27 +279,17 @@ def read_split(
         path["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], source == SOURCE_ORIGINAL
     )
     vehicles = _string_list(path["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
-    examples = inputs.shape[0]
-    if labels.shape != inputs.shape:
-        raise UserError(
-            f"{path['labels']}: field 'labels' has shape {list(labels.shape)} but {names['inputs']} has "
-            f"{list(inputs.shape)} (examples x seq_len must agree)"
+    structure.raise_first(
+        structure.split_problems(
+            path,
+            inputs,
+            labels,
+            puzzle_identifiers,
+            puzzle_indices,
+            group_indices,
+            {"base_scenario_ids": base_ids, "vehicle_types": vehicles},
         )
-    for kind, values in (("base_scenario_ids", base_ids), ("vehicle_types", vehicles)):
-        if len(values) != examples:
-            raise UserError(
-                f"{path[kind]}: field '{kind}' has {len(values)} entries but there are {examples} examples"
-            )
-    _check_indices(
-        path["puzzle_indices"], "puzzle_indices", puzzle_indices, examples, "the number of examples"
     )
-    puzzles = puzzle_indices.size - 1
-    if puzzle_identifiers.size != puzzles:
-        raise UserError(
-            f"{path['puzzle_identifiers']}: field 'puzzle_identifiers' has {puzzle_identifiers.size} entries but "
-            f"puzzle_indices describes {puzzles} puzzles"
-        )
-    _check_indices(path["group_indices"], "group_indices", group_indices, puzzles, "the number of puzzles")
     return RawSplit(
         split, metadata, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, base_ids, vehicles
     )
@@ -459,14 +412,14 @@ def _finish(
     if not identifiers:
         raise UserError(f"{identifiers_path}: field 'identifiers' is empty (id 0 must be '<blank>')")
     for split, data in splits.items():
-        bad = np.flatnonzero((data.puzzle_identifiers < 0) | (data.puzzle_identifiers >= len(identifiers)))
-        if bad.size:
-            index = int(bad[0])
-            raise UserError(
-                f"{folder / spec.raw_split_files(split)['puzzle_identifiers']}: field 'puzzle_identifiers' index "
-                f"{index}: {data.puzzle_identifiers[index]} is not an id of {identifiers_path.name} "
-                f"(0..{len(identifiers) - 1})"
+        structure.raise_first(
+            structure.identifier_problems(
+                folder / spec.raw_split_files(split)["puzzle_identifiers"],
+                data.puzzle_identifiers,
+                len(identifiers),
+                identifiers_path.name,
             )
+        )
     vocab_size = spec.VOCAB_SIZE if ours else ORIGINAL_VOCAB_SIZE
     issues = [] if ours else _original_issues(folder, splits, seq_len, len(identifiers))
     for split, data in splits.items():
@@ -474,7 +427,10 @@ def _finish(
         if ours:
             _check_own_metadata(path["dataset"], data, seq_len, rows, cols, len(identifiers))
         for kind, allowed in (("inputs", spec.INPUT_TOKENS), ("labels", spec.LABEL_TOKENS)):
-            _check_tokens(path[kind], kind, getattr(data, kind), allowed if ours else range(vocab_size))
+            grid = getattr(data, kind)
+            structure.raise_first(
+                structure.token_problems(path[kind], kind, grid, allowed if ours else range(vocab_size))
+            )
         for index, vehicle in enumerate(data.vehicle_types if ours else ()):
             if vehicle not in identifiers[1:]:
                 raise UserError(
@@ -500,16 +456,8 @@ def _check_own_metadata(
         "num_puzzle_identifiers": identifiers,
         "total_groups": data.num_groups,
     }
-    for key, value in expected.items():
-        if data.metadata.get(key) != value:
-            raise UserError(
-                f"{path}: field '{key}' is {shown(data.metadata.get(key))}, the files say {value}"
-            )
-    mean = data.num_examples / data.num_puzzles
-    if not math.isclose(float(data.metadata["mean_puzzle_examples"]), mean):
-        raise UserError(
-            f"{path}: field 'mean_puzzle_examples' is {data.metadata['mean_puzzle_examples']}, the files say {mean}"
-        )
+    expected["mean_puzzle_examples"] = data.num_examples / data.num_puzzles
+    structure.raise_first(structure.metadata_problems(path, data.metadata, expected))
 
 
 def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, identifiers: int) -> list[str]:

@@ -4,111 +4,86 @@ builds `raw.RawDataset`; `read_checked` reads any file set once, with every prob
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import spec, structure
 from hrm.data.conversion import raw
 from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.structure import Problem
 from hrm.data.validation import consistency
 from hrm.data.validation.schemas import read_raw_documents
 from hrm.io import UserError, shown
 
 MAX_LISTED = 5  # offending indices quoted per problem
+GRIDS = ("inputs", "labels")
+VECTORS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 
 
-def _listed(indices: np.ndarray | list[int]) -> str:
-    indices = [int(i) for i in indices]
+def _listed(indices: list[int]) -> str:
     shown = ", ".join(str(i) for i in indices[:MAX_LISTED])
     return shown + (f" and {len(indices) - MAX_LISTED} more" if len(indices) > MAX_LISTED else "")
 
 
-def _check_offsets(name: str, offsets: list[int], end: int, end_what: str, problems: list[str]) -> None:
-    """Offsets start at 0 (schema), strictly increase (no empty puzzle or group) and end at `end`."""
-    bad = raw.index_breaks(offsets)
-    if bad.size:
-        i = int(bad[0])
-        problems.append(
-            f"{name}: $[{i}] = {offsets[i]} is not greater than $[{i - 1}] = {offsets[i - 1]}: indices must "
-            f"increase (offending entries: {_listed(bad)})"
-        )
-    if offsets[-1] != end:
-        problems.append(
-            f"{name}: last entry $[{len(offsets) - 1}] = {offsets[-1]}, expected {end} ({end_what})"
-        )
-
-
-def _check_split(split: str, docs: dict[str, Any], identifiers: list[str], problems: list[str]) -> None:
+def _split_problems(
+    split: str, docs: dict[str, Any], identifiers: list[str]
+) -> tuple[RawSplit | None, list[str]]:
+    """One split's schema-valid documents as a `RawSplit`, and every break of `hrm.data.structure`'s rules
+    (the split is None where a rule the split's views rely on is broken)."""
     files = spec.raw_split_files(split)
-    meta = docs["dataset"]
-    meta_name = files["dataset"]
+    meta, meta_name = docs["dataset"], files["dataset"]
+    try:  # the schema leaves one thing to the reader: grids of unequal length
+        inputs, labels = (raw.int_matrix(Path(files[k]), k, docs[k]) for k in GRIDS)
+    except UserError as err:
+        return None, [str(err)]
+    puzzle_identifiers, puzzle_indices, group_indices = (np.asarray(docs[k], dtype=np.int64) for k in VECTORS)
+    per_example = {kind: docs[kind] for kind in ("base_scenario_ids", "vehicle_types")}
+    problems = structure.split_problems(
+        files, inputs, labels, *(puzzle_identifiers, puzzle_indices, group_indices), per_example
+    )
+    arrays_agree = not problems
     rows, cols, seq_len = meta["rows"], meta["cols"], meta["seq_len"]
     if seq_len != rows * cols:
-        problems.append(f"{meta_name}: seq_len = {seq_len} but rows x cols = {rows} x {cols} = {rows * cols}")
+        problems.append(
+            Problem(
+                meta_name, "seq_len", None, f"is {seq_len} but rows x cols = {rows} x {cols} = {rows * cols}"
+            )
+        )
     if "all" not in meta["sets"]:
-        problems.append(f"{meta_name}: sets = {meta['sets']} lacks 'all', the set the file names use")
-    if meta["num_puzzle_identifiers"] != len(identifiers):
         problems.append(
-            f"{meta_name}: num_puzzle_identifiers = {meta['num_puzzle_identifiers']} but "
-            f"{spec.RAW_IDENTIFIERS_FILE} has {len(identifiers)} entries"
-        )
-
-    n_examples = len(docs["inputs"])
-    for kind in ("labels", "base_scenario_ids", "vehicle_types"):
-        if len(docs[kind]) != n_examples:
-            problems.append(
-                f"{files[kind]}: {len(docs[kind])} entries but {files['inputs']} has {n_examples} examples"
+            Problem(
+                meta_name,
+                "sets",
+                None,
+                f"is {shown(meta['sets'])} and lacks 'all', the set the file names use",
             )
-    for kind in ("inputs", "labels"):
-        bad = [i for i, grid in enumerate(docs[kind]) if len(grid) != seq_len]
-        if bad:
-            problems.append(
-                f"{files[kind]}: grid $[{bad[0]}] has {len(docs[kind][bad[0]])} tokens, expected seq_len = "
-                f"{seq_len} from {meta_name} (offending grids: {_listed(bad)})"
-            )
-        vocab = meta["vocab_size"]
-        bad = [i for i, grid in enumerate(docs[kind]) if max(grid) >= vocab]
-        if bad:
-            grid = docs[kind][bad[0]]
-            cell = next(j for j, token in enumerate(grid) if token >= vocab)
-            problems.append(
-                f"{files[kind]}: $[{bad[0]}][{cell}] = {grid[cell]} is out of the vocabulary "
-                f"(vocab_size = {vocab} in {meta_name}; offending grids: {_listed(bad)})"
-            )
-
-    puzzle_ids = docs["puzzle_identifiers"]
-    puzzle_offsets = docs["puzzle_indices"]
-    group_offsets = docs["group_indices"]
-    if len(puzzle_offsets) != len(puzzle_ids) + 1:
-        problems.append(
-            f"{files['puzzle_indices']}: {len(puzzle_offsets)} entries, expected puzzles + 1 = "
-            f"{len(puzzle_ids) + 1} ({files['puzzle_identifiers']} has {len(puzzle_ids)})"
         )
-    _check_offsets(files["puzzle_indices"], puzzle_offsets, n_examples, "the number of examples", problems)
-    _check_offsets(files["group_indices"], group_offsets, len(puzzle_ids), "the number of puzzles", problems)
-    if meta["total_groups"] != len(group_offsets) - 1:
-        problems.append(
-            f"{meta_name}: total_groups = {meta['total_groups']} but {files['group_indices']} holds "
-            f"{len(group_offsets) - 1} groups"
-        )
-    if puzzle_ids and not math.isclose(meta["mean_puzzle_examples"], n_examples / len(puzzle_ids)):
-        problems.append(
-            f"{meta_name}: mean_puzzle_examples = {meta['mean_puzzle_examples']} but the files hold "
-            f"{n_examples} examples in {len(puzzle_ids)} puzzles = {n_examples / len(puzzle_ids):g}"
-        )
-    bad = [i for i, pid in enumerate(puzzle_ids) if pid >= len(identifiers)]
-    if bad:
-        problems.append(
-            f"{files['puzzle_identifiers']}: $[{bad[0]}] = {puzzle_ids[bad[0]]} is out of range: "
-            f"{spec.RAW_IDENTIFIERS_FILE} has ids 0..{len(identifiers) - 1} (offending puzzles: {_listed(bad)})"
-        )
+    truth: dict[str, Any] = {"seq_len": inputs.shape[1], "num_puzzle_identifiers": len(identifiers)}
+    if arrays_agree:
+        truth |= {
+            "total_groups": group_indices.size - 1,
+            "mean_puzzle_examples": inputs.shape[0] / puzzle_identifiers.size,
+        }
+    problems += structure.metadata_problems(meta_name, meta, truth)
+    for kind, grid in (("inputs", inputs), ("labels", labels)):
+        problems += structure.token_problems(files[kind], kind, grid, range(meta["vocab_size"]))
+    problems += structure.identifier_problems(
+        files["puzzle_identifiers"], puzzle_identifiers, len(identifiers), spec.RAW_IDENTIFIERS_FILE
+    )
+    if not arrays_agree:
+        return None, [str(problem) for problem in problems]
+    view = RawSplit(
+        split, meta, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, *per_example.values()
+    )
+    if not problems:
+        problems += _vehicle_mismatches(view, identifiers)
+    return view, [str(problem) for problem in problems]
 
 
-def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[str]:
+def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[Problem]:
     names = np.asarray(identifiers, dtype=object)[split.example_identifier]
     bad = [
         i for i, (name, vehicle) in enumerate(zip(names, split.vehicle_types, strict=True)) if name != vehicle
@@ -117,49 +92,48 @@ def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[str]:
         return []
     i = bad[0]
     return [
-        f"{split.where('vehicle_types', i)} = {shown(split.vehicle_types[i])} but its puzzle "
-        f"{int(split.example_puzzle[i])} has identifier {int(split.example_identifier[i])} = {shown(names[i])} "
-        f"in {split.files['puzzle_identifiers']} (offending examples: {_listed(bad)})"
+        Problem(
+            split.files["vehicle_types"],
+            "vehicle_types",
+            i,
+            f"{shown(split.vehicle_types[i])} but its puzzle {int(split.example_puzzle[i])} has identifier "
+            f"{int(split.example_identifier[i])} = {shown(names[i])} in {split.files['puzzle_identifiers']} "
+            f"(offending examples: {_listed(bad)})",
+        )
     ]
 
 
-def build_dataset(files: raw.RawFiles) -> RawDataset:
-    """Check cross-file invariants of schema-valid documents (`raw.read_files`) and return them as a
-    `raw.RawDataset`, or raise UserError listing every problem."""
+def build_dataset(files: raw.RawFiles) -> tuple[RawDataset | None, list[str]]:
+    """Schema-valid documents (`raw.read_files`) through `hrm.data.structure`'s rules: the `raw.RawDataset`
+    when none is broken, else None and every problem."""
     documents = files.documents
     identifiers = documents[spec.RAW_IDENTIFIERS_FILE]
     problems: list[str] = []
-    split_docs = {
-        split: {kind: documents[name] for kind, name in spec.raw_split_files(split).items()}
-        for split in spec.SPLITS
-    }
+    splits = {}
     for split in spec.SPLITS:
-        _check_split(split, split_docs[split], identifiers, problems)
+        docs = {kind: documents[name] for kind, name in spec.raw_split_files(split).items()}
+        splits[split], found = _split_problems(split, docs, identifiers)
+        problems += found
     first, *others = spec.SPLITS
     for other in others:
         for key in ("rows", "cols", "vocab_size"):
-            a, b = split_docs[first]["dataset"][key], split_docs[other]["dataset"][key]
+            a, b = (documents[spec.raw_split_files(s)["dataset"]][key] for s in (first, other))
             if a != b:
+                name = spec.raw_split_files(first)["dataset"]
                 problems.append(
-                    f"{spec.raw_split_files(other)['dataset']}: {key} = {b} but "
-                    f"{spec.raw_split_files(first)['dataset']} has {a}"
+                    str(
+                        Problem(
+                            spec.raw_split_files(other)["dataset"], key, None, f"is {b} but {name} has {a}"
+                        )
+                    )
                 )
     if problems:
-        raise UserError(f"{len(problems)} cross-file problem(s):\n  " + "\n  ".join(problems))
-
+        return None, problems
     summary = documents[spec.RAW_SUMMARY_FILE]
-    source = raw.detect_source(summary)
-    splits = {}
-    for split in spec.SPLITS:
-        # messages name the bare file, as every message above does
-        splits[split] = raw.read_split(split, documents, files.texts, Path(), source)
-        problems.extend(_vehicle_mismatches(splits[split], identifiers))
-    if problems:
-        raise UserError(f"{len(problems)} cross-file problem(s):\n  " + "\n  ".join(problems))
-    meta = split_docs[first]["dataset"]
-    return RawDataset(
+    meta = splits[first].metadata
+    dataset = RawDataset(
         files.folder,
-        source,
+        raw.detect_source(summary),
         splits,
         list(identifiers),
         summary,
@@ -169,6 +143,7 @@ def build_dataset(files: raw.RawFiles) -> RawDataset:
         meta["cols"],
         None,
     )
+    return dataset, []
 
 
 @dataclass(frozen=True)
@@ -196,18 +171,20 @@ def read_checked(raw_dir: str | Path) -> Reading:
 
 
 def _strict_dataset(files: raw.RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
-    """Schema-valid files through the cross-file invariants (`build_dataset`) with a usable cost table:
+    """Schema-valid files through the structure rules (`build_dataset`) with a usable cost table:
     (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
-    try:
-        dataset = build_dataset(files)
-        cost_table = consistency.summary_cost_table(dataset.summary)
-        if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-            raise UserError(
-                f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table has shape {list(cost_table.shape)}, expected "
+    dataset, problems = build_dataset(files)
+    if dataset is None:
+        return None, None, problems
+    cost_table = consistency.summary_cost_table(dataset.summary)
+    if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+        return (
+            None,
+            None,
+            [
+                f"{spec.RAW_SUMMARY_FILE}: field 'cost_model.cost_table' has shape {list(cost_table.shape)}, expected "
                 f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
                 f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
-            )
-    except UserError as err:
-        lines = str(err).splitlines()
-        return None, None, [line.strip() for line in lines[1:]] if len(lines) > 1 else lines
+            ],
+        )
     return dataset, cost_table, []
