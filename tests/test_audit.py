@@ -327,7 +327,7 @@ def test_routes_are_still_checked_when_a_structure_layer_fails(our_set, tmp_path
     assert "field 'group_indices' index 3: ends at 11 but the number of puzzles is 12" in _check_lines(
         markdown, "structure"
     )
-    assert f"{TRAIN['labels']}[5] (base 'train-0001', 'car'): invalid route" in _check_lines(
+    assert f"{TRAIN['labels']}[5] (base train-0001, car): invalid route" in _check_lines(
         markdown, "route_valid"
     )
     assert "but the optimum is" in _check_lines(markdown, "route_optimal")

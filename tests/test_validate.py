@@ -284,7 +284,8 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
         cost_model=None,
     )
     facts = {"train": example_facts(split, table, 3, 3)}
-    checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
+    failures = compliance.example_failures(dataset.splits, facts)
+    checks = {check.name: check for check in compliance.route_checks(dataset.splits, failures)}
     assert checks["route_valid"].passed and checks["route_optimal"].passed
     assert not checks["route_unique"].passed and checks["route_unique"].critical
     assert checks["route_unique"].failures == [

@@ -149,15 +149,18 @@ def build_dataset(files: raw.RawFiles) -> tuple[RawDataset | None, list[str]]:
 @dataclass(frozen=True)
 class Reading:
     """Any 18-file set as validate reads it: the documents, every problem of the file layer (missing,
-    unreadable, schema) and of the structure layer (cross-file invariants, cost table), and the splits in the
-    one form, `raw.RawSplit`: the strict dataset when both layers pass, else as far as the documents allow."""
+    unreadable, schema) and of the structure rules, the splits in the one form, `raw.RawSplit` (the strict
+    dataset when both layers pass, else as far as the documents allow), and the summary's cost table with the
+    grid shape (None, and why, where they cannot be used)."""
 
     files: raw.RawFiles
     file_problems: list[str]
     structure_problems: list[str]
     dataset: RawDataset | None  # None: a layer failed (the splits are then read leniently, for the audit)
-    cost_table: np.ndarray | None
     splits: dict[str, RawSplit]
+    cost_table: np.ndarray | None  # [identifiers, vocab] int64
+    shape: tuple[int, int] | None  # rows, cols
+    cost_table_missing: str = ""  # why cost_table or shape is None
 
 
 def read_checked(raw_dir: str | Path) -> Reading:
@@ -165,9 +168,44 @@ def read_checked(raw_dir: str | Path) -> Reading:
     files, file_problems = read_raw_documents(raw_dir)
     dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
     if dataset is not None:
-        return Reading(files, [], [], dataset, cost_table, dataset.splits)
+        shape = (dataset.rows, dataset.cols)
+        return Reading(files, [], [], dataset, dataset.splits, cost_table, shape)
     splits = {split: raw.lenient_split(split, files.documents, files.texts) for split in spec.SPLITS}
-    return Reading(files, file_problems, structure_problems, None, None, splits)
+    summary = files.documents.get(spec.RAW_SUMMARY_FILE)
+    table, shape, missing = _lenient_cost_model(splits, summary)
+    return Reading(files, file_problems, structure_problems, None, splits, table, shape, missing)
+
+
+def _lenient_cost_model(
+    splits: dict[str, RawSplit], summary: Any
+) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
+    """The summary's cost table and rows x cols as far as broken or foreign files give them."""
+    try:
+        table = consistency.summary_cost_table(summary)
+    except (KeyError, TypeError, ValueError):
+        return (
+            None,
+            None,
+            (
+                f"no cost model: {spec.RAW_SUMMARY_FILE} holds no readable cost_model.cost_table, so no route can be "
+                "checked against a vehicle's access rules or for optimality"
+            ),
+        )
+    if table.ndim != 2 or table.shape[1] != spec.VOCAB_SIZE:
+        return (
+            None,
+            None,
+            f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table is not [vehicles + 1, {spec.VOCAB_SIZE}]",
+        )
+    candidates = []
+    if isinstance(summary, dict) and isinstance(summary.get("grid"), dict):
+        candidates.append((summary["grid"].get("rows"), summary["grid"].get("cols")))
+    candidates += [((v.metadata or {}).get("rows"), (v.metadata or {}).get("cols")) for v in splits.values()]
+    widths = {v.inputs.shape[1] for v in splits.values() if v.inputs is not None}
+    for rows, cols in candidates:
+        if isinstance(rows, int) and isinstance(cols, int) and widths == {rows * cols}:
+            return table, (rows, cols), ""
+    return None, None, "rows x cols unknown or not the grids' length"
 
 
 def _strict_dataset(files: raw.RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import io as bytes_io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,141 +82,301 @@ class Validation:
     seconds: float
 
 
-# The checks that need files passing the strict layers, listed as not run when an audit cannot reach them.
-FULL_CHECKS = (
-    ("methodology", "variants_per_base", "every base is one group of puzzles, one example per vehicle"),
-    ("methodology", "example_table", "per-example table passes its Pandera schema"),
-    ("tokens", "encoding", "vocabulary and token table as specified"),
-    ("tokens", "one_start_one_goal", "one start and one goal per input and label"),
-    ("tokens", "no_unexpected_values", "inputs and labels hold only their allowed tokens"),
-    ("tokens", "labels_are_input_plus_route", "a label is its input with the route marked"),
-    ("route_optimality", "route_valid", "every route valid for its vehicle"),
-    ("route_optimality", "route_optimal", "every route optimal (scipy Dijkstra on the cost model)"),
-    ("route_optimality", "route_unique", "every optimum unique"),
-    ("augmentation_quality", "same_base_map", "the vehicle variants of a base share one input grid"),
-    ("augmentation_quality", "vehicles_distinct", "no two vehicles have the same access rules and costs"),
-    ("augmentation_quality", "route_diversity", "the vehicles of a base do not all take the same route"),
-    ("consistency", "summary_agrees", "the summary agrees with the files and params"),
-    ("consistency", "hrm_layout_agrees", "the HRM layout agrees with the raw files"),
+# ---- the check registry ------------------------------------------------------------------------------------
+
+
+class Run:
+    """What the checks read, each computed once: the reading (strict dataset or lenient splits), the cost
+    table, the per-example facts and their failures, the symmetries, the figures the checks leave."""
+
+    def __init__(self, settings: ValidateSettings, reading: Reading):
+        self.settings, self.reading = settings, reading
+        self.dataset, self.views = reading.dataset, reading.splits
+        self.figures: dict[str, Any] = {}
+
+    @cached_property
+    def facts(self) -> dict[str, ExampleFacts]:
+        """Per-example facts of every split whose routes can be read (all of them on strict files)."""
+        rows, cols = self.reading.shape
+        return {
+            name: example_facts(view, self.reading.cost_table, rows, cols)
+            for name, view in self.route_views.items()
+        }
+
+    @cached_property
+    def route_views(self) -> dict[str, RawSplit]:
+        usable = (
+            v.inputs is not None and v.labels is not None and v.example_identifier is not None
+            for v in self.views.values()
+        )
+        return {name: view for (name, view), ok in zip(self.views.items(), usable, strict=True) if ok}
+
+    @cached_property
+    def example_failures(self) -> dict[str, list[str]]:
+        return compliance.example_failures(self.route_views, self.facts)
+
+    @cached_property
+    def transforms(self) -> tuple[int, ...]:
+        try:
+            return augment.transforms_for(self.settings.augment, self.dataset.rows, self.dataset.cols)
+        except ConfigError as err:
+            raise io.UserError(str(err)) from err
+
+    def missing(self, need: str) -> str:
+        """Why `need` is not available here, or "" when it is."""
+        if need == "structure":
+            return (
+                ""
+                if self.dataset is not None
+                else "files that pass the schema and structure rules (see file_schemas, structure)"
+            )
+        if need == "cost model":
+            reason = self.reading.cost_table_missing
+            if not reason and not self.route_views:
+                reason = "no split has readable inputs, labels and puzzle identifiers"
+            return f"a cost model ({reason})" if reason else ""
+        if need == "hrm layout":
+            return "" if self.settings.hrm_dir is not None else "paths.hrm"
+        if need == "augment":
+            if self.settings.augment == "none" or self.dataset is None:
+                return "convert.augment on strict files"
+            return "" if len(self.transforms) > 1 else "convert.augment"
+        raise ValueError(need)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Checks computed together: each as "category.name" with what it measures (the row it gets when it
+    cannot run; "" where it then does not apply: another check covers such files), what they need
+    ("structure", "cost model", "hrm layout", "augment"; a check whose needs are missing is reported "not run:
+    needs X", scored 0 and failed, unless an `optional` need is missing: it does not apply), which of them are
+    not critical. `audit`: runs only where the strict reading failed (it reports that reading's problems, or
+    stands in for a check that needs it). Weights: a category's checks share its `validate.weights` equally."""
+
+    checks: dict[str, str]
+    run: Callable[[Run], list[compliance.Check]]
+    needs: tuple[str, ...] = ()
+    not_critical: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    audit: bool = False
+
+
+def _counts(run: Run) -> list[compliance.Check]:
+    generate = run.settings.generate
+    return audit.count_checks(run.views, generate.bases, len(generate.cost_model.vehicles))
+
+
+def _file_schemas(run: Run) -> list[compliance.Check]:
+    by_file: dict[str, list[str]] = {}
+    for problem in run.reading.file_problems:
+        by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
+    findings = [
+        (" | ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""), 1)
+        for found in by_file.values()
+    ]
+    description = "each of the 18 files is present, valid JSON and matches its schema in schemas/"
+    return [audit.finding_check("file_schemas", "methodology", description, findings, 18)]
+
+
+def _structure(run: Run) -> list[compliance.Check]:
+    description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
+    if run.reading.file_problems:
+        reason = "the files fail their schemas (file_schemas)"
+        return [audit.not_run("structure", "methodology", "cross-file invariants hold", reason)]
+    problems = run.reading.structure_problems
+    findings = [(problem, 1) for problem in problems]
+    return [audit.finding_check("structure", "methodology", description, findings, max(len(problems), 1))]
+
+
+def _summary_claims(run: Run) -> list[compliance.Check]:
+    return [audit.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))]
+
+
+def _base_overlap_views(run: Run) -> list[compliance.Check]:
+    return [audit.base_overlap_check(run.views)]
+
+
+def _leakage(run: Run) -> list[compliance.Check]:
+    checks, run.figures["leakage"] = compliance.leakage_checks(
+        run.dataset, run.settings.near_duplicate_share, run.transforms
+    )
+    return checks
+
+
+def _groups(run: Run) -> list[compliance.Check]:
+    checks, run.figures["groups"] = compliance.group_checks(run.dataset, run.facts, run.reading.cost_table)
+    return checks
+
+
+def _table(run: Run) -> list[compliance.Check]:
+    table = compliance.example_table(run.dataset, run.facts)
+    return [compliance.table_check(run.dataset, table, run.settings.generate.min_route_length)]
+
+
+def _tokens(run: Run) -> list[compliance.Check]:
+    return compliance.token_checks(run.dataset, run.example_failures)
+
+
+def _routes(run: Run) -> list[compliance.Check]:
+    return compliance.route_checks(run.route_views, run.example_failures, ("route_valid", "route_optimal"))
+
+
+def _route_unique(run: Run) -> list[compliance.Check]:
+    return compliance.route_checks(run.route_views, run.example_failures, ("route_unique",))
+
+
+def _generic(run: Run) -> list[compliance.Check]:
+    # across splits, identical maps are identical_grids_across_splits' check where the files are strict
+    identifiers = run.reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE)
+    share = run.settings.near_duplicate_share
+    checks, run.figures["maps"] = audit.generic_checks(
+        run.views, identifiers, share, across=run.dataset is None
+    )
+    return checks
+
+
+def _summary(run: Run) -> list[compliance.Check]:
+    generate = run.settings.generate
+    return [consistency.summary_check(run.dataset, run.facts, generate.cost_model, generate.min_route_length)]
+
+
+def _augmented(run: Run) -> list[compliance.Check]:
+    dataset = run.dataset
+    augmented, transform = augment.augment_split(
+        dataset.splits["train"], dataset.rows, dataset.cols, run.transforms
+    )
+    run.layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
+    return [_augmented_route_check(augmented, transform, run.reading.cost_table, dataset.rows, dataset.cols)]
+
+
+def _layout(run: Run) -> list[compliance.Check]:
+    layout = getattr(run, "layout_dataset", run.dataset)
+    hrm_dir = run.settings.hrm_dir
+    return [
+        consistency.hrm_layout_check(layout, hrm_dir),
+        _layout_augment_check(hrm_dir, run.settings.augment),
+    ]
+
+
+def _difficulty(run: Run) -> list[compliance.Check]:
+    checks, run.figures["difficulty"] = compliance.difficulty_checks(
+        run.dataset, run.facts, run.settings.generate.difficulty
+    )
+    return checks
+
+
+STRUCTURE, COST, LAYOUT = ("structure",), ("cost model",), ("hrm layout",)
+CHECKS: tuple[Entry, ...] = (  # in report order within each category
+    Entry({}, _counts),  # train/test examples and bases: always run (not run per file it cannot read)
+    Entry({"methodology.file_schemas": ""}, _file_schemas, audit=True),
+    Entry({"methodology.structure": ""}, _structure, audit=True),
+    Entry({"methodology.summary_claims": ""}, _summary_claims, audit=True),
+    Entry({"methodology.base_overlap": ""}, _base_overlap_views, audit=True),
+    Entry(
+        {"methodology.base_overlap": "", "methodology.identical_grids_across_splits": ""}, _leakage, STRUCTURE
+    ),
+    Entry(
+        {
+            "methodology.variants_per_base": "every base is one group of puzzles, one example per vehicle",
+            "augmentation_quality.same_base_map": "the vehicle variants of a base share one input grid",
+            "augmentation_quality.vehicles_distinct": "no two vehicles have the same access rules and costs",
+            "augmentation_quality.route_diversity": "the vehicles of a base do not all take the same route",
+        },
+        _groups,
+        STRUCTURE + COST,
+        not_critical=("route_diversity",),
+    ),
+    Entry({"methodology.example_table": "per-example table passes its Pandera schema"}, _table, STRUCTURE),
+    Entry(
+        {
+            "tokens.encoding": "vocabulary and token table as specified",
+            "tokens.one_start_one_goal": "one start and one goal per input and label",
+            "tokens.no_unexpected_values": "inputs and labels hold only their allowed tokens",
+            "tokens.labels_are_input_plus_route": "a label is its input with the route marked",
+        },
+        _tokens,
+        STRUCTURE,
+    ),
+    Entry(
+        {
+            f"route_optimality.{name}": compliance.ROUTE_CHECKS[name]
+            for name in ("route_valid", "route_optimal")
+        },
+        _routes,
+        COST,
+    ),
+    Entry({"route_optimality.route_unique": "every optimum unique"}, _route_unique, STRUCTURE + COST),
+    Entry({}, _generic),  # the checks that need no cost model and no strict reading
+    Entry(
+        {"consistency.summary_agrees": "the summary agrees with the files and params"},
+        _summary,
+        STRUCTURE + COST,
+    ),
+    Entry(
+        {"route_optimality.augmented_routes": ""},
+        _augmented,
+        (*STRUCTURE, *COST, "augment"),
+        optional=("augment",),
+    ),
+    Entry(
+        {
+            "consistency.hrm_layout_agrees": "the HRM layout agrees with the raw files",
+            "consistency.hrm_layout_augment": "",
+        },
+        _layout,
+        STRUCTURE + LAYOUT,
+        optional=LAYOUT,
+    ),
+    Entry(
+        {"augmentation_quality.detour_share": "", "augmentation_quality.distinct_routes_share": ""},
+        _difficulty,
+        STRUCTURE,
+    ),
 )
 
 
 def validate_dataset(settings: ValidateSettings) -> Validation:
-    """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). Files that fail the schema or
-    structure layer are audited instead: those layers' problems become findings and every check that can
-    still run, runs; the rest are listed as not run."""
+    """Every check of `CHECKS` on `settings.raw_dir` (and `settings.hrm_dir` unless None), read once: strict
+    files through every check; files that fail the schema or structure rules (ours broken, or anyone's) through
+    every check that can run on what they hold, the layers' problems as findings, the rest not run."""
     began = time.perf_counter()
-    reading = read_checked(settings.raw_dir)
-    dataset, cost_table, views = reading.dataset, reading.cost_table, reading.splits
-    if dataset is None:  # the audit: every check that can run on what the documents hold
-        return _audit(settings, reading, began)
-
-    facts = {
-        name: example_facts(split, cost_table, dataset.rows, dataset.cols)
-        for name, split in dataset.splits.items()
-    }
-    checks = audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
-    try:
-        transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
-    except ConfigError as err:
-        raise io.UserError(str(err)) from err
-    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share, transforms)
-    checks.extend(leakage)
-    group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
-    checks.extend(group_checks)
-    table = compliance.example_table(dataset, facts)
-    checks.append(compliance.table_check(dataset, table, settings.generate.min_route_length))
-    checks.extend(compliance.token_checks(dataset, facts))
-    checks.extend(compliance.route_checks(dataset, facts))
-    # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
-    generic, audit_figures = audit.generic_checks(
-        views, dataset.identifiers, settings.near_duplicate_share, across=False
-    )
-    checks.extend(generic)
-    checks.append(
-        consistency.summary_check(
-            dataset, facts, settings.generate.cost_model, settings.generate.min_route_length
-        )
-    )
-    layout_dataset = dataset
-    if len(transforms) > 1:
-        augmented, transform = augment.augment_split(
-            dataset.splits["train"], dataset.rows, dataset.cols, transforms
-        )
-        checks.append(_augmented_route_check(augmented, transform, cost_table, dataset.rows, dataset.cols))
-        layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
-    if settings.hrm_dir is not None:
-        checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
-        checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
-    difficulty, difficulty_figures = compliance.difficulty_checks(
-        dataset, facts, settings.generate.difficulty
-    )
-    checks.extend(difficulty)
-    figures = {
-        **compliance.route_figures(dataset, facts, settings.generate.min_route_length),
-        **group_figures,
-        **leakage_figures,
-        **audit_figures,
-        "difficulty": difficulty_figures,
-    }
-    if layout_dataset is not dataset:
-        figures["train_examples_augmented"] = layout_dataset.splits["train"].num_examples
+    run = Run(settings, read_checked(settings.raw_dir))
+    strict = run.dataset is not None
+    checks: list[compliance.Check] = []
+    for entry in CHECKS:
+        if entry.audit and strict:
+            continue
+        missing = [reason for need in entry.needs if (reason := run.missing(need))]
+        if not missing:
+            checks += entry.run(run)
+        elif not any(run.missing(need) for need in entry.optional):
+            for key, description in entry.checks.items():
+                category, name = key.split(".")
+                if description:  # "": another check covers such files
+                    reason = "needs " + " and ".join(missing)
+                    checks.append(
+                        audit.not_run(name, category, description, reason, name not in entry.not_critical)
+                    )
+    figures = run.figures
+    if strict:
+        figures = {
+            **compliance.route_figures(run.dataset, run.facts, settings.generate.min_route_length),
+            **figures["groups"],
+            **figures["leakage"],
+            **figures["maps"],
+            "difficulty": figures["difficulty"],
+        }
+        if hasattr(run, "layout_dataset"):
+            figures["train_examples_augmented"] = run.layout_dataset.splits["train"].num_examples
+    else:
+        figures = {"near_duplicate_share": settings.near_duplicate_share, **figures["maps"]}
     report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
-    return Validation(report, dataset, facts, time.perf_counter() - began)
+    return Validation(report, run.dataset, run.facts if strict else {}, time.perf_counter() - began)
 
 
 def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
     order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
     return sorted(checks, key=lambda check: order[check.category])
-
-
-def _audit(settings: ValidateSettings, reading: Reading, began: float) -> Validation:
-    """The report for files that fail a strict layer: its findings, every check that still runs, the rest
-    listed as not run (each scores 0)."""
-    documents, views = reading.files.documents, reading.splits
-    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
-    file_problems, structure_problems = reading.file_problems, reading.structure_problems
-    by_file: dict[str, list[str]] = {}
-    for problem in file_problems:
-        by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
-    checks = [
-        audit.finding_check(
-            "file_schemas",
-            "methodology",
-            "each of the 18 files is present, valid JSON and matches its schema in schemas/",
-            [
-                (" | ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""), 1)
-                for found in by_file.values()
-            ],
-            18,
-        )
-    ]
-    if file_problems:
-        reason = "the files fail their schemas (file_schemas)"
-        checks.append(audit.not_run("structure", "methodology", "cross-file invariants hold", reason))
-    else:
-        description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
-        findings = [(problem, 1) for problem in structure_problems]
-        checks.append(
-            audit.finding_check(
-                "structure", "methodology", description, findings, max(len(structure_problems), 1)
-            )
-        )
-    checks += audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
-    checks.append(audit.summary_claims_check(views, documents.get(spec.RAW_SUMMARY_FILE)))
-    checks.append(audit.base_overlap_check(views))
-    generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
-    checks += generic
-    routes = audit.route_checks(views, documents.get(spec.RAW_SUMMARY_FILE))  # when a cost model exists
-    checks += routes
-    ran = {check.name for check in routes}
-    reason = "needs files that pass the schema and structure layers (see file_schemas, structure)"
-    checks += [
-        audit.not_run(n, c, d, reason, n != "route_diversity") for c, n, d in FULL_CHECKS if n not in ran
-    ]
-    figures = {"near_duplicate_share": settings.near_duplicate_share, **figures}
-    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
-    return Validation(report, None, {}, time.perf_counter() - began)
 
 
 def _augmented_route_check(
