@@ -9,6 +9,9 @@ functions of hrm/ and stages/ that Python enters.
     PYTHONPATH=$PWD python bench/call_map.py validate --params PARAMS [--list]
     PYTHONPATH=$PWD python bench/call_map.py train --params PARAMS [--list]
 
+Each also prints the path's own figure: train without hrm/models/ (the model's forward), validate without the
+modules every stage reads (SHARED below: settings, I/O rules, the data contract, generate's settings).
+
 PARAMS is a full params file whose data paths exist (bench/tiny_weights.py leaves one per run under its --out);
 every output path is redirected to a scratch folder, so nothing of the run's is touched.
 """
@@ -26,6 +29,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = (str(REPO / "hrm") + "/", str(REPO / "stages") + "/")
+# What every stage reads (settings, I/O rules, the data contract, generate's settings): a path's own files are the rest.
+SHARED = (
+    "hrm/config.py",
+    "hrm/io.py",
+    "hrm/data/spec.py",
+    "hrm/data/rng.py",
+    "hrm/data/routing.py",
+    "hrm/data/colours.py",
+    "hrm/data/facts.py",
+    "hrm/data/generation/",
+)
 OUTPUTS = ("checkpoints", "model", "train_log", "train_timing", "eval_reports", "data_reports")
 
 
@@ -133,12 +147,11 @@ def main() -> None:
         by_file[path].add(function)
     functions = sum(len(names) for names in by_file.values())
     print(f"{args.path}: {len(by_file)} files, {functions} functions")
-    if (
-        args.path == "train"
-    ):  # the model's forward is the model file's business: the step's own path without it
-        outside = {path: names for path, names in by_file.items() if not path.startswith("hrm/models/")}
-        count = sum(len(names) for names in outside.values())
-        print(f"{args.path} outside hrm/models/: {len(outside)} files, {count} functions")
+    # the model's forward is the model file's business; the data contract and settings are every stage's
+    skip, what = (("hrm/models/",), "hrm/models/") if args.path == "train" else (SHARED, "the shared modules")
+    outside = {path: names for path, names in by_file.items() if not path.startswith(skip)}
+    count = sum(len(names) for names in outside.values())
+    print(f"{args.path} outside {what}: {len(outside)} files, {count} functions")
     for path in sorted(by_file):
         print(
             f"  {path}: {len(by_file[path])}" + (f"  {', '.join(sorted(by_file[path]))}" if args.list else "")

@@ -82,13 +82,12 @@ def main() -> None:
             params_file = write_params(folder, params)
             for name in ("train", "evaluate"):
                 stage(name, params_file, folder / "log.txt")
-            table[folder.name] = {
+            table[folder.name] = row = {
                 "model": sha(folder / "model.pt"),
-                "metrics": sha(folder / "eval" / "metrics.json"),
+                "train_log": sha(folder / "train"),
+                "eval_metrics": sha(folder / "eval" / "metrics.json"),
             }
-            print(
-                f"{folder.name:32s} model {table[folder.name]['model']}  metrics {table[folder.name]['metrics']}"
-            )
+            print(f"{folder.name:28s} " + "  ".join(f"{key} {value}" for key, value in row.items()))
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
 
