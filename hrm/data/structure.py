@@ -1,6 +1,6 @@
 """The structure rules of one split in HRM's shape, each written once, for every reader of the data.
 
-Convert (`raw.read_split`: the first problem, as a UserError), validate (`invariants`: every problem, in the
+Convert (`raw.read_split`: the first problem, as a UserError), validate (`raw.read_checked`: every problem, in the
 report) and the trainer's dataset reader (`hrm.training.data.PuzzleDataset`, on the .npy files) call the same
 functions and so word each rule the same way: "FILE: field 'F' index I: what is wrong". The JSON Schemas in
 schemas/ check types only.

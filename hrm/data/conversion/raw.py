@@ -12,15 +12,17 @@ import json
 import math
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import cached_property
-from itertools import chain
+from functools import cache, cached_property
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hrm.config import SCHEMA_DIR
 from hrm.data import spec, structure
-from hrm.io import UserError, parse_json, shorten, shown
+from hrm.data.structure import Problem
+from hrm.io import SHOWN_CHARS, UserError, parse_json, shorten, shown
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
@@ -489,3 +491,300 @@ def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, id
         if unknown:
             issues.append(f"{path['vehicle_types']}: unknown vehicle types {shown(unknown)}")
     return [*issues, f"{folder}: written by the original tool: no cost model, routes cannot be re-checked"]
+
+
+# ---- validate's reading: every file against its JSON Schema (draft 2020-12) in schemas/ ----------------
+#
+# jsonschema checks ~60k items/s (25 s per grid file), so grid files first go through an exact, fast
+# equivalent (`grid_list_conforms`); only one that fails it goes through jsonschema, to report where.
+
+MAX_ERRORS_PER_FILE = 5
+
+GRID_KINDS = ("inputs", "labels")
+# file kind -> schema file; the kinds of `spec.raw_split_files` plus the two global files
+SCHEMA_FILES = {
+    kind: ("grids" if kind in GRID_KINDS else kind) + ".schema.json"
+    for kind in (*spec.raw_split_files(spec.SPLITS[0]), "identifiers", "summary")
+}
+GRID_TOKEN_MAX = 255  # grids.schema.json's bound (uint8 arrays in HRM's layout)
+
+
+def raw_file_kinds() -> dict[str, str]:
+    """The 18 file names, each mapped to its kind (a key of SCHEMA_FILES)."""
+    kinds = {name: kind for split in spec.SPLITS for kind, name in spec.raw_split_files(split).items()}
+    return kinds | {spec.RAW_IDENTIFIERS_FILE: "identifiers", spec.RAW_SUMMARY_FILE: "summary"}
+
+
+@cache
+def validator(kind: str):
+    """A Draft 2020-12 validator for one file kind; the schema itself is checked first."""
+    from jsonschema import Draft202012Validator
+
+    path = SCHEMA_DIR / SCHEMA_FILES[kind]
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(
+            f"{path}: schema file not found (the repository's schemas/ folder is needed)"
+        ) from err
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def grid_list_conforms(document: Any) -> bool:
+    """Exactly grids.schema.json, fast: a non-empty list of non-empty lists of ints in [0, 255].
+
+    `type(x) is int` excludes bool, float and str just as JSON Schema's "integer" excludes true/1.5/"1"
+    (json.loads gives float for 1.0, which the schema would accept: such files take the slow path).
+    """
+    if type(document) is not list or not document:
+        return False
+    for row in document:
+        if type(row) is not list or not row or set(map(type, row)) != {int}:
+            return False
+        if min(row) < 0 or max(row) > GRID_TOKEN_MAX:
+            return False
+    return True
+
+
+def schema_errors(document: Any, kind: str, file_name: str, limit: int = MAX_ERRORS_PER_FILE) -> list[str]:
+    """Messages 'file: $[i][j]: what is wrong' for the first `limit` violations of the kind's schema."""
+    if kind in GRID_KINDS and grid_list_conforms(document):
+        return []
+    errors = sorted(
+        islice(validator(kind).iter_errors(document), limit), key=lambda error: list(error.absolute_path)
+    )
+    return [f"{file_name}: {error.json_path}: {_message(error)}" for error in errors]
+
+
+def _message(error: Any, limit: int = 160) -> str:
+    """jsonschema's message with the offending value shortened (`shown`: it may be a 50 MB string), the rest
+    kept whole unless it too is long (a long key, a schema's list of choices)."""
+    value = repr(error.instance)
+    message = error.message
+    if len(value) > SHOWN_CHARS and value in message:
+        message = message.replace(value, shown(error.instance))
+    return shorten(message, limit)
+
+
+# ---- validate's reading: the structure rules over every split, every problem collected ------------------
+
+MAX_LISTED = 5  # offending indices quoted per problem
+GRIDS = ("inputs", "labels")
+VECTORS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
+
+
+def _listed(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MAX_LISTED])
+    return shown + (f" and {len(indices) - MAX_LISTED} more" if len(indices) > MAX_LISTED else "")
+
+
+def _split_problems(
+    split: str, docs: dict[str, Any], identifiers: list[str]
+) -> tuple[RawSplit | None, list[str]]:
+    """One split's schema-valid documents as a `RawSplit`, and every break of `hrm.data.structure`'s rules
+    (the split is None where a rule the split's views rely on is broken)."""
+    files = spec.raw_split_files(split)
+    meta, meta_name = docs["dataset"], files["dataset"]
+    try:  # the schema leaves one thing to the reader: grids of unequal length
+        inputs, labels = (int_matrix(Path(files[k]), k, docs[k]) for k in GRIDS)
+    except UserError as err:
+        return None, [str(err)]
+    puzzle_identifiers, puzzle_indices, group_indices = (np.asarray(docs[k], dtype=np.int64) for k in VECTORS)
+    per_example = {kind: docs[kind] for kind in ("base_scenario_ids", "vehicle_types")}
+    problems = structure.split_problems(
+        files, inputs, labels, *(puzzle_identifiers, puzzle_indices, group_indices), per_example
+    )
+    arrays_agree = not problems
+    rows, cols, seq_len = meta["rows"], meta["cols"], meta["seq_len"]
+    if seq_len != rows * cols:
+        problems.append(
+            Problem(
+                meta_name, "seq_len", None, f"is {seq_len} but rows x cols = {rows} x {cols} = {rows * cols}"
+            )
+        )
+    if "all" not in meta["sets"]:
+        problems.append(
+            Problem(
+                meta_name,
+                "sets",
+                None,
+                f"is {shown(meta['sets'])} and lacks 'all', the set the file names use",
+            )
+        )
+    truth: dict[str, Any] = {"seq_len": inputs.shape[1], "num_puzzle_identifiers": len(identifiers)}
+    if arrays_agree:
+        truth |= {
+            "total_groups": group_indices.size - 1,
+            "mean_puzzle_examples": inputs.shape[0] / puzzle_identifiers.size,
+        }
+    problems += structure.metadata_problems(meta_name, meta, truth)
+    for kind, grid in (("inputs", inputs), ("labels", labels)):
+        problems += structure.token_problems(files[kind], kind, grid, range(meta["vocab_size"]))
+    problems += structure.identifier_problems(
+        files["puzzle_identifiers"], puzzle_identifiers, len(identifiers), spec.RAW_IDENTIFIERS_FILE
+    )
+    if not arrays_agree:
+        return None, [str(problem) for problem in problems]
+    view = RawSplit(
+        split, meta, inputs, labels, puzzle_identifiers, puzzle_indices, group_indices, *per_example.values()
+    )
+    if not problems:
+        problems += _vehicle_mismatches(view, identifiers)
+    return view, [str(problem) for problem in problems]
+
+
+def _vehicle_mismatches(split: RawSplit, identifiers: list[str]) -> list[Problem]:
+    names = np.asarray(identifiers, dtype=object)[split.example_identifier]
+    bad = [
+        i for i, (name, vehicle) in enumerate(zip(names, split.vehicle_types, strict=True)) if name != vehicle
+    ]
+    if not bad:
+        return []
+    i = bad[0]
+    return [
+        Problem(
+            split.files["vehicle_types"],
+            "vehicle_types",
+            i,
+            f"{shown(split.vehicle_types[i])} but its puzzle {int(split.example_puzzle[i])} has identifier "
+            f"{int(split.example_identifier[i])} = {shown(names[i])} in {split.files['puzzle_identifiers']} "
+            f"(offending examples: {_listed(bad)})",
+        )
+    ]
+
+
+def build_dataset(files: RawFiles) -> tuple[RawDataset | None, list[str]]:
+    """Schema-valid documents (`raw.read_files`) through `hrm.data.structure`'s rules: the `raw.RawDataset`
+    when none is broken, else None and every problem."""
+    documents = files.documents
+    identifiers = documents[spec.RAW_IDENTIFIERS_FILE]
+    problems: list[str] = []
+    splits = {}
+    for split in spec.SPLITS:
+        docs = {kind: documents[name] for kind, name in spec.raw_split_files(split).items()}
+        splits[split], found = _split_problems(split, docs, identifiers)
+        problems += found
+    first, *others = spec.SPLITS
+    for other in others:
+        for key in ("rows", "cols", "vocab_size"):
+            a, b = (documents[spec.raw_split_files(s)["dataset"]][key] for s in (first, other))
+            if a != b:
+                name = spec.raw_split_files(first)["dataset"]
+                problems.append(
+                    str(
+                        Problem(
+                            spec.raw_split_files(other)["dataset"], key, None, f"is {b} but {name} has {a}"
+                        )
+                    )
+                )
+    if problems:
+        return None, problems
+    summary = documents[spec.RAW_SUMMARY_FILE]
+    meta = splits[first].metadata
+    dataset = RawDataset(
+        files.folder,
+        detect_source(summary),
+        splits,
+        list(identifiers),
+        summary,
+        meta["seq_len"],
+        meta["vocab_size"],
+        meta["rows"],
+        meta["cols"],
+        None,
+    )
+    return dataset, []
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Any 18-file set as validate reads it: the documents, every problem of the file layer (missing,
+    unreadable, schema) and of the structure rules, the splits in the one form, `raw.RawSplit` (the strict
+    dataset when both layers pass, else as far as the documents allow), and the summary's cost table with the
+    grid shape (None, and why, where they cannot be used)."""
+
+    files: RawFiles
+    file_problems: list[str]
+    structure_problems: list[str]
+    dataset: RawDataset | None  # None: a layer failed (the splits are then read leniently, for the audit)
+    splits: dict[str, RawSplit]
+    cost_table: np.ndarray | None  # [identifiers, vocab] int64
+    shape: tuple[int, int] | None  # rows, cols
+    cost_table_missing: str = ""  # why cost_table or shape is None
+
+
+def read_checked(raw_dir: str | Path) -> Reading:
+    """Validate's reading: the 18 files read once (`read_files`, convert's reader too), each against its
+    schema (a file that parses but breaks its schema is kept, for the audit), then the structure rules; every
+    problem collected."""
+    files = read_files(raw_dir)
+    file_problems = list(files.problems)
+    for name, kind in raw_file_kinds().items():
+        if name in files.documents:
+            file_problems += schema_errors(files.documents[name], kind, name)
+    dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
+    if dataset is not None:
+        shape = (dataset.rows, dataset.cols)
+        return Reading(files, [], [], dataset, dataset.splits, cost_table, shape)
+    splits = {split: lenient_split(split, files.documents, files.texts) for split in spec.SPLITS}
+    summary = files.documents.get(spec.RAW_SUMMARY_FILE)
+    table, shape, missing = _lenient_cost_model(splits, summary)
+    return Reading(files, file_problems, structure_problems, None, splits, table, shape, missing)
+
+
+def summary_cost_table(summary: dict[str, Any]) -> np.ndarray:
+    """The summary's cost table, [1 + vehicles, vocab] int64: what the independent solver uses."""
+    return np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
+
+
+def _lenient_cost_model(
+    splits: dict[str, RawSplit], summary: Any
+) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
+    """The summary's cost table and rows x cols as far as broken or foreign files give them."""
+    try:
+        table = summary_cost_table(summary)
+    except (KeyError, TypeError, ValueError):
+        return (
+            None,
+            None,
+            (
+                f"no cost model: {spec.RAW_SUMMARY_FILE} holds no readable cost_model.cost_table, so no route can be "
+                "checked against a vehicle's access rules or for optimality"
+            ),
+        )
+    if table.ndim != 2 or table.shape[1] != spec.VOCAB_SIZE:
+        return (
+            None,
+            None,
+            f"{spec.RAW_SUMMARY_FILE}: cost_model.cost_table is not [vehicles + 1, {spec.VOCAB_SIZE}]",
+        )
+    candidates = []
+    if isinstance(summary, dict) and isinstance(summary.get("grid"), dict):
+        candidates.append((summary["grid"].get("rows"), summary["grid"].get("cols")))
+    candidates += [((v.metadata or {}).get("rows"), (v.metadata or {}).get("cols")) for v in splits.values()]
+    widths = {v.inputs.shape[1] for v in splits.values() if v.inputs is not None}
+    for rows, cols in candidates:
+        if isinstance(rows, int) and isinstance(cols, int) and widths == {rows * cols}:
+            return table, (rows, cols), ""
+    return None, None, "rows x cols unknown or not the grids' length"
+
+
+def _strict_dataset(files: RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
+    """Schema-valid files through the structure rules (`build_dataset`) with a usable cost table:
+    (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
+    dataset, problems = build_dataset(files)
+    if dataset is None:
+        return None, None, problems
+    cost_table = summary_cost_table(dataset.summary)
+    if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
+        return (
+            None,
+            None,
+            [
+                f"{spec.RAW_SUMMARY_FILE}: field 'cost_model.cost_table' has shape {list(cost_table.shape)}, expected "
+                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
+                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
+            ],
+        )
+    return dataset, cost_table, []

@@ -21,11 +21,10 @@ from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import colours, spec
 from hrm.data.conversion import augment
-from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.conversion.raw import RawDataset, RawSplit, Reading, read_checked
 from hrm.data.facts import ExampleFacts, example_facts
 from hrm.data.generation import generate as generate_module
-from hrm.data.validation import audit, compliance, consistency
-from hrm.data.validation.invariants import Reading, read_checked
+from hrm.data.validation import compliance
 
 REPORT_JSON = "compliance.json"
 # The DVC metric: the score and its parts only, so that `dvc exp show` is not led by 120 per-check columns
@@ -163,7 +162,7 @@ class Entry:
 
 def _counts(run: Run) -> list[compliance.Check]:
     generate = run.settings.generate
-    return audit.count_checks(run.views, generate.bases, len(generate.cost_model.vehicles))
+    return compliance.count_checks(run.views, generate.bases, len(generate.cost_model.vehicles))
 
 
 def _file_schemas(run: Run) -> list[compliance.Check]:
@@ -175,32 +174,36 @@ def _file_schemas(run: Run) -> list[compliance.Check]:
         for found in by_file.values()
     ]
     description = "each of the 18 files is present, valid JSON and matches its schema in schemas/"
-    return [audit.finding_check("file_schemas", "methodology", description, findings, 18)]
+    return [compliance.finding_check("file_schemas", "methodology", description, findings, 18)]
 
 
 def _structure(run: Run) -> list[compliance.Check]:
     description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
     if run.reading.file_problems:
         reason = "the files fail their schemas (file_schemas)"
-        return [audit.not_run("structure", "methodology", "cross-file invariants hold", reason)]
+        return [compliance.not_run("structure", "methodology", "cross-file invariants hold", reason)]
     problems = run.reading.structure_problems
     findings = [(problem, 1) for problem in problems]
-    return [audit.finding_check("structure", "methodology", description, findings, max(len(problems), 1))]
+    return [
+        compliance.finding_check("structure", "methodology", description, findings, max(len(problems), 1))
+    ]
 
 
 def _summary_claims(run: Run) -> list[compliance.Check]:
-    return [audit.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))]
+    return [
+        compliance.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))
+    ]
 
 
-def _base_overlap_views(run: Run) -> list[compliance.Check]:
-    return [audit.base_overlap_check(run.views)]
+def _base_overlap(run: Run) -> list[compliance.Check]:
+    return [compliance.base_overlap_check(run.views, audited=run.dataset is None)]
 
 
 def _leakage(run: Run) -> list[compliance.Check]:
-    checks, run.figures["leakage"] = compliance.leakage_checks(
+    check, run.figures["leakage"] = compliance.identical_grids_check(
         run.dataset, run.settings.near_duplicate_share, run.transforms
     )
-    return checks
+    return [check]
 
 
 def _groups(run: Run) -> list[compliance.Check]:
@@ -229,7 +232,7 @@ def _generic(run: Run) -> list[compliance.Check]:
     # across splits, identical maps are identical_grids_across_splits' check where the files are strict
     identifiers = run.reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE)
     share = run.settings.near_duplicate_share
-    checks, run.figures["maps"] = audit.generic_checks(
+    checks, run.figures["maps"] = compliance.generic_checks(
         run.views, identifiers, share, across=run.dataset is None
     )
     return checks
@@ -237,7 +240,11 @@ def _generic(run: Run) -> list[compliance.Check]:
 
 def _summary(run: Run) -> list[compliance.Check]:
     generate = run.settings.generate
-    return [consistency.summary_check(run.dataset, run.facts, generate.cost_model, generate.min_route_length)]
+    return [
+        compliance.summary_check(
+            run.dataset, run.facts, run.reading.cost_table, generate.cost_model, generate.min_route_length
+        )
+    ]
 
 
 def _augmented(run: Run) -> list[compliance.Check]:
@@ -253,7 +260,7 @@ def _layout(run: Run) -> list[compliance.Check]:
     layout = getattr(run, "layout_dataset", run.dataset)
     hrm_dir = run.settings.hrm_dir
     return [
-        consistency.hrm_layout_check(layout, hrm_dir),
+        compliance.hrm_layout_check(layout, hrm_dir),
         _layout_augment_check(hrm_dir, run.settings.augment),
     ]
 
@@ -271,10 +278,8 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
     Entry({"methodology.file_schemas": ""}, _file_schemas, audit=True),
     Entry({"methodology.structure": ""}, _structure, audit=True),
     Entry({"methodology.summary_claims": ""}, _summary_claims, audit=True),
-    Entry({"methodology.base_overlap": ""}, _base_overlap_views, audit=True),
-    Entry(
-        {"methodology.base_overlap": "", "methodology.identical_grids_across_splits": ""}, _leakage, STRUCTURE
-    ),
+    Entry({"methodology.base_overlap": ""}, _base_overlap),  # strict: a count; audited: a share
+    Entry({"methodology.identical_grids_across_splits": ""}, _leakage, STRUCTURE),
     Entry(
         {
             "methodology.variants_per_base": "every base is one group of puzzles, one example per vehicle",
@@ -355,7 +360,9 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
                 if description:  # "": another check covers such files
                     reason = "needs " + " and ".join(missing)
                     checks.append(
-                        audit.not_run(name, category, description, reason, name not in entry.not_critical)
+                        compliance.not_run(
+                            name, category, description, reason, name not in entry.not_critical
+                        )
                     )
     figures = run.figures
     if strict:
