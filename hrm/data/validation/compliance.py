@@ -466,7 +466,7 @@ def equal_share_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndar
 
 def identical_grids_check(
     dataset: RawDataset, near_duplicate_share: float, transforms: tuple[int, ...] = (0,)
-) -> tuple[Check, dict]:
+) -> tuple[list[Check], dict]:
     """Identical grids shared by train and test (critical); near-duplicate maps (reported).
 
     `transforms`: the symmetries the train split is trained under (`hrm.data.conversion.augment`, convert.augment): a
@@ -498,7 +498,7 @@ def identical_grids_check(
         "identical_grids_across_splits", "methodology", description, len(identical), score, identical, "= 0"
     )
 
-    return identical_check, near_duplicate_figures(train, test, near_duplicate_share)
+    return [identical_check], near_duplicate_figures(train, test, near_duplicate_share)
 
 
 def near_duplicate_figures(train: RawSplit, test: RawSplit, near_duplicate_share: float) -> dict[str, Any]:

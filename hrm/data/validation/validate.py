@@ -150,19 +150,16 @@ class Entry:
     ("structure", "cost model", "hrm layout", "augment"; a check whose needs are missing is reported "not run:
     needs X", scored 0 and failed, unless an `optional` need is missing: it does not apply), which of them are
     not critical. `audit`: runs only where the strict reading failed (it reports that reading's problems, or
-    stands in for a check that needs it). Weights: a category's checks share its `validate.weights` equally."""
+    stands in for a check that needs it). `figures`: `run` returns (checks, figures), kept under this key for
+    the report. Weights: a category's checks share its `validate.weights` equally."""
 
     checks: dict[str, str]
-    run: Callable[[Run], list[compliance.Check]]
+    run: Callable[[Run], Any]  # -> list[compliance.Check], or (checks, figures) when `figures` names them
     needs: tuple[str, ...] = ()
     not_critical: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     audit: bool = False
-
-
-def _counts(run: Run) -> list[compliance.Check]:
-    generate = run.settings.generate
-    return compliance.count_checks(run.views, generate.bases, len(generate.cost_model.vehicles))
+    figures: str = ""
 
 
 def _file_schemas(run: Run) -> list[compliance.Check]:
@@ -189,97 +186,56 @@ def _structure(run: Run) -> list[compliance.Check]:
     ]
 
 
-def _summary_claims(run: Run) -> list[compliance.Check]:
-    return [
-        compliance.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))
-    ]
-
-
-def _base_overlap(run: Run) -> list[compliance.Check]:
-    return [compliance.base_overlap_check(run.views, audited=run.dataset is None)]
-
-
-def _leakage(run: Run) -> list[compliance.Check]:
-    check, run.figures["leakage"] = compliance.identical_grids_check(
-        run.dataset, run.settings.near_duplicate_share, run.transforms
-    )
-    return [check]
-
-
-def _groups(run: Run) -> list[compliance.Check]:
-    checks, run.figures["groups"] = compliance.group_checks(run.dataset, run.facts, run.reading.cost_table)
-    return checks
-
-
-def _table(run: Run) -> list[compliance.Check]:
-    table = compliance.example_table(run.dataset, run.facts)
-    return [compliance.table_check(run.dataset, table, run.settings.generate.min_route_length)]
-
-
-def _tokens(run: Run) -> list[compliance.Check]:
-    return compliance.token_checks(run.dataset, run.example_failures)
-
-
-def _routes(run: Run) -> list[compliance.Check]:
-    return compliance.route_checks(run.route_views, run.example_failures, ("route_valid", "route_optimal"))
-
-
-def _route_unique(run: Run) -> list[compliance.Check]:
-    return compliance.route_checks(run.route_views, run.example_failures, ("route_unique",))
-
-
-def _generic(run: Run) -> list[compliance.Check]:
-    # across splits, identical maps are identical_grids_across_splits' check where the files are strict
-    identifiers = run.reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE)
-    share = run.settings.near_duplicate_share
-    checks, run.figures["maps"] = compliance.generic_checks(
-        run.views, identifiers, share, across=run.dataset is None
-    )
-    return checks
-
-
-def _summary(run: Run) -> list[compliance.Check]:
-    generate = run.settings.generate
-    return [
-        compliance.summary_check(
-            run.dataset, run.facts, run.reading.cost_table, generate.cost_model, generate.min_route_length
-        )
-    ]
-
-
 def _augmented(run: Run) -> list[compliance.Check]:
+    """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
     dataset = run.dataset
     augmented, transform = augment.augment_split(
         dataset.splits["train"], dataset.rows, dataset.cols, run.transforms
     )
     run.layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
-    return [_augmented_route_check(augmented, transform, run.reading.cost_table, dataset.rows, dataset.cols)]
-
-
-def _layout(run: Run) -> list[compliance.Check]:
-    layout = getattr(run, "layout_dataset", run.dataset)
-    hrm_dir = run.settings.hrm_dir
-    return [
-        compliance.hrm_layout_check(layout, hrm_dir),
-        _layout_augment_check(hrm_dir, run.settings.augment),
-    ]
-
-
-def _difficulty(run: Run) -> list[compliance.Check]:
-    checks, run.figures["difficulty"] = compliance.difficulty_checks(
-        run.dataset, run.facts, run.settings.generate.difficulty
+    bad, checked = augment.transformed_route_failures(
+        augmented, transform, run.reading.cost_table, dataset.rows, dataset.cols
     )
-    return checks
+    failures = [
+        f"augmented {example}: the transformed label is not the unique optimal route of the transformed map"
+        for example in bad
+    ]
+    description = (
+        f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
+        "carries the unique optimal route of its transformed map (scipy Dijkstra)"
+    )
+    return [compliance.share_check("augmented_routes", "route_optimality", description, failures, checked)]
 
 
 STRUCTURE, COST, LAYOUT = ("structure",), ("cost model",), ("hrm layout",)
 CHECKS: tuple[Entry, ...] = (  # in report order within each category
-    Entry({}, _counts),  # train/test examples and bases: always run (not run per file it cannot read)
+    Entry(  # train/test examples and bases: always run (not run per file it cannot read)
+        {},
+        lambda run: compliance.count_checks(
+            run.views, run.settings.generate.bases, len(run.settings.generate.cost_model.vehicles)
+        ),
+    ),
     Entry({"methodology.file_schemas": ""}, _file_schemas, audit=True),
     Entry({"methodology.structure": ""}, _structure, audit=True),
-    Entry({"methodology.summary_claims": ""}, _summary_claims, audit=True),
-    Entry({"methodology.base_overlap": ""}, _base_overlap),  # strict: a count; audited: a share
-    Entry({"methodology.identical_grids_across_splits": ""}, _leakage, STRUCTURE),
+    Entry(
+        {"methodology.summary_claims": ""},
+        lambda run: [
+            compliance.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))
+        ],
+        audit=True,
+    ),
+    Entry(  # strict: a count; audited: a share
+        {"methodology.base_overlap": ""},
+        lambda run: [compliance.base_overlap_check(run.views, audited=run.dataset is None)],
+    ),
+    Entry(
+        {"methodology.identical_grids_across_splits": ""},
+        lambda run: compliance.identical_grids_check(
+            run.dataset, run.settings.near_duplicate_share, run.transforms
+        ),
+        STRUCTURE,
+        figures="leakage",
+    ),
     Entry(
         {
             "methodology.variants_per_base": "every base is one group of puzzles, one example per vehicle",
@@ -287,11 +243,22 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
             "augmentation_quality.vehicles_distinct": "no two vehicles have the same access rules and costs",
             "augmentation_quality.route_diversity": "the vehicles of a base do not all take the same route",
         },
-        _groups,
+        lambda run: compliance.group_checks(run.dataset, run.facts, run.reading.cost_table),
         STRUCTURE + COST,
         not_critical=("route_diversity",),
+        figures="groups",
     ),
-    Entry({"methodology.example_table": "per-example table passes its Pandera schema"}, _table, STRUCTURE),
+    Entry(
+        {"methodology.example_table": "per-example table passes its Pandera schema"},
+        lambda run: [
+            compliance.table_check(
+                run.dataset,
+                compliance.example_table(run.dataset, run.facts),
+                run.settings.generate.min_route_length,
+            )
+        ],
+        STRUCTURE,
+    ),
     Entry(
         {
             "tokens.encoding": "vocabulary and token table as specified",
@@ -299,7 +266,7 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
             "tokens.no_unexpected_values": "inputs and labels hold only their allowed tokens",
             "tokens.labels_are_input_plus_route": "a label is its input with the route marked",
         },
-        _tokens,
+        lambda run: compliance.token_checks(run.dataset, run.example_failures),
         STRUCTURE,
     ),
     Entry(
@@ -307,14 +274,38 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
             f"route_optimality.{name}": compliance.ROUTE_CHECKS[name]
             for name in ("route_valid", "route_optimal")
         },
-        _routes,
+        lambda run: compliance.route_checks(
+            run.route_views, run.example_failures, ("route_valid", "route_optimal")
+        ),
         COST,
     ),
-    Entry({"route_optimality.route_unique": "every optimum unique"}, _route_unique, STRUCTURE + COST),
-    Entry({}, _generic),  # the checks that need no cost model and no strict reading
+    Entry(
+        {"route_optimality.route_unique": "every optimum unique"},
+        lambda run: compliance.route_checks(run.route_views, run.example_failures, ("route_unique",)),
+        STRUCTURE + COST,
+    ),
+    Entry(  # the checks that need no cost model and no strict reading; across splits, identical maps are
+        # identical_grids_across_splits' check where the files are strict
+        {},
+        lambda run: compliance.generic_checks(
+            run.views,
+            run.reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE),
+            run.settings.near_duplicate_share,
+            across=run.dataset is None,
+        ),
+        figures="maps",
+    ),
     Entry(
         {"consistency.summary_agrees": "the summary agrees with the files and params"},
-        _summary,
+        lambda run: [
+            compliance.summary_check(
+                run.dataset,
+                run.facts,
+                run.reading.cost_table,
+                run.settings.generate.cost_model,
+                run.settings.generate.min_route_length,
+            )
+        ],
         STRUCTURE + COST,
     ),
     Entry(
@@ -328,14 +319,18 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
             "consistency.hrm_layout_agrees": "the HRM layout agrees with the raw files",
             "consistency.hrm_layout_augment": "",
         },
-        _layout,
+        lambda run: [
+            compliance.hrm_layout_check(getattr(run, "layout_dataset", run.dataset), run.settings.hrm_dir),
+            _layout_augment_check(run.settings.hrm_dir, run.settings.augment),
+        ],
         STRUCTURE + LAYOUT,
         optional=LAYOUT,
     ),
     Entry(
         {"augmentation_quality.detour_share": "", "augmentation_quality.distinct_routes_share": ""},
-        _difficulty,
+        lambda run: compliance.difficulty_checks(run.dataset, run.facts, run.settings.generate.difficulty),
         STRUCTURE,
+        figures="difficulty",
     ),
 )
 
@@ -353,7 +348,10 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
             continue
         missing = [reason for need in entry.needs if (reason := run.missing(need))]
         if not missing:
-            checks += entry.run(run)
+            found = entry.run(run)
+            if entry.figures:
+                found, run.figures[entry.figures] = found
+            checks += found
         elif not any(run.missing(need) for need in entry.optional):
             for key, description in entry.checks.items():
                 category, name = key.split(".")
@@ -377,32 +375,10 @@ def validate_dataset(settings: ValidateSettings) -> Validation:
             figures["train_examples_augmented"] = run.layout_dataset.splits["train"].num_examples
     else:
         figures = {"near_duplicate_share": settings.near_duplicate_share, **figures["maps"]}
-    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
-    return Validation(report, run.dataset, run.facts if strict else {}, time.perf_counter() - began)
-
-
-def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
     order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
-    return sorted(checks, key=lambda check: order[check.category])
-
-
-def _augmented_route_check(
-    augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
-) -> compliance.Check:
-    """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
-    bad, checked = augment.transformed_route_failures(augmented, transform, cost_table, rows, cols)
-    failures = [
-        f"augmented {example}: the transformed label is not the unique optimal route of the transformed map"
-        for example in bad
-    ]
-    return compliance.share_check(
-        "augmented_routes",
-        "route_optimality",
-        f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
-        "carries the unique optimal route of its transformed map (scipy Dijkstra)",
-        failures,
-        checked,
-    )
+    checks.sort(key=lambda check: order[check.category])
+    report = compliance.score(checks, settings.weights, settings.threshold, figures)
+    return Validation(report, run.dataset, run.facts if strict else {}, time.perf_counter() - began)
 
 
 def _layout_augment_check(hrm_dir: Path, setting: str) -> compliance.Check:
