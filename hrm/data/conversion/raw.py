@@ -1,9 +1,12 @@
 """The 18 raw JSON files as typed arrays: `RawSplit` and `RawDataset`, the one in-memory form convert and validate use.
 
-Two producers write these names: our generator (24-token vocabulary, a summary with the cost model: every
-disagreement is fatal) and the original browser tool (10 tokens, 30x30 grids, metadata that may claim a wrong
-seq_len: fatal only what cannot be converted, the rest collected in `RawDataset.issues`). A UserError names file,
-field and index.
+One reader of the files (`read_files`), then two readings of what they hold:
+- convert's (`read_raw`): our generator's files (24-token vocabulary, a summary with the cost model), every
+  disagreement fatal; the original browser tool's files (10 tokens, 30x30 grids, metadata that may claim a wrong
+  seq_len) are brought in at the edge by `import_original`: fatal only what cannot be converted, the rest
+  collected in `RawDataset.issues`. A UserError names file, field and index.
+- validate's (`read_checked`): any file set against its JSON Schemas (schemas/) and the structure rules
+  (`hrm.data.structure`), every problem collected, into a `Reading` (strict dataset, or lenient splits).
 """
 
 from __future__ import annotations
@@ -233,12 +236,11 @@ def int_matrix(
         raise UserError(f"{path}: field '{field_name}': token out of the int64 range") from err
 
 
-def _string_list(path: Path, field_name: str, data: Any, allow_int: bool) -> list[str]:
+def _string_list(path: Path, field_name: str, data: Any) -> list[str]:
     if not isinstance(data, list):
         raise UserError(f"{path}: field '{field_name}' must be a list of strings, got {_type_name(data)}")
-    allowed = (str, int) if allow_int else (str,)
     for index, value in enumerate(data):
-        if not isinstance(value, allowed) or isinstance(value, bool):
+        if not isinstance(value, str):
             raise UserError(
                 f"{path}: field '{field_name}' index {index}: expected a string, got {_type_name(value)} {shown(value)}"
             )
@@ -263,7 +265,6 @@ def read_split(
     documents: dict[str, Any],
     texts: dict[str, str] | None = None,
     folder: Path = Path(),
-    source: str = SOURCE_GENERATOR,
 ) -> RawSplit:
     """A split's 8 parsed documents (by file name) as a checked `RawSplit`: a UserError names the first
     problem's file (under `folder`), field and index."""
@@ -277,10 +278,8 @@ def read_split(
     puzzle_identifiers, puzzle_indices, group_indices = (
         int_vector(path[k], k, doc[k]) for k in ("puzzle_identifiers", "puzzle_indices", "group_indices")
     )
-    base_ids = _string_list(
-        path["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"], source == SOURCE_ORIGINAL
-    )
-    vehicles = _string_list(path["vehicle_types"], "vehicle_types", doc["vehicle_types"], False)
+    base_ids = _string_list(path["base_scenario_ids"], "base_scenario_ids", doc["base_scenario_ids"])
+    vehicles = _string_list(path["vehicle_types"], "vehicle_types", doc["vehicle_types"])
     structure.raise_first(
         structure.split_problems(
             path,
@@ -352,7 +351,52 @@ def detect_source(summary: Any) -> str:
 
 
 def read_raw(folder: str | Path) -> RawDataset:
-    """Read (`read_files`) and structurally check the 18 files in `folder` (convert)."""
+    """Read (`read_files`) and structurally check the 18 files in `folder` (convert). Our generator's files:
+    every disagreement is an error, there is no excuse for one; the original tool's: `import_original`."""
+    files = _all_files(folder)
+    folder = files.folder
+    summary = files.documents[spec.RAW_SUMMARY_FILE]
+    if detect_source(summary) == SOURCE_ORIGINAL:
+        return import_original(files)
+    summary_path = folder / spec.RAW_SUMMARY_FILE
+    splits, identifiers_path, identifiers = _read_splits(files, files.documents)
+    cost_model, rows, cols = _summary_model(summary_path, summary)
+    seq_len = _seq_len(folder, splits)
+    if rows * cols != seq_len:
+        raise UserError(
+            f"{summary_path}: field 'grid': rows x cols = {rows * cols} but the grids hold {seq_len} tokens"
+        )
+    if identifiers != cost_model.identifiers():
+        raise UserError(
+            f"{identifiers_path}: {shown(identifiers)} but the summary's cost model gives {shown(cost_model.identifiers())}"
+        )
+    _check_identifiers(folder, identifiers_path, identifiers, splits)
+    for split, data in splits.items():
+        path = {kind: folder / name for kind, name in spec.raw_split_files(split).items()}
+        _check_own_metadata(path["dataset"], data, seq_len, rows, cols, len(identifiers))
+        for kind, allowed in (("inputs", spec.INPUT_TOKENS), ("labels", spec.LABEL_TOKENS)):
+            structure.raise_first(structure.token_problems(path[kind], kind, getattr(data, kind), allowed))
+        for index, vehicle in enumerate(data.vehicle_types):
+            if vehicle not in identifiers[1:]:
+                raise UserError(
+                    f"{path['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {shown(vehicle)}"
+                )
+    return RawDataset(
+        folder,
+        SOURCE_GENERATOR,
+        splits,
+        identifiers,
+        summary,
+        seq_len,
+        spec.VOCAB_SIZE,
+        rows,
+        cols,
+        cost_model,
+    )
+
+
+def _all_files(folder: str | Path) -> RawFiles:
+    """The 18 files, each parsed, or a UserError: the folder or a file missing, or every file that fails."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: raw data folder not found (run the generate stage first)")
@@ -362,14 +406,15 @@ def read_raw(folder: str | Path) -> RawDataset:
     files = read_files(folder)
     if files.problems:
         raise UserError("\n".join(files.problems))
-    summary = files.documents[spec.RAW_SUMMARY_FILE]
-    source = detect_source(summary)
-    splits = {split: read_split(split, files.documents, files.texts, folder, source) for split in spec.SPLITS}
-    identifiers_path = folder / spec.RAW_IDENTIFIERS_FILE
-    identifiers = _string_list(
-        identifiers_path, "identifiers", files.documents[spec.RAW_IDENTIFIERS_FILE], False
-    )
-    return _finish(folder, source, summary, identifiers_path, identifiers, splits)
+    return files
+
+
+def _read_splits(files: RawFiles, documents: dict[str, Any]) -> tuple[dict[str, RawSplit], Path, list[str]]:
+    """Both splits (`read_split`) and the identifiers file's names."""
+    splits = {split: read_split(split, documents, files.texts, files.folder) for split in spec.SPLITS}
+    identifiers_path = files.folder / spec.RAW_IDENTIFIERS_FILE
+    identifiers = _string_list(identifiers_path, "identifiers", documents[spec.RAW_IDENTIFIERS_FILE])
+    return splits, identifiers_path, identifiers
 
 
 def _summary_model(path: Path, summary: dict[str, Any]) -> tuple[spec.CostModel, int, int]:
@@ -382,35 +427,17 @@ def _summary_model(path: Path, summary: dict[str, Any]) -> tuple[spec.CostModel,
         ) from err
 
 
-def _finish(
-    folder: Path,
-    source: str,
-    summary: Any,
-    identifiers_path: Path,
-    identifiers: list[str],
-    splits: dict[str, RawSplit],
-) -> RawDataset:
-    """Cross-file checks. Our own files: every disagreement is an error, there is no excuse for one. The
-    original tool's: fatal only what cannot be converted; every claim the arrays contradict is an issue."""
-    ours = source == SOURCE_GENERATOR
-    summary_path = folder / spec.RAW_SUMMARY_FILE
-    cost_model, rows, cols = _summary_model(summary_path, summary) if ours else (None, None, None)
+def _seq_len(folder: Path, splits: dict[str, RawSplit]) -> int:
     widths = {split: s.inputs.shape[1] for split, s in splits.items()}
     if len(set(widths.values())) != 1:
         detail = ", ".join(f"{spec.raw_split_files(k)['inputs']}: {v}" for k, v in widths.items())
         raise UserError(f"{folder}: splits disagree on the sequence length ({detail})")
-    seq_len = next(iter(widths.values()))
-    if not ours:
-        side = math.isqrt(seq_len)
-        rows = cols = side if side * side == seq_len else None
-    elif rows * cols != seq_len:
-        raise UserError(
-            f"{summary_path}: field 'grid': rows x cols = {rows * cols} but the grids hold {seq_len} tokens"
-        )
-    elif identifiers != cost_model.identifiers():
-        raise UserError(
-            f"{identifiers_path}: {shown(identifiers)} but the summary's cost model gives {shown(cost_model.identifiers())}"
-        )
+    return next(iter(widths.values()))
+
+
+def _check_identifiers(
+    folder: Path, identifiers_path: Path, identifiers: list[str], splits: dict[str, RawSplit]
+) -> None:
     if not identifiers:
         raise UserError(f"{identifiers_path}: field 'identifiers' is empty (id 0 must be '<blank>')")
     for split, data in splits.items():
@@ -422,26 +449,6 @@ def _finish(
                 identifiers_path.name,
             )
         )
-    vocab_size = spec.VOCAB_SIZE if ours else ORIGINAL_VOCAB_SIZE
-    issues = [] if ours else _original_issues(folder, splits, seq_len, len(identifiers))
-    for split, data in splits.items():
-        path = {kind: folder / name for kind, name in spec.raw_split_files(split).items()}
-        if ours:
-            _check_own_metadata(path["dataset"], data, seq_len, rows, cols, len(identifiers))
-        for kind, allowed in (("inputs", spec.INPUT_TOKENS), ("labels", spec.LABEL_TOKENS)):
-            grid = getattr(data, kind)
-            structure.raise_first(
-                structure.token_problems(path[kind], kind, grid, allowed if ours else range(vocab_size))
-            )
-        for index, vehicle in enumerate(data.vehicle_types if ours else ()):
-            if vehicle not in identifiers[1:]:
-                raise UserError(
-                    f"{path['vehicle_types']}: field 'vehicle_types' index {index}: unknown vehicle {shown(vehicle)}"
-                )
-    summary = summary if isinstance(summary, dict) else {"summary": summary}
-    return RawDataset(
-        folder, source, splits, identifiers, summary, seq_len, vocab_size, rows, cols, cost_model, issues
-    )
 
 
 def _check_own_metadata(
@@ -460,6 +467,47 @@ def _check_own_metadata(
     }
     expected["mean_puzzle_examples"] = data.num_examples / data.num_puzzles
     structure.raise_first(structure.metadata_problems(path, data.metadata, expected))
+
+
+# ---- the original browser tool's files, brought in at the edge ----------------------------------------------
+
+
+def import_original(files: RawFiles) -> RawDataset:
+    """The original browser tool's 18 files in the one in-memory form: integer base ids taken as names, a
+    square grid assumed (no summary tells its shape), tokens 0..9; fatal only what cannot be converted, every
+    claim its arrays contradict and its known flaws kept in `RawDataset.issues`."""
+    documents = dict(files.documents)
+    for split in spec.SPLITS:
+        name = spec.raw_split_files(split)["base_scenario_ids"]
+        if isinstance(documents[name], list):
+            documents[name] = [str(v) if type(v) is int else v for v in documents[name]]
+    folder = files.folder
+    splits, identifiers_path, identifiers = _read_splits(files, documents)
+    seq_len = _seq_len(folder, splits)
+    side = math.isqrt(seq_len)
+    rows = cols = side if side * side == seq_len else None
+    _check_identifiers(folder, identifiers_path, identifiers, splits)
+    issues = _original_issues(folder, splits, seq_len, len(identifiers))
+    for split, data in splits.items():
+        for kind in ("inputs", "labels"):
+            path = folder / spec.raw_split_files(split)[kind]
+            vocabulary = range(ORIGINAL_VOCAB_SIZE)
+            structure.raise_first(structure.token_problems(path, kind, getattr(data, kind), vocabulary))
+    summary = files.documents[spec.RAW_SUMMARY_FILE]
+    summary = summary if isinstance(summary, dict) else {"summary": summary}
+    return RawDataset(
+        folder,
+        SOURCE_ORIGINAL,
+        splits,
+        identifiers,
+        summary,
+        seq_len,
+        ORIGINAL_VOCAB_SIZE,
+        rows,
+        cols,
+        None,
+        issues,
+    )
 
 
 def _original_issues(folder: Path, splits: dict[str, RawSplit], seq_len: int, identifiers: int) -> list[str]:
@@ -509,10 +557,13 @@ SCHEMA_FILES = {
 GRID_TOKEN_MAX = 255  # grids.schema.json's bound (uint8 arrays in HRM's layout)
 
 
-def raw_file_kinds() -> dict[str, str]:
-    """The 18 file names, each mapped to its kind (a key of SCHEMA_FILES)."""
-    kinds = {name: kind for split in spec.SPLITS for kind, name in spec.raw_split_files(split).items()}
-    return kinds | {spec.RAW_IDENTIFIERS_FILE: "identifiers", spec.RAW_SUMMARY_FILE: "summary"}
+# the 18 file names, each mapped to its kind (a key of SCHEMA_FILES)
+RAW_FILE_KINDS = {
+    name: kind for split in spec.SPLITS for kind, name in spec.raw_split_files(split).items()
+} | {
+    spec.RAW_IDENTIFIERS_FILE: "identifiers",
+    spec.RAW_SUMMARY_FILE: "summary",
+}
 
 
 @cache
@@ -716,26 +767,29 @@ class Reading:
 
 def read_checked(raw_dir: str | Path) -> Reading:
     """Validate's reading: the 18 files read once (`read_files`, convert's reader too), each against its
-    schema (a file that parses but breaks its schema is kept, for the audit), then the structure rules; every
-    problem collected."""
+    schema (a file that parses but breaks its schema is kept, for the audit), then the structure rules
+    (`build_dataset`) and a usable cost table; every problem collected."""
     files = read_files(raw_dir)
     file_problems = list(files.problems)
-    for name, kind in raw_file_kinds().items():
+    for name, kind in RAW_FILE_KINDS.items():
         if name in files.documents:
             file_problems += schema_errors(files.documents[name], kind, name)
-    dataset, cost_table, structure_problems = (None, None, []) if file_problems else _strict_dataset(files)
-    if dataset is not None:
-        shape = (dataset.rows, dataset.cols)
-        return Reading(files, [], [], dataset, dataset.splits, cost_table, shape)
+    structure_problems: list[str] = []
+    if not file_problems:
+        dataset, structure_problems = build_dataset(files)
+        if dataset is not None:
+            table = np.asarray(dataset.summary["cost_model"]["cost_table"], dtype=np.int64)
+            if table.shape == (len(dataset.identifiers), spec.VOCAB_SIZE):
+                return Reading(files, [], [], dataset, dataset.splits, table, (dataset.rows, dataset.cols))
+            structure_problems = [
+                f"{spec.RAW_SUMMARY_FILE}: field 'cost_model.cost_table' has shape {list(table.shape)}, expected "
+                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
+                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
+            ]
     splits = {split: lenient_split(split, files.documents, files.texts) for split in spec.SPLITS}
     summary = files.documents.get(spec.RAW_SUMMARY_FILE)
     table, shape, missing = _lenient_cost_model(splits, summary)
     return Reading(files, file_problems, structure_problems, None, splits, table, shape, missing)
-
-
-def summary_cost_table(summary: dict[str, Any]) -> np.ndarray:
-    """The summary's cost table, [1 + vehicles, vocab] int64: what the independent solver uses."""
-    return np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
 
 
 def _lenient_cost_model(
@@ -743,7 +797,7 @@ def _lenient_cost_model(
 ) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
     """The summary's cost table and rows x cols as far as broken or foreign files give them."""
     try:
-        table = summary_cost_table(summary)
+        table = np.asarray(summary["cost_model"]["cost_table"], dtype=np.int64)
     except (KeyError, TypeError, ValueError):
         return (
             None,
@@ -768,23 +822,3 @@ def _lenient_cost_model(
         if isinstance(rows, int) and isinstance(cols, int) and widths == {rows * cols}:
             return table, (rows, cols), ""
     return None, None, "rows x cols unknown or not the grids' length"
-
-
-def _strict_dataset(files: RawFiles) -> tuple[RawDataset | None, np.ndarray | None, list[str]]:
-    """Schema-valid files through the structure rules (`build_dataset`) with a usable cost table:
-    (dataset, the summary's cost table, []), or (None, None, every structure problem)."""
-    dataset, problems = build_dataset(files)
-    if dataset is None:
-        return None, None, problems
-    cost_table = summary_cost_table(dataset.summary)
-    if cost_table.shape != (len(dataset.identifiers), spec.VOCAB_SIZE):
-        return (
-            None,
-            None,
-            [
-                f"{spec.RAW_SUMMARY_FILE}: field 'cost_model.cost_table' has shape {list(cost_table.shape)}, expected "
-                f"[{len(dataset.identifiers)}, {spec.VOCAB_SIZE}] (one row per entry of "
-                f"{spec.RAW_IDENTIFIERS_FILE}, one column per token): labels cannot be re-checked without it"
-            ],
-        )
-    return dataset, cost_table, []
