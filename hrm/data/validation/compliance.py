@@ -871,22 +871,6 @@ def ignore_label_check(views: dict[str, RawSplit]) -> Check:
     return finding_check("labels_cover_every_cell", "tokens", description, findings, total)
 
 
-def generic_checks(
-    views: dict[str, RawSplit], identifiers: Any, near_share: float, across: bool
-) -> tuple[list[Check], dict]:
-    """The checks that need no cost model and no strict layer: run on every file set."""
-    maps, figures = map_checks(views, near_share, across=across)
-    checks = [
-        identifier_check(views, identifiers),
-        conflicting_labels_check(views),
-        *maps,
-        vehicle_labels_check(views),
-        hrm_metadata_check(views, identifiers),
-        ignore_label_check(views),
-    ]
-    return checks, figures
-
-
 def base_overlap_check(views: dict[str, RawSplit], audited: bool) -> Check:
     """Base ids in both splits (a leak), computed once. Strict files report the count (= 0) with each shared
     base's first example in both splits; audited files, a finding whose score is the share of test bases."""
@@ -1225,10 +1209,6 @@ def route_figures(
 DETOUR_BINS = ((0, 0), (2, 2), (4, 6), (8, 14), (16, 30), (32, None))  # detour cells, inclusive
 
 
-def _share(count: int, total: int) -> float:
-    return round(count / total, 6) if total else 0.0
-
-
 def _detour_summary(detours: np.ndarray, turns: np.ndarray, min_detour: int) -> dict[str, Any]:
     """generate's difficulty figures (`facts.detour_figures`) under the report's names, with DETOUR_BINS."""
     figures = detour_figures(detours.tolist(), turns.tolist(), min_detour)
@@ -1274,9 +1254,8 @@ def difficulty_checks(
             per_vehicle[split.vehicle_types[i]].append((int(detours[i]), int(turns[i])))
         summary = _detour_summary(detours, turns, min_detour)
         distinct = [len({split.labels[i].tobytes() for i in rows}) for rows in _group_rows(split)]
-        summary["distinct_routes_share"] = _share(
-            sum(d >= min_distinct_routes for d in distinct), len(distinct)
-        )
+        wide = sum(d >= min_distinct_routes for d in distinct)
+        summary["distinct_routes_share"] = round(wide / len(distinct), 6) if distinct else 0.0
         figures[name] = summary
         lowest_detour_share = min(lowest_detour_share, summary["detour_share"])
         lowest_distinct_share = min(lowest_distinct_share, summary["distinct_routes_share"])

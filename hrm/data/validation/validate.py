@@ -91,6 +91,7 @@ class Run:
     def __init__(self, settings: ValidateSettings, reading: Reading):
         self.settings, self.reading = settings, reading
         self.dataset, self.views = reading.dataset, reading.splits
+        self.identifiers = reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE)  # as parsed: any JSON
         self.figures: dict[str, Any] = {}
 
     @cached_property
@@ -284,17 +285,19 @@ CHECKS: tuple[Entry, ...] = (  # in report order within each category
         lambda run: compliance.route_checks(run.route_views, run.example_failures, ("route_unique",)),
         STRUCTURE + COST,
     ),
-    Entry(  # the checks that need no cost model and no strict reading; across splits, identical maps are
-        # identical_grids_across_splits' check where the files are strict
+    # the checks that need no cost model and no strict reading, on every file set
+    Entry({}, lambda run: [compliance.identifier_check(run.views, run.identifiers)]),
+    Entry({}, lambda run: [compliance.conflicting_labels_check(run.views)]),
+    Entry(  # across splits, identical maps are identical_grids_across_splits' check where the files are strict
         {},
-        lambda run: compliance.generic_checks(
-            run.views,
-            run.reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE),
-            run.settings.near_duplicate_share,
-            across=run.dataset is None,
+        lambda run: compliance.map_checks(
+            run.views, run.settings.near_duplicate_share, across=run.dataset is None
         ),
         figures="maps",
     ),
+    Entry({}, lambda run: [compliance.vehicle_labels_check(run.views)]),
+    Entry({}, lambda run: [compliance.hrm_metadata_check(run.views, run.identifiers)]),
+    Entry({}, lambda run: [compliance.ignore_label_check(run.views)]),
     Entry(
         {"consistency.summary_agrees": "the summary agrees with the files and params"},
         lambda run: [
