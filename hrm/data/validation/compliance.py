@@ -24,6 +24,7 @@ from hrm.io import UserError, read_json, read_npy, shorten, shown
 
 CATEGORIES = ("methodology", "tokens", "route_optimality", "augmentation_quality")
 MAX_FAILURES_LISTED = 5
+BLANK_IDENTIFIER = "<blank>"  # identifiers.json's id 0
 # A failure names file, field, index and a value shortened by `shown`; a message longer than this carries data
 # some site failed to shorten, and is cut so the report and the error stay readable.
 MAX_FAILURE_CHARS = 500
@@ -86,6 +87,33 @@ def count_check(name: str, category: str, description: str, found: int, expected
     score = min(found, expected) / max(found, expected) if max(found, expected) else 1.0
     failures = [] if found == expected else [f"{description}: found {found}, expected {expected}"]
     return Check(name, category, description, found, score, failures, expected=f"= {expected}")
+
+
+def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
+    """A check that could not run: listed with its reason, scored 0, failed."""
+    return Check(
+        name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
+    )
+
+
+def finding_check(
+    name: str,
+    category: str,
+    description: str,
+    findings: list[tuple[str, int]],
+    total: int,
+    critical: bool = True,
+) -> Check:
+    """Passed when no finding; each finding is (message with examples, how many items it covers); the
+    score is the share of the `total` items not covered by any finding."""
+    messages = [message for message, _ in findings]
+    bad = sum(count for _, count in findings)
+    return share_check(name, category, description, messages, total, critical, failure_count=bad)
+
+
+def _examples(items: list[Any], limit: int = 3) -> str:
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # ---- the per-example table (Pandera) ------------------------------------------------------------------
@@ -183,7 +211,7 @@ def table_check(dataset: RawDataset, table, min_route_length: int) -> Check:
     )
 
 
-# ---- the checks --------------------------------------------------------------------------------------
+# ---- the per-example token and route checks, groups, leakage (strict files; route checks on any) -------
 
 
 def _example_label(split: RawSplit, i: int, kind: str = "labels") -> str:
@@ -531,39 +559,7 @@ def near_duplicate_figures(train: RawSplit, test: RawSplit, near_duplicate_share
     return figures
 
 
-# ---- the checks that need no cost model and no strict reading (any 18-file set; the audit) ---------------
-
-BLANK_IDENTIFIER = "<blank>"
-
-
-def not_run(name: str, category: str, description: str, reason: str, critical: bool = True) -> Check:
-    """A check that could not run: listed with its reason, scored 0, failed."""
-    return Check(
-        name, category, description, 0.0, 0.0, [f"not run: {reason}"], critical=critical, not_run=reason
-    )
-
-
-def finding_check(
-    name: str,
-    category: str,
-    description: str,
-    findings: list[tuple[str, int]],
-    total: int,
-    critical: bool = True,
-) -> Check:
-    """Passed when no finding; each finding is (message with examples, how many items it covers); the
-    score is the share of the `total` items not covered by any finding."""
-    messages = [message for message, _ in findings]
-    bad = sum(count for _, count in findings)
-    return share_check(name, category, description, messages, total, critical, failure_count=bad)
-
-
-def _examples(items: list[Any], limit: int = 3) -> str:
-    shown = ", ".join(str(item) for item in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-# ---- the checks ------------------------------------------------------------------------------------------
+# ---- the checks that need no cost model and no strict reading (any 18-file set, the audit's too) --------
 
 
 def _held(view: RawSplit) -> dict[str, int | None]:

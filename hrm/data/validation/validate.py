@@ -1,6 +1,7 @@
-"""The validate stage: schemas, cross-file invariants, compliance score, leakage, reports and PNG.
+"""The validate stage: settings, the check registry `CHECKS`, one loop over it, the reports and PNG.
 
-Files that fail a strict layer are audited instead (`audit`). Reports are written (each atomically) whatever the
+The files are read once (`raw.read_checked`); files that fail the schema or structure rules are audited: the
+same registry over what they hold (`compliance`). Reports are written (each atomically) whatever the
 outcome; the stage then exits non-zero below the threshold or on any critical failure.
 """
 
