@@ -30,7 +30,7 @@ def _schema_dir() -> Path:
     return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "hrm-city-routing" / "schemas"
 
 
-SCHEMA_DIR = _schema_dir()  # params.schema.json and the 18 files' schemas (hrm.data.validation.schemas)
+SCHEMA_DIR = _schema_dir()  # params.schema.json and the 18 files' schemas (hrm.data.conversion.raw)
 SCHEMA_FILE = SCHEMA_DIR / "params.schema.json"
 MAX_PROBLEMS = 10  # listed per error; the rest are counted
 # schema keywords whose error reads "KEY must be <what the node accepts>, got VALUE"

@@ -109,7 +109,7 @@ def test_a_megabyte_value_is_shortened_in_messages_and_reports(valid_set: Path, 
     with pytest.raises(UserError) as validate_error:
         validate.run(params)
     assert len(str(validate_error.value)) < 10 * MESSAGE_CHARS
-    assert f"{TRAIN['vehicle_types']}[0] = 'xxx" in str(validate_error.value)
+    assert f"{TRAIN['vehicle_types']}: field 'vehicle_types' index 0: 'xxx" in str(validate_error.value)
     for report in (tmp_path / "reports").iterdir():
         assert report.stat().st_size < 100_000, report.name
 

@@ -162,10 +162,14 @@ def test_planned_steps_matches_hrm_formula(data_root):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("puzzle_indices", "decreasing", "all__puzzle_indices.npy: index 2"),
-        ("group_indices", "wrong_end", "all__group_indices.npy: index"),
-        ("puzzle_identifiers", "too_big", "all__puzzle_identifiers.npy: index 1"),
-        ("inputs", "token", "all__inputs.npy: row 3"),
+        ("puzzle_indices", "decreasing", "all__puzzle_indices.npy: field 'puzzle_indices' index 2: "),
+        ("group_indices", "wrong_end", "all__group_indices.npy: field 'group_indices' index \\d+: ends at"),
+        (
+            "puzzle_identifiers",
+            "too_big",
+            "all__puzzle_identifiers.npy: field 'puzzle_identifiers' index 1: 99",
+        ),
+        ("inputs", "token", "all__inputs.npy: field 'inputs' index 3, position 0: token 200"),
         ("dataset.json", "missing", "field 'seq_len' is missing"),
     ],
 )
@@ -188,5 +192,5 @@ def test_bad_data_names_file_field_index(tmp_path, field, value, message):
         elif value == "token":
             array[3, 0] = 200
         np.save(folder / f"all__{field}.npy", array)
-    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+    with pytest.raises(UserError, match=message.replace(".npy", r"\.npy")):
         PuzzleDataset(root, "train")

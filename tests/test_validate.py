@@ -12,9 +12,10 @@ from jsonschema import Draft202012Validator
 
 from hrm.config import ConfigError
 from hrm.data import routing, spec
+from hrm.data.conversion import raw
 from hrm.data.conversion.raw import SOURCE_GENERATOR, RawDataset, RawSplit
 from hrm.data.facts import example_facts
-from hrm.data.validation import compliance, schemas, validate
+from hrm.data.validation import compliance, validate
 from hrm.io import UserError
 from tests.validate_data import copy_set, load_docs, make_valid_set, small_params, write_docs, write_params
 
@@ -80,9 +81,9 @@ def test_reports_are_deterministic(dataset_copy):
 
 def test_every_generated_file_passes_its_schema(valid_set):
     docs = load_docs(valid_set / "raw")
-    for name, kind in schemas.raw_file_kinds().items():
-        assert list(schemas.validator(kind).iter_errors(docs[name])) == [], name
-    assert len(set(schemas.SCHEMA_FILES.values())) == 9  # one schema per file kind
+    for name, kind in raw.RAW_FILE_KINDS.items():
+        assert list(raw.validator(kind).iter_errors(docs[name])) == [], name
+    assert len(set(raw.SCHEMA_FILES.values())) == 9  # one schema per file kind
 
 
 @pytest.mark.parametrize(
@@ -105,16 +106,16 @@ def test_every_generated_file_passes_its_schema(valid_set):
     ],
 )
 def test_fast_grid_check_agrees_with_the_schema(document):
-    schema_ok = not list(schemas.validator("inputs").iter_errors(document))
-    fast_ok = schemas.grid_list_conforms(document)
+    schema_ok = not list(raw.validator("inputs").iter_errors(document))
+    fast_ok = raw.grid_list_conforms(document)
     assert fast_ok <= schema_ok  # the fast path never accepts what the schema rejects
-    assert (schemas.schema_errors(document, "inputs", "x.json") == []) == schema_ok
+    assert (raw.schema_errors(document, "inputs", "x.json") == []) == schema_ok
 
 
 def test_schemas_are_valid_draft_2020_12():
-    for kind in schemas.SCHEMA_FILES:
-        Draft202012Validator.check_schema(schemas.validator(kind).schema)
-        assert schemas.validator(kind).schema["$schema"].endswith("2020-12/schema")
+    for kind in raw.SCHEMA_FILES:
+        Draft202012Validator.check_schema(raw.validator(kind).schema)
+        assert raw.validator(kind).schema["$schema"].endswith("2020-12/schema")
 
 
 # ---- the independent solver ---------------------------------------------------------------------------
@@ -284,7 +285,8 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
         cost_model=None,
     )
     facts = {"train": example_facts(split, table, 3, 3)}
-    checks = {check.name: check for check in compliance.route_checks(dataset, facts)}
+    failures = compliance.example_failures(dataset.splits, facts)
+    checks = {check.name: check for check in compliance.route_checks(dataset.splits, failures)}
     assert checks["route_valid"].passed and checks["route_optimal"].passed
     assert not checks["route_unique"].passed and checks["route_unique"].critical
     assert checks["route_unique"].failures == [
@@ -296,11 +298,9 @@ def test_a_tied_label_fails_route_unique_with_its_own_message():
 def test_convert_and_validate_hold_the_files_in_one_form(valid_set):
     """validate's dataset (after its collected cross-file checks) is convert's `raw.read_raw`, field by field:
     one split type, one conversion of the documents."""
-    from hrm.data.conversion import raw
-    from hrm.data.validation.invariants import build_dataset
-
     converted = raw.read_raw(valid_set / "raw")
-    validated = build_dataset(raw.read_files(valid_set / "raw"))
+    validated, problems = raw.build_dataset(raw.read_files(valid_set / "raw"))
+    assert problems == []
     assert type(validated) is type(converted) is RawDataset
     for name in (
         "folder",

@@ -1,7 +1,7 @@
 """Per-example route facts and difficulty figures, below everything that checks or transforms routes.
 
 `example_facts`: each label's route (valid for its vehicle, cost, the independent Dijkstra optimum, unique,
-detour, turns), once per split, for compliance, consistency, augment and the audit. `detour_figures`: the one
+detour, turns), once per split, for validate's checks (`compliance`) and augment. `detour_figures`: the one
 computation of difficulty figures, for generate's summary and validate's report.
 """
 

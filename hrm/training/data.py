@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hrm.data import spec
+from hrm.data import spec, structure
 from hrm.io import UserError, read_json, read_npy
 
 IGNORE_LABEL = -100  # what PyTorch's cross-entropy and HRM's loss head skip
@@ -84,53 +84,32 @@ class PuzzleDataset:
         return array
 
     def _check(self) -> None:
-        """Every structural fact the sampler relies on; errors name the file, the field and the index."""
-        meta = self.metadata
+        """Every structural fact the sampler relies on, by the rules convert and validate use
+        (`hrm.data.structure`): the first problem names the file, the field and the index."""
+        meta, metadata_file = self.metadata, self.folder / "dataset.json"
         for name, array in (("inputs", self.inputs), ("labels", self.labels)):
-            if array.ndim != 2 or array.shape[1] != meta.seq_len:
+            if array.ndim != 2:
                 raise UserError(
-                    f"{self.file(name)}: shape {array.shape}, expected [N, seq_len={meta.seq_len}]"
+                    f"{self.file(name)}: field '{name}' has shape {list(array.shape)}, expected [N, seq_len]"
                 )
-        if self.labels.shape[0] != self.inputs.shape[0]:
-            raise UserError(
-                f"{self.file('labels')}: {self.labels.shape[0]} rows but inputs has {self.inputs.shape[0]}"
-            )
         if self.inputs.shape[0] == 0:  # nothing to train on, or every eval metric a mean of nothing (NaN)
-            raise UserError(f"{self.folder / 'dataset.json'}: the {self.split} split holds no examples")
-        num_puzzles = self.puzzle_identifiers.shape[0]
-        self._check_offsets("puzzle_indices", self.puzzle_indices, num_puzzles + 1, self.inputs.shape[0])
-        self._check_offsets("group_indices", self.group_indices, None, num_puzzles)
-        if self.num_groups != meta.total_groups:
-            raise UserError(
-                f"{self.folder / 'dataset.json'}: field 'total_groups' is {meta.total_groups} but "
-                f"{self.file('group_indices')} holds {self.num_groups} groups"
-            )
-        bad = np.flatnonzero(
-            (self.puzzle_identifiers < 0) | (self.puzzle_identifiers >= meta.num_puzzle_identifiers)
+            raise UserError(f"{metadata_file}: the {self.split} split holds no examples")
+        kinds = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+        arrays = [getattr(self, kind) for kind in kinds]
+        problems = structure.split_problems({kind: self.file(kind) for kind in kinds}, *arrays)
+        truth = {"seq_len": self.inputs.shape[1]}
+        if not problems:
+            truth["total_groups"] = self.num_groups
+        problems += structure.metadata_problems(metadata_file, vars(meta), truth)
+        problems += structure.identifier_problems(
+            self.file("puzzle_identifiers"),
+            self.puzzle_identifiers,
+            meta.num_puzzle_identifiers,
+            "identifiers.json",
         )
-        if bad.size:
-            raise UserError(
-                f"{self.file('puzzle_identifiers')}: index {bad[0]} holds {self.puzzle_identifiers[bad[0]]}, "
-                f"outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})"
-            )
         for name, array in (("inputs", self.inputs), ("labels", self.labels)):
-            if array.size and (int(array.min()) < 0 or int(array.max()) >= meta.vocab_size):
-                rows = np.flatnonzero(((array < 0) | (array >= meta.vocab_size)).any(axis=1))
-                raise UserError(
-                    f"{self.file(name)}: row {rows[0]} holds a token outside [0, vocab_size={meta.vocab_size})"
-                )
-
-    def _check_offsets(self, name: str, offsets: np.ndarray, length: int | None, end: int) -> None:
-        path = self.file(name)
-        if offsets.ndim != 1 or (length is not None and offsets.shape[0] != length) or offsets.shape[0] < 1:
-            raise UserError(f"{path}: shape {offsets.shape}, expected [{length if length else 'G+1'}]")
-        if offsets[0] != 0:
-            raise UserError(f"{path}: index 0 holds {offsets[0]}, expected 0")
-        if offsets[-1] != end:
-            raise UserError(f"{path}: index {offsets.shape[0] - 1} holds {offsets[-1]}, expected {end}")
-        decreasing = np.flatnonzero(np.diff(offsets) < 0)
-        if decreasing.size:
-            raise UserError(f"{path}: index {decreasing[0] + 1} is smaller than the one before it")
+            problems += structure.token_problems(self.file(name), name, array, range(meta.vocab_size))
+        structure.raise_first(problems)
 
     @property
     def num_examples(self) -> int:

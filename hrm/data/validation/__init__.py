@@ -1,1 +1,1 @@
-"""hrm.data.validation: checking the data: schemas, cross-file invariants, compliance, audit, consistency, the validate stage."""
+"""hrm.data.validation: checking the data: the checks and the score (compliance), the validate stage (validate)."""

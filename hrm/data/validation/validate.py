@@ -1,6 +1,7 @@
-"""The validate stage: schemas, cross-file invariants, compliance score, leakage, reports and PNG.
+"""The validate stage: settings, the check registry `CHECKS`, one loop over it, the reports and PNG.
 
-Files that fail a strict layer are audited instead (`audit`). Reports are written (each atomically) whatever the
+The files are read once (`raw.read_checked`); files that fail the schema or structure rules are audited: the
+same registry over what they hold (`compliance`). Reports are written (each atomically) whatever the
 outcome; the stage then exits non-zero below the threshold or on any critical failure.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 import io as bytes_io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,10 @@ from hrm import io
 from hrm.config import ConfigError, load_params, section
 from hrm.data import colours, spec
 from hrm.data.conversion import augment
-from hrm.data.conversion.raw import RawDataset, RawSplit
+from hrm.data.conversion.raw import RawDataset, RawSplit, Reading, read_checked
 from hrm.data.facts import ExampleFacts, example_facts
 from hrm.data.generation import generate as generate_module
-from hrm.data.validation import audit, compliance, consistency
-from hrm.data.validation.invariants import Reading, read_checked
+from hrm.data.validation import compliance
 
 REPORT_JSON = "compliance.json"
 # The DVC metric: the score and its parts only, so that `dvc exp show` is not led by 120 per-check columns
@@ -80,160 +82,307 @@ class Validation:
     seconds: float
 
 
-# The checks that need files passing the strict layers, listed as not run when an audit cannot reach them.
-FULL_CHECKS = (
-    ("methodology", "variants_per_base", "every base is one group of puzzles, one example per vehicle"),
-    ("methodology", "example_table", "per-example table passes its Pandera schema"),
-    ("tokens", "encoding", "vocabulary and token table as specified"),
-    ("tokens", "one_start_one_goal", "one start and one goal per input and label"),
-    ("tokens", "no_unexpected_values", "inputs and labels hold only their allowed tokens"),
-    ("tokens", "labels_are_input_plus_route", "a label is its input with the route marked"),
-    ("route_optimality", "route_valid", "every route valid for its vehicle"),
-    ("route_optimality", "route_optimal", "every route optimal (scipy Dijkstra on the cost model)"),
-    ("route_optimality", "route_unique", "every optimum unique"),
-    ("augmentation_quality", "same_base_map", "the vehicle variants of a base share one input grid"),
-    ("augmentation_quality", "vehicles_distinct", "no two vehicles have the same access rules and costs"),
-    ("augmentation_quality", "route_diversity", "the vehicles of a base do not all take the same route"),
-    ("consistency", "summary_agrees", "the summary agrees with the files and params"),
-    ("consistency", "hrm_layout_agrees", "the HRM layout agrees with the raw files"),
-)
+# ---- the check registry ------------------------------------------------------------------------------------
 
 
-def validate_dataset(settings: ValidateSettings) -> Validation:
-    """All checks on `settings.raw_dir` (and `settings.hrm_dir` unless None). Files that fail the schema or
-    structure layer are audited instead: those layers' problems become findings and every check that can
-    still run, runs; the rest are listed as not run."""
-    began = time.perf_counter()
-    reading = read_checked(settings.raw_dir)
-    dataset, cost_table, views = reading.dataset, reading.cost_table, reading.splits
-    if dataset is None:  # the audit: every check that can run on what the documents hold
-        return _audit(settings, reading, began)
+class Run:
+    """What the checks read, each computed once: the reading (strict dataset or lenient splits), the cost
+    table, the per-example facts and their failures, the symmetries, the figures the checks leave."""
 
-    facts = {
-        name: example_facts(split, cost_table, dataset.rows, dataset.cols)
-        for name, split in dataset.splits.items()
-    }
-    checks = audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
-    try:
-        transforms = augment.transforms_for(settings.augment, dataset.rows, dataset.cols)
-    except ConfigError as err:
-        raise io.UserError(str(err)) from err
-    leakage, leakage_figures = compliance.leakage_checks(dataset, settings.near_duplicate_share, transforms)
-    checks.extend(leakage)
-    group_checks, group_figures = compliance.group_checks(dataset, facts, cost_table)
-    checks.extend(group_checks)
-    table = compliance.example_table(dataset, facts)
-    checks.append(compliance.table_check(dataset, table, settings.generate.min_route_length))
-    checks.extend(compliance.token_checks(dataset, facts))
-    checks.extend(compliance.route_checks(dataset, facts))
-    # the audit's checks need no strict layer; across splits, identical maps are leakage's check already
-    generic, audit_figures = audit.generic_checks(
-        views, dataset.identifiers, settings.near_duplicate_share, across=False
-    )
-    checks.extend(generic)
-    checks.append(
-        consistency.summary_check(
-            dataset, facts, settings.generate.cost_model, settings.generate.min_route_length
+    def __init__(self, settings: ValidateSettings, reading: Reading):
+        self.settings, self.reading = settings, reading
+        self.dataset, self.views = reading.dataset, reading.splits
+        self.identifiers = reading.files.documents.get(spec.RAW_IDENTIFIERS_FILE)  # as parsed: any JSON
+        self.figures: dict[str, Any] = {}
+
+    @cached_property
+    def facts(self) -> dict[str, ExampleFacts]:
+        """Per-example facts of every split whose routes can be read (all of them on strict files)."""
+        rows, cols = self.reading.shape
+        return {
+            name: example_facts(view, self.reading.cost_table, rows, cols)
+            for name, view in self.route_views.items()
+        }
+
+    @cached_property
+    def route_views(self) -> dict[str, RawSplit]:
+        usable = (
+            v.inputs is not None and v.labels is not None and v.example_identifier is not None
+            for v in self.views.values()
         )
-    )
-    layout_dataset = dataset
-    if len(transforms) > 1:
-        augmented, transform = augment.augment_split(
-            dataset.splits["train"], dataset.rows, dataset.cols, transforms
-        )
-        checks.append(_augmented_route_check(augmented, transform, cost_table, dataset.rows, dataset.cols))
-        layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
-    if settings.hrm_dir is not None:
-        checks.append(consistency.hrm_layout_check(layout_dataset, settings.hrm_dir))
-        checks.append(_layout_augment_check(settings.hrm_dir, settings.augment))
-    difficulty, difficulty_figures = compliance.difficulty_checks(
-        dataset, facts, settings.generate.difficulty
-    )
-    checks.extend(difficulty)
-    figures = {
-        **compliance.route_figures(dataset, facts, settings.generate.min_route_length),
-        **group_figures,
-        **leakage_figures,
-        **audit_figures,
-        "difficulty": difficulty_figures,
-    }
-    if layout_dataset is not dataset:
-        figures["train_examples_augmented"] = layout_dataset.splits["train"].num_examples
-    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
-    return Validation(report, dataset, facts, time.perf_counter() - began)
+        return {name: view for (name, view), ok in zip(self.views.items(), usable, strict=True) if ok}
 
+    @cached_property
+    def example_failures(self) -> dict[str, list[str]]:
+        return compliance.example_failures(self.route_views, self.facts)
 
-def _ordered(checks: list[compliance.Check]) -> list[compliance.Check]:
-    order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
-    return sorted(checks, key=lambda check: order[check.category])
+    @cached_property
+    def transforms(self) -> tuple[int, ...]:
+        try:
+            return augment.transforms_for(self.settings.augment, self.dataset.rows, self.dataset.cols)
+        except ConfigError as err:
+            raise io.UserError(str(err)) from err
 
-
-def _audit(settings: ValidateSettings, reading: Reading, began: float) -> Validation:
-    """The report for files that fail a strict layer: its findings, every check that still runs, the rest
-    listed as not run (each scores 0)."""
-    documents, views = reading.files.documents, reading.splits
-    identifiers = documents.get(spec.RAW_IDENTIFIERS_FILE)
-    file_problems, structure_problems = reading.file_problems, reading.structure_problems
-    by_file: dict[str, list[str]] = {}
-    for problem in file_problems:
-        by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
-    checks = [
-        audit.finding_check(
-            "file_schemas",
-            "methodology",
-            "each of the 18 files is present, valid JSON and matches its schema in schemas/",
-            [
-                (" | ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""), 1)
-                for found in by_file.values()
-            ],
-            18,
-        )
-    ]
-    if file_problems:
-        reason = "the files fail their schemas (file_schemas)"
-        checks.append(audit.not_run("structure", "methodology", "cross-file invariants hold", reason))
-    else:
-        description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
-        findings = [(problem, 1) for problem in structure_problems]
-        checks.append(
-            audit.finding_check(
-                "structure", "methodology", description, findings, max(len(structure_problems), 1)
+    def missing(self, need: str) -> str:
+        """Why `need` is not available here, or "" when it is."""
+        if need == "structure":
+            return (
+                ""
+                if self.dataset is not None
+                else "files that pass the schema and structure rules (see file_schemas, structure)"
             )
-        )
-    checks += audit.count_checks(views, settings.generate.bases, len(settings.generate.cost_model.vehicles))
-    checks.append(audit.summary_claims_check(views, documents.get(spec.RAW_SUMMARY_FILE)))
-    checks.append(audit.base_overlap_check(views))
-    generic, figures = audit.generic_checks(views, identifiers, settings.near_duplicate_share, across=True)
-    checks += generic
-    routes = audit.route_checks(views, documents.get(spec.RAW_SUMMARY_FILE))  # when a cost model exists
-    checks += routes
-    ran = {check.name for check in routes}
-    reason = "needs files that pass the schema and structure layers (see file_schemas, structure)"
-    checks += [
-        audit.not_run(n, c, d, reason, n != "route_diversity") for c, n, d in FULL_CHECKS if n not in ran
+        if need == "cost model":
+            reason = self.reading.cost_table_missing
+            if not reason and not self.route_views:
+                reason = "no split has readable inputs, labels and puzzle identifiers"
+            return f"a cost model ({reason})" if reason else ""
+        if need == "hrm layout":
+            return "" if self.settings.hrm_dir is not None else "paths.hrm"
+        if need == "augment":
+            if self.settings.augment == "none" or self.dataset is None:
+                return "convert.augment on strict files"
+            return "" if len(self.transforms) > 1 else "convert.augment"
+        raise ValueError(need)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Checks computed together: each as "category.name" with what it measures (the row it gets when it
+    cannot run; "" where it then does not apply: another check covers such files), what they need
+    ("structure", "cost model", "hrm layout", "augment"; a check whose needs are missing is reported "not run:
+    needs X", scored 0 and failed, unless an `optional` need is missing: it does not apply), which of them are
+    not critical. `audit`: runs only where the strict reading failed (it reports that reading's problems, or
+    stands in for a check that needs it). `figures`: `run` returns (checks, figures), kept under this key for
+    the report. Weights: a category's checks share its `validate.weights` equally."""
+
+    checks: dict[str, str]
+    run: Callable[[Run], Any]  # -> list[compliance.Check], or (checks, figures) when `figures` names them
+    needs: tuple[str, ...] = ()
+    not_critical: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    audit: bool = False
+    figures: str = ""
+
+
+def _file_schemas(run: Run) -> list[compliance.Check]:
+    by_file: dict[str, list[str]] = {}
+    for problem in run.reading.file_problems:
+        by_file.setdefault(problem.split(":", 1)[0], []).append(problem)
+    findings = [
+        (" | ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else ""), 1)
+        for found in by_file.values()
     ]
-    figures = {"near_duplicate_share": settings.near_duplicate_share, **figures}
-    report = compliance.score(_ordered(checks), settings.weights, settings.threshold, figures)
-    return Validation(report, None, {}, time.perf_counter() - began)
+    description = "each of the 18 files is present, valid JSON and matches its schema in schemas/"
+    return [compliance.finding_check("file_schemas", "methodology", description, findings, 18)]
 
 
-def _augmented_route_check(
-    augmented: RawSplit, transform: np.ndarray, cost_table: np.ndarray, rows: int, cols: int
-) -> compliance.Check:
+def _structure(run: Run) -> list[compliance.Check]:
+    description = "cross-file invariants hold (lengths, indices, vocabulary, seq_len, cost table)"
+    if run.reading.file_problems:
+        reason = "the files fail their schemas (file_schemas)"
+        return [compliance.not_run("structure", "methodology", "cross-file invariants hold", reason)]
+    problems = run.reading.structure_problems
+    findings = [(problem, 1) for problem in problems]
+    return [
+        compliance.finding_check("structure", "methodology", description, findings, max(len(problems), 1))
+    ]
+
+
+def _augmented(run: Run) -> list[compliance.Check]:
     """Every transformed train example (what the HRM layout trains on) re-checked by the independent Dijkstra."""
-    bad, checked = augment.transformed_route_failures(augmented, transform, cost_table, rows, cols)
+    dataset = run.dataset
+    augmented, transform = augment.augment_split(
+        dataset.splits["train"], dataset.rows, dataset.cols, run.transforms
+    )
+    run.layout_dataset = replace(dataset, splits={**dataset.splits, "train": augmented})
+    bad, checked = augment.transformed_route_failures(
+        augmented, transform, run.reading.cost_table, dataset.rows, dataset.cols
+    )
     failures = [
         f"augmented {example}: the transformed label is not the unique optimal route of the transformed map"
         for example in bad
     ]
-    return compliance.share_check(
-        "augmented_routes",
-        "route_optimality",
+    description = (
         f"every train example under the {len(set(transform.tolist())) - 1} other symmetries (convert.augment) "
-        "carries the unique optimal route of its transformed map (scipy Dijkstra)",
-        failures,
-        checked,
+        "carries the unique optimal route of its transformed map (scipy Dijkstra)"
     )
+    return [compliance.share_check("augmented_routes", "route_optimality", description, failures, checked)]
+
+
+STRUCTURE, COST, LAYOUT = ("structure",), ("cost model",), ("hrm layout",)
+CHECKS: tuple[Entry, ...] = (  # in report order within each category
+    Entry(  # train/test examples and bases: always run (not run per file it cannot read)
+        {},
+        lambda run: compliance.count_checks(
+            run.views, run.settings.generate.bases, len(run.settings.generate.cost_model.vehicles)
+        ),
+    ),
+    Entry({"methodology.file_schemas": ""}, _file_schemas, audit=True),
+    Entry({"methodology.structure": ""}, _structure, audit=True),
+    Entry(
+        {"methodology.summary_claims": ""},
+        lambda run: [
+            compliance.summary_claims_check(run.views, run.reading.files.documents.get(spec.RAW_SUMMARY_FILE))
+        ],
+        audit=True,
+    ),
+    Entry(  # strict: a count; audited: a share
+        {"methodology.base_overlap": ""},
+        lambda run: [compliance.base_overlap_check(run.views, audited=run.dataset is None)],
+    ),
+    Entry(
+        {"methodology.identical_grids_across_splits": ""},
+        lambda run: compliance.identical_grids_check(
+            run.dataset, run.settings.near_duplicate_share, run.transforms
+        ),
+        STRUCTURE,
+        figures="leakage",
+    ),
+    Entry(
+        {
+            "methodology.variants_per_base": "every base is one group of puzzles, one example per vehicle",
+            "augmentation_quality.same_base_map": "the vehicle variants of a base share one input grid",
+            "augmentation_quality.vehicles_distinct": "no two vehicles have the same access rules and costs",
+            "augmentation_quality.route_diversity": "the vehicles of a base do not all take the same route",
+        },
+        lambda run: compliance.group_checks(run.dataset, run.facts, run.reading.cost_table),
+        STRUCTURE + COST,
+        not_critical=("route_diversity",),
+        figures="groups",
+    ),
+    Entry(
+        {"methodology.example_table": "per-example table passes its Pandera schema"},
+        lambda run: [
+            compliance.table_check(
+                run.dataset,
+                compliance.example_table(run.dataset, run.facts),
+                run.settings.generate.min_route_length,
+            )
+        ],
+        STRUCTURE,
+    ),
+    Entry(
+        {
+            "tokens.encoding": "vocabulary and token table as specified",
+            "tokens.one_start_one_goal": "one start and one goal per input and label",
+            "tokens.no_unexpected_values": "inputs and labels hold only their allowed tokens",
+            "tokens.labels_are_input_plus_route": "a label is its input with the route marked",
+        },
+        lambda run: compliance.token_checks(run.dataset, run.example_failures),
+        STRUCTURE,
+    ),
+    Entry(
+        {
+            f"route_optimality.{name}": compliance.ROUTE_CHECKS[name]
+            for name in ("route_valid", "route_optimal")
+        },
+        lambda run: compliance.route_checks(
+            run.route_views, run.example_failures, ("route_valid", "route_optimal")
+        ),
+        COST,
+    ),
+    Entry(
+        {"route_optimality.route_unique": "every optimum unique"},
+        lambda run: compliance.route_checks(run.route_views, run.example_failures, ("route_unique",)),
+        STRUCTURE + COST,
+    ),
+    # the checks that need no cost model and no strict reading, on every file set
+    Entry({}, lambda run: [compliance.identifier_check(run.views, run.identifiers)]),
+    Entry({}, lambda run: [compliance.conflicting_labels_check(run.views)]),
+    Entry(  # across splits, identical maps are identical_grids_across_splits' check where the files are strict
+        {},
+        lambda run: compliance.map_checks(
+            run.views, run.settings.near_duplicate_share, across=run.dataset is None
+        ),
+        figures="maps",
+    ),
+    Entry({}, lambda run: [compliance.vehicle_labels_check(run.views)]),
+    Entry({}, lambda run: [compliance.hrm_metadata_check(run.views, run.identifiers)]),
+    Entry({}, lambda run: [compliance.ignore_label_check(run.views)]),
+    Entry(
+        {"consistency.summary_agrees": "the summary agrees with the files and params"},
+        lambda run: [
+            compliance.summary_check(
+                run.dataset,
+                run.facts,
+                run.reading.cost_table,
+                run.settings.generate.cost_model,
+                run.settings.generate.min_route_length,
+            )
+        ],
+        STRUCTURE + COST,
+    ),
+    Entry(
+        {"route_optimality.augmented_routes": ""},
+        _augmented,
+        (*STRUCTURE, *COST, "augment"),
+        optional=("augment",),
+    ),
+    Entry(
+        {
+            "consistency.hrm_layout_agrees": "the HRM layout agrees with the raw files",
+            "consistency.hrm_layout_augment": "",
+        },
+        lambda run: [
+            compliance.hrm_layout_check(getattr(run, "layout_dataset", run.dataset), run.settings.hrm_dir),
+            _layout_augment_check(run.settings.hrm_dir, run.settings.augment),
+        ],
+        STRUCTURE + LAYOUT,
+        optional=LAYOUT,
+    ),
+    Entry(
+        {"augmentation_quality.detour_share": "", "augmentation_quality.distinct_routes_share": ""},
+        lambda run: compliance.difficulty_checks(run.dataset, run.facts, run.settings.generate.difficulty),
+        STRUCTURE,
+        figures="difficulty",
+    ),
+)
+
+
+def validate_dataset(settings: ValidateSettings) -> Validation:
+    """Every check of `CHECKS` on `settings.raw_dir` (and `settings.hrm_dir` unless None), read once: strict
+    files through every check; files that fail the schema or structure rules (ours broken, or anyone's) through
+    every check that can run on what they hold, the layers' problems as findings, the rest not run."""
+    began = time.perf_counter()
+    run = Run(settings, read_checked(settings.raw_dir))
+    strict = run.dataset is not None
+    checks: list[compliance.Check] = []
+    for entry in CHECKS:
+        if entry.audit and strict:
+            continue
+        missing = [reason for need in entry.needs if (reason := run.missing(need))]
+        if not missing:
+            found = entry.run(run)
+            if entry.figures:
+                found, run.figures[entry.figures] = found
+            checks += found
+        elif not any(run.missing(need) for need in entry.optional):
+            for key, description in entry.checks.items():
+                category, name = key.split(".")
+                if description:  # "": another check covers such files
+                    reason = "needs " + " and ".join(missing)
+                    checks.append(
+                        compliance.not_run(
+                            name, category, description, reason, name not in entry.not_critical
+                        )
+                    )
+    figures = run.figures
+    if strict:
+        figures = {
+            **compliance.route_figures(run.dataset, run.facts, settings.generate.min_route_length),
+            **figures["groups"],
+            **figures["leakage"],
+            **figures["maps"],
+            "difficulty": figures["difficulty"],
+        }
+        if hasattr(run, "layout_dataset"):
+            figures["train_examples_augmented"] = run.layout_dataset.splits["train"].num_examples
+    else:
+        figures = {"near_duplicate_share": settings.near_duplicate_share, **figures["maps"]}
+    order = {category: k for k, category in enumerate((*compliance.CATEGORIES, "consistency"))}
+    checks.sort(key=lambda check: order[check.category])
+    report = compliance.score(checks, settings.weights, settings.threshold, figures)
+    return Validation(report, run.dataset, run.facts if strict else {}, time.perf_counter() - began)
 
 
 def _layout_augment_check(hrm_dir: Path, setting: str) -> compliance.Check:
