@@ -175,7 +175,7 @@ def test_evaluate_refuses_a_reports_folder_holding_other_files_before_evaluating
 
 
 def test_compare_out_holding_tracked_files_is_refused(tmp_path):
-    from hrm import compare as cmp
+    from hrm.compare.report import write_outputs
 
     out = tmp_path / "docs"
     out.mkdir()
@@ -183,7 +183,7 @@ def test_compare_out_holding_tracked_files_is_refused(tmp_path):
     results = {"name": "t", "command": "c", "baseline": "b" * 40, "profile": "tiny", "seeds": 1}
     results.update({"data_seeds": False, "vehicles": [], "groups": [], "runs": []})
     with pytest.raises(UserError, match=r"did not write \(design\.md\)"):
-        cmp.write_outputs(results, out)
+        write_outputs(results, out)
     assert (out / "design.md").read_text(encoding="utf-8") == "tracked"
     cmp.write_outputs(results, tmp_path / "compare")
     cmp.write_outputs(results, tmp_path / "compare")  # its own folder: replaced
