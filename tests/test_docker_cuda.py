@@ -7,7 +7,7 @@ tests/test_docker.py makes; then, without a GPU: torch in the image is a CUDA bu
 set), `bench/gpu_check.py --smoke` passes on the CPU, and `dvc repro` of the tiny profile runs on a checkout
 mounted at /work. Prints the build time and image size with `-s`. Marked `slow` too and kept out of CI's
 Docker run (`.ci/run` names tests/test_docker.py): ~3 GB of CUDA wheels, ~11 minutes to build on 2 cores
-with nothing cached, ~6 minutes for the checks.
+with nothing cached, 3-7 minutes for the checks.
 """
 
 from __future__ import annotations
