@@ -81,6 +81,12 @@ def test_torch_in_the_image_is_a_cuda_build(docker, cuda_image):
     assert said[1] != "None", said
 
 
+def test_the_build_leaves_no_compile_cache_in_the_image(docker, cuda_image):
+    """The smoke step's torch.compile writes under TMPDIR too (Inductor's precompiled headers, ~150 MB)."""
+    left = ok(sh([docker, "run", "--rm", "--entrypoint", "sh", cuda_image, "-c", "ls -A /tmp"])).split()
+    assert not [name for name in left if name.startswith(("torchinductor", "inductor"))], left
+
+
 def test_gpu_check_smoke_passes_on_the_cpu(docker, cuda_image, tmp_path):
     checkout, user = _checkout(tmp_path / "checkout")
     script = (
