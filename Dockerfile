@@ -57,7 +57,8 @@ RUN apt-get update \
 # wheels/ folder, that wheel (the CPU image: no CUDA index needed). Named, not picked up: a CPU wheel left in
 # wheels/ must not slip into the CUDA image. The folder is bind-mounted for this RUN only, so the wheel takes
 # no room in the image's layers; the version check below pins what the wheel file brings (DL3013 cannot see
-# that).
+# that). Without TORCH_WHEEL the build stops unless torch is a CUDA build (`torch.version.cuda` set): a mirror
+# that serves a CPU-only torch under the same version must not make a "CUDA" image that cannot see a GPU.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
     --mount=type=secret,id=pip_cert \
@@ -66,7 +67,8 @@ RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
     elif [ "$TORCH_SOURCE" = pypi ]; then pip install "torch==${TORCH_VERSION}"; \
     elif [ "$TORCH_SOURCE" = index ]; then pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
     else echo "TORCH_SOURCE must be index or pypi, got '${TORCH_SOURCE}'" >&2; exit 1; fi \
-    && python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else 'torch ' + v + ' installed, TORCH_VERSION is ${TORCH_VERSION}')"
+    && python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else 'torch ' + v + ' installed, TORCH_VERSION is ${TORCH_VERSION}')" \
+    && if [ -z "$TORCH_WHEEL" ]; then python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'torch ' + torch.__version__ + ' from TORCH_SOURCE=${TORCH_SOURCE} is a CPU-only build (torch.version.cuda is None); this image needs a CUDA build')"; fi
 
 # 2) the project's dependencies, read from pyproject.toml (torch is already satisfied). README.md (pyproject's
 # `readme`) comes with the project in step 3, so that editing it does not download the dependencies again.
@@ -78,7 +80,9 @@ RUN --mount=type=secret,id=pip_cert \
     && rm /tmp/requirements.txt
 
 # 3) the project itself (the `hrm` command, with schemas/ as data files); no dependency changes here. The
-# smoke test compiles and runs a function with torch.compile (the doctor's compile check, on the CPU).
+# smoke test compiles and runs a function with torch.compile (the doctor's compile check, on the CPU), with
+# TMPDIR in its scratch folder too: Inductor puts its precompiled headers under the temporary folder whatever
+# its cache folder is (147 MB left in /tmp/torchinductor_root otherwise).
 COPY README.md /tmp/hrm-src/
 COPY schemas /tmp/hrm-src/schemas
 COPY hrm /tmp/hrm-src/hrm
@@ -86,7 +90,8 @@ RUN --mount=type=secret,id=pip_cert \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --no-deps /tmp/hrm-src && rm -rf /tmp/hrm-src \
     && python -c "import torch, hrm, hrm.doctor; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
-    && TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-smoke python -c "from hrm.runtime import compile_tiny_function; print('torch.compile on the CPU: %.0f s' % compile_tiny_function('cpu'))" \
+    && mkdir /tmp/inductor-smoke \
+    && TMPDIR=/tmp/inductor-smoke TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-smoke python -c "from hrm.runtime import compile_tiny_function; print('torch.compile on the CPU: %.0f s' % compile_tiny_function('cpu'))" \
     && rm -rf /tmp/inductor-smoke \
     && dvc --version && hrm --help > /dev/null
 

@@ -76,12 +76,17 @@ def _docker_client() -> tuple[str | None, str]:
     return None, why
 
 
-@pytest.fixture(scope="module")
-def docker() -> str:
+def docker_or_skip() -> str:
+    """A docker CLI that reaches the engine and builds with BuildKit; the test skips, saying why, if none."""
     client, why = _docker_client()
     if client is None:
         pytest.skip(why)
     return client
+
+
+@pytest.fixture(scope="module")
+def docker() -> str:
+    return docker_or_skip()
 
 
 def sh(command: list[str], timeout: float = 1800, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -135,7 +140,7 @@ def ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
-def _make_base_image(docker: str) -> None:
+def make_base_image(docker: str) -> None:
     """Debian bookworm from Debian's own archive (debootstrap), imported as an image: no registry needed."""
     if sh([docker, "image", "inspect", BASE_IMAGE]).returncode == 0:
         return
@@ -151,7 +156,7 @@ def _make_base_image(docker: str) -> None:
         assert tar.wait() == 0
 
 
-def _pip_cert() -> str | None:
+def pip_cert() -> str | None:
     """The CA bundle pip uses on this host (PIP_CERT or `pip config`'s cert): pip in the build needs it."""
     cert = os.environ.get("PIP_CERT")
     if not cert:
@@ -196,7 +201,7 @@ def _dockerfile_arg(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    _make_base_image(docker)
+    make_base_image(docker)
     context = tmp_path_factory.mktemp("context")
     wheel = _build_context(context)
     build = [
@@ -208,7 +213,7 @@ def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
         f"TORCH_WHEEL={wheel.name}",
     ]
     build += ["-t", IMAGE]
-    cert = _pip_cert()
+    cert = pip_cert()
     if cert:
         build += ["--secret", f"id=pip_cert,src={cert}"]
     started = time.perf_counter()
@@ -222,7 +227,7 @@ def image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
-def _chown_tree(root: Path, uid: int) -> None:
+def chown_tree(root: Path, uid: int) -> None:
     for path in [root, *root.rglob("*")]:
         os.chown(path, uid, uid, follow_symlinks=False)
 
@@ -253,7 +258,7 @@ def runs(docker: str, image: str, tmp_path_factory: pytest.TempPathFactory) -> d
         copy = tmp_path_factory.mktemp(label.replace(" ", "-"))
         shutil.copytree(host, copy, dirs_exist_ok=True, symlinks=True)
         if os.geteuid() == 0:
-            _chown_tree(copy, uid)
+            chown_tree(copy, uid)
         copies[label] = copy
 
     started = time.perf_counter()

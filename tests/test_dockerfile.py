@@ -410,3 +410,43 @@ def test_torch_step_refuses_an_unknown_torch_source(tmp_path):
     (tmp_path / "pip").chmod(0o755)
     done = subprocess.run(["bash", "-c", run_script(torch_run)], env=env, capture_output=True, text=True)
     assert done.returncode == 1 and "TORCH_SOURCE must be index or pypi, got 'conda'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("cuda", "wheel", "refused"),
+    [
+        ("13.0", "", False),  # PyPI's Linux torch: a CUDA build
+        ("None", "", True),  # a mirror's CPU-only torch under the same version: no "CUDA" image
+        ("None", "torch-2.13.0+cpu.whl", False),  # a named wheel: the CPU image, on purpose
+    ],
+)
+def test_torch_step_refuses_a_cpu_only_torch_unless_a_wheel_is_named(tmp_path, cuda, wheel, refused):
+    """The torch RUN step with a stand-in pip and a stand-in torch module whose `version.cuda` is given."""
+    (torch_run,) = [run for run in of("RUN") if '"torch==${TORCH_VERSION}"' in run]
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        f"from types import SimpleNamespace\n__version__ = '2.13.0+x'\nversion = SimpleNamespace(cuda={cuda})\n",
+        encoding="utf-8",
+    )
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pip").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (bindir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    for tool in ("pip", "python"):
+        (bindir / tool).chmod(0o755)
+    env = {
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(tmp_path / "site"),
+        "TORCH_VERSION": "2.13.0",
+        "TORCH_INDEX_URL": "x",
+        "TORCH_SOURCE": "pypi",
+        "TORCH_WHEEL": wheel,
+    }
+    done = subprocess.run(["bash", "-c", run_script(torch_run)], env=env, capture_output=True, text=True)
+    if refused:
+        assert done.returncode == 1, done.stderr
+        assert "torch 2.13.0+x from TORCH_SOURCE=pypi is a CPU-only build" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
