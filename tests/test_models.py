@@ -405,13 +405,18 @@ def test_target_q_is_the_next_state_value():
     head = tiny(halt_max_steps=2)
     head.train()
     with torch.no_grad():
-        head.model.inner.q_head.weight.normal_(0, 0.5)  # let q depend on the state
+        # q depends on the state, too little for a row to halt before halt_max_steps (seeded: torch's global
+        # generator starts from a random seed in each process)
+        head.model.inner.q_head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     set_q_bias(head, -3.0, 3.0)
     batch = make_batch()
     carry = head.initial_carry(batch)
     inner = head.model.inner
     for segment in (1, 2):
         carry, _, _, outputs, _ = head(carry=carry, batch=batch, return_keys=["target_q_continue"])
+        assert (
+            carry.halted.tolist() == [segment == 2] * 4
+        )  # no row restarts: its target is the next segment's
         with torch.no_grad():
             _, _, _, next_halt, next_continue = inner(
                 carry.z_H, carry.z_L, carry.current_data["inputs"], carry.current_data["puzzle_identifiers"]
