@@ -3,6 +3,7 @@ with overrides; a git + DVC copy of this checkout for tests that run DVC or Dock
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hrm.config import deep_merge
+from hrm.config import deep_merge, profile_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=hrm-tests", "-c", "user.email=hrm-tests@example.invalid"]
@@ -45,6 +46,21 @@ def arch(**overrides: Any) -> dict[str, Any]:
     """params.yaml's `arch` (the paper model) with a test's overrides: a key added to the model reaches
     every test's architecture without editing each copy."""
     return {**repo_params()["arch"], **overrides}
+
+
+@functools.cache
+def _tiny_profile_arch(name: str) -> tuple[tuple[str, Any], ...]:
+    params = repo_params()
+    arch = deep_merge(params["arch"], profile_overrides(params, "tiny", name).get("arch", {}))
+    return tuple({**arch, "name": name}.items())
+
+
+def tiny_arch(name: str = "hrm_v1", **overrides: Any) -> dict[str, Any]:
+    """The `arch` a tiny-profile run of architecture `name` uses (params.yaml's `arch`, `profiles.tiny` and its
+    `per_arch.<name>` part, resolved by `profile_overrides`), with a test's overrides: a change of the profile
+    reaches every test's model. Unchecked, so that tests of bad settings reach the model builder. Override only
+    what the test depends on, and say why there."""
+    return {**dict(_tiny_profile_arch(name)), **overrides}
 
 
 def run(command: list[str], cwd: Path) -> str:

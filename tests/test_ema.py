@@ -13,6 +13,7 @@ from hrm.config import ConfigError, load_params
 from hrm.training import loop
 from hrm.training.ema import WeightEMA
 from hrm.training.setup import TrainConfig
+from tests.conftest import REPO
 
 REAL_STEP = step_module.train_step
 
@@ -58,9 +59,6 @@ def test_applied_swaps_in_the_shadow_and_restores_raw_bits():
     with pytest.raises(RuntimeError), ema.applied(toy):
         raise RuntimeError("an error inside still restores")
     assert torch.equal(toy.weight, raw)
-
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def params_file_with(tmp_path: Path, **train) -> Path:

@@ -15,7 +15,7 @@ from hrm.evaluation import runner
 from hrm.evaluation.data import load_route_task, load_split
 from hrm.evaluation.loop import PREDICTION_KEYS
 from hrm.io import UserError
-from tests.conftest import arch
+from tests.conftest import tiny_arch
 from tests.routing_layout import REPO, paper_cost_model, write_routing_dataset
 
 S, G, R, B = spec.START, spec.GOAL, spec.ROUTE, spec.BUILDING
@@ -358,17 +358,8 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-TINY_ARCH = arch(
-    H_cycles=1,
-    H_layers=1,
-    L_layers=1,
-    hidden_size=32,
-    num_heads=4,
-    expansion=2,
-    puzzle_emb_ndim=32,
-    halt_max_steps=4,
-    forward_dtype="float32",
-)
+# The tiny profile's HRM; halt_max_steps 4: the tests evaluate segments 1, 2 and 4, rows halting at different ones.
+TINY_ARCH = tiny_arch(halt_max_steps=4)
 
 
 def tiny_head(metadata, batch_size: int, seed: int = 0, **overrides):

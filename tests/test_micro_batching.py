@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import repo_params
-from train_helpers import TINY_ARCH, final_weights, metric_files, tiny_params
+from conftest import repo_params, tiny_arch
+from train_helpers import final_weights, metric_files, tiny_params
 
 from hrm.config import ConfigError
 from hrm.training import loop
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch8_params(tiny_run_data: Path, out: Path, **train) -> dict:
-    """Global batch 8, >= 20 steps, halting and exploration on (TINY_ARCH: 3 segments, exploration 0.5)."""
+    """Global batch 8, >= 20 steps, halting and exploration on (train_helpers.TINY_ARCH: 3 segments, exploration
+    0.5)."""
     params = tiny_params(tiny_run_data, out, global_batch_size=8, epochs=12, eval_interval=4, **train)
     assert params["arch"]["halt_max_steps"] > 1 and params["arch"]["halt_exploration_prob"] > 0
     return params
@@ -110,7 +111,8 @@ def tiny_gradients(checkpointing: bool, name: str = "hrm_v1") -> dict[str, torch
     from hrm.training.step import forward_backward
 
     head = build_model(
-        dict(TINY_ARCH, name=name, H_layers=2, L_layers=2),
+        # two blocks per stack, recomputed after the no-grad cycles of a segment
+        tiny_arch(name, H_layers=2, L_layers=2, H_cycles=2, L_cycles=2),
         seq_len=8,
         vocab_size=6,
         num_puzzle_identifiers=4,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hrm.io import UserError
-from hrm.models import ACTCarry, build_model, load_official_checkpoint
+from hrm.models import ARCHITECTURES, ACTCarry, build_model, load_official_checkpoint
 from hrm.models.layers import (
     Attention,
     PostNormBlock,
@@ -18,23 +18,20 @@ from hrm.models.layers import (
     swiglu_width,
     trunc_normal_init_,
 )
-from tests.conftest import arch
+from tests.conftest import arch, tiny_arch
 
-TINY_ARCH = arch(
-    H_layers=1,
-    L_layers=1,
-    hidden_size=32,
-    num_heads=4,
-    puzzle_emb_ndim=32,
-    halt_max_steps=4,
-    halt_exploration_prob=0.0,
-)
 SEQ, VOCAB, IDS = 8, 24, 5
+# What the halting tests count on, unless a test says otherwise: 4 segments at most, and Q alone deciding when a
+# row halts (no exploration).
+HALTING = {"halt_max_steps": 4, "halt_exploration_prob": 0.0}
+# TRM's official recipe (params.yaml's arch comment): its paper-size layout and parameter count.
+TRM_RECIPE = {"H_cycles": 3, "L_cycles": 4, "L_layers": 2, "puzzle_emb_len": 16, "no_ACT_continue": True}
 
 
-def tiny(batch_size: int = 4, seed: int = 0, **overrides):
+def tiny(batch_size: int = 4, seed: int = 0, name: str = "hrm_v1", **overrides):
+    """A tiny-profile model of architecture `name` (`HALTING` and `overrides` on top) on SEQ x VOCAB batches."""
     return build_model(
-        {**TINY_ARCH, **overrides},
+        tiny_arch(name, **{**HALTING, **overrides}),
         seq_len=SEQ,
         vocab_size=VOCAB,
         num_puzzle_identifiers=IDS,
@@ -65,23 +62,28 @@ def official_layout(
     identifiers: int,
     hidden: int = 512,
     layers: int = 4,
-    levels: tuple[str, ...] = ("H_level", "L_level"),
+    levels: tuple[str, ...] = ("H_level.", "L_level."),
+    recurrent: bool = True,
 ) -> dict[str, tuple]:
     """The key set and shapes of an official checkpoint, written out from hrm-model.md (TRM, trm-model.md:
-    the same keys with one `L_level` stack)."""
+    the same keys with one `L_level` stack). The transformer baseline has no official checkpoint: its layout is
+    HRM's with one stack of blocks (level "") and no initial states or Q head (`recurrent` False)."""
     inner = "model.inner."
     expected = {
-        inner + "H_init": (hidden,),
-        inner + "L_init": (hidden,),
         inner + "embed_tokens.embedding_weight": (vocab, hidden),
         inner + "lm_head.weight": (vocab, hidden),
-        inner + "q_head.weight": (2, hidden),
-        inner + "q_head.bias": (2,),
         inner + "puzzle_emb.weights": (identifiers, hidden),
     }
+    if recurrent:
+        expected |= {
+            inner + "H_init": (hidden,),
+            inner + "L_init": (hidden,),
+            inner + "q_head.weight": (2, hidden),
+            inner + "q_head.bias": (2,),
+        }
     for level in levels:
         for i in range(layers):
-            prefix = f"{inner}{level}.layers.{i}."
+            prefix = f"{inner}{level}layers.{i}."
             expected[prefix + "self_attn.qkv_proj.weight"] = (3 * hidden, hidden)
             expected[prefix + "self_attn.o_proj.weight"] = (hidden, hidden)
             expected[prefix + "mlp.gate_up_proj.weight"] = (2 * 1536, hidden)
@@ -89,29 +91,32 @@ def official_layout(
     return expected
 
 
-PAPER_ARCH = {
-    **TINY_ARCH,
-    "H_layers": 4,
-    "L_layers": 4,
-    "hidden_size": 512,
-    "num_heads": 8,
-    "puzzle_emb_ndim": 512,
-    "halt_max_steps": 16,
+# Each architecture at its paper size (params.yaml's arch, the paper's HRM; TRM's recipe) -> its checkpoint's layout.
+PAPER_LAYOUTS = {
+    "hrm_v1": ({}, official_layout(vocab=24, identifiers=5)),
+    "trm": (TRM_RECIPE, official_layout(vocab=24, identifiers=5, layers=2, levels=("L_level.",))),
+    "transformer": ({}, official_layout(vocab=24, identifiers=5, layers=8, levels=("",), recurrent=False)),
 }
 
 
-def test_state_dict_equals_official_layout():
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_state_dict_equals_official_layout(name):
+    overrides, expected = PAPER_LAYOUTS[name]
     head = build_model(
-        PAPER_ARCH, seq_len=1600, vocab_size=24, num_puzzle_identifiers=5, batch_size=2, device="meta"
+        arch(name=name, **overrides),
+        seq_len=1600,
+        vocab_size=24,
+        num_puzzle_identifiers=5,
+        batch_size=2,
+        device="meta",
     )
-    got = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    assert got == official_layout(vocab=24, identifiers=5)
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == expected
 
 
 def test_parameter_count_matches_hrm_maze_model():
     # HRM's Maze model (vocab 6, seq 900, one identifier) is reported as 27.27M parameters.
     head = build_model(
-        PAPER_ARCH, seq_len=900, vocab_size=6, num_puzzle_identifiers=1, batch_size=2, device="meta"
+        arch(), seq_len=900, vocab_size=6, num_puzzle_identifiers=1, batch_size=2, device="meta"
     )
     assert sum(p.numel() for p in head.parameters()) == 27_270_146
 
@@ -119,12 +124,12 @@ def test_parameter_count_matches_hrm_maze_model():
 def test_learned_positions_add_one_table():
     head = tiny(pos_encodings="learned")
     state = head.state_dict()
-    assert tuple(state["model.inner.embed_pos.embedding_weight"].shape) == (SEQ + 1, 32)
+    assert tuple(state["model.inner.embed_pos.embedding_weight"].shape) == (SEQ + 1, head.config.hidden_size)
     assert not any("rotary" in k for k in state)
 
 
 def test_puzzle_prefix_takes_ceil_ndim_over_hidden_positions():
-    head = tiny(puzzle_emb_ndim=40)  # 40 / 32 -> 2 prefix positions
+    head = tiny(hidden_size=32, puzzle_emb_ndim=40)  # 40 / 32 -> 2 prefix positions
     assert head.model.config.puzzle_emb_len == 2
     batch = make_batch()
     head.eval()
@@ -400,13 +405,18 @@ def test_target_q_is_the_next_state_value():
     head = tiny(halt_max_steps=2)
     head.train()
     with torch.no_grad():
-        head.model.inner.q_head.weight.normal_(0, 0.5)  # let q depend on the state
+        # q depends on the state, too little for a row to halt before halt_max_steps (seeded: torch's global
+        # generator starts from a random seed in each process)
+        head.model.inner.q_head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     set_q_bias(head, -3.0, 3.0)
     batch = make_batch()
     carry = head.initial_carry(batch)
     inner = head.model.inner
     for segment in (1, 2):
         carry, _, _, outputs, _ = head(carry=carry, batch=batch, return_keys=["target_q_continue"])
+        assert (
+            carry.halted.tolist() == [segment == 2] * 4
+        )  # no row restarts: its target is the next segment's
         with torch.no_grad():
             _, _, _, next_halt, next_continue = inner(
                 carry.z_H, carry.z_L, carry.current_data["inputs"], carry.current_data["puzzle_identifiers"]
@@ -418,10 +428,10 @@ def test_target_q_is_the_next_state_value():
 # --------------------------------------------------------------------------------------- state, determinism
 
 
-def _train_run(seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _train_run(name: str, seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     from hrm.optim import AdamATan2, SparseSignSGD
 
-    head = tiny(seed=seed, halt_exploration_prob=0.5)
+    head = tiny(seed=seed, name=name, halt_exploration_prob=0.5)
     head.train()
     optimizer = AdamATan2(head.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     sparse = SparseSignSGD(head.puzzle_emb, lr=1e-2, weight_decay=0.1)
@@ -442,17 +452,20 @@ def _train_run(seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses, head.state_dict()
 
 
-def test_two_seeded_cpu_runs_are_bit_identical():
-    losses_a, state_a = _train_run(seed=3)
-    losses_b, state_b = _train_run(seed=3)
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_two_seeded_cpu_runs_are_bit_identical(name):
+    losses_a, state_a = _train_run(name, seed=3)
+    assert all(math.isfinite(loss) for loss in losses_a)
+    losses_b, state_b = _train_run(name, seed=3)
     assert losses_a == losses_b
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    losses_c, _ = _train_run(seed=4)
+    losses_c, _ = _train_run(name, seed=4)
     assert losses_c != losses_a
 
 
-def test_carry_state_round_trip_continues_identically():
-    head = tiny(halt_exploration_prob=0.5)
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_carry_state_round_trip_continues_identically(name):
+    head = tiny(name=name, halt_exploration_prob=0.5)
     head.train()
     batch = make_batch()
     rows = batch["inputs"].shape[0]
@@ -484,14 +497,15 @@ def test_load_official_checkpoint_names_what_does_not_fit():
     head = tiny()
     state = dict(head.state_dict())
     del state["model.inner.q_head.bias"]
-    state["model.inner.lm_head.weight"] = torch.zeros(7, 32)
+    state["model.inner.lm_head.weight"] = torch.zeros(7, head.config.hidden_size)
     state["model.inner.extra"] = torch.zeros(1)
     with pytest.raises(UserError) as err:
         load_official_checkpoint(head, state)
     message = str(err.value)
     assert "missing: model.inner.q_head.bias" in message
     assert "unexpected: model.inner.extra" in message
-    assert "model.inner.lm_head.weight: checkpoint (7, 32) vs model (24, 32)" in message
+    hidden = head.config.hidden_size
+    assert f"model.inner.lm_head.weight: checkpoint (7, {hidden}) vs model (24, {hidden})" in message
 
 
 def test_load_official_checkpoint_missing_file(tmp_path):
@@ -597,7 +611,7 @@ def test_moving_the_model_keeps_the_puzzle_gradient_buffer_a_leaf():
     assert head.puzzle_emb.local_weights.grad is not None
 
 
-def test_transformer_carry_round_trip():
+def test_transformer_carry_has_no_latent_state():
     head = tiny(name="transformer")
     batch = make_batch()
     carry, *_ = head(carry=head.initial_carry(batch), batch=batch)

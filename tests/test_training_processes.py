@@ -15,7 +15,8 @@ import torch
 import yaml
 from train_helpers import final_weights, metric_files, tiny_params
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 RUNNER = [sys.executable, str(REPO / "stages" / "train.py"), "--params"]
 
 

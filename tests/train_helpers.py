@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 
 from hrm.config import deep_merge
-from tests.conftest import arch, repo_params
+from tests.conftest import repo_params, tiny_arch
 
-TINY_ARCH = arch(
-    H_layers=1,
-    L_layers=1,
-    hidden_size=32,
-    num_heads=2,
+# The tiny profile's model, with what the trainer tests depend on: two H and L cycles (a segment has no-grad
+# cycles before the one-step-gradient one), halting with exploration on (halt_max_steps 3, so an exploring row's
+# minimum of 2 or 3 segments differs from the maximum; exploration 0.5, so 8 rows show it), float32 on any
+# device (runs compare bit for bit), and expansion 2 (smaller MLPs: these tests run whole trainings).
+TINY_ARCH = tiny_arch(
+    H_cycles=2,
+    L_cycles=2,
     expansion=2,
-    puzzle_emb_ndim=32,
     halt_max_steps=3,
     halt_exploration_prob=0.5,
     forward_dtype="float32",
