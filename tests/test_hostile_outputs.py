@@ -185,8 +185,8 @@ def test_compare_out_holding_tracked_files_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"did not write \(design\.md\)"):
         write_outputs(results, out)
     assert (out / "design.md").read_text(encoding="utf-8") == "tracked"
-    cmp.write_outputs(results, tmp_path / "compare")
-    cmp.write_outputs(results, tmp_path / "compare")  # its own folder: replaced
+    write_outputs(results, tmp_path / "compare")
+    write_outputs(results, tmp_path / "compare")  # its own folder: replaced
     assert (tmp_path / "compare" / "results.json").is_file()
 
 
