@@ -15,8 +15,7 @@ import yaml
 
 from hrm.data import routing, spec
 from hrm.data.conversion.convert import hrm_metadata, write_hrm_split
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def paper_cost_model() -> spec.CostModel:

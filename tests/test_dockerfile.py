@@ -18,7 +18,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 DOCKERFILE = REPO / "Dockerfile"
 
 

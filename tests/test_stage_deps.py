@@ -11,7 +11,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 PROJECT_PACKAGES = ("hrm", "stages")
 
 

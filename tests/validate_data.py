@@ -15,8 +15,8 @@ import yaml
 from hrm.data import spec
 from hrm.data.conversion import convert
 from hrm.data.generation import generate
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL_GENERATE = {"rows": 12, "cols": 12, "train_bases": 6, "test_bases": 3, "min_route_length": 8}
 
 
