@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import copy_checkout, run, tiny_checkout
+
+from tests.conftest import REPO, copy_checkout, run, tiny_checkout
 
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "hrm-local-base/debian:bookworm"  # made here by debootstrap when missing
 IMAGE = "hrm-city-routing:cpu"
 BASE_PYTHON = "3.11"  # Debian bookworm's python3: the torch wheel placed in the build context must match it

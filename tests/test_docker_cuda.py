@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import copy_checkout, tiny_checkout
 from test_docker import (
     BASE_IMAGE,
     chown_tree,
@@ -33,9 +32,10 @@ from test_docker import (
     with_network,
 )
 
+from tests.conftest import REPO, copy_checkout, tiny_checkout
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE = "hrm-city-routing:pypi"
 IMAGE_UID = 1000  # the image's user (Dockerfile USER_UID)
 FIGURES: dict[str, Any] = {}
