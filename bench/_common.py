@@ -27,6 +27,20 @@ def train_section(**overrides: Any) -> dict[str, Any]:
     return {**train, **overrides}
 
 
+def run_paths(paths: dict[str, str], folder: Path, data: dict[str, str]) -> dict[str, str]:
+    """A run's `paths`: its data (`data`: raw, hrm, ...) and every output of train and evaluate under `folder`,
+    so runs side by side share the data and nothing else."""
+    return {
+        **paths,
+        **data,
+        "checkpoints": str(folder / "checkpoints"),
+        "model": str(folder / "model.pt"),
+        "train_log": str(folder / "train"),
+        "train_timing": str(folder / "timing.json"),
+        "eval_reports": str(folder / "eval"),
+    }
+
+
 def write_layout(
     folder: Path, inputs: np.ndarray, labels: np.ndarray, vocab_size: int, vehicles: int = 4
 ) -> None:

@@ -34,6 +34,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # _common, also when loaded by path (tests)
+
+from _common import run_paths  # noqa: E402
 
 from hrm.config import load_params, run_params  # noqa: E402
 from hrm.quickstart import settings_fingerprint  # noqa: E402
@@ -141,15 +144,7 @@ def run_one(out: Path, kernels: str, arch: str, seed: int, data_paths: dict[str,
         params = run_params(
             load_params(REPO / "params.yaml"), "quick", [f"arch.name={arch}", f"train.seed={seed}"]
         )
-        params["paths"] = {
-            **params["paths"],
-            **data_paths,
-            "checkpoints": str(folder / "checkpoints"),
-            "model": str(folder / "model.pt"),
-            "train_log": str(folder / "train"),
-            "train_timing": str(folder / "timing.json"),
-            "eval_reports": str(folder / "eval"),
-        }
+        params["paths"] = run_paths(params["paths"], folder, data_paths)
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         (folder / "commit.txt").write_text(_commit() + "\n", encoding="utf-8")
         env = {**os.environ, **KERNEL_SETS[kernels]}

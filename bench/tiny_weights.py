@@ -21,6 +21,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # _common, also when loaded by path (tests)
+
+from _common import run_paths  # noqa: E402
 
 from hrm.config import load_params, run_params  # noqa: E402
 
@@ -70,15 +73,7 @@ def main() -> None:
         for loss in LOSSES:
             folder = args.out / f"{arch}-{loss.split('_')[0]}"
             params = run_params(base, "tiny", [f"arch.name={arch}", f"arch.loss={loss}", "train.threads=1"])
-            params["paths"] = {
-                **params["paths"],
-                **paths,
-                "checkpoints": str(folder / "checkpoints"),
-                "model": str(folder / "model.pt"),
-                "train_log": str(folder / "train"),
-                "train_timing": str(folder / "timing.json"),
-                "eval_reports": str(folder / "eval"),
-            }
+            params["paths"] = run_paths(params["paths"], folder, paths)
             params_file = write_params(folder, params)
             for name in ("train", "evaluate"):
                 stage(name, params_file, folder / "log.txt")
