@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from hrm.io import UserError
+from hrm.io import UserError, reading
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -47,12 +47,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """params.yaml as plain dicts, read by `read_params` and checked against the schema; ConfigError naming the
     file and every bad key."""
     path = Path(path)
-    try:
+    with reading(path, error=ConfigError):
         data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: file not found") from err
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
     params = read_params(data, path)
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")

@@ -45,16 +45,26 @@ class UserError(Exception):
     """Bad input or settings. Stages print the message (file, field, index) and exit 1, no traceback."""
 
 
+@contextmanager
+def reading(path: str | Path, missing: str = "", error: type[UserError] = UserError) -> Iterator[None]:
+    """Reads of `path` in this block: an absent file or one the OS cannot read becomes `error` naming the file
+    (`missing`: what to run when it is absent). The counterpart of `writing`."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise error(f"{path}: file not found" + (f" ({missing})" if missing else "")) from err
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from err
+
+
 def read_json(path: str | Path, missing: str) -> Any:
     """A JSON document (`parse_json`'s rules), or a UserError naming the file; `missing` says what to run when
     it is absent."""
     path = Path(path)
     try:
-        return parse_json(path.read_text(encoding="utf-8"), path)
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: file not found ({missing})") from err
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from err
+        with reading(path, missing):
+            text = path.read_text(encoding="utf-8")
+        return parse_json(text, path)
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
@@ -149,17 +159,13 @@ def read_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
 
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
+        with reading(path), open(path, "rb") as handle:
             version = npy_format.read_magic(handle)
             read_header = (
                 npy_format.read_array_header_2_0 if version[0] >= 2 else npy_format.read_array_header_1_0
             )
             shape, _, dtype = read_header(handle)
             data_bytes = path.stat().st_size - handle.tell()
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: file not found") from err
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from err
     except ValueError as err:
         raise UserError(f"{path}: not a readable .npy array ({shorten(str(err))})") from err
     if dtype.hasobject:

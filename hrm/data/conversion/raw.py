@@ -25,7 +25,7 @@ import numpy as np
 from hrm.config import SCHEMA_DIR
 from hrm.data import spec, structure
 from hrm.data.structure import Problem
-from hrm.io import SHOWN_CHARS, UserError, parse_json, shorten, shown
+from hrm.io import SHOWN_CHARS, UserError, parse_json, reading, shorten, shown
 
 SOURCE_GENERATOR = "hrm.data.generate"
 SOURCE_ORIGINAL = "original-tool"
@@ -147,12 +147,8 @@ def read_files(folder: str | Path) -> RawFiles:
 def read_json_text(path: Path) -> tuple[Any, str]:
     """Document and text of a JSON file, or a UserError: missing, unreadable, not UTF-8, truncated, not JSON,
     or against `hrm.io.parse_json`'s rules (nesting depth, finite numbers)."""
-    try:
+    with reading(path):
         data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: file not found") from err
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from err
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

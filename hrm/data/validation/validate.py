@@ -106,11 +106,11 @@ class Run:
 
     @cached_property
     def route_views(self) -> dict[str, RawSplit]:
-        usable = (
-            v.inputs is not None and v.labels is not None and v.example_identifier is not None
-            for v in self.views.values()
-        )
-        return {name: view for (name, view), ok in zip(self.views.items(), usable, strict=True) if ok}
+        return {
+            name: view
+            for name, view in self.views.items()
+            if view.inputs is not None and view.labels is not None and view.example_identifier is not None
+        }
 
     @cached_property
     def example_failures(self) -> dict[str, list[str]]:
