@@ -3,6 +3,7 @@ seq_len or are refused; every broken file set gets its own message, exit code 1,
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -318,11 +319,9 @@ def test_broken_file_set_is_refused_with_its_own_message(name, raw_copy, tmp_pat
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert result.stderr.startswith("error: ")
-    assert len(__import__("re").findall(message, result.stderr)) == 1, result.stderr
+    assert len(re.findall(message, result.stderr)) == 1, result.stderr
     others = [m for other, (_, m) in CORRUPTIONS.items() if other != name]
-    assert not [m for m in others if __import__("re").search(m, result.stderr)], (
-        result.stderr
-    )  # its own message
+    assert not [m for m in others if re.search(m, result.stderr)], result.stderr  # its own message
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # existing output untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "hrm",
